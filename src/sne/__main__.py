@@ -1,0 +1,3 @@
+from sne.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Benchmarks: the paper's experiments as runnable definitions that write results/*.json."""

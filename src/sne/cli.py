@@ -1,0 +1,211 @@
+"""The ``sne`` command line."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from sne.errors import SneError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learn properties of neural networks from their weights.")
+zoo_app = typer.Typer(no_args_is_help=True, help="Build and inspect model zoos.")
+app.add_typer(zoo_app, name="zoo")
+console = Console(stderr=True)
+
+
+def _command_line() -> str:
+    return "sne " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+@zoo_app.command("generate")
+def zoo_generate(
+    recipe: str = typer.Argument(..., help="Recipe name, e.g. sine-inr."),
+    out: Path = typer.Option(..., "--out", help="Zoo directory (created; re-run to resume)."),
+    n: int = typer.Option(..., "--n", help="Number of networks."),
+    seed: int = typer.Option(0, "--seed"),
+    init: str = typer.Option("independent", "--init", help="INR initialisation: independent | shared."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Fitting steps per network (recipe default if unset)."),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Train a zoo of networks with a recipe and record their weights and metrics."""
+    from sne.zoo import generate_zoo
+
+    options = {"init": init, "device": device}
+    if steps is not None:
+        options["steps"] = steps
+    zoo = generate_zoo(recipe, out, n=n, seed=seed, options=options, command=_command_line())
+    console.print(f"zoo with {len(zoo)} networks written to [bold]{zoo.path}[/bold]")
+
+
+def _parse_options(pairs: List[str]) -> dict:
+    """``key=value`` strings -> dict; values are read as JSON when they parse (numbers, booleans)."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SneError(f"encoder option '{pair}' is not of the form key=value")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+@app.command()
+def train(
+    zoo: Path = typer.Option(..., "--zoo", help="Zoo directory made by 'sne zoo generate'."),
+    target: str = typer.Option(..., "--target", help="Target column, e.g. frequency."),
+    out: Path = typer.Option(..., "--out", help="Run directory (re-run the same command to resume)."),
+    encoder: str = typer.Option("sne", "--encoder", help="Encoder name (see 'sne encoders')."),
+    epochs: int = typer.Option(100, "--epochs"),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    invariance_weight: float = typer.Option(0.0, "--invariance-weight", help="Lambda of the logit-invariance regulariser."),
+    option: List[str] = typer.Option([], "--option", "-o", help="Encoder option key=value (repeatable)."),
+    max_train: Optional[int] = typer.Option(None, "--max-train", help="Use only this many training networks."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    workers: int = typer.Option(0, "--workers", help="Data-loader worker processes."),
+) -> None:
+    """Train an encoder and head to predict a target from weights; select on the val split."""
+    from sne.train import TrainConfig, fit
+    from sne.encoders import get_encoder_class
+
+    get_encoder_class(encoder)  # unknown names fail before any work
+    config = TrainConfig(
+        zoo=str(zoo), target=target, encoder=encoder, encoder_options=_parse_options(option), epochs=epochs,
+        batch_size=batch_size, lr=lr, invariance_weight=invariance_weight, seed=seed, device=device,
+        num_workers=workers, max_train=max_train, command=_command_line(),
+    )
+    summary = fit(config, out)
+    console.print(
+        f"trained {summary['epochs']} epochs in {summary['train_seconds']:.0f} s; best val loss "
+        f"{summary['best_val_loss']:.4g} at epoch {summary['best_epoch']}; run in [bold]{out}[/bold]"
+    )
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="Run directory made by 'sne train'."),
+    zoo: Optional[Path] = typer.Option(None, "--zoo", help="Evaluate on this zoo instead of the training zoo."),
+    split: str = typer.Option("test", "--split"),
+    out: Optional[Path] = typer.Option(None, "--out", help="JSON output (default RUN/eval.json)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Test-split metrics (MSE, normalised MSE, R^2, Kendall's tau) and a predicted-vs-true plot."""
+    from sne.train.evaluate import evaluate_run
+
+    result = evaluate_run(run, zoo, split=split, device=device, out=out)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    _print_evaluation(result)
+
+
+def _print_evaluation(result: dict) -> None:
+    from rich.table import Table
+
+    from sne.bench.paper import PAPER_INR_FREQUENCY_MSE
+
+    metrics = result["metrics"]
+    table = Table(title=f"{result['encoder']} on {result['target']} ({result['split']} split, n={metrics['n']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    sensitivity = result.get("permutation_sensitivity")
+    if sensitivity:
+        table.add_row("mean |change| under permutation", f"{sensitivity['mean_abs_change']:.4g}")
+    out = Console()
+    out.print(table)
+    if result["target"] == "frequency" and "normalized_mse" in metrics:
+        paper = Table(title="INR frequency MSE: the SNE paper's table (likely standardised targets) vs this run")
+        paper.add_column("encoder")
+        paper.add_column("paper MSE", justify="right")
+        for name, value in PAPER_INR_FREQUENCY_MSE.items():
+            paper.add_row(name, f"{value:.3f}")
+        paper.add_row(f"[bold]this run: {result['encoder']}[/bold]",
+                      f"[bold]{metrics['normalized_mse']:.3f} normalised / {metrics['mse']:.3f} raw[/bold]")
+        paper.add_row("this run: mean predictor", f"{metrics['mean_predictor_mse'] / metrics['target_variance']:.3f} normalised / {metrics['mean_predictor_mse']:.3f} raw")
+        out.print(paper)
+    if result.get("plot"):
+        out.print(f"plot: [bold]{result['plot']}[/bold]")
+    out.print(f"results: [bold]{result['path']}[/bold]")
+
+
+def _load_files(files: List[Path]):
+    from sne.weights.io import load_record
+
+    return [load_record(f) for f in files]  # all files are read before anything is printed
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="Run directory made by 'sne train'."),
+    files: List[Path] = typer.Argument(..., help="Checkpoint files: safetensors or PyTorch state_dicts."),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Print the predicted target for each checkpoint file, one line per file."""
+    from sne.train import load_run
+
+    trained = load_run(run, device=device)
+    predictions = trained.predictor.predict(_load_files(files))
+    for path, value in zip(files, predictions):
+        print(f"{path}\t{trained.target.name}\t{value:.6g}")
+
+
+@app.command()
+def embed(
+    run: Path = typer.Argument(..., help="Run directory made by 'sne train'."),
+    files: List[Path] = typer.Argument(..., help="Checkpoint files: safetensors or PyTorch state_dicts."),
+    out: Path = typer.Option(..., "--out", help="Output .npy file of shape (files, encoding size)."),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Write the encoder's code z for each checkpoint file to a .npy array."""
+    import numpy as np
+
+    from sne.io_utils import atomic_path
+    from sne.train import load_run
+
+    trained = load_run(run, device=device)
+    codes = trained.predictor.embed(_load_files(files))
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, codes)
+    console.print(f"{codes.shape[0]} encodings of size {codes.shape[1]} written to [bold]{out}[/bold]")
+
+
+@app.command()
+def encoders() -> None:
+    """List the registered encoders."""
+    from sne.encoders import encoder_names
+
+    for name in encoder_names():
+        print(name)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except SneError as error:
+        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        console.print("interrupted")
+        sys.exit(130)
+    except typer.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except Exception as error:  # click usage errors
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(2)
+        raise

@@ -1,0 +1,93 @@
+"""Evaluate a trained run on a zoo split: metrics, permutation sensitivity, scatter plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sne.io_utils import write_json_atomic
+from sne.plots import scatter_predictions
+from sne.train.metrics import classification_metrics, regression_metrics
+from sne.train.run import hardware_description, load_run
+from sne.weights.permute import random_equivalent_permutation, supports_permutation
+from sne.zoo import Zoo
+
+
+def permutation_sensitivity(predictor, records, seed: int = 0, batch_size: int = 64) -> dict | None:
+    """Mean absolute change of predictions when every network is replaced by a random
+    functionally-equivalent permutation of itself (0 for an exactly invariant encoder)."""
+    if not all(supports_permutation(r) for r in records):
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    permuted = [random_equivalent_permutation(r, generator) for r in records]
+    before = predictor.predict(records, batch_size)
+    after = predictor.predict(permuted, batch_size)
+    change = np.abs(after.astype(np.float64) - before.astype(np.float64))
+    return {"mean_abs_change": float(change.mean()), "max_abs_change": float(change.max()), "seed": seed}
+
+
+def _train_seconds(run_dir: Path) -> float | None:
+    history = run_dir / "history.json"
+    return sum(e["seconds"] for e in json.loads(history.read_text())) if history.exists() else None
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    zoo_path: str | Path | None = None,
+    split: str = "test",
+    device: str = "auto",
+    out: str | Path | None = None,
+    plot: bool = True,
+) -> dict:
+    """Evaluate ``run_dir`` on ``split`` of its own zoo (or ``zoo_path``); write JSON and a plot."""
+    run = load_run(run_dir, device=device)
+    config = run.config
+    zoo = Zoo.open(zoo_path or config.zoo)
+    ids = zoo.split_ids(split)
+    records = zoo.records(ids)
+    true = zoo.target_values(config.target, ids)
+    predicted = run.predictor.predict(records)
+    target = run.target
+    if target.kind == "class":
+        metrics = classification_metrics(predicted, true)
+    else:
+        metrics = regression_metrics(predicted, true, train_mean=target.mean if target.kind == "regression" else None)
+    result = {
+        "run": str(run.path),
+        "zoo": str(zoo.path),
+        "zoo_recipe": zoo.manifest.get("recipe"),
+        "zoo_options": zoo.manifest.get("options"),
+        "zoo_seed": zoo.manifest.get("seed"),
+        "split": split,
+        "target": config.target,
+        "encoder": config.encoder,
+        "encoder_parameters": sum(p.numel() for p in run.predictor.encoder.parameters()),
+        "invariance_weight": config.invariance_weight,
+        "train_seed": config.seed,
+        "epochs": config.epochs,
+        "best_epoch": run.meta.get("epoch"),
+        "train_seconds": _train_seconds(run.path),
+        "metrics": metrics,
+        "permutation_sensitivity": permutation_sensitivity(run.predictor, records),
+        "hardware": hardware_description(run.predictor.device),
+        "train_command": config.command,
+    }
+    out_path = Path(out) if out else run.path / "eval.json"
+    if plot and target.kind != "class":
+        options = zoo.manifest.get("options", {})
+        caption = (
+            f"{zoo.manifest.get('recipe')} zoo {zoo.path.name} (n={len(zoo)}, seed {zoo.manifest.get('seed')}, "
+            f"init {options.get('init', 'n/a')}), {split} split; {config.encoder}, train seed {config.seed}, "
+            f"lambda {config.invariance_weight}; {result['hardware']['device']}, {result['hardware']['threads']} "
+            f"thread(s); command: {config.command}"
+        )
+        title = (f"{config.encoder} on {config.target}: MSE {metrics['mse']:.3g}, "
+                 f"normalized {metrics['normalized_mse']:.3g}, tau {metrics['kendall_tau']:.3f}")
+        plot_path = scatter_predictions(predicted, true, out_path.with_name(out_path.stem + "_scatter.png"), title, caption)
+        result["plot"] = str(plot_path)
+    write_json_atomic(out_path, result)
+    result["path"] = str(out_path)
+    return result

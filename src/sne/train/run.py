@@ -1,0 +1,316 @@
+"""Fit an encoder + head on a zoo, with checkpoints every epoch, resume, and model selection on val.
+
+A run directory holds ``config.json`` (everything the run needs), ``last.pt`` (full training state,
+rewritten atomically each epoch), ``best.pt`` (the weights with the lowest validation loss) and
+``history.json``. Re-running the same command on a run directory continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.nn import functional as F
+
+from sne import __version__
+from sne.encoders import batch_to, build_encoder, build_encoder_from_config
+from sne.errors import SneError
+from sne.io_utils import atomic_path, write_json_atomic
+from sne.train.predictor import Predictor
+from sne.train.targets import Target, build_head, resolve_target
+from sne.weights.permute import random_equivalent_permutation
+from sne.weights.record import NetworkRecord
+from sne.zoo import Zoo
+
+#: Head hidden widths by target kind (GUIDE section 3: INR head 2 layers of 512, accuracy head a
+#: 3-layer MLP of width 1000; "layers" counts linear layers, the last being the output layer).
+DEFAULT_HEAD_HIDDEN = {"regression": [512], "unit_interval": [1000, 1000], "class": [512]}
+
+#: Config fields that may change between a run and its resumption without changing its result.
+_RESUMABLE_FIELDS = {"device", "num_workers"}
+
+
+@dataclass
+class TrainConfig:
+    zoo: str
+    target: str
+    encoder: str = "sne"
+    encoder_options: dict = field(default_factory=dict)
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    #: MultiStepLR milestones as fractions of ``epochs``.
+    milestones: list[float] = field(default_factory=lambda: [0.6, 0.85])
+    gamma: float = 0.1
+    #: lambda of the logit-invariance regulariser (0 disables it).
+    invariance_weight: float = 0.0
+    head_hidden: list[int] | None = None
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    #: Use only the first ``max_train`` training networks (None: all).
+    max_train: int | None = None
+    command: str = ""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise SneError(f"unknown device '{device}' (use cpu, cuda, cuda:N or auto)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise SneError(f"device '{device}' requested but CUDA is not available on this machine")
+    return resolved
+
+
+def hardware_description(device: torch.device) -> dict:
+    info = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _build_predictor(config: TrainConfig, target: Target, encoder_config: dict | None, architecture) -> Predictor:
+    if encoder_config is None:
+        encoder = build_encoder(config.encoder, architecture=architecture, **config.encoder_options)
+    else:
+        encoder = build_encoder_from_config(encoder_config)
+    hidden = config.head_hidden if config.head_hidden is not None else DEFAULT_HEAD_HIDDEN[target.kind]
+    head = build_head(encoder.out_dim, list(hidden), target.output_dim)
+    return Predictor(encoder, head, target)
+
+
+class _EpochBatches(torch.utils.data.Dataset):
+    """One epoch's batches; each item is prepared (and permuted) on its own, so workers can do it."""
+
+    def __init__(self, encoder, records, batches: list[torch.Tensor], seeds: list[int], permute: bool):
+        self.encoder, self.records, self.batches, self.seeds, self.permute = encoder, records, batches, seeds, permute
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int):
+        members = [self.records[i] for i in self.batches[index].tolist()]
+        if self.permute:
+            # Functionally-equivalent copies go in the same batch: one forward pass serves both.
+            generator = torch.Generator().manual_seed(self.seeds[index])
+            members = members + [random_equivalent_permutation(r, generator) for r in members]
+        return self.batches[index], self.encoder.prepare(members)
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a checkpoint we wrote is unreadable: say which file
+        raise SneError(f"{path}: cannot read checkpoint ({type(error).__name__}: {error})".splitlines()[0]) from None
+
+
+def _check_resume(run_dir: Path, config: TrainConfig) -> None:
+    saved = json.loads((run_dir / "config.json").read_text())
+    mine = json.loads(json.dumps(asdict(config)))
+    changed = [k for k in mine if k not in _RESUMABLE_FIELDS | {"command"} and saved.get(k) != mine[k]]
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {mine[k]!r}" for k in changed)
+        raise SneError(f"{run_dir} holds a run with a different configuration ({details}); use another --out")
+
+
+def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
+    """Train (or resume) a run; return its summary (best epoch, validation loss, wall time)."""
+    run_dir = Path(out_dir)
+    if config.invariance_weight < 0:
+        raise SneError(f"invariance weight must be >= 0, got {config.invariance_weight}")
+    if config.epochs < 1 or config.batch_size < 1:
+        raise SneError("epochs and batch size must be at least 1")
+    zoo = Zoo.open(config.zoo)
+    train_ids = zoo.split_ids("train")
+    if config.max_train is not None:
+        train_ids = train_ids[: config.max_train]
+    val_ids = zoo.split_ids("val")
+    train_values = torch.as_tensor(zoo.target_values(config.target, train_ids), dtype=torch.float32)
+    val_values = torch.as_tensor(zoo.target_values(config.target, val_ids), dtype=torch.float32)
+    target = resolve_target(config.target, zoo.targets, train_values)
+    train_records = zoo.records(train_ids)
+    val_records = zoo.records(val_ids)
+
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    predictor = _build_predictor(config, target, None, train_records[0].architecture).to(device)
+    predictor.encoder.check_records(train_records)
+    optimizer = torch.optim.Adam(predictor.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    milestones = sorted({max(1, round(f * config.epochs)) for f in config.milestones})
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.gamma)
+
+    state: dict[str, Any] = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": -1, "history": [], "train_seconds": 0.0}
+    last_path = run_dir / "last.pt"
+    if (run_dir / "config.json").exists():
+        _check_resume(run_dir, config)
+        if last_path.exists():
+            checkpoint = _load_checkpoint(last_path)
+            predictor.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+            state = checkpoint["state"]
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / "config.json", asdict(config))
+    meta = {
+        "config": asdict(config),
+        "encoder": predictor.encoder.config(),
+        "target": target.to_dict(),
+        "sne_version": __version__,
+        "zoo_manifest": {k: zoo.manifest.get(k) for k in ("recipe", "options", "n", "seed", "command")},
+    }
+
+    n_params = sum(p.numel() for p in predictor.encoder.parameters())
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        epochs_task = bar.add_task(f"training {config.encoder} ({n_params:,} params)", total=config.epochs, completed=state["epoch"])
+        for epoch in range(state["epoch"], config.epochs):
+            started = time.perf_counter()
+            train_loss, train_reg = _train_epoch(
+                predictor, optimizer, config, epoch, train_records, train_values, device, bar
+            )
+            scheduler.step()
+            val_predictions, val_loss = _validation(predictor, val_records, val_values, config.batch_size)
+            state["train_seconds"] += time.perf_counter() - started
+            entry = {"epoch": epoch + 1, "train_loss": train_loss, "invariance_loss": train_reg, "val_loss": val_loss,
+                     "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
+            state["history"].append(entry)
+            state["epoch"] = epoch + 1
+            if val_loss < state["best_val_loss"]:
+                state["best_val_loss"], state["best_epoch"] = val_loss, epoch + 1
+                _save_checkpoint(run_dir / "best.pt", {**meta, "model": predictor.state_dict(), "epoch": epoch + 1})
+            _save_checkpoint(last_path, {**meta, "model": predictor.state_dict(), "optimizer": optimizer.state_dict(),
+                                         "scheduler": scheduler.state_dict(), "state": state})
+            write_json_atomic(run_dir / "history.json", state["history"])
+            bar.update(epochs_task, advance=1,
+                       description=f"epoch {epoch + 1}/{config.epochs} train {train_loss:.4f} val {val_loss:.4f}")
+    return {
+        "run": str(run_dir),
+        "epochs": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "best_val_loss": state["best_val_loss"],
+        "train_seconds": state["train_seconds"],
+        "encoder_parameters": n_params,
+        "hardware": hardware_description(device),
+    }
+
+
+def _train_epoch(predictor, optimizer, config, epoch, records, values, device, bar) -> tuple[float, float]:
+    predictor.train()
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
+    batches = list(order.split(config.batch_size))
+    seeds = [int(np.random.SeedSequence([config.seed, epoch, i]).generate_state(1)[0]) for i in range(len(batches))]
+    permute = config.invariance_weight > 0
+    loader = torch.utils.data.DataLoader(
+        _EpochBatches(predictor.encoder, records, batches, seeds, permute),
+        batch_size=None, shuffle=False, num_workers=config.num_workers,
+    )
+    task = bar.add_task("  batches", total=len(batches))
+    total_loss = total_reg = 0.0
+    for indices, batch in loader:
+        outputs = predictor(batch_to(batch, device))
+        if permute:
+            outputs, permuted_outputs = outputs.chunk(2)
+            # Logit invariance (Moskalev et al. 2023): equivalent networks should get equal outputs.
+            reg = F.mse_loss(permuted_outputs, outputs)
+        else:
+            reg = torch.zeros((), device=device)
+        task_loss = predictor.target.loss(outputs, values[indices].to(device))
+        loss = task_loss + config.invariance_weight * reg
+        if not torch.isfinite(loss):
+            raise SneError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); try a lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += task_loss.item() * len(indices)
+        total_reg += reg.item() * len(indices)
+        bar.advance(task)
+    bar.remove_task(task)
+    return total_loss / len(records), total_reg / len(records)
+
+
+@torch.no_grad()
+def _validation(predictor: Predictor, records, values, batch_size) -> tuple[np.ndarray, float]:
+    predictor.eval()
+    outputs = predictor._map_records(records, batch_size, predictor)
+    loss = float(predictor.target.loss(outputs, values))
+    return predictor.target.decode(outputs).numpy(), loss
+
+
+@dataclass
+class TrainedRun:
+    """A trained run loaded for inference."""
+
+    path: Path
+    predictor: Predictor
+    meta: dict
+
+    @property
+    def target(self) -> Target:
+        return self.predictor.target
+
+    @property
+    def config(self) -> TrainConfig:
+        return TrainConfig(**self.meta["config"])
+
+    def predict(self, networks: Sequence) -> np.ndarray:
+        """Predictions for networks given as records, ``nn.Module``s, state_dicts or file paths."""
+        return self.predictor.predict([as_record(n) for n in networks])
+
+    def embed(self, networks: Sequence) -> np.ndarray:
+        return self.predictor.embed([as_record(n) for n in networks])
+
+
+def as_record(network) -> NetworkRecord:
+    """Accept a record, an ``nn.Module``, a state_dict or a checkpoint path."""
+    from sne.weights.io import load_record, record_from_module, record_from_state_dict
+
+    if isinstance(network, NetworkRecord):
+        return network
+    if isinstance(network, torch.nn.Module):
+        return record_from_module(network)
+    if isinstance(network, dict):
+        return record_from_state_dict(network)
+    if isinstance(network, (str, Path)):
+        return load_record(network)
+    raise SneError(f"cannot read a network from a {type(network).__name__}")
+
+
+def load_run(run_dir: str | Path, device: str = "auto", which: str = "best") -> TrainedRun:
+    """Load a run's selected (``best``) or latest (``last``) weights for inference."""
+    run_dir = Path(run_dir)
+    path = run_dir / f"{which}.pt"
+    if not path.exists():
+        raise SneError(f"{run_dir}: no {which}.pt here — is this a run directory made by 'sne train'?")
+    checkpoint = _load_checkpoint(path)
+    config = TrainConfig(**checkpoint["config"])
+    target = Target(**checkpoint["target"])
+    encoder_config = checkpoint["encoder"]
+    predictor = _build_predictor(config, target, encoder_config, encoder_config.get("architecture"))
+    predictor.load_state_dict(checkpoint["model"])
+    predictor.to(resolve_device(device)).eval()
+    meta = {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer", "scheduler")}
+    return TrainedRun(run_dir, predictor, meta)
