@@ -191,6 +191,43 @@ def encoders() -> None:
         print(name)
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Run the paper's benchmarks; results go to results/*.json.")
+app.add_typer(bench_app, name="bench")
+
+
+def _csv(value: str, kind=str) -> list:
+    try:
+        return [kind(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise SneError(f"cannot read '{value}' as a comma-separated list of {kind.__name__}") from None
+
+
+@bench_app.command("inr")
+def bench_inr(
+    zoo: Path = typer.Option(..., "--zoo", help="A sine-INR zoo."),
+    encoders: str = typer.Option("sne", "--encoders", help="Comma-separated encoder names."),
+    invariance_weights: str = typer.Option("0", "--invariance-weights", help="Comma-separated lambdas."),
+    seeds: str = typer.Option("0", "--seeds"),
+    epochs: int = typer.Option(100, "--epochs"),
+    runs: Path = typer.Option(Path("runs/inr"), "--runs", help="Where the runs are kept (resumable)."),
+    results: Path = typer.Option(Path("results"), "--results"),
+    option: List[str] = typer.Option([], "--option", "-o", help="Encoder option key=value (repeatable)."),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """INR frequency regression: train and evaluate each encoder; write results/inr_frequency_<init>.json."""
+    from sne.bench.inr import run_inr_benchmark
+    from sne.encoders import get_encoder_class
+
+    names = _csv(encoders)
+    for name in names:
+        get_encoder_class(name)
+    path = run_inr_benchmark(
+        zoo, names, _csv(invariance_weights, float), _csv(seeds, int), epochs, runs, results,
+        device=device, encoder_options=_parse_options(option), command=_command_line(),
+    )
+    console.print(f"results written to [bold]{path}[/bold]; regenerate docs with 'make results'")
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

@@ -1,0 +1,165 @@
+"""End to end: zoo -> train -> evaluate -> predict, resume after interruption, and bad input at the CLI."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sne.cli import main
+from sne.train import TrainConfig, fit, load_run
+from sne.train import run as run_module
+from sne.zoo import Zoo, generate_zoo
+
+SMALL_SNE = {"hidden": 16, "heads": 2, "chunk_size": 8, "out_dim": 16}
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run the real entry point in-process; return (exit code, stdout, stderr)."""
+    old_argv = sys.argv
+    sys.argv = ["sne", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    finally:
+        sys.argv = old_argv
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def shared_zoo(tmp_path_factory) -> Zoo:
+    """Shared-init INRs: frequency is readable from the weights, so a few epochs must learn it."""
+    out = tmp_path_factory.mktemp("zoo") / "shared"
+    return generate_zoo("sine-inr", out, n=200, seed=3, options={"init": "shared", "steps": 150}, command="test",
+                        progress=False)
+
+
+def small_config(zoo: Zoo, **overrides) -> TrainConfig:
+    values = dict(zoo=str(zoo.path), target="frequency", encoder="sne", encoder_options=SMALL_SNE, epochs=12,
+                  batch_size=32, lr=3e-3, head_hidden=[64], seed=0, device="cpu", invariance_weight=0.0)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def trained_run(shared_zoo, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "sne"
+    fit(small_config(shared_zoo), out, progress=False)
+    return out
+
+
+def test_training_lowers_loss_and_beats_the_mean_predictor(trained_run, capsys):
+    history = json.loads((trained_run / "history.json").read_text())
+    assert len(history) == 12
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+    code, out, _ = run_cli(["evaluate", str(trained_run), "--json", "--device", "cpu"], capsys)
+    assert code == 0
+    result = json.loads(out)
+    metrics = result["metrics"]
+    assert metrics["n"] == 40
+    assert metrics["mse"] < 0.5 * metrics["mean_predictor_mse"]
+    assert metrics["kendall_tau"] > 0.5
+    assert (trained_run / "eval.json").exists() and Path(result["plot"]).stat().st_size > 0
+    assert result["permutation_sensitivity"]["mean_abs_change"] >= 0
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(shared_zoo, tmp_path, monkeypatch):
+    config = small_config(shared_zoo, epochs=3, encoder_options={**SMALL_SNE, "hidden": 8}, head_hidden=[16])
+    fit(config, tmp_path / "whole", progress=False)
+
+    real_validation = run_module._validation
+    calls = {"n": 0}
+
+    def killed_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_validation(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "_validation", killed_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(run_module, "_validation", real_validation)
+    assert len(json.loads((tmp_path / "resumed" / "history.json").read_text())) == 1
+    assert not list((tmp_path / "resumed").glob(".*.tmp"))
+    fit(config, tmp_path / "resumed", progress=False)
+
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    assert len(resumed["state"]["history"]) == 3
+    for name, tensor in whole["model"].items():
+        torch.testing.assert_close(resumed["model"][name], tensor, rtol=0, atol=0)
+
+
+def test_resume_with_a_different_configuration_is_refused(shared_zoo, trained_run, capsys):
+    code, _, err = run_cli(["train", "--zoo", str(shared_zoo.path), "--target", "frequency", "--out",
+                            str(trained_run), "--epochs", "5", "--device", "cpu"], capsys)
+    assert code == 2
+    assert str(trained_run) in err and "different configuration" in err
+
+
+def test_predict_reads_safetensors_and_state_dict_files(shared_zoo, trained_run, tmp_path, capsys):
+    ids = shared_zoo.split_ids("test")[:2]
+    records = shared_zoo.records(ids)
+    files = [tmp_path / "a.safetensors", tmp_path / "b.pt"]
+    save_file({k: v.contiguous() for k, v in records[0].to_state_dict().items()}, files[0])
+    torch.save(dict(records[1].to_state_dict()), files[1])
+    code, out, _ = run_cli(["predict", str(trained_run), *map(str, files), "--device", "cpu"], capsys)
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(f) for f in files]
+    expected = load_run(trained_run, device="cpu").predictor.predict(records)
+    for line, value in zip(lines, expected):
+        assert float(line.split("\t")[2]) == pytest.approx(float(value), rel=1e-4, abs=1e-5)
+
+
+def _bad_files(tmp_path: Path, good: dict) -> dict[str, Path]:
+    truncated = tmp_path / "truncated.safetensors"
+    save_file(good, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:-40])
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x13\x00\x00\x00\x00\x00\x00\x00not json at all")
+    not_state_dict = tmp_path / "object.pt"
+    with open(not_state_dict, "wb") as handle:
+        pickle.dump(Path("/etc/passwd"), handle)  # a pickle that would run arbitrary constructors
+    nan_weights = tmp_path / "nan.safetensors"
+    save_file({**good, "layers.1.weight": torch.full_like(good["layers.1.weight"], float("nan"))}, nan_weights)
+    batchnorm = tmp_path / "batchnorm.pt"
+    torch.save({**good, "bn.weight": torch.ones(4), "bn.bias": torch.zeros(4), "bn.running_mean": torch.zeros(4)},
+               batchnorm)
+    return {"truncated": truncated, "garbage": garbage, "not_state_dict": not_state_dict, "nan": nan_weights,
+            "batchnorm": batchnorm}
+
+
+@pytest.mark.parametrize("case", ["truncated", "garbage", "not_state_dict", "nan", "batchnorm"])
+def test_bad_checkpoint_files_give_one_line_errors(case, shared_zoo, trained_run, tmp_path, capsys):
+    good = {k: v.contiguous() for k, v in shared_zoo.records([0])[0].to_state_dict().items()}
+    bad = _bad_files(tmp_path, good)[case]
+    embeddings = tmp_path / "codes.npy"
+    for command in (["predict", str(trained_run), str(bad)],
+                    ["embed", str(trained_run), str(bad), "--out", str(embeddings)]):
+        code, out, err = run_cli([*command, "--device", "cpu"], capsys)
+        assert code == 2
+        assert out == ""
+        assert len(err.strip().splitlines()) == 1, err
+        assert bad.name in err
+        assert "Traceback" not in err
+    assert not embeddings.exists()
+
+
+def test_unknown_target_and_encoder_names(shared_zoo, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_cli(["train", "--zoo", str(shared_zoo.path), "--target", "accuracy", "--out", str(out)], capsys)
+    assert code == 2 and "accuracy" in err and "frequency" in err
+    code, _, err = run_cli(["train", "--zoo", str(shared_zoo.path), "--target", "frequency", "--encoder", "nope",
+                            "--out", str(out)], capsys)
+    assert code == 2 and "nope" in err and "sne" in err
+    assert not out.exists()
