@@ -1,0 +1,32 @@
+"""Weight-space records of networks: build them from modules and files, and permute them."""
+
+from sne.weights.io import (
+    load_record,
+    load_state_dict_file,
+    record_from_module,
+    record_from_state_dict,
+    save_state_dict_file,
+)
+from sne.weights.permute import (
+    permute_hidden,
+    random_equivalent_permutation,
+    random_permutations,
+    supports_permutation,
+)
+from sne.weights.record import LAYER_KINDS, Layer, NetworkRecord, make_layer
+
+__all__ = [
+    "LAYER_KINDS",
+    "Layer",
+    "NetworkRecord",
+    "load_record",
+    "load_state_dict_file",
+    "make_layer",
+    "permute_hidden",
+    "random_equivalent_permutation",
+    "random_permutations",
+    "record_from_module",
+    "record_from_state_dict",
+    "save_state_dict_file",
+    "supports_permutation",
+]

@@ -1,0 +1,156 @@
+"""Neuron permutations must leave real networks' outputs unchanged."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from sne.errors import SneError
+from sne.weights import (
+    permute_hidden,
+    random_equivalent_permutation,
+    random_permutations,
+    record_from_module,
+    record_from_state_dict,
+    supports_permutation,
+)
+
+
+def assert_equivalent(model: nn.Module, inputs: torch.Tensor, seed: int = 0) -> None:
+    """Permute ``model`` through its record and check it computes the same function with new weights."""
+    model = model.double().eval()
+    record = record_from_module(model)
+    permuted = random_equivalent_permutation(record, torch.Generator().manual_seed(seed))
+    twin = copy.deepcopy(model)
+    twin.load_state_dict(permuted.to_state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(inputs.double()), model(inputs.double()), rtol=1e-10, atol=1e-10)
+    assert any(not torch.equal(a.weight, b.weight) for a, b in zip(record.layers[:-1], permuted.layers[:-1]))
+    assert permuted.architecture == record.architecture
+    assert [l.activation for l in permuted.layers] == [l.activation for l in record.layers]
+    assert permuted.source == record.source
+
+
+def test_mlp_equivalence():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+    assert_equivalent(model, torch.randn(32, 3))
+
+
+def test_cnn_global_pool_equivalence():
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
+    )  # fmt: skip
+    assert_equivalent(model, torch.randn(4, 1, 9, 9))
+
+
+def test_cnn_flatten_equivalence():
+    torch.manual_seed(2)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.Tanh(),
+        nn.Flatten(), nn.Linear(72, 10), nn.ReLU(), nn.Linear(10, 3),
+    )  # fmt: skip
+    assert_equivalent(model, torch.randn(4, 1, 9, 9))  # 9x9 -> 7x7 -> 3x3 map of 8 channels
+
+
+def test_conv1d_and_conv3d_equivalence():
+    torch.manual_seed(3)
+    conv1d = nn.Sequential(
+        nn.Conv1d(2, 6, 5), nn.ReLU(), nn.Conv1d(6, 4, 1), nn.Tanh(), nn.Conv1d(4, 4, 3),
+        nn.Flatten(), nn.Linear(4 * 10, 3),
+    )  # fmt: skip
+    assert_equivalent(conv1d, torch.randn(5, 2, 16))
+    conv3d = nn.Sequential(
+        nn.Conv3d(1, 4, 3), nn.ReLU(), nn.Conv3d(4, 3, 2), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 8, 2)
+    )  # fmt: skip
+    assert_equivalent(conv3d, torch.randn(2, 1, 5, 5, 5))
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    widths=st.lists(st.integers(2, 9), min_size=2, max_size=5),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_random_mlp_equivalence(widths, bias, seed):
+    torch.manual_seed(seed)
+    modules: list[nn.Module] = []
+    for fan_in, fan_out in zip(widths, widths[1:]):
+        modules += [nn.Linear(fan_in, fan_out, bias=bias), nn.Tanh()]
+    modules.append(nn.Linear(widths[-1], 2))
+    model = nn.Sequential(*modules).double()
+    record = record_from_module(model)
+    permuted = random_equivalent_permutation(record, torch.Generator().manual_seed(seed))
+    twin = copy.deepcopy(model)
+    twin.load_state_dict(permuted.to_state_dict(), strict=True)
+    inputs = torch.randn(8, widths[0], dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(inputs), model(inputs), rtol=1e-10, atol=1e-10)
+
+
+def test_explicit_permutation_moves_rows_and_columns():
+    record = record_from_state_dict(
+        {"a.weight": torch.arange(6.0).reshape(3, 2), "a.bias": torch.tensor([0.0, 1.0, 2.0]),
+         "b.weight": torch.arange(3.0).reshape(1, 3)}
+    )  # fmt: skip
+    perm = torch.tensor([2, 0, 1])
+    out = permute_hidden(record, [perm])
+    assert torch.equal(out.layers[0].weight, torch.tensor([[4.0, 5.0], [0.0, 1.0], [2.0, 3.0]]))
+    assert torch.equal(out.layers[0].bias, torch.tensor([2.0, 0.0, 1.0]))
+    assert torch.equal(out.layers[1].weight, torch.tensor([[2.0, 0.0, 1.0]]))
+    # The input record is untouched, and None / identity leaves the weights as they are.
+    assert torch.equal(record.layers[0].bias, torch.tensor([0.0, 1.0, 2.0]))
+    assert permute_hidden(record, [None, None]).to_state_dict().keys() == record.to_state_dict().keys()
+    assert all(torch.equal(a.weight, b.weight) for a, b in zip(permute_hidden(record, [None]).layers, record.layers))
+
+
+def test_random_permutations_shape():
+    record = record_from_module(nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 4), nn.Linear(4, 2)))
+    perms = random_permutations(record, torch.Generator().manual_seed(0))
+    assert [None if p is None else sorted(p.tolist()) for p in perms] == [list(range(5)), list(range(4)), None]
+    single = record_from_module(nn.Sequential(nn.Linear(3, 2)))
+    assert random_permutations(single, torch.Generator()) == [None]
+    unchanged = random_equivalent_permutation(single, torch.Generator())
+    assert torch.equal(unchanged.layers[0].weight, single.layers[0].weight)
+
+
+def test_meta_kept():
+    record = record_from_module(nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 2)))
+    record = replace(record, meta={"zoo": "x"})
+    assert random_equivalent_permutation(record, torch.Generator().manual_seed(0)).meta == {"zoo": "x"}
+
+
+def _chain(*shapes: tuple[int, ...]):
+    return record_from_state_dict({f"l{i}.weight": torch.ones(shape) for i, shape in enumerate(shapes)}, source="net")
+
+
+def test_refusals():
+    record = _chain((4, 3), (2, 4))
+    with pytest.raises(SneError, match="outputs of the last layer 'l1' cannot be permuted"):
+        permute_hidden(record, [None, torch.tensor([1, 0])])
+    with pytest.raises(SneError, match="not a permutation of 4 indices"):
+        permute_hidden(record, [torch.tensor([0, 0, 1, 2])])
+    with pytest.raises(SneError, match="not a permutation of 4 indices"):
+        permute_hidden(record, [torch.tensor([0, 1, 2])])
+    with pytest.raises(SneError, match="3 permutations given for 2 layers"):
+        permute_hidden(record, [None, None, None])
+
+    skip = record.with_layers([record.layers[0], replace(record.layers[1], skip_from=(0,))])
+    assert not supports_permutation(skip)
+    with pytest.raises(SneError, match="^net: cannot permute a network with skip connections"):
+        random_equivalent_permutation(skip, torch.Generator())
+
+    for broken in [_chain((4, 3), (2, 5)), _chain((4, 3), (2, 8)), _chain((4, 3, 3, 3), (2, 6, 3, 3))]:
+        assert not supports_permutation(broken)
+        with pytest.raises(SneError, match="do not chain"):
+            random_permutations(broken, torch.Generator())
+    assert supports_permutation(_chain((4, 3, 3, 3), (2, 36)))
+    assert supports_permutation(record)
