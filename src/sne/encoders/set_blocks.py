@@ -1,0 +1,108 @@
+"""Set Transformer blocks (Lee et al. 2019) over padded sets with key-padding masks.
+
+Sets are batched as ``(batch, size, dim)`` tensors; ``mask`` is ``(batch, size)`` and ``True`` marks
+real elements. Padded elements are never attended to, so they cannot change any real output;
+their own outputs are unspecified and must stay masked downstream. Every set must hold at least
+one real element (a query that sees no key has no defined attention).
+
+    MAB(X, Y) = H + rFF(H),   H = X + MultiHead(X, Y, Y)
+    SAB(X)    = MAB(X, X)
+    PMA(X)    = MAB(S, rFF(X))           S: k learned seed vectors
+
+LayerNorm after each residual sum is optional and off by default, as in the SNE paper.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RowFF(nn.Module):
+    """Row-wise feed-forward ``Linear -> ReLU -> Linear``, applied to every element alike."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class MAB(nn.Module):
+    """Multihead attention block: queries ``x`` attend to keys/values ``y``."""
+
+    def __init__(self, dim: int, heads: int, layer_norm: bool = False) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.ff = RowFF(dim)
+        self.norm_attention = nn.LayerNorm(dim) if layer_norm else nn.Identity()
+        self.norm_ff = nn.LayerNorm(dim) if layer_norm else nn.Identity()
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, size, dim = x.shape
+        return x.view(batch, size, self.heads, dim // self.heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = self._split_heads(self.q(x)), self._split_heads(self.k(y)), self._split_heads(self.v(y))
+        # (batch, 1, 1, keys) broadcasts over heads and queries; True = may be attended to.
+        attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        attended = attended.transpose(1, 2).reshape(x.shape)
+        h = self.norm_attention(x + self.o(attended))
+        return self.norm_ff(h + self.ff(h))
+
+
+class SAB(nn.Module):
+    """Set attention block ``MAB(X, X)``: permutation-equivariant set-to-set map."""
+
+    def __init__(self, dim: int, heads: int, layer_norm: bool = False) -> None:
+        super().__init__()
+        self.mab = MAB(dim, heads, layer_norm)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.mab(x, x, mask)
+
+
+class PMA(nn.Module):
+    """Pooling by multihead attention: ``seeds`` learned queries attend to ``rFF(X)``.
+
+    Returns ``(batch, seeds, dim)``; permutation-invariant in the set's elements.
+    """
+
+    def __init__(self, dim: int, heads: int, seeds: int = 1, layer_norm: bool = False) -> None:
+        super().__init__()
+        self.seeds = nn.Parameter(torch.empty(seeds, dim))
+        nn.init.xavier_uniform_(self.seeds)
+        self.ff = RowFF(dim)
+        self.mab = MAB(dim, heads, layer_norm)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        seeds = self.seeds.unsqueeze(0).expand(x.shape[0], -1, -1)
+        return self.mab(seeds, self.ff(x), mask)
+
+
+class ResidualFF(nn.Module):
+    """``X + rFF(X)``: the set-function-free stand-in for a SAB (no interaction between elements)."""
+
+    def __init__(self, dim: int, layer_norm: bool = False) -> None:
+        super().__init__()
+        self.ff = RowFF(dim)
+        self.norm = nn.LayerNorm(dim) if layer_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.norm(x + self.ff(x))
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` (batch, size, dim) over the real elements of each set -> (batch, dim)."""
+    mask = mask.unsqueeze(-1)
+    # masked_fill, not a product: padded rows may hold anything, even non-finite values.
+    return x.masked_fill(~mask, 0.0).sum(dim=1) / mask.sum(dim=1).to(x.dtype)

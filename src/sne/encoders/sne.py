@@ -1,0 +1,259 @@
+"""SNE, the Set-based Neural network Encoder (Andreis et al.): reference implementation.
+
+    taps -> tap MLP, mean over a kernel's taps                       -> elements (+ row slot enc)
+    pad-chunk (sne.encoders.chunking)                                -> chunks (N, c, h)
+    chunk encoder:   2 SAB -> + type enc + level enc -> 2 SAB -> PMA   -> chunk codes (N, h)
+    layer encoder:   + chunk index enc -> SAB stack -> PMA per part    -> weight / bias codes
+                     SAB -> PMA over a layer's (weight, bias) codes    -> layer codes
+    network encoder: + level enc -> SAB stack -> PMA -> Linear         -> z (B, out_dim)
+
+All chunks of all layers of all networks in a batch go through the chunk encoder in one call; the
+later stages gather their sets with index tensors and key-padding masks, so padding never changes
+a network's code and no shape depends on the number or size of layers or on kernel sizes: one
+trained encoder takes any architecture of linear and convolutional layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from sne.encoders.base import Architecture, Encoder, register_encoder
+from sne.encoders.chunking import NUM_CHUNK_TYPES, ChunkBatch, pad_chunk
+from sne.encoders.positional import coordinate_encoding, sinusoidal_encoding
+from sne.encoders.set_blocks import PMA, SAB, ResidualFF, masked_mean
+from sne.errors import SneError
+from sne.weights.record import KIND_BY_WEIGHT_NDIM, NetworkRecord
+
+#: Options and their defaults (the paper's settings; chunk_micro_batch=None: no micro-batching).
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "chunk_size": 32,
+    "hidden": 64,
+    "heads": 4,
+    "num_sab": 2,
+    "out_dim": 32,
+    "layer_norm": False,
+    "use_type_encoding": True,
+    "use_level_encoding": True,
+    "use_chunk_index_encoding": True,
+    "use_row_slot_encoding": True,
+    "use_set_functions": True,
+    "use_hierarchy": True,
+    "chunk_micro_batch": None,
+}
+
+#: Most kernel dimensions of any layer kind (conv3d); tap coordinates are zero-padded to it.
+MAX_KERNEL_DIMS = max(KIND_BY_WEIGHT_NDIM) - 2
+#: Octave frequencies per kernel dimension in a tap's coordinate encoding.
+TAP_FREQUENCIES = 4
+
+
+class ElementEmbedding(nn.Module):
+    """An element (a set of kernel taps) -> ``out(mean_t relu(value(v_t) + coordinate(pos_t)))``.
+
+    Mean pooling over taps makes it take any kernel size; the coordinate encoding tells taps
+    apart, so a kernel is a set of (value, place) pairs and nothing about it is lost to order.
+    """
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.value = nn.Linear(1, hidden, bias=False)
+        self.coordinate = nn.Linear(MAX_KERNEL_DIMS * 2 * TAP_FREQUENCIES, hidden)
+        self.out = nn.Linear(hidden, hidden)
+
+    def forward(self, values: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor:
+        """``values`` (elements, taps), ``coordinates`` (taps, kernel ndim) -> (elements, hidden)."""
+        taps, ndim = coordinates.shape
+        features = coordinate_encoding(coordinates, TAP_FREQUENCIES).reshape(taps, ndim * 2 * TAP_FREQUENCIES)
+        features = nn.functional.pad(features, (0, (MAX_KERNEL_DIMS - ndim) * 2 * TAP_FREQUENCIES))
+        # The coordinate term is shared by all elements of a kernel shape: computed once, broadcast.
+        hidden = torch.relu(self.value(values.unsqueeze(-1)) + self.coordinate(features))
+        return self.out(hidden.mean(dim=1))
+
+
+class SetStack(nn.Module):
+    """``depth`` SABs, or with ``set_functions=False`` as many per-element residual MLPs."""
+
+    def __init__(self, hidden: int, heads: int, depth: int, layer_norm: bool, set_functions: bool) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            SAB(hidden, heads, layer_norm) if set_functions else ResidualFF(hidden, layer_norm) for _ in range(depth)
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, mask)
+        return x
+
+
+class SetPool(nn.Module):
+    """Set -> vector: PMA with one seed, or with ``set_functions=False`` the masked mean."""
+
+    def __init__(self, hidden: int, heads: int, layer_norm: bool, set_functions: bool) -> None:
+        super().__init__()
+        self.pma = PMA(hidden, heads, seeds=1, layer_norm=layer_norm) if set_functions else None
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pma is None:
+            return masked_mean(x, mask)
+        return self.pma(x, mask).squeeze(1)
+
+
+def _gather_sets(values: torch.Tensor, slot: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Scatter rows of ``values`` to their ``slot`` in a zero-padded ``(*mask.shape, dim)`` tensor."""
+    padded = values.new_zeros(mask.numel(), values.shape[-1]).index_copy(0, slot, values)
+    return padded.view(*mask.shape, values.shape[-1])
+
+
+@register_encoder("sne")
+class SNEEncoder(Encoder):
+    """Set-based neural network encoder; takes networks of any architecture.
+
+    Options (see :data:`DEFAULT_OPTIONS`): ``chunk_size`` elements per chunk; ``hidden`` width of
+    every set block; ``heads`` attention heads; ``num_sab`` SABs per stage; ``out_dim`` size of z;
+    ``layer_norm`` in the set blocks. Ablation switches, all on by default: ``use_type_encoding``,
+    ``use_level_encoding``, ``use_chunk_index_encoding``, ``use_row_slot_encoding``,
+    ``use_set_functions`` (off: per-element MLPs and mean pooling instead of SABs and PMA),
+    ``use_hierarchy`` (off: all chunk codes of a network form one set for the network encoder).
+    ``chunk_micro_batch``: when training, embed and encode this many chunks at a time with
+    gradient checkpointing, trading recomputation for memory: activations of one micro-batch
+    instead of all the batch's chunks.
+    """
+
+    def __init__(self, *, architecture: Architecture | None = None, **options: Any) -> None:
+        unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
+        if unknown:
+            raise SneError(f"unknown SNE option(s) {', '.join(unknown)} (known: {', '.join(DEFAULT_OPTIONS)})")
+        resolved = {**DEFAULT_OPTIONS, **options}
+        _validate(resolved)
+        super().__init__(architecture=architecture, **resolved)
+        hidden, heads, depth, norm = resolved["hidden"], resolved["heads"], resolved["num_sab"], resolved["layer_norm"]
+        sets = resolved["use_set_functions"]
+        self.out_dim = resolved["out_dim"]
+        self.hidden = hidden
+        self.element_embedding = ElementEmbedding(hidden)
+        self.chunk_stack_1 = SetStack(hidden, heads, depth, norm, sets)
+        self.chunk_stack_2 = SetStack(hidden, heads, depth, norm, sets)
+        self.chunk_pool = SetPool(hidden, heads, norm, sets)
+        if resolved["use_hierarchy"]:
+            self.part_stack = SetStack(hidden, heads, depth, norm, sets)
+            self.part_pool = SetPool(hidden, heads, norm, sets)
+            self.merge_stack = SetStack(hidden, heads, 1, norm, sets)
+            self.merge_pool = SetPool(hidden, heads, norm, sets)
+        self.network_stack = SetStack(hidden, heads, depth, norm, sets)
+        self.network_pool = SetPool(hidden, heads, norm, sets)
+        self.readout = nn.Linear(hidden, self.out_dim)
+
+    def check_records(self, records: Sequence[NetworkRecord]) -> None:
+        for record in records:
+            for layer in record.layers:
+                if KIND_BY_WEIGHT_NDIM.get(layer.weight.dim()) != layer.kind:
+                    raise SneError(
+                        f"{record.source}: SNE cannot encode layer '{layer.name}' of kind '{layer.kind}' "
+                        f"with a weight of shape {tuple(layer.weight.shape)}"
+                    )
+
+    def prepare(self, records: Sequence[NetworkRecord]) -> ChunkBatch:
+        self.check_records(records)
+        return pad_chunk(records, self.options["chunk_size"], dtype=self.readout.weight.dtype)
+
+    def forward(self, batch: ChunkBatch) -> torch.Tensor:
+        opts = self.options
+        dtype = self.readout.weight.dtype
+        codes = self._chunk_codes(batch, dtype)
+        if opts["use_chunk_index_encoding"]:
+            codes = codes + self._encode(batch.chunk_index, dtype)
+        if opts["use_hierarchy"]:
+            parts = _gather_sets(codes, batch.chunk_part_slot, batch.part_mask)
+            parts = self.part_pool(self.part_stack(parts, batch.part_mask), batch.part_mask)
+            pairs = _gather_sets(parts, batch.part_layer_slot, batch.layer_mask)
+            layers = self.merge_pool(self.merge_stack(pairs, batch.layer_mask), batch.layer_mask)
+            if opts["use_level_encoding"]:
+                layers = layers + self._encode(batch.layer_level, dtype)
+            sets, mask = _gather_sets(layers, batch.layer_network_slot, batch.network_mask), batch.network_mask
+        else:
+            sets = _gather_sets(codes, batch.chunk_network_slot, batch.network_chunk_mask)
+            mask = batch.network_chunk_mask
+        return self.readout(self.network_pool(self.network_stack(sets, mask), mask))
+
+    def _encode(self, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return sinusoidal_encoding(positions, self.hidden, dtype=dtype)
+
+    def _chunk_codes(self, batch: ChunkBatch, dtype: torch.dtype) -> torch.Tensor:
+        """Codes (N, hidden) of all chunks: in one call, or in micro-batches (checkpointed in training).
+
+        A micro-batch embeds only its own elements (each kernel shape's elements are stored in
+        chunk order, so they form one contiguous range): no padded tensor of the whole batch's
+        chunks ever exists, and backward keeps only tap values and chunk codes.
+        """
+        num_chunks, chunk_size = batch.element_mask.shape
+        step = self.options["chunk_micro_batch"]
+        if step is None:
+            whole = [(0, len(slots)) for slots in batch.element_slot]
+            return self._encode_chunk_range(batch, dtype, 0, num_chunks, whole)
+        starts = list(range(0, num_chunks, step))
+        bounds = torch.tensor([*starts, num_chunks], device=batch.element_mask.device) * chunk_size
+        # ranges[g][i]: index of the first element of kernel group g in micro-batch i or later.
+        ranges = [torch.searchsorted(slots, bounds).tolist() for slots in batch.element_slot]
+        codes = []
+        for i, first in enumerate(starts):
+            args = (batch, dtype, first, min(first + step, num_chunks), [(r[i], r[i + 1]) for r in ranges])
+            if torch.is_grad_enabled():
+                codes.append(checkpoint(self._encode_chunk_range, *args, use_reentrant=False))
+            else:
+                codes.append(self._encode_chunk_range(*args))
+        return torch.cat(codes)
+
+    def _encode_chunk_range(
+        self, batch: ChunkBatch, dtype: torch.dtype, first: int, last: int, element_ranges: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        """Embed the elements of chunks ``first:last`` and run the chunk encoder on them."""
+        chunk_size = batch.element_mask.shape[1]
+        groups = zip(batch.tap_values, batch.tap_coordinates, batch.element_slot, element_ranges)
+        embedded, slots = zip(
+            *(
+                (self.element_embedding(values[a:b].to(dtype), coordinates.to(dtype)), slot[a:b])
+                for values, coordinates, slot, (a, b) in groups
+            )
+        )
+        mask = batch.element_mask[first:last]
+        elements = _gather_sets(torch.cat(embedded), torch.cat(slots) - first * chunk_size, mask)
+        if self.options["use_row_slot_encoding"]:
+            row_codes = self._encode(torch.arange(chunk_size, device=mask.device), dtype)
+            elements = elements + row_codes[batch.row_slot[first:last]]
+        x = self.chunk_stack_1(elements, mask) + self._chunk_context(batch, dtype, first, last).unsqueeze(1)
+        return self.chunk_pool(self.chunk_stack_2(x, mask), mask)
+
+    def _chunk_context(self, batch: ChunkBatch, dtype: torch.dtype, first: int, last: int) -> torch.Tensor:
+        """Layer-type plus layer-level encoding of chunks ``first:last``, (last - first, hidden)."""
+        kinds, levels = batch.chunk_type[first:last], batch.chunk_level[first:last]
+        context = torch.zeros(last - first, self.hidden, dtype=dtype, device=kinds.device)
+        if self.options["use_type_encoding"]:
+            context = context + self._encode(kinds, dtype)
+        if self.options["use_level_encoding"]:
+            # Levels sit after the type positions on the same sinusoidal axis: were both counted
+            # from 0, (type a, level b) and (type b, level a) would add up to the same context.
+            context = context + self._encode(levels + NUM_CHUNK_TYPES, dtype)
+        return context
+
+
+def _validate(options: dict[str, Any]) -> None:
+    def positive_int(name: str) -> None:
+        value = options[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SneError(f"SNE option {name} must be a positive integer, got {value!r}")
+
+    for name in ("chunk_size", "hidden", "heads", "out_dim"):
+        positive_int(name)
+    if isinstance(options["num_sab"], bool) or not isinstance(options["num_sab"], int) or options["num_sab"] < 0:
+        raise SneError(f"SNE option num_sab must be a non-negative integer, got {options['num_sab']!r}")
+    if options["hidden"] % options["heads"]:
+        raise SneError(f"SNE option hidden ({options['hidden']}) must be divisible by heads ({options['heads']})")
+    if options["chunk_micro_batch"] is not None:
+        positive_int("chunk_micro_batch")
+    for name, value in options.items():
+        if (name == "layer_norm" or name.startswith("use_")) and not isinstance(value, bool):
+            raise SneError(f"SNE option {name} must be true or false, got {value!r}")

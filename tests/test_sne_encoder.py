@@ -1,0 +1,285 @@
+"""The SNE encoder: chunking, masks, invariance to padding and batch composition, ablations, training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sne.encoders import batch_to, build_encoder, build_encoder_from_config
+from sne.encoders.chunking import kernel_coordinates, pad_chunk, row_chunk_layout
+from sne.encoders.sne import DEFAULT_OPTIONS, SNEEncoder
+from sne.errors import SneError
+from sne.weights.record import Layer, NetworkRecord, make_layer
+
+SMALL = {"hidden": 16, "heads": 2, "num_sab": 1, "out_dim": 8}
+SWITCHES = [name for name in DEFAULT_OPTIONS if name.startswith("use_")]
+
+
+def mlp(widths: list[int], generator: torch.Generator, scale: float = 1.0, dtype=torch.float32) -> NetworkRecord:
+    layers = [
+        make_layer(
+            f"fc{i}",
+            i,
+            scale * torch.randn(n_out, n_in, generator=generator, dtype=dtype),
+            scale * torch.randn(n_out, generator=generator, dtype=dtype),
+        )
+        for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:]))
+    ]
+    return NetworkRecord(tuple(layers), source=f"mlp{widths}")
+
+
+def convnet(shapes: list[tuple[int, ...]], generator: torch.Generator, dtype=torch.float32) -> NetworkRecord:
+    """Layers with the given weight shapes (any kind), biased on every other layer."""
+    layers = [
+        make_layer(
+            f"layer{i}",
+            i,
+            torch.randn(*shape, generator=generator, dtype=dtype),
+            torch.randn(shape[0], generator=generator, dtype=dtype) if i % 2 == 0 else None,
+        )
+        for i, shape in enumerate(shapes)
+    ]
+    return NetworkRecord(tuple(layers), source=f"net{shapes}")
+
+
+def mixed_records(dtype=torch.float32) -> list[NetworkRecord]:
+    g = torch.Generator().manual_seed(0)
+    return [
+        mlp([1, 32, 32, 1], g, dtype=dtype),
+        mlp([3, 7, 5, 9, 2], g, dtype=dtype),
+        convnet([(8, 1, 3, 3), (6, 8, 5, 5), (4, 6, 3, 3), (10, 4)], g, dtype=dtype),
+        convnet([(5, 2, 4), (3, 5, 1), (2, 3)], g, dtype=dtype),  # conv1d
+        convnet([(4, 3, 7, 7), (2, 4, 1, 1)], g, dtype=dtype),  # 7x7 and 1x1
+        convnet([(3, 2, 3, 3, 3), (2, 3)], g, dtype=dtype),  # conv3d
+    ]
+
+
+def encode(encoder: SNEEncoder, records: list[NetworkRecord]) -> torch.Tensor:
+    return encoder(encoder.prepare(records))
+
+
+def single_layer(weight: torch.Tensor, bias: torch.Tensor | None = None) -> NetworkRecord:
+    return NetworkRecord((make_layer("layer", 0, weight, bias),))
+
+
+# --- chunking -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("out_features", "in_features", "chunks", "elements_per_chunk"),
+    [
+        (32, 1, 1, [32]),
+        (32, 32, 32, [32] * 32),
+        (10, 100, 40, [32, 32, 32, 4] * 10),
+        (16, 3, 2, [30, 18]),  # 10 whole rows of 3 per chunk
+        (33, 1, 2, [32, 1]),
+    ],
+)
+def test_weight_chunk_counts_and_masks(out_features, in_features, chunks, elements_per_chunk):
+    batch = pad_chunk([single_layer(torch.randn(out_features, in_features))], chunk_size=32)
+    assert batch.element_mask.shape == (chunks, 32)
+    assert batch.element_mask.sum(dim=1).tolist() == elements_per_chunk
+    # Real elements fill each chunk from the front.
+    assert all(row[: n].all() and not row[n:].any() for row, n in zip(batch.element_mask, elements_per_chunk))
+    assert batch.part_mask.shape == (1, chunks) and batch.part_mask.all()
+
+
+def test_bias_of_33_takes_two_chunks():
+    batch = pad_chunk([single_layer(torch.randn(33, 4), torch.randn(33))], chunk_size=32)
+    bias_chunks = batch.chunk_type == 1  # linear (kind 0), bias part
+    assert bias_chunks.sum() == 2
+    assert batch.element_mask[bias_chunks].sum(dim=1).tolist() == [32, 1]
+    assert batch.layer_mask.tolist() == [[True, True]]
+
+
+def test_row_split_keeps_values_in_order():
+    weight = torch.arange(1000.0).reshape(10, 100)
+    batch = pad_chunk([single_layer(weight)], chunk_size=32)
+    dense = torch.zeros(40 * 32).index_copy(0, batch.element_slot[0], batch.tap_values[0][:, 0]).view(40, 32)
+    assert torch.equal(dense[1, :32], weight[0, 32:64])
+    assert torch.equal(dense[3, :4], weight[0, 96:])
+    assert torch.equal(dense[4, :32], weight[1, :32])
+    assert not batch.row_slot.any()  # one row per chunk
+
+
+def test_rows_packed_whole_with_row_slots():
+    layout = row_chunk_layout(rows=5, row_length=3, chunk_size=8)  # 2 rows per chunk
+    assert layout.num_chunks == 3
+    assert layout.slot.tolist() == [0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13, 16, 17, 18]
+    assert layout.row_slot.tolist() == [0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0]
+
+
+def test_conv_elements_are_kernels_grouped_by_shape():
+    g = torch.Generator().manual_seed(0)
+    record = convnet([(16, 1, 3, 3), (16, 16, 3, 3), (4, 16, 5, 5), (10, 4)], g)
+    batch = pad_chunk([record], chunk_size=32)
+    shapes = sorted(tuple(v.shape) for v in batch.tap_values)
+    # 3x3: 16 + 256 elements; 5x5: 64; one tap: biases (16 + 4) and the linear weight (40).
+    assert shapes == [(60, 1), (64, 25), (272, 9)]
+    assert kernel_coordinates((3, 3))[0].tolist() == [-1.0, -1.0]
+    assert kernel_coordinates((1, 5))[:, 0].eq(0).all()
+    assert int(batch.element_mask.sum()) == 16 + 256 + 64 + 40 + 16 + 4
+
+
+def test_batch_index_bookkeeping():
+    g = torch.Generator().manual_seed(0)
+    batch = pad_chunk([mlp([2, 3], g), mlp([1, 40, 40, 1], g)], chunk_size=32)
+    assert batch.network_mask.tolist() == [[True, False, False], [True, True, True]]
+    assert batch.layer_level.tolist() == [0, 0, 1, 2]
+    # Parts: weight, bias of each layer. 40x40: rows of 40 > 32 split in 2 chunks each -> 80 chunks.
+    assert batch.part_mask.sum(dim=1).tolist() == [1, 1, 2, 2, 80, 2, 2, 1]
+    assert batch.chunk_network_slot[:3].tolist() == [0, 1, 89]  # rows of a (2, 89) padded tensor
+    assert batch.network_chunk_mask.sum(dim=1).tolist() == [2, 89]
+    assert batch.part_layer_slot.tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert batch.layer_network_slot.tolist() == [0, 3, 4, 5]
+
+
+# --- the encoder --------------------------------------------------------------------------------
+
+
+def test_output_shape_for_mixed_architectures():
+    torch.manual_seed(0)
+    encoder = SNEEncoder()
+    records = mixed_records()
+    z = encode(encoder, records)
+    assert z.shape == (len(records), DEFAULT_OPTIONS["out_dim"])
+    assert torch.isfinite(z).all()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"use_hierarchy": False}, {"use_set_functions": False}, {"chunk_micro_batch": 3}, {"layer_norm": True}],
+    ids=["default", "flat", "no-sets", "micro-batch", "layer-norm"],
+)
+def test_code_does_not_depend_on_batch_composition(options):
+    """A network's code is the same alone and beside a larger network of another architecture."""
+    torch.manual_seed(0)
+    encoder = SNEEncoder(**SMALL, chunk_size=8, **options).double()
+    records = mixed_records(torch.float64)
+    g = torch.Generator().manual_seed(1)
+    large = mlp([5, 70, 70, 3], g, dtype=torch.float64)
+    together = encode(encoder, [large, *records[::-1]])
+    for i, record in enumerate(records[::-1]):
+        alone = encode(encoder, [record])
+        torch.testing.assert_close(together[i + 1], alone[0], atol=1e-9, rtol=0)
+
+
+def test_incoming_order_is_not_encoded_but_neuron_grouping_is():
+    """The order decision of sne.encoders.chunking: see its module docstring."""
+    torch.manual_seed(0)
+    weight = torch.randn(4, 3, dtype=torch.float64)
+    columns_permuted = weight[:, [2, 0, 1]]
+    regrouped = weight.clone()
+    regrouped[0, 0], regrouped[1, 0] = weight[1, 0], weight[0, 0]  # same chunk, other neuron
+    for use_row_slot in (True, False):
+        encoder = SNEEncoder(**SMALL, use_row_slot_encoding=use_row_slot).double()
+        codes = encode(encoder, [single_layer(w) for w in (weight, columns_permuted, regrouped)])
+        torch.testing.assert_close(codes[0], codes[1], atol=1e-9, rtol=0)
+        assert torch.allclose(codes[0], codes[2], atol=1e-9) != use_row_slot
+
+
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_each_ablation_builds_and_runs(switch):
+    torch.manual_seed(0)
+    encoder = SNEEncoder(**SMALL, **{switch: False})
+    z = encode(encoder, mixed_records())
+    assert z.shape == (6, SMALL["out_dim"]) and torch.isfinite(z).all()
+    z.sum().backward()
+
+
+@pytest.mark.parametrize("options", [{}, {"use_hierarchy": False}, {"use_set_functions": False}])
+def test_gradients_reach_every_parameter(options):
+    torch.manual_seed(0)
+    encoder = SNEEncoder(**SMALL, **options)
+    encode(encoder, mixed_records()).square().sum().backward()
+    for name, parameter in encoder.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_micro_batching_gives_the_same_codes_and_gradients():
+    torch.manual_seed(0)
+    plain = SNEEncoder(**SMALL)
+    micro = SNEEncoder(**SMALL, chunk_micro_batch=5)
+    micro.load_state_dict(plain.state_dict())
+    records = mixed_records()
+    outputs = []
+    for encoder in (plain, micro):
+        z = encode(encoder, records)
+        z.square().sum().backward()
+        outputs.append(z)
+    torch.testing.assert_close(outputs[0], outputs[1])
+    for (name, a), b in zip(plain.named_parameters(), micro.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_config_round_trip_gives_identical_outputs():
+    torch.manual_seed(0)
+    encoder = build_encoder("sne", **SMALL, use_level_encoding=False)
+    config = json.loads(json.dumps(encoder.config()))
+    rebuilt = build_encoder_from_config(config)
+    rebuilt.load_state_dict(encoder.state_dict())
+    assert rebuilt.options == encoder.options and rebuilt.out_dim == SMALL["out_dim"]
+    records = mixed_records()
+    torch.testing.assert_close(encode(rebuilt, records), encode(encoder, records), atol=0, rtol=0)
+
+
+def test_prepared_batch_moves_with_batch_to():
+    encoder = SNEEncoder(**SMALL)
+    batch = batch_to(encoder.prepare(mixed_records()), "cpu")
+    assert encoder(batch).shape == (6, SMALL["out_dim"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_runs_on_cuda():
+    torch.manual_seed(0)
+    encoder = SNEEncoder(**SMALL)
+    records = mixed_records()
+    expected = encode(encoder, records)
+    encoder.cuda()
+    z = encoder(batch_to(encoder.prepare(records), "cuda"))
+    torch.testing.assert_close(z.cpu(), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_bad_options_and_inputs_are_user_errors():
+    with pytest.raises(SneError, match="unknown SNE option"):
+        SNEEncoder(chunk=3)
+    with pytest.raises(SneError, match="divisible"):
+        SNEEncoder(hidden=10, heads=4)
+    with pytest.raises(SneError, match="true or false"):
+        SNEEncoder(use_hierarchy="no")
+    encoder = SNEEncoder(**SMALL)
+    with pytest.raises(SneError, match="empty batch"):
+        encoder.prepare([])
+    odd = NetworkRecord((Layer("x", "conv2d", 0, torch.randn(3, 3)),), source="odd.pt")
+    with pytest.raises(SneError, match="odd.pt"):
+        encoder.prepare([odd])
+
+
+def test_learns_the_weight_scale_of_random_mlps():
+    """SNE + a linear head regresses log(weight scale) of unseen MLPs far better than the mean."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+
+    def zoo(n: int) -> tuple[list[NetworkRecord], torch.Tensor]:
+        log_scales = torch.empty(n).uniform_(-2.0, 1.0, generator=g)
+        widths = [[2, 8, 1], [3, 12, 6, 1], [2, 16, 16, 1]]
+        records = [mlp(widths[i % 3], g, scale=float(s.exp())) for i, s in enumerate(log_scales)]
+        return records, log_scales
+
+    train_records, train_y = zoo(64)
+    test_records, test_y = zoo(64)
+    encoder = SNEEncoder(**SMALL)
+    head = torch.nn.Linear(SMALL["out_dim"], 1)
+    train_batch, test_batch = encoder.prepare(train_records), encoder.prepare(test_records)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=3e-3)
+    for _ in range(80):
+        loss = (head(encoder(train_batch)).squeeze(1) - train_y).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        test_mse = (head(encoder(test_batch)).squeeze(1) - test_y).square().mean()
+    mean_predictor_mse = (test_y - train_y.mean()).square().mean()
+    assert test_mse < 0.2 * mean_predictor_mse
