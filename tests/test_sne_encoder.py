@@ -200,8 +200,10 @@ def test_gradients_reach_every_parameter(options):
 
 def test_micro_batching_gives_the_same_codes_and_gradients():
     torch.manual_seed(0)
-    plain = SNEEncoder(**SMALL)
-    micro = SNEEncoder(**SMALL, chunk_micro_batch=5)
+    # float64: summation order differs between the two paths, and float32 gradients differ by more
+    # than default tolerances once codes are well spread.
+    plain = SNEEncoder(**SMALL).double()
+    micro = SNEEncoder(**SMALL, chunk_micro_batch=5).double()
     micro.load_state_dict(plain.state_dict())
     records = mixed_records()
     outputs = []

@@ -26,20 +26,26 @@ def _command_line() -> str:
 @zoo_app.command("generate")
 def zoo_generate(
     recipe: str = typer.Argument(..., help="Recipe name, e.g. sine-inr."),
-    out: Path = typer.Option(..., "--out", help="Zoo directory (created; re-run to resume)."),
+    out: Path = typer.Option(..., "--out", help="Zoo directory (created; re-run the same command to resume)."),
     n: int = typer.Option(..., "--n", help="Number of networks."),
     seed: int = typer.Option(0, "--seed"),
-    init: str = typer.Option("independent", "--init", help="INR initialisation: independent | shared."),
+    init: Optional[str] = typer.Option(None, "--init", help="INR initialisation: independent (default) | shared."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Fitting steps per network (recipe default if unset)."),
-    device: str = typer.Option("cpu", "--device"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (recipe default if unset)."),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help="Networks fitted together in one batch."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu (default) or cuda."),
+    compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the fitting step: faster after a one-off compile."),
+    shard_size: Optional[int] = typer.Option(None, "--shard-size", hidden=True, help="Networks per shard file."),
 ) -> None:
     """Train a zoo of networks with a recipe and record their weights and metrics."""
     from sne.zoo import generate_zoo
 
-    options = {"init": init, "device": device}
-    if steps is not None:
-        options["steps"] = steps
-    zoo = generate_zoo(recipe, out, n=n, seed=seed, options=options, command=_command_line())
+    # Only options given on the command line: the recipe fills (and records) its own defaults.
+    given = {"init": init, "steps": steps, "lr": lr, "group_size": group_size, "device": device, "compile": compile_}
+    options = {key: value for key, value in given.items() if value is not None}
+    zoo = generate_zoo(
+        recipe, out, n=n, seed=seed, options=options, command=_command_line(), shard_size=shard_size
+    )
     console.print(f"zoo with {len(zoo)} networks written to [bold]{zoo.path}[/bold]")
 
 

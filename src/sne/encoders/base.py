@@ -35,6 +35,12 @@ class Encoder(nn.Module):
     def check_records(self, records: Sequence[NetworkRecord]) -> None:
         """Raise :class:`SneError` naming the first record this encoder cannot take."""
 
+    def fit_input_statistics(self, records: Sequence[NetworkRecord]) -> None:
+        """Fit input normalisation on training networks (buffers in the state_dict); default: none.
+
+        The training loop calls it once, on the training split, before the first epoch.
+        """
+
     def prepare(self, records: Sequence[NetworkRecord]) -> Any:
         raise NotImplementedError
 

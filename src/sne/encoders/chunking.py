@@ -20,6 +20,13 @@ receives the order of a neuron's incoming elements within a row, the arbitrary o
 previous layer's neurons. Neuron order is a symmetry of the network too, which is why both
 encodings can be switched off in :class:`sne.encoders.sne.SNEEncoder`; tap coordinates are not a
 symmetry and are always kept.
+
+**Scale.** Weights of different layers differ in scale by orders of magnitude (a SIREN's first
+layer ~0.5, its hidden layer ~0.015), and differences between networks are smaller still, so raw
+values would drown under the positional encodings. With ``standardize=True`` each part's values
+are standardised by that part's own mean and standard deviation, and the two statistics travel
+beside them as ``part_stats`` (mean, log std): nothing is lost, and every layer arrives at unit
+scale whatever the architecture.
 """
 
 from __future__ import annotations
@@ -107,6 +114,8 @@ class ChunkBatch:
     network_mask: torch.Tensor  #: (B, M)
     chunk_network_slot: torch.Tensor  #: (N,) slot in (B, K), for the encoder without hierarchy
     network_chunk_mask: torch.Tensor  #: (B, K)
+    chunk_part: torch.Tensor  #: (N,) part each chunk belongs to
+    part_stats: torch.Tensor  #: (P, 2) mean and log standard deviation of each part's raw values
 
 
 def _padding_mask(lengths: torch.Tensor) -> torch.Tensor:
@@ -119,7 +128,20 @@ def _slots(rows: torch.Tensor, columns: torch.Tensor, lengths: torch.Tensor) -> 
     return rows * int(lengths.max()) + columns
 
 
-def pad_chunk(records: Sequence[NetworkRecord], chunk_size: int, dtype: torch.dtype = torch.float32) -> ChunkBatch:
+#: Floor of a part's standard deviation, so constant parts (a single bias) standardise to 0.
+STD_FLOOR = 1e-6
+
+
+def _part_statistics(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation (floored at :data:`STD_FLOOR`) of all values of one part."""
+    mean = values.mean()
+    std = values.std(unbiased=False).clamp_min(STD_FLOOR)
+    return mean, std
+
+
+def pad_chunk(
+    records: Sequence[NetworkRecord], chunk_size: int, dtype: torch.dtype = torch.float32, standardize: bool = False
+) -> ChunkBatch:
     """Chunk every part of every layer of ``records`` (see the module docstring)."""
     if not records:
         raise SneError("cannot encode an empty batch of networks")
@@ -127,7 +149,7 @@ def pad_chunk(records: Sequence[NetworkRecord], chunk_size: int, dtype: torch.dt
     slots_by_kernel: dict[tuple[int, ...], list[torch.Tensor]] = {}
     row_slots_by_kernel: dict[tuple[int, ...], list[torch.Tensor]] = {}
     part_type, part_level, part_network, part_lengths, part_layer_slot = [], [], [], [], []
-    layer_level, layers_per_network = [], []
+    layer_level, layers_per_network, part_stats = [], [], []
     num_chunks = 0
     for network, record in enumerate(records):
         for layer in record.layers:
@@ -140,6 +162,11 @@ def pad_chunk(records: Sequence[NetworkRecord], chunk_size: int, dtype: torch.dt
                 parts.append((BIAS_PART, (), layer.bias.reshape(out_features, 1), 1))
             for part, kernel, taps, row_length in parts:
                 layout = row_chunk_layout(out_features, row_length, chunk_size)
+                taps = taps.to(torch.float64)
+                mean, std = _part_statistics(taps)
+                part_stats.append(torch.stack([mean, std.log()]))
+                if standardize:
+                    taps = (taps - mean) / std
                 taps_by_kernel.setdefault(kernel, []).append(taps.to(dtype))
                 slots_by_kernel.setdefault(kernel, []).append(layout.slot + num_chunks * chunk_size)
                 row_slots_by_kernel.setdefault(kernel, []).append(layout.row_slot)
@@ -192,4 +219,6 @@ def pad_chunk(records: Sequence[NetworkRecord], chunk_size: int, dtype: torch.dt
         network_mask=_padding_mask(layer_counts),
         chunk_network_slot=_slots(chunk_network, chunk_in_network, chunks_per_network),
         network_chunk_mask=_padding_mask(chunks_per_network),
+        chunk_part=chunk_part,
+        part_stats=torch.stack(part_stats).to(dtype),
     )

@@ -42,11 +42,16 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "use_row_slot_encoding": True,
     "use_set_functions": True,
     "use_hierarchy": True,
+    "standardize_layers": True,
     "chunk_micro_batch": None,
 }
 
 #: Most kernel dimensions of any layer kind (conv3d); tap coordinates are zero-padded to it.
 MAX_KERNEL_DIMS = max(KIND_BY_WEIGHT_NDIM) - 2
+#: Levels whose layer statistics are normalised with fitted training statistics (deeper: raw).
+MAX_NORMALIZED_LEVELS = 128
+#: Floor of a fitted statistic's spread across networks (a constant statistic stays finite).
+STATS_STD_FLOOR = 1e-4
 #: Octave frequencies per kernel dimension in a tap's coordinate encoding.
 TAP_FREQUENCIES = 4
 
@@ -118,6 +123,8 @@ class SNEEncoder(Encoder):
     ``use_level_encoding``, ``use_chunk_index_encoding``, ``use_row_slot_encoding``,
     ``use_set_functions`` (off: per-element MLPs and mean pooling instead of SABs and PMA),
     ``use_hierarchy`` (off: all chunk codes of a network form one set for the network encoder).
+    ``standardize_layers``: standardise each layer part's values and give the encoder the part's
+    mean and log standard deviation instead (see :mod:`sne.encoders.chunking`, "Scale").
     ``chunk_micro_batch``: when training, embed and encode this many chunks at a time with
     gradient checkpointing, trading recomputation for memory: activations of one micro-batch
     instead of all the batch's chunks.
@@ -135,6 +142,12 @@ class SNEEncoder(Encoder):
         self.out_dim = resolved["out_dim"]
         self.hidden = hidden
         self.element_embedding = ElementEmbedding(hidden)
+        self.part_scale = nn.Linear(2, hidden) if resolved["standardize_layers"] else None
+        # Statistics of part_stats per (level, chunk type) over the training networks: differences
+        # between networks are tiny next to differences between layers, so each layer's statistics
+        # are standardised against those of the same layer in other networks. Identity until fitted.
+        self.register_buffer("stats_mean", torch.zeros(MAX_NORMALIZED_LEVELS, NUM_CHUNK_TYPES, 2))
+        self.register_buffer("stats_std", torch.ones(MAX_NORMALIZED_LEVELS, NUM_CHUNK_TYPES, 2))
         self.chunk_stack_1 = SetStack(hidden, heads, depth, norm, sets)
         self.chunk_stack_2 = SetStack(hidden, heads, depth, norm, sets)
         self.chunk_pool = SetPool(hidden, heads, norm, sets)
@@ -146,6 +159,7 @@ class SNEEncoder(Encoder):
         self.network_stack = SetStack(hidden, heads, depth, norm, sets)
         self.network_pool = SetPool(hidden, heads, norm, sets)
         self.readout = nn.Linear(hidden, self.out_dim)
+        self.apply(_variance_preserving_init)
 
     def check_records(self, records: Sequence[NetworkRecord]) -> None:
         for record in records:
@@ -156,9 +170,37 @@ class SNEEncoder(Encoder):
                         f"with a weight of shape {tuple(layer.weight.shape)}"
                     )
 
+    @torch.no_grad()
+    def fit_input_statistics(self, records: Sequence[NetworkRecord]) -> None:
+        if self.part_scale is None:
+            return
+        batch = pad_chunk(records, self.options["chunk_size"], dtype=torch.float64, standardize=False)
+        part_first_chunk = batch.part_mask.sum(1).cumsum(0) - batch.part_mask.sum(1)
+        kinds = batch.chunk_type[part_first_chunk]
+        levels = batch.chunk_level[part_first_chunk]
+        for level, kind in torch.unique(torch.stack([levels, kinds], 1), dim=0).tolist():
+            if level >= MAX_NORMALIZED_LEVELS:
+                continue
+            stats = batch.part_stats[(levels == level) & (kinds == kind)]
+            self.stats_mean[level, kind] = stats.mean(0).to(self.stats_mean.dtype)
+            if len(stats) > 1:
+                self.stats_std[level, kind] = stats.std(0).clamp_min(STATS_STD_FLOOR).to(self.stats_std.dtype)
+
+    def _normalized_part_stats(self, batch: ChunkBatch, first: int, last: int) -> torch.Tensor:
+        stats = batch.part_stats[batch.chunk_part[first:last]]
+        kinds, levels = batch.chunk_type[first:last], batch.chunk_level[first:last]
+        fitted = levels < MAX_NORMALIZED_LEVELS
+        levels = levels.clamp_max(MAX_NORMALIZED_LEVELS - 1)
+        mean = torch.where(fitted[:, None], self.stats_mean[levels, kinds], 0.0)
+        std = torch.where(fitted[:, None], self.stats_std[levels, kinds], 1.0)
+        return (stats - mean.to(stats.dtype)) / std.to(stats.dtype)
+
     def prepare(self, records: Sequence[NetworkRecord]) -> ChunkBatch:
         self.check_records(records)
-        return pad_chunk(records, self.options["chunk_size"], dtype=self.readout.weight.dtype)
+        return pad_chunk(
+            records, self.options["chunk_size"], dtype=self.readout.weight.dtype,
+            standardize=self.options["standardize_layers"],
+        )
 
     def forward(self, batch: ChunkBatch) -> torch.Tensor:
         opts = self.options
@@ -237,7 +279,22 @@ class SNEEncoder(Encoder):
             # Levels sit after the type positions on the same sinusoidal axis: were both counted
             # from 0, (type a, level b) and (type b, level a) would add up to the same context.
             context = context + self._encode(levels + NUM_CHUNK_TYPES, dtype)
+        if self.part_scale is not None:
+            context = context + self.part_scale(self._normalized_part_stats(batch, first, last))
         return context
+
+
+def _variance_preserving_init(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every linear map.
+
+    PyTorch's default linear init scales outputs by about 1/sqrt(3) per layer; through SNE's
+    dozen stacked blocks and four pooling stages that shrank the differences between networks'
+    codes to ~1e-8 at initialisation, and training sat at the mean predictor for tens of steps.
+    """
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def _validate(options: dict[str, Any]) -> None:

@@ -51,6 +51,8 @@ class TrainConfig:
     #: MultiStepLR milestones as fractions of ``epochs``.
     milestones: list[float] = field(default_factory=lambda: [0.6, 0.85])
     gamma: float = 0.1
+    #: Clip the gradient norm to this value (None: no clipping); guards against loss spikes.
+    grad_clip: float | None = 1.0
     #: lambda of the logit-invariance regulariser (0 disables it).
     invariance_weight: float = 0.0
     head_hidden: list[int] | None = None
@@ -172,8 +174,10 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict
             optimizer.load_state_dict(checkpoint["optimizer"])
             scheduler.load_state_dict(checkpoint["scheduler"])
             state = checkpoint["state"]
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if state["epoch"] == 0:
+        predictor.encoder.fit_input_statistics(train_records)
+        predictor.to(device)
+    run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "config.json", asdict(config))
     meta = {
         "config": asdict(config),
@@ -244,6 +248,8 @@ def _train_epoch(predictor, optimizer, config, epoch, records, values, device, b
             raise SneError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); try a lower --lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(predictor.parameters(), config.grad_clip)
         optimizer.step()
         total_loss += task_loss.item() * len(indices)
         total_reg += reg.item() * len(indices)

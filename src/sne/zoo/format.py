@@ -1,0 +1,407 @@
+"""The on-disk zoo: a directory of stacked-weight shards, per-network metadata and a manifest.
+
+    <zoo>/manifest.json                  recipe, resolved options, n, seed, architecture, targets, ...
+    <zoo>/shards/shard-00000.safetensors <layer>.weight of shape (networks in shard, *weight_shape), ...
+    <zoo>/shards/shard-00000.parquet     one row per network: id, split, hyper-parameters, targets, metrics
+    <zoo>/metadata.parquet               all rows, written when the zoo is complete
+
+Shard k holds networks [k * shard_size, (k + 1) * shard_size). Each file is written atomically,
+the safetensors before its parquet, so a shard counts only when both exist and parse; generation
+resumes by writing the missing shards. Every network depends only on (seed, id), and the split
+only on (seed, n), so an interrupted and resumed zoo equals an uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import sne
+from sne.errors import SneError
+from sne.io_utils import atomic_path, remove_stale_temporaries, write_json_atomic
+from sne.weights.record import NetworkRecord, make_layer
+from sne.zoo.recipes import FitProgress, Recipe, Shard, derive_seed, get_recipe
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+METADATA = "metadata.parquet"
+SHARDS = "shards"
+SPLITS = ("train", "val", "test")
+DEFAULT_SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
+TARGET_KINDS = ("regression", "unit_interval", "class")
+
+# Manifest entries that must match for a re-run to resume a zoo instead of making a different one.
+_IDENTITY_KEYS = ("format_version", "recipe", "options", "n", "seed", "shard_size", "split_fractions")
+_CACHED_SHARDS = 8
+
+
+def split_sizes(n: int, fractions: Sequence[float]) -> dict[str, int]:
+    """Networks per split: rounded fractions of ``n``, the last split taking the remainder."""
+    sizes = [round(f * n) for f in fractions[:-1]]
+    sizes.append(n - sum(sizes))
+    if sizes[-1] < 0:
+        raise SneError(f"split fractions {list(fractions)} do not fit {n} networks")
+    return dict(zip(SPLITS, sizes))
+
+
+def split_assignment(n: int, seed: int, fractions: Sequence[float]) -> np.ndarray:
+    """The split name of every id 0..n-1: a permutation seeded by (seed, n) cut by :func:`split_sizes`."""
+    order = np.random.default_rng(derive_seed(seed, "zoo/split", n)).permutation(n)
+    names = np.empty(n, dtype=object)
+    start = 0
+    for split, size in split_sizes(n, fractions).items():
+        names[order[start : start + size]] = split
+        start += size
+    return names
+
+
+def _check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
+    fractions = tuple(float(f) for f in fractions)
+    valid = len(fractions) == len(SPLITS) and all(0 <= f <= 1 for f in fractions)
+    if not valid or not math.isclose(sum(fractions), 1.0):
+        raise SneError(f"split fractions must be {len(SPLITS)} numbers in [0, 1] summing to 1, got {list(fractions)}")
+    return fractions
+
+
+def _shard_paths(root: Path, index: int) -> tuple[Path, Path]:
+    stem = root / SHARDS / f"shard-{index:05d}"
+    return stem.with_suffix(".safetensors"), stem.with_suffix(".parquet")
+
+
+def _shard_ids(index: int, n: int, shard_size: int) -> np.ndarray:
+    return np.arange(index * shard_size, min(n, (index + 1) * shard_size), dtype=np.int64)
+
+
+def _expected_shapes(architecture: Sequence[Mapping[str, Any]], count: int) -> dict[str, list[int]]:
+    shapes = {}
+    for layer in architecture:
+        shapes[f"{layer['name']}.weight"] = [count, *layer["weight_shape"]]
+        if layer["has_bias"]:
+            shapes[f"{layer['name']}.bias"] = [count, layer["weight_shape"][0]]
+    return shapes
+
+
+def _shard_is_complete(root: Path, index: int, ids: np.ndarray, architecture: Sequence[Mapping[str, Any]]) -> bool:
+    """Both files of shard ``index`` exist, parse, and hold exactly networks ``ids``."""
+    weights_path, rows_path = _shard_paths(root, index)
+    if not (weights_path.is_file() and rows_path.is_file()):
+        return False
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            shapes = {key: list(f.get_slice(key).get_shape()) for key in f.keys()}
+        rows = pd.read_parquet(rows_path, columns=["id"])
+    except Exception:  # any parse failure means the shard must be written again
+        return False
+    return shapes == _expected_shapes(architecture, len(ids)) and np.array_equal(rows["id"].to_numpy(), ids)
+
+
+def _write_shard(
+    root: Path, index: int, ids: np.ndarray, shard: Shard, architecture: Sequence[Mapping[str, Any]], splits: np.ndarray
+) -> None:
+    weights_path, rows_path = _shard_paths(root, index)
+    shapes = {key: list(t.shape) for key, t in shard.tensors.items()}
+    if shapes != _expected_shapes(architecture, len(ids)) or [row["id"] for row in shard.rows] != ids.tolist():
+        raise ValueError(f"shard {index}: the recipe's tensors {shapes} or rows do not fit ids {ids.tolist()}")
+    for key, tensor in shard.tensors.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise SneError(f"shard {index}: non-finite values in '{key}'; nothing was written for this shard")
+    rows = pd.DataFrame(shard.rows)
+    rows.insert(1, "split", splits[rows["id"].to_numpy()])
+    tensors = {key: t.detach().to("cpu", torch.float32).contiguous() for key, t in shard.tensors.items()}
+    with atomic_path(weights_path) as tmp:
+        save_file(tensors, str(tmp))
+    with atomic_path(rows_path) as tmp:
+        rows.to_parquet(tmp, index=False)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _read_manifest(root: Path) -> dict[str, Any]:
+    path = root / MANIFEST
+    if not path.is_file():
+        raise SneError(f"{root} is not a zoo: it has no {MANIFEST}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SneError(f"{path} is corrupt ({error}); generate the zoo again into a new directory") from None
+    if not isinstance(manifest, dict):
+        raise SneError(f"{path} is corrupt: not a JSON object")
+    missing = [key for key in (*_IDENTITY_KEYS, "architecture", "targets", "complete") if key not in manifest]
+    if missing:
+        raise SneError(f"{path} is corrupt: missing {', '.join(missing)}")
+    if not isinstance(manifest["format_version"], int) or manifest["format_version"] > FORMAT_VERSION:
+        raise SneError(
+            f"{path} has zoo format version {manifest['format_version']}; this sne "
+            f"({sne.__version__}) reads up to version {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def _mismatches(existing: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
+    differences = []
+    for key in _IDENTITY_KEYS:
+        old, new = existing.get(key), requested[key]
+        if key == "options" and isinstance(old, dict):
+            for option in sorted(set(old) | set(new)):
+                if old.get(option) != new.get(option):
+                    differences.append(f"option {option}: zoo has {old.get(option)!r}, requested {new.get(option)!r}")
+        elif old != new:
+            differences.append(f"{key}: zoo has {old!r}, requested {new!r}")
+    return differences
+
+
+class _RichFitProgress(FitProgress):
+    """Networks fitted over the whole zoo, and optimisation steps of the group being fitted."""
+
+    def __init__(self, progress: Progress, networks_task: int) -> None:
+        self.progress = progress
+        self.networks_task = networks_task
+        self.steps_task = progress.add_task("fit steps", total=None, visible=False)
+
+    def group_started(self, networks: int, steps: int) -> None:
+        self.progress.reset(self.steps_task, total=steps, visible=True, description=f"fitting a group of {networks}")
+
+    def step_done(self) -> None:
+        self.progress.advance(self.steps_task)
+
+    def group_done(self, networks: int) -> None:
+        self.progress.advance(self.networks_task, networks)
+
+
+def generate_zoo(
+    recipe: str,
+    out: str | Path,
+    n: int,
+    seed: int,
+    options: Mapping[str, Any] | None = None,
+    command: str = "",
+    progress: bool = True,
+    *,
+    shard_size: int | None = None,
+    split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+) -> "Zoo":
+    """Make (or resume making) a zoo of ``n`` networks with ``recipe`` in directory ``out``.
+
+    Re-running with the same arguments on an interrupted zoo writes only the missing shards;
+    different arguments on an existing zoo raise :class:`SneError` instead of overwriting it.
+    """
+    maker = get_recipe(recipe)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise SneError(f"the number of networks must be a positive integer, got {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SneError(f"the seed must be a non-negative integer, got {seed!r}")
+    resolved = json.loads(json.dumps(maker.resolve_options(dict(options or {}))))
+    shard_size = maker.default_shard_size(resolved) if shard_size is None else shard_size
+    if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
+        raise SneError(f"the shard size must be a positive integer, got {shard_size!r}")
+    fractions = _check_fractions(split_fractions)
+    root = Path(out)
+    requested = {
+        "format_version": FORMAT_VERSION,
+        "recipe": maker.name,
+        "options": resolved,
+        "n": int(n),
+        "seed": int(seed),
+        "shard_size": int(shard_size),
+        "split_fractions": list(fractions),
+    }
+    manifest = _start_or_resume(root, maker, requested, command)
+    if manifest["complete"]:
+        return Zoo.open(root)
+
+    splits = split_assignment(n, seed, fractions)
+    shard_count = math.ceil(n / shard_size)
+    todo = []
+    for index in range(shard_count):
+        ids = _shard_ids(index, n, shard_size)
+        if not _shard_is_complete(root, index, ids, manifest["architecture"]):
+            for path in _shard_paths(root, index):
+                path.unlink(missing_ok=True)
+            todo.append(index)
+    done = n - sum(len(_shard_ids(i, n, shard_size)) for i in todo)
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not progress,
+    ) as bar:
+        networks_task = bar.add_task(f"{maker.name} zoo", total=n, completed=done)
+        reporter = _RichFitProgress(bar, networks_task)
+        for index in todo:
+            ids = _shard_ids(index, n, shard_size)
+            shard = maker.generate_shard(ids, int(seed), resolved, reporter)
+            _write_shard(root, index, ids, shard, manifest["architecture"], splits)
+
+    _consolidate(root, manifest, shard_count)
+    return Zoo.open(root)
+
+
+def _start_or_resume(root: Path, maker: Recipe, requested: dict[str, Any], command: str) -> dict[str, Any]:
+    """The manifest of the zoo at ``root``: the existing one if it matches ``requested``, else a new one."""
+    if root.exists() and not root.is_dir():
+        raise SneError(f"{root} exists and is not a directory")
+    if root.is_dir() and (root / MANIFEST).exists():
+        manifest = _read_manifest(root)
+        differences = _mismatches(manifest, requested)
+        if differences:
+            raise SneError(
+                f"{root} already holds a different zoo ({'; '.join(differences)}); "
+                f"use a new --out directory, or the zoo's own settings to resume it"
+            )
+        remove_stale_temporaries(root)
+        if (root / SHARDS).is_dir():
+            remove_stale_temporaries(root / SHARDS)
+        return manifest
+    if root.is_dir():
+        # Only a temporary of the first manifest write may be there (an interrupted first run).
+        remove_stale_temporaries(root)
+        if any(root.iterdir()):
+            raise SneError(f"{root} is not empty and holds no zoo; choose a new or empty directory")
+    options = requested["options"]
+    manifest = {
+        **requested,
+        "architecture": maker.architecture(options),
+        "targets": maker.targets(options),
+        "dataset": maker.dataset(options),
+        "splits": split_sizes(requested["n"], requested["split_fractions"]),
+        "command": command,
+        "sne_version": sne.__version__,
+        "torch_version": torch.__version__,
+        "created": _now(),
+        "completed": None,
+        "complete": False,
+    }
+    for name, spec in manifest["targets"].items():
+        if spec.get("kind") not in TARGET_KINDS:
+            raise ValueError(f"recipe {maker.name}: target '{name}' has kind {spec.get('kind')!r}")
+    # The manifest goes first: a directory with shards but no manifest is never ours.
+    write_json_atomic(root / MANIFEST, manifest)
+    (root / SHARDS).mkdir(exist_ok=True)
+    return manifest
+
+
+def _consolidate(root: Path, manifest: dict[str, Any], shard_count: int) -> None:
+    """Write metadata.parquet from all shards' rows, then mark the manifest complete."""
+    rows = pd.concat([pd.read_parquet(_shard_paths(root, i)[1]) for i in range(shard_count)], ignore_index=True)
+    if not np.array_equal(rows["id"].to_numpy(), np.arange(manifest["n"])):
+        raise SneError(f"{root}: shard rows do not hold ids 0..{manifest['n'] - 1} exactly once")
+    with atomic_path(root / METADATA) as tmp:
+        rows.to_parquet(tmp, index=False)
+    write_json_atomic(root / MANIFEST, {**manifest, "completed": _now(), "complete": True})
+
+
+class Zoo:
+    """A complete zoo on disk: its manifest, per-network metadata, and weight records on demand."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], metadata: pd.DataFrame) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.metadata = metadata
+        self._shards: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Zoo":
+        """Open the complete zoo at ``path``; :class:`SneError` if it is missing, corrupt or unfinished."""
+        root = Path(path)
+        if not root.is_dir():
+            raise SneError(f"no zoo at {root}: the directory does not exist")
+        manifest = _read_manifest(root)
+        if not manifest["complete"]:
+            shard_count = math.ceil(manifest["n"] / manifest["shard_size"])
+            written = sum(all(p.is_file() for p in _shard_paths(root, i)) for i in range(shard_count))
+            raise SneError(
+                f"the zoo at {root} is incomplete ({written} of {shard_count} shards written); "
+                f"run the same generate command again to resume: {manifest.get('command') or 'sne zoo generate ...'}"
+            )
+        try:
+            metadata = pd.read_parquet(root / METADATA)
+        except Exception as error:  # pyarrow raises several types for missing or damaged files
+            raise SneError(f"{root / METADATA} is missing or corrupt ({error})") from None
+        metadata = metadata.sort_values("id", ignore_index=True)
+        if not np.array_equal(metadata["id"].to_numpy(), np.arange(manifest["n"])):
+            raise SneError(f"{root / METADATA} does not list ids 0..{manifest['n'] - 1} exactly once")
+        return cls(root, manifest, metadata)
+
+    def __len__(self) -> int:
+        return int(self.manifest["n"])
+
+    def __repr__(self) -> str:
+        return f"Zoo({str(self.path)!r}, recipe={self.manifest['recipe']!r}, n={len(self)})"
+
+    @property
+    def architecture(self) -> list[dict[str, Any]]:
+        return self.manifest["architecture"]
+
+    @property
+    def targets(self) -> dict[str, dict[str, Any]]:
+        return self.manifest["targets"]
+
+    def split_ids(self, split: str) -> np.ndarray:
+        """Ids of ``split`` ("train", "val" or "test"), ascending."""
+        if split not in SPLITS:
+            raise SneError(f"unknown split '{split}' (available: {', '.join(SPLITS)})")
+        return self.metadata.loc[self.metadata["split"] == split, "id"].to_numpy(dtype=np.int64)
+
+    def _ids(self, ids: Iterable[int]) -> np.ndarray:
+        array = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64).reshape(-1)
+        outside = array[(array < 0) | (array >= len(self))]
+        if len(outside):
+            raise SneError(f"network id {int(outside[0])} is not in the zoo at {self.path} (ids 0..{len(self) - 1})")
+        return array
+
+    def target_values(self, name: str, ids: Iterable[int]) -> np.ndarray:
+        """Values of target ``name`` for ``ids``, in that order, as float64."""
+        if name not in self.targets:
+            raise SneError(f"unknown target '{name}' (this zoo has: {', '.join(sorted(self.targets))})")
+        return self.metadata[name].to_numpy(dtype=np.float64)[self._ids(ids)]
+
+    def _shard(self, index: int) -> dict[str, torch.Tensor]:
+        if index in self._shards:
+            self._shards.move_to_end(index)
+            return self._shards[index]
+        weights_path = _shard_paths(self.path, index)[0]
+        try:
+            tensors = load_file(str(weights_path))
+        except Exception as error:  # safetensors raises several types for missing or damaged files
+            raise SneError(f"{weights_path} is missing or corrupt ({error})") from None
+        self._shards[index] = tensors
+        if len(self._shards) > _CACHED_SHARDS:
+            self._shards.popitem(last=False)
+        return tensors
+
+    def records(self, ids: Iterable[int]) -> list[NetworkRecord]:
+        """Weight records of networks ``ids``, in that order; layer names and activations from the manifest."""
+        shard_size = self.manifest["shard_size"]
+        records = []
+        for network_id in self._ids(ids).tolist():
+            tensors = self._shard(network_id // shard_size)
+            row = network_id % shard_size
+            source = f"{self.path}#{network_id}"
+            layers = []
+            for layer in self.architecture:
+                name = layer["name"]
+                # Copies, so a record does not pin its whole shard in memory after the cache drops it.
+                weight = tensors[f"{name}.weight"][row].clone()
+                bias = tensors[f"{name}.bias"][row].clone() if layer["has_bias"] else None
+                layers.append(make_layer(name, layer["level"], weight, bias, layer["activation"], source=source))
+            records.append(NetworkRecord(tuple(layers), source=source, meta={"id": network_id}))
+        return records
