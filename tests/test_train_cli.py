@@ -16,7 +16,7 @@ from sne.train import TrainConfig, fit, load_run
 from sne.train import run as run_module
 from sne.zoo import Zoo, generate_zoo
 
-SMALL_SNE = {"hidden": 16, "heads": 2, "chunk_size": 8, "out_dim": 16}
+SMALL_SNE = {"hidden": 32, "heads": 4, "chunk_size": 32, "out_dim": 16}
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
@@ -43,8 +43,8 @@ def shared_zoo(tmp_path_factory) -> Zoo:
 
 
 def small_config(zoo: Zoo, **overrides) -> TrainConfig:
-    values = dict(zoo=str(zoo.path), target="frequency", encoder="sne", encoder_options=SMALL_SNE, epochs=25,
-                  batch_size=16, lr=3e-3, head_hidden=[64], seed=0, device="cpu", invariance_weight=0.0)
+    values = dict(zoo=str(zoo.path), target="frequency", encoder="sne", encoder_options=SMALL_SNE, epochs=15,
+                  batch_size=16, lr=1e-3, milestones=[0.8], head_hidden=[64], seed=0, device="cpu", invariance_weight=0.0)
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -58,7 +58,7 @@ def trained_run(shared_zoo, tmp_path_factory) -> Path:
 
 def test_training_lowers_loss_and_beats_the_mean_predictor(trained_run, capsys):
     history = json.loads((trained_run / "history.json").read_text())
-    assert len(history) == 25
+    assert len(history) == 15
     assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
     code, out, _ = run_cli(["evaluate", str(trained_run), "--json", "--device", "cpu"], capsys)
     assert code == 0

@@ -43,6 +43,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "use_set_functions": True,
     "use_hierarchy": True,
     "standardize_layers": True,
+    "batch_norm": True,
     "chunk_micro_batch": None,
 }
 
@@ -95,16 +96,23 @@ class SetStack(nn.Module):
 
 
 class SetPool(nn.Module):
-    """Set -> vector: PMA with one seed, or with ``set_functions=False`` the masked mean."""
+    """Set -> vector: PMA with one seed, or with ``set_functions=False`` the masked mean.
 
-    def __init__(self, hidden: int, heads: int, layer_norm: bool, set_functions: bool) -> None:
+    With ``batch_norm`` the pooled codes are batch-normalised across the batch's sets. Pooling
+    averages, and what all networks share (positional encodings, PMA seeds) dwarfs what sets them
+    apart: measured at initialisation, differences between networks shrank ~20x per stage, to
+    1e-7 of the code at z, and training sat at the mean predictor until they grew back. Batch
+    normalisation removes the shared part and restores unit spread after every stage.
+    """
+
+    def __init__(self, hidden: int, heads: int, layer_norm: bool, set_functions: bool, batch_norm: bool) -> None:
         super().__init__()
         self.pma = PMA(hidden, heads, seeds=1, layer_norm=layer_norm) if set_functions else None
+        self.norm = nn.BatchNorm1d(hidden) if batch_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.pma is None:
-            return masked_mean(x, mask)
-        return self.pma(x, mask).squeeze(1)
+        pooled = masked_mean(x, mask) if self.pma is None else self.pma(x, mask).squeeze(1)
+        return self.norm(pooled)
 
 
 def _gather_sets(values: torch.Tensor, slot: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -125,6 +133,8 @@ class SNEEncoder(Encoder):
     ``use_hierarchy`` (off: all chunk codes of a network form one set for the network encoder).
     ``standardize_layers``: standardise each layer part's values and give the encoder the part's
     mean and log standard deviation instead (see :mod:`sne.encoders.chunking`, "Scale").
+    ``batch_norm``: batch-normalise the pooled codes of every stage (see :class:`SetPool`); codes
+    then depend on the batch in training mode only (eval mode uses running statistics).
     ``chunk_micro_batch``: when training, embed and encode this many chunks at a time with
     gradient checkpointing, trading recomputation for memory: activations of one micro-batch
     instead of all the batch's chunks.
@@ -150,16 +160,15 @@ class SNEEncoder(Encoder):
         self.register_buffer("stats_std", torch.ones(MAX_NORMALIZED_LEVELS, NUM_CHUNK_TYPES, 2))
         self.chunk_stack_1 = SetStack(hidden, heads, depth, norm, sets)
         self.chunk_stack_2 = SetStack(hidden, heads, depth, norm, sets)
-        self.chunk_pool = SetPool(hidden, heads, norm, sets)
+        self.chunk_pool = SetPool(hidden, heads, norm, sets, resolved["batch_norm"])
         if resolved["use_hierarchy"]:
             self.part_stack = SetStack(hidden, heads, depth, norm, sets)
-            self.part_pool = SetPool(hidden, heads, norm, sets)
+            self.part_pool = SetPool(hidden, heads, norm, sets, resolved["batch_norm"])
             self.merge_stack = SetStack(hidden, heads, 1, norm, sets)
-            self.merge_pool = SetPool(hidden, heads, norm, sets)
+            self.merge_pool = SetPool(hidden, heads, norm, sets, resolved["batch_norm"])
         self.network_stack = SetStack(hidden, heads, depth, norm, sets)
-        self.network_pool = SetPool(hidden, heads, norm, sets)
+        self.network_pool = SetPool(hidden, heads, norm, sets, resolved["batch_norm"])
         self.readout = nn.Linear(hidden, self.out_dim)
-        self.apply(_variance_preserving_init)
 
     def check_records(self, records: Sequence[NetworkRecord]) -> None:
         for record in records:
@@ -284,19 +293,6 @@ class SNEEncoder(Encoder):
         return context
 
 
-def _variance_preserving_init(module: nn.Module) -> None:
-    """Xavier-uniform weights and zero biases for every linear map.
-
-    PyTorch's default linear init scales outputs by about 1/sqrt(3) per layer; through SNE's
-    dozen stacked blocks and four pooling stages that shrank the differences between networks'
-    codes to ~1e-8 at initialisation, and training sat at the mean predictor for tens of steps.
-    """
-    if isinstance(module, nn.Linear):
-        nn.init.xavier_uniform_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-
 def _validate(options: dict[str, Any]) -> None:
     def positive_int(name: str) -> None:
         value = options[name]
@@ -312,5 +308,7 @@ def _validate(options: dict[str, Any]) -> None:
     if options["chunk_micro_batch"] is not None:
         positive_int("chunk_micro_batch")
     for name, value in options.items():
-        if (name == "layer_norm" or name.startswith("use_")) and not isinstance(value, bool):
+        if (name in ("layer_norm", "standardize_layers", "batch_norm") or name.startswith("use_")) and not isinstance(
+            value, bool
+        ):
             raise SneError(f"SNE option {name} must be true or false, got {value!r}")

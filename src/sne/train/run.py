@@ -226,6 +226,9 @@ def _train_epoch(predictor, optimizer, config, epoch, records, values, device, b
     predictor.train()
     order = torch.randperm(len(records), generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
     batches = list(order.split(config.batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        # A batch of one network cannot be batch-normalised; it trains in another epoch's order.
+        batches.pop()
     seeds = [int(np.random.SeedSequence([config.seed, epoch, i]).generate_state(1)[0]) for i in range(len(batches))]
     permute = config.invariance_weight > 0
     loader = torch.utils.data.DataLoader(
@@ -255,7 +258,8 @@ def _train_epoch(predictor, optimizer, config, epoch, records, values, device, b
         total_reg += reg.item() * len(indices)
         bar.advance(task)
     bar.remove_task(task)
-    return total_loss / len(records), total_reg / len(records)
+    seen = sum(len(b) for b in batches)
+    return total_loss / seen, total_reg / seen
 
 
 @torch.no_grad()
