@@ -1,28 +1,18 @@
 #!/usr/bin/env bash
-# The INR frequency results in docs/RESULTS.md: two 5000-INR zoos (independent and shared init,
-# split 3000/1000/1000) and SNE trained with and without the logit-invariance regulariser.
-# Trainings run in parallel (one GPU serves them all); `sne bench inr` then collects the finished
-# runs into results/inr_frequency_<init>.json. Every step resumes if interrupted.
-#   usage: scripts/inr_results.sh [DEVICE] [EPOCHS]      (default: cuda 100)
+# The INR frequency results in docs/RESULTS.md: a 5000-INR sine zoo per initialisation protocol
+# (split 3000/1000/1000) and SNE trained on it with and without the logit-invariance
+# regulariser, collected by `sne bench inr` into results/inr_frequency_<init>.json.
+# Every step resumes if interrupted: run the same command again.
+#   usage: scripts/inr_results.sh [DEVICE] [EPOCHS]      (default: cuda 50)
+#   env:   INITS="independent shared"  LAMBDAS=0,0.1  N=5000  SNE=sne
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=${1:-cuda}
-EPOCHS=${2:-100}
+EPOCHS=${2:-50}
 SNE=${SNE:-sne}
-LAMBDA=1
 N=${N:-5000}
-for init in independent shared; do
+for init in ${INITS:-independent shared}; do
   $SNE zoo generate sine-inr --n "$N" --seed 0 --init "$init" --device "$DEVICE" --compile --out "zoos/sine-$init"
+  $SNE bench inr --zoo "zoos/sine-$init" --encoders sne --invariance-weights "${LAMBDAS:-0,0.1}" \
+    --epochs "$EPOCHS" --seeds 0 --runs "runs/inr-$init" --device "$DEVICE"
 done
-train() {  # init lambda
-  $SNE train --zoo "zoos/sine-$1" --encoder sne --target frequency --epochs "$EPOCHS" --seed 0 \
-    --invariance-weight "$2" --device "$DEVICE" --out "runs/inr-$1/sne_lambda$2_seed0"
-}
-train independent 0 > "${LOGS:-runs}/train-independent-0.log" 2>&1 &
-train independent "$LAMBDA" > "${LOGS:-runs}/train-independent-$LAMBDA.log" 2>&1 &
-train shared "$LAMBDA" > "${LOGS:-runs}/train-shared-$LAMBDA.log" 2>&1 &
-wait
-$SNE bench inr --zoo zoos/sine-independent --encoders sne --invariance-weights "0,$LAMBDA" --epochs "$EPOCHS" \
-  --runs runs/inr-independent --device "$DEVICE"
-$SNE bench inr --zoo zoos/sine-shared --encoders sne --invariance-weights "$LAMBDA" --epochs "$EPOCHS" \
-  --runs runs/inr-shared --device "$DEVICE"
