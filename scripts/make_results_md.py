@@ -55,15 +55,65 @@ def inr_section(path: Path, data: dict) -> list[str]:
             f"{_fmt(m['kendall_tau'])} | {_fmt(m.get('mean_predictor_mse'))} | {_fmt(perm)} | "
             f"{_fmt(seconds / 60 if seconds else None)} min | {_hardware(e['hardware'])} |"
         )
+    plots = sorted((ROOT / "results" / "plots").glob(f"inr_{data['init']}_*.png"))
+    if plots:
+        lines += ["", "Predicted vs true on the test split (each plot's caption states zoo, seed, hardware and command): "
+                  + ", ".join(f"[{p.stem}](../{p.relative_to(ROOT)})" for p in plots) + "."]
     lines += ["", "The paper's Table 1 (unit unstated; most likely standardised targets, so compare with the "
               "normalised column): " + ", ".join(f"{k} {v}" for k, v in data["paper_mse"].items()) + ".", ""]
     return lines
 
 
+def inr_fit_section(path: Path, data: dict) -> list[str]:
+    batched, sequential = data["batched"], data["sequential"]
+    return [
+        "## Sine-INR fitting throughput: batched recipe vs one model at a time",
+        "",
+        f"Source: `{path.relative_to(ROOT)}` (`make bench`). {data['inrs']} INRs, {data['steps']} Adam steps on "
+        f"{data['points']} points; {data['device']} ({data['cpu']}, {data['cpu_count']} cores), torch "
+        f"{data['torch_version']}, {data['torch_threads']} thread(s), OMP_WAIT_POLICY={data['omp_wait_policy']}.",
+        "",
+        "| method | INRs | INRs/s | median fit MSE | max fit MSE |",
+        "|---|---|---|---|---|",
+        f"| batched (sne zoo generate) | {batched['inrs']} | {_fmt(batched['inrs_per_second'])} | "
+        f"{_fmt(batched['fit_mse']['median'])} | {_fmt(batched['fit_mse']['max'])} |",
+        f"| one at a time (nn.Module + torch.optim.Adam) | {sequential['inrs']} | "
+        f"{_fmt(sequential['inrs_per_second'])} | {_fmt(sequential['fit_mse']['median'])} | "
+        f"{_fmt(sequential['fit_mse']['max'])} |",
+        "",
+        f"Speedup: **{_fmt(data['speedup'])}x**. {sequential.get('note', '')}",
+        "",
+    ]
+
+
+def sne_train_section(path: Path, data: dict) -> list[str]:
+    lines = [
+        "## SNE training throughput (forward + backward + Adam step)",
+        "",
+        f"Source: `{path.relative_to(ROOT)}` (`make bench`). Encoder: {data['encoder_parameters']:,} parameters, "
+        f"options `{json.dumps(data['encoder_options'])}`; {data['device']} ({data['cpu']}), torch {data['torch']}, "
+        f"{data['threads']} thread(s), OMP_WAIT_POLICY={data['omp_wait_policy']}; median of {data['steps']} steps "
+        f"after {data['warmup']} warm-up steps.",
+        "",
+        "| networks | batch | chunks/batch | s/step | networks/s | GFLOP/step | GFLOP/s | peak memory (MB) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["results"]:
+        lines.append(
+            f"| {r['shape']} | {r['batch']} | {r['chunks_per_batch']} | {_fmt(r['step_s_median'])} | "
+            f"{_fmt(r['networks_per_s'])} | {_fmt(r.get('gflop_per_step'))} | {_fmt(r.get('gflop_per_s'))} | "
+            f"{_fmt(r.get('peak_memory_mb'))} ({r.get('memory_method', '')}) |"
+        )
+    return lines + [""]
+
+
 def bench_section(path: Path, data: dict) -> list[str]:
-    lines = [f"## Benchmark: `{path.stem}`", "", f"Source: `{path.relative_to(ROOT)}`.", "", "```json",
-             json.dumps(data, indent=2), "```", ""]
-    return lines
+    if "batched" in data and "sequential" in data:
+        return inr_fit_section(path, data)
+    if data.get("benchmark") == "sne_train":
+        return sne_train_section(path, data)
+    return [f"## `{path.stem}`", "", f"Source: `{path.relative_to(ROOT)}`.", "", "```json",
+            json.dumps(data, indent=2), "```", ""]
 
 
 def main() -> None:

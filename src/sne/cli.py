@@ -121,7 +121,9 @@ def _print_evaluation(result: dict) -> None:
     from sne.bench.paper import PAPER_INR_FREQUENCY_MSE
 
     metrics = result["metrics"]
-    table = Table(title=f"{result['encoder']} on {result['target']} ({result['split']} split, n={metrics['n']})")
+    init = (result.get("zoo_options") or {}).get("init")
+    protocol = f", {init} init" if init else ""
+    table = Table(title=f"{result['encoder']} on {result['target']} ({result['split']} split, n={metrics['n']}{protocol})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
