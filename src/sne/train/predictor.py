@@ -42,10 +42,14 @@ class Predictor(nn.Module):
             self.train(was_training)
         return torch.cat(out) if out else torch.empty(0)
 
+    def outputs(self, records: Sequence[NetworkRecord], batch_size: int = 64) -> torch.Tensor:
+        """Raw head outputs (what the loss sees), in eval mode, on the CPU."""
+        self.encoder.check_records(records)
+        return self._map_records(records, batch_size, self)
+
     def predict(self, records: Sequence[NetworkRecord], batch_size: int = 64) -> np.ndarray:
         """Predictions in the target's own units, one per record."""
-        self.encoder.check_records(records)
-        return self.target.decode(self._map_records(records, batch_size, self)).numpy()
+        return self.target.decode(self.outputs(records, batch_size)).numpy()
 
     def embed(self, records: Sequence[NetworkRecord], batch_size: int = 64) -> np.ndarray:
         """Encodings ``z`` of shape (len(records), encoder.out_dim)."""

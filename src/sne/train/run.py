@@ -176,7 +176,6 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict
             state = checkpoint["state"]
     if state["epoch"] == 0:
         predictor.encoder.fit_input_statistics(train_records)
-        predictor.to(device)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "config.json", asdict(config))
     meta = {
@@ -265,7 +264,7 @@ def _train_epoch(predictor, optimizer, config, epoch, records, values, device, b
 @torch.no_grad()
 def _validation(predictor: Predictor, records, values, batch_size) -> tuple[np.ndarray, float]:
     predictor.eval()
-    outputs = predictor._map_records(records, batch_size, predictor)
+    outputs = predictor.outputs(records, batch_size)
     loss = float(predictor.target.loss(outputs, values))
     return predictor.target.decode(outputs).numpy(), loss
 
