@@ -121,6 +121,20 @@ def test_predict_reads_safetensors_and_state_dict_files(shared_zoo, trained_run,
         assert float(line.split("\t")[2]) == pytest.approx(float(value), rel=1e-4, abs=1e-5)
 
 
+def test_python_api_takes_modules_state_dicts_and_files(shared_zoo, trained_run, tmp_path):
+    record = shared_zoo.records(shared_zoo.split_ids("test")[:1])[0]
+    module = torch.nn.Sequential()
+    module.add_module("layers", torch.nn.Sequential(*(torch.nn.Linear(l.in_features, l.out_features) for l in record.layers)))
+    module.load_state_dict(record.to_state_dict())
+    path = tmp_path / "inr.safetensors"
+    save_file({k: v.contiguous() for k, v in record.to_state_dict().items()}, path)
+    run = load_run(trained_run, device="cpu")
+    predictions = run.predict([record, module, dict(record.to_state_dict()), str(path)])
+    assert predictions.shape == (4,)
+    assert predictions == pytest.approx([predictions[0]] * 4, rel=1e-5)
+    assert run.embed([module]).shape == (1, SMALL_SNE["out_dim"])
+
+
 def _bad_files(tmp_path: Path, good: dict) -> dict[str, Path]:
     truncated = tmp_path / "truncated.safetensors"
     save_file(good, truncated)
