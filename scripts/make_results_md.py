@@ -116,7 +116,8 @@ def bench_section(path: Path, data: dict) -> list[str]:
             json.dumps(data, indent=2), "```", ""]
 
 
-def main() -> None:
+def render() -> str:
+    """The text of docs/RESULTS.md, from results/*.json."""
     results = sorted((ROOT / "results").glob("*.json"))
     lines = [
         "# Results",
@@ -143,10 +144,14 @@ def main() -> None:
         data = json.loads(path.read_text())
         if data.get("benchmark") != "inr_frequency":
             lines += bench_section(path, data)
+    return "\n".join(lines)
+
+
+def main() -> None:
     out = ROOT / "docs" / "RESULTS.md"
     with atomic_path(out) as tmp:
-        tmp.write_text("\n".join(lines))
-    print(f"wrote {out.relative_to(ROOT)} from {len(results)} result file(s)")
+        tmp.write_text(render())
+    print(f"wrote {out.relative_to(ROOT)} from {len(list((ROOT / 'results').glob('*.json')))} result file(s)")
 
 
 if __name__ == "__main__":
