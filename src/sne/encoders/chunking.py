@@ -38,7 +38,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from sne.errors import SneError
-from sne.weights.record import LAYER_KINDS, NetworkRecord
+from sne.weights.record import LAYER_KINDS, Layer, NetworkRecord
 
 #: Index of the weight and bias part of a layer; also the second factor of a chunk's type.
 WEIGHT_PART, BIAS_PART = 0, 1
@@ -132,11 +132,38 @@ def _slots(rows: torch.Tensor, columns: torch.Tensor, lengths: torch.Tensor) -> 
 STD_FLOOR = 1e-6
 
 
-def _part_statistics(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation (floored at :data:`STD_FLOOR`) of all values of one part."""
-    mean = values.mean()
-    std = values.std(unbiased=False).clamp_min(STD_FLOOR)
-    return mean, std
+class LayerPart(NamedTuple):
+    """A layer's weight or bias as a grid of elements: ``out_features`` rows of ``row_length``."""
+
+    part: int  #: WEIGHT_PART or BIAS_PART
+    type: int  #: 2 * layer kind index + part
+    kernel: tuple[int, ...]
+    taps: torch.Tensor  #: (rows * row_length, taps) in float64
+    row_length: int
+    mean: torch.Tensor  #: mean of all values
+    std: torch.Tensor  #: standard deviation of all values, floored at STD_FLOOR
+
+    @property
+    def stats(self) -> torch.Tensor:
+        """(mean, log std), what the encoder is told about a standardised part."""
+        return torch.stack([self.mean, self.std.log()])
+
+
+def layer_parts(layer: Layer, source: str) -> list[LayerPart]:
+    """The weight part and (when present) the bias part of ``layer``."""
+    if layer.weight.numel() == 0:
+        raise SneError(f"{source}: layer '{layer.name}' has an empty weight {tuple(layer.weight.shape)}")
+    kind = LAYER_KINDS.index(layer.kind)
+    grids = [(WEIGHT_PART, layer.kernel_shape, layer.weight.reshape(layer.out_features * layer.in_features, -1),
+              layer.in_features)]
+    if layer.bias is not None:
+        grids.append((BIAS_PART, (), layer.bias.reshape(layer.out_features, 1), 1))
+    parts = []
+    for part, kernel, taps, row_length in grids:
+        taps = taps.to(torch.float64)
+        std = taps.std(unbiased=False).clamp_min(STD_FLOOR)
+        parts.append(LayerPart(part, 2 * kind + part, kernel, taps, row_length, taps.mean(), std))
+    return parts
 
 
 def pad_chunk(
@@ -153,28 +180,18 @@ def pad_chunk(
     num_chunks = 0
     for network, record in enumerate(records):
         for layer in record.layers:
-            if layer.weight.numel() == 0:
-                raise SneError(f"{record.source}: layer '{layer.name}' has an empty weight {tuple(layer.weight.shape)}")
-            out_features, in_features = layer.out_features, layer.in_features
-            weight_taps = layer.weight.reshape(out_features * in_features, -1)
-            parts = [(WEIGHT_PART, layer.kernel_shape, weight_taps, in_features)]
-            if layer.bias is not None:
-                parts.append((BIAS_PART, (), layer.bias.reshape(out_features, 1), 1))
-            for part, kernel, taps, row_length in parts:
-                layout = row_chunk_layout(out_features, row_length, chunk_size)
-                taps = taps.to(torch.float64)
-                mean, std = _part_statistics(taps)
-                part_stats.append(torch.stack([mean, std.log()]))
-                if standardize:
-                    taps = (taps - mean) / std
-                taps_by_kernel.setdefault(kernel, []).append(taps.to(dtype))
-                slots_by_kernel.setdefault(kernel, []).append(layout.slot + num_chunks * chunk_size)
-                row_slots_by_kernel.setdefault(kernel, []).append(layout.row_slot)
-                part_type.append(2 * LAYER_KINDS.index(layer.kind) + part)
+            for part in layer_parts(layer, record.source):
+                layout = row_chunk_layout(layer.out_features, part.row_length, chunk_size)
+                part_stats.append(part.stats)
+                taps = (part.taps - part.mean) / part.std if standardize else part.taps
+                taps_by_kernel.setdefault(part.kernel, []).append(taps.to(dtype))
+                slots_by_kernel.setdefault(part.kernel, []).append(layout.slot + num_chunks * chunk_size)
+                row_slots_by_kernel.setdefault(part.kernel, []).append(layout.row_slot)
+                part_type.append(part.type)
                 part_level.append(layer.level)
                 part_network.append(network)
                 part_lengths.append(layout.num_chunks)
-                part_layer_slot.append(2 * len(layer_level) + part)
+                part_layer_slot.append(2 * len(layer_level) + part.part)
                 num_chunks += layout.num_chunks
             layer_level.append(layer.level)
         layers_per_network.append(len(record.layers))

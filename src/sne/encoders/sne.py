@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sne.encoders.base import Architecture, Encoder, register_encoder
-from sne.encoders.chunking import NUM_CHUNK_TYPES, ChunkBatch, pad_chunk
+from sne.encoders.chunking import NUM_CHUNK_TYPES, ChunkBatch, layer_parts, pad_chunk
 from sne.encoders.positional import coordinate_encoding, sinusoidal_encoding
 from sne.encoders.set_blocks import PMA, SAB, ResidualFF, masked_mean
 from sne.errors import SneError
@@ -183,14 +183,14 @@ class SNEEncoder(Encoder):
     def fit_input_statistics(self, records: Sequence[NetworkRecord]) -> None:
         if self.part_scale is None:
             return
-        batch = pad_chunk(records, self.options["chunk_size"], dtype=torch.float64, standardize=False)
-        part_first_chunk = batch.part_mask.sum(1).cumsum(0) - batch.part_mask.sum(1)
-        kinds = batch.chunk_type[part_first_chunk]
-        levels = batch.chunk_level[part_first_chunk]
-        for level, kind in torch.unique(torch.stack([levels, kinds], 1), dim=0).tolist():
-            if level >= MAX_NORMALIZED_LEVELS:
-                continue
-            stats = batch.part_stats[(levels == level) & (kinds == kind)]
+        stats_by_key: dict[tuple[int, int], list[torch.Tensor]] = {}
+        for record in records:
+            for layer in record.layers:
+                if layer.level < MAX_NORMALIZED_LEVELS:
+                    for part in layer_parts(layer, record.source):
+                        stats_by_key.setdefault((layer.level, part.type), []).append(part.stats)
+        for (level, kind), stats in stats_by_key.items():
+            stats = torch.stack(stats)
             self.stats_mean[level, kind] = stats.mean(0).to(self.stats_mean.dtype)
             if len(stats) > 1:
                 self.stats_std[level, kind] = stats.std(0).clamp_min(STATS_STD_FLOOR).to(self.stats_std.dtype)
