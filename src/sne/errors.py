@@ -3,3 +3,8 @@
 
 class SneError(Exception):
     """A problem with the user's input (file, value, option) that the user can fix."""
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message squeezed onto one line (user errors are printed as one line)."""
+    return " ".join(str(error).split()) or type(error).__name__

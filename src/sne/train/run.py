@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from sne import __version__
 from sne.encoders import batch_to, build_encoder, build_encoder_from_config
-from sne.errors import SneError
+from sne.errors import SneError, one_line
 from sne.io_utils import atomic_path, write_json_atomic
 from sne.train.predictor import Predictor
 from sne.train.targets import Target, build_head, resolve_target
@@ -126,7 +126,7 @@ def _load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a checkpoint we wrote is unreadable: say which file
-        raise SneError(f"{path}: cannot read checkpoint ({type(error).__name__}: {error})".splitlines()[0]) from None
+        raise SneError(f"{path}: cannot read checkpoint ({type(error).__name__}: {one_line(error)})") from None
 
 
 def _check_resume(run_dir: Path, config: TrainConfig) -> None:

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file as _save_safetensors
 from torch import nn
 
-from sne.errors import SneError
+from sne.errors import SneError, one_line
 from sne.io_utils import atomic_path
 from sne.weights.record import Layer, NetworkRecord, make_layer
 
@@ -220,7 +220,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             return _read_safetensors(path)
         except Exception as exc:  # SafetensorError, and OSError/TypeError for unreadable or exotic content
-            raise SneError(f"{path}: not a readable safetensors file ({_one_line(exc)})") from None
+            raise SneError(f"{path}: not a readable safetensors file ({one_line(exc)})") from None
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols it may not support; the outcome is reported below.
@@ -235,7 +235,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             ) from None
         raise SneError(f"{path}: not a PyTorch checkpoint, or it is corrupt ({_unpickler_reason(exc)})") from None
     except Exception as exc:  # torch.load raises many types (RuntimeError, EOFError, ...) for a bad file
-        raise SneError(f"{path}: not a PyTorch checkpoint, or it is corrupt ({_one_line(exc)})") from None
+        raise SneError(f"{path}: not a PyTorch checkpoint, or it is corrupt ({one_line(exc)})") from None
     return _as_state_dict(obj, path)
 
 
@@ -278,10 +278,6 @@ def _as_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 def _unpickler_reason(exc: Exception) -> str:
     match = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
     return match.group(1).strip() if match else type(exc).__name__
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def load_record(path: str | os.PathLike) -> NetworkRecord:

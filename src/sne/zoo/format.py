@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import sne
-from sne.errors import SneError
+from sne.errors import SneError, one_line
 from sne.io_utils import atomic_path, remove_stale_temporaries, write_json_atomic
 from sne.weights.record import NetworkRecord, make_layer
 from sne.zoo.recipes import FitProgress, Recipe, Shard, derive_seed, get_recipe
@@ -382,7 +382,7 @@ class Zoo:
         try:
             tensors = load_file(str(weights_path))
         except Exception as error:  # safetensors raises several types for missing or damaged files
-            raise SneError(f"{weights_path} is missing or corrupt ({error})") from None
+            raise SneError(f"{weights_path} is missing or corrupt ({one_line(error)})") from None
         self._shards[index] = tensors
         if len(self._shards) > _CACHED_SHARDS:
             self._shards.popitem(last=False)
