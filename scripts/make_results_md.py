@@ -9,6 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from sne.bench.paper import compare_ordering  # noqa: E402
 from sne.io_utils import atomic_path  # noqa: E402
 
 
@@ -35,17 +36,17 @@ def inr_section(path: Path, data: dict) -> list[str]:
         f"init `{options.get('init')}`, {options.get('steps')} fitting steps, zoo seed {zoo['seed']}), "
         f"split {zoo['splits']['train']}/{zoo['splits']['val']}/{zoo['splits']['test']} train/val/test; "
         f"zoo command: `{zoo.get('command')}`.",
-        f"Benchmark command: `{data['command']}`.",
+        "Benchmark commands: " + "; ".join(f"`{c}`" for c in data.get("commands", [data["command"]])) + ".",
         "",
         "Normalised MSE = MSE / Var(test targets) = 1 - R^2 (the mean predictor scores 1.0). "
         "Permutation change: mean |prediction(net) - prediction(equivalent permutation of net)| on the test "
         "split, in frequency units (0 for an exactly invariant encoder).",
         "",
         "| encoder | lambda | seed | params | epochs (best) | test MSE raw | normalised MSE | R^2 | Kendall tau | "
-        "mean-predictor MSE | permutation change | train time | hardware |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "mean-predictor MSE | permutation change | train time | hardware | zoo made on |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for e in data["entries"]:
+    for e in sorted(data["entries"], key=lambda e: e["metrics"]["normalized_mse"]):
         m = e["metrics"]
         perm = (e.get("permutation_sensitivity") or {}).get("mean_abs_change")
         seconds = e.get("train_seconds")
@@ -53,7 +54,8 @@ def inr_section(path: Path, data: dict) -> list[str]:
             f"| {e['encoder']} | {_fmt(e['invariance_weight'])} | {e['train_seed']} | {e['encoder_parameters']:,} | "
             f"{e['epochs']} ({e['best_epoch']}) | {_fmt(m['mse'])} | {_fmt(m['normalized_mse'])} | {_fmt(m['r2'])} | "
             f"{_fmt(m['kendall_tau'])} | {_fmt(m.get('mean_predictor_mse'))} | {_fmt(perm)} | "
-            f"{_fmt(seconds / 60 if seconds else None)} min | {_hardware(e['hardware'])} |"
+            f"{_fmt(seconds / 60 if seconds else None)} min | {_hardware(e['hardware'])} | "
+            f"{(e.get('zoo_options') or {}).get('device', 'n/a')} |"
         )
     plots = sorted((ROOT / "results" / "plots").glob(f"inr_{data['init']}_*.png"))
     if plots:
@@ -61,7 +63,27 @@ def inr_section(path: Path, data: dict) -> list[str]:
                   + ", ".join(f"[{p.stem}](../{p.relative_to(ROOT)})" for p in plots) + "."]
     lines += ["", "The paper's Table 1 (unit unstated; most likely standardised targets, so compare with the "
               "normalised column): " + ", ".join(f"{k} {v}" for k, v in data["paper_mse"].items()) + ".", ""]
-    return lines
+    return lines + _ordering_lines(data)
+
+
+def _ordering_lines(data: dict) -> list[str]:
+    """The paper-ordering check: each encoder's best normalised MSE against the paper's MSE."""
+    best: dict[str, float] = {}
+    for e in data["entries"]:
+        best[e["encoder"]] = min(best.get(e["encoder"], float("inf")), e["metrics"]["normalized_mse"])
+    check = compare_ordering(best, data["paper_mse"])
+    if check["kendall_tau"] is None:
+        return []
+    ours = " < ".join(sorted(check["encoders"], key=best.get))
+    paper = " < ".join(check["encoders"])
+    inverted = ", ".join(f"{a} before {b}" for a, b in check["discordant"]) or "none"
+    return [
+        f"Ordering check over the {len(check['encoders'])} encoders in both tables (best normalised MSE per "
+        f"encoder): ours {ours}; the paper {paper}. Kendall tau between the two rankings "
+        f"{_fmt(check['kendall_tau'])}; pairs the paper orders the other way round (paper has the first better): "
+        f"{inverted}.",
+        "",
+    ]
 
 
 def digit_inr_section(path: Path, data: dict) -> list[str]:

@@ -31,3 +31,23 @@ PAPER_CROSS_ARCH_TAU = {
     "neural_graph": {"min": 0.35, "max": 0.57},
     "deepsets": {"min": 0.46, "max": 0.55},
 }
+
+
+def compare_ordering(ours: dict[str, float], paper: dict[str, float]) -> dict:
+    """How well our per-encoder errors reproduce the paper's ranking (lower is better in both).
+
+    Over the encoders in both: Kendall's tau between the two error lists (1 = same ranking), and
+    the discordant pairs, each as ``(a, b)`` meaning the paper has ``a`` better than ``b`` and we
+    have it the other way round (pairs tied on either side are neither).
+    """
+    from scipy.stats import kendalltau
+
+    names = sorted(set(ours) & set(paper), key=lambda n: paper[n])
+    if len(names) < 2:
+        return {"encoders": names, "kendall_tau": None, "discordant": []}
+    tau = kendalltau([ours[n] for n in names], [paper[n] for n in names]).statistic
+    discordant = [
+        (a, b) for i, a in enumerate(names) for b in names[i + 1:]
+        if paper[a] < paper[b] and ours[a] > ours[b]
+    ]
+    return {"encoders": names, "kendall_tau": float(tau), "discordant": discordant}

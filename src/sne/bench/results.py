@@ -38,9 +38,18 @@ def zoo_summary(zoo: Zoo) -> dict:
     }
 
 
+#: Recipe options that say how a zoo was computed, not what it holds: every network is trained on
+#: its own (grouping is exact, tested per recipe), so a zoo made on a GPU and one made on a CPU from
+#: the same recipe, options and seed are the same data up to floating-point rounding. Each entry
+#: keeps its zoo's full options, so a table can still say where every row's zoo was made.
+EXECUTION_OPTIONS = ("device", "compile", "group_size")
+
+
 def zoo_identity(summary: dict) -> tuple:
-    """What makes two zoo summaries the same data wherever the zoo lies: recipe, options, n, seed."""
-    return tuple(json.dumps(summary.get(k), sort_keys=True) for k in ("recipe", "options", "n", "seed"))
+    """What makes two zoo summaries the same data wherever and however the zoo was made: recipe,
+    options other than :data:`EXECUTION_OPTIONS`, n and seed."""
+    options = {k: v for k, v in (summary.get("options") or {}).items() if k not in EXECUTION_OPTIONS}
+    return tuple(json.dumps(v, sort_keys=True) for v in (summary.get("recipe"), options, summary.get("n"), summary.get("seed")))
 
 
 def write_merged(
