@@ -111,6 +111,42 @@ def digit_inr_section(path: Path, data: dict) -> list[str]:
     return lines + ["", "Chance is 0.1 (ten classes).", ""]
 
 
+def style_edit_section(path: Path, data: dict) -> list[str]:
+    """Dilation style editing: test MSE of each editor's edited renders, beside the no-edit reference."""
+    zoo = data["zoo"]
+    options = zoo.get("options") or {}
+    no_edit = data["no_edit"]
+    lines = [
+        f"## Dilation style editing — `{data['init']}` initialisation",
+        "",
+        f"Source: `{path.relative_to(ROOT)}`. Zoo: {zoo['n']} 2-D SIRENs, one per digits image (recipe "
+        f"`{zoo['recipe']}`, init `{options.get('init')}`, {options.get('steps')} fitting steps, zoo seed "
+        f"{zoo['seed']}), split {zoo['splits']['train']}/{zoo['splits']['val']}/{zoo['splits']['test']}; "
+        f"zoo command: `{zoo.get('command')}`. Commands: "
+        + "; ".join(f"`{c}`" for c in data.get("commands", [data["command"]])) + ".",
+        "",
+        f"Each editor outputs a change of every parameter of an INR; the edited INR should render the "
+        f"dilated digit. Edit: {data['task']['edit']}. Metric: {data['task']['metric']} (test split, "
+        f"model selected on val). Lower is better; 'no edit' is where every editor starts.",
+        "",
+        "| editor | seed | params | epochs (best) | test MSE | relative to no edit | train time | hardware |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| no edit (render of the INR as fitted) | | | | {_fmt(no_edit['test_mse'], 4)} | 1.000 | | |",
+    ]
+    for e in sorted(data["entries"], key=lambda e: e["metrics"]["test_mse"]):
+        m, seconds = e["metrics"], e.get("train_seconds")
+        lines.append(
+            f"| {e['encoder']} | {e['train_seed']} | {e['encoder_parameters']:,} | {e['epochs']} ({e['best_epoch']}) | "
+            f"{_fmt(m['test_mse'], 4)} | {_fmt(m['relative_to_no_edit'])} | "
+            f"{_fmt(seconds / 60 if seconds else None)} min | {_hardware(e['hardware'])} |"
+        )
+    plots = [Path(e["plot"]) for e in data["entries"] if e.get("plot")]
+    if plots:
+        lines += ["", "Test digits (original render, edited render, dilated target): "
+                  + ", ".join(f"[{p.stem}](../{p.relative_to(ROOT) if p.is_absolute() else p})" for p in plots) + "."]
+    return lines + [""]
+
+
 def zoos_section(files: list[tuple[Path, dict]]) -> list[str]:
     """One table row per zoo summary (results/zoo_*.json, written by scripts/cnn_zoos.sh)."""
     lines = ["## Model zoos", "",
@@ -331,6 +367,8 @@ def render() -> str:
             lines += inr_section(path, data)
         elif data.get("benchmark") == "digit_inr_label":
             lines += digit_inr_section(path, data)
+        elif data.get("benchmark") == "style_edit":
+            lines += style_edit_section(path, data)
     zoos = [(path, json.loads(path.read_text())) for path in results if path.name.startswith("zoo_")]
     if zoos:
         lines += zoos_section(zoos)
@@ -341,7 +379,7 @@ def render() -> str:
     for path in results:
         data = json.loads(path.read_text())
         if not path.name.startswith("zoo_") and data.get("benchmark") not in (
-            "inr_frequency", "digit_inr_label", "cross_dataset", "cross_arch"
+            "inr_frequency", "digit_inr_label", "style_edit", "cross_dataset", "cross_arch"
         ):
             lines += bench_section(path, data)
     return "\n".join(lines)

@@ -326,6 +326,33 @@ def bench_digit_inr(
     _one_zoo("digit_inr_label", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device)
 
 
+@bench_app.command("style-edit")
+def bench_style_edit(
+    zoo: Path = typer.Option(..., "--zoo", help="A digit-INR zoo."),
+    encoders: str = typer.Option("sne", "--encoders",
+                                 help="Comma-separated encoder names, or all (every encoder with weight-space outputs)."),
+    seeds: str = _ONE_ZOO["seeds"],
+    epochs: int = _ONE_ZOO["epochs"],
+    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default: the encoder's, else 1e-3)."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    runs: Path = typer.Option(Path("runs/style-edit"), "--runs", help="Where the runs are kept (resumable)."),
+    results: Path = _ONE_ZOO["results"],
+    option: List[str] = _ONE_ZOO["option"],
+    device: str = _ONE_ZOO["device"],
+) -> None:
+    """Dilation style editing: each encoder learns a weight edit that dilates a digit INR's image;
+    write results/style_edit_<init>.json and a plot per run."""
+    from sne.bench.style_edit import run_style_edit_benchmark
+    from sne.encoders.base import weight_output_encoder_names
+
+    names = weight_output_encoder_names() if encoders.strip() == "all" else _encoder_list(encoders)
+    path = run_style_edit_benchmark(
+        zoo, names, _csv(seeds, int), epochs, runs, results, device=device, encoder_options=_parse_options(option),
+        train_options={"lr": lr, "batch_size": batch_size}, command=_command_line(),
+    )
+    console.print(f"results written to [bold]{path}[/bold]; regenerate docs with 'make results'")
+
+
 def _zoo_list(values: List[str]) -> list[str]:
     """``--zoos a,b --zoos c`` -> [a, b, c]: repeated and comma-separated forms both work."""
     zoos = [z.strip() for value in values for z in value.split(",") if z.strip()]

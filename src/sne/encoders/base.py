@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import fields, is_dataclass
-from typing import Any, Callable, ClassVar, Sequence
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, Callable, ClassVar, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -15,6 +15,23 @@ from sne.weights.record import NetworkRecord
 Architecture = tuple
 
 
+class LayerValues(NamedTuple):
+    """One value per parameter of a layer: ``weight`` has the layer's weight shape (PyTorch layout),
+    ``bias`` its bias shape, or is ``None`` when the layer has no bias."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+
+@dataclass
+class WeightBatch:
+    """A batch prepared for :meth:`Encoder.forward_weights`: the encoder's own input and the
+    architecture signature of every network, which shapes the outputs."""
+
+    inputs: Any
+    architectures: tuple[Architecture, ...]
+
+
 class Encoder(nn.Module):
     """Maps a batch of networks to codes ``z`` of shape ``(batch, out_dim)``.
 
@@ -22,9 +39,15 @@ class Encoder(nn.Module):
     ``architecture`` (the signature of the networks they will see; fixed-architecture encoders
     need it, others may ignore it). ``prepare`` turns records into the encoder's input on the CPU
     (it may run in data-loader workers); ``forward`` takes that input, moved to the model's device.
+
+    Encoders with ``weight_outputs`` can also give one value per input parameter (weight-space
+    outputs): :meth:`make_weight_head` once, then :meth:`forward_weights` on :meth:`prepare_weights`.
     """
 
     name: ClassVar[str] = ""
+    #: Whether the encoder can output one value per input parameter (weight-space outputs, e.g.
+    #: an edit of the network's weights) through :meth:`make_weight_head` and :meth:`forward_weights`.
+    weight_outputs: ClassVar[bool] = False
     #: Training settings (TrainConfig fields, e.g. ``lr``) this encoder needs instead of the shared
     #: defaults; ``sne train`` and the benchmarks use them unless the user sets the field.
     default_train_options: ClassVar[dict[str, Any]] = {}
@@ -61,9 +84,53 @@ class Encoder(nn.Module):
     def forward(self, batch: Any) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    # --- weight-space outputs -------------------------------------------------------------------
+
+    def make_weight_head(self) -> None:
+        """Add the output layers of :meth:`forward_weights` as submodule ``weight_head``.
+
+        Their last layers start at zero, so an untrained head outputs 0 for every parameter (an
+        untrained editor is the identity edit). Encoders without per-parameter features raise
+        :class:`SneError`. Separate from ``__init__`` so that encoders trained for a code ``z``
+        carry no unused parameters; :meth:`config` records it, so a rebuilt encoder has it too.
+        """
+        if not self.weight_outputs:
+            raise SneError(f"encoder '{self.name}' cannot output one value per parameter (no weight-space "
+                           f"outputs); encoders that can: {', '.join(weight_output_encoder_names())}")
+        if not hasattr(self, "weight_head"):
+            head = self.build_weight_head()
+            reference = next(self.parameters(), None)
+            if reference is not None:  # the encoder may already be on a device or in float64
+                head = head.to(device=reference.device, dtype=reference.dtype)
+            self.weight_head = head
+
+    def prepare_weights(self, records: Sequence[NetworkRecord]) -> WeightBatch:
+        """:meth:`prepare` plus the records' architectures: the input of :meth:`forward_weights`."""
+        return WeightBatch(self.prepare(records), tuple(record.architecture for record in records))
+
+    def forward_weights(self, batch: WeightBatch) -> list[tuple[LayerValues, ...]]:
+        """One value per parameter of every network in ``batch``: per network, per layer, a
+        :class:`LayerValues` with that layer's weight and bias shapes, in record order."""
+        if not hasattr(self, "weight_head"):
+            raise SneError(f"encoder '{self.name}' has no weight head: call make_weight_head() first")
+        return self.weight_values(batch.inputs, batch.architectures)
+
+    def build_weight_head(self) -> nn.Module:  # pragma: no cover - interface
+        """The output layers of :meth:`weight_values`, their last layers zero (encoders with weight outputs)."""
+        raise NotImplementedError
+
+    def weight_values(  # pragma: no cover - interface
+        self, inputs: Any, architectures: Sequence[Architecture]
+    ) -> list[tuple[LayerValues, ...]]:
+        """:meth:`forward_weights` on a prepared input (encoders with weight outputs)."""
+        raise NotImplementedError
+
     def config(self) -> dict:
-        """Everything needed to rebuild this encoder with :func:`build_encoder`."""
-        return {"name": self.name, "options": self.options, "architecture": self.architecture}
+        """Everything needed to rebuild this encoder with :func:`build_encoder_from_config`."""
+        config = {"name": self.name, "options": self.options, "architecture": self.architecture}
+        if hasattr(self, "weight_head"):
+            config["weight_head"] = True
+        return config
 
 
 _REGISTRY: dict[str, type[Encoder]] = {}
@@ -84,6 +151,11 @@ def encoder_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def weight_output_encoder_names() -> list[str]:
+    """Registered encoders that can output one value per parameter (see :meth:`Encoder.make_weight_head`)."""
+    return [name for name in encoder_names() if _REGISTRY[name].weight_outputs]
+
+
 def get_encoder_class(name: str) -> type[Encoder]:
     try:
         return _REGISTRY[name]
@@ -99,7 +171,10 @@ def build_encoder_from_config(config: dict) -> Encoder:
     architecture = config.get("architecture")
     if architecture is not None:
         architecture = _as_architecture(architecture)
-    return build_encoder(config["name"], architecture=architecture, **config.get("options", {}))
+    encoder = build_encoder(config["name"], architecture=architecture, **config.get("options", {}))
+    if config.get("weight_head"):
+        encoder.make_weight_head()
+    return encoder
 
 
 def _as_architecture(value) -> Architecture:
@@ -126,3 +201,37 @@ def batch_to(batch: Any, device: torch.device | str) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(batch_to(v, device) for v in batch)
     return batch
+
+
+def split_layer_values(
+    weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor], architecture: Architecture
+) -> list[tuple[LayerValues, ...]]:
+    """Stacked per-layer values of a batch of one architecture (``weights[i]`` of shape
+    ``(batch, *weight shape)``, ``biases[i]`` of ``(batch, out)``) as :meth:`Encoder.forward_weights`
+    returns them: per network, per layer; biases of layers without one are dropped."""
+    layers = [
+        (weight.unbind(0), bias.unbind(0) if has_bias else [None] * len(weight))
+        for weight, bias, (_, _, has_bias) in zip(weights, biases, architecture)
+    ]
+    return [tuple(LayerValues(w[n], b[n]) for w, b in layers) for n in range(len(weights[0]))]
+
+
+def layer_values_from_flat(
+    weights: torch.Tensor, biases: torch.Tensor, architectures: Sequence[Architecture]
+) -> list[tuple[LayerValues, ...]]:
+    """Cut flat values into :class:`LayerValues`: ``weights`` holds every weight of every network
+    (networks, then layers, in record order; each weight flattened in PyTorch order), ``biases``
+    one value per output neuron of every layer, in the same order, those of layers without a bias
+    included and dropped here."""
+    weight_sizes = [int(torch.Size(shape).numel()) for architecture in architectures for _, shape, _ in architecture]
+    bias_sizes = [int(shape[0]) for architecture in architectures for _, shape, _ in architecture]
+    weight_parts = iter(weights.split(weight_sizes))
+    bias_parts = iter(biases.split(bias_sizes))
+    networks = []
+    for architecture in architectures:
+        layers = []
+        for _, shape, has_bias in architecture:
+            weight, bias = next(weight_parts).reshape(shape), next(bias_parts)
+            layers.append(LayerValues(weight, bias if has_bias else None))
+        networks.append(tuple(layers))
+    return networks

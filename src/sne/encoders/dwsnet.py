@@ -22,6 +22,11 @@ matrix itself (pointwise). Sums are replaced by means so that scales do not grow
 
 Takes one fixed chain of linear and convolutional layers of any kernel size (conv layers, global
 pooling, linear layers); flattened feature maps are refused.
+
+Weight-space outputs (:meth:`~sne.encoders.base.Encoder.make_weight_head`): the layers map weight
+space to weight space, so instead of pooling, one more DWSLayer (zero-initialised) maps to one
+channel, and the spaces are laid out as weights and biases again (:func:`from_spaces`), scaled by
+each layer's fitted standard deviation into weight units.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from torch import nn
 
 from sne.encoders.base import Architecture, register_encoder
 from sne.encoders.common import LayerTensors
-from sne.encoders.nfn import WeightSpaceEncoder
+from sne.encoders.nfn import WeightSpaceEncoder, zero_parameters
 from sne.weights.record import LAYER_KINDS
 
 DEFAULT_OPTIONS: dict[str, Any] = {"hidden": 48, "num_layers": 4, "out_dim": 32, "batch_norm": True}
@@ -82,11 +87,30 @@ def to_spaces(batch: LayerTensors, spaces: Sequence[Space]) -> list[torch.Tensor
             out.append(batch.biases[space.layer].reshape(-1, *space.sizes, space.width))
             continue
         weight = batch.weights[space.layer]  # (batch, out, in, *kernel)
-        hidden = [1] if 0 < len(space.axes) and space.axes[0] == space.layer + 1 else []
-        hidden += [2] if space.layer in space.axes else []
-        fixed = [d for d in range(1, weight.dim()) if d not in hidden]
-        out.append(weight.permute(0, *hidden, *fixed).reshape(-1, *space.sizes, space.width))
+        out.append(weight.permute(*_weight_axis_order(space, weight.dim())).reshape(-1, *space.sizes, space.width))
     return out
+
+
+def _weight_axis_order(space: Space, ndim: int) -> list[int]:
+    """Dimensions of a (batch, out, in, *kernel) weight in the order :func:`to_spaces` lays them out."""
+    hidden = [1] if space.axes and space.axes[0] == space.layer + 1 else []
+    hidden += [2] if space.layer in space.axes else []
+    return [0, *hidden, *(d for d in range(1, ndim) if d not in hidden)]
+
+
+def from_spaces(xs: Sequence[torch.Tensor], spaces: Sequence[Space], architecture: Architecture) -> LayerTensors:
+    """Spaces of one channel, ``(batch, *sizes, width)``, as stacked weights and biases: the inverse
+    of :func:`to_spaces`."""
+    weights, biases = [None] * len(architecture), [None] * len(architecture)
+    for x, space in zip(xs, spaces):
+        shape = architecture[space.layer][1]
+        if space.part == "bias":
+            biases[space.layer] = x.reshape(len(x), shape[0])
+            continue
+        order = _weight_axis_order(space, len(shape) + 1)
+        laid_out = x.reshape(len(x), *(shape[d - 1] for d in order[1:]))
+        weights[space.layer] = laid_out.permute(*sorted(range(len(order)), key=order.__getitem__))
+    return LayerTensors(tuple(weights), tuple(biases))
 
 
 def kept_axis_sets(spaces: Sequence[Space]) -> list[tuple[int, ...]]:
@@ -156,9 +180,19 @@ class DWSNetEncoder(WeightSpaceEncoder):
         self.layers = nn.ModuleList(DWSLayer(self.spaces, c_in, c_out) for c_in, c_out in zip(channels, channels[1:]))
         self.readout = self.readout_layer(sum(s.width for s in self.spaces) * channels[-1])
 
-    def encode(self, batch: LayerTensors) -> torch.Tensor:
+    def space_features(self, batch: LayerTensors) -> list[torch.Tensor]:
+        """Every space's features after the last equivariant layer, ``hidden`` channels."""
         xs = to_spaces(batch, self.spaces)
         for layer in self.layers:
             xs = [torch.relu(x) for x in layer(xs)]
-        pooled = [pool_to(x, s.axes, ()) for x, s in zip(xs, self.spaces)]
+        return xs
+
+    def encode(self, batch: LayerTensors) -> torch.Tensor:
+        pooled = [pool_to(x, s.axes, ()) for x, s in zip(self.space_features(batch), self.spaces)]
         return self.readout(torch.cat(pooled, dim=-1))
+
+    def build_weight_head(self) -> nn.Module:
+        return zero_parameters(DWSLayer(self.spaces, self.options["hidden"], 1))
+
+    def equivariant_outputs(self, batch: LayerTensors) -> LayerTensors:
+        return from_spaces(self.weight_head(self.space_features(batch)), self.spaces, self.architecture)

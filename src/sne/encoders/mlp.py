@@ -3,6 +3,10 @@
 The input is every layer's weight and bias, in record order (:func:`sne.encoders.common.flatten_record`),
 standardised per coordinate with statistics of the training networks. The input size is the
 parameter count, so one encoder takes exactly one architecture: the one it was built for.
+
+Weight-space outputs (:meth:`~sne.encoders.base.Encoder.make_weight_head`): the MLP's hidden
+layers, then a zero-initialised Linear to one value per input coordinate, scaled by the
+coordinate's fitted standard deviation into weight units: the non-equivariant reference.
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+from torch import nn
 
-from sne.encoders.base import Architecture, Encoder, register_encoder
+from sne.encoders.base import Architecture, Encoder, LayerValues, register_encoder
 from sne.encoders.common import (
     build_mlp,
     check_fixed_architecture,
@@ -38,6 +43,8 @@ class MLPEncoder(Encoder):
     standard deviation (layers differ in scale by orders of magnitude, and Adam on raw inputs sees
     mostly the largest layer).
     """
+
+    weight_outputs = True
 
     def __init__(self, *, architecture: Architecture | None = None, **options: Any) -> None:
         resolved = resolve_options("mlp", DEFAULT_OPTIONS, options)
@@ -67,3 +74,26 @@ class MLPEncoder(Encoder):
 
     def forward(self, flat: torch.Tensor) -> torch.Tensor:
         return self.net((flat - self.input_mean) / self.input_std)
+
+    def build_weight_head(self) -> nn.Module:
+        hidden = self.options["hidden"]
+        head = nn.Linear(hidden[-1] if hidden else self.input_mean.numel(), self.input_mean.numel())
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+        return head
+
+    def weight_values(self, flat: torch.Tensor, architectures: Sequence[Architecture]) -> list[tuple[LayerValues, ...]]:
+        features = self.net[:-1]((flat - self.input_mean) / self.input_std)  # all but the code's output layer
+        values = self.weight_head(features) * self.input_std
+        networks = []
+        for row in values:
+            # Each layer's weight then its bias, in record order: the layout of flatten_record.
+            layers, start = [], 0
+            for _, shape, has_bias in self.architecture:
+                size = int(torch.Size(shape).numel())
+                weight, start = row[start : start + size].reshape(shape), start + size
+                bias = row[start : start + shape[0]] if has_bias else None
+                start += shape[0] if has_bias else 0
+                layers.append(LayerValues(weight, bias))
+            networks.append(tuple(layers))
+        return networks

@@ -10,6 +10,11 @@ linear and conv2d layers whose neurons line up one to one (conv layers, global p
 layers): the package's layers are built for a given network spec. The layers, pooling and spec
 come from the package; this module wraps them behind the :class:`~sne.encoders.base.Encoder`
 interface. Not included: the package's optional Fourier-feature input encoding.
+
+Weight-space outputs (:meth:`~sne.encoders.base.Encoder.make_weight_head`): the equivariant layers
+map weight space to weight space, so instead of pooling, one more equivariant layer (NPLinear or
+HNPLinear, zero-initialised) maps their features to one channel: one value per parameter, scaled
+by the layer's fitted standard deviation (undoing the input standardisation) into weight units.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from nfn.common import WeightSpaceFeatures, network_spec_from_wsfeat
 from nfn.layers import HNPLinear, HNPPool, NPLinear, NPPool, TupleOp
 from torch import nn
 
-from sne.encoders.base import Architecture, Encoder, register_encoder
+from sne.encoders.base import Architecture, Encoder, LayerValues, register_encoder, split_layer_values
 from sne.encoders.common import (
     LayerScaler,
     LayerTensors,
@@ -53,6 +58,18 @@ def to_wsfeat(batch: LayerTensors) -> WeightSpaceFeatures:
     return WeightSpaceFeatures([w.unsqueeze(1) for w in batch.weights], [b.unsqueeze(1) for b in batch.biases])
 
 
+def from_wsfeat(features: WeightSpaceFeatures) -> LayerTensors:
+    """The package's features of one channel as our stacked layers: the inverse of :func:`to_wsfeat`."""
+    return LayerTensors(tuple(w.squeeze(1) for w in features.weights), tuple(b.squeeze(1) for b in features.biases))
+
+
+def zero_parameters(module: nn.Module) -> nn.Module:
+    """Set every parameter of ``module`` to 0 (a linear output layer then outputs 0); return it."""
+    for parameter in module.parameters():
+        nn.init.zeros_(parameter)
+    return module
+
+
 class WeightSpaceEncoder(Encoder):
     """Shared frame of the fixed-architecture weight-space encoders: options, architecture checks,
     per-layer input standardisation, stacking records layer by layer.
@@ -72,6 +89,7 @@ class WeightSpaceEncoder(Encoder):
     defaults: ClassVar[dict[str, Any]] = {}
     kinds: ClassVar[tuple[str, ...]] = NFN_KINDS
     min_layers: ClassVar[int] = 1
+    weight_outputs = True
 
     def __init__(self, *, architecture: Architecture | None = None, **options: Any) -> None:
         resolved = resolve_options(self.name, self.defaults, options)
@@ -114,6 +132,19 @@ class WeightSpaceEncoder(Encoder):
     def encode(self, batch: LayerTensors) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def weight_values(
+        self, batch: LayerTensors, architectures: Sequence[Architecture]
+    ) -> list[tuple[LayerValues, ...]]:
+        outputs = self.equivariant_outputs(self.scaler(batch))
+        # Back from standardised units to weight units: a change scales by the std; the mean only shifts.
+        weights = [w * self.scaler.weight_std[i].to(w.dtype) for i, w in enumerate(outputs.weights)]
+        biases = [b * self.scaler.bias_std[i].to(b.dtype) for i, b in enumerate(outputs.biases)]
+        return split_layer_values(weights, biases, self.architecture)
+
+    def equivariant_outputs(self, batch: LayerTensors) -> LayerTensors:  # pragma: no cover - interface
+        """One value per parameter (``weight_head`` last), from standardised inputs, in standardised units."""
+        raise NotImplementedError
+
 
 class _NFNEncoder(WeightSpaceEncoder):
     """NFN with ``num_layers`` equivariant layers of ``hidden`` channels, pooled, then Linear to z.
@@ -139,6 +170,12 @@ class _NFNEncoder(WeightSpaceEncoder):
     def encode(self, batch: LayerTensors) -> torch.Tensor:
         pooled = self.pool(self.equivariant(to_wsfeat(batch)))
         return self.readout(pooled.flatten(1))
+
+    def build_weight_head(self) -> nn.Module:
+        return zero_parameters(self.layer_class(network_spec(self.architecture), self.options["hidden"], 1))
+
+    def equivariant_outputs(self, batch: LayerTensors) -> LayerTensors:
+        return from_wsfeat(self.weight_head(self.equivariant(to_wsfeat(batch))))
 
 
 @register_encoder("nfn_np")

@@ -13,6 +13,11 @@ them (``HNPPool``) and the code is invariant to hidden-neuron permutations, as i
 No layer norm before the pooling: it would divide out each entry's magnitude, and weight scales
 carry much of what there is to predict (the residual stream keeps them). Takes one fixed chain of
 linear and conv2d layers, like :mod:`sne.encoders.nfn`.
+
+Weight-space outputs (:meth:`~sne.encoders.base.Encoder.make_weight_head`): the blocks map weight
+space to weight space, so instead of pooling, a per-entry linear map (zero-initialised) reads one
+value per parameter off the residual stream, as a transformer decodes its tokens; it is scaled
+into weight units like :mod:`sne.encoders.nfn`'s.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from torch import nn
 
 from sne.encoders.base import Architecture, register_encoder
 from sne.encoders.common import LayerTensors, check_positive_int
-from sne.encoders.nfn import WeightSpaceEncoder, network_spec, to_wsfeat
+from sne.encoders.nfn import WeightSpaceEncoder, from_wsfeat, network_spec, to_wsfeat, zero_parameters
 from sne.errors import SneError
 
 #: hidden 32 rather than wider: NPAttention is memory-bound on the CPU, ~4x slower at hidden 64.
@@ -81,5 +86,14 @@ class NFTEncoder(WeightSpaceEncoder):
         self.readout = self.readout_layer(hidden * HNPPool.get_num_outs(spec))
 
     def encode(self, batch: LayerTensors) -> torch.Tensor:
-        x = self.blocks(self.position(self.embed(to_wsfeat(batch))))
-        return self.readout(self.pool(x).flatten(1))
+        return self.readout(self.pool(self.entry_states(batch)).flatten(1))
+
+    def entry_states(self, batch: LayerTensors) -> WeightSpaceFeatures:
+        """Every weight-space entry's state after the last block, ``hidden`` channels."""
+        return self.blocks(self.position(self.embed(to_wsfeat(batch))))
+
+    def build_weight_head(self) -> nn.Module:
+        return zero_parameters(TupleOp(ChannelLinear(self.options["hidden"], 1)))
+
+    def equivariant_outputs(self, batch: LayerTensors) -> LayerTensors:
+        return from_wsfeat(self.weight_head(self.entry_states(batch)))

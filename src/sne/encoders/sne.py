@@ -11,6 +11,14 @@ All chunks of all layers of all networks in a batch go through the chunk encoder
 later stages gather their sets with index tensors and key-padding masks, so padding never changes
 a network's code and no shape depends on the number or size of layers or on kernel sizes: one
 trained encoder takes any architecture of linear and convolutional layers.
+
+Weight-space outputs (:meth:`SNEEncoder.make_weight_head`): SNE is not built to be equivariant,
+so outputs are decoded per element. Every element's code after the second chunk set-to-set stage
+(before the chunk PMA), plus the broadcast network code, is decoded tap by tap with the tap's
+coordinate encoding (:class:`ElementDecoder`, the mirror of :class:`ElementEmbedding`): a kernel
+of any size decodes into all its values. The chunking bookkeeping puts every element back at its
+parameter's place, and values are scaled by their part's standard deviation when parts are
+standardised, so outputs are in weight units.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from sne.encoders.base import Architecture, Encoder, register_encoder
+from sne.encoders.base import Architecture, Encoder, LayerValues, register_encoder
 from sne.encoders.chunking import NUM_CHUNK_TYPES, ChunkBatch, layer_parts, pad_chunk
 from sne.encoders.positional import coordinate_encoding, sinusoidal_encoding
 from sne.encoders.set_blocks import PMA, SAB, ResidualFF, masked_mean
@@ -57,6 +65,14 @@ STATS_STD_FLOOR = 1e-4
 TAP_FREQUENCIES = 4
 
 
+def tap_features(coordinates: torch.Tensor) -> torch.Tensor:
+    """Coordinate encodings of a kernel's taps: ``(taps, kernel ndim)`` -> ``(taps, MAX_KERNEL_DIMS * 2 *
+    TAP_FREQUENCIES)``, zero-padded for kernels of fewer dimensions (a linear weight's one tap has none)."""
+    taps, ndim = coordinates.shape
+    features = coordinate_encoding(coordinates, TAP_FREQUENCIES).reshape(taps, ndim * 2 * TAP_FREQUENCIES)
+    return nn.functional.pad(features, (0, (MAX_KERNEL_DIMS - ndim) * 2 * TAP_FREQUENCIES))
+
+
 class ElementEmbedding(nn.Module):
     """An element (a set of kernel taps) -> ``out(mean_t relu(value(v_t) + coordinate(pos_t)))``.
 
@@ -72,12 +88,33 @@ class ElementEmbedding(nn.Module):
 
     def forward(self, values: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor:
         """``values`` (elements, taps), ``coordinates`` (taps, kernel ndim) -> (elements, hidden)."""
-        taps, ndim = coordinates.shape
-        features = coordinate_encoding(coordinates, TAP_FREQUENCIES).reshape(taps, ndim * 2 * TAP_FREQUENCIES)
-        features = nn.functional.pad(features, (0, (MAX_KERNEL_DIMS - ndim) * 2 * TAP_FREQUENCIES))
         # The coordinate term is shared by all elements of a kernel shape: computed once, broadcast.
-        hidden = torch.relu(self.value(values.unsqueeze(-1)) + self.coordinate(features))
+        hidden = torch.relu(self.value(values.unsqueeze(-1)) + self.coordinate(tap_features(coordinates)))
         return self.out(hidden.mean(dim=1))
+
+
+class ElementDecoder(nn.Module):
+    """(element code, network code) -> one value per tap of the element's kernel:
+    ``out(relu(mix(relu(element + network(n) + coordinate(pos_t)))))``.
+
+    The mirror of :class:`ElementEmbedding`: the tap's coordinate encoding says which value to
+    decode, so a kernel of any size decodes. ``out`` starts at zero (the untrained head outputs 0).
+    """
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.network = nn.Linear(hidden, hidden)
+        self.coordinate = nn.Linear(MAX_KERNEL_DIMS * 2 * TAP_FREQUENCIES, hidden)
+        self.mix = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, elements: torch.Tensor, networks: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor:
+        """``elements`` and ``networks`` (elements, hidden), ``coordinates`` (taps, kernel ndim) -> (elements, taps)."""
+        codes = (elements + self.network(networks)).unsqueeze(1)
+        hidden = torch.relu(codes + self.coordinate(tap_features(coordinates)))
+        return self.out(torch.relu(self.mix(hidden))).squeeze(-1)
 
 
 class SetStack(nn.Module):
@@ -139,6 +176,8 @@ class SNEEncoder(Encoder):
     gradient checkpointing, trading recomputation for memory: activations of one micro-batch
     instead of all the batch's chunks.
     """
+
+    weight_outputs = True
 
     def __init__(self, *, architecture: Architecture | None = None, **options: Any) -> None:
         unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
@@ -212,9 +251,16 @@ class SNEEncoder(Encoder):
         )
 
     def forward(self, batch: ChunkBatch) -> torch.Tensor:
+        return self.readout(self._network_codes(batch)[0])
+
+    def _network_codes(
+        self, batch: ChunkBatch, keep_elements: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pooled network codes (B, hidden); with ``keep_elements`` also every element's code
+        before the chunk PMA, (N, c, hidden)."""
         opts = self.options
         dtype = self.readout.weight.dtype
-        codes = self._chunk_codes(batch, dtype)
+        codes, elements = self._chunk_codes(batch, dtype, keep_elements)
         if opts["use_chunk_index_encoding"]:
             codes = codes + self._encode(batch.chunk_index, dtype)
         if opts["use_hierarchy"]:
@@ -228,13 +274,37 @@ class SNEEncoder(Encoder):
         else:
             sets = _gather_sets(codes, batch.chunk_network_slot, batch.network_chunk_mask)
             mask = batch.network_chunk_mask
-        return self.readout(self.network_pool(self.network_stack(sets, mask), mask))
+        return self.network_pool(self.network_stack(sets, mask), mask), elements
 
     def _encode(self, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return sinusoidal_encoding(positions, self.hidden, dtype=dtype)
 
-    def _chunk_codes(self, batch: ChunkBatch, dtype: torch.dtype) -> torch.Tensor:
-        """Codes (N, hidden) of all chunks: in one call, or in micro-batches (checkpointed in training).
+    # --- weight-space outputs -------------------------------------------------------------------
+
+    def build_weight_head(self) -> nn.Module:
+        return ElementDecoder(self.hidden)
+
+    def weight_values(self, batch: ChunkBatch, architectures: Sequence[Architecture]) -> list[tuple[LayerValues, ...]]:
+        networks, elements = self._network_codes(batch, keep_elements=True)
+        chunk_size = batch.element_mask.shape[1]
+        elements = elements.reshape(-1, elements.shape[-1])
+        chunks_per_network = batch.network_chunk_mask.shape[1]
+        decoded = []
+        for slots, coordinates in zip(batch.element_slot, batch.tap_coordinates):
+            chunk = slots // chunk_size
+            network = batch.chunk_network_slot[chunk] // chunks_per_network
+            values = self.weight_head(elements[slots], networks[network], coordinates.to(elements.dtype))
+            if self.options["standardize_layers"]:
+                # Elements came in standardised by their part's std: go back to weight units.
+                values = values * batch.part_stats[batch.chunk_part[chunk], 1].exp().to(values.dtype).unsqueeze(1)
+            decoded.append(values)
+        return place_elements(decoded, architectures)
+
+    def _chunk_codes(
+        self, batch: ChunkBatch, dtype: torch.dtype, keep_elements: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Codes (N, hidden) of all chunks: in one call, or in micro-batches (checkpointed in training);
+        with ``keep_elements`` also the element codes before the chunk PMA, (N, c, hidden).
 
         A micro-batch embeds only its own elements (each kernel shape's elements are stored in
         chunk order, so they form one contiguous range): no padded tensor of the whole batch's
@@ -244,24 +314,29 @@ class SNEEncoder(Encoder):
         step = self.options["chunk_micro_batch"]
         if step is None:
             whole = [(0, len(slots)) for slots in batch.element_slot]
-            return self._encode_chunk_range(batch, dtype, 0, num_chunks, whole)
+            return self._encode_chunk_range(batch, dtype, 0, num_chunks, whole, keep_elements)
         starts = list(range(0, num_chunks, step))
         bounds = torch.tensor([*starts, num_chunks], device=batch.element_mask.device) * chunk_size
         # ranges[g][i]: index of the first element of kernel group g in micro-batch i or later.
         ranges = [torch.searchsorted(slots, bounds).tolist() for slots in batch.element_slot]
-        codes = []
+        codes, elements = [], []
         for i, first in enumerate(starts):
-            args = (batch, dtype, first, min(first + step, num_chunks), [(r[i], r[i + 1]) for r in ranges])
+            args = (batch, dtype, first, min(first + step, num_chunks), [(r[i], r[i + 1]) for r in ranges],
+                    keep_elements)
             if torch.is_grad_enabled():
-                codes.append(checkpoint(self._encode_chunk_range, *args, use_reentrant=False))
+                chunk_codes, element_codes = checkpoint(self._encode_chunk_range, *args, use_reentrant=False)
             else:
-                codes.append(self._encode_chunk_range(*args))
-        return torch.cat(codes)
+                chunk_codes, element_codes = self._encode_chunk_range(*args)
+            codes.append(chunk_codes)
+            elements.append(element_codes)
+        return torch.cat(codes), torch.cat(elements) if keep_elements else None
 
     def _encode_chunk_range(
-        self, batch: ChunkBatch, dtype: torch.dtype, first: int, last: int, element_ranges: list[tuple[int, int]]
-    ) -> torch.Tensor:
-        """Embed the elements of chunks ``first:last`` and run the chunk encoder on them."""
+        self, batch: ChunkBatch, dtype: torch.dtype, first: int, last: int, element_ranges: list[tuple[int, int]],
+        keep_elements: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embed the elements of chunks ``first:last`` and run the chunk encoder on them: chunk codes,
+        and with ``keep_elements`` the element codes before the chunk PMA."""
         chunk_size = batch.element_mask.shape[1]
         groups = zip(batch.tap_values, batch.tap_coordinates, batch.element_slot, element_ranges)
         embedded, slots = zip(
@@ -276,7 +351,8 @@ class SNEEncoder(Encoder):
             row_codes = self._encode(torch.arange(chunk_size, device=mask.device), dtype)
             elements = elements + row_codes[batch.row_slot[first:last]]
         x = self.chunk_stack_1(elements, mask) + self._chunk_context(batch, dtype, first, last).unsqueeze(1)
-        return self.chunk_pool(self.chunk_stack_2(x, mask), mask)
+        x = self.chunk_stack_2(x, mask)
+        return self.chunk_pool(x, mask), x if keep_elements else None
 
     def _chunk_context(self, batch: ChunkBatch, dtype: torch.dtype, first: int, last: int) -> torch.Tensor:
         """Layer-type plus layer-level encoding of chunks ``first:last``, (last - first, hidden)."""
@@ -291,6 +367,40 @@ class SNEEncoder(Encoder):
         if self.part_scale is not None:
             context = context + self.part_scale(self._normalized_part_stats(batch, first, last))
         return context
+
+
+def place_elements(
+    decoded: list[torch.Tensor], architectures: Sequence[Architecture]
+) -> list[tuple[LayerValues, ...]]:
+    """Decoded values per kernel-shape group, ``(elements, taps)`` in the group's element order, back
+    at their parameters' places.
+
+    :func:`~sne.encoders.chunking.pad_chunk` walks networks, layers and parts (weight, then bias)
+    in record order and appends each part's elements, row-major over (out, in), to the group of
+    its kernel shape (groups numbered by first appearance; a bias is a one-tap element like a
+    linear weight). The same walk here finds every part's range in its group.
+    """
+    groups: dict[tuple[int, ...], int] = {}
+    used: list[int] = []
+
+    def take(kernel: tuple[int, ...], count: int) -> torch.Tensor:
+        group = groups.setdefault(kernel, len(groups))
+        if group == len(used):
+            used.append(0)
+        start, used[group] = used[group], used[group] + count
+        return decoded[group][start : start + count]
+
+    networks = []
+    for architecture in architectures:
+        layers = []
+        for _, shape, has_bias in architecture:
+            weight = take(tuple(shape[2:]), shape[0] * shape[1]).reshape(shape)
+            bias = take((), shape[0]).reshape(shape[0]) if has_bias else None
+            layers.append(LayerValues(weight, bias))
+        networks.append(tuple(layers))
+    if used != [len(values) for values in decoded]:
+        raise RuntimeError("SNE weight outputs: the chunk layout does not match the architectures given")
+    return networks
 
 
 def _validate(options: dict[str, Any]) -> None:

@@ -3,6 +3,10 @@
 A run directory holds ``config.json`` (everything the run needs), ``last.pt`` (full training state,
 rewritten atomically each epoch), ``best.pt`` (the weights with the lowest validation loss) and
 ``history.json``. Re-running the same command on a run directory continues where it stopped.
+
+:func:`fit` trains an encoder + head for a target; the loop itself (:func:`train_epochs`: optimizer,
+schedule, seeded batch order, resume, checkpoints, model selection) is shared with tasks that train
+other models on a zoo's networks, such as weight-space editing (:mod:`sne.bench.style_edit`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +26,7 @@ from torch.nn import functional as F
 
 from sne import __version__
 from sne.bench.environment import cpu_model
-from sne.encoders import batch_to, build_encoder, build_encoder_from_config
+from sne.encoders import Encoder, batch_to, build_encoder, build_encoder_from_config
 from sne.errors import SneError, one_line
 from sne.io_utils import atomic_path, write_json_atomic
 from sne.train.predictor import Predictor
@@ -113,8 +117,8 @@ def _build_predictor(config: TrainConfig, target: Target, encoder_config: dict |
 class _EpochBatches(torch.utils.data.Dataset):
     """One epoch's batches; each item is prepared (and permuted) on its own, so workers can do it."""
 
-    def __init__(self, encoder, records, batches: list[torch.Tensor], seeds: list[int], permute: bool):
-        self.encoder, self.records, self.batches, self.seeds, self.permute = encoder, records, batches, seeds, permute
+    def __init__(self, prepare, records, batches: list[torch.Tensor], seeds: list[int], permute: bool):
+        self.prepare, self.records, self.batches, self.seeds, self.permute = prepare, records, batches, seeds, permute
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -125,7 +129,7 @@ class _EpochBatches(torch.utils.data.Dataset):
             # Functionally-equivalent copies go in the same batch: one forward pass serves both.
             generator = torch.Generator().manual_seed(self.seeds[index])
             members = members + [random_equivalent_permutation(r, generator) for r in members]
-        return self.batches[index], self.encoder.prepare(members)
+        return self.batches[index], self.prepare(members)
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -133,7 +137,8 @@ def _save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def _load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint this package wrote (tensors and plain data only); :class:`SneError` if unreadable."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a checkpoint we wrote is unreadable: say which file
@@ -149,13 +154,18 @@ def _check_resume(run_dir: Path, config: TrainConfig) -> None:
         raise SneError(f"{run_dir} holds a run with a different configuration ({details}); use another --out")
 
 
-def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
-    """Train (or resume) a run; return its summary (best epoch, validation loss, wall time)."""
-    run_dir = Path(out_dir)
+def check_train_config(config: TrainConfig) -> None:
+    """:class:`SneError` for settings no training can run with."""
     if config.invariance_weight < 0:
         raise SneError(f"invariance weight must be >= 0, got {config.invariance_weight}")
     if config.epochs < 1 or config.batch_size < 1:
         raise SneError("epochs and batch size must be at least 1")
+
+
+def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
+    """Train (or resume) a run; return its summary (best epoch, validation loss, wall time)."""
+    run_dir = Path(out_dir)
+    check_train_config(config)
     zoo = Zoo.open(config.zoo)
     train_ids = zoo.split_ids("train")
     if config.max_train is not None:
@@ -171,7 +181,59 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict
     torch.manual_seed(config.seed)
     predictor = _build_predictor(config, target, None, train_records[0].architecture).to(device)
     predictor.encoder.check_records(train_records)
-    optimizer = torch.optim.Adam(predictor.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    meta = {
+        "config": asdict(config),
+        "encoder": predictor.encoder.config(),
+        "target": target.to_dict(),
+        "sne_version": __version__,
+        "zoo_manifest": zoo_manifest_summary(zoo),
+    }
+
+    def batch_loss(indices: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = predictor(batch)
+        if config.invariance_weight > 0:
+            outputs, permuted_outputs = outputs.chunk(2)
+            # Logit invariance (Moskalev et al. 2023): equivalent networks should get equal outputs.
+            reg = F.mse_loss(permuted_outputs, outputs)
+        else:
+            reg = torch.zeros((), device=device)
+        return predictor.target.loss(outputs, train_values[indices].to(device)), reg
+
+    return train_epochs(
+        config, run_dir, predictor, predictor.encoder, train_records, predictor.encoder.prepare, batch_loss,
+        lambda: _validation(predictor, val_records, val_values, config.batch_size)[1], meta, device, progress,
+    )
+
+
+def zoo_manifest_summary(zoo: Zoo) -> dict:
+    """What a checkpoint says about the zoo it was trained on."""
+    return {k: zoo.manifest.get(k) for k in ("recipe", "options", "n", "seed", "command")}
+
+
+def train_epochs(
+    config: TrainConfig,
+    run_dir: Path,
+    model: torch.nn.Module,
+    encoder: Encoder,
+    train_records: Sequence[NetworkRecord],
+    prepare: Callable[[Sequence[NetworkRecord]], Any],
+    batch_loss: Callable[[torch.Tensor, Any], tuple[torch.Tensor, torch.Tensor]],
+    validation_loss: Callable[[], float],
+    meta: dict,
+    device: torch.device,
+    progress: bool = True,
+) -> dict:
+    """The training loop every task shares: train ``model`` (which holds ``encoder``) for
+    ``config.epochs`` epochs, or resume it from ``run_dir``; return the run's summary.
+
+    Adam and the multi-step schedule of ``config``; batches in a seeded order per epoch, prepared
+    by ``prepare`` (with random equivalent permutations appended when ``config.invariance_weight``
+    > 0); ``batch_loss(indices, batch on device)`` gives (task loss, regulariser) and the step
+    minimises task loss + invariance_weight * regulariser. After each epoch ``validation_loss()``
+    selects the model: ``best.pt`` holds the lowest, ``last.pt`` the full state (resume), both
+    with ``meta``. The encoder's input statistics and pre-training run once, before epoch 1.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     milestones = sorted({max(1, round(f * config.epochs)) for f in config.milestones})
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.gamma)
 
@@ -180,17 +242,17 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict
     if (run_dir / "config.json").exists():
         _check_resume(run_dir, config)
         if last_path.exists():
-            checkpoint = _load_checkpoint(last_path)
-            predictor.load_state_dict(checkpoint["model"])
+            checkpoint = load_checkpoint(last_path)
+            model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
             scheduler.load_state_dict(checkpoint["scheduler"])
             state = checkpoint["state"]
     pretraining = None
     if state["epoch"] == 0:
-        predictor.encoder.fit_input_statistics(train_records)
+        encoder.fit_input_statistics(train_records)
         started = time.perf_counter()
         # Self-supervised encoders learn here; the result is in every checkpoint, so resume skips it.
-        pretraining = predictor.encoder.pretrain(train_records, asdict(config), progress)
+        pretraining = encoder.pretrain(train_records, asdict(config), progress)
         if pretraining is not None:
             state["pretraining"] = pretraining
             state["train_seconds"] += time.perf_counter() - started
@@ -198,25 +260,18 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict
     write_json_atomic(run_dir / "config.json", asdict(config))
     if pretraining is not None:
         write_json_atomic(run_dir / "pretraining.json", pretraining)
-    meta = {
-        "config": asdict(config),
-        "encoder": predictor.encoder.config(),
-        "target": target.to_dict(),
-        "sne_version": __version__,
-        "zoo_manifest": {k: zoo.manifest.get(k) for k in ("recipe", "options", "n", "seed", "command")},
-    }
 
-    n_params = sum(p.numel() for p in predictor.encoder.parameters())
+    n_params = sum(p.numel() for p in encoder.parameters())
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, disable=not progress, transient=False) as bar:
         epochs_task = bar.add_task(f"training {config.encoder} ({n_params:,} params)", total=config.epochs, completed=state["epoch"])
         for epoch in range(state["epoch"], config.epochs):
             started = time.perf_counter()
             train_loss, train_reg = _train_epoch(
-                predictor, optimizer, config, epoch, train_records, train_values, device, bar
+                model, optimizer, config, epoch, train_records, prepare, batch_loss, device, bar
             )
             scheduler.step()
-            val_predictions, val_loss = _validation(predictor, val_records, val_values, config.batch_size)
+            val_loss = validation_loss()
             state["train_seconds"] += time.perf_counter() - started
             entry = {"epoch": epoch + 1, "train_loss": train_loss, "invariance_loss": train_reg, "val_loss": val_loss,
                      "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
@@ -224,8 +279,8 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict
             state["epoch"] = epoch + 1
             if val_loss < state["best_val_loss"]:
                 state["best_val_loss"], state["best_epoch"] = val_loss, epoch + 1
-                _save_checkpoint(run_dir / "best.pt", {**meta, "model": predictor.state_dict(), "epoch": epoch + 1})
-            _save_checkpoint(last_path, {**meta, "model": predictor.state_dict(), "optimizer": optimizer.state_dict(),
+                _save_checkpoint(run_dir / "best.pt", {**meta, "model": model.state_dict(), "epoch": epoch + 1})
+            _save_checkpoint(last_path, {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                          "scheduler": scheduler.state_dict(), "state": state})
             write_json_atomic(run_dir / "history.json", state["history"])
             bar.update(epochs_task, advance=1,
@@ -241,8 +296,8 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict
     }
 
 
-def _train_epoch(predictor, optimizer, config, epoch, records, values, device, bar) -> tuple[float, float]:
-    predictor.train()
+def _train_epoch(model, optimizer, config, epoch, records, prepare, batch_loss, device, bar) -> tuple[float, float]:
+    model.train()
     order = torch.randperm(len(records), generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
     batches = list(order.split(config.batch_size))
     if len(batches) > 1 and len(batches[-1]) == 1:
@@ -251,27 +306,20 @@ def _train_epoch(predictor, optimizer, config, epoch, records, values, device, b
     seeds = [int(np.random.SeedSequence([config.seed, epoch, i]).generate_state(1)[0]) for i in range(len(batches))]
     permute = config.invariance_weight > 0
     loader = torch.utils.data.DataLoader(
-        _EpochBatches(predictor.encoder, records, batches, seeds, permute),
+        _EpochBatches(prepare, records, batches, seeds, permute),
         batch_size=None, shuffle=False, num_workers=config.num_workers,
     )
     task = bar.add_task("  batches", total=len(batches))
     total_loss = total_reg = 0.0
     for indices, batch in loader:
-        outputs = predictor(batch_to(batch, device))
-        if permute:
-            outputs, permuted_outputs = outputs.chunk(2)
-            # Logit invariance (Moskalev et al. 2023): equivalent networks should get equal outputs.
-            reg = F.mse_loss(permuted_outputs, outputs)
-        else:
-            reg = torch.zeros((), device=device)
-        task_loss = predictor.target.loss(outputs, values[indices].to(device))
+        task_loss, reg = batch_loss(indices, batch_to(batch, device))
         loss = task_loss + config.invariance_weight * reg
         if not torch.isfinite(loss):
             raise SneError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); try a lower --lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(predictor.parameters(), config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         total_loss += task_loss.item() * len(indices)
         total_reg += reg.item() * len(indices)
@@ -334,7 +382,7 @@ def load_run(run_dir: str | Path, device: str = "auto", which: str = "best") -> 
     path = run_dir / f"{which}.pt"
     if not path.exists():
         raise SneError(f"{run_dir}: no {which}.pt here — is this a run directory made by 'sne train'?")
-    checkpoint = _load_checkpoint(path)
+    checkpoint = load_checkpoint(path)
     config = TrainConfig(**checkpoint["config"])
     target = Target(**checkpoint["target"])
     encoder_config = checkpoint["encoder"]

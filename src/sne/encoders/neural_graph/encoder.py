@@ -6,6 +6,12 @@
     num_layers blocks (message passing: gnn.py, attention: transformer.py) update both
     z = readout(batch norm([mean over nodes, max over nodes])) per network
 
+Weight-space outputs (:meth:`NeuralGraphEncoder.make_weight_head`): one value per parameter, read
+off the final states of the parameter's own graph element: a forward weight edge's state -> Linear
+-> its centre-padded kernel, whose real slots are that edge's weights; a neuron's state -> Linear
+-> its bias. Both are scaled by the layer's fitted standard deviation (undoing the input
+standardisation), so outputs are in weight units.
+
 Positional embeddings are learned: a unique one for each input neuron and each output neuron (their
 order means something), and one per hidden layer shared by all its neurons (hidden neurons are
 exchangeable). Every other step treats nodes and edges alike and pools with symmetric functions,
@@ -20,7 +26,7 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
-from sne.encoders.base import Architecture, Encoder
+from sne.encoders.base import Architecture, Encoder, LayerValues, layer_values_from_flat
 from sne.encoders.neural_graph.graph import (
     ACTIVATION_INDEX,
     ACTIVATIONS,
@@ -123,6 +129,7 @@ class NeuralGraphEncoder(Encoder):
     """
 
     extra_options: ClassVar[dict[str, Any]] = {}
+    weight_outputs = True
 
     def __init__(self, *, architecture: Architecture | None = None, **options: Any) -> None:
         defaults = {**COMMON_OPTIONS, **self.extra_options}
@@ -254,14 +261,41 @@ class NeuralGraphEncoder(Encoder):
         edges = self.edge_embedding(kernels) + self.edge_type_embedding(batch.edge_type)
         return nodes, edges
 
-    def forward(self, batch: GraphBatch) -> torch.Tensor:
+    def final_states(self, batch: GraphBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Node states (normalised) and edge states after the last block."""
         nodes, edges = self.embed_inputs(batch)
         source, target = batch.edge_index
         for block in self.blocks:
             nodes, edges = block(nodes, edges, source, target)
-        nodes = self.final_norm(nodes)
+        return self.final_norm(nodes), edges
+
+    def forward(self, batch: GraphBatch) -> torch.Tensor:
+        nodes, _ = self.final_states(batch)
         pooled = [scatter(nodes, batch.node_graph, 0, dim_size=batch.num_graphs, reduce=r) for r in ("mean", "max")]
         return self.readout(self.pool_norm(torch.cat(pooled, dim=1)))
+
+    # --- weight-space outputs -------------------------------------------------------------------
+
+    def build_weight_head(self) -> nn.Module:
+        hidden = self.options["hidden"]
+        head = nn.ModuleDict({
+            "edge_norm": norm(hidden, self.options["layer_norm"]),
+            "kernel": nn.Linear(hidden, self.spec.edge_slots),
+            "bias": nn.Linear(hidden, 1),
+        })
+        for linear in (head["kernel"], head["bias"]):
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
+        return head
+
+    def weight_values(self, batch: GraphBatch, architectures: Sequence[Architecture]) -> list[tuple[LayerValues, ...]]:
+        nodes, edges = self.final_states(batch)
+        head = self.weight_head
+        kernels = head["kernel"](head["edge_norm"](edges))
+        # Undo the per-layer standardisation of the inputs: outputs in weight units.
+        kernels = kernels * self.weight_std[batch.edge_layer.clamp_min(0)].to(kernels.dtype).unsqueeze(1)
+        biases = head["bias"](nodes).squeeze(1) * self.bias_std[(batch.node_layer - 1).clamp_min(0)].to(nodes.dtype)
+        return graph_parameters(batch, kernels, biases, architectures)
 
     # --- options --------------------------------------------------------------------------------
 
@@ -282,6 +316,22 @@ class NeuralGraphEncoder(Encoder):
         for name in ("reverse_edges", "layer_norm", "batch_norm"):
             if not isinstance(options[name], bool):
                 raise SneError(f"{self.name} option {name} must be true or false, got {options[name]!r}")
+
+
+def graph_parameters(
+    batch: GraphBatch, edge_kernels: torch.Tensor, node_values: torch.Tensor, architectures: Sequence[Architecture]
+) -> list[tuple[LayerValues, ...]]:
+    """Per-edge padded kernels (E, slots) and per-node values (N,) of a batch's graphs as one value
+    per parameter of each network: forward weight edges' real kernel slots are the weights, the
+    values of every layer's output neurons the biases (given the graph's own inputs, this gives the
+    records' parameters back)."""
+    # Forward weight edges only: reversed edges repeat them, residual edges hold no parameter.
+    weight_edges = batch.edge_type == WEIGHT_EDGE
+    # Real slots read edge by edge in slot order are the weights in PyTorch order (graph.py), and
+    # graphs list networks, then layers, in order: the masked selection un-pads every kernel.
+    weights = edge_kernels[weight_edges][batch.edge_kernel_mask[weight_edges]]
+    biases = node_values[batch.node_layer > 0]  # input nodes have none
+    return layer_values_from_flat(weights, biases, architectures)
 
 
 def norm(hidden: int, enabled: bool) -> nn.Module:
@@ -309,4 +359,4 @@ class EdgeUpdate(nn.Module):
         return edges + self.mix(ends + self.itself(e))
 
 
-__all__ = ["COMMON_OPTIONS", "NeuralGraphEncoder", "gather", "norm", "probe_activations"]
+__all__ = ["COMMON_OPTIONS", "NeuralGraphEncoder", "gather", "graph_parameters", "norm", "probe_activations"]
