@@ -1,4 +1,4 @@
-"""NG-GNN and NG-T: training throughput, and peak memory of one forward pass as networks grow (SNE beside them).
+"""NG-GNN and NG-T beside SNE: training throughput and peak memory, and forward memory as networks grow.
 
 Throughput: forward + backward + Adam step on batches of 64 networks with random weights, (a) sine-INR
 SIRENs 1->32->32->1, (b) GUIDE section 6 small CNNs (3 x Conv2d(16, 3x3, stride 2) + global pool +
@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--encoders", default="ng_gnn,ng_t", help="encoders timed for training throughput")
+    parser.add_argument("--encoders", default="ng_gnn,ng_t,sne", help="encoders timed for training throughput and peak memory")
     parser.add_argument("--memory-encoders", default="ng_gnn,ng_t,sne", help="encoders in the memory scaling")
     parser.add_argument("--sizes", default=",".join(MEMORY_WIDTHS))
     parser.add_argument("--out", type=Path, default=Path("results/bench_neural_graph_memory.json"))
