@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The INR tables on a CPU, as three one-thread lanes (GUIDE section 8): INR frequency regression for
+# every encoder (50 epochs), digit-INR classification (30 epochs) and dilation style editing
+# (30 epochs). SNE comes last in the INR lane: its row then replaces the GPU-trained one with one
+# trained on this CPU-made zoo. Every run resumes where it stopped, so an interrupted invocation is simply re-run.
+# Then: make results.   usage: scripts/cpu_inr_tables.sh [INIT]   (default: independent)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+INIT=${1:-independent}
+SNE=${SNE:-.venv/bin/sne}
+export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
+mkdir -p logs
+$SNE zoo generate sine-inr --n 5000 --seed 0 --init "$INIT" --device cpu --out "zoos/sine-$INIT"
+$SNE zoo generate digit-inr --n 1797 --seed 0 --init "$INIT" --device cpu --out "zoos/digit-inr-$INIT"
+(
+  for e in mlp statnn hyperrep deepsets nfn_np nfn_hnp dwsnet nft ng_gnn ng_t sne; do
+    $SNE bench inr --zoo "zoos/sine-$INIT" --encoders $e --epochs 50 --seeds 0 --runs "runs/inr-$INIT" --device cpu
+  done
+) > "logs/inr-$INIT.log" 2>&1 &
+(
+  for e in statnn mlp sne ng_gnn ng_t deepsets nfn_np nfn_hnp dwsnet nft; do
+    $SNE bench digit-inr --zoo "zoos/digit-inr-$INIT" --encoders $e --epochs 30 --seeds 0 \
+      --runs "runs/digit-inr-$INIT" --device cpu
+  done
+) > "logs/digit-inr-$INIT.log" 2>&1 &
+(
+  for e in dwsnet nfn_hnp nfn_np mlp nft sne ng_gnn ng_t; do
+    $SNE bench style-edit --zoo "zoos/digit-inr-$INIT" --encoders $e --epochs 30 --batch-size 32 --seeds 0 \
+      --runs "runs/style-edit-$INIT" --device cpu
+  done
+) > "logs/style-edit-$INIT.log" 2>&1 &
+wait
