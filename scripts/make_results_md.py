@@ -86,17 +86,24 @@ def _ordering_lines(data: dict) -> list[str]:
     ]
 
 
-def digit_inr_section(path: Path, data: dict) -> list[str]:
+def _digit_inr_source(path: Path, data: dict) -> str:
+    """Where a digit-INR table comes from: results file, zoo and every command that added to it."""
     zoo = data["zoo"]
     options = zoo.get("options") or {}
-    lines = [
-        f"## Digit-INR classification — `{data['init']}` initialisation",
-        "",
+    return (
         f"Source: `{path.relative_to(ROOT)}`. Zoo: {zoo['n']} 2-D SIRENs, one per digits image (recipe "
         f"`{zoo['recipe']}`, init `{options.get('init')}`, {options.get('steps')} fitting steps, zoo seed "
         f"{zoo['seed']}), split {zoo['splits']['train']}/{zoo['splits']['val']}/{zoo['splits']['test']}; "
         f"zoo command: `{zoo.get('command')}`. Commands: "
-        + "; ".join(f"`{c}`" for c in data.get("commands", [data["command"]])) + ".",
+        + "; ".join(f"`{c}`" for c in data.get("commands", [data["command"]])) + "."
+    )
+
+
+def digit_inr_section(path: Path, data: dict) -> list[str]:
+    lines = [
+        f"## Digit-INR classification — `{data['init']}` initialisation",
+        "",
+        _digit_inr_source(path, data),
         "",
         "| encoder | lambda | seed | params | epochs (best) | test accuracy | train time | hardware |",
         "|---|---|---|---|---|---|---|---|",
@@ -113,17 +120,11 @@ def digit_inr_section(path: Path, data: dict) -> list[str]:
 
 def style_edit_section(path: Path, data: dict) -> list[str]:
     """Dilation style editing: test MSE of each editor's edited renders, beside the no-edit reference."""
-    zoo = data["zoo"]
-    options = zoo.get("options") or {}
     no_edit = data["no_edit"]
     lines = [
         f"## Dilation style editing — `{data['init']}` initialisation",
         "",
-        f"Source: `{path.relative_to(ROOT)}`. Zoo: {zoo['n']} 2-D SIRENs, one per digits image (recipe "
-        f"`{zoo['recipe']}`, init `{options.get('init')}`, {options.get('steps')} fitting steps, zoo seed "
-        f"{zoo['seed']}), split {zoo['splits']['train']}/{zoo['splits']['val']}/{zoo['splits']['test']}; "
-        f"zoo command: `{zoo.get('command')}`. Commands: "
-        + "; ".join(f"`{c}`" for c in data.get("commands", [data["command"]])) + ".",
+        _digit_inr_source(path, data),
         "",
         f"Each editor outputs a change of every parameter of an INR; the edited INR should render the "
         f"dilated digit. Edit: {data['task']['edit']}. Metric: {data['task']['metric']} (test split, "
