@@ -49,6 +49,7 @@ from sne.train.run import (
 from sne.weights.record import NetworkRecord
 from sne.zoo import Zoo
 from sne.zoo.digit_inr import pixel_grid
+from sne.zoo.digit_inr import source_images as recipe_source_images
 from sne.zoo.siren import siren_forward
 
 BENCHMARK = "style_edit"
@@ -79,14 +80,10 @@ def dilate(images: torch.Tensor) -> torch.Tensor:
 
 
 def source_images(zoo: Zoo, ids: np.ndarray) -> torch.Tensor:
-    """The images (len(ids), 784) that networks ``ids`` of a digit-INR zoo were fitted to."""
+    """The images (len(ids), 784) that networks ``ids`` of a digit-INR zoo were fitted to (the
+    recipe's own id -> image mapping)."""
     dataset = load_dataset(zoo.manifest["options"]["dataset"])
-    rows = zoo.metadata.iloc[np.asarray(ids, dtype=np.int64)]
-    images = torch.empty(len(rows), IMAGE_SIZE * IMAGE_SIZE)
-    for k, (split, index) in enumerate(zip(rows["image_split"], rows["image_index"])):
-        pool = dataset.train_x if split == "train" else dataset.test_x
-        images[k] = pool[int(index)].reshape(-1)
-    return images
+    return recipe_source_images(dataset, np.asarray(ids, dtype=np.int64))["images"]
 
 
 def open_digit_inr_zoo(path: str | Path) -> Zoo:
