@@ -30,7 +30,7 @@ from sne.data import load_dataset
 from sne.encoders import build_encoder, build_encoder_from_config
 from sne.encoders.base import weight_output_encoder_names
 from sne.encoders.chunking import pad_chunk
-from sne.encoders.common import stack_layers
+from sne.encoders.common import flatten_record, stack_layers, unflatten_values
 from sne.encoders.dwsnet import from_spaces, to_spaces, weight_spaces
 from sne.encoders.neural_graph.encoder import graph_parameters
 from sne.encoders.neural_graph.graph import GraphSpec, batch_graphs
@@ -316,3 +316,13 @@ def test_cli_runs_end_to_end_and_merges_results(digit_zoo, tmp_path, capsys, mon
     code, _, err = run_cli([*common, "--encoders", "all"], capsys)
     assert code == 0, err
     assert seen["encoders"] == weight_output_encoder_names()
+
+
+def test_flat_values_cut_back_into_the_record_layers():
+    """mlp's weight outputs use unflatten_values, the inverse of flatten_record's layout."""
+    record = network(CNN, torch.Generator().manual_seed(3))
+    layers = unflatten_values(flatten_record(record), record.architecture)
+    assert len(layers) == len(record.layers)
+    for values, layer in zip(layers, record.layers):
+        assert torch.equal(values.weight, layer.weight)
+        assert (values.bias is None and layer.bias is None) or torch.equal(values.bias, layer.bias)

@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from sne.encoders.base import LayerValues
 from sne.errors import SneError
 from sne.weights.record import NetworkRecord
 
@@ -79,6 +80,19 @@ def flatten_record(record: NetworkRecord) -> torch.Tensor:
         if layer.bias is not None:
             parts.append(layer.bias)
     return torch.cat(parts)
+
+
+def unflatten_values(values: torch.Tensor, architecture: Sequence) -> tuple[LayerValues, ...]:
+    """The inverse of :func:`flatten_record`: one vector in its layout cut into per-layer
+    :class:`~sne.encoders.base.LayerValues` of ``architecture``'s shapes (bias ``None`` where a layer has none)."""
+    layers, start = [], 0
+    for _, shape, has_bias in architecture:
+        size = int(torch.Size(shape).numel())
+        weight, start = values[start : start + size].reshape(shape), start + size
+        bias = values[start : start + shape[0]] if has_bias else None
+        start += shape[0] if has_bias else 0
+        layers.append(LayerValues(weight, bias))
+    return tuple(layers)
 
 
 def stack_flat(records: Sequence[NetworkRecord], dtype: torch.dtype) -> torch.Tensor:

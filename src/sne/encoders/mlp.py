@@ -27,6 +27,7 @@ from sne.encoders.common import (
     require_architecture,
     resolve_options,
     stack_flat,
+    unflatten_values,
 )
 from sne.errors import SneError
 from sne.weights.record import NetworkRecord
@@ -85,15 +86,4 @@ class MLPEncoder(Encoder):
     def weight_values(self, flat: torch.Tensor, architectures: Sequence[Architecture]) -> list[tuple[LayerValues, ...]]:
         features = self.net[:-1]((flat - self.input_mean) / self.input_std)  # all but the code's output layer
         values = self.weight_head(features) * self.input_std
-        networks = []
-        for row in values:
-            # Each layer's weight then its bias, in record order: the layout of flatten_record.
-            layers, start = [], 0
-            for _, shape, has_bias in self.architecture:
-                size = int(torch.Size(shape).numel())
-                weight, start = row[start : start + size].reshape(shape), start + size
-                bias = row[start : start + shape[0]] if has_bias else None
-                start += shape[0] if has_bias else 0
-                layers.append(LayerValues(weight, bias))
-            networks.append(tuple(layers))
-        return networks
+        return [unflatten_values(row, self.architecture) for row in values]
