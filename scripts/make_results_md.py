@@ -30,7 +30,8 @@ def inr_section(path: Path, data: dict) -> list[str]:
     zoo = data["zoo"]
     options = zoo.get("options") or {}
     lines = [
-        f"## INR frequency regression — `{data['init']}` initialisation",
+        f"## INR frequency regression — `{data['init']}` initialisation"
+        + (f", weights `{data['variant']}` (derived zoo)" if data.get("variant") else ""),
         "",
         f"Source: `{path.relative_to(ROOT)}`. Zoo: {zoo['n']} sine INRs (recipe `{zoo['recipe']}`, "
         f"init `{options.get('init')}`, {options.get('steps')} fitting steps, zoo seed {zoo['seed']}), "
@@ -57,7 +58,7 @@ def inr_section(path: Path, data: dict) -> list[str]:
             f"{_fmt(seconds / 60 if seconds else None)} min | {_hardware(e['hardware'])} | "
             f"{(e.get('zoo_options') or {}).get('device', 'n/a')} |"
         )
-    plots = sorted((ROOT / "results" / "plots").glob(f"inr_{data['init']}_*.png"))
+    plots = sorted((ROOT / "results" / "plots").glob(f"inr_{path.stem.removeprefix('inr_frequency_')}_*.png"))
     if plots:
         lines += ["", "Predicted vs true on the test split (each plot's caption states zoo, seed, hardware and command): "
                   + ", ".join(f"[{p.stem}](../{p.relative_to(ROOT)})" for p in plots) + "."]

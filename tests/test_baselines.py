@@ -19,10 +19,11 @@ from sne.weights.io import record_from_module
 from sne.weights.permute import random_equivalent_permutation
 from sne.weights.record import NetworkRecord, make_layer
 
-BASELINES = ["mlp", "deepsets", "statnn", "hyperrep"]
-FIXED_ARCHITECTURE = ["mlp", "statnn", "hyperrep"]
+BASELINES = ["mlp", "mlp_canonical", "deepsets", "statnn", "hyperrep"]
+FIXED_ARCHITECTURE = ["mlp", "mlp_canonical", "statnn", "hyperrep"]
 SMALL_OPTIONS = {
     "mlp": {"hidden": [64], "out_dim": 8},
+    "mlp_canonical": {"hidden": [64], "out_dim": 8},
     "deepsets": {"phi_hidden": [16], "rho_hidden": [16], "width": 16, "out_dim": 8},
     "statnn": {"hidden": [32], "out_dim": 8},
     "hyperrep": {"hidden": 16, "heads": 2, "layers": 1, "out_dim": 8, "pretrain_epochs": 2, "pretrain_batch_size": 4},
@@ -30,6 +31,7 @@ SMALL_OPTIONS = {
 #: Settings under which each baseline learns the shared-init test zoo (a few seconds each).
 LEARNING = {
     "mlp": ({}, 15),
+    "mlp_canonical": ({}, 15),
     "deepsets": ({}, 20),
     "statnn": ({}, 15),
     "hyperrep": ({"hidden": 32, "heads": 2, "layers": 1, "pretrain_epochs": 30, "pretrain_batch_size": 32,
@@ -115,7 +117,7 @@ def test_unknown_option_is_a_user_error(name):
 # --- permutation invariance ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["deepsets", "statnn"])
+@pytest.mark.parametrize("name", ["deepsets", "statnn", "mlp_canonical"])
 @pytest.mark.parametrize("kind", ["inr", "cnn"])
 def test_invariant_to_hidden_neuron_permutations(name, kind):
     if kind == "inr":

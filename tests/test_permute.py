@@ -13,11 +13,13 @@ from torch import nn
 
 from sne.errors import SneError
 from sne.weights import (
+    canonicalize_hidden,
     permute_hidden,
     random_equivalent_permutation,
     random_permutations,
     record_from_module,
     record_from_state_dict,
+    shuffle_incoming,
     supports_permutation,
 )
 
@@ -154,3 +156,69 @@ def test_refusals():
             random_permutations(broken, torch.Generator())
     assert supports_permutation(_chain((4, 3, 3, 3), (2, 36)))
     assert supports_permutation(record)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    widths=st.lists(st.integers(2, 9), min_size=2, max_size=5),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_canonical_form_is_shared_by_all_equivalent_permutations(widths, bias, seed):
+    torch.manual_seed(seed)
+    modules: list[nn.Module] = []
+    for fan_in, fan_out in zip(widths, widths[1:]):
+        modules += [nn.Linear(fan_in, fan_out, bias=bias), nn.Tanh()]
+    modules.append(nn.Linear(widths[-1], 2))
+    model = nn.Sequential(*modules).double()
+    record = record_from_module(model)
+    canonical = canonicalize_hidden(record)
+    permuted = random_equivalent_permutation(record, torch.Generator().manual_seed(seed))
+    for a, b in zip(canonicalize_hidden(permuted).layers, canonical.layers):
+        assert torch.equal(a.weight, b.weight)
+    # The canonical network is the same function, with its hidden neurons in ascending norm.
+    twin = copy.deepcopy(model)
+    twin.load_state_dict(canonical.to_state_dict(), strict=True)
+    inputs = torch.randn(8, widths[0], dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(inputs), model(inputs), rtol=1e-10, atol=1e-10)
+    for layer in canonical.layers[:-1]:
+        key = layer.weight.square().sum(1) + (layer.bias.square() if layer.bias is not None else 0)
+        assert (key.diff() >= 0).all()
+
+
+def test_canonical_form_of_a_cnn_keeps_its_function():
+    torch.manual_seed(4)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.Tanh(),
+        nn.Flatten(), nn.Linear(72, 10), nn.ReLU(), nn.Linear(10, 3),
+    ).double().eval()  # fmt: skip
+    canonical = canonicalize_hidden(record_from_module(model))
+    twin = copy.deepcopy(model)
+    twin.load_state_dict(canonical.to_state_dict(), strict=True)
+    inputs = torch.randn(4, 1, 9, 9, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(inputs), model(inputs), rtol=1e-10, atol=1e-10)
+
+
+def test_shuffle_incoming_keeps_each_neurons_weights_and_changes_the_function():
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        nn.Conv2d(2, 6, 3), nn.ReLU(), nn.Conv2d(6, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 3),
+    ).double().eval()  # fmt: skip
+    record = record_from_module(model)
+    shuffled = shuffle_incoming(record, torch.Generator().manual_seed(0))
+    again = shuffle_incoming(record, torch.Generator().manual_seed(0))
+    for before, after, repeat in zip(record.layers, shuffled.layers, again.layers):
+        assert torch.equal(after.weight, repeat.weight) and torch.equal(after.bias, before.bias)
+        rows = before.weight.shape[0]
+        # Kernels move whole: every neuron keeps its multiset of incoming kernels.
+        for row in range(rows):
+            kept = sorted(map(tuple, before.weight[row].reshape(before.weight.shape[1], -1).tolist()))
+            assert sorted(map(tuple, after.weight[row].reshape(after.weight.shape[1], -1).tolist())) == kept
+        assert not torch.equal(after.weight, before.weight)
+    twin = copy.deepcopy(model)
+    twin.load_state_dict(shuffled.to_state_dict(), strict=True)
+    inputs = torch.randn(4, 2, 9, 9, dtype=torch.float64)
+    with torch.no_grad():
+        assert (twin(inputs) - model(inputs)).abs().max() > 1e-3

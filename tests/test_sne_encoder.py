@@ -287,3 +287,16 @@ def test_learns_the_weight_scale_of_random_mlps():
         test_mse = (head(encoder(test_batch)).squeeze(1) - test_y).square().mean()
     mean_predictor_mse = (test_y - train_y.mean()).square().mean()
     assert test_mse < 0.2 * mean_predictor_mse
+
+
+def test_blind_to_which_neuron_a_weight_comes_from():
+    """What SNE's row-as-set encoding costs: shuffling each neuron's incoming weights among its inputs
+    (a different function, see sne.weights.shuffle_incoming) leaves its code of a SIREN unchanged."""
+    from sne.weights import shuffle_incoming
+
+    g = torch.Generator().manual_seed(2)
+    records = [mlp([1, 32, 32, 1], g, dtype=torch.float64) for _ in range(3)]
+    shuffled = [shuffle_incoming(r, torch.Generator().manual_seed(i)) for i, r in enumerate(records)]
+    assert all(not torch.equal(a.layers[1].weight, b.layers[1].weight) for a, b in zip(records, shuffled))
+    encoder = SNEEncoder(**SMALL).double()
+    torch.testing.assert_close(encode(encoder, shuffled), encode(encoder, records), atol=1e-9, rtol=0)

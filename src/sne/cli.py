@@ -79,6 +79,24 @@ def zoo_import(
     console.print(f"zoo with {len(zoo)} networks written to [bold]{zoo.path}[/bold]{note}", highlight=False)
 
 
+@zoo_app.command("derive")
+def zoo_derive(
+    source: Path = typer.Argument(..., help="Zoo directory to derive from."),
+    transform: str = typer.Option(..., "--transform", help="Weight transform: shuffle-incoming."),
+    out: Path = typer.Option(..., "--out", help="New zoo directory (must not exist, or be empty)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the transform's randomness."),
+) -> None:
+    """Write a zoo's networks through a seeded weight transform, keeping splits and targets (input ablations).
+
+    shuffle-incoming: each neuron's incoming weights are shuffled among its inputs, which keeps every
+    neuron's set of weights and destroys which neuron of the previous layer each one comes from.
+    """
+    from sne.zoo.derive import derive_zoo
+
+    zoo = derive_zoo(source, out, transform, seed=seed, command=_command_line())
+    console.print(f"zoo with {len(zoo)} networks ({transform}) written to [bold]{zoo.path}[/bold]", highlight=False)
+
+
 @zoo_app.command("info")
 def zoo_info(
     zoo: Path = typer.Argument(..., help="Zoo directory."),

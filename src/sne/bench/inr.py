@@ -46,6 +46,9 @@ def run_inr_benchmark(
     if target not in zoo.targets:
         raise SneError(f"the zoo at {zoo.path} has no target '{target}': is it the right kind of zoo for {benchmark}?")
     init = zoo.manifest.get("options", {}).get("init", "unknown")
+    # A derived zoo (sne zoo derive) is other data: its results go to a file of their own.
+    variant = zoo.manifest.get("options", {}).get("variant")
+    label = f"{init}_{variant}" if variant else init
     entries = []
     for encoder in encoders:
         for weight in invariance_weights:
@@ -66,8 +69,9 @@ def run_inr_benchmark(
         "command": command,
         "zoo": zoo_summary(zoo),
         "init": init,
+        "variant": variant,
         "paper_mse": paper,
         "entries": entries,
     }
-    return write_merged(Path(results_dir) / f"{benchmark}_{init}.json", summary, lambda r: zoo_identity(r["zoo"]),
+    return write_merged(Path(results_dir) / f"{benchmark}_{label}.json", summary, lambda r: zoo_identity(r["zoo"]),
                         lambda e: (e["encoder"], e["invariance_weight"], e["train_seed"]))

@@ -30,6 +30,7 @@ from sne.encoders.common import (
     unflatten_values,
 )
 from sne.errors import SneError
+from sne.weights.permute import canonicalize_hidden, supports_permutation
 from sne.weights.record import NetworkRecord
 
 DEFAULT_OPTIONS: dict[str, Any] = {"hidden": [256, 256], "out_dim": 32, "dropout": 0.0, "standardize": True}
@@ -48,13 +49,13 @@ class MLPEncoder(Encoder):
     weight_outputs = True
 
     def __init__(self, *, architecture: Architecture | None = None, **options: Any) -> None:
-        resolved = resolve_options("mlp", DEFAULT_OPTIONS, options)
-        hidden = check_widths("mlp", "hidden", resolved["hidden"])
-        self.out_dim = check_positive_int("mlp", "out_dim", resolved["out_dim"])
+        resolved = resolve_options(self.name, DEFAULT_OPTIONS, options)
+        hidden = check_widths(self.name, "hidden", resolved["hidden"])
+        self.out_dim = check_positive_int(self.name, "out_dim", resolved["out_dim"])
         dropout = resolved["dropout"]
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise SneError(f"mlp option dropout must be in [0, 1), got {resolved['dropout']!r}")
-        architecture = require_architecture("mlp", architecture)
+            raise SneError(f"{self.name} option dropout must be in [0, 1), got {resolved['dropout']!r}")
+        architecture = require_architecture(self.name, architecture)
         super().__init__(architecture=architecture, **resolved)
         size = flat_size(architecture)
         self.register_buffer("input_mean", torch.zeros(size))
@@ -62,16 +63,20 @@ class MLPEncoder(Encoder):
         self.net = build_mlp(size, hidden, self.out_dim, resolved["dropout"])
 
     def check_records(self, records: Sequence[NetworkRecord]) -> None:
-        check_fixed_architecture("mlp", self.architecture, records)
+        check_fixed_architecture(self.name, self.architecture, records)
 
     def fit_input_statistics(self, records: Sequence[NetworkRecord]) -> None:
         if self.options["standardize"]:
             self.check_records(records)
-            fit_standardization(self.input_mean, self.input_std, stack_flat(records, torch.float64))
+            fit_standardization(self.input_mean, self.input_std, self.flat_inputs(records, torch.float64))
+
+    def flat_inputs(self, records: Sequence[NetworkRecord], dtype: torch.dtype) -> torch.Tensor:
+        """``(len(records), parameters)``: the vectors the MLP reads."""
+        return stack_flat(records, dtype)
 
     def prepare(self, records: Sequence[NetworkRecord]) -> torch.Tensor:
         self.check_records(records)
-        return stack_flat(records, self.input_mean.dtype)
+        return self.flat_inputs(records, self.input_mean.dtype)
 
     def forward(self, flat: torch.Tensor) -> torch.Tensor:
         return self.net((flat - self.input_mean) / self.input_std)
@@ -87,3 +92,23 @@ class MLPEncoder(Encoder):
         features = self.net[:-1]((flat - self.input_mean) / self.input_std)  # all but the code's output layer
         values = self.weight_head(features) * self.input_std
         return [unflatten_values(row, self.architecture) for row in values]
+
+
+@register_encoder("mlp_canonical")
+class CanonicalMLPEncoder(MLPEncoder):
+    """:class:`MLPEncoder` on weights in canonical neuron order (:func:`sne.weights.canonicalize_hidden`).
+
+    Sorting each hidden layer's neurons by the norm of their parameters makes the flat vector, and
+    so the prediction, the same for every functionally-equivalent permutation of a network: the
+    MLP baseline with the permutation symmetry removed by hand instead of by architecture. Plain
+    chains only (no skip connections). No weight-space outputs: they would come out in canonical order.
+    """
+
+    weight_outputs = False
+
+    def flat_inputs(self, records: Sequence[NetworkRecord], dtype: torch.dtype) -> torch.Tensor:
+        for record in records:
+            if not supports_permutation(record):
+                raise SneError(f"mlp_canonical: {record.source} is not a plain chain of layers, so its neurons "
+                               "have no canonical order (skip connections are not supported)")
+        return stack_flat([canonicalize_hidden(r) for r in records], dtype)

@@ -8,9 +8,12 @@ from sne.weights.io import (
     save_state_dict_file,
 )
 from sne.weights.permute import (
+    canonical_permutations,
+    canonicalize_hidden,
     permute_hidden,
     random_equivalent_permutation,
     random_permutations,
+    shuffle_incoming,
     supports_permutation,
 )
 from sne.weights.record import LAYER_KINDS, Layer, NetworkRecord, make_layer
@@ -19,6 +22,8 @@ __all__ = [
     "LAYER_KINDS",
     "Layer",
     "NetworkRecord",
+    "canonical_permutations",
+    "canonicalize_hidden",
     "load_record",
     "load_state_dict_file",
     "make_layer",
@@ -28,5 +33,6 @@ __all__ = [
     "record_from_module",
     "record_from_state_dict",
     "save_state_dict_file",
+    "shuffle_incoming",
     "supports_permutation",
 ]

@@ -105,3 +105,45 @@ def random_permutations(record: NetworkRecord, generator: torch.Generator) -> li
 def random_equivalent_permutation(record: NetworkRecord, generator: torch.Generator) -> NetworkRecord:
     """A functionally-equivalent copy of ``record`` with every hidden layer randomly permuted."""
     return permute_hidden(record, random_permutations(record, generator))
+
+
+def canonical_permutations(record: NetworkRecord) -> list[torch.Tensor | None]:
+    """The permutations that sort every hidden layer's neurons by the norm of their parameters.
+
+    A neuron's key is the Euclidean norm of its incoming weights (kernels included) and its bias.
+    The norm ignores the order of a neuron's inputs, so all keys can be read off the record as it
+    is, and two functionally-equivalent permutations of a network sort to the same network: the
+    canonical form removes the permutation symmetry exactly, up to ties between keys (measure zero
+    for trained weights; broken by the stable sort in the record's own order).
+    """
+    _check_chain(record)
+    perms: list[torch.Tensor | None] = []
+    for layer in record.layers[:-1]:
+        key = layer.weight.detach().reshape(layer.out_features, -1).double().square().sum(1)
+        if layer.bias is not None:
+            key = key + layer.bias.detach().double().square()
+        perms.append(torch.sort(key, stable=True).indices)
+    return [*perms, None]
+
+
+def canonicalize_hidden(record: NetworkRecord) -> NetworkRecord:
+    """The functionally-equivalent copy of ``record`` in canonical neuron order (:func:`canonical_permutations`)."""
+    return permute_hidden(record, canonical_permutations(record))
+
+
+def shuffle_incoming(record: NetworkRecord, generator: torch.Generator) -> NetworkRecord:
+    """A copy of ``record`` in which every neuron's incoming weights are shuffled among its own inputs.
+
+    Each row of every layer's ``(out, in, *kernel)`` weight gets its own random permutation of the
+    ``in`` axis (kernels move whole); biases stay. This is *not* a functional equivalence: it keeps
+    each neuron's multiset of incoming weights and destroys which neuron of the previous layer each
+    weight comes from, the cross-layer alignment that equivariant encoders read and that a
+    row-as-set encoding (SNE's chunks) never sees. Used to measure what that alignment is worth.
+    """
+    layers = []
+    for layer in record.layers:
+        rows, inputs = layer.weight.shape[0], layer.weight.shape[1]
+        order = torch.rand(rows, inputs, generator=generator).argsort(dim=1).to(layer.weight.device)
+        index = order.reshape(rows, inputs, *([1] * (layer.weight.dim() - 2))).expand_as(layer.weight)
+        layers.append(replace(layer, weight=layer.weight.gather(1, index)))
+    return record.with_layers(layers)
