@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -191,7 +192,9 @@ def test_each_ablation_builds_and_runs(switch):
     z.sum().backward()
 
 
-@pytest.mark.parametrize("options", [{}, {"use_hierarchy": False}, {"use_set_functions": False}])
+@pytest.mark.parametrize(
+    "options", [{}, {"use_hierarchy": False}, {"use_set_functions": False}, {"use_source_features": True}]
+)
 def test_gradients_reach_every_parameter(options):
     torch.manual_seed(0)
     encoder = SNEEncoder(**SMALL, **options)
@@ -200,12 +203,13 @@ def test_gradients_reach_every_parameter(options):
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
-def test_micro_batching_gives_the_same_codes_and_gradients():
+@pytest.mark.parametrize("options", [{}, {"use_source_features": True}])
+def test_micro_batching_gives_the_same_codes_and_gradients(options):
     torch.manual_seed(0)
     # float64: summation order differs between the two paths, and float32 gradients differ by more
     # than default tolerances once codes are well spread.
-    plain = SNEEncoder(**SMALL).double()
-    micro = SNEEncoder(**SMALL, chunk_micro_batch=5).double()
+    plain = SNEEncoder(**SMALL, **options).double()
+    micro = SNEEncoder(**SMALL, **options, chunk_micro_batch=5).double()
     micro.load_state_dict(plain.state_dict())
     records = mixed_records()
     outputs = []
@@ -300,3 +304,37 @@ def test_blind_to_which_neuron_a_weight_comes_from():
     assert all(not torch.equal(a.layers[1].weight, b.layers[1].weight) for a, b in zip(records, shuffled))
     encoder = SNEEncoder(**SMALL).double()
     torch.testing.assert_close(encode(encoder, shuffled), encode(encoder, records), atol=1e-9, rtol=0)
+
+
+
+def test_source_features_see_which_neuron_a_weight_comes_from():
+    from sne.weights import shuffle_incoming
+
+    g = torch.Generator().manual_seed(2)
+    records = [mlp([1, 32, 32, 1], g, dtype=torch.float64) for _ in range(3)]
+    shuffled = [shuffle_incoming(r, torch.Generator().manual_seed(i)) for i, r in enumerate(records)]
+    torch.manual_seed(0)
+    encoder = SNEEncoder(**SMALL, use_source_features=True).double()
+    # Untrained, eval-mode codes differ little between networks (see SetPool), hence the small bound.
+    assert not torch.allclose(encode(encoder, shuffled), encode(encoder, records), atol=1e-9, rtol=0)
+
+
+def test_source_features_move_with_their_weights_under_permutation():
+    """Permuting a hidden layer permutes the next layer's inputs and their source features alike,
+    so every (weight, source feature) pair survives: the link is kept, the neuron order is not."""
+    from sne.encoders.chunking import SOURCE_FEATURES, source_neuron_features
+    from sne.weights import permute_hidden
+
+    g = torch.Generator().manual_seed(3)
+    net = convnet([(8, 2, 3, 3), (6, 8, 3, 3), (10, 6 * 4)], g, dtype=torch.float64)  # conv, conv, flatten -> linear
+    features = source_neuron_features(net)
+    assert features[0] is None
+    assert features[1].shape == (8, SOURCE_FEATURES) and features[2].shape == (24, SOURCE_FEATURES)
+    assert torch.equal(features[2][0], features[2][3]) and (features[1][:, 2] == 1).all()
+    perms = [torch.randperm(8, generator=g), torch.randperm(6, generator=g), None]
+    permuted = source_neuron_features(permute_hidden(net, perms))
+    torch.testing.assert_close(permuted[1], features[1][perms[0]], atol=1e-12, rtol=0)
+    flat_inputs = (perms[1].unsqueeze(1) * 4 + torch.arange(4)).reshape(-1)
+    torch.testing.assert_close(permuted[2], features[2][flat_inputs], atol=1e-12, rtol=0)
+    skipping = net.with_layers([*net.layers[:2], replace(net.layers[2], skip_from=(0,))])
+    assert source_neuron_features(skipping)[2] is None

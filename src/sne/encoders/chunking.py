@@ -21,6 +21,14 @@ previous layer's neurons. Neuron order is a symmetry of the network too, which i
 encodings can be switched off in :class:`sne.encoders.sne.SNEEncoder`; tap coordinates are not a
 symmetry and are always kept.
 
+**Source neurons (optional).** What a row-as-set loses is the link between layers: which neuron
+of the previous layer each incoming weight comes from. With ``source_features=True`` every weight
+element also carries :data:`SOURCE_FEATURES` numbers describing that neuron (its standardised bias,
+the root mean square of its standardised incoming weights, and a flag that a source is known).
+They travel with the weight, so a permutation of the previous layer's neurons moves each feature
+with its weight: the link is kept without keeping the arbitrary neuron order. First layers (whose
+inputs are the network's), biases, and layers after a skip connection get zeros.
+
 **Scale.** Weights of different layers differ in scale by orders of magnitude (a SIREN's first
 layer ~0.5, its hidden layer ~0.015), and differences between networks are smaller still, so raw
 values would drown under the positional encodings. With ``standardize=True`` each part's values
@@ -38,12 +46,16 @@ from typing import NamedTuple, Sequence
 import torch
 
 from sne.errors import SneError
+from sne.weights.permute import input_blocks
 from sne.weights.record import LAYER_KINDS, Layer, NetworkRecord
 
 #: Index of the weight and bias part of a layer; also the second factor of a chunk's type.
 WEIGHT_PART, BIAS_PART = 0, 1
 #: Number of distinct chunk types: every layer kind, as weight or as bias.
 NUM_CHUNK_TYPES = 2 * len(LAYER_KINDS)
+#: Features of an incoming weight's source neuron: standardised bias, rms of standardised incoming
+#: weights, and 1 where the source is known (see "Source neurons" above).
+SOURCE_FEATURES = 3
 
 
 class RowChunkLayout(NamedTuple):
@@ -116,6 +128,8 @@ class ChunkBatch:
     network_chunk_mask: torch.Tensor  #: (B, K)
     chunk_part: torch.Tensor  #: (N,) part each chunk belongs to
     part_stats: torch.Tensor  #: (P, 2) mean and log standard deviation of each part's raw values
+    #: per kernel shape, (elements, SOURCE_FEATURES), when pad_chunk was asked for source features
+    source_features: list[torch.Tensor] | None = None
 
 
 def _padding_mask(lengths: torch.Tensor) -> torch.Tensor:
@@ -166,8 +180,33 @@ def layer_parts(layer: Layer, source: str) -> list[LayerPart]:
     return parts
 
 
+def _standardized(values: torch.Tensor) -> torch.Tensor:
+    values = values.to(torch.float64)
+    return (values - values.mean()) / values.std(unbiased=False).clamp_min(STD_FLOOR)
+
+
+def source_neuron_features(record: NetworkRecord) -> list[torch.Tensor | None]:
+    """Per layer, ``(in_features, SOURCE_FEATURES)``: the features of the neuron each input of the
+    layer comes from (a flattened channel feeds a block of inputs), or ``None`` where unknown."""
+    features: list[torch.Tensor | None] = [None]
+    for previous, layer in zip(record.layers, record.layers[1:]):
+        try:
+            block = input_blocks(previous, layer, record.source)
+        except SneError:
+            block = None
+        if block is None or layer.skip_from:
+            features.append(None)
+            continue
+        weight = _standardized(previous.weight).reshape(previous.out_features, -1)
+        bias = _standardized(previous.bias) if previous.bias is not None else weight.new_zeros(previous.out_features)
+        neuron = torch.stack([bias, weight.square().mean(1).sqrt(), torch.ones_like(bias)], dim=1)
+        features.append(neuron.repeat_interleave(block, dim=0))
+    return features
+
+
 def pad_chunk(
-    records: Sequence[NetworkRecord], chunk_size: int, dtype: torch.dtype = torch.float32, standardize: bool = False
+    records: Sequence[NetworkRecord], chunk_size: int, dtype: torch.dtype = torch.float32, standardize: bool = False,
+    source_features: bool = False,
 ) -> ChunkBatch:
     """Chunk every part of every layer of ``records`` (see the module docstring)."""
     if not records:
@@ -175,12 +214,21 @@ def pad_chunk(
     taps_by_kernel: dict[tuple[int, ...], list[torch.Tensor]] = {}
     slots_by_kernel: dict[tuple[int, ...], list[torch.Tensor]] = {}
     row_slots_by_kernel: dict[tuple[int, ...], list[torch.Tensor]] = {}
+    sources_by_kernel: dict[tuple[int, ...], list[torch.Tensor]] = {}
     part_type, part_level, part_network, part_lengths, part_layer_slot = [], [], [], [], []
     layer_level, layers_per_network, part_stats = [], [], []
     num_chunks = 0
     for network, record in enumerate(records):
-        for layer in record.layers:
+        sources = source_neuron_features(record) if source_features else [None] * len(record.layers)
+        for layer, layer_sources in zip(record.layers, sources):
             for part in layer_parts(layer, record.source):
+                if source_features:
+                    elements = layer.out_features * part.row_length
+                    if part.part == WEIGHT_PART and layer_sources is not None:
+                        element_sources = layer_sources.repeat(layer.out_features, 1)
+                    else:
+                        element_sources = torch.zeros(elements, SOURCE_FEATURES)
+                    sources_by_kernel.setdefault(part.kernel, []).append(element_sources.to(dtype))
                 layout = row_chunk_layout(layer.out_features, part.row_length, chunk_size)
                 part_stats.append(part.stats)
                 taps = (part.taps - part.mean) / part.std if standardize else part.taps
@@ -238,4 +286,5 @@ def pad_chunk(
         network_chunk_mask=_padding_mask(chunks_per_network),
         chunk_part=chunk_part,
         part_stats=torch.stack(part_stats).to(dtype),
+        source_features=[torch.cat(sources_by_kernel[k]) for k in kernels] if source_features else None,
     )

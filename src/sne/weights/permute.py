@@ -17,7 +17,7 @@ from sne.errors import SneError
 from sne.weights.record import Layer, NetworkRecord
 
 
-def _input_blocks(layer: Layer, following: Layer, source: str) -> int:
+def input_blocks(layer: Layer, following: Layer, source: str) -> int:
     """How many input features of ``following`` each output of ``layer`` feeds (1, or k after Flatten)."""
     channels, inputs = layer.out_features, following.in_features
     if inputs == channels:
@@ -38,7 +38,7 @@ def _check_chain(record: NetworkRecord) -> list[int]:
         raise SneError(
             f"{record.source}: cannot permute a network with skip connections (into layer '{skipping[0]}')"
         )
-    return [_input_blocks(a, b, record.source) for a, b in zip(record.layers, record.layers[1:])]
+    return [input_blocks(a, b, record.source) for a, b in zip(record.layers, record.layers[1:])]
 
 
 def supports_permutation(record: NetworkRecord) -> bool:
