@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from sne.bench.paper import compare_ordering  # noqa: E402
+from sne.bench.results import zoo_identity  # noqa: E402
 from sne.io_utils import atomic_path  # noqa: E402
 
 
@@ -52,7 +53,7 @@ def inr_section(path: Path, data: dict) -> list[str]:
         perm = (e.get("permutation_sensitivity") or {}).get("mean_abs_change")
         seconds = e.get("train_seconds")
         lines.append(
-            f"| {e['encoder']} | {_fmt(e['invariance_weight'])} | {e['train_seed']} | {e['encoder_parameters']:,} | "
+            f"| {_encoder_label(e)} | {_fmt(e['invariance_weight'])} | {e['train_seed']} | {e['encoder_parameters']:,} | "
             f"{e['epochs']} ({e['best_epoch']}) | {_fmt(m['mse'])} | {_fmt(m['normalized_mse'])} | {_fmt(m['r2'])} | "
             f"{_fmt(m['kendall_tau'])} | {_fmt(m.get('mean_predictor_mse'))} | {_fmt(perm)} | "
             f"{_fmt(seconds / 60 if seconds else None)} min | {_hardware(e['hardware'])} | "
@@ -62,15 +63,54 @@ def inr_section(path: Path, data: dict) -> list[str]:
     if plots:
         lines += ["", "Predicted vs true on the test split (each plot's caption states zoo, seed, hardware and command): "
                   + ", ".join(f"[{p.stem}](../{p.relative_to(ROOT)})" for p in plots) + "."]
+    if data.get("variant"):
+        return lines + ["", *_against_source_lines(data)]
     lines += ["", "The paper's Table 1 (unit unstated; most likely standardised targets, so compare with the "
               "normalised column): " + ", ".join(f"{k} {v}" for k, v in data["paper_mse"].items()) + ".", ""]
     return lines + _ordering_lines(data)
 
 
+def _row_key(entry: dict) -> tuple:
+    return _encoder_label(entry), entry["invariance_weight"], entry["train_seed"], entry["epochs"]
+
+
+def _against_source_lines(data: dict) -> list[str]:
+    """A derived zoo's rows beside the same runs (encoder, options, lambda, seed, epochs) on its source zoo."""
+    source_path = ROOT / "results" / f"inr_frequency_{data['init']}.json"
+    if not source_path.is_file():
+        return []
+    source = json.loads(source_path.read_text())
+    options = {k: v for k, v in data["zoo"]["options"].items() if k not in ("variant", "variant_seed")}
+    if zoo_identity(source["zoo"]) != zoo_identity({**data["zoo"], "options": options}):
+        return []  # that file holds results on another zoo than this one was derived from
+    before = {_row_key(e): e["metrics"]["normalized_mse"] for e in source["entries"]}
+    pairs = [(e, before.get(_row_key(e))) for e in sorted(data["entries"], key=lambda e: e["metrics"]["normalized_mse"])]
+    pairs = [(e, b) for e, b in pairs if b is not None]
+    if not pairs:
+        return []
+    return [
+        f"The same runs on the source zoo (`{source_path.relative_to(ROOT)}`, same encoder, options, lambda, seed "
+        "and epochs), normalised test MSE there -> here: "
+        + "; ".join(f"{_encoder_label(e)} {_fmt(b)} -> {_fmt(e['metrics']['normalized_mse'])}" for e, b in pairs)
+        + ".",
+        "",
+    ]
+
+
+def _encoder_label(entry: dict) -> str:
+    """The encoder's name, with the options given on the command line (none: its defaults)."""
+    options = entry.get("encoder_options_given") or {}
+    given = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(options.items()))
+    return f"{entry['encoder']} ({given})" if given else entry["encoder"]
+
+
 def _ordering_lines(data: dict) -> list[str]:
-    """The paper-ordering check: each encoder's best normalised MSE against the paper's MSE."""
+    """The paper-ordering check: each encoder's best normalised MSE against the paper's MSE, over
+    rows with the encoders' default options (the configurations the paper's table describes)."""
     best: dict[str, float] = {}
     for e in data["entries"]:
+        if e.get("encoder_options_given"):
+            continue
         best[e["encoder"]] = min(best.get(e["encoder"], float("inf")), e["metrics"]["normalized_mse"])
     check = compare_ordering(best, data["paper_mse"])
     if check["kendall_tau"] is None:
@@ -80,7 +120,7 @@ def _ordering_lines(data: dict) -> list[str]:
     inverted = ", ".join(f"{a} before {b}" for a, b in check["discordant"]) or "none"
     return [
         f"Ordering check over the {len(check['encoders'])} encoders in both tables (best normalised MSE per "
-        f"encoder): ours {ours}; the paper {paper}. Kendall tau between the two rankings "
+        f"encoder, default options): ours {ours}; the paper {paper}. Kendall tau between the two rankings "
         f"{_fmt(check['kendall_tau'])}; pairs the paper orders the other way round (paper has the first better): "
         f"{inverted}.",
         "",

@@ -58,3 +58,14 @@ def test_cli_derives_and_benchmark_results_go_to_their_own_file(shared_sine_zoo,
     written = json.loads((tmp_path / "results" / "inr_frequency_shared_shuffle-incoming.json").read_text())
     assert written["variant"] == "shuffle-incoming" and written["init"] == "shared"
     assert [p.name for p in (tmp_path / "results").glob("*.json")] == ["inr_frequency_shared_shuffle-incoming.json"]
+
+
+def test_encoder_options_make_their_own_run_and_row(shared_sine_zoo, tmp_path, capsys):
+    common = ["bench", "inr", "--zoo", str(shared_sine_zoo.path), "--encoders", "statnn", "--epochs", "1",
+              "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--device", "cpu"]
+    assert run_cli(common, capsys)[0] == 0
+    assert run_cli([*common, "-o", "statnn.hidden=[16]"], capsys)[0] == 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["statnn_hidden-16_lambda0_seed0",
+                                                                      "statnn_lambda0_seed0"]
+    rows = json.loads((tmp_path / "results" / "inr_frequency_shared.json").read_text())["entries"]
+    assert sorted(json.dumps(r["encoder_options_given"]) for r in rows) == ['{"hidden": [16]}', "{}"]

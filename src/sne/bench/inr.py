@@ -8,6 +8,8 @@ and initialisation protocol. Runs live under ``runs_dir`` and resume when the co
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from pathlib import Path
 from typing import Sequence
@@ -51,18 +53,19 @@ def run_inr_benchmark(
     label = f"{init}_{variant}" if variant else init
     entries = []
     for encoder in encoders:
+        options = options_for_encoder(encoder, encoder_options or {})
         for weight in invariance_weights:
             for seed in seeds:
-                run_dir = Path(runs_dir) / f"{encoder}_lambda{weight:g}_seed{seed}"
+                run_dir = Path(runs_dir) / f"{encoder}{options_tag(options)}_lambda{weight:g}_seed{seed}"
                 config = TrainConfig.for_encoder(
-                    encoder, zoo=str(zoo.path), target=target,
-                    encoder_options=options_for_encoder(encoder, encoder_options or {}),
+                    encoder, zoo=str(zoo.path), target=target, encoder_options=options,
                     epochs=epochs, invariance_weight=weight, seed=seed, device=device, command=command,
                 )
                 started = time.perf_counter()
                 fit(config, run_dir)
                 result = evaluate_run(run_dir, device=device)
                 result["wall_seconds_this_invocation"] = time.perf_counter() - started
+                result["encoder_options_given"] = options
                 entries.append(result)
     summary = {
         "benchmark": benchmark,
@@ -74,4 +77,16 @@ def run_inr_benchmark(
         "entries": entries,
     }
     return write_merged(Path(results_dir) / f"{benchmark}_{label}.json", summary, lambda r: zoo_identity(r["zoo"]),
-                        lambda e: (e["encoder"], e["invariance_weight"], e["train_seed"]))
+                        entry_identity)
+
+
+def options_tag(options: dict) -> str:
+    """A run-directory suffix naming the encoder options given ('' for the encoder's defaults)."""
+    text = "".join(f"_{key}-{json.dumps(value, sort_keys=True)}" for key, value in sorted(options.items()))
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "", text)
+
+
+def entry_identity(entry: dict) -> tuple:
+    """Rows of one results file differ by encoder, options given, lambda and seed."""
+    options = json.dumps(entry.get("encoder_options_given") or {}, sort_keys=True)
+    return entry["encoder"], options, entry["invariance_weight"], entry["train_seed"]
