@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sne.errors import SneError
+from sne.weights.record import NetworkRecord
 from sne.weights import (
     canonicalize_hidden,
     permute_hidden,
@@ -76,26 +77,36 @@ def test_conv1d_and_conv3d_equivalence():
     assert_equivalent(conv3d, torch.randn(2, 1, 5, 5, 5))
 
 
-@settings(max_examples=15, deadline=None)
-@given(
+RANDOM_MLPS = given(
     widths=st.lists(st.integers(2, 9), min_size=2, max_size=5),
     bias=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_random_mlp_equivalence(widths, bias, seed):
+
+
+def random_tanh_mlp(widths: list[int], bias: bool, seed: int) -> nn.Sequential:
     torch.manual_seed(seed)
     modules: list[nn.Module] = []
     for fan_in, fan_out in zip(widths, widths[1:]):
         modules += [nn.Linear(fan_in, fan_out, bias=bias), nn.Tanh()]
     modules.append(nn.Linear(widths[-1], 2))
-    model = nn.Sequential(*modules).double()
-    record = record_from_module(model)
-    permuted = random_equivalent_permutation(record, torch.Generator().manual_seed(seed))
+    return nn.Sequential(*modules).double()
+
+
+def assert_same_function(model: nn.Module, weights: NetworkRecord, inputs: torch.Tensor) -> None:
+    """``model`` loaded with ``weights`` computes what ``model`` computes."""
     twin = copy.deepcopy(model)
-    twin.load_state_dict(permuted.to_state_dict(), strict=True)
-    inputs = torch.randn(8, widths[0], dtype=torch.float64)
+    twin.load_state_dict(weights.to_state_dict(), strict=True)
     with torch.no_grad():
         torch.testing.assert_close(twin(inputs), model(inputs), rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=15, deadline=None)
+@RANDOM_MLPS
+def test_random_mlp_equivalence(widths, bias, seed):
+    model = random_tanh_mlp(widths, bias, seed)
+    permuted = random_equivalent_permutation(record_from_module(model), torch.Generator().manual_seed(seed))
+    assert_same_function(model, permuted, torch.randn(8, widths[0], dtype=torch.float64))
 
 
 def test_explicit_permutation_moves_rows_and_columns():
@@ -159,29 +170,16 @@ def test_refusals():
 
 
 @settings(max_examples=15, deadline=None)
-@given(
-    widths=st.lists(st.integers(2, 9), min_size=2, max_size=5),
-    bias=st.booleans(),
-    seed=st.integers(0, 2**16),
-)
+@RANDOM_MLPS
 def test_canonical_form_is_shared_by_all_equivalent_permutations(widths, bias, seed):
-    torch.manual_seed(seed)
-    modules: list[nn.Module] = []
-    for fan_in, fan_out in zip(widths, widths[1:]):
-        modules += [nn.Linear(fan_in, fan_out, bias=bias), nn.Tanh()]
-    modules.append(nn.Linear(widths[-1], 2))
-    model = nn.Sequential(*modules).double()
+    model = random_tanh_mlp(widths, bias, seed)
     record = record_from_module(model)
     canonical = canonicalize_hidden(record)
     permuted = random_equivalent_permutation(record, torch.Generator().manual_seed(seed))
     for a, b in zip(canonicalize_hidden(permuted).layers, canonical.layers):
         assert torch.equal(a.weight, b.weight)
     # The canonical network is the same function, with its hidden neurons in ascending norm.
-    twin = copy.deepcopy(model)
-    twin.load_state_dict(canonical.to_state_dict(), strict=True)
-    inputs = torch.randn(8, widths[0], dtype=torch.float64)
-    with torch.no_grad():
-        torch.testing.assert_close(twin(inputs), model(inputs), rtol=1e-10, atol=1e-10)
+    assert_same_function(model, canonical, torch.randn(8, widths[0], dtype=torch.float64))
     for layer in canonical.layers[:-1]:
         key = layer.weight.square().sum(1) + (layer.bias.square() if layer.bias is not None else 0)
         assert (key.diff() >= 0).all()
@@ -193,12 +191,7 @@ def test_canonical_form_of_a_cnn_keeps_its_function():
         nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.Tanh(),
         nn.Flatten(), nn.Linear(72, 10), nn.ReLU(), nn.Linear(10, 3),
     ).double().eval()  # fmt: skip
-    canonical = canonicalize_hidden(record_from_module(model))
-    twin = copy.deepcopy(model)
-    twin.load_state_dict(canonical.to_state_dict(), strict=True)
-    inputs = torch.randn(4, 1, 9, 9, dtype=torch.float64)
-    with torch.no_grad():
-        torch.testing.assert_close(twin(inputs), model(inputs), rtol=1e-10, atol=1e-10)
+    assert_same_function(model, canonicalize_hidden(record_from_module(model)), torch.randn(4, 1, 9, 9, dtype=torch.float64))
 
 
 def test_shuffle_incoming_keeps_each_neurons_weights_and_changes_the_function():
