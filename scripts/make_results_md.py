@@ -64,10 +64,24 @@ def inr_section(path: Path, data: dict) -> list[str]:
         lines += ["", "Predicted vs true on the test split (each plot's caption states zoo, seed, hardware and command): "
                   + ", ".join(f"[{p.stem}](../{p.relative_to(ROOT)})" for p in plots) + "."]
     if data.get("variant"):
-        return lines + ["", *_against_source_lines(data)]
+        return lines + ["", *VARIANT_NOTES.get(data["variant"], []), *_against_source_lines(data)]
     lines += ["", "The paper's Table 1 (unit unstated; most likely standardised targets, so compare with the "
               "normalised column): " + ", ".join(f"{k} {v}" for k, v in data["paper_mse"].items()) + ".", ""]
     return lines + _ordering_lines(data)
+
+
+#: What a derived zoo's transform means for the comparison (sne zoo derive --transform ...).
+VARIANT_NOTES = {
+    "shuffle-incoming": [
+        "Every neuron's incoming weights are shuffled among its inputs (`sne.weights.shuffle_incoming`): each "
+        "neuron keeps its set of weights, and which neuron of the previous layer each weight comes from is "
+        "lost. That is exactly what SNE's chunks see with default options (rows as sets; "
+        "`test_blind_to_which_neuron_a_weight_comes_from`), so default SNE reads the same input from both zoos "
+        "and its rows on the source zoo hold here too. An encoder that gets worse here was using the "
+        "cross-layer link that default SNE never receives.",
+        "",
+    ],
+}
 
 
 def _row_key(entry: dict) -> tuple:
