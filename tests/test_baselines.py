@@ -236,8 +236,8 @@ def test_bench_inr_all_expands_to_every_registered_encoder(monkeypatch, tmp_path
 
     seen = {}
 
-    def record_names(zoo, encoders, *args, **kwargs):
-        seen["encoders"] = list(encoders)
+    def record_names(zoo, runs, *args, **kwargs):
+        seen["encoders"] = list(runs.encoders)
         return tmp_path / "results.json"
 
     monkeypatch.setattr(sne.bench.inr, "run_inr_benchmark", record_names)

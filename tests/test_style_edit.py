@@ -308,8 +308,8 @@ def test_cli_runs_end_to_end_and_merges_results(digit_zoo, tmp_path, capsys, mon
 
     seen = {}
 
-    def record_names(zoo, encoders, *args, **kwargs):
-        seen["encoders"] = list(encoders)
+    def record_names(zoo, runs, *args, **kwargs):
+        seen["encoders"] = list(runs.encoders)
         return path
 
     monkeypatch.setattr(sne.bench.style_edit, "run_style_edit_benchmark", record_names)

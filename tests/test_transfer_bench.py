@@ -35,7 +35,9 @@ def test_cross_dataset_writes_a_full_table_plots_and_resumes(shared_sine_zoo, se
     result = json.loads(path.read_text())
     labels = [z["label"] for z in result["test_zoos"]]
     assert labels == ["shared", "independent"]
-    table = result["summary"]["sne"]
+    # Runs and table rows are named by encoder and the options given, so variants never mix.
+    name = "sne_heads-2_hidden-16_num_sab-1_out_dim-8"
+    table = result["summary"][name]
     assert set(table) == set(labels)
     for row in table.values():
         assert set(row["tau"]) == set(labels)
@@ -46,7 +48,7 @@ def test_cross_dataset_writes_a_full_table_plots_and_resumes(shared_sine_zoo, se
         for kind in ("scatter", "embedding"):
             assert (tmp_path / "results" / "plots").joinpath(entry["plots"][kind].split("/")[-1]).is_file()
     # Re-running resumes the finished runs instead of training again.
-    history = tmp_path / "runs" / "frequency" / "sne_seed0" / "shared" / "history.json"
+    history = tmp_path / "runs" / "frequency" / f"{name}_seed0" / "shared" / "history.json"
     before = history.stat().st_mtime_ns
     code, _, err = run_cli(["bench", "cross-dataset", "--zoos", str(shared_sine_zoo.path), "--target", "frequency",
                             *common], capsys)

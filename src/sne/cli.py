@@ -6,7 +6,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
@@ -301,14 +301,22 @@ _ONE_ZOO = {
 }
 
 
+def _bench_runs(encoders: list[str], seeds: str, epochs: int, runs: Path, results: Path, option: List[str],
+                device: str, **train_options: Any) -> "BenchRuns":
+    from sne.bench.runs import BenchRuns
+
+    return BenchRuns(
+        encoders=encoders, seeds=_csv(seeds, int), epochs=epochs, runs_dir=runs, results_dir=results, device=device,
+        encoder_options=_parse_options(option), train_options=train_options, command=_command_line(),
+    )
+
+
 def _one_zoo(benchmark: str, zoo: Path, encoders: str, invariance_weights: str, seeds: str, epochs: int, runs: Path,
              results: Path, option: List[str], device: str) -> None:
     from sne.bench.inr import run_inr_benchmark
 
-    path = run_inr_benchmark(
-        zoo, _encoder_list(encoders), _csv(invariance_weights, float), _csv(seeds, int), epochs, runs, results,
-        device=device, encoder_options=_parse_options(option), command=_command_line(), benchmark=benchmark,
-    )
+    bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device)
+    path = run_inr_benchmark(zoo, bench_runs, _csv(invariance_weights, float), benchmark=benchmark)
     console.print(f"results written to [bold]{path}[/bold]; regenerate docs with 'make results'")
 
 
@@ -365,8 +373,7 @@ def bench_style_edit(
 
     names = weight_output_encoder_names() if encoders.strip() == "all" else _encoder_list(encoders)
     path = run_style_edit_benchmark(
-        zoo, names, _csv(seeds, int), epochs, runs, results, device=device, encoder_options=_parse_options(option),
-        train_options={"lr": lr, "batch_size": batch_size}, command=_command_line(),
+        zoo, _bench_runs(names, seeds, epochs, runs, results, option, device, lr=lr, batch_size=batch_size)
     )
     console.print(f"results written to [bold]{path}[/bold]; regenerate docs with 'make results'")
 
@@ -384,11 +391,9 @@ def _transfer(benchmark: str, train_zoos: list[str], test_zoos: list[str], targe
               device: str) -> None:
     from sne.bench.transfer import run_transfer_benchmark
 
-    path = run_transfer_benchmark(
-        benchmark, train_zoos, test_zoos, _encoder_list(encoders), _csv(seeds, int), epochs, runs, results, target=target, device=device,
-        encoder_options=_parse_options(option), train_options={"lr": lr, "batch_size": batch_size},
-        command=_command_line(),
-    )
+    bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, lr=lr,
+                             batch_size=batch_size)
+    path = run_transfer_benchmark(benchmark, train_zoos, test_zoos, bench_runs, target=target)
     console.print(f"results written to [bold]{path}[/bold]; regenerate docs with 'make results'")
 
 

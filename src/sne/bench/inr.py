@@ -8,18 +8,16 @@ and initialisation protocol. Runs live under ``runs_dir`` and resume when the co
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from pathlib import Path
 from typing import Sequence
 
 from sne.bench.paper import PAPER_INR_FREQUENCY_MSE
 from sne.bench.results import write_merged, zoo_identity, zoo_summary
-from sne.encoders import options_for_encoder
+from sne.bench.runs import BenchRuns, options_key
 from sne.errors import SneError
 from sne.train.evaluate import evaluate_run
-from sne.train.run import TrainConfig, fit
+from sne.train.run import fit
 from sne.zoo import Zoo
 
 
@@ -29,15 +27,8 @@ INR_BENCHMARKS = {"inr_frequency": ("frequency", PAPER_INR_FREQUENCY_MSE), "digi
 
 def run_inr_benchmark(
     zoo_path: str | Path,
-    encoders: Sequence[str],
-    invariance_weights: Sequence[float],
-    seeds: Sequence[int],
-    epochs: int,
-    runs_dir: str | Path,
-    results_dir: str | Path,
-    device: str = "auto",
-    encoder_options: dict | None = None,
-    command: str = "",
+    runs: BenchRuns,
+    invariance_weights: Sequence[float] = (0.0,),
     benchmark: str = "inr_frequency",
 ) -> Path:
     """Run ``benchmark`` (a key of :data:`INR_BENCHMARKS`); return the results file's path."""
@@ -52,41 +43,30 @@ def run_inr_benchmark(
     variant = zoo.manifest.get("options", {}).get("variant")
     label = f"{init}_{variant}" if variant else init
     entries = []
-    for encoder in encoders:
-        options = options_for_encoder(encoder, encoder_options or {})
+    for encoder in runs.encoders:
         for weight in invariance_weights:
-            for seed in seeds:
-                run_dir = Path(runs_dir) / f"{encoder}{options_tag(options)}_lambda{weight:g}_seed{seed}"
-                config = TrainConfig.for_encoder(
-                    encoder, zoo=str(zoo.path), target=target, encoder_options=options,
-                    epochs=epochs, invariance_weight=weight, seed=seed, device=device, command=command,
-                )
+            for seed in runs.seeds:
+                run_dir = runs.runs_dir / f"{runs.run_name(encoder)}_lambda{weight:g}_seed{seed}"
+                config = runs.train_config(encoder, zoo.path, target, seed, invariance_weight=weight)
                 started = time.perf_counter()
                 fit(config, run_dir)
-                result = evaluate_run(run_dir, device=device)
+                result = evaluate_run(run_dir, device=runs.device)
                 result["wall_seconds_this_invocation"] = time.perf_counter() - started
-                result["encoder_options_given"] = options
+                result["encoder_options_given"] = runs.options_for(encoder)
                 entries.append(result)
     summary = {
         "benchmark": benchmark,
-        "command": command,
+        "command": runs.command,
         "zoo": zoo_summary(zoo),
         "init": init,
         "variant": variant,
         "paper_mse": paper,
         "entries": entries,
     }
-    return write_merged(Path(results_dir) / f"{benchmark}_{label}.json", summary, lambda r: zoo_identity(r["zoo"]),
+    return write_merged(runs.results_dir / f"{benchmark}_{label}.json", summary, lambda r: zoo_identity(r["zoo"]),
                         entry_identity)
-
-
-def options_tag(options: dict) -> str:
-    """A run-directory suffix naming the encoder options given ('' for the encoder's defaults)."""
-    text = "".join(f"_{key}-{json.dumps(value, sort_keys=True)}" for key, value in sorted(options.items()))
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "", text)
 
 
 def entry_identity(entry: dict) -> tuple:
     """Rows of one results file differ by encoder, options given, lambda and seed."""
-    options = json.dumps(entry.get("encoder_options_given") or {}, sort_keys=True)
-    return entry["encoder"], options, entry["invariance_weight"], entry["train_seed"]
+    return entry["encoder"], options_key(entry), entry["invariance_weight"], entry["train_seed"]

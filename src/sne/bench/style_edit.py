@@ -32,9 +32,10 @@ from torch.nn import functional as F
 
 from sne import __version__
 from sne.bench.results import write_merged, zoo_identity, zoo_summary
+from sne.bench.runs import BenchRuns, options_key
 from sne.data import load_dataset
 from sne.data.images import IMAGE_SIZE
-from sne.encoders import batch_to, build_encoder, build_encoder_from_config, get_encoder_class, options_for_encoder
+from sne.encoders import batch_to, build_encoder, build_encoder_from_config, get_encoder_class
 from sne.encoders.base import Encoder, LayerValues, weight_output_encoder_names
 from sne.errors import SneError
 from sne.train.run import (
@@ -253,39 +254,22 @@ def _check_encoders(encoders: Sequence[str]) -> None:
                            f"encoders that can: {', '.join(weight_output_encoder_names())}")
 
 
-def run_style_edit_benchmark(
-    zoo_path: str | Path,
-    encoders: Sequence[str],
-    seeds: Sequence[int],
-    epochs: int,
-    runs_dir: str | Path,
-    results_dir: str | Path,
-    device: str = "auto",
-    encoder_options: dict | None = None,
-    train_options: dict | None = None,
-    command: str = "",
-    plots: bool = True,
-) -> Path:
+def run_style_edit_benchmark(zoo_path: str | Path, runs: BenchRuns) -> Path:
     """Train an editor per (encoder, seed), score it on the test split; return the results file's path."""
-    _check_encoders(encoders)
+    _check_encoders(runs.encoders)
     zoo = open_digit_inr_zoo(zoo_path)
     init = zoo.manifest.get("options", {}).get("init", "unknown")
-    train_options = {k: v for k, v in (train_options or {}).items() if v is not None}
-    splits = {split: load_split(zoo, split, train_options.get("max_train") if split == "train" else None)
+    splits = {split: load_split(zoo, split, runs.train_options.get("max_train") if split == "train" else None)
               for split in ("train", "val", "test")}
     test = splits["test"]
     originals = render(test.parameters)
     no_edit = mse_per_network(originals, test.targets)
-    results_dir = Path(results_dir)
+    device, command, epochs = runs.device, runs.command, runs.epochs
     entries = []
-    for encoder in encoders:
-        for seed in seeds:
-            run_dir = Path(runs_dir) / f"{encoder}_seed{seed}"
-            config = TrainConfig.for_encoder(
-                encoder, zoo=str(zoo.path), target=EDIT_TARGET,
-                encoder_options=options_for_encoder(encoder, encoder_options or {}), epochs=epochs, seed=seed,
-                device=device, command=command, **train_options,
-            )
+    for encoder in runs.encoders:
+        for seed in runs.seeds:
+            run_dir = runs.runs_dir / f"{runs.run_name(encoder)}_seed{seed}"
+            config = runs.train_config(encoder, zoo.path, EDIT_TARGET, seed)
             started = time.perf_counter()
             summary = train_editor(config, run_dir, splits=splits)
             editor, _ = load_editor(run_dir, device=device)
@@ -293,6 +277,7 @@ def run_style_edit_benchmark(
             errors = mse_per_network(edited, test.targets)
             entry = {
                 "encoder": encoder,
+                "encoder_options_given": runs.options_for(encoder),
                 "train_seed": seed,
                 "run": str(run_dir),
                 "encoder_parameters": summary["encoder_parameters"],
@@ -310,7 +295,7 @@ def run_style_edit_benchmark(
                 },
                 "train_config": asdict(config),
             }
-            if plots:
+            if runs.plots:
                 shown = slice(0, PLOTTED_DIGITS)
                 caption = (f"test networks {test.ids[shown].tolist()} of zoo {zoo.path.name} (digit-inr, n={len(zoo)}, "
                            f"seed {zoo.manifest.get('seed')}, init {init}); {encoder}, seed {seed}, {epochs} epochs "
@@ -318,7 +303,7 @@ def run_style_edit_benchmark(
                            f"{entry['hardware']['threads']} thread(s); command: {command}")
                 title = (f"dilation edit by {encoder}: test MSE {entry['metrics']['test_mse']:.4f} "
                          f"(no edit {entry['metrics']['no_edit_test_mse']:.4f})")
-                path = results_dir / "plots" / f"{BENCHMARK}_{init}_{encoder}_seed{seed}.png"
+                path = runs.results_dir / "plots" / f"{BENCHMARK}_{init}_{runs.run_name(encoder)}_seed{seed}.png"
                 entry["plot"] = str(plot_edits(originals[shown], edited[shown], test.targets[shown], path, title,
                                                caption))
             entry["wall_seconds_this_invocation"] = time.perf_counter() - started
@@ -332,5 +317,5 @@ def run_style_edit_benchmark(
         "no_edit": {"test_mse": float(no_edit.mean()), "test_mse_std": float(no_edit.std()), "n": len(no_edit)},
         "entries": entries,
     }
-    return write_merged(results_dir / f"{BENCHMARK}_{init}.json", result, lambda r: zoo_identity(r["zoo"]),
-                        lambda e: (e["encoder"], e["train_seed"]))
+    return write_merged(runs.results_dir / f"{BENCHMARK}_{init}.json", result, lambda r: zoo_identity(r["zoo"]),
+                        lambda e: (e["encoder"], options_key(e), e["train_seed"]))

@@ -20,11 +20,11 @@ import numpy as np
 
 from sne.bench.paper import PAPER_CROSS_ARCH_TAU, PAPER_CROSS_DATASET_TAU
 from sne.errors import SneError
-from sne.encoders import options_for_encoder
 from sne.bench.results import write_merged, zoo_identity, zoo_label, zoo_summary
+from sne.bench.runs import BenchRuns, options_key, options_tag
 from sne.plots import scatter_grid, embedding_map
 from sne.train.evaluate import evaluate_run
-from sne.train.run import TrainConfig, fit, hardware_description, load_run, resolve_device
+from sne.train.run import fit, hardware_description, load_run, resolve_device
 from sne.zoo import Zoo
 
 BENCHMARKS = ("cross_dataset", "cross_arch")
@@ -96,17 +96,8 @@ def run_transfer_benchmark(
     benchmark: str,
     train_zoos: Sequence[str | Path],
     test_zoos: Sequence[str | Path],
-    encoders: Sequence[str],
-    seeds: Sequence[int],
-    epochs: int,
-    runs_dir: str | Path,
-    results_dir: str | Path,
+    runs: BenchRuns,
     target: str = "test_accuracy",
-    device: str = "auto",
-    encoder_options: dict | None = None,
-    train_options: dict | None = None,
-    command: str = "",
-    plots: bool = True,
 ) -> Path:
     """Train on each training zoo, score on every test zoo; write ``results/<benchmark>.json``."""
     if benchmark not in BENCHMARKS:
@@ -115,22 +106,20 @@ def run_transfer_benchmark(
     for zoo in trains + tests:
         if target not in zoo.targets:
             raise SneError(f"the zoo at {zoo.path} has no target '{target}' (it has: {', '.join(sorted(zoo.targets))})")
-    results_dir = Path(results_dir)
+    device, command, epochs = runs.device, runs.command, runs.epochs
     entries = []
-    for encoder in encoders:
-        for seed in seeds:
+    for encoder in runs.encoders:
+        for seed in runs.seeds:
             for train_zoo in trains:
                 train_label = zoo_label(train_zoo)
                 # Keyed by what is trained, not by benchmark: cross-arch reuses cross-dataset's runs.
-                run_dir = Path(runs_dir) / _safe(target) / f"{encoder}_seed{seed}" / _safe(train_label)
-                config = TrainConfig.for_encoder(
-                    encoder, zoo=str(train_zoo.path), target=target, encoder_options=options_for_encoder(encoder, encoder_options or {}),
-                    epochs=epochs, seed=seed, device=device, command=command, **(train_options or {}),
-                )
+                run_dir = runs.runs_dir / _safe(target) / f"{runs.run_name(encoder)}_seed{seed}" / _safe(train_label)
+                config = runs.train_config(encoder, train_zoo.path, target, seed)
                 started = time.perf_counter()
                 summary = fit(config, run_dir)
                 entry = {
                     "encoder": encoder,
+                    "encoder_options_given": runs.options_for(encoder),
                     "seed": seed,
                     "train_zoo": train_label,
                     "run": str(run_dir),
@@ -141,8 +130,8 @@ def run_transfer_benchmark(
                     "hardware": hardware_description(resolve_device(device)),
                     "evaluations": _evaluate_everywhere(run_dir, tests, device),
                 }
-                if plots:
-                    stem = results_dir / "plots" / f"{benchmark}_{encoder}_seed{seed}_{_safe(train_label)}"
+                if runs.plots:
+                    stem = runs.results_dir / "plots" / f"{benchmark}_{runs.run_name(encoder)}_seed{seed}_{_safe(train_label)}"
                     caption = (f"train zoo {train_label} ({train_zoo.manifest.get('command')}); test splits of "
                                f"{', '.join(zoo_label(z) for z in tests)}; {encoder}, seed {seed}, {epochs} epochs; "
                                f"{entry['hardware']['device']}, {entry['hardware']['threads']} thread(s); "
@@ -155,15 +144,15 @@ def run_transfer_benchmark(
         "command": command,
         "target": target,
         "epochs": epochs,
-        "seeds": list(seeds),
-        "encoders": list(encoders),
+        "seeds": list(runs.seeds),
+        "encoders": list(runs.encoders),
         "train_zoos": [zoo_summary(z) for z in trains],
         "test_zoos": [zoo_summary(z) for z in tests],
         "entries": entries,
         "paper": PAPER_CROSS_DATASET_TAU if benchmark == "cross_dataset" else PAPER_CROSS_ARCH_TAU,
     }
-    return write_merged(results_dir / f"{benchmark}.json", result, _same_data,
-                        lambda e: (e["encoder"], e["seed"], e["train_zoo"]),
+    return write_merged(runs.results_dir / f"{benchmark}.json", result, _same_data,
+                        lambda e: (e["encoder"], options_key(e), e["seed"], e["train_zoo"]),
                         finish=lambda merged: {**merged, "summary": summarize(merged["entries"])})
 
 
@@ -176,7 +165,8 @@ def summarize(entries: Sequence[dict]) -> dict:
     """Per encoder: tau[train][test] averaged over seeds (with std), and each row's mean over test zoos."""
     summary: dict = {}
     for entry in entries:
-        cell = summary.setdefault(entry["encoder"], {}).setdefault(entry["train_zoo"], {})
+        name = entry["encoder"] + options_tag(entry.get("encoder_options_given") or {})
+        cell = summary.setdefault(name, {}).setdefault(entry["train_zoo"], {})
         for test_label, evaluation in entry["evaluations"].items():
             cell.setdefault(test_label, []).append(evaluation.get("kendall_tau"))
     out = {}

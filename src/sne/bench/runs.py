@@ -1,0 +1,70 @@
+"""What every benchmark takes besides its data: the runs to train, their settings, and where they go.
+
+One :class:`BenchRuns` is built by each ``sne bench`` command and handed to its runner, so the
+inr, digit-inr, style-edit, cross-dataset and cross-arch benchmarks name, configure and key their
+runs the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from sne.encoders import options_for_encoder
+from sne.train.run import TrainConfig
+
+
+@dataclass(frozen=True)
+class BenchRuns:
+    """Encoders x seeds to train for ``epochs`` each, runs under ``runs_dir`` (resumable), results
+    (``*.json``, and plots unless ``plots`` is off) under ``results_dir``.
+
+    ``encoder_options`` are ``key=value`` for every encoder or ``name.key=value`` for one;
+    ``train_options`` are :class:`~sne.train.run.TrainConfig` fields (``None`` values mean the
+    encoder's or the shared default); ``command`` is the command line, recorded in every result.
+    """
+
+    encoders: Sequence[str]
+    seeds: Sequence[int]
+    epochs: int
+    runs_dir: Path
+    results_dir: Path
+    device: str = "auto"
+    encoder_options: dict[str, Any] = field(default_factory=dict)
+    train_options: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "runs_dir", Path(self.runs_dir))
+        object.__setattr__(self, "results_dir", Path(self.results_dir))
+        object.__setattr__(self, "train_options", {k: v for k, v in self.train_options.items() if v is not None})
+
+    def options_for(self, encoder: str) -> dict[str, Any]:
+        """The encoder options given for ``encoder`` (empty: its defaults)."""
+        return options_for_encoder(encoder, self.encoder_options)
+
+    def run_name(self, encoder: str) -> str:
+        """``encoder`` plus the options given for it: runs of other options never share a directory."""
+        return encoder + options_tag(self.options_for(encoder))
+
+    def train_config(self, encoder: str, zoo: str | Path, target: str, seed: int, **fields: Any) -> TrainConfig:
+        """The run's :class:`~sne.train.run.TrainConfig` (``fields`` are further config fields)."""
+        return TrainConfig.for_encoder(
+            encoder, zoo=str(zoo), target=target, encoder_options=self.options_for(encoder), epochs=self.epochs,
+            seed=seed, device=self.device, command=self.command, **{**self.train_options, **fields},
+        )
+
+
+def options_tag(options: dict) -> str:
+    """A run-directory suffix naming the encoder options given ('' for the encoder's defaults)."""
+    text = "".join(f"_{key}-{json.dumps(value, sort_keys=True)}" for key, value in sorted(options.items()))
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "", text)
+
+
+def options_key(entry: dict) -> str:
+    """A results row's encoder options given, as a key (rows written before options were recorded: none)."""
+    return json.dumps(entry.get("encoder_options_given") or {}, sort_keys=True)
