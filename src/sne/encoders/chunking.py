@@ -180,11 +180,6 @@ def layer_parts(layer: Layer, source: str) -> list[LayerPart]:
     return parts
 
 
-def _standardized(values: torch.Tensor) -> torch.Tensor:
-    values = values.to(torch.float64)
-    return (values - values.mean()) / values.std(unbiased=False).clamp_min(STD_FLOOR)
-
-
 def source_neuron_features(record: NetworkRecord) -> list[torch.Tensor | None]:
     """Per layer, ``(in_features, SOURCE_FEATURES)``: the features of the neuron each input of the
     layer comes from (a flattened channel feeds a block of inputs), or ``None`` where unknown."""
@@ -197,8 +192,12 @@ def source_neuron_features(record: NetworkRecord) -> list[torch.Tensor | None]:
         if block is None or layer.skip_from:
             features.append(None)
             continue
-        weight = _standardized(previous.weight).reshape(previous.out_features, -1)
-        bias = _standardized(previous.bias) if previous.bias is not None else weight.new_zeros(previous.out_features)
+        # Standardised as the chunks standardise each part (layer_parts: the part's own mean and std).
+        weight, *bias = [
+            ((part.taps - part.mean) / part.std).reshape(previous.out_features, -1)
+            for part in layer_parts(previous, record.source)
+        ]
+        bias = bias[0].squeeze(1) if bias else weight.new_zeros(previous.out_features)
         neuron = torch.stack([bias, weight.square().mean(1).sqrt(), torch.ones_like(bias)], dim=1)
         features.append(neuron.repeat_interleave(block, dim=0))
     return features
