@@ -193,7 +193,9 @@ def test_each_ablation_builds_and_runs(switch):
 
 
 @pytest.mark.parametrize(
-    "options", [{}, {"use_hierarchy": False}, {"use_set_functions": False}, {"use_source_features": True}]
+    "options",
+    [{}, {"use_hierarchy": False}, {"use_set_functions": False}, {"use_source_features": True},
+     {"use_input_positions": True}],
 )
 def test_gradients_reach_every_parameter(options):
     torch.manual_seed(0)
@@ -203,7 +205,7 @@ def test_gradients_reach_every_parameter(options):
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("options", [{}, {"use_source_features": True}])
+@pytest.mark.parametrize("options", [{}, {"use_source_features": True, "use_input_positions": True}])
 def test_micro_batching_gives_the_same_codes_and_gradients(options):
     torch.manual_seed(0)
     # float64: summation order differs between the two paths, and float32 gradients differ by more
@@ -338,3 +340,40 @@ def test_source_features_move_with_their_weights_under_permutation():
     torch.testing.assert_close(permuted[2], features[2][flat_inputs], atol=1e-12, rtol=0)
     skipping = net.with_layers([*net.layers[:2], replace(net.layers[2], skip_from=(0,))])
     assert source_neuron_features(skipping)[2] is None
+
+
+def swap_first_layer_inputs(record: NetworkRecord) -> NetworkRecord:
+    """A 2-input network with its inputs swapped in the first layer (a different function)."""
+    first = record.layers[0]
+    return record.with_layers([replace(first, weight=first.weight.flip(1)), *record.layers[1:]])
+
+
+def test_default_sne_is_blind_to_the_order_of_a_first_layers_inputs_and_input_positions_are_not():
+    g = torch.Generator().manual_seed(4)
+    records = [mlp([2, 32, 32, 1], g, dtype=torch.float64) for _ in range(3)]
+    swapped = [swap_first_layer_inputs(r) for r in records]
+    torch.manual_seed(0)
+    blind = SNEEncoder(**SMALL).double()
+    torch.testing.assert_close(encode(blind, swapped), encode(blind, records), atol=1e-9, rtol=0)
+    seeing = SNEEncoder(**SMALL, use_input_positions=True).double()
+    assert not torch.allclose(encode(seeing, swapped), encode(seeing, records), atol=1e-9, rtol=0)
+
+
+def test_input_positions_mark_first_layer_weights_only_and_ignore_hidden_permutations():
+    from sne.weights import permute_hidden
+
+    g = torch.Generator().manual_seed(5)
+    inr = mlp([2, 6, 4, 1], g, dtype=torch.float64)
+    cnn = convnet([(8, 1, 3, 3), (4, 8, 3, 3), (10, 4)], g, dtype=torch.float64)
+    batch = pad_chunk([inr, cnn], chunk_size=8, input_positions=True, dtype=torch.float64)
+    by_kernel = dict(zip([tuple(c.shape) for c in batch.tap_coordinates], batch.input_positions))
+    linear = by_kernel[(1, 0)]  # linear weights and all biases, in record order
+    # inr: 12 first-layer weights alternate x (-1) and y (+1); then its 6 biases and later layers: zeros.
+    torch.testing.assert_close(linear[:12, 0], torch.tensor([-1.0, 1.0], dtype=torch.float64).repeat(6))
+    assert (linear[:12, 1] == 1).all() and (linear[12:] == 0).all()
+    conv = by_kernel[(9, 2)]  # the CNN's first layer has one input channel: coordinate 0, flagged
+    assert (conv[:8, 0] == 0).all() and (conv[:8, 1] == 1).all() and (conv[8:] == 0).all()
+    perms = [torch.randperm(6, generator=g), torch.randperm(4, generator=g), None]
+    permuted = pad_chunk([permute_hidden(inr, perms)], chunk_size=8, input_positions=True, dtype=torch.float64)
+    plain = pad_chunk([inr], chunk_size=8, input_positions=True, dtype=torch.float64)
+    torch.testing.assert_close(permuted.input_positions, plain.input_positions, atol=0, rtol=0)

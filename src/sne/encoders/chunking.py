@@ -29,6 +29,12 @@ They travel with the weight, so a permutation of the previous layer's neurons mo
 with its weight: the link is kept without keeping the arbitrary neuron order. First layers (whose
 inputs are the network's), biases, and layers after a skip connection get zeros.
 
+**Input positions (optional).** The first layer's inputs are the network's own inputs (an INR's
+x and y, an image's channels): their order is not a symmetry, yet a row-as-set drops it, so a 2-D
+INR's x- and y-weights look alike. With ``input_positions=True`` every weight element of the first
+layer carries its input's coordinate in ``[-1, 1]`` (spaced as kernel taps are, so any number of
+inputs fits) and a flag; every other element gets zeros (:data:`INPUT_POSITION_FEATURES`).
+
 **Scale.** Weights of different layers differ in scale by orders of magnitude (a SIREN's first
 layer ~0.5, its hidden layer ~0.015), and differences between networks are smaller still, so raw
 values would drown under the positional encodings. With ``standardize=True`` each part's values
@@ -56,6 +62,9 @@ NUM_CHUNK_TYPES = 2 * len(LAYER_KINDS)
 #: Features of an incoming weight's source neuron: standardised bias, rms of standardised incoming
 #: weights, and 1 where the source is known (see "Source neurons" above).
 SOURCE_FEATURES = 3
+#: Features of a first-layer weight's input: its coordinate in [-1, 1], and 1 marking a first-layer
+#: weight (see "Input positions" above).
+INPUT_POSITION_FEATURES = 2
 
 
 class RowChunkLayout(NamedTuple):
@@ -130,6 +139,8 @@ class ChunkBatch:
     part_stats: torch.Tensor  #: (P, 2) mean and log standard deviation of each part's raw values
     #: per kernel shape, (elements, SOURCE_FEATURES), when pad_chunk was asked for source features
     source_features: list[torch.Tensor] | None = None
+    #: per kernel shape, (elements, INPUT_POSITION_FEATURES), when pad_chunk was asked for input positions
+    input_positions: list[torch.Tensor] | None = None
 
 
 def _padding_mask(lengths: torch.Tensor) -> torch.Tensor:
@@ -203,9 +214,16 @@ def source_neuron_features(record: NetworkRecord) -> list[torch.Tensor | None]:
     return features
 
 
+def input_position_features(layer: Layer) -> torch.Tensor:
+    """``(out_features * in_features, INPUT_POSITION_FEATURES)``: for each weight element of a
+    network's first layer, in row-major order, its input's coordinate and a flag of 1."""
+    coordinate = kernel_coordinates((layer.in_features,)).squeeze(1).repeat(layer.out_features)
+    return torch.stack([coordinate, torch.ones_like(coordinate)], dim=1)
+
+
 def pad_chunk(
     records: Sequence[NetworkRecord], chunk_size: int, dtype: torch.dtype = torch.float32, standardize: bool = False,
-    source_features: bool = False,
+    source_features: bool = False, input_positions: bool = False,
 ) -> ChunkBatch:
     """Chunk every part of every layer of ``records`` (see the module docstring)."""
     if not records:
@@ -214,13 +232,20 @@ def pad_chunk(
     slots_by_kernel: dict[tuple[int, ...], list[torch.Tensor]] = {}
     row_slots_by_kernel: dict[tuple[int, ...], list[torch.Tensor]] = {}
     sources_by_kernel: dict[tuple[int, ...], list[torch.Tensor]] = {}
+    positions_by_kernel: dict[tuple[int, ...], list[torch.Tensor]] = {}
     part_type, part_level, part_network, part_lengths, part_layer_slot = [], [], [], [], []
     layer_level, layers_per_network, part_stats = [], [], []
     num_chunks = 0
     for network, record in enumerate(records):
         sources = source_neuron_features(record) if source_features else [None] * len(record.layers)
-        for layer, layer_sources in zip(record.layers, sources):
+        for index, (layer, layer_sources) in enumerate(zip(record.layers, sources)):
             for part in layer_parts(layer, record.source):
+                if input_positions:
+                    if index == 0 and part.part == WEIGHT_PART:
+                        positions = input_position_features(layer)
+                    else:
+                        positions = torch.zeros(layer.out_features * part.row_length, INPUT_POSITION_FEATURES)
+                    positions_by_kernel.setdefault(part.kernel, []).append(positions.to(dtype))
                 if source_features:
                     elements = layer.out_features * part.row_length
                     if part.part == WEIGHT_PART and layer_sources is not None:
@@ -286,4 +311,5 @@ def pad_chunk(
         chunk_part=chunk_part,
         part_stats=torch.stack(part_stats).to(dtype),
         source_features=[torch.cat(sources_by_kernel[k]) for k in kernels] if source_features else None,
+        input_positions=[torch.cat(positions_by_kernel[k]) for k in kernels] if input_positions else None,
     )

@@ -30,7 +30,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sne.encoders.base import Architecture, Encoder, LayerValues, register_encoder
-from sne.encoders.chunking import NUM_CHUNK_TYPES, SOURCE_FEATURES, ChunkBatch, layer_parts, pad_chunk
+from sne.encoders.chunking import (
+    NUM_CHUNK_TYPES, SOURCE_FEATURES, ChunkBatch, layer_parts, pad_chunk,
+)
 from sne.encoders.positional import coordinate_encoding, sinusoidal_encoding
 from sne.encoders.set_blocks import PMA, SAB, ResidualFF, masked_mean
 from sne.errors import SneError
@@ -51,6 +53,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "use_set_functions": True,
     "use_hierarchy": True,
     "use_source_features": False,
+    "use_input_positions": False,
     "standardize_layers": True,
     "batch_norm": True,
     "chunk_micro_batch": None,
@@ -75,30 +78,45 @@ def tap_features(coordinates: torch.Tensor) -> torch.Tensor:
 
 
 class ElementEmbedding(nn.Module):
-    """An element (a set of kernel taps) -> ``out(mean_t relu(value(v_t) + coordinate(pos_t) [+ source(s)]))``.
+    """An element (a set of kernel taps) ->
+    ``out(mean_t relu(value(v_t) + coordinate(pos_t) [+ source(s)] [+ input(i)]))``.
 
     Mean pooling over taps makes it take any kernel size; the coordinate encoding tells taps
     apart, so a kernel is a set of (value, place) pairs and nothing about it is lost to order.
     With ``sources`` the element's source-neuron features ``s`` (see :mod:`sne.encoders.chunking`)
-    enter inside the non-linearity, so a weight is read together with the neuron it comes from.
+    enter inside the non-linearity, so a weight is read together with the neuron it comes from;
+    with ``input_positions`` so does a first-layer weight's input coordinate ``i``, encoded as tap
+    coordinates are.
     """
 
-    def __init__(self, hidden: int, sources: bool = False) -> None:
+    def __init__(self, hidden: int, sources: bool = False, input_positions: bool = False) -> None:
         super().__init__()
         self.value = nn.Linear(1, hidden, bias=False)
         self.coordinate = nn.Linear(MAX_KERNEL_DIMS * 2 * TAP_FREQUENCIES, hidden)
         self.source = nn.Linear(SOURCE_FEATURES, hidden, bias=False) if sources else None
+        self.input = nn.Linear(2 * TAP_FREQUENCIES + 1, hidden, bias=False) if input_positions else None
         self.out = nn.Linear(hidden, hidden)
 
-    def forward(self, values: torch.Tensor, coordinates: torch.Tensor, sources: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, values: torch.Tensor, coordinates: torch.Tensor, sources: torch.Tensor | None = None,
+        input_positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``values`` (elements, taps), ``coordinates`` (taps, kernel ndim), ``sources`` (elements,
-        SOURCE_FEATURES) when built with them -> (elements, hidden)."""
+        SOURCE_FEATURES) and ``input_positions`` (elements, INPUT_POSITION_FEATURES) when built with
+        them -> (elements, hidden)."""
         # The coordinate term is shared by all elements of a kernel shape: computed once, broadcast.
         hidden = self.value(values.unsqueeze(-1)) + self.coordinate(tap_features(coordinates))
         if self.source is not None:
             if sources is None:
                 raise SneError("this SNE encoder reads source-neuron features: prepare batches with its prepare()")
             hidden = hidden + self.source(sources).unsqueeze(1)
+        if self.input is not None:
+            if input_positions is None:
+                raise SneError("this SNE encoder reads input positions: prepare batches with its prepare()")
+            coordinate, flag = input_positions.unbind(-1)
+            # Zeroed off the first layer: cos(0) = 1 would otherwise mark every element alike.
+            encoded = coordinate_encoding(coordinate, TAP_FREQUENCIES) * flag.unsqueeze(-1)
+            hidden = hidden + self.input(torch.cat([encoded, flag.unsqueeze(-1)], dim=-1)).unsqueeze(1)
         return self.out(torch.relu(hidden).mean(dim=1))
 
 
@@ -179,7 +197,9 @@ class SNEEncoder(Encoder):
     ``use_hierarchy`` (off: all chunk codes of a network form one set for the network encoder).
     ``use_source_features`` (off by default, as in the paper): every weight also carries features
     of the neuron it comes from (:mod:`sne.encoders.chunking`, "Source neurons"), the cross-layer
-    link that a row-as-set encoding otherwise loses.
+    link that a row-as-set encoding otherwise loses. ``use_input_positions`` (off by default, as in
+    the paper): every first-layer weight also carries its input's coordinate (:mod:`sne.encoders.chunking`,
+    "Input positions"), so the inputs of a 2-D INR are told apart.
     ``standardize_layers``: standardise each layer part's values and give the encoder the part's
     mean and log standard deviation instead (see :mod:`sne.encoders.chunking`, "Scale").
     ``batch_norm``: batch-normalise the pooled codes of every stage (see :class:`SetPool`); codes
@@ -202,7 +222,9 @@ class SNEEncoder(Encoder):
         sets = resolved["use_set_functions"]
         self.out_dim = resolved["out_dim"]
         self.hidden = hidden
-        self.element_embedding = ElementEmbedding(hidden, sources=resolved["use_source_features"])
+        self.element_embedding = ElementEmbedding(
+            hidden, sources=resolved["use_source_features"], input_positions=resolved["use_input_positions"]
+        )
         self.part_scale = nn.Linear(2, hidden) if resolved["standardize_layers"] else None
         # Statistics of part_stats per (level, chunk type) over the training networks: differences
         # between networks are tiny next to differences between layers, so each layer's statistics
@@ -260,6 +282,7 @@ class SNEEncoder(Encoder):
         return pad_chunk(
             records, self.options["chunk_size"], dtype=self.readout.weight.dtype,
             standardize=self.options["standardize_layers"], source_features=self.options["use_source_features"],
+            input_positions=self.options["use_input_positions"],
         )
 
     def forward(self, batch: ChunkBatch) -> torch.Tensor:
@@ -351,16 +374,19 @@ class SNEEncoder(Encoder):
         and with ``keep_elements`` the element codes before the chunk PMA."""
         chunk_size = batch.element_mask.shape[1]
         sources = batch.source_features or [None] * len(batch.tap_values)
-        groups = zip(batch.tap_values, batch.tap_coordinates, batch.element_slot, sources, element_ranges)
+        positions = batch.input_positions or [None] * len(batch.tap_values)
+        groups = zip(batch.tap_values, batch.tap_coordinates, batch.element_slot, sources, positions, element_ranges)
         embedded, slots = zip(
             *(
                 (
                     self.element_embedding(
-                        values[a:b].to(dtype), coordinates.to(dtype), None if source is None else source[a:b].to(dtype)
+                        values[a:b].to(dtype), coordinates.to(dtype),
+                        None if source is None else source[a:b].to(dtype),
+                        None if position is None else position[a:b].to(dtype),
                     ),
                     slot[a:b],
                 )
-                for values, coordinates, slot, source, (a, b) in groups
+                for values, coordinates, slot, source, position, (a, b) in groups
             )
         )
         mask = batch.element_mask[first:last]
