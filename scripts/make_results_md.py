@@ -166,11 +166,16 @@ def digit_inr_section(path: Path, data: dict) -> list[str]:
     for e in data["entries"]:
         seconds = e.get("train_seconds")
         lines.append(
-            f"| {e['encoder']} | {_fmt(e['invariance_weight'])} | {e['train_seed']} | {e['encoder_parameters']:,} | "
+            f"| {_encoder_label(e)} | {_fmt(e['invariance_weight'])} | {e['train_seed']} | {e['encoder_parameters']:,} | "
             f"{e['epochs']} ({e['best_epoch']}) | {_fmt(e['metrics']['accuracy'])} | "
             f"{_fmt(seconds / 60 if seconds else None)} min | {_hardware(e['hardware'])} |"
         )
-    return lines + ["", "Chance is 0.1 (ten classes).", ""]
+    init_note = {
+        "shared": " Every INR of this zoo starts from one shared initialisation, so the same parameter plays "
+                  "the same role in every network and even flat-weight models read it; with independent "
+                  "initialisations (what networks in the wild have) that alignment is gone.",
+    }.get(data["init"], "")
+    return lines + ["", "Chance is 0.1 (ten classes)." + init_note, ""]
 
 
 def style_edit_section(path: Path, data: dict) -> list[str]:
@@ -192,7 +197,7 @@ def style_edit_section(path: Path, data: dict) -> list[str]:
     for e in sorted(data["entries"], key=lambda e: e["metrics"]["test_mse"]):
         m, seconds = e["metrics"], e.get("train_seconds")
         lines.append(
-            f"| {e['encoder']} | {e['train_seed']} | {e['encoder_parameters']:,} | {e['epochs']} ({e['best_epoch']}) | "
+            f"| {_encoder_label(e)} | {e['train_seed']} | {e['encoder_parameters']:,} | {e['epochs']} ({e['best_epoch']}) | "
             f"{_fmt(m['test_mse'], 4)} | {_fmt(m['relative_to_no_edit'])} | "
             f"{_fmt(seconds / 60 if seconds else None)} min | {_hardware(e['hardware'])} |"
         )
