@@ -7,7 +7,8 @@ time; ``prepare`` (CPU, may run in data-loader workers) is timed once, separatel
 weights built with ``sne.weights.io.record_from_module``: (a) sine-INR SIRENs 1->32->32->1,
 (b) the small-CNN-zoo architecture (GUIDE section 6). Fixed-architecture encoders are built for
 the shape at hand. An encoder that cannot be built or cannot take a shape is listed with the
-reason. Encoders with a self-supervised ``pretrain`` stage (hyperrep) also get that stage timed,
+reason. ``--variant NAME:key=value,...`` adds a row for an encoder with options given (default: SNE
+with its optional source-neuron features and input positions, off in its defaults). Encoders with a self-supervised ``pretrain`` stage (hyperrep) also get that stage timed,
 with their default options, on the same batch; their training step then trains only what is not
 frozen. Results go to ``results/bench_encoders.json``.
 
@@ -24,6 +25,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import json
 import statistics
 import time
 from pathlib import Path
@@ -32,6 +34,7 @@ import torch
 from torch import nn
 
 from sne.bench.environment import cpu_model  # noqa: E402
+from sne.cli import parse_options
 from sne.encoders import Encoder, batch_to, build_encoder, encoder_names
 from sne.errors import SneError, one_line
 from sne.io_utils import write_json_atomic
@@ -59,11 +62,25 @@ def random_records(shape: str, count: int, seed: int) -> list[NetworkRecord]:
     return [record_from_module(SHAPES[shape](), source=f"{shape}#{i}") for i in range(count)]
 
 
-def measure(name: str, shape: str, records: list[NetworkRecord], args: argparse.Namespace) -> dict:
+#: Encoder options benchmarked beside the defaults unless --variant says otherwise.
+DEFAULT_VARIANTS = ["sne:use_source_features=true", "sne:use_source_features=true,use_input_positions=true"]
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``NAME:key=value,key=value`` -> (encoder name, options given)."""
+    name, _, options = text.partition(":")
+    return name, parse_options([pair for pair in options.split(",") if pair])
+
+
+def measure(
+    name: str, shape: str, records: list[NetworkRecord], args: argparse.Namespace, options: dict | None = None
+) -> dict:
     entry: dict = {"encoder": name, "shape": shape, "batch": len(records)}
+    if options:
+        entry["encoder_options_given"] = options
     torch.manual_seed(0)
     try:
-        encoder = build_encoder(name, architecture=records[0].architecture)
+        encoder = build_encoder(name, architecture=records[0].architecture, **(options or {}))
         encoder.check_records(records)
         encoder.fit_input_statistics(records)
     except (SneError, ImportError) as error:
@@ -120,17 +137,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--encoders", default="all", help="Comma-separated names, or all.")
+    parser.add_argument("--variant", action="append", default=None,
+                        help=f"NAME:key=value,... an encoder with options (repeatable; default {DEFAULT_VARIANTS}).")
     parser.add_argument("--out", type=Path, default=Path("results/bench_encoders.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = encoder_names() if args.encoders == "all" else args.encoders.split(",")
+    configurations = [(name, {}) for name in names] + [
+        parse_variant(v) for v in (DEFAULT_VARIANTS if args.variant is None else args.variant)
+    ]
 
     results = []
     for shape in SHAPES:
         records = random_records(shape, args.batch, seed=1)
-        for name in names:
-            entry = measure(name, shape, records, args)
+        for name, options in configurations:
+            entry = measure(name, shape, records, args, options)
             results.append(entry)
+            if options:
+                name = f"{name} ({', '.join(f'{k}={json.dumps(v)}' for k, v in options.items())})"
             if "skipped" in entry:
                 print(f"{shape:>16} {name:>10}: skipped ({entry['skipped']})")
                 continue
@@ -152,7 +176,8 @@ def main() -> None:
         "steps": args.steps,
         "warmup": args.warmup,
         "command": "python benchmarks/bench_encoders.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "variant"))
+        + "".join(f" --variant {v}" for v in (args.variant or [])),
         "results": results,
     }
     write_json_atomic(args.out, report)

@@ -277,7 +277,7 @@ def encoders_section(path: Path, data: dict) -> list[str]:
     shapes = list(dict.fromkeys(r["shape"] for r in data["results"]))
     rows = {}
     for r in data["results"]:
-        rows.setdefault(r["encoder"], {})[r["shape"]] = r
+        rows.setdefault(_encoder_label(r), {})[r["shape"]] = r
     lines = [
         "## Encoder training throughput, side by side",
         "",

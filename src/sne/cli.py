@@ -48,7 +48,7 @@ def zoo_generate(
         "dataset": dataset,
     }
     options = {key: value for key, value in given.items() if value is not None}
-    for key, value in _parse_options(option).items():
+    for key, value in parse_options(option).items():
         if key in options and options[key] != value:
             raise SneError(f"option '{key}' is given twice with different values ({options[key]!r} and {value!r})")
         options[key] = value
@@ -117,7 +117,7 @@ def zoo_info(
         console.print(f"histogram written to [bold]{accuracy_histogram(opened, plot)}[/bold]", highlight=False)
 
 
-def _parse_options(pairs: List[str]) -> dict:
+def parse_options(pairs: List[str]) -> dict:
     """``key=value`` strings -> dict; values are read as JSON when they parse (numbers, booleans)."""
     options = {}
     for pair in pairs:
@@ -151,7 +151,7 @@ def train(
     from sne.train import TrainConfig, fit
 
     config = TrainConfig.for_encoder(
-        encoder, zoo=str(zoo), target=target, encoder_options=_parse_options(option), epochs=epochs,
+        encoder, zoo=str(zoo), target=target, encoder_options=parse_options(option), epochs=epochs,
         batch_size=batch_size, lr=lr, invariance_weight=invariance_weight, seed=seed, device=device,
         num_workers=workers, max_train=max_train, command=_command_line(),
     )
@@ -307,7 +307,7 @@ def _bench_runs(encoders: list[str], seeds: str, epochs: int, runs: Path, result
 
     return BenchRuns(
         encoders=encoders, seeds=_csv(seeds, int), epochs=epochs, runs_dir=runs, results_dir=results, device=device,
-        encoder_options=_parse_options(option), train_options=train_options, command=_command_line(),
+        encoder_options=parse_options(option), train_options=train_options, command=_command_line(),
     )
 
 
