@@ -421,6 +421,13 @@ def render() -> str:
         "(`batch_norm`). The initialisation protocol of the zoo decides how hard the task is (GUIDE",
         "section 4): independent initialisation, what networks in the wild have, is the headline.",
         "",
+        "**Rows with options.** A row labelled `encoder (option=value)` was trained with those encoder",
+        "options given (`-o encoder.option=value`); an unlabelled row uses the encoder's defaults. Two SNE",
+        "options, off by default because the paper's SNE has no such input, give it what its row-as-set",
+        "chunks drop (`sne.encoders.chunking`): `use_source_features`, the features of the neuron each",
+        "weight comes from (the link between layers, which the equivariant encoders read from the weights'",
+        "positions), and `use_input_positions`, which input each first-layer weight reads (an INR's x or y).",
+        "",
     ]
     for path in results:
         data = json.loads(path.read_text())
