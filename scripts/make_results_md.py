@@ -11,6 +11,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from sne.bench.paper import compare_ordering  # noqa: E402
 from sne.bench.results import zoo_identity  # noqa: E402
+from sne.bench.runs import configuration_name  # noqa: E402
 from sne.io_utils import atomic_path  # noqa: E402
 
 
@@ -370,10 +371,10 @@ def transfer_section(path: Path, data: dict) -> list[str]:
                      f"{zoo['splits']['test']} train/val/test, {zoo['excluded']} excluded (diverged); "
                      f"`{zoo['command']}`")
     tests = [z["label"] for z in data["test_zoos"]]
-    by_run = {(e["encoder"], e["train_zoo"]): e for e in data["entries"]}
-    for encoder, table in data["summary"].items():
-        sample = next(e for e in data["entries"] if e["encoder"] == encoder)
-        lines += ["", f"**{encoder}** ({sample['encoder_parameters']:,} parameters; "
+    by_run = {(configuration_name(e), e["train_zoo"]): e for e in data["entries"]}
+    for configuration, table in data["summary"].items():
+        sample = next(e for e in data["entries"] if configuration_name(e) == configuration)
+        lines += ["", f"**{_encoder_label(sample)}** ({sample['encoder_parameters']:,} parameters; "
                   f"{_hardware(sample['hardware'])}). Rows: training zoo; columns: test zoo; mean over seeds "
                   "(± std when more than one).", "",
                   "| trained on | " + " | ".join(tests) + " | average | train time |",
@@ -387,10 +388,10 @@ def transfer_section(path: Path, data: dict) -> list[str]:
                 else:
                     spread = f" ± {_fmt(cell['std'], 2)}" if cell["seeds"] > 1 else ""
                     cells.append(f"{_fmt(cell['mean'])}{spread}")
-            seconds = by_run[(encoder, train_label)]["train_seconds"]
+            seconds = by_run[(configuration, train_label)]["train_seconds"]
             lines.append(f"| {train_label} | " + " | ".join(cells) + f" | **{_fmt(row['average'])}** | "
                          f"{_fmt(seconds / 60)} min |")
-        plots = [e["plots"] for e in data["entries"] if e["encoder"] == encoder and e.get("plots")]
+        plots = [e["plots"] for e in data["entries"] if configuration_name(e) == configuration and e.get("plots")]
         links = [f"[{Path(p[k]).stem}](../{Path(p[k]).relative_to(ROOT) if Path(p[k]).is_absolute() else p[k]})"
                  for p in plots for k in ("scatter", "embedding") if k in p]
         if links:

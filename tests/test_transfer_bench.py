@@ -93,3 +93,15 @@ def test_scoped_encoder_options_reach_only_their_encoder():
     assert options_for_encoder("sne", options) == {"hidden": 64}
     assert options_for_encoder("ng_gnn", options) == {"hidden": 16, "layers": 2}
     assert options_for_encoder("mlp", options) == {"hidden": 16}
+
+
+def test_summary_keeps_an_encoder_with_options_apart_from_its_defaults():
+    entries = [
+        {"encoder": "sne", "train_zoo": "a", "evaluations": {"a": {"kendall_tau": 0.5}}},
+        {"encoder": "sne", "encoder_options_given": {"use_source_features": True}, "train_zoo": "a",
+         "evaluations": {"a": {"kendall_tau": 0.9}}},
+    ]
+    summary = summarize(entries)
+    assert set(summary) == {"sne", "sne_use_source_features-true"}
+    assert summary["sne"]["a"]["average"] == pytest.approx(0.5)
+    assert summary["sne_use_source_features-true"]["a"]["average"] == pytest.approx(0.9)

@@ -65,6 +65,12 @@ def options_tag(options: dict) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "", text)
 
 
+def configuration_name(entry: dict) -> str:
+    """A results row's encoder and options given, as its run directory names them (``sne``,
+    ``sne_use_source_features-true``): the key of per-configuration summaries."""
+    return entry["encoder"] + options_tag(entry.get("encoder_options_given") or {})
+
+
 def options_key(entry: dict) -> str:
     """A results row's encoder options given, as a key (rows written before options were recorded: none)."""
     return json.dumps(entry.get("encoder_options_given") or {}, sort_keys=True)

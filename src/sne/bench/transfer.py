@@ -21,7 +21,7 @@ import numpy as np
 from sne.bench.paper import PAPER_CROSS_ARCH_TAU, PAPER_CROSS_DATASET_TAU
 from sne.errors import SneError
 from sne.bench.results import write_merged, zoo_identity, zoo_label, zoo_summary
-from sne.bench.runs import BenchRuns, options_key, options_tag
+from sne.bench.runs import BenchRuns, configuration_name, options_key
 from sne.plots import scatter_grid, embedding_map
 from sne.train.evaluate import evaluate_run
 from sne.train.run import fit, hardware_description, load_run, resolve_device
@@ -162,11 +162,10 @@ def _same_data(result: dict) -> tuple:
 
 
 def summarize(entries: Sequence[dict]) -> dict:
-    """Per encoder: tau[train][test] averaged over seeds (with std), and each row's mean over test zoos."""
+    """Per configuration (:func:`~sne.bench.runs.configuration_name`): tau[train][test] averaged over seeds (with std), and each row's mean over test zoos."""
     summary: dict = {}
     for entry in entries:
-        name = entry["encoder"] + options_tag(entry.get("encoder_options_given") or {})
-        cell = summary.setdefault(name, {}).setdefault(entry["train_zoo"], {})
+        cell = summary.setdefault(configuration_name(entry), {}).setdefault(entry["train_zoo"], {})
         for test_label, evaluation in entry["evaluations"].items():
             cell.setdefault(test_label, []).append(evaluation.get("kendall_tau"))
     out = {}
