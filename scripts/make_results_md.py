@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def inr_section(path: Path, data: dict) -> list[str]:
     if plots:
         lines += ["", "Predicted vs true on the test split (each plot's caption states zoo, seed, hardware and command): "
                   + ", ".join(f"[{p.stem}](../{p.relative_to(ROOT)})" for p in plots) + "."]
+    lines += _seed_spread_lines(data)
     if data.get("variant"):
         return lines + ["", *VARIANT_NOTES.get(data["variant"], []), *_against_source_lines(data)]
     lines += ["", "The paper's Table 1 (unit unstated; most likely standardised targets, so compare with the "
@@ -83,6 +85,21 @@ VARIANT_NOTES = {
         "",
     ],
 }
+
+
+def _seed_spread_lines(data: dict) -> list[str]:
+    """Mean ± standard deviation of the normalised MSE over seeds, for configurations run with several."""
+    runs: dict[tuple, list[float]] = {}
+    for e in data["entries"]:
+        key = (_encoder_label(e), e["invariance_weight"], e["epochs"])
+        runs.setdefault(key, []).append(e["metrics"]["normalized_mse"])
+    spread = [
+        f"{label} (lambda {_fmt(weight)}, {epochs} epochs) {_fmt(statistics.mean(v))} ± {_fmt(statistics.pstdev(v))} "
+        f"over {len(v)} seeds"
+        for (label, weight, epochs), v in sorted(runs.items(), key=lambda item: statistics.mean(item[1]))
+        if len(v) > 1
+    ]
+    return ["", "Normalised MSE over seeds (population std): " + "; ".join(spread) + "."] if spread else []
 
 
 def _row_key(entry: dict) -> tuple:
