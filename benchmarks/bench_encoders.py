@@ -8,9 +8,10 @@ weights built with ``sne.weights.io.record_from_module``: (a) sine-INR SIRENs 1-
 (b) the small-CNN-zoo architecture (GUIDE section 6). Fixed-architecture encoders are built for
 the shape at hand. An encoder that cannot be built or cannot take a shape is listed with the
 reason. ``--variant NAME:key=value,...`` adds a row for an encoder with options given (default: SNE
-with its optional source-neuron features and input positions, off in its defaults). Encoders with a self-supervised ``pretrain`` stage (hyperrep) also get that stage timed,
-with their default options, on the same batch; their training step then trains only what is not
-frozen. Results go to ``results/bench_encoders.json``.
+with its optional source-neuron features and input positions, off in its defaults). Encoders with
+a self-supervised ``pretrain`` stage (hyperrep) also get that stage timed, with their default
+options, on the same batch; their training step then trains only what is not frozen. Results go
+to ``results/bench_encoders.json``.
 
     python benchmarks/bench_encoders.py --steps 5 --threads 1
 
@@ -25,7 +26,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from sne.bench.environment import cpu_model  # noqa: E402
+from sne.bench.runs import configuration_label
 from sne.cli import parse_options
 from sne.encoders import Encoder, batch_to, build_encoder, encoder_names
 from sne.errors import SneError, one_line
@@ -153,8 +154,7 @@ def main() -> None:
         for name, options in configurations:
             entry = measure(name, shape, records, args, options)
             results.append(entry)
-            if options:
-                name = f"{name} ({', '.join(f'{k}={json.dumps(v)}' for k, v in options.items())})"
+            name = configuration_label(name, options)
             if "skipped" in entry:
                 print(f"{shape:>16} {name:>10}: skipped ({entry['skipped']})")
                 continue

@@ -12,7 +12,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from sne.bench.paper import compare_ordering  # noqa: E402
 from sne.bench.results import zoo_identity  # noqa: E402
-from sne.bench.runs import configuration_name  # noqa: E402
+from sne.bench.runs import configuration_label, configuration_name  # noqa: E402
 from sne.io_utils import atomic_path  # noqa: E402
 
 
@@ -131,9 +131,7 @@ def _against_source_lines(data: dict) -> list[str]:
 
 def _encoder_label(entry: dict) -> str:
     """The encoder's name, with the options given on the command line (none: its defaults)."""
-    options = entry.get("encoder_options_given") or {}
-    given = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(options.items()))
-    return f"{entry['encoder']} ({given})" if given else entry["encoder"]
+    return configuration_label(entry["encoder"], entry.get("encoder_options_given"))
 
 
 def _ordering_lines(data: dict) -> list[str]:

@@ -71,6 +71,12 @@ def configuration_name(entry: dict) -> str:
     return entry["encoder"] + options_tag(entry.get("encoder_options_given") or {})
 
 
+def configuration_label(encoder: str, options: dict | None) -> str:
+    """An encoder with the options given, for people: ``sne (use_source_features=true)``."""
+    given = ", ".join(f"{key}={json.dumps(value)}" for key, value in sorted((options or {}).items()))
+    return f"{encoder} ({given})" if given else encoder
+
+
 def options_key(entry: dict) -> str:
     """A results row's encoder options given, as a key (rows written before options were recorded: none)."""
     return json.dumps(entry.get("encoder_options_given") or {}, sort_keys=True)

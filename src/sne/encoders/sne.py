@@ -30,9 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sne.encoders.base import Architecture, Encoder, LayerValues, register_encoder
-from sne.encoders.chunking import (
-    NUM_CHUNK_TYPES, SOURCE_FEATURES, ChunkBatch, layer_parts, pad_chunk,
-)
+from sne.encoders.chunking import NUM_CHUNK_TYPES, SOURCE_FEATURES, ChunkBatch, layer_parts, pad_chunk
 from sne.encoders.positional import coordinate_encoding, sinusoidal_encoding
 from sne.encoders.set_blocks import PMA, SAB, ResidualFF, masked_mean
 from sne.errors import SneError
