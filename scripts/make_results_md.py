@@ -12,7 +12,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from sne.bench.paper import compare_ordering  # noqa: E402
 from sne.bench.results import zoo_identity  # noqa: E402
-from sne.bench.runs import configuration_label, configuration_name  # noqa: E402
+from sne.bench.runs import configuration_label, configuration_name, options_key  # noqa: E402
 from sne.io_utils import atomic_path  # noqa: E402
 
 
@@ -87,16 +87,22 @@ VARIANT_NOTES = {
 }
 
 
-def _seed_spread_lines(data: dict) -> list[str]:
-    """Mean ± standard deviation of the normalised MSE over seeds, for configurations run with several."""
+def _normalized_mse_over_seeds(data: dict) -> dict[tuple, list[float]]:
+    """Normalised MSE of every seed, per configuration: (encoder, options given, lambda, epochs)."""
     runs: dict[tuple, list[float]] = {}
     for e in data["entries"]:
-        key = (_encoder_label(e), e["invariance_weight"], e["epochs"])
+        key = (e["encoder"], options_key(e), e["invariance_weight"], e["epochs"])
         runs.setdefault(key, []).append(e["metrics"]["normalized_mse"])
+    return runs
+
+
+def _seed_spread_lines(data: dict) -> list[str]:
+    """Mean ± standard deviation of the normalised MSE over seeds, for configurations run with several."""
+    runs = _normalized_mse_over_seeds(data)
     spread = [
-        f"{label} (lambda {_fmt(weight)}, {epochs} epochs) {_fmt(statistics.mean(v))} ± {_fmt(statistics.pstdev(v))} "
-        f"over {len(v)} seeds"
-        for (label, weight, epochs), v in sorted(runs.items(), key=lambda item: statistics.mean(item[1]))
+        f"{configuration_label(encoder, json.loads(options))} (lambda {_fmt(weight)}, {epochs} epochs) "
+        f"{_fmt(statistics.mean(v))} ± {_fmt(statistics.pstdev(v))} over {len(v)} seeds"
+        for (encoder, options, weight, epochs), v in sorted(runs.items(), key=lambda item: statistics.mean(item[1]))
         if len(v) > 1
     ]
     return ["", "Normalised MSE over seeds (population std): " + "; ".join(spread) + "."] if spread else []
@@ -138,13 +144,10 @@ def _ordering_lines(data: dict) -> list[str]:
     """The paper-ordering check: each encoder's normalised MSE (mean over seeds, best lambda) against
     the paper's MSE, over rows with the encoders' default options (the configurations the paper's
     table describes). Averaging seeds first keeps an encoder run with more seeds from a luckier minimum."""
-    by_lambda: dict[tuple[str, float], list[float]] = {}
-    for e in data["entries"]:
-        if not e.get("encoder_options_given"):
-            by_lambda.setdefault((e["encoder"], e["invariance_weight"]), []).append(e["metrics"]["normalized_mse"])
     best: dict[str, float] = {}
-    for (encoder, _), values in by_lambda.items():
-        best[encoder] = min(best.get(encoder, float("inf")), sum(values) / len(values))
+    for (encoder, options, _, _), values in _normalized_mse_over_seeds(data).items():
+        if options == options_key({}):
+            best[encoder] = min(best.get(encoder, float("inf")), statistics.mean(values))
     check = compare_ordering(best, data["paper_mse"])
     if check["kendall_tau"] is None:
         return []

@@ -240,14 +240,14 @@ def pad_chunk(
         sources = source_neuron_features(record) if source_features else [None] * len(record.layers)
         for index, (layer, layer_sources) in enumerate(zip(record.layers, sources)):
             for part in layer_parts(layer, record.source):
+                elements = layer.out_features * part.row_length
                 if input_positions:
                     if index == 0 and part.part == WEIGHT_PART:
                         positions = input_position_features(layer)
                     else:
-                        positions = torch.zeros(layer.out_features * part.row_length, INPUT_POSITION_FEATURES)
+                        positions = torch.zeros(elements, INPUT_POSITION_FEATURES)
                     positions_by_kernel.setdefault(part.kernel, []).append(positions.to(dtype))
                 if source_features:
-                    elements = layer.out_features * part.row_length
                     if part.part == WEIGHT_PART and layer_sources is not None:
                         element_sources = layer_sources.repeat(layer.out_features, 1)
                     else:
