@@ -96,7 +96,7 @@ def test_code_is_invariant_to_hidden_neuron_permutations(name, shapes):
     # the next layer's inputs) changes the code, and so do other networks.
     first = records[0]
     swap = torch.arange(shapes[0][0]).roll(1)
-    broken = first.with_layers([replace(first.layers[0], weight=first.layers[0].weight[swap]), *first.layers[1:]])
+    broken = first.with_layers([first.layers[0].with_tensors(weight=first.layers[0].weight[swap]), *first.layers[1:]])
     assert (encode(encoder, [broken]) - z[:1]).abs().max() > 1e-6
     assert (z[0] - z[1]).abs().max() > 1e-6
 

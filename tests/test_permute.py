@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sne.errors import SneError
-from sne.weights.record import NetworkRecord
+from sne.weights.record import NetworkRecord, make_layer
 from sne.weights import (
     canonicalize_hidden,
     permute_hidden,
@@ -28,7 +28,7 @@ from sne.weights import (
 def assert_equivalent(model: nn.Module, inputs: torch.Tensor, seed: int = 0) -> None:
     """Permute ``model`` through its record and check it computes the same function with new weights."""
     model = model.double().eval()
-    record = record_from_module(model)
+    record = record_from_module(model, inputs.double())
     permuted = random_equivalent_permutation(record, torch.Generator().manual_seed(seed))
     twin = copy.deepcopy(model)
     twin.load_state_dict(permuted.to_state_dict(), strict=True)
@@ -142,7 +142,8 @@ def test_meta_kept():
 
 
 def _chain(*shapes: tuple[int, ...]):
-    return record_from_state_dict({f"l{i}.weight": torch.ones(shape) for i, shape in enumerate(shapes)}, source="net")
+    """Layers taken as a chain whatever their shapes (a bare state_dict would refuse mismatches)."""
+    return NetworkRecord(tuple(make_layer(f"l{i}", i, torch.ones(shape)) for i, shape in enumerate(shapes)), "net")
 
 
 def test_refusals():
@@ -191,7 +192,8 @@ def test_canonical_form_of_a_cnn_keeps_its_function():
         nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.Tanh(),
         nn.Flatten(), nn.Linear(72, 10), nn.ReLU(), nn.Linear(10, 3),
     ).double().eval()  # fmt: skip
-    assert_same_function(model, canonicalize_hidden(record_from_module(model)), torch.randn(4, 1, 9, 9, dtype=torch.float64))
+    inputs = torch.randn(4, 1, 9, 9, dtype=torch.float64)
+    assert_same_function(model, canonicalize_hidden(record_from_module(model, inputs)), inputs)
 
 
 def test_shuffle_incoming_keeps_each_neurons_weights_and_changes_the_function():
@@ -199,7 +201,7 @@ def test_shuffle_incoming_keeps_each_neurons_weights_and_changes_the_function():
     model = nn.Sequential(
         nn.Conv2d(2, 6, 3), nn.ReLU(), nn.Conv2d(6, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 3),
     ).double().eval()  # fmt: skip
-    record = record_from_module(model)
+    record = record_from_module(model, torch.randn(1, 2, 9, 9, dtype=torch.float64))
     shuffled = shuffle_incoming(record, torch.Generator().manual_seed(0))
     again = shuffle_incoming(record, torch.Generator().manual_seed(0))
     for before, after, repeat in zip(record.layers, shuffled.layers, again.layers):

@@ -98,7 +98,7 @@ def randomize_head(encoder) -> None:
 
 def as_record(record: NetworkRecord, values) -> NetworkRecord:
     """``record`` with its parameters replaced by per-parameter outputs (to permute them alike)."""
-    return record.with_layers(replace(layer, weight=v.weight.detach(), bias=None if v.bias is None else v.bias.detach())
+    return record.with_layers(layer.with_tensors(weight=v.weight.detach(), bias=None if v.bias is None else v.bias.detach())
                               for layer, v in zip(record.layers, values))
 
 

@@ -214,23 +214,41 @@ def _print_evaluation(result: dict) -> None:
     out.print(f"results: [bold]{result['path']}[/bold]")
 
 
-def _load_files(files: List[Path]):
+_ARCH_HELP = ("Architecture of the files: FILE.py:FACTORY or package.module:FACTORY, a function returning "
+              "a module or (module, example_input). Without it, a config.json beside a file (Hugging Face) "
+              "or the file's own unambiguous structure is used.")
+
+
+def _load_files(files: List[Path], arch: str | None = None):
+    from sne.weights.arch import arch_from_hf_config, arch_from_spec, is_hf_config
     from sne.weights.io import load_record
 
-    return [load_record(f) for f in files]  # all files are read before anything is printed
+    built = arch_from_spec(arch) if arch else None
+    configs: dict = {}
+    records = []
+    for path in files:  # all files are read before anything is printed
+        chosen = built
+        config = Path(path).parent / "config.json"
+        if chosen is None and config.is_file() and is_hf_config(config):
+            if config not in configs:
+                configs[config] = arch_from_hf_config(config)
+            chosen = configs[config]
+        records.append(load_record(path, chosen))
+    return records
 
 
 @app.command()
 def predict(
     run: Path = typer.Argument(..., help="Run directory made by 'sne train'."),
     files: List[Path] = typer.Argument(..., help="Checkpoint files: safetensors or PyTorch state_dicts."),
+    arch: Optional[str] = typer.Option(None, "--arch", help=_ARCH_HELP),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """Print the predicted target for each checkpoint file, one line per file."""
     from sne.train import load_run
 
     trained = load_run(run, device=device)
-    predictions = trained.predictor.predict(_load_files(files))
+    predictions = trained.predictor.predict(_load_files(files, arch))
     for path, value in zip(files, predictions):
         print(f"{path}\t{trained.target.name}\t{value:.6g}")
 
@@ -240,6 +258,7 @@ def embed(
     run: Path = typer.Argument(..., help="Run directory made by 'sne train'."),
     files: List[Path] = typer.Argument(..., help="Checkpoint files: safetensors or PyTorch state_dicts."),
     out: Path = typer.Option(..., "--out", help="Output .npy file of shape (files, encoding size)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help=_ARCH_HELP),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """Write the encoder's code z for each checkpoint file to a .npy array."""
@@ -249,7 +268,7 @@ def embed(
     from sne.train import load_run
 
     trained = load_run(run, device=device)
-    codes = trained.predictor.embed(_load_files(files))
+    codes = trained.predictor.embed(_load_files(files, arch))
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, codes)
@@ -462,10 +481,10 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
-    except Exception as error:  # click usage errors
-        import click
-
-        if isinstance(error, click.ClickException):
+    except Exception as error:
+        # Usage errors are click's ClickException, which newer typer releases vendor as
+        # typer._click: recognised by what they do, so no click import is needed.
+        if callable(getattr(error, "show", None)) and isinstance(getattr(error, "exit_code", None), int):
             error.show()
             sys.exit(2)
         raise

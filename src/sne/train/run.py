@@ -362,13 +362,16 @@ class TrainedRun:
 
 
 def as_record(network) -> NetworkRecord:
-    """Accept a record, an ``nn.Module``, a state_dict or a checkpoint path."""
+    """Accept a record, an ``nn.Module`` (or a tuple ``(module, example_input)``), a state_dict or a
+    checkpoint path."""
     from sne.weights.io import load_record, record_from_module, record_from_state_dict
 
     if isinstance(network, NetworkRecord):
         return network
     if isinstance(network, torch.nn.Module):
         return record_from_module(network)
+    if isinstance(network, tuple) and len(network) == 2 and isinstance(network[0], torch.nn.Module):
+        return record_from_module(*network)
     if isinstance(network, dict):
         return record_from_state_dict(network)
     if isinstance(network, (str, Path)):

@@ -18,45 +18,8 @@ from torch import nn
 
 from sne.errors import SneError, one_line
 from sne.io_utils import atomic_path
-from sne.weights.record import Layer, NetworkRecord, make_layer
-
-#: Modules that become layers of a record.
-LAYER_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-#: Activation modules and the names records use for them (``Sine`` is matched by class name).
-ACTIVATION_NAMES: dict[type[nn.Module], str] = {
-    nn.ReLU: "relu",
-    nn.Tanh: "tanh",
-    nn.Sigmoid: "sigmoid",
-    nn.GELU: "gelu",
-    nn.SiLU: "silu",
-    nn.LeakyReLU: "leaky_relu",
-    nn.ELU: "elu",
-}
-
-# Parameter-free modules that may sit between a layer and its activation without hiding it.
-_PASS_THROUGH = (
-    nn.Identity,
-    nn.Flatten,
-    nn.Unflatten,
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.AlphaDropout,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.MaxPool3d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d,
-)
+from sne.weights.record import Layer, NetworkRecord, check_tensors, make_layer
+from sne.weights.trace import record_from_module
 
 # Buffers that mark a normalisation layer (BatchNorm and friends) in a state_dict.
 _NORM_BUFFERS = {"running_mean", "running_var", "num_batches_tracked"}
@@ -73,10 +36,13 @@ def record_from_state_dict(
     source: str = "<state_dict>",
     activations: Sequence[str | None] | None = None,
 ) -> NetworkRecord:
-    """Group ``<prefix>.weight`` / ``<prefix>.bias`` entries, in order of first appearance, into layers.
-
-    The layer name is the prefix and its level the group's position. Activations are unknown
-    (``None``) unless ``activations`` gives one per layer. The record shares the given tensors.
+    """Read a bare state_dict, where its structure is unambiguous: a chain of linear and convolution
+    layers (``<prefix>.weight`` / ``<prefix>.bias``, in order of first appearance) with batch norms
+    (``running_mean``/``running_var``) between them, each layer taking the previous one's outputs
+    (a linear layer may take a flattened feature map). Anything else (an embedding, a grouped or
+    depthwise convolution, attention, a free parameter) cannot be told from names and shapes alone:
+    :class:`SneError` names the key and asks for the architecture. Activations are unknown (``None``)
+    unless ``activations`` gives one per layer. The record shares the given tensors.
     """
     groups: dict[str, dict[str, Any]] = {}
     for key, value in state.items():
@@ -86,17 +52,24 @@ def record_from_state_dict(
             raise SneError(f"{source}: entry '{key}' is a {type(value).__name__}, not a tensor")
         prefix, dot, suffix = key.rpartition(".")
         if not dot:
-            raise SneError(f"{source}: key '{key}' has no layer name (expected '<layer>.weight' or '<layer>.bias')")
+            raise SneError(f"{source}: cannot tell what '{key}' is without the architecture "
+                           f"(a free parameter?); pass --arch FILE.py:FACTORY")
         groups.setdefault(prefix, {})[suffix] = value
 
     if activations is not None and len(activations) != len(groups):
         raise SneError(f"{source}: {len(activations)} activations given for {len(groups)} layers")
 
-    layers = []
+    layers: list[Layer] = []
     for level, (name, parts) in enumerate(groups.items()):
-        _check_layer_entries(name, parts, source)
         activation = None if activations is None else activations[level]
-        layers.append(make_layer(name, level, parts["weight"], parts.get("bias"), activation, source=source))
+        if _NORM_BUFFERS.intersection(parts):
+            layer = _batch_norm(name, level, parts, activation, source)
+        else:
+            _check_layer_entries(name, parts, source)
+            layer = make_layer(name, level, parts["weight"], parts.get("bias"), activation, source=source)
+        if layers:
+            _check_follows(layers[-1], layer, source)
+        layers.append(layer)
     return NetworkRecord(tuple(layers), source=source)
 
 
@@ -104,112 +77,63 @@ def _check_layer_entries(name: str, parts: dict[str, torch.Tensor], source: str)
     """Refuse groups that are not a linear or convolutional layer, naming the offending key."""
     extra = [suffix for suffix in parts if suffix not in ("weight", "bias")]
     if extra:
-        if _NORM_BUFFERS.intersection(extra):
-            raise SneError(
-                f"{source}: unknown layer type for '{name}' (BatchNorm-like: has buffer '{name}.{extra[0]}')"
-            )
         raise SneError(
             f"{source}: unknown layer type for '{name}': unexpected key '{name}.{extra[0]}' "
-            f"(expected only '{name}.weight' and '{name}.bias')"
+            f"(expected only '{name}.weight' and '{name}.bias'); pass --arch FILE.py:FACTORY"
         )
     if "weight" not in parts:
         raise SneError(f"{source}: '{name}.bias' has no matching '{name}.weight'")
     weight = parts["weight"]
     if weight.dim() == 1:
         raise SneError(
-            f"{source}: unknown layer type for '{name}' (BatchNorm-like 1-D weight of shape "
-            f"{tuple(weight.shape)}; only linear and convolution layers are supported)"
+            f"{source}: unknown layer type for '{name}' (a normalisation? 1-D weight of shape "
+            f"{tuple(weight.shape)} without running statistics); pass --arch FILE.py:FACTORY"
         )
 
 
-def record_from_module(module: nn.Module, source: str | None = None) -> NetworkRecord:
-    """Record the Linear and Conv1d/2d/3d layers of ``module`` in registration order.
-
-    A layer's activation is the first activation module run after it and before the next layer, as
-    far as ``nn.Sequential`` containers make that order certain (pooling, flatten and dropout in
-    between are skipped); ``"identity"`` when the next layer or the network's output follows
-    directly, ``None`` when the order is unknown. Weights are copied, so the record does not change
-    when the module is trained further.
-    """
-    source = source or f"<{type(module).__name__}>"
-    if isinstance(module, LAYER_MODULES):
-        # Its parameters would be saved as bare 'weight'/'bias', which records cannot name.
-        raise SneError(f"{source}: a lone {type(module).__name__} is not a network; wrap it in nn.Sequential")
-    layers: list[Layer] = []
-    for name, sub in module.named_modules():
-        own = [n for n, _ in sub.named_parameters(recurse=False)] + [n for n, _ in sub.named_buffers(recurse=False)]
-        label = f"'{name}' ({type(sub).__name__})" if name else f"{type(sub).__name__}"
-        if isinstance(sub, LAYER_MODULES):
-            _check_layer_module(sub, label, own, source)
-            bias = None if sub.bias is None else sub.bias.detach().clone()
-            activation = _activation_after(module, name)
-            layers.append(make_layer(name, len(layers), sub.weight.detach().clone(), bias, activation, source=source))
-        elif own:
-            raise SneError(
-                f"{source}: unsupported module {label} with its own parameters or buffers "
-                f"(only Linear and Conv1d/2d/3d layers can be recorded)"
-            )
-    return NetworkRecord(tuple(layers), source=source)
+def _batch_norm(name: str, level: int, parts: dict[str, torch.Tensor], activation, source: str) -> Layer:
+    """A batch norm read from its state_dict entries (running statistics mark it unambiguously)."""
+    allowed = {"weight", "bias", *_NORM_BUFFERS}
+    extra = sorted(set(parts) - allowed)
+    if extra or not {"running_mean", "running_var"} <= set(parts):
+        key = f"{name}.{extra[0]}" if extra else f"{name}.running_var"
+        raise SneError(f"{source}: unknown layer type for '{name}' (unexpected or missing '{key}'); "
+                       f"pass --arch FILE.py:FACTORY")
+    channels = parts["running_mean"].shape
+    for local, tensor in parts.items():
+        if local != "num_batches_tracked" and (tensor.dim() != 1 or tensor.shape != channels):
+            raise SneError(f"{source}: batch norm '{name}' has '{name}.{local}' of shape {tuple(tensor.shape)}, "
+                           f"expected {tuple(channels)}")
+    order = [k for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked") if k in parts]
+    tensors = check_tensors(name, {k: parts[k] for k in order}, source)
+    return Layer(name, "batch_norm", level, tensors, activation)
 
 
-def _check_layer_module(sub: nn.Module, label: str, own: list[str], source: str) -> None:
-    if isinstance(sub.weight, nn.parameter.UninitializedParameter):
-        raise SneError(f"{source}: lazy module {label} is not initialised yet (run one forward pass first)")
-    if getattr(sub, "groups", 1) != 1:
-        raise SneError(f"{source}: grouped convolution {label} (groups={sub.groups}) is not supported")
-    extra = sorted(set(own) - {"weight", "bias"})
-    if extra:
-        raise SneError(
-            f"{source}: module {label} has parameters or buffers besides weight and bias: {', '.join(extra)}"
-        )
-
-
-def _activation_after(root: nn.Module, name: str) -> str | None:
-    following, reaches_output = _modules_after(root, name)
-    for sub in following:
-        if type(sub).__name__ == "Sine":
-            return "sine"
-        for cls, activation in ACTIVATION_NAMES.items():
-            if isinstance(sub, cls):
-                return activation
-        if isinstance(sub, LAYER_MODULES):
-            return "identity"
-        if not isinstance(sub, _PASS_THROUGH):
-            return None  # an unknown module: what it computes cannot be told
-    return "identity" if reaches_output else None
-
-
-def _modules_after(root: nn.Module, name: str) -> tuple[list[nn.Module], bool]:
-    """The modules run after ``name``, as far as enclosing ``nn.Sequential`` containers make it certain.
-
-    The flag says whether that list runs up to the network's output (every ancestor is a Sequential).
-    """
-    following: list[nn.Module] = []
-    path = name.split(".")
-    while path:
-        child = path.pop()
-        parent = root.get_submodule(".".join(path))
-        if not isinstance(parent, nn.Sequential):
-            return following, False
-        names = [n for n, _ in parent.named_children()]
-        for sibling in list(parent.children())[names.index(child) + 1 :]:
-            following.extend(_leaves(sibling))
-    return following, True
-
-
-def _leaves(module: nn.Module) -> list[nn.Module]:
-    if isinstance(module, nn.Sequential):
-        return [leaf for child in module.children() for leaf in _leaves(child)]
-    return [module]
+def _check_follows(previous: Layer, layer: Layer, source: str) -> None:
+    """Refuse a layer whose inputs are not the previous layer's outputs: the file alone cannot say
+    what it is (a grouped or depthwise convolution, an embedding, a branch)."""
+    channels, inputs = previous.out_features, layer.in_features
+    if inputs == channels:
+        return
+    if layer.kind == "linear" and previous.kind not in ("linear", "batch_norm") and inputs % channels == 0:
+        return  # a flattened feature map
+    if layer.kind == "linear" and previous.kind == "batch_norm" and inputs % channels == 0:
+        return
+    guess = ("a grouped or depthwise convolution" if layer.kind.startswith("conv") else
+             "an embedding, or a layer on another branch")
+    raise SneError(
+        f"{source}: ambiguous without the architecture: '{layer.key(layer.weight_name)}' of shape "
+        f"{tuple(layer.weight.shape)} takes {inputs} inputs after '{previous.name}' with {channels} outputs "
+        f"({guess}?); pass --arch FILE.py:FACTORY"
+    )
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state_dict from ``.safetensors``, or from a PyTorch file (.pt/.pth/.bin/.ckpt) unpickled safely.
 
     A training checkpoint whose ``state_dict`` or ``model_state_dict`` entry holds the state_dict is
-    accepted too. Raises :class:`SneError` naming the file for anything else. safetensors files keep
-    no key order: the order :func:`save_state_dict_file` recorded is restored, and keys of other
-    safetensors files come in natural order (``layers.2`` before ``layers.10``).
+    accepted too. Raises :class:`SneError` naming the file for anything else. A safetensors file
+    keeps the order :func:`save_state_dict_file` recorded, or else the order of its own header.
     """
     path = Path(path)
     if not path.is_file():
@@ -240,20 +164,31 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    keys = _safetensors_header_keys(path)
     with safe_open(path, framework="pt", device="cpu") as file:
-        keys = list(file.keys())
         try:
             order = json.loads((file.metadata() or {}).get(_KEY_ORDER, "null"))
         except json.JSONDecodeError:
             order = None
         if not (isinstance(order, list) and all(isinstance(k, str) for k in order) and sorted(order) == sorted(keys)):
-            order = sorted(keys, key=_natural_key)
+            order = keys
         return {key: file.get_tensor(key) for key in order}
 
 
-def _natural_key(key: str) -> list[str | int]:
-    # re.split with a group alternates text and digit runs: odd positions are numbers.
-    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", key))]
+def _safetensors_header_keys(path: Path) -> list[str]:
+    """Tensor names in the order of the file's own header (``safe_open`` would sort them)."""
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        prefix = file.read(8)
+        if len(prefix) < 8:
+            raise ValueError("file shorter than its 8-byte header length")
+        length = int.from_bytes(prefix, "little")
+        if length > size - 8:
+            raise ValueError(f"header of {length} bytes claimed in a file of {size} bytes")
+        header = json.loads(file.read(length))
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    return [key for key in header if key != "__metadata__"]
 
 
 def _as_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -280,9 +215,14 @@ def _unpickler_reason(exc: Exception) -> str:
     return match.group(1).strip() if match else type(exc).__name__
 
 
-def load_record(path: str | os.PathLike) -> NetworkRecord:
-    """The record of the state_dict in ``path``; its source is the path as given."""
-    return record_from_state_dict(load_state_dict_file(path), source=str(path))
+def load_record(path: str | os.PathLike, arch: "Arch | None" = None) -> NetworkRecord:
+    """The record of the state_dict in ``path``; its source is the path as given. With ``arch`` (see
+    :class:`sne.weights.arch.Arch`) any architecture is read; without it, only a bare state_dict whose
+    structure is unambiguous (:func:`record_from_state_dict`)."""
+    state = load_state_dict_file(path)
+    if arch is None:
+        return record_from_state_dict(state, source=str(path))
+    return arch.record(state, source=str(path))
 
 
 def save_state_dict_file(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:

@@ -1,9 +1,11 @@
-"""Functionally-equivalent permutations of hidden neurons and channels of a chain of layers.
+"""Functionally-equivalent permutations of a network's neurons.
 
-Permuting the outputs of layer i (rows of its weight and bias) and, identically, the inputs of
-layer i+1 leaves the network's function unchanged, because activations, pooling and flattening act
-on each neuron or channel alike. Records carry no computation graph, so the layers are taken to form
-a plain chain; records with skip connections are refused.
+A record's symmetries are :class:`~sne.weights.record.PermutationGroup` s: sets of tensor axes
+that one permutation reorders together. A traced module brings its own (hidden channels with their
+normalisation statistics, residual streams, attention heads, ...; :mod:`sne.weights.trace`). A plain
+chain of dense layers needs none: permuting the outputs of layer i (rows of its weight and bias) and,
+identically, the inputs of layer i+1 leaves its function unchanged, because activations, pooling
+and flattening act on each neuron or channel alike.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import replace
 import torch
 
 from sne.errors import SneError
-from sne.weights.record import Layer, NetworkRecord
+from sne.weights.record import Layer, Member, NetworkRecord, PermutationGroup
 
 
 def input_blocks(layer: Layer, following: Layer, source: str) -> int:
@@ -38,20 +40,54 @@ def _check_chain(record: NetworkRecord) -> list[int]:
         raise SneError(
             f"{record.source}: cannot permute a network with skip connections (into layer '{skipping[0]}')"
         )
+    if not record.is_chain:
+        odd = next(l for l in record.layers if l.kind not in ("linear", "conv1d", "conv2d", "conv3d")
+                   or l.attrs.get("groups", 1) != 1 or l.inputs is not None)
+        raise SneError(f"{record.source}: not a plain chain of dense layers (layer '{odd.name}', {odd.kind})")
     return [input_blocks(a, b, record.source) for a, b in zip(record.layers, record.layers[1:])]
 
 
+def chain_groups(record: NetworkRecord) -> tuple[PermutationGroup, ...]:
+    """The symmetries of a plain chain: each hidden layer's outputs, with the batch norms after it
+    (a bare state_dict's) and the next layer's inputs."""
+    norms = [i for i, l in enumerate(record.layers) if l.kind == "batch_norm"]
+    if not norms:
+        blocks = _check_chain(record)
+        dense = list(range(len(record.layers)))
+    else:
+        dense = [i for i, l in enumerate(record.layers) if l.kind != "batch_norm"]
+        if norms[0] == 0 or norms[-1] == len(record.layers) - 1:
+            raise SneError(f"{record.source}: a batch norm at either end of a chain cannot be permuted")
+        blocks = _check_chain(record.with_layers(record.layers[i] for i in dense))
+    groups = []
+    for position, (i, block) in enumerate(zip(dense, blocks)):
+        layer, following = record.layers[i], dense[position + 1]
+        members = [Member(i, layer.weight_name, 0)]
+        if layer.bias is not None:
+            members.append(Member(i, "bias", 0))
+        for norm in range(i + 1, following):
+            members += [Member(norm, name, 0) for name, t in record.layers[norm].tensors.items() if t.dim() == 1]
+        members.append(Member(following, record.layers[following].weight_name, 1, 0, block))
+        groups.append(PermutationGroup(layer.out_features, tuple(members), f"outputs of '{layer.name}'"))
+    return tuple(groups)
+
+
+def symmetry_groups(record: NetworkRecord) -> tuple[PermutationGroup, ...]:
+    """The neuron permutations that leave ``record``'s function unchanged: those its source recorded
+    (a traced module's), else those of a plain chain; :class:`SneError` if neither is known."""
+    return record.symmetries if record.symmetries is not None else chain_groups(record)
+
+
 def supports_permutation(record: NetworkRecord) -> bool:
-    """Whether :func:`permute_hidden` can permute this record (a plain chain of fitting layers)."""
+    """Whether the symmetries of ``record`` are known (a traced module, or a plain chain of fitting layers)."""
     try:
-        _check_chain(record)
+        symmetry_groups(record)
     except SneError:
         return False
     return True
 
 
-def _check_perm(perm: torch.Tensor, layer: Layer, source: str) -> torch.Tensor:
-    size = layer.out_features
+def _check_perm(perm: torch.Tensor, size: int, what: str, source: str) -> torch.Tensor:
     if (
         not isinstance(perm, torch.Tensor)
         or perm.dim() != 1
@@ -59,19 +95,41 @@ def _check_perm(perm: torch.Tensor, layer: Layer, source: str) -> torch.Tensor:
         or perm.numel() != size
         or not torch.equal(perm.sort().values.cpu(), torch.arange(size))
     ):
-        raise SneError(f"{source}: the permutation for layer '{layer.name}' is not a permutation of {size} indices")
-    return perm.to(device=layer.weight.device, dtype=torch.long)
+        raise SneError(f"{source}: the permutation for {what} is not a permutation of {size} indices")
+    return perm.to(dtype=torch.long)
+
+
+def apply_permutations(
+    record: NetworkRecord, groups: Sequence[PermutationGroup], perms: Sequence[torch.Tensor | None]
+) -> NetworkRecord:
+    """Reorder every member of ``groups[g]`` by ``perms[g]`` (``None``: leave it): new neuron r is old
+    neuron ``perms[g][r]``. Returns a new record with the same source, activations, flow and meta."""
+    if len(perms) != len(groups):
+        raise SneError(f"{record.source}: {len(perms)} permutations given for {len(groups)} groups")
+    tensors = [dict(layer.tensors) for layer in record.layers]
+    for group, perm in zip(groups, perms):
+        if perm is None:
+            continue
+        perm = _check_perm(perm, group.size, group.name or "a group", record.source)
+        for member in group.members:
+            tensor = tensors[member.layer][member.tensor]
+            length = tensor.shape[member.axis]
+            moved = (perm.unsqueeze(1) * member.inner + torch.arange(member.inner)).reshape(-1) + member.offset
+            index = torch.arange(length)
+            index[member.offset : member.offset + group.size * member.inner] = moved
+            tensors[member.layer][member.tensor] = tensor.index_select(member.axis, index.to(tensor.device))
+    return record.with_layers(replace(layer, tensors=t) for layer, t in zip(record.layers, tensors))
 
 
 def permute_hidden(record: NetworkRecord, perms: Sequence[torch.Tensor | None]) -> NetworkRecord:
-    """Reorder the outputs of layer i by ``perms[i]`` (``None`` leaves them) and the next layer's inputs alike.
+    """Reorder the outputs of layer i of a plain chain by ``perms[i]`` (``None`` leaves them) and the
+    next layer's inputs alike.
 
     New neuron r of layer i is old neuron ``perms[i][r]``. ``perms`` has one entry per layer, or
     one per hidden layer; the last layer's outputs are the network's and are never permuted.
-    Returns a new record with the same source, activations and meta.
     """
     layers = record.layers
-    blocks = _check_chain(record)
+    groups = chain_groups(record)
     if len(perms) not in (len(layers), len(layers) - 1):
         raise SneError(
             f"{record.source}: {len(perms)} permutations given for {len(layers)} layers "
@@ -79,32 +137,24 @@ def permute_hidden(record: NetworkRecord, perms: Sequence[torch.Tensor | None]) 
         )
     if len(perms) == len(layers) and perms[-1] is not None:
         raise SneError(f"{record.source}: the outputs of the last layer '{layers[-1].name}' cannot be permuted")
-
-    weights = [layer.weight for layer in layers]
-    biases = [layer.bias for layer in layers]
-    for i, perm in enumerate(perms[: len(layers) - 1]):
-        if perm is None:
-            continue
-        perm = _check_perm(perm, layers[i], record.source)
-        weights[i] = weights[i].index_select(0, perm)
-        if biases[i] is not None:
-            biases[i] = biases[i].index_select(0, perm)
-        k = blocks[i]
-        inputs = perm if k == 1 else (perm.unsqueeze(1) * k + torch.arange(k, device=perm.device)).reshape(-1)
-        weights[i + 1] = weights[i + 1].index_select(1, inputs)
-    return record.with_layers(replace(layer, weight=w, bias=b) for layer, w, b in zip(layers, weights, biases))
+    for i, perm in enumerate(perms[: len(groups)]):
+        if perm is not None:
+            _check_perm(perm, groups[i].size, f"layer '{layers[i].name}'", record.source)
+    return apply_permutations(record, groups, list(perms[: len(groups)]))
 
 
 def random_permutations(record: NetworkRecord, generator: torch.Generator) -> list[torch.Tensor | None]:
-    """A uniformly random permutation for every hidden layer, and ``None`` for the last layer."""
-    _check_chain(record)
-    hidden = [torch.randperm(layer.out_features, generator=generator) for layer in record.layers[:-1]]
+    """A uniformly random permutation for every hidden layer of a plain chain, and ``None`` for the last."""
+    hidden = [torch.randperm(group.size, generator=generator) for group in chain_groups(record)]
     return [*hidden, None]
 
 
 def random_equivalent_permutation(record: NetworkRecord, generator: torch.Generator) -> NetworkRecord:
-    """A functionally-equivalent copy of ``record`` with every hidden layer randomly permuted."""
-    return permute_hidden(record, random_permutations(record, generator))
+    """A functionally-equivalent copy of ``record``: every symmetry group (:func:`symmetry_groups`:
+    hidden units and channels, residual streams, attention heads and the dimensions within them, ...)
+    gets a uniformly random permutation."""
+    groups = symmetry_groups(record)
+    return apply_permutations(record, groups, [torch.randperm(g.size, generator=generator) for g in groups])
 
 
 def canonical_permutations(record: NetworkRecord) -> list[torch.Tensor | None]:
@@ -140,10 +190,11 @@ def shuffle_incoming(record: NetworkRecord, generator: torch.Generator) -> Netwo
     weight comes from, the cross-layer alignment that equivariant encoders read and that a
     row-as-set encoding (SNE's chunks) never sees. Used to measure what that alignment is worth.
     """
+    _check_chain(record)
     layers = []
     for layer in record.layers:
         rows, inputs = layer.weight.shape[0], layer.weight.shape[1]
         order = torch.rand(rows, inputs, generator=generator).argsort(dim=1).to(layer.weight.device)
         index = order.reshape(rows, inputs, *([1] * (layer.weight.dim() - 2))).expand_as(layer.weight)
-        layers.append(replace(layer, weight=layer.weight.gather(1, index)))
+        layers.append(layer.with_tensors(weight=layer.weight.gather(1, index)))
     return record.with_layers(layers)

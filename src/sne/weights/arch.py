@@ -1,0 +1,128 @@
+"""Architectures given by the user: a factory in a file or package, or a Hugging Face config.json.
+
+``--arch FILE.py:FACTORY`` or ``--arch package.module:FACTORY`` names a function that returns a
+module, or a tuple ``(module, example_input)``. The module is traced once
+(:func:`sne.weights.trace.record_from_module`); every checkpoint read with it is checked against
+that trace (same keys, same shapes) and takes its structure, flow and symmetries.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from sne.errors import SneError, one_line
+from sne.weights.record import NetworkRecord, check_tensors
+from sne.weights.trace import record_from_module
+
+
+class Arch:
+    """A traced architecture: turns state_dicts of that architecture into records."""
+
+    def __init__(self, module: nn.Module, example_input: Any = None, name: str = "") -> None:
+        self.name = name or type(module).__name__
+        self.template = record_from_module(module, example_input, source=self.name)
+        self.keys = self.template.to_state_dict()
+
+    def record(self, state: Mapping[str, torch.Tensor], source: str) -> NetworkRecord:
+        """The record of ``state`` (a state_dict of this architecture); :class:`SneError` naming the
+        first key that is missing, unexpected or of another shape."""
+        missing = [k for k in self.keys if k not in state]
+        unexpected = [k for k in state if k not in self.keys]
+        if missing or unexpected:
+            which = f"missing key '{missing[0]}'" if missing else f"unexpected key '{unexpected[0]}'"
+            raise SneError(f"{source}: does not fit architecture {self.name} ({which}; "
+                           f"{len(missing)} missing, {len(unexpected)} unexpected)")
+        layers = []
+        for layer in self.template.layers:
+            tensors = {}
+            for local, expected in layer.tensors.items():
+                key = layer.key(local)
+                value = state[key]
+                if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(expected.shape):
+                    shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                    raise SneError(f"{source}: '{key}' has shape {shape}, architecture {self.name} "
+                                   f"expects {tuple(expected.shape)}")
+                tensors[local] = value.to(expected.dtype)
+            layers.append(replace(layer, tensors=check_tensors(layer.name, tensors, source)))
+        return NetworkRecord(tuple(layers), source=source, symmetries=self.template.symmetries)
+
+
+def load_factory(spec: str) -> Callable[[], Any]:
+    """The function named by ``FILE.py:FACTORY`` or ``package.module:FACTORY``."""
+    target, colon, name = spec.rpartition(":")
+    if not colon or not target or not name.isidentifier():
+        raise SneError(f"--arch {spec}: expected FILE.py:FACTORY or package.module:FACTORY")
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise SneError(f"--arch {spec}: no such file {path}")
+        module_name = f"sne_arch_{abs(hash(str(path.resolve())))}"
+        loader = importlib.util.spec_from_file_location(module_name, path)
+        if loader is None or loader.loader is None:
+            raise SneError(f"--arch {spec}: cannot import {path}")
+        module = importlib.util.module_from_spec(loader)
+        sys.modules[module_name] = module
+        try:
+            loader.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(module_name, None)
+            raise SneError(f"--arch {spec}: importing {path} failed ({one_line(exc)})") from None
+    else:
+        try:
+            module = importlib.import_module(target)
+        except Exception as exc:
+            raise SneError(f"--arch {spec}: cannot import {target} ({one_line(exc)})") from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise SneError(f"--arch {spec}: {target} has no function {name}")
+    return factory
+
+
+def arch_from_spec(spec: str) -> Arch:
+    """Build and trace the architecture named by an ``--arch`` value."""
+    factory = load_factory(spec)
+    try:
+        built = factory()
+    except SneError:
+        raise
+    except Exception as exc:
+        raise SneError(f"--arch {spec}: the factory failed ({one_line(exc)})") from None
+    module, example = (built if isinstance(built, tuple) and len(built) == 2 else (built, None))
+    if not isinstance(module, nn.Module):
+        raise SneError(f"--arch {spec}: the factory returned a {type(module).__name__}, not an nn.Module "
+                       f"(or a tuple (module, example_input))")
+    return Arch(module, example, name=spec)
+
+
+def arch_from_hf_config(path: str | Path) -> Arch:
+    """The architecture a Hugging Face ``config.json`` describes, built offline with ``transformers``
+    (optional extra: ``pip install sne[hf]``); traced on a short sequence of token ids."""
+    path = Path(path)
+    try:
+        from transformers import AutoConfig, AutoModel  # noqa: PLC0415 - optional extra
+    except ImportError:
+        raise SneError(f"{path}: reading a Hugging Face config needs the optional extra: pip install 'sne[hf]'") from None
+    try:
+        config = AutoConfig.from_pretrained(str(path.parent), local_files_only=True)
+        model = AutoModel.from_config(config)
+    except Exception as exc:
+        raise SneError(f"{path}: not a Hugging Face config transformers can build ({one_line(exc)})") from None
+    vocab = int(getattr(config, "vocab_size", 2) or 2)
+    example = torch.randint(0, vocab, (1, 8))
+    return Arch(model.eval(), example, name=str(path))
+
+
+def is_hf_config(path: Path) -> bool:
+    try:
+        return "model_type" in json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False

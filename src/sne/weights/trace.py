@@ -1,0 +1,1233 @@
+"""Read any ``nn.Module`` into a record: its parameterised operations, data flow and symmetries.
+
+The module is traced once with ``torch.export`` (an ATen graph with every tensor's shape; it reads
+control flow that ``torch.fx`` symbolic tracing cannot, such as ``nn.TransformerEncoder``), on the
+caller's example input or on one guessed from the first layer. One pass over the graph then follows,
+for every tensor, which of its axes carry permutable neurons (*layouts*): a linear or convolution
+creates a group of neurons (its outputs); activations, pooling and normalisation keep it; a residual
+addition merges the groups it adds (one residual stream); a concatenation places groups side by
+side; flattening a feature map turns each channel into a block of inputs; slicing cuts a group into
+independent parts; a reduction over an axis forgets it. Each parameter a group reaches becomes a
+:class:`~sne.weights.record.Member` of it. Anything the pass does not understand *fixes* the groups
+it touches (they are never permuted), so the symmetries it reports are always exact, if sometimes
+fewer than the network has. ``nn.MultiheadAttention`` is read whole: heads, queries with keys,
+values with the output projection.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, NamedTuple
+
+import torch
+from torch import nn
+
+from sne.errors import SneError, one_line
+from sne.weights.record import (
+    InputSlice,
+    Layer,
+    Member,
+    NetworkRecord,
+    PermutationGroup,
+    check_tensors,
+)
+
+# --- modules -> operations -------------------------------------------------------------------------
+
+_CONV = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d"}
+_CONV_T = {nn.ConvTranspose1d: "conv_transpose1d", nn.ConvTranspose2d: "conv_transpose2d",
+           nn.ConvTranspose3d: "conv_transpose3d"}
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+_RECURRENT = (nn.RNNBase, nn.RNNCellBase)
+
+
+def _module_kind(module: nn.Module) -> tuple[str, dict[str, Any]] | None:
+    """(kind, attrs) of a module the record reads whole, or ``None`` for any other module."""
+    for classes, kind in ((_CONV, None), (_CONV_T, None)):
+        for cls, name in classes.items():
+            if isinstance(module, cls):
+                attrs = {k: getattr(module, k) for k in ("stride", "padding", "dilation", "groups")}
+                return name, {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}
+    if isinstance(module, nn.Linear):
+        return "linear", {}
+    if isinstance(module, nn.Embedding):
+        return "embedding", {"padding_idx": module.padding_idx}
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return "batch_norm", {"eps": module.eps}
+    if isinstance(module, nn.modules.instancenorm._InstanceNorm):
+        return "group_norm", {"num_groups": module.num_features, "eps": module.eps}
+    if isinstance(module, nn.GroupNorm):
+        return "group_norm", {"num_groups": module.num_groups, "eps": module.eps}
+    if isinstance(module, nn.LayerNorm) or type(module).__name__ == "RMSNorm":
+        return "layer_norm", {"normalized_shape": list(module.normalized_shape), "rms": not isinstance(module, nn.LayerNorm)}
+    if isinstance(module, nn.MultiheadAttention):
+        return "attention", {"embed_dim": module.embed_dim, "num_heads": module.num_heads,
+                             "batch_first": module.batch_first}
+    return None
+
+
+class _OpSpec(NamedTuple):
+    name: str
+    kind: str
+    attrs: dict
+
+
+def _operation_specs(module: nn.Module, source: str) -> dict[str, _OpSpec]:
+    """Every module that owns state_dict entries, as an operation spec keyed by module path."""
+    specs: dict[str, _OpSpec] = {}
+    inside: list[str] = []  # paths of modules read whole (attention owns its out_proj)
+    for path, sub in module.named_modules(remove_duplicate=False):
+        if any(path.startswith(p + ".") for p in inside):
+            continue
+        label = f"'{path}' ({type(sub).__name__})" if path else type(sub).__name__
+        if isinstance(sub, _RECURRENT):
+            raise SneError(f"{source}: recurrent layer {label} is not supported (records read feed-forward "
+                           f"networks: linear, convolution, normalisation, attention, embedding)")
+        own = [n for n, _ in sub.named_parameters(recurse=False)]
+        own += [n for n, _ in sub.named_buffers(recurse=False) if n not in sub._non_persistent_buffers_set]
+        for name, parameter in sub.named_parameters(recurse=False):
+            if isinstance(parameter, nn.parameter.UninitializedParameter):
+                raise SneError(f"{source}: lazy module {label} is not initialised yet (run one forward pass first)")
+        known = _module_kind(sub)
+        if known is not None:
+            specs[path] = _OpSpec(path, *known)
+            if known[0] == "attention":
+                inside.append(path)
+        elif own:
+            if type(sub).__module__.startswith("torch.nn"):
+                raise SneError(f"{source}: unsupported module {label} with its own parameters or buffers "
+                               f"({', '.join(own)}); see README, 'Bring your own network'")
+            params = [n for n, _ in sub.named_parameters(recurse=False)]
+            specs[path] = _OpSpec(path, "parameter" if params else "buffer", {})
+    return specs
+
+
+def _owner(key: str, specs: dict[str, _OpSpec]) -> tuple[str, str]:
+    """(module path, local name) of a state_dict key: the longest path prefix that is an operation."""
+    parts = key.split(".")
+    for cut in range(len(parts) - 1, -1, -1):
+        path = ".".join(parts[:cut])
+        if path in specs:
+            return path, ".".join(parts[cut:])
+    raise SneError(f"state_dict key '{key}' belongs to no module the record can read")
+
+
+# --- example inputs --------------------------------------------------------------------------------
+
+_GUESSED_SIDES = (32, 28, 16, 64, 8, 224, 96, 128)
+
+
+def guess_example_input(module: nn.Module, source: str) -> torch.Tensor:
+    """An input the module runs on, from its first layer: ``(2, in)`` for a linear layer, images of a
+    few usual sizes for a convolution, tokens for an embedding; :class:`SneError` if none runs."""
+    first = next((m for m in module.modules() if _module_kind(m) is not None), None)
+    candidates: list[torch.Tensor] = []
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+    if isinstance(first, nn.Linear):
+        candidates = [torch.randn(2, first.in_features, dtype=dtype)]
+    elif isinstance(first, tuple(_CONV) + tuple(_CONV_T)):
+        dims = len(first.kernel_size)
+        candidates = [torch.randn(2, first.in_channels, *[side] * dims, dtype=dtype) for side in _GUESSED_SIDES]
+    elif isinstance(first, nn.Embedding):
+        candidates = [torch.randint(0, first.num_embeddings, (2, 8))]
+    elif isinstance(first, nn.MultiheadAttention):
+        candidates = [torch.randn(2, 4, first.embed_dim, dtype=dtype)]
+    for candidate in candidates:
+        try:
+            with torch.no_grad():
+                module(candidate)
+        except Exception:  # the wrong size: try the next one
+            continue
+        return candidate
+    raise SneError(f"{source}: cannot guess an input for {type(module).__name__}; give an example input "
+                   f"(an --arch factory may return (module, example_input))")
+
+
+# --- groups of permutable neurons ------------------------------------------------------------------
+
+
+#: The network's input, as a source in the record flow (module paths never contain a NUL).
+INPUT = "\0input"
+
+
+class Seg(NamedTuple):
+    """A run of an axis: group ``group``'s neurons, each a block of ``inner`` consecutive entries,
+    fed by the operations ``sources`` (record flow)."""
+
+    group: int
+    inner: int
+    sources: frozenset
+
+
+Layout = list  # of Seg, covering one axis
+
+
+@dataclass
+class _Groups:
+    """Union-find over groups of neurons, with refinement into parts and fixing."""
+
+    size: list[int] = field(default_factory=list)
+    parent: list[int] = field(default_factory=list)
+    fixed: list[bool] = field(default_factory=list)
+    parts: dict[int, list[int]] = field(default_factory=dict)
+    members: list[list[tuple[str, int, int, int]]] = field(default_factory=list)  # (key, axis, offset, inner)
+    names: list[str] = field(default_factory=list)
+
+    def new(self, size: int, name: str, fixed: bool = False) -> int:
+        self.size.append(size)
+        self.parent.append(len(self.parent))
+        self.fixed.append(fixed)
+        self.members.append([])
+        self.names.append(name)
+        return len(self.size) - 1
+
+    def find(self, g: int) -> int:
+        while self.parent[g] != g:
+            self.parent[g] = self.parent[self.parent[g]]
+            g = self.parent[g]
+        return g
+
+    def resolve(self, layout: Iterable[Seg]) -> list[Seg]:
+        """The layout in current groups: merged groups by their root, refined groups by their parts."""
+        out: list[Seg] = []
+        for seg in layout:
+            g = self.find(seg.group)
+            if g in self.parts:
+                out.extend(self.resolve(Seg(p, seg.inner, seg.sources) for p in self.parts[g]))
+            else:
+                out.append(Seg(g, seg.inner, seg.sources))
+        return out
+
+    def union(self, a: int, b: int) -> None:
+        a, b = self.find(a), self.find(b)
+        if a == b:
+            return
+        if self.size[a] != self.size[b]:
+            self.fix(a)
+            self.fix(b)
+            return
+        self.parent[b] = a
+        self.fixed[a] = self.fixed[a] or self.fixed[b]
+        self.members[a].extend(self.members[b])
+
+    def fix(self, g: int) -> None:
+        g = self.find(g)
+        if g in self.parts:
+            for p in self.parts[g]:
+                self.fix(p)
+        self.fixed[g] = True
+
+    def fix_layout(self, layout: Iterable[Seg]) -> None:
+        for seg in self.resolve(layout):
+            self.fix(seg.group)
+
+    def refine(self, g: int, cuts: list[int]) -> list[int]:
+        """Cut group ``g`` (a root without parts) at neuron positions ``cuts`` into independent parts."""
+        bounds = [0, *sorted(set(c for c in cuts if 0 < c < self.size[g])), self.size[g]]
+        if len(bounds) == 2:
+            return [g]
+        children = []
+        for start, end in zip(bounds, bounds[1:]):
+            child = self.new(end - start, f"{self.names[g]} [{start}:{end}]", self.fixed[g])
+            self.members[child] = [(k, ax, off + start * inner, inner) for k, ax, off, inner in self.members[g]]
+            children.append(child)
+        self.parts[g] = children
+        return children
+
+    def add_member(self, layout: Iterable[Seg], key: str, axis: int, offset: int = 0, block: int = 1) -> None:
+        """Make axis ``axis`` of tensor ``key``, from ``offset``, a member of every group of ``layout``."""
+        for seg in self.resolve(layout):
+            self.members[seg.group].append((key, axis, offset, seg.inner * block))
+            offset += self.size[seg.group] * seg.inner * block
+
+
+def _length(groups: _Groups, layout: Iterable[Seg]) -> int:
+    return sum(groups.size[s.group] * s.inner for s in groups.resolve(layout))
+
+
+def _align(groups: _Groups, a: Layout, b: Layout) -> tuple[list[Seg], list[Seg]] | None:
+    """Refine both layouts at each other's cuts so that they run side by side; ``None`` if they cannot."""
+    for _ in range(4):
+        a, b = groups.resolve(a), groups.resolve(b)
+        cuts_a = _cuts(groups, a)
+        cuts_b = _cuts(groups, b)
+        if cuts_a == cuts_b:
+            if [s.inner for s in a] != [s.inner for s in b]:
+                return None
+            return a, b
+        changed = False
+        for layout, other in ((a, cuts_b), (b, cuts_a)):
+            position = 0
+            for seg in layout:
+                length = groups.size[seg.group] * seg.inner
+                inside = [c - position for c in other if position < c < position + length]
+                if inside:
+                    if any(c % seg.inner for c in inside) or seg.group in groups.parts:
+                        return None
+                    groups.refine(seg.group, [c // seg.inner for c in inside])
+                    changed = True
+                position += length
+        if not changed:
+            return None
+    return None
+
+
+def _cuts(groups: _Groups, layout: list[Seg]) -> list[int]:
+    cuts, position = [], 0
+    for seg in layout:
+        position += groups.size[seg.group] * seg.inner
+        cuts.append(position)
+    return cuts
+
+
+# --- values ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Value:
+    """What the pass knows of one tensor in the graph."""
+
+    shape: tuple[int, ...]
+    layouts: dict[int, Layout] = field(default_factory=dict)  # axis -> layout of permutable neurons
+    sources: frozenset = frozenset()  # operations whose outputs reach it (record flow)
+    param: str | None = None  # a parameter or buffer (or a view of one): its state_dict key
+    param_axes: tuple[int | None, ...] = ()  # per axis of the value, the parameter's axis (None: not one)
+    plain: bool = True  # only layout-keeping operations since its sources (no unknown operation)
+
+
+def _shape(node: Any) -> tuple[int, ...] | None:
+    value = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return tuple(int(s) for s in value.shape) if isinstance(value, torch.Tensor) else None
+
+
+_ACTIVATIONS = {
+    "relu": "relu", "gelu": "gelu", "silu": "silu", "tanh": "tanh", "sigmoid": "sigmoid", "sin": "sine",
+    "elu": "elu", "leaky_relu": "leaky_relu", "hardswish": "hardswish", "hardsigmoid": "hardsigmoid",
+    "softplus": "softplus", "mish": "mish", "hardtanh": "hardtanh", "celu": "celu", "selu": "selu",
+    "softmax": "softmax", "_softmax": "softmax", "log_softmax": "log_softmax", "_log_softmax": "log_softmax",
+}
+_ELEMENTWISE = {
+    "dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "clone", "contiguous", "alias",
+    "detach", "_to_copy", "to", "neg", "abs", "exp", "log", "sqrt", "rsqrt", "square", "erf", "pow",
+    "clamp", "clamp_min", "clamp_max", "nan_to_num",
+    "sign", "lift_fresh_copy", "type_as", "reciprocal", "cos", "logsigmoid", "exp2", "log1p", "expm1",
+}
+_POOLING = {
+    "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
+    "adaptive_max_pool2d", "adaptive_max_pool3d", "max_pool2d_with_indices", "max_pool1d_with_indices",
+    "max_pool3d_with_indices", "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d",
+    "upsample_bilinear2d", "upsample_bicubic2d", "upsample_linear1d", "upsample_trilinear3d", "_upsample_bilinear2d_aa",
+}
+_BINARY = {"add", "sub", "mul", "div", "maximum", "minimum", "rsub", "true_divide", "where", "atan2", "fmod"}
+_REDUCTIONS = {"mean", "sum", "amax", "amin", "std", "var", "logsumexp", "linalg_vector_norm", "norm", "prod"}
+_IGNORED = {"_assert_tensor_metadata", "sym_size", "sym_numel", "_assert_async", "sym_constrain_range_for_size",
+            "_assert_scalar", "sym_stride"}
+
+
+def _op_name(node: torch.fx.Node) -> str:
+    target = node.target
+    if target is getattr:
+        return "getattr"
+    name = getattr(target, "__name__", str(target))
+    if hasattr(target, "_schema"):  # OpOverload: aten.add.Tensor -> add
+        name = str(target).split(".")[1]
+    elif name == "getitem":
+        return "getitem"
+    return name[:-1] if name.endswith("_") and not name.startswith("_") else name
+
+
+class _Tracer:
+    """One pass over an exported graph (see the module docstring)."""
+
+    def __init__(self, program: torch.export.ExportedProgram, specs: dict[str, _OpSpec],
+                 key_op: dict[str, str], source: str) -> None:
+        self.program, self.specs, self.key_op, self.source = program, specs, key_op, source
+        self.groups = _Groups()
+        self.values: dict[torch.fx.Node, Any] = {}
+        self.first_use: dict[str, int] = {}  # operation path -> position of first use
+        self.flow: dict[str, tuple[InputSlice, ...]] = {}  # operation path -> inputs (sources are paths)
+        self.activation: dict[str, str] = {}
+        self.opaque: set[str] = set()  # parameter keys used where the pass cannot follow them
+        signature = program.graph_signature
+        self.param_key = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
+        self.user_inputs = set(signature.user_inputs)
+        self.attention_blocks = self._attention_blocks()
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def op_of(self, key: str) -> str:
+        return self.key_op[key]
+
+    def touch(self, op: str, position: int) -> None:
+        self.first_use.setdefault(op, position)
+
+    def value(self, arg: Any) -> _Value | None:
+        return self.values.get(arg) if isinstance(arg, torch.fx.Node) else None
+
+    def fix_value(self, value: Any) -> None:
+        if isinstance(value, list):
+            for part in value:
+                self.fix_value(part)
+            return
+        if not isinstance(value, _Value):
+            return
+        for layout in value.layouts.values():
+            self.groups.fix_layout(layout)
+        if value.param is not None:
+            self.opaque.add(value.param)
+
+    def note_activation(self, value: _Value, name: str | None) -> None:
+        if name and len(value.sources) == 1:
+            (op,) = value.sources
+            if op != INPUT and op not in self.activation:
+                self.activation[op] = name
+
+    def mark_identity(self, value: _Value) -> None:
+        """Operations whose outputs reach a layer or the output with no activation on the way."""
+        for src in value.sources:
+            if src not in self.activation and src != INPUT:
+                self.activation[src] = "identity"
+
+    def read(self, value: _Value | None, axis: int, op: str, size: int) -> tuple[InputSlice, ...]:
+        """Record flow into ``op``: the layout of ``value``'s ``axis`` (size ``size``) as input slices."""
+        if value is None:
+            return (InputSlice(0, size, 1, (-1,)),)
+        if value.plain:
+            self.mark_identity(value)
+        layout = value.layouts.get(axis)
+        if layout is None:
+            sources = value.sources or frozenset([INPUT])
+            return (InputSlice(0, size, 1, tuple(sorted(sources))),)
+        slices, offset = [], 0
+        for seg in self.groups.resolve(layout):
+            length = self.groups.size[seg.group] * seg.inner
+            slices.append(InputSlice(offset, length, seg.inner, tuple(sorted(seg.sources or {INPUT}))))
+            offset += length
+        merged: list[InputSlice] = []
+        for s in slices:  # neighbouring parts of one refined group read as one slice
+            if merged and merged[-1].sources == s.sources and merged[-1].block == s.block:
+                merged[-1] = InputSlice(merged[-1].offset, merged[-1].size + s.size, s.block, s.sources)
+            else:
+                merged.append(s)
+        return tuple(merged)
+
+    def new_output(self, op: str, key: str, axis: int, size: int, bias: str | None) -> Seg:
+        """A new group: the ``size`` outputs of ``op`` (rows of ``key`` along ``axis`` and of ``bias``)."""
+        g = self.groups.new(size, f"outputs of '{op}'")
+        self.groups.members[g].append((key, axis, 0, 1))
+        if bias is not None:
+            self.groups.members[g].append((bias, 0, 0, 1))
+        return Seg(g, 1, frozenset([op]))
+
+    # -- the pass ----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        for position, node in enumerate(self.program.graph.nodes):
+            if node.op == "placeholder":
+                shape = _shape(node) or ()
+                key = self.param_key.get(node.name)
+                if key is not None:
+                    self.values[node] = _Value(shape, sources=frozenset([self.op_of(key)]), param=key,
+                                               param_axes=tuple(range(len(shape))))
+                elif node.name in self.user_inputs and shape:
+                    self.values[node] = _Value(shape)
+                continue
+            if node.op == "output":
+                for arg in _flat(node.args):
+                    value = self.value(arg)
+                    if isinstance(value, _Value) and value.plain:
+                        self.mark_identity(value)
+                    self.fix_value(value)
+                continue
+            if node.op != "call_function":
+                continue
+            block = self.attention_blocks.get(node)
+            if block is not None:
+                if block.first is node:
+                    self.attention(block, position)
+                continue
+            self.call(node, position)
+
+    def call(self, node: torch.fx.Node, position: int) -> None:
+        name = _op_name(node)
+        shape = _shape(node)
+        args = node.args
+        x = self.value(args[0]) if args else None
+        for key in (v.param for v in (self.value(a) for a in _flat(args)) if isinstance(v, _Value) and v.param):
+            self.touch(self.op_of(key), position)
+        if name in _IGNORED:
+            return
+        if name == "getitem":
+            parts = self.values.get(args[0])
+            if isinstance(parts, list) and isinstance(args[1], int) and args[1] < len(parts):
+                self.values[node] = parts[args[1]]
+            return
+        handler = getattr(self, f"on_{name}", None)
+        if handler is not None:
+            result = handler(node, shape, position)
+        elif name in _ACTIVATIONS or name in _ELEMENTWISE:
+            result = self.elementwise(node, shape, _ACTIVATIONS.get(name))
+        elif name in _POOLING:
+            result = self.pooling(node, shape)
+        elif name in _BINARY:
+            result = self.binary(node, shape)
+        elif name in _REDUCTIONS:
+            result = self.reduction(node, shape)
+        else:
+            result = self.unknown(node, shape)
+        if result is not None:
+            self.values[node] = result
+
+    def unknown(self, node: torch.fx.Node, shape) -> _Value | None:
+        sources = frozenset()
+        for arg in _flat(node.args) + _flat(node.kwargs.values()):
+            value = self.value(arg)
+            self.fix_value(value)
+            if isinstance(value, _Value):
+                sources |= value.sources
+            elif isinstance(value, list):
+                for part in value:
+                    self.fix_value(part)
+        return _Value(shape, sources=sources, plain=False) if shape is not None else None
+
+    def elementwise(self, node, shape, activation: str | None) -> _Value | None:
+        x = self.value(node.args[0])
+        if not isinstance(x, _Value) or shape is None:
+            return self.unknown(node, shape)
+        if x.param is not None:  # a function of a parameter: followed no further
+            self.opaque.add(x.param)
+            return _Value(shape, sources=x.sources)
+        if activation:
+            self.note_activation(x, activation)
+        return _Value(shape, dict(x.layouts), x.sources, plain=x.plain)
+
+    def pooling(self, node, shape) -> _Value | list | None:
+        x = self.value(node.args[0])
+        if not isinstance(x, _Value) or x.param is not None:
+            return self.unknown(node, shape)
+        for axis, layout in x.layouts.items():
+            if axis >= 2:
+                self.groups.fix_layout(layout)
+        out_shape = shape if shape is not None else _shape_of_first(node)
+        value = _Value(out_shape or (), {a: l for a, l in x.layouts.items() if a < 2}, x.sources, plain=x.plain)
+        if shape is None:  # with indices: (values, indices)
+            return [value, _Value(out_shape or (), sources=x.sources)]
+        return value
+
+    def binary(self, node, shape) -> _Value | None:
+        if shape is None:
+            return self.unknown(node, shape)
+        operands = [a for a in node.args if isinstance(a, torch.fx.Node)]
+        values = [self.value(a) for a in operands]
+        if any(v is None for v in values) or any(not isinstance(v, _Value) for v in values):
+            return self.unknown(node, shape)
+        ndim = len(shape)
+        layouts: dict[int, Layout] = {}
+        sources = frozenset().union(*(v.sources for v in values))
+        for axis in range(ndim):
+            present = []
+            for v in values:
+                a = axis - (ndim - len(v.shape))
+                if a < 0 or v.shape[a] == 1:
+                    continue
+                present.append((v, a))
+            with_layout = [(v, a) for v, a in present if a in v.layouts]
+            if not with_layout:
+                continue
+            merged = with_layout[0][0].layouts[with_layout[0][1]]
+            ok = True
+            for v, a in with_layout[1:]:
+                aligned = _align(self.groups, merged, v.layouts[a])
+                if aligned is None:
+                    ok = False
+                    break
+                left, right = aligned
+                for s, t in zip(left, right):
+                    self.groups.union(s.group, t.group)
+                merged = [Seg(s.group, s.inner, s.sources | t.sources) for s, t in zip(left, right)]
+            if not ok:
+                for v, a in with_layout:
+                    self.groups.fix_layout(v.layouts[a])
+                continue
+            for v, a in present:
+                if a in v.layouts:
+                    continue
+                if v.param is not None and v.param_axes[a] is not None:
+                    self.groups.add_member(merged, v.param, v.param_axes[a])
+                    extra = frozenset([self.op_of(v.param)])
+                    merged = [Seg(s.group, s.inner, s.sources | extra) for s in self.groups.resolve(merged)]
+                else:
+                    self.groups.fix_layout(merged)
+                    if v.param is not None:
+                        self.opaque.add(v.param)
+            layouts[axis] = merged
+        return _Value(shape, layouts, sources, plain=all(v.plain for v in values))
+
+    def reduction(self, node, shape) -> _Value | None:
+        x = self.value(node.args[0])
+        if not isinstance(x, _Value) or x.param is not None or shape is None:
+            return self.unknown(node, shape)
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if _op_name(node) in ("linalg_vector_norm", "norm"):
+            dims = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
+        if dims is None or dims == []:
+            return _Value(shape, sources=x.sources)
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        dims = sorted(d % len(x.shape) for d in dims)
+        keep = len(shape) == len(x.shape)
+        layouts = {}
+        for axis, layout in x.layouts.items():
+            if axis in dims:
+                continue  # a sum, mean or maximum over neurons does not depend on their order
+            layouts[axis if keep else axis - sum(d < axis for d in dims)] = layout
+        return _Value(shape, layouts, x.sources)
+
+    # -- shapes ------------------------------------------------------------------------------------
+
+    def remap(self, node, shape, x: _Value, axes: list[int | None]) -> _Value:
+        """A value whose axis i is ``x``'s axis ``axes[i]`` (None: a new axis)."""
+        layouts = {i: x.layouts[a] for i, a in enumerate(axes) if a is not None and a in x.layouts}
+        for a, layout in x.layouts.items():
+            if a not in axes:
+                self.groups.fix_layout(layout)
+        param_axes = tuple(None if a is None else x.param_axes[a] for a in axes) if x.param is not None else ()
+        return _Value(shape, layouts, x.sources, x.param, param_axes, x.plain)
+
+    def shaped(self, node, shape) -> tuple[_Value, tuple[int, ...]] | None:
+        x = self.value(node.args[0])
+        if not isinstance(x, _Value) or shape is None:
+            return None
+        return x, shape
+
+    def on_unsqueeze(self, node, shape, position):
+        got = self.shaped(node, shape)
+        if got is None:
+            return self.unknown(node, shape)
+        x, shape = got
+        d = node.args[1] % len(shape)
+        axes = list(range(len(x.shape)))
+        axes.insert(d, None)
+        return self.remap(node, shape, x, axes)
+
+    def on_transpose(self, node, shape, position):
+        got = self.shaped(node, shape)
+        if got is None:
+            return self.unknown(node, shape)
+        x, shape = got
+        a, b = node.args[1] % len(shape), node.args[2] % len(shape)
+        axes = list(range(len(shape)))
+        axes[a], axes[b] = axes[b], axes[a]
+        return self.remap(node, shape, x, axes)
+
+    on_swapaxes = on_transpose
+
+    def on_t(self, node, shape, position):
+        got = self.shaped(node, shape)
+        if got is None:
+            return self.unknown(node, shape)
+        x, shape = got
+        return self.remap(node, shape, x, list(range(len(shape)))[::-1])
+
+    def on_permute(self, node, shape, position):
+        got = self.shaped(node, shape)
+        if got is None:
+            return self.unknown(node, shape)
+        x, shape = got
+        return self.remap(node, shape, x, [d % len(shape) for d in node.args[1]])
+
+    def on_expand(self, node, shape, position):
+        got = self.shaped(node, shape)
+        if got is None:
+            return self.unknown(node, shape)
+        x, shape = got
+        lead = len(shape) - len(x.shape)
+        axes = [None] * lead + list(range(len(x.shape)))
+        return self.remap(node, shape, x, axes)
+
+    def on_select(self, node, shape, position):
+        got = self.shaped(node, shape)
+        if got is None:
+            return self.unknown(node, shape)
+        x, shape = got
+        d = node.args[1] % len(x.shape)
+        if d in x.layouts:
+            self.groups.fix_layout(x.layouts[d])
+        if x.param is not None and x.param_axes[d] is not None:
+            self.opaque.add(x.param)
+        axes = [a for a in range(len(x.shape)) if a != d]
+        return self.remap(node, shape, x, axes)
+
+    def on_slice(self, node, shape, position):
+        got = self.shaped(node, shape)
+        if got is None:
+            return self.unknown(node, shape)
+        x, shape = got
+        d = (node.args[1] if len(node.args) > 1 else 0) % len(x.shape)
+        if shape[d] == x.shape[d]:
+            return self.remap(node, shape, x, list(range(len(shape))))
+        value = self.remap(node, shape, x, list(range(len(shape))))
+        if x.param is not None and x.param_axes[d] is not None:
+            value.param_axes = tuple(None if i == d else a for i, a in enumerate(value.param_axes))
+        if d in x.layouts:
+            start = node.args[2] if len(node.args) > 2 and node.args[2] is not None else 0
+            step = node.args[4] if len(node.args) > 4 else 1
+            start = start + x.shape[d] if start < 0 else start
+            piece = self.cut(x.layouts[d], start, start + shape[d]) if step == 1 else None
+            if piece is None:
+                self.groups.fix_layout(x.layouts[d])
+                del value.layouts[d]
+            else:
+                value.layouts[d] = piece
+        return value
+
+    def cut(self, layout: Layout, start: int, end: int) -> Layout | None:
+        """The part ``[start, end)`` of an axis, refining groups at both ends; ``None`` if it cuts a block."""
+        for _ in range(3):
+            segs = self.groups.resolve(layout)
+            position, piece, refined = 0, [], False
+            for seg in segs:
+                length = self.groups.size[seg.group] * seg.inner
+                lo, hi = max(start, position), min(end, position + length)
+                if lo < hi:
+                    if (lo, hi) == (position, position + length):
+                        piece.append(seg)
+                    else:
+                        if (lo - position) % seg.inner or (hi - position) % seg.inner:
+                            return None
+                        self.groups.refine(seg.group, [(lo - position) // seg.inner, (hi - position) // seg.inner])
+                        refined = True
+                position += length
+            if not refined:
+                return piece
+        return None
+
+    def on_split(self, node, shape, position):
+        x = self.value(node.args[0])
+        pieces = node.meta.get("val")
+        if not isinstance(x, _Value) or not isinstance(pieces, (list, tuple)):
+            return self.unknown(node, shape)
+        d = (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % len(x.shape)
+        out, start = [], 0
+        for piece in pieces:
+            piece_shape = tuple(int(s) for s in piece.shape)
+            value = _Value(piece_shape, {a: l for a, l in x.layouts.items() if a != d}, x.sources)
+            if d in x.layouts:
+                cut = self.cut(x.layouts[d], start, start + piece_shape[d])
+                if cut is None:
+                    self.groups.fix_layout(x.layouts[d])
+                else:
+                    value.layouts[d] = cut
+            if x.param is not None:
+                self.opaque.add(x.param)
+            out.append(value)
+            start += piece_shape[d]
+        return out
+
+    on_split_with_sizes = on_split
+
+    def on_chunk(self, node, shape, position):
+        return self.on_split(node, shape, position)
+
+    def on_squeeze(self, node, shape, position):
+        return self.reshape(node, shape)
+
+    on_view = on_reshape = on_flatten = on_unflatten = on__unsafe_view = on_squeeze
+
+    def reshape(self, node, shape):
+        got = self.shaped(node, shape)
+        if got is None:
+            return self.unknown(node, shape)
+        x, shape = got
+        groups = _reshape_groups(x.shape, shape)
+        if groups is None:
+            self.fix_value(x)
+            return _Value(shape, sources=x.sources)
+        layouts: dict[int, Layout] = {}
+        param_axes: list[int | None] = [None] * len(shape)
+        for ins, outs in groups:
+            real_in = [a for a in ins if x.shape[a] != 1]
+            real_out = [b for b in outs if shape[b] != 1]
+            if len(real_in) == 1 and len(real_out) == 1:
+                a, b = real_in[0], real_out[0]
+                if a in x.layouts:
+                    layouts[b] = x.layouts[a]
+                if x.param is not None:
+                    param_axes[b] = x.param_axes[a]
+                continue
+            with_layout = [a for a in real_in if a in x.layouts]
+            if len(real_out) == 1 and len(with_layout) == 1:  # flattening: neurons become blocks
+                a, b = with_layout[0], real_out[0]
+                outer = math.prod(x.shape[i] for i in real_in if i < a)
+                inner = math.prod(x.shape[i] for i in real_in if i > a)
+                layout = [Seg(s.group, s.inner * inner, s.sources) for s in self.groups.resolve(x.layouts[a])]
+                layouts[b] = layout * outer
+                continue
+            for a in with_layout:
+                self.groups.fix_layout(x.layouts[a])
+            if x.param is not None and any(x.param_axes[a] is not None for a in real_in):
+                self.opaque.add(x.param)
+        return _Value(shape, layouts, x.sources, x.param, tuple(param_axes) if x.param is not None else (), x.plain)
+
+    def on_cat(self, node, shape, position):
+        tensors = list(node.args[0])
+        d = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        values = [self.value(t) for t in tensors]
+        if shape is None or any(not isinstance(v, _Value) for v in values):
+            return self.unknown(node, shape)
+        d %= len(shape)
+        layout: Layout = []
+        for v in values:
+            if d in v.layouts:
+                layout.extend(self.groups.resolve(v.layouts[d]))
+            else:  # entries that do not move
+                g = self.groups.new(v.shape[d], "concatenated", fixed=True)
+                layout.append(Seg(g, 1, v.sources or frozenset([INPUT])))
+        # Other axes line up as in an elementwise operation.
+        others = self.binary_like(values, shape, skip=d)
+        if any(d in v.layouts for v in values):
+            others[d] = layout
+        return _Value(shape, others, frozenset().union(*(v.sources for v in values)))
+
+    def binary_like(self, values: list[_Value], shape, skip: int) -> dict[int, Layout]:
+        layouts: dict[int, Layout] = {}
+        for axis in range(len(shape)):
+            if axis == skip:
+                continue
+            with_layout = [v.layouts[axis] for v in values if axis in v.layouts]
+            if not with_layout:
+                continue
+            merged = with_layout[0]
+            for other in with_layout[1:]:
+                aligned = _align(self.groups, merged, other)
+                if aligned is None:
+                    for layout in with_layout:
+                        self.groups.fix_layout(layout)
+                    merged = None
+                    break
+                for s, t in zip(*aligned):
+                    self.groups.union(s.group, t.group)
+                merged = [Seg(s.group, s.inner, s.sources | t.sources) for s, t in zip(*aligned)]
+            if merged is None:
+                continue
+            for v in values:
+                if axis in v.layouts or v.shape[axis] == 1:
+                    continue
+                if v.param is not None and v.param_axes[axis] is not None:
+                    self.groups.add_member(merged, v.param, v.param_axes[axis])
+                else:
+                    self.groups.fix_layout(merged)
+            layouts[axis] = merged
+        return layouts
+
+    # -- parameterised operations ------------------------------------------------------------------
+
+    def weight_key(self, arg) -> str | None:
+        """The key of a parameter passed whole (not a view of one)."""
+        value = self.value(arg)
+        if isinstance(value, _Value) and value.param is not None and value.param_axes == tuple(range(len(value.shape))):
+            return value.param
+        return None
+
+    def on_linear(self, node, shape, position):
+        x, w = self.value(node.args[0]), self.weight_key(node.args[1])
+        b = self.weight_key(node.args[2]) if len(node.args) > 2 and node.args[2] is not None else None
+        if w is None or shape is None or not isinstance(x, _Value) or x.param is not None:
+            return self.unknown(node, shape)
+        op = self.op_of(w)
+        last = len(x.shape) - 1
+        self.flow.setdefault(op, self.read(x, last, op, x.shape[last]))
+        if last in x.layouts:
+            self.groups.add_member(x.layouts[last], w, 1)
+        out = self.new_output(op, w, 0, shape[-1], b)
+        layouts = {a: l for a, l in x.layouts.items() if a != last}
+        layouts[len(shape) - 1] = [out]
+        return _Value(shape, layouts, frozenset([op]))
+
+    def on_conv1d(self, node, shape, position, transposed: bool = False, groups: int | None = None):
+        x, w = self.value(node.args[0]), self.weight_key(node.args[1])
+        b = self.weight_key(node.args[2]) if len(node.args) > 2 and node.args[2] is not None else None
+        if w is None or shape is None or not isinstance(x, _Value) or x.param is not None:
+            return self.unknown(node, shape)
+        if groups is None:
+            groups = node.args[6] if len(node.args) > 6 else 1
+        op = self.op_of(w)
+        weight_shape = self.values[node.args[1]].shape
+        self.flow.setdefault(op, self.read(x, 1, op, x.shape[1]))
+        for axis, layout in x.layouts.items():
+            if axis >= 2:
+                self.groups.fix_layout(layout)
+        layout = x.layouts.get(1)
+        in_axis, out_axis = (0, 1) if transposed else (1, 0)
+        per_group_in = weight_shape[0] // groups if transposed else weight_shape[1]
+        if groups == 1:
+            if layout is not None:
+                self.groups.add_member(layout, w, in_axis)
+            out = [self.new_output(op, w, out_axis, shape[1], b)]
+        elif per_group_in == 1 and layout is not None:  # depthwise: each channel keeps its own filters
+            multiplier = shape[1] // x.shape[1]
+            self.groups.add_member(layout, w, 0, block=1 if transposed else multiplier)
+            if b is not None:
+                self.groups.add_member(layout, b, 0, block=multiplier)
+            out = [Seg(s.group, s.inner * multiplier, frozenset([op])) for s in self.groups.resolve(layout)]
+        else:
+            if layout is not None:
+                self.groups.fix_layout(layout)
+            out = [Seg(self.groups.new(shape[1], f"outputs of grouped '{op}'", fixed=True), 1, frozenset([op]))]
+        return _Value(shape, {1: out}, frozenset([op]))
+
+    def on_conv2d(self, node, shape, position):
+        return self.on_conv1d(node, shape, position)
+
+    on_conv3d = on_conv2d
+
+    def on_conv_transpose1d(self, node, shape, position):
+        groups = node.args[6] if len(node.args) > 6 else 1
+        return self.on_conv1d(node, shape, position, transposed=True, groups=groups)
+
+    on_conv_transpose2d = on_conv_transpose3d = on_conv_transpose1d
+
+    def on_convolution(self, node, shape, position):
+        transposed, groups = node.args[6], node.args[8]
+        return self.on_conv1d(node, shape, position, transposed=transposed, groups=groups)
+
+    def on_embedding(self, node, shape, position):
+        w = self.weight_key(node.args[0])
+        if w is None or shape is None:
+            return self.unknown(node, shape)
+        op = self.op_of(w)
+        num = self.values[node.args[0]].shape[0]
+        indices = self.value(node.args[1])
+        self.flow.setdefault(op, (InputSlice(0, num, 1, tuple(sorted(indices.sources)) if indices and indices.sources else (-1,)),))
+        out = self.new_output(op, w, 1, shape[-1], None)
+        return _Value(shape, {len(shape) - 1: [out]}, frozenset([op]))
+
+    def norm(self, node, shape, x_arg, keys: list, axes: list[int]) -> _Value | None:
+        """A normalisation whose tensors ``keys`` hold one value per entry of ``x``'s ``axes``."""
+        x = self.value(x_arg)
+        keys = [self.weight_key(k) if isinstance(k, torch.fx.Node) else None for k in keys]
+        present = [k for k in keys if k is not None]
+        if not isinstance(x, _Value) or x.param is not None:
+            return self.unknown(node, shape)
+        if not present:
+            return _Value(shape or x.shape, dict(x.layouts), x.sources)
+        op = self.op_of(present[0])
+        channel = axes[0]
+        self.flow.setdefault(op, self.read(x, channel, op, x.shape[channel]))
+        layouts = dict(x.layouts)
+        for i, axis in enumerate(axes):
+            if axis in x.layouts:
+                for key in present:
+                    self.groups.add_member(x.layouts[axis], key, i)
+                layouts[axis] = [Seg(s.group, s.inner, frozenset([op])) for s in self.groups.resolve(x.layouts[axis])]
+        return _Value(shape or x.shape, layouts, frozenset([op]))
+
+    def on_batch_norm(self, node, shape, position):
+        return self.norm(node, shape, node.args[0], list(node.args[1:5]), [1])
+
+    def on__native_batch_norm_legit_no_training(self, node, shape, position):
+        value = self.on_batch_norm(node, _shape_of_first(node), position)
+        return [value, None, None] if isinstance(value, _Value) else value
+
+    on__native_batch_norm_legit = on__native_batch_norm_legit_no_training
+
+    def on_instance_norm(self, node, shape, position):
+        return self.on_batch_norm(node, shape, position)
+
+    def on_layer_norm(self, node, shape, position):
+        x = self.value(node.args[0])
+        if not isinstance(x, _Value):
+            return self.unknown(node, shape)
+        normalized = len(node.args[1])
+        axes = list(range(len(x.shape) - normalized, len(x.shape)))
+        keys = list(node.args[2:4]) if _op_name(node) != "rms_norm" else [node.args[2] if len(node.args) > 2 else None]
+        return self.norm(node, shape, node.args[0], keys, axes)
+
+    on_rms_norm = on_layer_norm
+
+    def on_native_layer_norm(self, node, shape, position):
+        value = self.on_layer_norm(node, _shape_of_first(node), position)
+        return [value, None, None] if isinstance(value, _Value) else value
+
+    def on_group_norm(self, node, shape, position):
+        x = self.value(node.args[0])
+        if not isinstance(x, _Value):
+            return self.unknown(node, shape)
+        num_groups = node.args[1]
+        if num_groups not in (1, x.shape[1]) and 1 in x.layouts:
+            self.groups.fix_layout(x.layouts[1])  # channels move only within their group: not followed
+        return self.norm(node, shape, node.args[0], list(node.args[2:4]), [1])
+
+    # -- attention -------------------------------------------------------------------------------
+
+    def _attention_blocks(self) -> dict[torch.fx.Node, "_Block"]:
+        """The nodes of every ``nn.MultiheadAttention`` call, read as one operation."""
+        blocks: dict[str, _Block] = {}
+        owner: dict[torch.fx.Node, _Block] = {}
+        for node in self.program.graph.nodes:
+            if node.op != "call_function":
+                continue
+            for path, _ in (node.meta.get("nn_module_stack") or {}).values():
+                spec = self.specs.get(path)
+                if spec is not None and spec.kind == "attention":
+                    block = blocks.setdefault(path, _Block(path, node))
+                    block.nodes.append(node)
+                    owner[node] = block
+                    break
+        return owner
+
+    def attention(self, block: "_Block", position: int) -> None:
+        op, spec = block.path, self.specs[block.path]
+        self.touch(op, position)
+        nodes = set(block.nodes)
+        d, heads = spec.attrs["embed_dim"], spec.attrs["num_heads"]
+        key = lambda local: f"{op}.{local}" if op else local  # noqa: E731
+        present = {k for k in self.key_op if self.key_op[k] == op}
+        externals: list[torch.fx.Node] = []
+        for n in block.nodes:
+            for arg in _flat(n.args) + _flat(n.kwargs.values()):
+                if isinstance(arg, torch.fx.Node) and arg not in nodes and arg not in externals:
+                    v = self.value(arg)
+                    if isinstance(v, _Value) and v.param is not None and self.op_of(v.param) == op:
+                        continue
+                    externals.append(arg)
+        inputs = [self.value(a) for a in externals]
+        layouts = []
+        for value in inputs:
+            if isinstance(value, _Value) and value.shape and value.shape[-1] == d and value.param is None:
+                layout = value.layouts.get(len(value.shape) - 1)
+                layouts.append(layout)
+            else:
+                self.fix_value(value if isinstance(value, _Value) else None)
+        packed = key("in_proj_weight") in present
+        query = next((v for v in inputs if isinstance(v, _Value) and v.shape and v.shape[-1] == d), None)
+        self.flow.setdefault(op, self.read(query, len(query.shape) - 1 if query else 0, op, d))
+        if packed and layouts and all(l is not None for l in layouts):
+            merged = layouts[0]
+            for other in layouts[1:]:
+                aligned = _align(self.groups, merged, other)
+                if aligned is None:
+                    for l in layouts:
+                        self.groups.fix_layout(l)
+                    merged = None
+                    break
+                for s, t in zip(*aligned):
+                    self.groups.union(s.group, t.group)
+                merged = aligned[0]
+            if merged is not None:
+                self.groups.add_member(merged, key("in_proj_weight"), 1)
+        else:
+            for l in layouts:
+                if l is not None:
+                    self.groups.fix_layout(l)
+        has_bias = key("in_proj_bias") in present
+        outputs = [n for n in block.nodes if any(u not in nodes for u in n.users)]
+        simple = packed and key("bias_k") not in present and d % heads == 0 and len(outputs) == 1
+        if simple:
+            dh = d // heads
+            rows = [key("in_proj_weight")] + ([key("in_proj_bias")] if has_bias else [])
+            g = self.groups.new(heads, f"heads of '{op}'")
+            for k in rows:
+                self.groups.members[g] += [(k, 0, i * d, dh) for i in range(3)]
+            self.groups.members[g].append((key("out_proj.weight"), 1, 0, dh))
+            for h in range(heads):
+                qk = self.groups.new(dh, f"query/key dimensions of head {h} of '{op}'")
+                self.groups.members[qk] += [(k, 0, i * d + h * dh, 1) for k in rows for i in range(2)]
+                vo = self.groups.new(dh, f"value dimensions of head {h} of '{op}'")
+                self.groups.members[vo] += [(k, 0, 2 * d + h * dh, 1) for k in rows]
+                self.groups.members[vo].append((key("out_proj.weight"), 1, h * dh, 1))
+        out_bias = key("out_proj.bias") if key("out_proj.bias") in present else None
+        out = self.new_output(op, key("out_proj.weight"), 0, d, out_bias)
+        for n in outputs:
+            shape = _shape(n)
+            if shape and shape[-1] == d and simple:
+                self.values[n] = _Value(shape, {len(shape) - 1: [out]}, frozenset([op]))
+            elif shape:
+                self.groups.fix(out.group)
+                self.values[n] = _Value(shape, sources=frozenset([op]))
+
+
+@dataclass
+class _Block:
+    path: str
+    first: torch.fx.Node
+    nodes: list = field(default_factory=list)
+
+
+def _flat(args: Any) -> list:
+    if isinstance(args, (list, tuple)):
+        return [a for x in args for a in _flat(x)]
+    if isinstance(args, dict):
+        return [a for x in args.values() for a in _flat(x)]
+    return [args]
+
+
+def _shape_of_first(node: torch.fx.Node) -> tuple[int, ...] | None:
+    value = node.meta.get("val")
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
+        return tuple(int(s) for s in value[0].shape)
+    return _shape(node)
+
+
+def _reshape_groups(before: tuple[int, ...], after: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:
+    """Pair runs of axes of equal product between two shapes of one tensor (a view's axis mapping)."""
+    if math.prod(before) != math.prod(after):
+        return None
+    pairs, i, j = [], 0, 0
+    while i < len(before) or j < len(after):
+        ins, outs = [], []
+        p = q = 1
+        if i < len(before):
+            ins.append(i)
+            p *= before[i]
+            i += 1
+        if j < len(after):
+            outs.append(j)
+            q *= after[j]
+            j += 1
+        while p != q:
+            if p < q and i < len(before):
+                ins.append(i)
+                p *= before[i]
+                i += 1
+            elif q < p and j < len(after):
+                outs.append(j)
+                q *= after[j]
+                j += 1
+            else:
+                return None
+        # Trailing axes of size 1 join the run they follow.
+        while i < len(before) and before[i] == 1 and (j >= len(after) or after[j] != 1):
+            ins.append(i)
+            i += 1
+        while j < len(after) and after[j] == 1 and (i >= len(before) or before[i] != 1):
+            outs.append(j)
+            j += 1
+        pairs.append((ins, outs))
+    return pairs
+
+
+# --- the record ------------------------------------------------------------------------------------
+
+
+def _export(module: nn.Module, example_input: Any, source: str) -> torch.export.ExportedProgram:
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    training = module.training
+    module.eval()
+    try:
+        return torch.export.export(module, args)
+    except SneError:
+        raise
+    except Exception as exc:
+        raise SneError(f"{source}: could not trace {type(module).__name__} on the example input "
+                       f"({one_line(exc)[:300]})") from None
+    finally:
+        module.train(training)
+
+
+def record_from_module(
+    module: nn.Module, example_input: Any = None, source: str | None = None
+) -> NetworkRecord:
+    """The record of ``module``: every parameter and persistent buffer (copied), in computation order,
+    with its data flow and symmetries, traced on ``example_input`` (a tensor or a tuple of them;
+    guessed from the first layer when ``None``). ``module.load_state_dict(record.to_state_dict(),
+    strict=True)`` restores the module exactly."""
+    source = source or f"<{type(module).__name__}>"
+    if _module_kind(module) is not None and not isinstance(module, nn.MultiheadAttention):
+        raise SneError(f"{source}: a lone {type(module).__name__} is not a network; wrap it in nn.Sequential")
+    specs = _operation_specs(module, source)
+    state = module.state_dict()
+    if not state:
+        raise SneError(f"{source}: the network has no parameters")
+    key_op: dict[str, str] = {}
+    locals_: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        path, local = _owner(key, specs)
+        key_op[key] = path
+        locals_.setdefault(path, {})[local] = tensor.detach().clone()
+    if example_input is None:
+        example_input = guess_example_input(module, source)
+    program = _export(module, example_input, source)
+    tracer = _Tracer(program, specs, key_op, source)
+    tracer.run()
+    order = sorted(locals_, key=lambda p: (tracer.first_use.get(p, math.inf), list(locals_).index(p)))
+    index = {path: i for i, path in enumerate(order)}
+    index[INPUT] = -1
+    layers = []
+    for level, path in enumerate(order):
+        spec = specs[path]
+        kind, attrs = spec.kind, dict(spec.attrs)
+        flow = tracer.flow.get(path)
+        inputs = None
+        if flow is not None:
+            inputs = tuple(InputSlice(s.offset, s.size, s.block,
+                                      tuple(sorted(index[src] if src in index else -1 for src in s.sources)))
+                           for s in flow)
+        tensors = check_tensors(path or type(module).__name__, locals_[path], source)
+        layers.append(Layer(path, kind, level, tensors, tracer.activation.get(path), (), attrs, inputs))
+    symmetries = _symmetries(tracer, key_op, index, _aliases(module, program))
+    return NetworkRecord(tuple(layers), source=source, symmetries=symmetries)
+
+
+def _aliases(module: nn.Module, program: torch.export.ExportedProgram) -> dict[str, list[str]]:
+    """Tied tensors (one tensor under several keys): the key the graph uses -> the other keys, which
+    must move with it."""
+    by_tensor: dict[int, list[str]] = {}
+    for key, tensor in module.state_dict(keep_vars=True).items():
+        by_tensor.setdefault(id(tensor), []).append(key)
+    signature = program.graph_signature
+    named = set(signature.inputs_to_parameters.values()) | set(signature.inputs_to_buffers.values())
+    aliases = {}
+    for keys in by_tensor.values():
+        if len(keys) > 1:
+            canonical = next((k for k in keys if k in named), keys[0])
+            aliases[canonical] = [k for k in keys if k != canonical]
+    return aliases
+
+
+def _nested(inside: tuple, outside: tuple) -> bool:
+    """Whether span ``inside`` lies within one block of span ``outside`` ((start, end, inner, group))."""
+    start, end, inner = outside[:3]
+    block = (inside[0] - start) // inner
+    return start + block * inner <= inside[0] and inside[1] <= start + (block + 1) * inner
+
+
+def _symmetries(tracer: _Tracer, key_op: dict[str, str], index: dict[str, int],
+                aliases: dict[str, list[str]]) -> tuple[PermutationGroup, ...]:
+    """The free groups of the pass as permutation groups of the record's layers."""
+    g = tracer.groups
+    opaque = set(tracer.opaque)
+    roots = [r for r in range(len(g.size)) if g.find(r) == r and r not in g.parts]
+    for r in roots:
+        if any(key in opaque for key, *_ in g.members[r]):
+            g.fix(r)
+    # Safety net: two free groups that claim overlapping ranges of one axis are fixed, unless one
+    # range lies within a single block of the other (heads, and the dimensions within each head).
+    changed = True
+    while changed:
+        changed = False
+        claims: dict[tuple[str, int], list[tuple[int, int, int, int]]] = {}
+        for r in roots:
+            if g.fixed[r]:
+                continue
+            for key, axis, offset, inner in set(g.members[r]):
+                claims.setdefault((key, axis), []).append((offset, offset + g.size[r] * inner, inner, r))
+        for spans in claims.values():
+            for i, a in enumerate(spans):
+                for b in spans[i + 1:]:
+                    if a[3] != b[3] and a[0] < b[1] and b[0] < a[1] and not (_nested(a, b) or _nested(b, a)):
+                        g.fixed[a[3]] = g.fixed[b[3]] = True
+                        changed = True
+    groups = []
+    for r in roots:
+        if g.fixed[r] or g.size[r] < 2 or not g.members[r]:
+            continue
+        members = []
+        for key, axis, offset, inner in dict.fromkeys(g.members[r]):
+            for k in [key, *aliases.get(key, [])]:
+                path = key_op[k]
+                local = k[len(path) + 1:] if path else k
+                members.append(Member(index[path], local, axis, offset, inner))
+        groups.append(PermutationGroup(g.size[r], tuple(dict.fromkeys(members)), g.names[r]))
+    return tuple(groups)
