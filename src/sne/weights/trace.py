@@ -354,6 +354,7 @@ class _Tracer:
         self.param_key = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
         self.user_inputs = set(signature.user_inputs)
         self.attention_blocks = self._attention_blocks()
+        self.attention_blocks.update(self._functional_attention_blocks())
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -428,7 +429,9 @@ class _Tracer:
             if node.op == "placeholder":
                 shape = _shape(node) or ()
                 key = self.param_key.get(node.name)
-                if key is not None:
+                if key is not None and key not in self.key_op:  # a non-persistent buffer: a constant
+                    self.values[node] = _Value(shape)
+                elif key is not None:
                     self.values[node] = _Value(shape, sources=frozenset([self.op_of(key)]), param=key,
                                                param_axes=tuple(range(len(shape))))
                 elif node.name in self.user_inputs and shape:
@@ -446,7 +449,10 @@ class _Tracer:
             block = self.attention_blocks.get(node)
             if block is not None:
                 if block.first is node:
-                    self.attention(block, position)
+                    if isinstance(block, _SdpaBlock):
+                        self.functional_attention(block, position)
+                    else:
+                        self.attention(block, position)
                 continue
             self.call(node, position)
 
@@ -831,16 +837,33 @@ class _Tracer:
         return None
 
     def on_linear(self, node, shape, position):
-        x, w = self.value(node.args[0]), self.weight_key(node.args[1])
-        b = self.weight_key(node.args[2]) if len(node.args) > 2 and node.args[2] is not None else None
-        if w is None or shape is None or not isinstance(x, _Value) or x.param is not None:
+        b = node.args[2] if len(node.args) > 2 else None
+        return self.dense(node, shape, node.args[0], node.args[1], b, transposed=False)
+
+    def on_addmm(self, node, shape, position):
+        """``bias + x @ w``: a linear layer stored as ``(in, out)`` (Hugging Face's Conv1D)."""
+        return self.dense(node, shape, node.args[1], node.args[2], node.args[0], transposed=True)
+
+    def on_mm(self, node, shape, position):
+        return self.dense(node, shape, node.args[0], node.args[1], None, transposed=True)
+
+    on_matmul = on_mm
+
+    def dense(self, node, shape, x_arg, w_arg, b_arg, transposed: bool):
+        """A linear map of ``x``'s last axis by parameter ``w`` (``(out, in)``, or ``(in, out)`` when
+        ``transposed``), plus an optional bias."""
+        x, w = self.value(x_arg), self.weight_key(w_arg)
+        b = self.weight_key(b_arg) if isinstance(b_arg, torch.fx.Node) else None
+        if (w is None or shape is None or not isinstance(x, _Value) or x.param is not None
+                or len(self.values[w_arg].shape) != 2 or (isinstance(b_arg, torch.fx.Node) and b is None)):
             return self.unknown(node, shape)
         op = self.op_of(w)
         last = len(x.shape) - 1
         self.flow.setdefault(op, self.read(x, last, op, x.shape[last]))
+        in_axis, out_axis = (0, 1) if transposed else (1, 0)
         if last in x.layouts:
-            self.groups.add_member(x.layouts[last], w, 1)
-        out = self.new_output(op, w, 0, shape[-1], b)
+            self.groups.add_member(x.layouts[last], w, in_axis)
+        out = self.new_output(op, w, out_axis, shape[-1], b)
         layouts = {a: l for a, l in x.layouts.items() if a != last}
         layouts[len(shape) - 1] = [out]
         return _Value(shape, layouts, frozenset([op]))
@@ -961,6 +984,180 @@ class _Tracer:
 
     # -- attention -------------------------------------------------------------------------------
 
+    _RESHAPES = {"view", "reshape", "_unsafe_view", "unflatten"}
+    _SAME = {"contiguous", "clone", "alias", "_to_copy", "dropout", "detach"}
+
+    def _functional_attention_blocks(self) -> dict[torch.fx.Node, _SdpaBlock]:
+        """Every ``scaled_dot_product_attention`` whose q, k and v are head views of linear maps and
+        whose output, heads merged, feeds one linear map only (GPT-style code with a fused ``qkv``)."""
+        owner: dict[torch.fx.Node, _SdpaBlock] = {}
+        for node in self.program.graph.nodes:
+            if node.op == "call_function" and _op_name(node) == "scaled_dot_product_attention":
+                block = self._match_sdpa(node)
+                if block is not None and not any(n in owner for n in block.nodes):
+                    for n in block.nodes:
+                        owner[n] = block
+        return owner
+
+    def _match_sdpa(self, sdpa: torch.fx.Node) -> _SdpaBlock | None:
+        nodes = [sdpa]
+        projections, shapes = [], []
+        for arg in sdpa.args[:3]:
+            found = self._heads_of(arg, nodes)
+            if found is None:
+                return None
+            projections.append(found[0])
+            shapes.append(found[1])
+        if len(set(shapes)) != 1:
+            return None  # grouped-query attention (fewer key/value heads): not followed
+        heads, head_dim = shapes[0]
+        merged = self._merge_of(sdpa, nodes)
+        if merged is None:
+            return None
+        consumer = next(iter(merged.users))
+        name = _op_name(consumer)
+        weight_arg = {"linear": 1, "addmm": 2, "mm": 1, "matmul": 1}.get(name)
+        if weight_arg is None:
+            return None
+        data_arg = {"linear": 0, "addmm": 1, "mm": 0, "matmul": 0}[name]
+        if consumer.args[data_arg] is not merged:
+            return None
+        out_weight = self.param_key.get(getattr(consumer.args[weight_arg], "name", ""))
+        if out_weight is None:
+            return None
+        # The projections' outputs feed nothing but this attention.
+        inside = set(nodes)
+        for projection in projections:
+            if any(user not in inside for user in projection.node.users):
+                return None
+        for n in nodes:
+            if n is not merged and any(user not in inside for user in n.users):
+                return None
+        first = min(nodes, key=lambda n: list(self.program.graph.nodes).index(n))
+        return _SdpaBlock(first, nodes, projections, heads, head_dim, out_weight, name != "linear", merged)
+
+    def _heads_of(self, arg, nodes: list) -> tuple[_Projection, tuple[int, int]] | None:
+        """Follow a (batch, heads, tokens, head_dim) argument back to the linear map it views."""
+        if not isinstance(arg, torch.fx.Node):
+            return None
+        order = [0, 1, 2, 3]  # axis i of ``arg`` is axis order[i] of the current node
+        node, heads = arg, None
+        offset = 0
+        while True:
+            name = _op_name(node) if node.op == "call_function" else ""
+            if heads is None and name in ("transpose", "permute"):
+                shape = _shape(node)
+                if shape is None or len(shape) != 4:
+                    return None
+                if name == "transpose":
+                    a, b = node.args[1] % 4, node.args[2] % 4
+                    swap = list(range(4))
+                    swap[a], swap[b] = swap[b], swap[a]
+                else:
+                    swap = [d % 4 for d in node.args[1]]
+                order = [swap[i] for i in order]
+            elif name in self._SAME or (name in ("mul", "div") and not isinstance(node.args[1], torch.fx.Node)):
+                pass
+            elif heads is None and name in self._RESHAPES:
+                before, after = _shape(node.args[0]), _shape(node)
+                if before is None or after is None or len(after) != 4 or before[:-1] != after[:2] \
+                        or after[2] * after[3] != before[-1] or order != [0, 2, 1, 3]:
+                    return None
+                heads = (after[2], after[3])
+            elif heads is not None and name in self._RESHAPES:
+                before, after = _shape(node.args[0]), _shape(node)
+                if before is None or after is None or before[-1] != after[-1]:
+                    return None
+            elif heads is not None and name == "getitem":
+                parent = node.args[0]
+                if _op_name(parent) not in ("split", "split_with_sizes", "chunk"):
+                    return None
+                pieces = parent.meta.get("val")
+                axis = parent.args[2] if len(parent.args) > 2 else parent.kwargs.get("dim", 0)
+                if axis % len(pieces[0].shape) != len(pieces[0].shape) - 1:
+                    return None
+                offset += sum(int(p.shape[-1]) for p in pieces[: node.args[1]])
+                nodes.append(node)
+                node = parent
+            elif heads is not None and name in ("linear", "addmm", "mm", "matmul"):
+                data, weight, bias = {"linear": (0, 1, 2), "addmm": (1, 2, 0), "mm": (0, 1, None),
+                                      "matmul": (0, 1, None)}[name]
+                w = self.param_key.get(getattr(node.args[weight], "name", ""))
+                b_node = node.args[bias] if bias is not None and len(node.args) > bias else None
+                b = self.param_key.get(getattr(b_node, "name", "")) if b_node is not None else None
+                if w is None or (b_node is not None and b is None):
+                    return None
+                return _Projection(node, w, b, name != "linear", offset), heads
+            else:
+                return None
+            if node not in nodes:
+                nodes.append(node)
+            node = node.args[0]
+            if not isinstance(node, torch.fx.Node):
+                return None
+
+    def _merge_of(self, sdpa: torch.fx.Node, nodes: list) -> torch.fx.Node | None:
+        """Follow the attention's (batch, heads, tokens, head_dim) output to the (batch, tokens, dim)
+        merge of its heads; the node that makes it."""
+        order = [0, 1, 2, 3]
+        node = sdpa
+        while len(node.users) == 1:
+            user = next(iter(node.users))
+            name = _op_name(user)
+            if name in ("transpose", "permute"):
+                if name == "transpose":
+                    a, b = user.args[1] % 4, user.args[2] % 4
+                    swap = list(range(4))
+                    swap[a], swap[b] = swap[b], swap[a]
+                else:
+                    swap = [d % 4 for d in user.args[1]]
+                order = [order[i] for i in swap]
+            elif name in self._SAME:
+                pass
+            elif name in self._RESHAPES:
+                before, after = _shape(user.args[0]), _shape(user)
+                if before is None or after is None or order != [0, 2, 1, 3] or len(after) != 3 \
+                        or after[:2] != before[:2] or after[2] != before[2] * before[3]:
+                    return None
+                nodes.append(user)
+                return user
+            else:
+                return None
+            nodes.append(user)
+            node = user
+        return None
+
+    def functional_attention(self, block: _SdpaBlock, position: int) -> None:
+        """Heads, queries with keys, values with the output projection, of a hand-written attention."""
+        heads, dh = block.heads, block.head_dim
+        sources = frozenset()
+        for projection in block.projections:
+            value = self.value(projection.node)
+            if isinstance(value, _Value):
+                self.fix_value(value)  # the free outputs of the projection give way to the structure below
+                sources |= value.sources
+        for arg in list(_flat(block.nodes[0].args[3:])) + list(_flat(block.nodes[0].kwargs.values())):
+            self.fix_value(self.value(arg))
+        rows = lambda p: [(p.weight, 1 if p.transposed else 0)] + ([(p.bias, 0)] if p.bias else [])  # noqa: E731
+        out_axis = 0 if block.out_transposed else 1
+        g = self.groups.new(heads, f"heads of the attention into '{self.op_of(block.out_weight)}'")
+        for p in block.projections:
+            self.groups.members[g] += [(k, axis, p.offset, dh) for k, axis in rows(p)]
+        self.groups.members[g].append((block.out_weight, out_axis, 0, dh))
+        q, k, v = block.projections
+        for h in range(heads):
+            qk = self.groups.new(dh, f"query/key dimensions of head {h} of the attention into "
+                                     f"'{self.op_of(block.out_weight)}'")
+            self.groups.members[qk] += [(key, axis, p.offset + h * dh, 1) for p in (q, k) for key, axis in rows(p)]
+            vo = self.groups.new(dh, f"value dimensions of head {h} of the attention into "
+                                     f"'{self.op_of(block.out_weight)}'")
+            self.groups.members[vo] += [(key, axis, v.offset + h * dh, 1) for key, axis in rows(v)]
+            self.groups.members[vo].append((block.out_weight, out_axis, h * dh, 1))
+        for node in block.nodes:
+            shape = _shape(node)
+            if shape is not None:
+                self.values[node] = _Value(shape, sources=sources)
+
     def _attention_blocks(self) -> dict[torch.fx.Node, "_Block"]:
         """The nodes of every ``nn.MultiheadAttention`` call, read as one operation."""
         blocks: dict[str, _Block] = {}
@@ -1046,6 +1243,33 @@ class _Tracer:
             elif shape:
                 self.groups.fix(out.group)
                 self.values[n] = _Value(shape, sources=frozenset([op]))
+
+
+@dataclass
+class _Projection:
+    """One of the query/key/value projections of a hand-written attention: rows
+    ``[offset, offset + size)`` of the outputs of the linear map ``node``."""
+
+    node: torch.fx.Node
+    weight: str
+    bias: str | None
+    transposed: bool  # weight stored (in, out)
+    offset: int
+
+
+@dataclass
+class _SdpaBlock:
+    """Hand-written multi-head attention around ``scaled_dot_product_attention``: the reshapes from
+    the q/k/v projections to heads, the attention, and the merge of heads before ``out``."""
+
+    first: torch.fx.Node
+    nodes: list
+    projections: list  # of _Projection: query, key, value
+    heads: int
+    head_dim: int
+    out_weight: str
+    out_transposed: bool
+    merged: torch.fx.Node  # the node feeding the output projection
 
 
 @dataclass
