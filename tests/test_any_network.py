@@ -237,3 +237,19 @@ def test_hugging_face_config_beside_a_checkpoint(tiny_run, tmp_path, capsys):
         reference = twin(input_ids=tokens).last_hidden_state
         twin.load_state_dict(random_equivalent_permutation(record, torch.Generator().manual_seed(0)).to_state_dict())
         torch.testing.assert_close(twin(input_ids=tokens).last_hidden_state, reference, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["mlp", "mlp_canonical", "hyperrep", "nfn_np", "nfn_hnp", "nft", "dwsnet"])
+def test_fixed_architecture_encoders_refuse_other_kinds_in_one_line(name):
+    from sne.encoders import build_encoder
+
+    chain = record_from_module(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2)))
+    module, example = families.resnet()
+    resnet = record_from_module(module, example, source="resnet.pt")
+    encoder = build_encoder(name, architecture=chain.architecture)
+    with pytest.raises(SneError) as info:
+        encoder.check_records([resnet])
+        encoder.prepare([resnet])
+    message = str(info.value)
+    assert message.startswith("resnet.pt: ") and "\n" not in message
+    assert "cannot read layer 'bn1' (batch_norm)" in message or "layer 'conv1'" in message, message

@@ -10,7 +10,7 @@ from torch import nn
 
 from sne.encoders.base import LayerValues
 from sne.errors import SneError
-from sne.weights.record import NetworkRecord
+from sne.weights.record import KIND_BY_WEIGHT_NDIM, NetworkRecord
 
 
 def resolve_options(encoder: str, defaults: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
@@ -53,14 +53,30 @@ def require_architecture(encoder: str, architecture: Sequence | None) -> tuple:
     return tuple(architecture)
 
 
+#: Encoders that read networks of any architecture and kind (named in refusals).
+ANY_NETWORK_ENCODERS = "sne, deepsets, ng_gnn, ng_t"
+
+
+def check_dense_kinds(encoder: str, records: Sequence[NetworkRecord]) -> None:
+    """Refuse (one-line :class:`SneError`, naming the layer and its kind) the first record with a
+    layer that is not a plain linear or convolution layer (normalisation, attention, embedding, ...)."""
+    for record in records:
+        for layer in record.layers:
+            if layer.kind not in KIND_BY_WEIGHT_NDIM.values() or layer.attrs.get("groups", 1) != 1:
+                kind = layer.kind if layer.attrs.get("groups", 1) == 1 else f"{layer.kind}, groups={layer.attrs['groups']}"
+                raise SneError(f"{record.source}: encoder '{encoder}' cannot read layer '{layer.name}' ({kind}); "
+                               f"it reads linear and convolution layers only (any network: {ANY_NETWORK_ENCODERS})")
+
+
 def check_fixed_architecture(encoder: str, built_for: Sequence, records: Sequence[NetworkRecord]) -> None:
     """Refuse (one-line :class:`SneError`) the first record whose architecture is not ``built_for``."""
+    check_dense_kinds(encoder, records)
     for record in records:
         if record.architecture != tuple(built_for):
             raise SneError(
                 f"{record.source}: encoder '{encoder}' takes only the architecture it was built for "
                 f"({describe_architecture(built_for)}), got {describe_architecture(record.architecture)}; "
-                f"use an encoder that takes any architecture (e.g. sne, deepsets)"
+                f"use an encoder that takes any architecture ({ANY_NETWORK_ENCODERS})"
             )
 
 
@@ -174,6 +190,11 @@ def check_chain_records(encoder: str, built_for: Sequence, records: Sequence[Net
     """:func:`check_fixed_architecture`, and refuse records with skip connections (not a plain chain)."""
     check_fixed_architecture(encoder, built_for, records)
     for record in records:
+        if not record.is_chain:
+            branch = next((l for l in record.layers if l.inputs and (len(l.inputs) > 1 or len(l.inputs[0].sources) > 1)),
+                          record.layers[0])
+            raise SneError(f"{record.source}: encoder '{encoder}' takes plain chains of layers, but layer "
+                           f"'{branch.name}' reads a residual sum or a concatenation")
         skipping = [layer.name for layer in record.layers if layer.skip_from]
         if skipping:
             raise SneError(f"{record.source}: encoder '{encoder}' takes plain chains of layers, "
