@@ -167,10 +167,10 @@ def test_codes_are_invariant_to_hidden_permutations_and_see_other_changes(name):
     torch.testing.assert_close(after, before, atol=1e-12, rtol=0)
     # Not invariant to what changes the function: reordering input neurons, or moving one weight.
     first = records[0].layers[0]
-    inputs_swapped = records[0].with_layers([replace(first, weight=first.weight.flip(1)), *records[0].layers[1:]])
+    inputs_swapped = records[0].with_layers([first.with_tensors(weight=first.weight.flip(1)), *records[0].layers[1:]])
     moved = first.weight.clone()
     moved[0, 0], moved[1, 0] = first.weight[1, 0], first.weight[0, 0]
-    regrouped = records[0].with_layers([replace(first, weight=moved), *records[0].layers[1:]])
+    regrouped = records[0].with_layers([first.with_tensors(weight=moved), *records[0].layers[1:]])
     for changed in (inputs_swapped, regrouped):
         assert (codes(model, [changed])[0] - before[0]).abs().max() > 1e-6
 

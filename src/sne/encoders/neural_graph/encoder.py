@@ -2,7 +2,8 @@
 
     record -> neural graph (graph.py) -> standardised biases / kernels (fitted per layer index)
     node state  = bias embedding + activation embedding + positional embedding (+ probe embedding)
-    edge state  = kernel embedding + edge-type embedding
+                  (+ node-kind embedding + second-bias embedding, for nodes of kind > 0)
+    edge state  = kernel embedding + edge-type embedding (+ edge-kind embedding, for edges of kind > 0)
     num_layers blocks (message passing: gnn.py, attention: transformer.py) update both
     z = readout(batch norm([mean over nodes, max over nodes])) per network
 
@@ -16,6 +17,16 @@ Positional embeddings are learned: a unique one for each input neuron and each o
 order means something), and one per hidden layer shared by all its neurons (hidden neurons are
 exchangeable). Every other step treats nodes and edges alike and pools with symmetric functions,
 so the code of a network is invariant to permutations of its hidden neurons.
+
+Node and edge kinds (sum, attention, embedding-row and opaque nodes; norm, attention, transposed
+and opaque edges: graph.py) enter only where they are not 0, through tables created after every
+other module and without drawing from the global random stream: on a chain graph (every kind 0)
+the encoder computes exactly what it did before kinds existed, from the same initial weights, and
+checkpoints saved before them still load (the missing tables are taken as initialised).
+
+Input statistics (mean and std per layer index) are fitted on the values the graphs hold: a batch
+norm's edges hold its scale with the running statistics folded in, attention's edges its q/k/v
+and output projections, an embedding's or free parameter's edges its rows.
 """
 
 from __future__ import annotations
@@ -26,19 +37,24 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
-from sne.encoders.base import Architecture, Encoder, LayerValues, layer_values_from_flat
+from sne.encoders.base import Architecture, Encoder, LayerValues, WeightBatch, layer_values_from_flat
 from sne.encoders.neural_graph.graph import (
     ACTIVATION_INDEX,
     ACTIVATIONS,
+    EDGE_KINDS,
     INPUT_ROLE,
     NO_LAYER,
+    NODE_KINDS,
     NUM_EDGE_TYPES,
     RESIDUAL_EDGE,
     WEIGHT_EDGE,
     GraphBatch,
     GraphSpec,
-    batch_graphs,
+    build_graph,
+    collate_graphs,
+    graph_counts,
     layer_kernel_shapes,
+    uses_chain_graph,
 )
 from sne.errors import SneError
 from sne.weights.record import NetworkRecord
@@ -171,6 +187,14 @@ class NeuralGraphEncoder(Encoder):
         # normalisation of the pooled codes restores their spread, as in SNE's SetPool.
         self.pool_norm = nn.BatchNorm1d(2 * hidden) if resolved["batch_norm"] else nn.Identity()
         self.readout = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, self.out_dim))
+        # Kinds of node and edge beyond a chain's (graph.py); the global random stream is left as it
+        # was, so everything drawn after building the encoder is as before kinds existed.
+        with torch.random.fork_rng(devices=[]):
+            self.node_kind_embedding = nn.Embedding(len(NODE_KINDS), hidden)
+            self.edge_kind_embedding = nn.Embedding(len(EDGE_KINDS), hidden)
+            self.bias2_embedding = nn.Parameter(torch.empty(hidden))
+            for table in (self.node_kind_embedding.weight, self.edge_kind_embedding.weight, self.bias2_embedding):
+                nn.init.normal_(table, std=EMBEDDING_INIT_STD)
 
     def make_block(self, hidden: int, options: dict[str, Any]) -> nn.Module:  # pragma: no cover - interface
         """One block mapping (node states, edge states, source, target) to updated (nodes, edges)."""
@@ -182,44 +206,76 @@ class NeuralGraphEncoder(Encoder):
     # --- records -> graphs ----------------------------------------------------------------------
 
     def check_records(self, records: Sequence[NetworkRecord]) -> None:
-        opts = self.options
         for record in records:
+            self._checked_graph(record, build=False)
+
+    def _checked_graph(self, record: NetworkRecord, build: bool = True,
+                       dtype: torch.dtype | None = None) -> dict[str, torch.Tensor] | None:
+        """Check that ``record`` fits this encoder (:class:`SneError` naming what does not); its graph
+        when ``build`` (a record with data flow is always built: building is its check)."""
+        opts = self.options
+        layers = record.layers
+        dtype = dtype or self.edge_embedding.weight.dtype
+        chain = uses_chain_graph(record)
+        graph = None
+        if chain:
             layer_kernel_shapes(record, self.spec)
-            layers = record.layers
-            limits = (
-                (len(layers), opts["max_layers"], "layers", "max_layers"),
-                (layers[0].in_features, opts["max_input_neurons"], "input neurons", "max_input_neurons"),
-                (layers[-1].out_features, opts["max_output_neurons"], "output neurons", "max_output_neurons"),
-            )
-            for count, limit, what, option in limits:
-                if count > limit:
-                    raise SneError(f"{record.source}: {count} {what} exceed this {self.name} encoder's {limit} "
-                                   f"(option {option})")
-            if opts["probe_points"]:
-                for layer in layers:
-                    if layer.kind != "linear":
-                        raise SneError(f"{record.source}: probe features need an all-linear network, but layer "
-                                       f"'{layer.name}' is {layer.kind} (set probe_points to 0)")
-                    if layer.activation not in PROBE_ACTIVATIONS:
-                        raise SneError(f"{record.source}: probe features cannot run layer '{layer.name}' with "
-                                       f"activation {layer.activation!r} (set probe_points to 0)")
+            inputs, outputs, what = layers[0].in_features, layers[-1].out_features, "input neurons"
+        else:
+            graph = build_graph(record, self.spec, dtype)
+            inputs, outputs = graph_counts(graph)
+            what = "input neurons (network inputs, embedding and parameter rows)"
+        limits = (
+            (len(layers), opts["max_layers"], "layers", "max_layers"),
+            (inputs, opts["max_input_neurons"], what, "max_input_neurons"),
+            (outputs, opts["max_output_neurons"], "output neurons", "max_output_neurons"),
+        )
+        for count, limit, what, option in limits:
+            if count > limit:
+                raise SneError(f"{record.source}: {count} {what} exceed this {self.name} encoder's {limit} "
+                               f"(option {option})")
+        if opts["probe_points"]:
+            for layer in layers:
+                if layer.kind != "linear":
+                    raise SneError(f"{record.source}: probe features need an all-linear network, but layer "
+                                   f"'{layer.name}' is {layer.kind} (set probe_points to 0)")
+                if layer.activation not in PROBE_ACTIVATIONS:
+                    raise SneError(f"{record.source}: probe features cannot run layer '{layer.name}' with "
+                                   f"activation {layer.activation!r} (set probe_points to 0)")
+            if not chain:
+                raise SneError(f"{record.source}: probe features need a chain of linear layers, but its layers add "
+                               f"or concatenate outputs (set probe_points to 0)")
+        if build and graph is None:
+            graph = build_graph(record, self.spec, dtype)
+        return graph
 
     def prepare(self, records: Sequence[NetworkRecord]) -> GraphBatch:
-        self.check_records(records)
-        return batch_graphs(records, self.spec, dtype=self.edge_embedding.weight.dtype)
+        if not records:
+            raise SneError("cannot encode an empty batch of networks")
+        return collate_graphs([self._checked_graph(record) for record in records], self.spec)
+
+    def prepare_weights(self, records: Sequence[NetworkRecord]) -> WeightBatch:
+        for record in records:
+            if not uses_chain_graph(record):
+                odd = next((l for l in record.layers if l.kind not in ("linear", "conv1d", "conv2d", "conv3d")
+                            or l.attrs.get("groups", 1) != 1), None)
+                why = (f"layer '{odd.name}' is {odd.kind}{' (grouped)' if odd.attrs.get('groups', 1) != 1 else ''}"
+                       if odd else "its layers add or concatenate outputs")
+                raise SneError(f"{record.source}: {self.name} outputs one value per parameter only for a chain of "
+                               f"linear and convolution layers, but {why}")
+        return super().prepare_weights(records)
 
     @torch.no_grad()
     def fit_input_statistics(self, records: Sequence[NetworkRecord]) -> None:
-        """Per layer index: mean and std of weights and of biases over all training networks; node in-degrees."""
+        """Per layer index: mean and std of the weight values the graphs hold (a chain's weights
+        themselves) and of their biases, over all training networks; node in-degrees."""
         self.check_records(records)
         sums: dict[tuple[str, int], torch.Tensor] = {}
         for record in records:
-            for i, layer in enumerate(record.layers):
-                for part, values in (("weight", layer.weight), ("bias", layer.bias)):
-                    if values is not None:
-                        values = values.detach().double().reshape(-1)
-                        moments = torch.stack([values.new_tensor(values.numel()), values.sum(), values.square().sum()])
-                        sums[part, i] = sums.get((part, i), 0) + moments
+            for part, i, values in _layer_values(record, self.spec):
+                values = values.detach().double().reshape(-1)
+                moments = torch.stack([values.new_tensor(values.numel()), values.sum(), values.square().sum()])
+                sums[part, i] = sums.get((part, i), 0) + moments
         for (part, i), (count, total, squares) in sums.items():
             mean = total / count
             std = (squares / count - mean.square()).clamp_min(0).sqrt().clamp_min(STD_FLOOR)
@@ -227,7 +283,7 @@ class NeuralGraphEncoder(Encoder):
             getattr(self, f"{part}_std")[i] = std
         degrees = []
         for start in range(0, len(records), 64):
-            graph = batch_graphs(records[start : start + 64], self.spec)
+            graph = collate_graphs([build_graph(r, self.spec) for r in records[start : start + 64]], self.spec)
             degrees.append(torch.bincount(graph.edge_index[1], minlength=graph.node_role.numel()))
         self.set_degree_statistics(torch.cat(degrees))
 
@@ -257,9 +313,25 @@ class NeuralGraphEncoder(Encoder):
         if self.options["probe_points"]:
             values = probe_activations(batch, self.probes, self.spec, self.options["sine_w0"])
             nodes = nodes + self.probe_embedding(values)
+        # Kinds beyond a chain's: exactly nothing is added where the kind is 0 (see the module docstring).
+        bias2 = self._standardized(batch.node_bias2, batch.node_layer - 1, batch.node_bias2_mask, "bias")
+        special = (batch.node_kind > 0).unsqueeze(1)
+        extra = self.node_kind_embedding(batch.node_kind) + bias2.unsqueeze(1) * self.bias2_embedding
+        nodes = nodes + torch.where(special, extra, 0.0)
         kernels = self._standardized(batch.edge_kernel, batch.edge_layer, batch.edge_kernel_mask, "weight")
         edges = self.edge_embedding(kernels) + self.edge_type_embedding(batch.edge_type)
+        edges = edges + torch.where((batch.edge_kind > 0).unsqueeze(1), self.edge_kind_embedding(batch.edge_kind), 0.0)
         return nodes, edges
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        # Checkpoints from before node and edge kinds: take the missing tables as initialised
+        # (they only act on kinds > 0, which chain graphs, the only ones encoded then, never have).
+        for name in ("node_kind_embedding.weight", "edge_kind_embedding.weight", "bias2_embedding"):
+            if prefix + name not in state_dict:
+                state_dict[prefix + name] = self.get_parameter(name).detach().clone()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def final_states(self, batch: GraphBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Node states (normalised) and edge states after the last block."""
@@ -316,6 +388,29 @@ class NeuralGraphEncoder(Encoder):
         for name in ("reverse_edges", "layer_norm", "batch_norm"):
             if not isinstance(options[name], bool):
                 raise SneError(f"{self.name} option {name} must be true or false, got {options[name]!r}")
+
+
+def _layer_values(record: NetworkRecord, spec: GraphSpec) -> list[tuple[str, int, torch.Tensor]]:
+    """("weight" or "bias", layer index, values) of what a record's graph holds: for a chain graph
+    each layer's weight and bias as they are (the graph holds exactly those), else the real slots of
+    each layer's weight edges and the biases (both) of its nodes."""
+    if uses_chain_graph(record):
+        return [(part, i, values) for i, layer in enumerate(record.layers)
+                for part, values in (("weight", layer.weight), ("bias", layer.bias)) if values is not None]
+    graph = build_graph(record, spec, torch.float64)
+    out = []
+    edge_layer = graph["edge_layer"].unsqueeze(1).expand_as(graph["edge_kernel_mask"])
+    weights = graph["edge_kernel"][graph["edge_kernel_mask"]]
+    weight_layer = edge_layer[graph["edge_kernel_mask"]]
+    bias_parts = [(graph[v][graph[m]], graph["node_layer"][graph[m]] - 1)
+                  for v, m in (("node_bias", "node_bias_mask"), ("node_bias2", "node_bias2_mask"))]
+    biases, bias_layer = (torch.cat(parts) for parts in zip(*bias_parts))
+    for i in range(len(record.layers)):
+        for part, values, layer in (("weight", weights, weight_layer), ("bias", biases, bias_layer)):
+            chosen = values[layer == i]
+            if chosen.numel():
+                out.append((part, i, chosen))
+    return out
 
 
 def graph_parameters(
