@@ -58,6 +58,11 @@ class Encoder(nn.Module):
         self.architecture = architecture
         self.options = dict(options)
 
+    @classmethod
+    def architecture_of(cls, record: NetworkRecord) -> Architecture:
+        """The ``architecture`` to build this encoder with for networks like ``record``."""
+        return record.architecture
+
     def check_records(self, records: Sequence[NetworkRecord]) -> None:
         """Raise :class:`SneError` naming the first record this encoder cannot take."""
 

@@ -1,15 +1,47 @@
 """Pad-chunking: turn a batch of network records into the flat index tensors SNE runs on.
 
-**Elements.** A layer's weight of shape ``(out, in, *kernel)`` is viewed as ``out * in`` elements;
-an element is the set of its kernel taps (a linear weight has one tap), each tap a value at a
-coordinate in ``[-1, 1]`` per kernel dimension. Element features therefore do not depend on the
-kernel size, and no maximum kernel size exists. A bias is an element with one tap.
+**Parts.** Every floating-point tensor of an operation is a *part* of its layer (an attention's
+fused ``in_proj_weight`` and ``in_proj_bias`` are three parts each, one per projection, as the
+paper proposes to treat attention projections as linear layers). Integer tensors (a batch norm's
+``num_batches_tracked``) and operations of kind ``buffer`` carry no learned values and are skipped.
+Each part is a grid of *rows* of *elements*; an element is the set of its kernel taps, each tap a
+value at a coordinate in ``[-1, 1]`` per kernel dimension (one tap without coordinates outside
+convolutions). Element features therefore do not depend on the kernel size, and no maximum kernel
+size exists. Rows per tensor, so that a row is always one unit of the network (a neuron's
+incoming weights, one token's vector, one value per channel):
 
-**Chunks.** Weights and biases of a layer are chunked separately (its two *parts*). Chunking keeps
-a neuron's weights together: row ``o`` of the ``(out, in)`` element grid holds output neuron ``o``'s
-incoming elements. If ``in <= c``, ``c // in`` whole rows share a chunk (its tail is padded); if
-``in > c``, each row is split into ``ceil(in / c)`` chunks of its own (the last one padded). A bias
-part is a grid of ``out`` rows of one element, so up to ``c`` biases share a chunk.
+=============================  ===============================================================
+linear / convolution weight    ``(out, in / groups, *kernel)``: ``out`` rows of ``in / groups``
+                               elements whose taps are the kernel (the first release's layout)
+transposed convolution weight  stored ``(in, out / groups, *kernel)``; regrouped to
+                               ``(out, in / groups, *kernel)`` so that, as for a convolution,
+                               a row is an output channel's incoming kernels
+embedding weight               ``(num_embeddings, dim)``: one row per token, ``dim`` elements.
+                               The vocabulary axis is no symmetry and may be huge; the
+                               embedding's symmetry (the residual stream) reorders values
+                               within rows only, which whole rows in a chunk do not see
+attention projections          q, k, v (rows of ``in_proj_weight``, or ``q/k/v_proj_weight``)
+                               and ``out_proj.weight``: linear weights, one row per output
+biases, normalisation scales,  one element per row (per channel), like the first release's
+shifts and statistics          biases
+free parameters                (kind ``parameter``, and any tensor whose role is not listed
+                               here) 0-D and 1-D: one element per row, like a bias; more
+                               dimensions: leading ones flattened into rows of the last
+                               (``pos_embed`` ``(1, T, d)``: ``T`` rows of ``d``)
+=============================  ===============================================================
+
+**Chunk types.** A chunk's type is the (kind, tensor role) pair of its part, an index into
+:data:`CHUNK_TYPES`. The first release's eight types keep their indices (``2 * kind`` for the
+weight and ``2 * kind + 1`` for the bias of a linear / conv1d / conv2d / conv3d layer), so trained
+encoders read chain records exactly as before; new types follow. On the sinusoidal axis that the
+type and level encodings share (:func:`type_positions`), the first release's types sit at 0..7,
+levels at ``8 + level`` and new types at -1, -2, ...: three disjoint ranges, so no (type, level)
+pair adds up to another's context, and the first release's positions are unchanged.
+
+**Chunks.** The parts of a layer are chunked separately. Chunking keeps a row together: row ``r``
+of a part's grid holds output neuron ``r``'s incoming elements. If ``row_length <= c``,
+``c // row_length`` whole rows share a chunk (its tail is padded); otherwise each row is split
+into ``ceil(row_length / c)`` chunks of its own (the last one padded).
 
 **Order information kept (a deliberate decision).** As pure sets, chunks ``[1 2 3 | 4 5 6]`` and
 ``[4 5 6 | 1 2 3]`` look alike, and so do ``[1 2 | 3 4]`` and ``[1 3 | 2 4]`` (the same values grouped
@@ -21,26 +53,44 @@ previous layer's neurons. Neuron order is a symmetry of the network too, which i
 encodings can be switched off in :class:`sne.encoders.sne.SNEEncoder`; tap coordinates are not a
 symmetry and are always kept.
 
+**Merge tokens (residual connections and concatenations).** The SNE paper (Appendix D) proposes
+special tokens for residual blocks. Here the data flow of a record says where they belong: a layer
+whose input is a sum of several operations' outputs (an :class:`~sne.weights.record.InputSlice`
+with several sources: a residual connection) gets a learned *residual* token in its layer-level
+set, and a layer whose input concatenates the outputs of different operations (several slices
+with different sources: a UNet skip) gets a learned *concatenation* token; a layer may get both.
+The token sits beside the layer's part codes in the set that the layer encoder merges into one
+layer code, so the layer code says "this layer reads a merged input" wherever the layer is, and
+the network encoder sees it together with the layer's level. A token is one learned vector per
+merge kind rather than per connection: which layers are summed is not encoded (a residual stream
+sums every earlier write into it, and the number of writers says little). Without the hierarchy
+(``use_hierarchy=False``) tokens join the network's set of chunk codes, with their layer's level
+encoding. Chains (the first release's networks) have no tokens.
+
 **Source neurons (optional).** What a row-as-set loses is the link between layers: which neuron
 of the previous layer each incoming weight comes from. With ``source_features=True`` every weight
 element also carries :data:`SOURCE_FEATURES` numbers describing that neuron (its standardised bias,
 the root mean square of its standardised incoming weights, and a flag that a source is known).
 They travel with the weight, so a permutation of the previous layer's neurons moves each feature
-with its weight: the link is kept without keeping the arbitrary neuron order. First layers (whose
-inputs are the network's), biases, and layers after a skip connection get zeros.
+with its weight: the link is kept without keeping the arbitrary neuron order. They are given to
+the weight of a linear or convolution layer (no groups) that reads exactly one such layer's
+outputs (the previous layer in a record without data flow); every other element gets zeros:
+first layers, biases, layers after a skip connection or a merge, and in networks that are not
+chains most layers (a convolution after a batch norm reads the norm, not a convolution).
 
 **Input positions (optional).** The first layer's inputs are the network's own inputs (an INR's
 x and y, an image's channels): their order is not a symmetry, yet a row-as-set drops it, so a 2-D
-INR's x- and y-weights look alike. With ``input_positions=True`` every weight element of the first
-layer carries its input's coordinate in ``[-1, 1]`` (spaced as kernel taps are, so any number of
-inputs fits) and a flag; every other element gets zeros (:data:`INPUT_POSITION_FEATURES`).
+INR's x- and y-weights look alike. With ``input_positions=True`` every weight element of a linear
+or convolution layer that reads only the network's input (the first layer of a record without
+data flow) carries its input's coordinate in ``[-1, 1]`` (spaced as kernel taps are, so any number
+of inputs fits) and a flag; every other element gets zeros (:data:`INPUT_POSITION_FEATURES`).
 
 **Scale.** Weights of different layers differ in scale by orders of magnitude (a SIREN's first
 layer ~0.5, its hidden layer ~0.015), and differences between networks are smaller still, so raw
 values would drown under the positional encodings. With ``standardize=True`` each part's values
-are standardised by that part's own mean and standard deviation, and the two statistics travel
-beside them as ``part_stats`` (mean, log std): nothing is lost, and every layer arrives at unit
-scale whatever the architecture.
+are standardised by that part's own mean and standard deviation (:func:`layer_parts`, for every
+kind alike), and the two statistics travel beside them as ``part_stats`` (mean, log std): nothing
+is lost, and every part arrives at unit scale whatever the architecture.
 """
 
 from __future__ import annotations
@@ -53,18 +103,57 @@ import torch
 
 from sne.errors import SneError
 from sne.weights.permute import input_blocks
-from sne.weights.record import LAYER_KINDS, Layer, NetworkRecord
+from sne.weights.record import (
+    KIND_BY_WEIGHT_NDIM,
+    LAYER_KINDS,
+    NORM_KINDS,
+    TRANSPOSED_KINDS,
+    Layer,
+    NetworkRecord,
+)
 
-#: Index of the weight and bias part of a layer; also the second factor of a chunk's type.
+#: Index of the weight and bias part of a linear or convolution layer (the first release's parts).
 WEIGHT_PART, BIAS_PART = 0, 1
-#: Number of distinct chunk types: every layer kind, as weight or as bias.
-NUM_CHUNK_TYPES = 2 * len(LAYER_KINDS)
+#: Linear and convolution kinds: the first release's, in LAYER_KINDS order.
+CHAIN_KINDS = tuple(KIND_BY_WEIGHT_NDIM.values())
+#: Roles of attention tensors: each projection's weight and bias, and the extra key / value biases.
+ATTENTION_ROLES = ("q_weight", "k_weight", "v_weight", "q_bias", "k_bias", "v_bias", "out_weight", "out_bias",
+                   "bias_k", "bias_v")
+#: Every chunk type, as (layer kind, tensor role); a chunk's type is its index here. The first eight
+#: are the first release's (weight ``2 * kind``, bias ``2 * kind + 1``) and must keep their indices.
+CHUNK_TYPES: tuple[tuple[str, str], ...] = (
+    *((kind, role) for kind in CHAIN_KINDS for role in ("weight", "bias")),
+    *((kind, role) for kind in TRANSPOSED_KINDS for role in ("weight", "bias")),
+    ("embedding", "weight"),
+    *(("batch_norm", role) for role in ("weight", "bias", "running_mean", "running_var")),
+    ("layer_norm", "weight"),
+    ("layer_norm", "bias"),
+    *(("group_norm", role) for role in ("weight", "bias", "running_mean", "running_var")),
+    *(("attention", role) for role in ATTENTION_ROLES),
+    ("parameter", "value"),
+)
+#: Number of distinct chunk types.
+NUM_CHUNK_TYPES = len(CHUNK_TYPES)
+#: Chunk types of the first release (linear and convolution weights and biases).
+FIRST_RELEASE_CHUNK_TYPES = 2 * len(CHAIN_KINDS)
+#: Offset of the level encoding on the axis it shares with the type encoding (:func:`type_positions`).
+LEVEL_POSITION_OFFSET = FIRST_RELEASE_CHUNK_TYPES
+_TYPE_INDEX = {pair: index for index, pair in enumerate(CHUNK_TYPES)}
+#: Merge tokens of the layer-level sets (module docstring, "Merge tokens").
+RESIDUAL_TOKEN, CONCAT_TOKEN = 0, 1
+NUM_MERGE_TOKENS = 2
 #: Features of an incoming weight's source neuron: standardised bias, rms of standardised incoming
 #: weights, and 1 where the source is known (see "Source neurons" above).
 SOURCE_FEATURES = 3
 #: Features of a first-layer weight's input: its coordinate in [-1, 1], and 1 marking a first-layer
 #: weight (see "Input positions" above).
 INPUT_POSITION_FEATURES = 2
+
+
+def type_positions(types: torch.Tensor) -> torch.Tensor:
+    """Positions of chunk types on the sinusoidal axis shared with levels (``LEVEL_POSITION_OFFSET +
+    level``): the first release's types at their index, new types at -1, -2, ... (module docstring)."""
+    return torch.where(types < FIRST_RELEASE_CHUNK_TYPES, types, FIRST_RELEASE_CHUNK_TYPES - 1 - types)
 
 
 class RowChunkLayout(NamedTuple):
@@ -112,10 +201,11 @@ def kernel_coordinates(kernel_shape: tuple[int, ...]) -> torch.Tensor:
 class ChunkBatch:
     """A batch of networks as SNE's input: element taps plus the index tensors of the hierarchy.
 
-    Sizes: ``E`` elements, ``N`` chunks of ``c`` slots, ``P`` parts (a layer's weight or bias) of at
-    most ``C`` chunks, ``L`` layers, ``B`` networks of at most ``M`` layers and ``K`` chunks.
-    A *slot* index ``i * width + j`` addresses row ``i``, column ``j`` of a padded ``(rows, width)``
-    tensor, so padding is a ``zeros(...).index_copy(0, slot, values)`` away.
+    Sizes: ``E`` elements, ``N`` chunks of ``c`` slots, ``P`` parts (one tensor, or one attention
+    projection, of a layer) of at most ``C`` chunks, ``L`` layers of at most ``S`` parts and merge
+    tokens (``S >= 2``), ``T`` merge tokens, ``B`` networks of at most ``M`` layers and ``K`` chunks
+    and tokens. A *slot* index ``i * width + j`` addresses row ``i``, column ``j`` of a padded
+    ``(rows, width)`` tensor, so padding is a ``zeros(...).index_copy(0, slot, values)`` away.
     """
 
     tap_values: list[torch.Tensor]  #: per kernel shape, (elements, taps)
@@ -123,20 +213,24 @@ class ChunkBatch:
     element_slot: list[torch.Tensor]  #: per kernel shape, (elements,) slot in (N, c), increasing
     element_mask: torch.Tensor  #: (N, c) True for real elements
     row_slot: torch.Tensor  #: (N, c) row of its chunk each element belongs to
-    chunk_type: torch.Tensor  #: (N,) 2 * layer kind index + part
+    chunk_type: torch.Tensor  #: (N,) index into CHUNK_TYPES
     chunk_level: torch.Tensor  #: (N,) level of the chunk's layer
     chunk_index: torch.Tensor  #: (N,) index of the chunk within its part
     chunk_part_slot: torch.Tensor  #: (N,) slot in (P, C)
     part_mask: torch.Tensor  #: (P, C)
-    part_layer_slot: torch.Tensor  #: (P,) slot in (L, 2): column 0 weight, 1 bias
-    layer_mask: torch.Tensor  #: (L, 2)
+    part_layer_slot: torch.Tensor  #: (P,) slot in (L, S): column j is the layer's part j
+    layer_mask: torch.Tensor  #: (L, S) parts, then merge tokens
     layer_level: torch.Tensor  #: (L,)
     layer_network_slot: torch.Tensor  #: (L,) slot in (B, M)
     network_mask: torch.Tensor  #: (B, M)
     chunk_network_slot: torch.Tensor  #: (N,) slot in (B, K), for the encoder without hierarchy
-    network_chunk_mask: torch.Tensor  #: (B, K)
+    network_chunk_mask: torch.Tensor  #: (B, K) a network's chunks, then its merge tokens
     chunk_part: torch.Tensor  #: (N,) part each chunk belongs to
     part_stats: torch.Tensor  #: (P, 2) mean and log standard deviation of each part's raw values
+    token_kind: torch.Tensor  #: (T,) RESIDUAL_TOKEN or CONCAT_TOKEN
+    token_layer_slot: torch.Tensor  #: (T,) slot in (L, S), after the layer's parts
+    token_level: torch.Tensor  #: (T,) level of the token's layer
+    token_network_slot: torch.Tensor  #: (T,) slot in (B, K), after the network's chunks
     #: per kernel shape, (elements, SOURCE_FEATURES), when pad_chunk was asked for source features
     source_features: list[torch.Tensor] | None = None
     #: per kernel shape, (elements, INPUT_POSITION_FEATURES), when pad_chunk was asked for input positions
@@ -158,15 +252,17 @@ STD_FLOOR = 1e-6
 
 
 class LayerPart(NamedTuple):
-    """A layer's weight or bias as a grid of elements: ``out_features`` rows of ``row_length``."""
+    """One part of a layer as a grid of elements: ``rows`` rows of ``row_length`` elements."""
 
-    part: int  #: WEIGHT_PART or BIAS_PART
-    type: int  #: 2 * layer kind index + part
+    part: int  #: index of the part in its layer (WEIGHT_PART and BIAS_PART for linear / conv layers)
+    type: int  #: index into CHUNK_TYPES
     kernel: tuple[int, ...]
     taps: torch.Tensor  #: (rows * row_length, taps) in float64
     row_length: int
     mean: torch.Tensor  #: mean of all values
     std: torch.Tensor  #: standard deviation of all values, floored at STD_FLOOR
+    rows: int
+    name: str  #: the tensor's local name (with the projection for a fused attention tensor: ``in_proj_weight[q]``)
 
     @property
     def stats(self) -> torch.Tensor:
@@ -174,33 +270,176 @@ class LayerPart(NamedTuple):
         return torch.stack([self.mean, self.std.log()])
 
 
+def _describe(layer: Layer) -> str:
+    return f"layer '{layer.name or '<root>'}' of kind '{layer.kind}'"
+
+
+def check_layer(layer: Layer, source: str) -> None:
+    """Refuse, in one line naming the layer and its kind, an operation SNE cannot read: an unknown
+    kind, or a weight whose shape does not fit its kind."""
+    if layer.kind not in LAYER_KINDS:
+        raise SneError(f"{source}: SNE cannot encode {_describe(layer)} (known kinds: {', '.join(LAYER_KINDS)})")
+    weight = layer.tensors.get("weight")
+    if weight is None or not weight.is_floating_point():
+        expected = None
+    elif layer.kind in CHAIN_KINDS or layer.kind in TRANSPOSED_KINDS:
+        expected = int(layer.kind[-2]) + 2 if layer.kind[-2].isdigit() else 2
+    elif layer.kind == "embedding":
+        expected = 2
+    else:
+        expected = weight.dim()
+    fused = layer.tensors.get("in_proj_weight") if layer.kind == "attention" else None
+    if (expected is not None and weight.dim() != expected) or (
+        fused is not None and (fused.dim() != 2 or fused.shape[0] % 3)
+    ):
+        tensor = weight if fused is None else fused
+        raise SneError(f"{source}: SNE cannot encode {_describe(layer)} with a "
+                       f"{'weight' if fused is None else 'in_proj_weight'} of shape {tuple(tensor.shape)}")
+    if layer.kind in CHAIN_KINDS and weight is not None and weight.numel() == 0:
+        raise SneError(f"{source}: layer '{layer.name}' has an empty weight {tuple(weight.shape)}")
+
+
+def _rows_of_one(tensor: torch.Tensor) -> tuple[torch.Tensor, int, int, tuple[int, ...]]:
+    return tensor.reshape(-1, 1), tensor.numel(), 1, ()
+
+
+def _rows_of_last(tensor: torch.Tensor) -> tuple[torch.Tensor, int, int, tuple[int, ...]]:
+    """A free parameter: 0-D and 1-D ones like a bias; leading dimensions flattened into rows of the last."""
+    if tensor.dim() <= 1:
+        return _rows_of_one(tensor)
+    return tensor.reshape(-1, 1), tensor.numel() // tensor.shape[-1], tensor.shape[-1], ()
+
+
+def _dense(weight: torch.Tensor) -> tuple[torch.Tensor, int, int, tuple[int, ...]]:
+    """``(out, in, *kernel)``: ``out`` rows of ``in`` elements of the kernel's taps."""
+    out, inputs, *kernel = weight.shape
+    return weight.reshape(out * inputs, -1), out, inputs, tuple(kernel)
+
+
+def _transposed(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """A transposed convolution's ``(in, out / groups, *kernel)`` weight as ``(out, in / groups, *kernel)``."""
+    inputs, per_group, *kernel = weight.shape
+    grouped = weight.reshape(groups, inputs // groups, per_group, *kernel).transpose(1, 2)
+    return grouped.reshape(groups * per_group, inputs // groups, *kernel)
+
+
+def _grids(layer: Layer) -> list[tuple[str, str, tuple[torch.Tensor, int, int, tuple[int, ...]]]]:
+    """(role, name, (taps, rows, row_length, kernel)) of every floating-point tensor of ``layer``,
+    in the layer's tensor order; a fused attention tensor gives one entry per projection."""
+    kind = layer.kind
+    grids = []
+    for name, tensor in layer.tensors.items():
+        if not tensor.is_floating_point() or tensor.numel() == 0:
+            continue
+        role = name
+        if kind in CHAIN_KINDS and name == "weight":
+            grid = _dense(tensor)
+        elif kind in TRANSPOSED_KINDS and name == "weight":
+            groups = int(layer.attrs.get("groups", 1) or 1)
+            if tensor.shape[0] % groups:
+                groups = 1
+            grid = _dense(_transposed(tensor, groups))
+        elif kind == "embedding" and name == "weight":
+            grid = tensor.reshape(-1, 1), tensor.shape[0], tensor.shape[1], ()
+        elif (kind in CHAIN_KINDS or kind in TRANSPOSED_KINDS or kind in NORM_KINDS) and (kind, name) in _TYPE_INDEX:
+            grid = _rows_of_one(tensor)  # biases, normalisation scales, shifts and statistics
+        elif kind == "attention" and name in ("in_proj_weight", "in_proj_bias"):
+            for projection, values in zip("qkv", tensor.chunk(3)):
+                role = f"{projection}_{name.rsplit('_', 1)[1]}"
+                grid = _dense(values) if values.dim() == 2 else _rows_of_one(values)
+                grids.append((role, f"{name}[{projection}]", grid))
+            continue
+        elif kind == "attention" and name in ("q_proj_weight", "k_proj_weight", "v_proj_weight", "out_proj.weight"):
+            role = f"{name[0] if name[1] == '_' else 'out'}_weight"
+            grid = _dense(tensor) if tensor.dim() == 2 else _rows_of_last(tensor)
+        elif kind == "attention" and name == "out_proj.bias":
+            role, grid = "out_bias", _rows_of_one(tensor)
+        elif kind == "attention" and name in ("bias_k", "bias_v"):
+            grid = _rows_of_last(tensor)
+        else:  # kind 'parameter', or a tensor whose role in its operation is not known: a free parameter
+            role, grid = "value", _rows_of_last(tensor)
+        grids.append((role if (kind, role) in _TYPE_INDEX else "value", name, grid))
+    return grids
+
+
 def layer_parts(layer: Layer, source: str) -> list[LayerPart]:
-    """The weight part and (when present) the bias part of ``layer``."""
-    if layer.weight.numel() == 0:
-        raise SneError(f"{source}: layer '{layer.name}' has an empty weight {tuple(layer.weight.shape)}")
-    kind = LAYER_KINDS.index(layer.kind)
-    grids = [(WEIGHT_PART, layer.kernel_shape, layer.weight.reshape(layer.out_features * layer.in_features, -1),
-              layer.in_features)]
-    if layer.bias is not None:
-        grids.append((BIAS_PART, (), layer.bias.reshape(layer.out_features, 1), 1))
+    """The parts of ``layer`` (module docstring): one per floating-point tensor, per projection of a
+    fused attention tensor; none for a ``buffer`` operation. Ordered by chunk type, then by the
+    layer's tensor order, so a linear or convolution layer's weight is part 0 and its bias part 1.
+    Each part's mean and standard deviation are computed here, the one place parts are standardised."""
+    check_layer(layer, source)
+    if layer.kind == "buffer":
+        return []
+    typed = []
+    for role, name, (taps, rows, row_length, kernel) in _grids(layer):
+        kind = layer.kind if role != "value" else "parameter"
+        typed.append((_TYPE_INDEX[kind, role], name, taps, rows, row_length, kernel))
+    typed.sort(key=lambda entry: entry[0])  # stable: tensors of one type keep the layer's order
     parts = []
-    for part, kernel, taps, row_length in grids:
+    for index, (part_type, name, taps, rows, row_length, kernel) in enumerate(typed):
         taps = taps.to(torch.float64)
         std = taps.std(unbiased=False).clamp_min(STD_FLOOR)
-        parts.append(LayerPart(part, 2 * kind + part, kernel, taps, row_length, taps.mean(), std))
+        parts.append(LayerPart(index, part_type, kernel, taps, row_length, taps.mean(), std, rows, name))
     return parts
+
+
+def merge_tokens(layer: Layer) -> list[int]:
+    """The merge tokens of ``layer``'s set (module docstring): RESIDUAL_TOKEN when a slice of its
+    input sums several operations' outputs, CONCAT_TOKEN when it concatenates different ones."""
+    if not layer.inputs:
+        return []
+    tokens = []
+    if any(len(piece.sources) > 1 for piece in layer.inputs):
+        tokens.append(RESIDUAL_TOKEN)
+    if len({piece.sources for piece in layer.inputs}) > 1:
+        tokens.append(CONCAT_TOKEN)
+    return tokens
+
+
+def _plain_dense(layer: Layer) -> bool:
+    """A linear or convolution layer of the first release's form: no groups, only a weight and a bias."""
+    return (layer.kind in CHAIN_KINDS and int(layer.attrs.get("groups", 1) or 1) == 1
+            and set(layer.tensors) <= {"weight", "bias"})
+
+
+def _single_source(record: NetworkRecord, index: int) -> int | None:
+    """The one operation whose outputs are all of layer ``index``'s inputs, else ``None``; the
+    previous layer when the record has no data flow (the first release's chains)."""
+    layer = record.layers[index]
+    if layer.skip_from:
+        return None
+    if layer.inputs is None:
+        return index - 1 if index > 0 else None
+    sources = {piece.sources for piece in layer.inputs}
+    if len(sources) != 1:
+        return None
+    (only,) = sources
+    return only[0] if len(only) == 1 and only[0] >= 0 else None
+
+
+def reads_network_input(record: NetworkRecord, index: int) -> bool:
+    """Whether layer ``index`` reads only the network's input (the first layer of a record without flow)."""
+    layer = record.layers[index]
+    if layer.inputs is None:
+        return index == 0 and not layer.skip_from
+    return all(piece.sources == (-1,) for piece in layer.inputs)
 
 
 def source_neuron_features(record: NetworkRecord) -> list[torch.Tensor | None]:
     """Per layer, ``(in_features, SOURCE_FEATURES)``: the features of the neuron each input of the
-    layer comes from (a flattened channel feeds a block of inputs), or ``None`` where unknown."""
-    features: list[torch.Tensor | None] = [None]
-    for previous, layer in zip(record.layers, record.layers[1:]):
-        try:
-            block = input_blocks(previous, layer, record.source)
-        except SneError:
-            block = None
-        if block is None or layer.skip_from:
+    layer comes from (a flattened channel feeds a block of inputs), or ``None`` where unknown: given
+    for a linear or convolution layer reading exactly one such layer (module docstring)."""
+    features: list[torch.Tensor | None] = []
+    for index, layer in enumerate(record.layers):
+        source = _single_source(record, index)
+        previous = None if source is None else record.layers[source]
+        block = None
+        if previous is not None and _plain_dense(previous) and _plain_dense(layer):
+            try:
+                block = input_blocks(previous, layer, record.source)
+            except SneError:
+                block = None
+        if block is None:
             features.append(None)
             continue
         # Standardised as the chunks standardise each part (layer_parts: the part's own mean and std).
@@ -215,9 +454,16 @@ def source_neuron_features(record: NetworkRecord) -> list[torch.Tensor | None]:
 
 
 def input_position_features(layer: Layer) -> torch.Tensor:
-    """``(out_features * in_features, INPUT_POSITION_FEATURES)``: for each weight element of a
-    network's first layer, in row-major order, its input's coordinate and a flag of 1."""
-    coordinate = kernel_coordinates((layer.in_features,)).squeeze(1).repeat(layer.out_features)
+    """``(out_features * in_features, INPUT_POSITION_FEATURES)``: for each weight element of a layer
+    reading the network's input, in row-major order, its input's coordinate and a flag of 1 (with
+    groups, output channel ``o``'s ``j``-th element reads input ``group(o) * in_per_group + j``)."""
+    groups = int(layer.attrs.get("groups", 1) or 1)
+    out, per_group = layer.out_features, layer.in_features
+    if out % groups:
+        groups = 1
+    coordinates = kernel_coordinates((per_group * groups,)).squeeze(1)
+    inputs = (torch.arange(out) // (out // groups)).unsqueeze(1) * per_group + torch.arange(per_group)
+    coordinate = coordinates[inputs.reshape(-1)]
     return torch.stack([coordinate, torch.ones_like(coordinate)], dim=1)
 
 
@@ -233,27 +479,33 @@ def pad_chunk(
     row_slots_by_kernel: dict[tuple[int, ...], list[torch.Tensor]] = {}
     sources_by_kernel: dict[tuple[int, ...], list[torch.Tensor]] = {}
     positions_by_kernel: dict[tuple[int, ...], list[torch.Tensor]] = {}
-    part_type, part_level, part_network, part_lengths, part_layer_slot = [], [], [], [], []
-    layer_level, layers_per_network, part_stats = [], [], []
+    part_type, part_level, part_network, part_lengths, part_layer, part_index = [], [], [], [], [], []
+    token_kind, token_layer, token_index, token_network = [], [], [], []
+    layer_level, layer_size, layers_per_network, part_stats = [], [], [], []
     num_chunks = 0
     for network, record in enumerate(records):
         sources = source_neuron_features(record) if source_features else [None] * len(record.layers)
+        first_layer = len(layer_level)
         for index, (layer, layer_sources) in enumerate(zip(record.layers, sources)):
-            for part in layer_parts(layer, record.source):
-                elements = layer.out_features * part.row_length
+            parts = layer_parts(layer, record.source)
+            if not parts:
+                continue
+            reads_input = input_positions and _plain_dense(layer) and reads_network_input(record, index)
+            for part in parts:
+                elements = part.rows * part.row_length
                 if input_positions:
-                    if index == 0 and part.part == WEIGHT_PART:
+                    if reads_input and part.part == WEIGHT_PART:
                         positions = input_position_features(layer)
                     else:
                         positions = torch.zeros(elements, INPUT_POSITION_FEATURES)
                     positions_by_kernel.setdefault(part.kernel, []).append(positions.to(dtype))
                 if source_features:
                     if part.part == WEIGHT_PART and layer_sources is not None:
-                        element_sources = layer_sources.repeat(layer.out_features, 1)
+                        element_sources = layer_sources.repeat(part.rows, 1)
                     else:
                         element_sources = torch.zeros(elements, SOURCE_FEATURES)
                     sources_by_kernel.setdefault(part.kernel, []).append(element_sources.to(dtype))
-                layout = row_chunk_layout(layer.out_features, part.row_length, chunk_size)
+                layout = row_chunk_layout(part.rows, part.row_length, chunk_size)
                 part_stats.append(part.stats)
                 taps = (part.taps - part.mean) / part.std if standardize else part.taps
                 taps_by_kernel.setdefault(part.kernel, []).append(taps.to(dtype))
@@ -263,10 +515,20 @@ def pad_chunk(
                 part_level.append(layer.level)
                 part_network.append(network)
                 part_lengths.append(layout.num_chunks)
-                part_layer_slot.append(2 * len(layer_level) + part.part)
+                part_layer.append(len(layer_level))
+                part_index.append(part.part)
                 num_chunks += layout.num_chunks
+            tokens = merge_tokens(layer)
+            for j, kind in enumerate(tokens):
+                token_kind.append(kind)
+                token_layer.append(len(layer_level))
+                token_index.append(len(parts) + j)
+                token_network.append(network)
             layer_level.append(layer.level)
-        layers_per_network.append(len(record.layers))
+            layer_size.append(len(parts) + len(tokens))
+        if len(layer_level) == first_layer:
+            raise SneError(f"{record.source}: SNE found nothing to encode (no floating-point parameters)")
+        layers_per_network.append(len(layer_level) - first_layer)
 
     kernels = list(taps_by_kernel)
     element_slot = [torch.cat(slots_by_kernel[k]) for k in kernels]
@@ -284,11 +546,17 @@ def pad_chunk(
     chunk_network = torch.tensor(part_network)[chunk_part]
     chunks_per_network = torch.bincount(chunk_network, minlength=len(records))
     chunk_in_network = torch.arange(num_chunks) - (chunks_per_network.cumsum(0) - chunks_per_network)[chunk_network]
+    tokens_network = torch.tensor(token_network, dtype=torch.long)
+    tokens_per_network = torch.bincount(tokens_network, minlength=len(records))
+    token_in_network = (torch.arange(len(token_kind)) - (tokens_per_network.cumsum(0) - tokens_per_network)[tokens_network])
+    items_per_network = chunks_per_network + tokens_per_network
     layer_counts = torch.tensor(layers_per_network)
     layer_network = torch.repeat_interleave(layer_counts)
     layer_in_network = torch.arange(len(layer_level)) - (layer_counts.cumsum(0) - layer_counts)[layer_network]
-    layer_mask = torch.zeros(len(layer_level) * 2, dtype=torch.bool)
-    layer_mask[torch.tensor(part_layer_slot)] = True
+    # At least two columns per layer, the first release's (weight, bias) layout of chains.
+    width = max(2, *layer_size)
+    layer_mask = torch.arange(width) < torch.tensor(layer_size)[:, None]
+    token_layer_tensor = torch.tensor(token_layer, dtype=torch.long)
 
     return ChunkBatch(
         tap_values=[torch.cat(taps_by_kernel[k]) for k in kernels],
@@ -301,15 +569,20 @@ def pad_chunk(
         chunk_index=chunk_index,
         chunk_part_slot=_slots(chunk_part, chunk_index, lengths),
         part_mask=_padding_mask(lengths),
-        part_layer_slot=torch.tensor(part_layer_slot),
-        layer_mask=layer_mask.view(-1, 2),
+        part_layer_slot=torch.tensor(part_layer) * width + torch.tensor(part_index),
+        layer_mask=layer_mask,
         layer_level=torch.tensor(layer_level),
         layer_network_slot=_slots(layer_network, layer_in_network, layer_counts),
         network_mask=_padding_mask(layer_counts),
-        chunk_network_slot=_slots(chunk_network, chunk_in_network, chunks_per_network),
-        network_chunk_mask=_padding_mask(chunks_per_network),
+        chunk_network_slot=_slots(chunk_network, chunk_in_network, items_per_network),
+        network_chunk_mask=_padding_mask(items_per_network),
         chunk_part=chunk_part,
         part_stats=torch.stack(part_stats).to(dtype),
+        token_kind=torch.tensor(token_kind, dtype=torch.long),
+        token_layer_slot=token_layer_tensor * width + torch.tensor(token_index, dtype=torch.long),
+        token_level=torch.tensor(layer_level)[token_layer_tensor],
+        token_network_slot=_slots(tokens_network, chunks_per_network[tokens_network] + token_in_network,
+                                  items_per_network),
         source_features=[torch.cat(sources_by_kernel[k]) for k in kernels] if source_features else None,
         input_positions=[torch.cat(positions_by_kernel[k]) for k in kernels] if input_positions else None,
     )

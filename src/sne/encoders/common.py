@@ -39,11 +39,15 @@ def check_widths(encoder: str, name: str, value: Any) -> list[int]:
     return list(value)
 
 
-def describe_architecture(architecture: Sequence) -> str:
-    """``linear 32x1+b, linear 32x32+b, ...``: an architecture signature on one short line."""
-    return ", ".join(
-        f"{kind} {'x'.join(str(s) for s in shape)}{'+b' if has_bias else ''}" for kind, shape, has_bias in architecture
+def describe_architecture(architecture: Sequence, limit: int = 8) -> str:
+    """``linear 32x1+b, linear 32x32+b, ...``: an architecture signature on one short line (the first
+    ``limit`` layers, then how many more)."""
+    shown = ", ".join(
+        f"{kind} {'x'.join(str(s) for s in shape)}{'+b' if has_bias else ''}"
+        for kind, shape, has_bias in list(architecture)[:limit]
     )
+    more = len(architecture) - limit
+    return shown + (f", ... {more} more" if more > 0 else "")
 
 
 def require_architecture(encoder: str, architecture: Sequence | None) -> tuple:
@@ -177,9 +181,10 @@ def check_neuron_chain(encoder: str, architecture: Sequence, kinds: Sequence[str
     flattened feature map (one channel feeding several inputs) has no such axis.
     """
     for i, (kind, shape, _) in enumerate(architecture):
-        if kind not in kinds:
-            raise SneError(f"encoder '{encoder}' takes only {', '.join(kinds)} layers, got a {kind} layer "
-                           f"(layer {i} of {describe_architecture(architecture)})")
+        if kind not in kinds or len(shape) < 2:
+            raise SneError(f"encoder '{encoder}' cannot read layer {i} ({kind}): it takes only {', '.join(kinds)} "
+                           f"layers (any network: {ANY_NETWORK_ENCODERS})")
+    for i, (kind, shape, _) in enumerate(architecture):
         if i and shape[1] != architecture[i - 1][1][0]:
             raise SneError(f"encoder '{encoder}' needs each layer's inputs to be the previous layer's outputs, but "
                            f"layer {i} has {shape[1]} inputs after {architecture[i - 1][1][0]} outputs "
@@ -190,15 +195,15 @@ def check_chain_records(encoder: str, built_for: Sequence, records: Sequence[Net
     """:func:`check_fixed_architecture`, and refuse records with skip connections (not a plain chain)."""
     check_fixed_architecture(encoder, built_for, records)
     for record in records:
-        if not record.is_chain:
-            branch = next((l for l in record.layers if l.inputs and (len(l.inputs) > 1 or len(l.inputs[0].sources) > 1)),
-                          record.layers[0])
-            raise SneError(f"{record.source}: encoder '{encoder}' takes plain chains of layers, but layer "
-                           f"'{branch.name}' reads a residual sum or a concatenation")
         skipping = [layer.name for layer in record.layers if layer.skip_from]
         if skipping:
             raise SneError(f"{record.source}: encoder '{encoder}' takes plain chains of layers, "
                            f"but layer '{skipping[0]}' has a skip connection")
+        if not record.is_chain:
+            branch = next((l for l in record.layers if l.inputs and (len(l.inputs) > 1 or len(l.inputs[0].sources) > 1)),
+                          record.layers[0])
+            raise SneError(f"{record.source}: encoder '{encoder}' takes plain chains of layers, but layer "
+                           f"'{branch.name}' has a skip connection (a residual sum) or a concatenation")
 
 
 class LayerScaler(nn.Module):

@@ -3,11 +3,16 @@
     element (a scalar weight or bias) -> features -> phi (MLP) - reference -> mean over the network
     -> batch norm -> rho (MLP) -> z
 
-An element's features are its value and, with ``layer_features`` (the default), a sinusoidal
-encoding of its place in the layer list, position ``2 * level + is_bias``: what a set of all
-weights can know without breaking invariance, since a permutation of hidden neurons moves values
-only within their own layer's weight or bias. ``layer_features=false`` gives the pure set of
-values, the SNE paper's DeepSets baseline.
+The set holds every value of every floating-point tensor of every operation (weights, biases,
+normalisation scales, shifts and running statistics, attention projections, free parameters);
+integer buffers and operations of kind ``buffer`` are left out. An element's features are its
+value and, with ``layer_features`` (the default), a sinusoidal encoding of its tensor's
+*position* (:func:`tensor_positions`): what a set of all weights can know without breaking
+invariance, since a functionally-equivalent permutation moves values only within their own
+tensor. Every operation reserves a weight slot and a bias slot and takes one more slot per further
+tensor, so a chain's positions are ``2 * level + is_bias``, as in the first release, and trained
+encoders keep their fitted statistics. ``layer_features=false`` gives the pure set of values, the
+SNE paper's DeepSets baseline.
 
 Two fitted input statistics make it learn at all on zoos whose networks differ little (measured on
 the shared-init test zoo: without them it stayed at the mean predictor). ``standardize``: values
@@ -49,7 +54,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "batch_norm": True,
 }
 POOLINGS = ("mean", "sum")
-#: Positions (``2 * level + is_bias``) with fitted statistics; deeper ones are used raw.
+#: Positions (:func:`tensor_positions`) with fitted statistics; later ones are used raw.
 MAX_FITTED_POSITIONS = 256
 #: Size of each position's reference set (evenly spaced quantiles of the training values).
 REFERENCE_QUANTILES = 32
@@ -59,7 +64,7 @@ REFERENCE_QUANTILES = 32
 class ElementBatch:
     """All parameters of a batch of networks, concatenated.
 
-    ``values`` (elements,); ``position`` (elements,) ``2 * level + is_bias``; ``network`` (elements,)
+    ``values`` (elements,); ``position`` (elements,) :func:`tensor_positions`; ``network`` (elements,)
     the index of each element's network in the batch; ``counts`` (networks,) elements per network.
     """
 
@@ -67,6 +72,28 @@ class ElementBatch:
     position: torch.Tensor
     network: torch.Tensor
     counts: torch.Tensor
+
+
+def tensor_positions(record: NetworkRecord) -> list[tuple[torch.Tensor, int]]:
+    """Every floating-point tensor of ``record`` (operations of kind ``buffer`` left out) with its
+    position: an operation's weight (``layer.weight``) at ``2 * level + shift``, its bias at
+    ``2 * level + shift + 1``, its further tensors (normalisation statistics, attention's output
+    projection, more free parameters) after them, in the operation's order, where ``shift`` counts
+    the further tensors of earlier operations. A chain has none: ``2 * level + is_bias``."""
+    tensors, shift = [], 0
+    for layer in record.layers:
+        if layer.kind == "buffer":
+            continue
+        weight, bias = layer.weight, layer.bias
+        others = [t for t in layer.tensors.values()
+                  if t.is_floating_point() and t.numel() and t is not weight and t is not bias]
+        base = 2 * layer.level + shift
+        for slot, tensor in ((0, weight), (1, bias)):
+            if tensor is not None and tensor.is_floating_point() and tensor.numel():
+                tensors.append((tensor, base + slot))
+        tensors += [(tensor, base + 2 + i) for i, tensor in enumerate(others)]
+        shift += len(others)
+    return tensors
 
 
 @register_encoder("deepsets")
@@ -131,12 +158,12 @@ class DeepSetsEncoder(Encoder):
         values, positions, counts = [], [], []
         for record in records:
             count = 0
-            for layer in record.layers:
-                for is_bias, tensor in ((0, layer.weight), (1, layer.bias)):
-                    if tensor is not None:
-                        values.append(tensor.reshape(-1))
-                        positions.append(torch.full((tensor.numel(),), 2 * layer.level + is_bias, dtype=torch.long))
-                        count += tensor.numel()
+            for tensor, position in tensor_positions(record):
+                values.append(tensor.reshape(-1).to(self.value_mean.dtype))
+                positions.append(torch.full((tensor.numel(),), position, dtype=torch.long))
+                count += tensor.numel()
+            if not count:
+                raise SneError(f"{record.source}: deepsets found nothing to encode (no floating-point parameters)")
             counts.append(count)
         counts_tensor = torch.tensor(counts)
         return ElementBatch(

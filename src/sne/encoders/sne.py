@@ -3,14 +3,20 @@
     taps -> tap MLP, mean over a kernel's taps                       -> elements (+ row slot enc)
     pad-chunk (sne.encoders.chunking)                                -> chunks (N, c, h)
     chunk encoder:   2 SAB -> + type enc + level enc -> 2 SAB -> PMA   -> chunk codes (N, h)
-    layer encoder:   + chunk index enc -> SAB stack -> PMA per part    -> weight / bias codes
-                     SAB -> PMA over a layer's (weight, bias) codes    -> layer codes
+    layer encoder:   + chunk index enc -> SAB stack -> PMA per part    -> part codes
+                     SAB -> PMA over a layer's part codes + merge tokens -> layer codes
     network encoder: + level enc -> SAB stack -> PMA -> Linear         -> z (B, out_dim)
+
+A layer's *parts* are its floating-point tensors (weight, bias, a normalisation's scale, shift and
+running statistics, each attention projection, free parameters), each with its own type encoding;
+a layer reading a residual sum or a concatenation gets a learned merge token in its set (the SNE
+paper's special tokens for residual blocks). Both are described in :mod:`sne.encoders.chunking`.
 
 All chunks of all layers of all networks in a batch go through the chunk encoder in one call; the
 later stages gather their sets with index tensors and key-padding masks, so padding never changes
 a network's code and no shape depends on the number or size of layers or on kernel sizes: one
-trained encoder takes any architecture of linear and convolutional layers.
+trained encoder takes any architecture a record can hold (:data:`sne.weights.record.LAYER_KINDS`),
+and encoders trained before the record was generalised load and read chains exactly as before.
 
 Weight-space outputs (:meth:`SNEEncoder.make_weight_head`): SNE is not built to be equivariant,
 so outputs are decoded per element. Every element's code after the second chunk set-to-set stage
@@ -29,8 +35,19 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from sne.encoders.base import Architecture, Encoder, LayerValues, register_encoder
-from sne.encoders.chunking import NUM_CHUNK_TYPES, SOURCE_FEATURES, ChunkBatch, layer_parts, pad_chunk
+from sne.encoders.base import Architecture, Encoder, LayerValues, WeightBatch, register_encoder
+from sne.encoders.chunking import (
+    CHAIN_KINDS,
+    LEVEL_POSITION_OFFSET,
+    NUM_CHUNK_TYPES,
+    NUM_MERGE_TOKENS,
+    SOURCE_FEATURES,
+    ChunkBatch,
+    check_layer,
+    layer_parts,
+    pad_chunk,
+    type_positions,
+)
 from sne.encoders.positional import coordinate_encoding, sinusoidal_encoding
 from sne.encoders.set_blocks import PMA, SAB, ResidualFF, masked_mean
 from sne.errors import SneError
@@ -198,6 +215,9 @@ class SNEEncoder(Encoder):
     link that a row-as-set encoding otherwise loses. ``use_input_positions`` (off by default, as in
     the paper): every first-layer weight also carries its input's coordinate (:mod:`sne.encoders.chunking`,
     "Input positions"), so the inputs of a 2-D INR are told apart.
+    Non-chain records: source features and input positions are given where they are defined
+    (see :mod:`sne.encoders.chunking`) and are zeros elsewhere, which in residual and attention
+    networks is most layers.
     ``standardize_layers``: standardise each layer part's values and give the encoder the part's
     mean and log standard deviation instead (see :mod:`sne.encoders.chunking`, "Scale").
     ``batch_norm``: batch-normalise the pooled codes of every stage (see :class:`SetPool`); codes
@@ -240,15 +260,46 @@ class SNEEncoder(Encoder):
         self.network_stack = SetStack(hidden, heads, depth, norm, sets)
         self.network_pool = SetPool(hidden, heads, norm, sets, resolved["batch_norm"])
         self.readout = nn.Linear(hidden, self.out_dim)
+        # Learned merge tokens (residual sum, concatenation; sne.encoders.chunking, "Merge tokens"),
+        # initialised without drawing random numbers, so every other parameter's initialisation,
+        # and whatever the caller draws next, stays as it was before they existed.
+        self.merge_tokens = nn.Parameter(sinusoidal_encoding(torch.arange(NUM_MERGE_TOKENS), hidden))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        """Read checkpoints of the first release too: their chunk-type statistics cover its eight
+        types (the new types get the identity, as before fitting) and they have no merge tokens
+        (this encoder's initial ones are kept: chains, all that release read, use none)."""
+        if prefix + "readout.weight" in state_dict:
+            for name, fill in (("stats_mean", 0.0), ("stats_std", 1.0)):
+                old = state_dict.get(prefix + name)
+                if isinstance(old, torch.Tensor) and old.dim() == 3 and old.shape[1] < NUM_CHUNK_TYPES:
+                    new = torch.full((old.shape[0], NUM_CHUNK_TYPES, old.shape[2]), fill, dtype=old.dtype,
+                                     device=old.device)
+                    new[:, : old.shape[1]] = old
+                    state_dict[prefix + name] = new
+            state_dict.setdefault(prefix + "merge_tokens", self.merge_tokens.detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def check_records(self, records: Sequence[NetworkRecord]) -> None:
         for record in records:
             for layer in record.layers:
-                if KIND_BY_WEIGHT_NDIM.get(layer.weight.dim()) != layer.kind:
+                check_layer(layer, record.source)
+
+    def prepare_weights(self, records: Sequence[NetworkRecord]) -> WeightBatch:
+        """Weight-space outputs give one weight and one bias per layer (:class:`LayerValues`), so
+        they take records of linear and convolution layers with only those tensors."""
+        for record in records:
+            for layer in record.layers:
+                extra = sorted(set(layer.tensors) - {"weight", "bias"})
+                if layer.kind not in CHAIN_KINDS or extra:
+                    what = f"tensor '{extra[0]}'" if extra else "no weight-and-bias layout"
                     raise SneError(
-                        f"{record.source}: SNE cannot encode layer '{layer.name}' of kind '{layer.kind}' "
-                        f"with a weight of shape {tuple(layer.weight.shape)}"
+                        f"{record.source}: SNE's weight-space outputs take linear and convolution layers with a "
+                        f"weight and a bias only; layer '{layer.name or '<root>'}' of kind '{layer.kind}' has {what}"
                     )
+        return super().prepare_weights(records)
 
     @torch.no_grad()
     def fit_input_statistics(self, records: Sequence[NetworkRecord]) -> None:
@@ -296,16 +347,25 @@ class SNEEncoder(Encoder):
         codes, elements = self._chunk_codes(batch, dtype, keep_elements)
         if opts["use_chunk_index_encoding"]:
             codes = codes + self._encode(batch.chunk_index, dtype)
+        tokens = self.merge_tokens.to(dtype)[batch.token_kind]
         if opts["use_hierarchy"]:
             parts = _gather_sets(codes, batch.chunk_part_slot, batch.part_mask)
             parts = self.part_pool(self.part_stack(parts, batch.part_mask), batch.part_mask)
-            pairs = _gather_sets(parts, batch.part_layer_slot, batch.layer_mask)
-            layers = self.merge_pool(self.merge_stack(pairs, batch.layer_mask), batch.layer_mask)
+            # A layer's set: its part codes, then its merge tokens (none in a chain).
+            members = torch.cat([parts, tokens])
+            slots = torch.cat([batch.part_layer_slot, batch.token_layer_slot])
+            layer_sets = _gather_sets(members, slots, batch.layer_mask)
+            layers = self.merge_pool(self.merge_stack(layer_sets, batch.layer_mask), batch.layer_mask)
             if opts["use_level_encoding"]:
                 layers = layers + self._encode(batch.layer_level, dtype)
             sets, mask = _gather_sets(layers, batch.layer_network_slot, batch.network_mask), batch.network_mask
         else:
-            sets = _gather_sets(codes, batch.chunk_network_slot, batch.network_chunk_mask)
+            # Without the hierarchy the tokens join the network's chunk codes, with their layer's level.
+            if opts["use_level_encoding"]:
+                tokens = tokens + self._encode(batch.token_level + LEVEL_POSITION_OFFSET, dtype)
+            members = torch.cat([codes, tokens])
+            slots = torch.cat([batch.chunk_network_slot, batch.token_network_slot])
+            sets = _gather_sets(members, slots, batch.network_chunk_mask)
             mask = batch.network_chunk_mask
         return self.network_pool(self.network_stack(sets, mask), mask), elements
 
@@ -401,11 +461,12 @@ class SNEEncoder(Encoder):
         kinds, levels = batch.chunk_type[first:last], batch.chunk_level[first:last]
         context = torch.zeros(last - first, self.hidden, dtype=dtype, device=kinds.device)
         if self.options["use_type_encoding"]:
-            context = context + self._encode(kinds, dtype)
+            context = context + self._encode(type_positions(kinds), dtype)
         if self.options["use_level_encoding"]:
-            # Levels sit after the type positions on the same sinusoidal axis: were both counted
-            # from 0, (type a, level b) and (type b, level a) would add up to the same context.
-            context = context + self._encode(levels + NUM_CHUNK_TYPES, dtype)
+            # Levels sit after the first release's type positions on the same sinusoidal axis, new
+            # types before 0 (chunking.type_positions): were both counted from 0, (type a, level b)
+            # and (type b, level a) would add up to the same context.
+            context = context + self._encode(levels + LEVEL_POSITION_OFFSET, dtype)
         if self.part_scale is not None:
             context = context + self.part_scale(self._normalized_part_stats(batch, first, last))
         return context

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from sne import __version__
 from sne.bench.environment import cpu_model
-from sne.encoders import Encoder, batch_to, build_encoder, build_encoder_from_config
+from sne.encoders import Encoder, batch_to, build_encoder, build_encoder_from_config, get_encoder_class
 from sne.errors import SneError, one_line
 from sne.io_utils import atomic_path, write_json_atomic
 from sne.train.predictor import Predictor
@@ -179,7 +179,8 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict
 
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    predictor = _build_predictor(config, target, None, train_records[0].architecture).to(device)
+    architecture = get_encoder_class(config.encoder).architecture_of(train_records[0])
+    predictor = _build_predictor(config, target, None, architecture).to(device)
     predictor.encoder.check_records(train_records)
     meta = {
         "config": asdict(config),
