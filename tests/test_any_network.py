@@ -232,6 +232,8 @@ def test_hugging_face_config_beside_a_checkpoint(tiny_run, tmp_path, capsys):
     from sne.weights.arch import arch_from_hf_config
 
     record = arch_from_hf_config(tmp_path / "config.json").record(model.state_dict(), "bert").to(torch.float64)
+    names = {group.name.split(" of ")[0] for group in record.symmetries}
+    assert {"heads", "query/key dimensions", "value dimensions"} <= names  # its hand-written attention
     tokens = torch.randint(0, 40, (1, 8))
     twin = copy.deepcopy(model).double()
     with torch.no_grad():

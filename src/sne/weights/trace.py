@@ -1033,8 +1033,8 @@ class _Tracer:
         for n in nodes:
             if n is not merged and any(user not in inside for user in n.users):
                 return None
-        first = min(nodes, key=lambda n: list(self.program.graph.nodes).index(n))
-        return _SdpaBlock(first, nodes, projections, heads, head_dim, out_weight, name != "linear", merged)
+        # Read at the attention itself: every projection (and its free outputs) is known by then.
+        return _SdpaBlock(sdpa, nodes, projections, heads, head_dim, out_weight, name != "linear", merged)
 
     def _heads_of(self, arg, nodes: list) -> tuple[_Projection, tuple[int, int]] | None:
         """Follow a (batch, heads, tokens, head_dim) argument back to the linear map it views."""
@@ -1112,7 +1112,7 @@ class _Tracer:
                 else:
                     swap = [d % 4 for d in user.args[1]]
                 order = [order[i] for i in swap]
-            elif name in self._SAME:
+            elif name in self._SAME or (name in self._RESHAPES and _shape(user) == _shape(user.args[0])):
                 pass
             elif name in self._RESHAPES:
                 before, after = _shape(user.args[0]), _shape(user)
@@ -1120,6 +1120,15 @@ class _Tracer:
                         or after[:2] != before[:2] or after[2] != before[2] * before[3]:
                     return None
                 nodes.append(user)
+                # Leading axes may merge too (tokens of a batch in one matrix) before the projection.
+                while len(user.users) == 1:
+                    following = next(iter(user.users))
+                    shape = _shape(following)
+                    if _op_name(following) not in self._RESHAPES | self._SAME or shape is None \
+                            or shape[-1] != after[-1]:
+                        break
+                    nodes.append(following)
+                    user = following
                 return user
             else:
                 return None
@@ -1136,7 +1145,7 @@ class _Tracer:
             if isinstance(value, _Value):
                 self.fix_value(value)  # the free outputs of the projection give way to the structure below
                 sources |= value.sources
-        for arg in list(_flat(block.nodes[0].args[3:])) + list(_flat(block.nodes[0].kwargs.values())):
+        for arg in list(_flat(block.first.args[3:])) + list(_flat(block.first.kwargs.values())):
             self.fix_value(self.value(arg))
         rows = lambda p: [(p.weight, 1 if p.transposed else 0)] + ([(p.bias, 0)] if p.bias else [])  # noqa: E731
         out_axis = 0 if block.out_transposed else 1
