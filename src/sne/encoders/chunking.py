@@ -103,6 +103,7 @@ import torch
 
 from sne.errors import SneError
 from sne.weights.permute import input_blocks
+from sne.encoders.common import mean_std
 from sne.weights.record import (
     KIND_BY_WEIGHT_NDIM,
     LAYER_KINDS,
@@ -247,8 +248,7 @@ def _slots(rows: torch.Tensor, columns: torch.Tensor, lengths: torch.Tensor) -> 
     return rows * int(lengths.max()) + columns
 
 
-#: Floor of a part's standard deviation, so constant parts (a single bias) standardise to 0.
-STD_FLOOR = 1e-6
+
 
 
 class LayerPart(NamedTuple):
@@ -260,7 +260,7 @@ class LayerPart(NamedTuple):
     taps: torch.Tensor  #: (rows * row_length, taps) in float64
     row_length: int
     mean: torch.Tensor  #: mean of all values
-    std: torch.Tensor  #: standard deviation of all values, floored at STD_FLOOR
+    std: torch.Tensor  #: standard deviation of all values (common.mean_std: floored)
     rows: int
     name: str  #: the tensor's local name (with the projection for a fused attention tensor: ``in_proj_weight[q]``)
 
@@ -378,8 +378,8 @@ def layer_parts(layer: Layer, source: str) -> list[LayerPart]:
     parts = []
     for index, (part_type, name, taps, rows, row_length, kernel) in enumerate(typed):
         taps = taps.to(torch.float64)
-        std = taps.std(unbiased=False).clamp_min(STD_FLOOR)
-        parts.append(LayerPart(index, part_type, kernel, taps, row_length, taps.mean(), std, rows, name))
+        mean, std = mean_std(taps, unbiased=False)
+        parts.append(LayerPart(index, part_type, kernel, taps, row_length, mean, std, rows, name))
     return parts
 
 

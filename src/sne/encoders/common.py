@@ -138,13 +138,28 @@ def build_mlp(in_dim: int, hidden: Sequence[int], out_dim: int, dropout: float =
 STD_FLOOR = 1e-6
 
 
+def mean_std(
+    values: torch.Tensor, dim: int | None = None, unbiased: bool = True, floor: float = STD_FLOOR
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one standardisation every encoder uses: mean and standard deviation of ``values`` in
+    float64, over axis ``dim`` or over all entries. The deviation is floored at ``floor``, so a
+    constant input standardises to 0 instead of infinity; a sample standard deviation
+    (``unbiased``) of a single value is 1 (nothing to scale by)."""
+    values = values.to(torch.float64)
+    count = values.numel() if dim is None else values.shape[dim]
+    mean = values.mean() if dim is None else values.mean(dim)
+    if unbiased and count < 2:
+        return mean, torch.ones_like(mean)
+    std = values.std(unbiased=unbiased) if dim is None else values.std(dim, unbiased=unbiased)
+    return mean, std.clamp_min(floor)
+
+
 @torch.no_grad()
 def fit_standardization(mean: torch.Tensor, std: torch.Tensor, values: torch.Tensor) -> None:
     """Set buffers ``mean``/``std`` in place to the column statistics of ``values`` (rows: training networks)."""
-    values = values.to(torch.float64)
-    mean.copy_(values.mean(0).to(mean.dtype))
-    if len(values) > 1:
-        std.copy_(values.std(0).clamp_min(STD_FLOOR).to(std.dtype))
+    fitted_mean, fitted_std = mean_std(values, dim=0)
+    mean.copy_(fitted_mean.to(mean.dtype))
+    std.copy_(fitted_std.to(std.dtype))
 
 
 # --- weight-space encoders (nfn_np, nfn_hnp, nft, dwsnet): one fixed chain of layers --------------
@@ -226,10 +241,7 @@ class LayerScaler(nn.Module):
         for i, (weight, bias) in enumerate(zip(batch.weights, batch.biases)):
             parts = ((weight, self.weight_mean, self.weight_std), (bias, self.bias_mean, self.bias_std))
             for tensor, mean, std in parts:
-                values = tensor.to(torch.float64)
-                mean[i] = values.mean()
-                if values.numel() > 1:
-                    std[i] = values.std().clamp_min(STD_FLOOR)
+                mean[i], std[i] = mean_std(tensor)
 
     def forward(self, batch: LayerTensors) -> LayerTensors:
         return LayerTensors(

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from sne.encoders.base import Architecture, Encoder, register_encoder
-from sne.encoders.common import STD_FLOOR, build_mlp, check_positive_int, check_widths, resolve_options
+from sne.encoders.common import build_mlp, mean_std, check_positive_int, check_widths, resolve_options
 from sne.encoders.positional import sinusoidal_encoding
 from sne.errors import SneError
 from sne.weights.record import NetworkRecord
@@ -145,9 +145,7 @@ class DeepSetsEncoder(Encoder):
                 continue
             selected = values[batch.position == position]
             if self.options["standardize"]:
-                self.value_mean[position] = selected.mean()
-                if len(selected) > 1:
-                    self.value_std[position] = selected.std().clamp_min(STD_FLOOR)
+                self.value_mean[position], self.value_std[position] = mean_std(selected)
                 selected = (selected - self.value_mean[position].double()) / self.value_std[position].double()
             if self.options["reference"]:
                 self.reference_values[position] = torch.quantile(selected, quantile_levels)

@@ -39,7 +39,7 @@ from torch.nn import functional as F
 
 from sne.encoders.base import Architecture, Encoder, register_encoder
 from sne.encoders.common import (
-    STD_FLOOR,
+    mean_std,
     check_fixed_architecture,
     check_positive_int,
     flat_size,
@@ -180,10 +180,7 @@ class HyperRepEncoder(Encoder):
         self.check_records(records)
         flat = stack_flat(records, torch.float64)
         for start, end in part_ranges(self.architecture):
-            values = flat[:, start:end]
-            self.input_mean[start:end] = values.mean()
-            if values.numel() > 1:
-                self.input_std[start:end] = values.std().clamp_min(STD_FLOOR)
+            self.input_mean[start:end], self.input_std[start:end] = mean_std(flat[:, start:end])
 
     def prepare(self, records: Sequence[NetworkRecord]) -> torch.Tensor:
         self.check_records(records)

@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sne.encoders.base import Architecture, Encoder, LayerValues, WeightBatch, register_encoder
+from sne.encoders.common import mean_std
 from sne.encoders.chunking import (
     CHAIN_KINDS,
     LEVEL_POSITION_OFFSET,
@@ -78,7 +79,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 MAX_KERNEL_DIMS = max(KIND_BY_WEIGHT_NDIM) - 2
 #: Levels whose layer statistics are normalised with fitted training statistics (deeper: raw).
 MAX_NORMALIZED_LEVELS = 128
-#: Floor of a fitted statistic's spread across networks (a constant statistic stays finite).
+#: Floor of a fitted statistic's spread across networks: coarser than common.STD_FLOOR, because the
+#: statistics are (mean, log std) of whole parts, and a near-constant one carries no signal worth 1e6x.
 STATS_STD_FLOOR = 1e-4
 #: Octave frequencies per kernel dimension in a tap's coordinate encoding.
 TAP_FREQUENCIES = 4
@@ -312,10 +314,9 @@ class SNEEncoder(Encoder):
                     for part in layer_parts(layer, record.source):
                         stats_by_key.setdefault((layer.level, part.type), []).append(part.stats)
         for (level, kind), stats in stats_by_key.items():
-            stats = torch.stack(stats)
-            self.stats_mean[level, kind] = stats.mean(0).to(self.stats_mean.dtype)
-            if len(stats) > 1:
-                self.stats_std[level, kind] = stats.std(0).clamp_min(STATS_STD_FLOOR).to(self.stats_std.dtype)
+            mean, std = mean_std(torch.stack(stats), dim=0, floor=STATS_STD_FLOOR)
+            self.stats_mean[level, kind] = mean.to(self.stats_mean.dtype)
+            self.stats_std[level, kind] = std.to(self.stats_std.dtype)
 
     def _normalized_part_stats(self, batch: ChunkBatch, first: int, last: int) -> torch.Tensor:
         stats = batch.part_stats[batch.chunk_part[first:last]]

@@ -38,6 +38,7 @@ from torch import nn
 from torch_geometric.utils import scatter
 
 from sne.encoders.base import Architecture, Encoder, LayerValues, WeightBatch, layer_values_from_flat
+from sne.encoders.common import STD_FLOOR
 from sne.encoders.neural_graph.graph import (
     ACTIVATION_INDEX,
     ACTIVATIONS,
@@ -79,8 +80,7 @@ COMMON_OPTIONS: dict[str, Any] = {
 #: Initial standard deviation of the learned embedding tables (see NeuralGraphEncoder.__init__).
 EMBEDDING_INIT_STD = 0.1
 
-#: Floor of a fitted standard deviation (a constant layer stays finite).
-STD_FLOOR = 1e-8
+
 
 #: The activations probe features can evaluate; "sine" is SIREN's sin(w0 x) (option ``sine_w0``).
 PROBE_ACTIVATIONS = {
