@@ -468,3 +468,91 @@ HELD_OUT_VARIANTS = [
     ("unet-depth3", partial(unet, depth=3)),
     ("unet-base6-rgb", partial(unet, base=6, in_channels=3, out_channels=3)),
 ]
+
+
+# --------------------------------------------------------------------------------------------- more wirings
+class Bottleneck(nn.Module):
+    def __init__(s, cin, mid, cout, stride):
+        super().__init__()
+        s.c1=nn.Conv2d(cin,mid,1,bias=False); s.b1=nn.BatchNorm2d(mid)
+        s.c2=nn.Conv2d(mid,mid,3,stride,1,bias=False); s.b2=nn.BatchNorm2d(mid)
+        s.c3=nn.Conv2d(mid,cout,1,bias=False); s.b3=nn.BatchNorm2d(cout)
+        s.down = None if (cin==cout and stride==1) else nn.Sequential(nn.Conv2d(cin,cout,1,stride,bias=False), nn.BatchNorm2d(cout))
+    def forward(s,x):
+        y=F.relu(s.b1(s.c1(x))); y=F.relu(s.b2(s.c2(y))); y=s.b3(s.c3(y))
+        return F.relu(y + (x if s.down is None else s.down(x)))
+def _resnet_bottleneck():
+    m=nn.Sequential(nn.Conv2d(3,8,3,padding=1,bias=False), nn.BatchNorm2d(8), nn.ReLU(), Bottleneck(8,4,16,1), Bottleneck(16,4,16,1), Bottleneck(16,8,32,2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32,10))
+    return m.eval(), torch.randn(2,3,16,16)
+
+class ConvNeXtBlock(nn.Module):
+    def __init__(s, d):
+        super().__init__()
+        s.dw=nn.Conv2d(d,d,7,padding=3,groups=d); s.norm=nn.LayerNorm(d); s.pw1=nn.Linear(d,4*d); s.pw2=nn.Linear(4*d,d)
+        s.gamma=nn.Parameter(torch.rand(d)+0.5)
+    def forward(s,x):
+        y=s.dw(x).permute(0,2,3,1); y=s.pw2(F.gelu(s.pw1(s.norm(y)))); y=s.gamma*y
+        return x + y.permute(0,3,1,2)
+def _convnext():
+    m=nn.Sequential(nn.Conv2d(3,8,4,4), ConvNeXtBlock(8), ConvNeXtBlock(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LayerNorm(8), nn.Linear(8,5))
+    return m.eval(), torch.randn(2,3,16,16)
+
+class MixerBlock(nn.Module):
+    def __init__(s, tokens, d):
+        super().__init__()
+        s.n1=nn.LayerNorm(d); s.t1=nn.Linear(tokens,2*tokens); s.t2=nn.Linear(2*tokens,tokens)
+        s.n2=nn.LayerNorm(d); s.c1=nn.Linear(d,2*d); s.c2=nn.Linear(2*d,d)
+    def forward(s,x):
+        y=s.n1(x).transpose(1,2); x = x + s.t2(F.gelu(s.t1(y))).transpose(1,2)
+        return x + s.c2(F.gelu(s.c1(s.n2(x))))
+class Mixer(nn.Module):
+    def __init__(s):
+        super().__init__(); s.patch=nn.Conv2d(1,8,4,4); s.blocks=nn.Sequential(MixerBlock(16,8), MixerBlock(16,8)); s.norm=nn.LayerNorm(8); s.head=nn.Linear(8,10)
+    def forward(s,x):
+        x=s.patch(x).flatten(2).transpose(1,2); x=s.blocks(x); return s.head(s.norm(x).mean(1))
+def _mixer(): return Mixer().eval(), torch.randn(2,1,16,16)
+
+class SE(nn.Module):
+    def __init__(s,c):
+        super().__init__(); s.fc1=nn.Conv2d(c,c//2,1); s.fc2=nn.Conv2d(c//2,c,1)
+    def forward(s,x): return x*torch.sigmoid(s.fc2(F.silu(s.fc1(F.adaptive_avg_pool2d(x,1)))))
+def _effnet():
+    m=nn.Sequential(nn.Conv2d(3,8,3,padding=1), nn.BatchNorm2d(8), nn.SiLU(), nn.Conv2d(8,8,3,padding=1,groups=8), SE(8), nn.Conv2d(8,16,1), nn.BatchNorm2d(16), nn.Upsample(scale_factor=2), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(16,3))
+    return m.eval(), torch.randn(2,3,8,8)
+
+class TiedLM(nn.Module):
+    def __init__(s):
+        super().__init__(); s.emb=nn.Embedding(30,12); s.body=nn.TransformerEncoderLayer(12,3,24,0.0,batch_first=True); s.out=nn.Linear(12,30,bias=False); s.out.weight=s.emb.weight
+    def forward(s,t): return s.out(s.body(s.emb(t)))
+def _tied(): return TiedLM().eval(), torch.randint(0,30,(2,5))
+
+def _conv1d_audio():
+    m=nn.Sequential(nn.Conv1d(1,8,9,stride=2), nn.GroupNorm(4,8), nn.ReLU(), nn.Conv1d(8,8,3,dilation=2), nn.InstanceNorm1d(8, affine=True), nn.GELU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8,4))
+    return m.eval(), torch.randn(2,1,64)
+def _conv3d():
+    m=nn.Sequential(nn.Conv3d(1,4,3), nn.BatchNorm3d(4), nn.ReLU(), nn.ConvTranspose3d(4,2,2,stride=2), nn.ReLU(), nn.Conv3d(2,3,1))
+    return m.eval(), torch.randn(1,1,6,6,6)
+class CrossAttn(nn.Module):
+    def __init__(s):
+        super().__init__(); s.q=nn.Linear(6,8); s.m=nn.Linear(5,8); s.att=nn.MultiheadAttention(8,2,batch_first=True); s.o=nn.Linear(8,2)
+    def forward(s,x):
+        q=s.q(x); mem=s.m(x[..., :5].flip(1)); return s.o(s.att(q,mem,mem)[0])
+def _cross(): return CrossAttn().eval(), torch.randn(2,4,6)
+
+
+def _seeded(build, seed: int = 0):
+    """Run factory ``build`` under ``seed`` without touching the caller's random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module, example = build()
+        return _finish(module, example)
+
+
+#: Other wirings people train: bottleneck ResNet, ConvNeXt (depthwise 7x7, channels-last LayerNorm,
+#: layer scale), MLP-Mixer (a linear layer over the token axis), squeeze-and-excitation gating and
+#: upsampling, a language model with its output layer tied to the embedding, 1-D audio convolutions
+#: with group and instance norms, 3-D (transposed) convolutions, cross-attention.
+MORE_WIRINGS = [(name.replace("_", "-"), partial(_seeded, build)) for name, build in [
+    ("resnet_bottleneck", _resnet_bottleneck), ("convnext", _convnext), ("mixer", _mixer), ("squeeze_excite", _effnet),
+    ("tied_lm", _tied), ("conv1d_audio", _conv1d_audio), ("conv3d", _conv3d), ("cross_attention", _cross),
+]]

@@ -23,7 +23,7 @@ from sne.weights import load_record, random_equivalent_permutation, record_from_
 from sne.weights.arch import arch_from_spec
 from sne.weights.permute import symmetry_groups
 
-ALL = [*families.FAMILIES.items(), *families.HELD_OUT_VARIANTS]
+ALL = [*families.FAMILIES.items(), *families.HELD_OUT_VARIANTS, *families.MORE_WIRINGS]
 TESTS = Path(__file__).parent
 
 
@@ -52,9 +52,23 @@ def test_record_is_complete_and_its_permutations_keep_the_function(name, factory
         moved = [k for k, v in permuted.to_state_dict().items() if not torch.equal(v, double.to_state_dict()[k])]
         # Hidden units of every block move (only input- and output-side tensors may stay).
         assert len(moved) >= len(state) // 2, (name, len(moved), len(state))
+        assert any(group.size > 1 for group in permuted.symmetries)
         twin = copy.deepcopy(module).double()
         twin.load_state_dict(permuted.to_state_dict(), strict=True)
         torch.testing.assert_close(_outputs(twin, example), reference, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(("name", "factory"), families.MORE_WIRINGS, ids=[n for n, _ in families.MORE_WIRINGS])
+def test_sne_and_deepsets_encode_other_wirings(name, factory):
+    from sne.encoders import build_encoder
+
+    module, example = factory()
+    record = record_from_module(module, example)
+    twin = random_equivalent_permutation(record, torch.Generator().manual_seed(0))
+    for encoder_name in ("sne", "deepsets"):
+        encoder = build_encoder(encoder_name, hidden=16) if encoder_name == "sne" else build_encoder(encoder_name)
+        codes = encoder.eval()(encoder.prepare([record, twin]))
+        assert codes.shape[0] == 2 and torch.isfinite(codes).all()
 
 
 def test_symmetries_of_a_transformer_include_heads_residual_stream_and_mlp():

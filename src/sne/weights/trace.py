@@ -342,8 +342,10 @@ class _Tracer:
     """One pass over an exported graph (see the module docstring)."""
 
     def __init__(self, program: torch.export.ExportedProgram, specs: dict[str, _OpSpec],
-                 key_op: dict[str, str], source: str) -> None:
+                 key_op: dict[str, str], source: str, aliases: dict[str, list[str]]) -> None:
         self.program, self.specs, self.key_op, self.source = program, specs, key_op, source
+        self.aliases = aliases
+        self.position = 0  # of the node being read
         self.groups = _Groups()
         self.values: dict[torch.fx.Node, Any] = {}
         self.first_use: dict[str, int] = {}  # operation path -> position of first use
@@ -360,6 +362,14 @@ class _Tracer:
 
     def op_of(self, key: str) -> str:
         return self.key_op[key]
+
+    def use_op(self, key: str, kind: str) -> str:
+        """The operation a use of weight ``key`` as a ``kind`` belongs to: a tied weight (one tensor
+        under several keys, e.g. an output layer sharing the embedding) belongs to the owner of that
+        kind not yet used."""
+        owners = [self.op_of(k) for k in (key, *self.aliases.get(key, ()))]
+        owners.sort(key=lambda o: (self.specs[o].kind != kind, o in self.flow))
+        return owners[0]
 
     def touch(self, op: str, position: int) -> None:
         self.first_use.setdefault(op, position)
@@ -461,8 +471,10 @@ class _Tracer:
         shape = _shape(node)
         args = node.args
         x = self.value(args[0]) if args else None
+        self.position = position
         for key in (v.param for v in (self.value(a) for a in _flat(args)) if isinstance(v, _Value) and v.param):
-            self.touch(self.op_of(key), position)
+            if key not in self.aliases:  # a tied weight's owner is known only to the operation using it
+                self.touch(self.op_of(key), position)
         if name in _IGNORED:
             return
         if name == "getitem":
@@ -857,7 +869,8 @@ class _Tracer:
         if (w is None or shape is None or not isinstance(x, _Value) or x.param is not None
                 or len(self.values[w_arg].shape) != 2 or (isinstance(b_arg, torch.fx.Node) and b is None)):
             return self.unknown(node, shape)
-        op = self.op_of(w)
+        op = self.use_op(w, "linear")
+        self.touch(op, self.position)
         last = len(x.shape) - 1
         self.flow.setdefault(op, self.read(x, last, op, x.shape[last]))
         in_axis, out_axis = (0, 1) if transposed else (1, 0)
@@ -919,7 +932,8 @@ class _Tracer:
         w = self.weight_key(node.args[0])
         if w is None or shape is None:
             return self.unknown(node, shape)
-        op = self.op_of(w)
+        op = self.use_op(w, "embedding")
+        self.touch(op, self.position)
         num = self.values[node.args[0]].shape[0]
         indices = self.value(node.args[1])
         self.flow.setdefault(op, (InputSlice(0, num, 1, tuple(sorted(indices.sources)) if indices and indices.sources else (-1,)),))
@@ -979,7 +993,11 @@ class _Tracer:
             return self.unknown(node, shape)
         num_groups = node.args[1]
         if num_groups not in (1, x.shape[1]) and 1 in x.layouts:
-            self.groups.fix_layout(x.layouts[1])  # channels move only within their group: not followed
+            # Statistics are per group of channels: channels may move within their group (each group
+            # its own permutation), not across groups.
+            size = x.shape[1] // num_groups
+            if any(self.cut(x.layouts[1], g * size, (g + 1) * size) is None for g in range(num_groups)):
+                self.groups.fix_layout(x.layouts[1])  # refinement is global: the layout now reads in parts
         return self.norm(node, shape, node.args[0], list(node.args[2:4]), [1])
 
     # -- attention -------------------------------------------------------------------------------
@@ -1382,7 +1400,8 @@ def record_from_module(
     if example_input is None:
         example_input = guess_example_input(module, source)
     program = _export(module, example_input, source)
-    tracer = _Tracer(program, specs, key_op, source)
+    aliases = _aliases(module)
+    tracer = _Tracer(program, specs, key_op, source, aliases)
     tracer.run()
     order = sorted(locals_, key=lambda p: (tracer.first_use.get(p, math.inf), list(locals_).index(p)))
     index = {path: i for i, path in enumerate(order)}
@@ -1399,24 +1418,17 @@ def record_from_module(
                            for s in flow)
         tensors = check_tensors(path or type(module).__name__, locals_[path], source)
         layers.append(Layer(path, kind, level, tensors, tracer.activation.get(path), (), attrs, inputs))
-    symmetries = _symmetries(tracer, key_op, index, _aliases(module, program))
+    symmetries = _symmetries(tracer, key_op, index, aliases)
     return NetworkRecord(tuple(layers), source=source, symmetries=symmetries)
 
 
-def _aliases(module: nn.Module, program: torch.export.ExportedProgram) -> dict[str, list[str]]:
-    """Tied tensors (one tensor under several keys): the key the graph uses -> the other keys, which
-    must move with it."""
+def _aliases(module: nn.Module) -> dict[str, list[str]]:
+    """Tied tensors (one tensor under several keys): each key -> the other keys, which must move
+    with it (the graph may name the tensor by any of them)."""
     by_tensor: dict[int, list[str]] = {}
     for key, tensor in module.state_dict(keep_vars=True).items():
         by_tensor.setdefault(id(tensor), []).append(key)
-    signature = program.graph_signature
-    named = set(signature.inputs_to_parameters.values()) | set(signature.inputs_to_buffers.values())
-    aliases = {}
-    for keys in by_tensor.values():
-        if len(keys) > 1:
-            canonical = next((k for k in keys if k in named), keys[0])
-            aliases[canonical] = [k for k in keys if k != canonical]
-    return aliases
+    return {key: [k for k in keys if k != key] for keys in by_tensor.values() if len(keys) > 1 for key in keys}
 
 
 def _nested(inside: tuple, outside: tuple) -> bool:
