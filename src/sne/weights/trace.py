@@ -537,37 +537,43 @@ class _Tracer:
     def binary(self, node, shape) -> _Value | None:
         if shape is None:
             return self.unknown(node, shape)
-        operands = [a for a in node.args if isinstance(a, torch.fx.Node)]
-        values = [self.value(a) for a in operands]
-        if any(v is None for v in values) or any(not isinstance(v, _Value) for v in values):
+        values = [self.value(a) for a in node.args if isinstance(a, torch.fx.Node)]
+        if any(not isinstance(v, _Value) for v in values):
             return self.unknown(node, shape)
-        ndim = len(shape)
-        layouts: dict[int, Layout] = {}
         sources = frozenset().union(*(v.sources for v in values))
+        return _Value(shape, self.line_up(values, shape), sources, plain=all(v.plain for v in values))
+
+    def merge_layouts(self, layouts: list[Layout]) -> Layout | None:
+        """One layout for values that meet entry by entry (an addition): their groups become one,
+        their sources add up; ``None``, with every group fixed, when they do not line up."""
+        merged = layouts[0]
+        for other in layouts[1:]:
+            aligned = _align(self.groups, merged, other)
+            if aligned is None:
+                for layout in layouts:
+                    self.groups.fix_layout(layout)
+                return None
+            for s, t in zip(*aligned):
+                self.groups.union(s.group, t.group)
+            merged = [Seg(s.group, s.inner, s.sources | t.sources) for s, t in zip(*aligned)]
+        return merged
+
+    def line_up(self, values: list[_Value], shape: tuple[int, ...], skip: int | None = None) -> dict[int, Layout]:
+        """The layouts of an elementwise combination of ``values`` (broadcast, right-aligned) on every
+        axis but ``skip``: layouts that meet merge; a parameter met along an axis becomes a member of
+        its groups; any other tensor met there (a constant per neuron) fixes them."""
+        layouts: dict[int, Layout] = {}
+        ndim = len(shape)
         for axis in range(ndim):
-            present = []
-            for v in values:
-                a = axis - (ndim - len(v.shape))
-                if a < 0 or v.shape[a] == 1:
-                    continue
-                present.append((v, a))
-            with_layout = [(v, a) for v, a in present if a in v.layouts]
+            if axis == skip:
+                continue
+            present = [(v, axis - (ndim - len(v.shape))) for v in values]
+            present = [(v, a) for v, a in present if a >= 0 and v.shape[a] != 1]
+            with_layout = [v.layouts[a] for v, a in present if a in v.layouts]
             if not with_layout:
                 continue
-            merged = with_layout[0][0].layouts[with_layout[0][1]]
-            ok = True
-            for v, a in with_layout[1:]:
-                aligned = _align(self.groups, merged, v.layouts[a])
-                if aligned is None:
-                    ok = False
-                    break
-                left, right = aligned
-                for s, t in zip(left, right):
-                    self.groups.union(s.group, t.group)
-                merged = [Seg(s.group, s.inner, s.sources | t.sources) for s, t in zip(left, right)]
-            if not ok:
-                for v, a in with_layout:
-                    self.groups.fix_layout(v.layouts[a])
+            merged = self.merge_layouts(with_layout)
+            if merged is None:
                 continue
             for v, a in present:
                 if a in v.layouts:
@@ -581,7 +587,7 @@ class _Tracer:
                     if v.param is not None:
                         self.opaque.add(v.param)
             layouts[axis] = merged
-        return _Value(shape, layouts, sources, plain=all(v.plain for v in values))
+        return layouts
 
     def reduction(self, node, shape) -> _Value | None:
         x = self.value(node.args[0])
@@ -634,10 +640,7 @@ class _Tracer:
         if got is None:
             return self.unknown(node, shape)
         x, shape = got
-        a, b = node.args[1] % len(shape), node.args[2] % len(shape)
-        axes = list(range(len(shape)))
-        axes[a], axes[b] = axes[b], axes[a]
-        return self.remap(node, shape, x, axes)
+        return self.remap(node, shape, x, _axis_order(node, len(shape)))
 
     on_swapaxes = on_transpose
 
@@ -648,12 +651,7 @@ class _Tracer:
         x, shape = got
         return self.remap(node, shape, x, list(range(len(shape)))[::-1])
 
-    def on_permute(self, node, shape, position):
-        got = self.shaped(node, shape)
-        if got is None:
-            return self.unknown(node, shape)
-        x, shape = got
-        return self.remap(node, shape, x, [d % len(shape) for d in node.args[1]])
+    on_permute = on_transpose
 
     def on_expand(self, node, shape, position):
         got = self.shaped(node, shape)
@@ -803,41 +801,10 @@ class _Tracer:
                 g = self.groups.new(v.shape[d], "concatenated", fixed=True)
                 layout.append(Seg(g, 1, v.sources or frozenset([INPUT])))
         # Other axes line up as in an elementwise operation.
-        others = self.binary_like(values, shape, skip=d)
+        others = self.line_up(values, shape, skip=d)
         if any(d in v.layouts for v in values):
             others[d] = layout
         return _Value(shape, others, frozenset().union(*(v.sources for v in values)))
-
-    def binary_like(self, values: list[_Value], shape, skip: int) -> dict[int, Layout]:
-        layouts: dict[int, Layout] = {}
-        for axis in range(len(shape)):
-            if axis == skip:
-                continue
-            with_layout = [v.layouts[axis] for v in values if axis in v.layouts]
-            if not with_layout:
-                continue
-            merged = with_layout[0]
-            for other in with_layout[1:]:
-                aligned = _align(self.groups, merged, other)
-                if aligned is None:
-                    for layout in with_layout:
-                        self.groups.fix_layout(layout)
-                    merged = None
-                    break
-                for s, t in zip(*aligned):
-                    self.groups.union(s.group, t.group)
-                merged = [Seg(s.group, s.inner, s.sources | t.sources) for s, t in zip(*aligned)]
-            if merged is None:
-                continue
-            for v in values:
-                if axis in v.layouts or v.shape[axis] == 1:
-                    continue
-                if v.param is not None and v.param_axes[axis] is not None:
-                    self.groups.add_member(merged, v.param, v.param_axes[axis])
-                else:
-                    self.groups.fix_layout(merged)
-            layouts[axis] = merged
-        return layouts
 
     # -- parameterised operations ------------------------------------------------------------------
 
@@ -1067,12 +1034,7 @@ class _Tracer:
                 shape = _shape(node)
                 if shape is None or len(shape) != 4:
                     return None
-                if name == "transpose":
-                    a, b = node.args[1] % 4, node.args[2] % 4
-                    swap = list(range(4))
-                    swap[a], swap[b] = swap[b], swap[a]
-                else:
-                    swap = [d % 4 for d in node.args[1]]
+                swap = _axis_order(node, 4)
                 order = [swap[i] for i in order]
             elif name in self._SAME or (name in ("mul", "div") and not isinstance(node.args[1], torch.fx.Node)):
                 pass
@@ -1123,12 +1085,7 @@ class _Tracer:
             user = next(iter(node.users))
             name = _op_name(user)
             if name in ("transpose", "permute"):
-                if name == "transpose":
-                    a, b = user.args[1] % 4, user.args[2] % 4
-                    swap = list(range(4))
-                    swap[a], swap[b] = swap[b], swap[a]
-                else:
-                    swap = [d % 4 for d in user.args[1]]
+                swap = _axis_order(user, 4)
                 order = [order[i] for i in swap]
             elif name in self._SAME or (name in self._RESHAPES and _shape(user) == _shape(user.args[0])):
                 pass
@@ -1228,17 +1185,7 @@ class _Tracer:
         query = next((v for v in inputs if isinstance(v, _Value) and v.shape and v.shape[-1] == d), None)
         self.flow.setdefault(op, self.read(query, len(query.shape) - 1 if query else 0, op, d))
         if packed and layouts and all(l is not None for l in layouts):
-            merged = layouts[0]
-            for other in layouts[1:]:
-                aligned = _align(self.groups, merged, other)
-                if aligned is None:
-                    for l in layouts:
-                        self.groups.fix_layout(l)
-                    merged = None
-                    break
-                for s, t in zip(*aligned):
-                    self.groups.union(s.group, t.group)
-                merged = aligned[0]
+            merged = self.merge_layouts(layouts)
             if merged is not None:
                 self.groups.add_member(merged, key("in_proj_weight"), 1)
         else:
@@ -1304,6 +1251,16 @@ class _Block:
     path: str
     first: torch.fx.Node
     nodes: list = field(default_factory=list)
+
+
+def _axis_order(node: torch.fx.Node, rank: int) -> list[int]:
+    """Axis i of a transpose's or permute's output is axis ``order[i]`` of its input."""
+    if _op_name(node) == "permute":
+        return [d % rank for d in node.args[1]]
+    a, b = node.args[1] % rank, node.args[2] % rank
+    order = list(range(rank))
+    order[a], order[b] = order[b], order[a]
+    return order
 
 
 def _flat(args: Any) -> list:
