@@ -123,16 +123,17 @@ def guess_example_input(module: nn.Module, source: str) -> torch.Tensor:
     few usual sizes for a convolution, tokens for an embedding; :class:`SneError` if none runs."""
     first = next((m for m in module.modules() if _module_kind(m) is not None), None)
     candidates: list[torch.Tensor] = []
-    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+    reference = next((p for p in module.parameters() if p.is_floating_point()), torch.empty(0))
+    like = {"dtype": reference.dtype, "device": reference.device}
     if isinstance(first, nn.Linear):
-        candidates = [torch.randn(2, first.in_features, dtype=dtype)]
+        candidates = [torch.randn(2, first.in_features, **like)]
     elif isinstance(first, tuple(_CONV) + tuple(_CONV_T)):
         dims = len(first.kernel_size)
-        candidates = [torch.randn(2, first.in_channels, *[side] * dims, dtype=dtype) for side in _GUESSED_SIDES]
+        candidates = [torch.randn(2, first.in_channels, *[side] * dims, **like) for side in _GUESSED_SIDES]
     elif isinstance(first, nn.Embedding):
-        candidates = [torch.randint(0, first.num_embeddings, (2, 8))]
+        candidates = [torch.randint(0, first.num_embeddings, (2, 8), device=reference.device)]
     elif isinstance(first, nn.MultiheadAttention):
-        candidates = [torch.randn(2, 4, first.embed_dim, dtype=dtype)]
+        candidates = [torch.randn(2, 4, first.embed_dim, **like)]
     for candidate in candidates:
         try:
             with torch.no_grad():
