@@ -6,6 +6,11 @@ SNE := $(VENV)/bin/sne
 STAMP := $(VENV)/.installed
 # torch is installed first and pinned: an unpinned torch would pull a multi-GB CUDA build onto a CPU machine.
 TORCH_SPEC ?= torch==2.13.0
+# The lock: exact versions of every dependency that the suite passed with (`make lock` refreshes it).
+LOCK ?= requirements/constraints.txt
+LOCK_VENV ?= .venv-lock
+# What `make lock` runs in the fresh environment before it writes the lock.
+LOCK_TEST ?= -m pytest -q -p no:cacheprovider
 # GUIDE section 8: OpenMP's default spin-wait makes 2-thread timings swing wildly on small VMs.
 export OMP_WAIT_POLICY ?= PASSIVE
 
@@ -16,15 +21,32 @@ DEMO_EPOCHS ?= 30
 # CPU cores; the headline, independent initialisation, is in docs/RESULTS.md (scripts/inr_results.sh).
 DEMO_INIT ?= shared
 
-.PHONY: demo test bench results clean-demo install
+.PHONY: demo test bench results clean-demo install lock
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
-	$(PY) -m pip install -e ".[test]"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -c $(LOCK) "$(TORCH_SPEC)"
+	$(PY) -m pip install -c $(LOCK) -e ".[test]"
 	touch $(STAMP)
+
+# Refresh the lock: resolve the newest versions within pyproject's bounds in a fresh environment
+# (torch stays $(TORCH_SPEC)), run the suite there, and only if it passes write their exact versions
+# to $(LOCK). Then `make install` (the stamp depends on the lock) brings .venv to them.
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install "$(TORCH_SPEC)"
+	$(LOCK_VENV)/bin/python -m pip install -e ".[test]" "$(TORCH_SPEC)"
+	$(LOCK_VENV)/bin/python $(LOCK_TEST)
+	{ echo "# Exact versions that the suite passed with; written by 'make lock' (do not edit by hand)."; \
+	  echo "# Python $$($(LOCK_VENV)/bin/python -c 'import platform; print(platform.python_version(), platform.system(), platform.machine())')"; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | grep -v -i -E '^sne( |=|@|$$)' \
+	    | sed -E 's/^torch==([^+]*)\+.*/torch==\1/'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf $(LOCK_VENV)
+	$(MAKE) install
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from sne.errors import SneError
+from sne.errors import SneError, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learn properties of neural networks from their weights.")
 zoo_app = typer.Typer(no_args_is_help=True, help="Build and inspect model zoos.")
@@ -57,7 +60,7 @@ def zoo_generate(
     )
     diverged = zoo.manifest.get("diverged") or 0
     note = f" ({diverged} diverged, kept out of every split)" if diverged else ""
-    console.print(f"zoo with {len(zoo)} networks written to [bold]{zoo.path}[/bold]{note}", highlight=False)
+    console.print(f"zoo with {len(zoo)} networks written to [bold]{escape(str(zoo.path))}[/bold]{note}", highlight=False)
 
 
 @zoo_app.command("import")
@@ -76,7 +79,7 @@ def zoo_import(
     zoo = IMPORTERS[source_format](directory, out, step=step, seed=seed, command=_command_line())
     diverged = zoo.manifest.get("diverged") or 0
     note = f" ({diverged} diverged: non-finite weights or accuracies; kept out of every split)" if diverged else ""
-    console.print(f"zoo with {len(zoo)} networks written to [bold]{zoo.path}[/bold]{note}", highlight=False)
+    console.print(f"zoo with {len(zoo)} networks written to [bold]{escape(str(zoo.path))}[/bold]{note}", highlight=False)
 
 
 @zoo_app.command("derive")
@@ -94,7 +97,7 @@ def zoo_derive(
     from sne.zoo.derive import derive_zoo
 
     zoo = derive_zoo(source, out, transform, seed=seed, command=_command_line())
-    console.print(f"zoo with {len(zoo)} networks ({transform}) written to [bold]{zoo.path}[/bold]", highlight=False)
+    console.print(f"zoo with {len(zoo)} networks ({transform}) written to [bold]{escape(str(zoo.path))}[/bold]", highlight=False)
 
 
 @zoo_app.command("info")
@@ -114,7 +117,7 @@ def zoo_info(
     else:
         print_summary(summary)
     if plot is not None:
-        console.print(f"histogram written to [bold]{accuracy_histogram(opened, plot)}[/bold]", highlight=False)
+        console.print(f"histogram written to [bold]{escape(str(accuracy_histogram(opened, plot)))}[/bold]", highlight=False)
 
 
 def parse_options(pairs: List[str]) -> dict:
@@ -158,7 +161,7 @@ def train(
     summary = fit(config, out)
     console.print(
         f"trained {summary['epochs']} epochs in {summary['train_seconds']:.0f} s; best val loss "
-        f"{summary['best_val_loss']:.4g} at epoch {summary['best_epoch']}; run in [bold]{out}[/bold]"
+        f"{summary['best_val_loss']:.4g} at epoch {summary['best_epoch']}; run in [bold]{escape(str(out))}[/bold]"
     )
 
 
@@ -210,8 +213,8 @@ def _print_evaluation(result: dict) -> None:
         paper.add_row("this run: mean predictor", f"{metrics['mean_predictor_mse'] / metrics['target_variance']:.3f} normalised / {metrics['mean_predictor_mse']:.3f} raw")
         out.print(paper)
     if result.get("plot"):
-        out.print(f"plot: [bold]{result['plot']}[/bold]")
-    out.print(f"results: [bold]{result['path']}[/bold]")
+        out.print(f"plot: [bold]{escape(str(result['plot']))}[/bold]")
+    out.print(f"results: [bold]{escape(str(result['path']))}[/bold]")
 
 
 _ARCH_HELP = ("Architecture of the files: FILE.py:FACTORY or package.module:FACTORY, a function returning "
@@ -219,22 +222,106 @@ _ARCH_HELP = ("Architecture of the files: FILE.py:FACTORY or package.module:FACT
               "or the file's own unambiguous structure is used.")
 
 
-def _load_files(files: List[Path], arch: str | None = None):
+def _network_reader(arch: str | None, encoder):
+    """A function ``read(path) -> record`` for files of ``--arch`` (or a Hugging Face config.json
+    beside them, or their own structure) that ``encoder`` can take; it raises a one-line
+    :class:`SneError` naming the file. A wrong ``--arch`` fails here, before any file is read."""
     from sne.weights.arch import arch_from_hf_config, arch_from_spec, is_hf_config
     from sne.weights.io import load_record
 
     built = arch_from_spec(arch) if arch else None
     configs: dict = {}
-    records = []
-    for path in files:  # all files are read before anything is printed
-        chosen = built
-        config = Path(path).parent / "config.json"
-        if chosen is None and config.is_file() and is_hf_config(config):
-            if config not in configs:
-                configs[config] = arch_from_hf_config(config)
-            chosen = configs[config]
-        records.append(load_record(path, chosen))
-    return records
+
+    def read(path: Path):
+        try:
+            chosen = built
+            config = Path(path).parent / "config.json"
+            if chosen is None and config.is_file() and is_hf_config(config):
+                if config not in configs:
+                    try:
+                        configs[config] = arch_from_hf_config(config)
+                    except SneError as error:
+                        configs[config] = error
+                if isinstance(configs[config], SneError):
+                    raise configs[config]
+                chosen = configs[config]
+            record = load_record(path, chosen)
+            encoder.check_records([record])
+            return record
+        except SneError as error:
+            raise SneError(_naming(path, one_line(error))) from None
+        except Exception as error:  # noqa: BLE001 - one unreadable file must not stop the others
+            raise SneError(f"{path}: cannot be read ({type(error).__name__}: {one_line(error)})") from None
+
+    return read
+
+
+def _each_file(files: List[Path], arch: str | None, encoder, batch_size: int, compute,
+               failures: list) -> Iterator[tuple[Path, Any]]:
+    """``(path, compute's row)`` for every file that can be read, in the order given, ``batch_size``
+    files at a time (so output starts early and memory stays bounded); each file that cannot be read,
+    or that the model refuses, is reported on its own line as it is met and added to ``failures``."""
+    read = _network_reader(arch, encoder)
+    for start in range(0, len(files), batch_size):
+        good = []
+        for path in files[start : start + batch_size]:
+            try:
+                good.append((path, read(path)))
+            except SneError as error:
+                _fail(failures, path, str(error))
+        yield from _in_batches(good, batch_size, compute, failures)
+
+
+def _fail(failures: list, path: Path, message: str) -> None:
+    failures.append((path, _naming(path, one_line(message))))
+    _say_error(failures[-1][1])
+
+
+def _naming(path: Path, message: str) -> str:
+    """``message``, starting with the file it is about."""
+    return message if str(path) in message else f"{path}: {message}"
+
+
+def _say_error(message: str) -> None:
+    console.print(f"[red]error:[/red] {escape(one_line(message))}", highlight=False, soft_wrap=True)
+
+
+def _in_batches(good: list, batch_size: int, compute, failures: list) -> Iterator[tuple[Path, Any]]:
+    """``compute(records)`` over ``good`` in batches, yielding ``(path, row)`` in order; a batch the
+    model refuses is redone file by file, so that only the files at fault are reported and left out."""
+    for start in range(0, len(good), batch_size):
+        chunk = good[start : start + batch_size]
+        try:
+            rows = compute([record for _, record in chunk])
+        except SneError as error:
+            if len(chunk) > 1:
+                yield from _in_batches(chunk, 1, compute, failures)
+            else:
+                _fail(failures, chunk[0][0], str(error))
+            continue
+        yield from zip((path for path, _ in chunk), rows)
+
+
+def _finish(files: List[Path], failures: list, done: str) -> None:
+    """Exit 2 when any file failed; with several files, one closing line says what was done."""
+    if not failures:
+        return
+    if len(files) > 1:
+        _say_error(f"{len(failures)} of {len(files)} files failed (listed above); {done}")
+    raise typer.Exit(2)
+
+
+def _class_names(trained) -> list[str] | None:
+    """Names of a class target's classes, from the zoo the run was trained on (if it is still there)."""
+    from sne.zoo import Zoo
+
+    try:
+        classes = Zoo.open(trained.config.zoo).targets[trained.target.name].get("classes")
+    except Exception:  # noqa: BLE001 - the zoo is gone or changed: classes are shown as numbers
+        return None
+    if isinstance(classes, list) and len(classes) == trained.target.num_classes:
+        return [str(c) for c in classes]
+    return None
 
 
 @app.command()
@@ -243,14 +330,48 @@ def predict(
     files: List[Path] = typer.Argument(..., help="Checkpoint files: safetensors or PyTorch state_dicts."),
     arch: Optional[str] = typer.Option(None, "--arch", help=_ARCH_HELP),
     device: str = typer.Option("auto", "--device"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON list on stdout: per file its "
+                                 "prediction (class targets: class, probability, all probabilities) or its error."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Networks per forward pass."),
 ) -> None:
-    """Print the predicted target for each checkpoint file, one line per file."""
+    """Print the predicted target for each checkpoint file, one line per file (tab-separated: file,
+    target, value; class targets: file, target, class, probability).
+
+    Every file that can be read is predicted; each one that cannot is reported on its own line
+    (stderr), and the command then exits with code 2.
+    """
+    import torch
+
     from sne.train import load_run
 
     trained = load_run(run, device=device)
-    predictions = trained.predictor.predict(_load_files(files, arch))
-    for path, value in zip(files, predictions):
-        print(f"{path}\t{trained.target.name}\t{value:.6g}")
+    predictor, target = trained.predictor, trained.target
+    failures: list = []
+    classes = None
+    if target.kind == "class":
+        classes = _class_names(trained) or [str(c) for c in range(target.num_classes)]
+    results: dict[Path, dict] = {}
+    outputs = _each_file(files, arch, predictor.encoder, batch_size,
+                         lambda records: predictor.outputs(records, len(records)), failures)
+    for path, output in outputs:
+        entry: dict[str, Any] = {"file": str(path), "target": target.name}
+        if classes is not None:
+            probabilities = torch.softmax(output.double(), -1).tolist()
+            best = max(range(len(probabilities)), key=probabilities.__getitem__)
+            entry.update(prediction=classes[best], probability=probabilities[best],
+                         probabilities=dict(zip(classes, probabilities)))
+            line = f"{path}\t{target.name}\t{classes[best]}\t{probabilities[best]:.4f}"
+        else:
+            entry["prediction"] = float(target.decode(output[None])[0])
+            line = f"{path}\t{target.name}\t{entry['prediction']:.6g}"
+        results[path] = entry
+        if not as_json:
+            print(line, flush=True)
+    if as_json:
+        errors = dict(failures)
+        print(json.dumps([results[path] if path in results else {"file": str(path), "error": errors[path]}
+                          for path in files], indent=2))
+    _finish(files, failures, f"predictions for the other {len(results)} printed")
 
 
 @app.command()
@@ -260,28 +381,97 @@ def embed(
     out: Path = typer.Option(..., "--out", help="Output .npy file of shape (files, encoding size)."),
     arch: Optional[str] = typer.Option(None, "--arch", help=_ARCH_HELP),
     device: str = typer.Option("auto", "--device"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Networks per forward pass."),
 ) -> None:
-    """Write the encoder's code z for each checkpoint file to a .npy array."""
+    """Write the encoder's code z for each checkpoint file to a .npy array, one row per file in the
+    order given.
+
+    A file that cannot be read is reported on its own line (stderr) and gets no row: the array then
+    holds the codes of the other files, still in the order given, and the command exits with code 2.
+    Nothing is written when no file can be read.
+    """
     import numpy as np
 
     from sne.io_utils import atomic_path
     from sne.train import load_run
 
     trained = load_run(run, device=device)
-    codes = trained.predictor.embed(_load_files(files, arch))
-    with atomic_path(out) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, codes)
-    console.print(f"{codes.shape[0]} encodings of size {codes.shape[1]} written to [bold]{out}[/bold]")
+    predictor = trained.predictor
+    failures: list = []
+    rows = [row for _, row in _each_file(files, arch, predictor.encoder, batch_size,
+                                         lambda records: predictor.embed(records, len(records)), failures)]
+    if rows:
+        codes = np.stack(rows)
+        with atomic_path(out) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, codes)
+        console.print(f"{codes.shape[0]} encodings of size {codes.shape[1]} written to [bold]{escape(str(out))}[/bold]",
+                      highlight=False)
+    _finish(files, failures, f"{out} holds the codes of the other {len(rows)}, in the order given"
+            if rows else "nothing written")
+
+
+def _encoder_defaults(cls) -> dict:
+    """An encoder's options and their defaults, found where the encoders keep them: a class's
+    ``defaults``, its module's ``DEFAULT_OPTIONS``, or ``COMMON_OPTIONS`` plus ``extra_options``."""
+    for klass in cls.__mro__:
+        if isinstance(klass.__dict__.get("defaults"), dict):
+            return dict(klass.__dict__["defaults"])
+        module = sys.modules.get(klass.__module__)
+        if isinstance(getattr(module, "DEFAULT_OPTIONS", None), dict):
+            return dict(module.DEFAULT_OPTIONS)
+        if isinstance(getattr(module, "COMMON_OPTIONS", None), dict):
+            return {**module.COMMON_OPTIONS, **getattr(cls, "extra_options", {})}
+    return {}
+
+
+def encoder_descriptions() -> list[dict]:
+    """Per registered encoder: what it reads, a one-line summary, its options with their defaults,
+    its own training defaults, and whether it has weight-space outputs."""
+    from sne.encoders import encoder_names, get_encoder_class
+    from sne.encoders.common import ANY_NETWORK_ENCODERS
+
+    any_network = {name.strip() for name in ANY_NETWORK_ENCODERS.split(",")}
+    described = []
+    for name in encoder_names():
+        cls = get_encoder_class(name)
+        doc = (cls.__doc__ or "").strip().splitlines()
+        described.append({
+            "name": name,
+            "reads": "any network" if name in any_network else "one fixed architecture (that of its training zoo)",
+            "summary": _plain(doc[0].strip()) if doc else "",
+            "options": _encoder_defaults(cls),
+            "train_defaults": dict(cls.default_train_options),
+            "weight_outputs": bool(cls.weight_outputs),
+        })
+    return described
+
+
+def _plain(text: str) -> str:
+    """A docstring line without reStructuredText roles and literals."""
+    return re.sub(r"``([^`]*)``", r"\1", re.sub(r":\w+:`~?([^`]*)`", r"\1", text))
+
+
+def _option_text(value: Any) -> str:
+    """An option value as ``-o key=VALUE`` reads it back (strings plain, the rest compact JSON)."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
 @app.command()
-def encoders() -> None:
-    """List the registered encoders."""
-    from sne.encoders import encoder_names
-
-    for name in encoder_names():
-        print(name)
+def encoders(
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON on stdout."),
+) -> None:
+    """List the registered encoders: what each reads, its options (-o key=value) with their defaults."""
+    described = encoder_descriptions()
+    if as_json:
+        print(json.dumps(described, indent=2))
+        return
+    for entry in described:
+        print(f"{entry['name']}: reads {entry['reads']}. {entry['summary']}")
+        options = " ".join(f"{key}={_option_text(value)}" for key, value in entry["options"].items())
+        print(f"  options: {options or '(none)'}")
+        if entry["train_defaults"]:
+            print("  training defaults: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in entry["train_defaults"].items()))
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Run the paper's benchmarks; results go to results/*.json.")
@@ -336,7 +526,7 @@ def _one_zoo(benchmark: str, zoo: Path, encoders: str, invariance_weights: str, 
 
     bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device)
     path = run_inr_benchmark(zoo, bench_runs, _csv(invariance_weights, float), benchmark=benchmark)
-    console.print(f"results written to [bold]{path}[/bold]; regenerate docs with 'make results'")
+    console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
 
 
 @bench_app.command("inr")
@@ -394,7 +584,7 @@ def bench_style_edit(
     path = run_style_edit_benchmark(
         zoo, _bench_runs(names, seeds, epochs, runs, results, option, device, lr=lr, batch_size=batch_size)
     )
-    console.print(f"results written to [bold]{path}[/bold]; regenerate docs with 'make results'")
+    console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
 
 
 def _zoo_list(values: List[str]) -> list[str]:
@@ -413,7 +603,7 @@ def _transfer(benchmark: str, train_zoos: list[str], test_zoos: list[str], targe
     bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, lr=lr,
                              batch_size=batch_size)
     path = run_transfer_benchmark(benchmark, train_zoos, test_zoos, bench_runs, target=target)
-    console.print(f"results written to [bold]{path}[/bold]; regenerate docs with 'make results'")
+    console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
 
 
 #: Options shared by the cross-zoo benchmark commands.
@@ -472,19 +662,52 @@ def bench_cross_arch(
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode click returns (not raises) the code of a typer.Exit.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+            sys.exit(code)
     except SneError as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        _say_error(str(error))
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         console.print("interrupted")
         sys.exit(130)
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
+    except BrokenPipeError:  # the reader of stdout went away (sne encoders | head -1): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except OSError as error:  # a full disk, a read-only or vanished directory: the OS's reason, one line
+        _say_error(str(error))
+        sys.exit(2)
     except Exception as error:
         # Usage errors are click's ClickException, which newer typer releases vendor as
         # typer._click: recognised by what they do, so no click import is needed.
         if callable(getattr(error, "show", None)) and isinstance(getattr(error, "exit_code", None), int):
-            error.show()
+            _show_usage_error(error)
             sys.exit(2)
-        raise
+        if os.environ.get("SNE_DEBUG"):
+            raise
+        # Not a usage error nor one sne foresaw (a bug, or a damaged file that slipped past a check):
+        # one line, exit code 1; SNE_DEBUG=1 shows the traceback.
+        _say_error(f"unexpected {type(error).__name__}: {one_line(error)} (a bug, or a damaged input; "
+                   f"SNE_DEBUG=1 shows the traceback)")
+        sys.exit(1)
+
+
+def _show_usage_error(error: Exception) -> None:
+    """A usage error in two lines: the command's usage, then what is wrong and where help is."""
+    ctx = getattr(error, "ctx", None)
+    format_message = getattr(error, "format_message", None)
+    if type(error).__name__ == "NoArgsIsHelpError" or not callable(format_message):
+        error.show()  # a bare group or command: its help
+        return
+    try:
+        message = one_line(format_message())
+        usage, command = (one_line(ctx.get_usage()), ctx.command_path) if ctx is not None else (None, None)
+    except Exception:  # noqa: BLE001 - an unexpected error object: click's own rendering
+        error.show()
+        return
+    if usage:
+        console.print(escape(usage), highlight=False, soft_wrap=True)
+    _say_error(f"{message} (see '{command} --help')" if command else message)

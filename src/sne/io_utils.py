@@ -9,24 +9,39 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from sne.errors import SneError, one_line
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's directory; rename it to ``path`` only on success.
 
     A crash or exception leaves the previous file (if any) untouched and no partial file behind.
+    A directory that cannot be written to (missing, read-only, full) or a target that cannot be
+    replaced (a directory) is :class:`SneError` naming ``path``; errors while writing the temporary
+    file come from the caller's code unchanged.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise SneError(f"{path}: cannot write there ({_reason(error)})") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
+        try:
+            os.replace(tmp_path, path)
+        except OSError as error:
+            raise SneError(f"{path}: cannot replace it ({_reason(error)})") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or one_line(error)
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:

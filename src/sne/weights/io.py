@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
+import pickletools
 import re
 import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -100,10 +103,11 @@ def _batch_norm(name: str, level: int, parts: dict[str, torch.Tensor], activatio
         raise SneError(f"{source}: unknown layer type for '{name}' (unexpected or missing '{key}'); "
                        f"pass --arch FILE.py:FACTORY")
     channels = parts["running_mean"].shape
+    expected = f"({channels[0]},)" if len(channels) == 1 else "one value per channel (1-D)"
     for local, tensor in parts.items():
         if local != "num_batches_tracked" and (tensor.dim() != 1 or tensor.shape != channels):
             raise SneError(f"{source}: batch norm '{name}' has '{name}.{local}' of shape {tuple(tensor.shape)}, "
-                           f"expected {tuple(channels)}")
+                           f"expected {expected}")
     order = [k for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked") if k in parts]
     tensors = check_tensors(name, {k: parts[k] for k in order}, source)
     return Layer(name, "batch_norm", level, tensors, activation)
@@ -134,22 +138,49 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     A training checkpoint whose ``state_dict`` or ``model_state_dict`` entry holds the state_dict is
     accepted too. Raises :class:`SneError` naming the file for anything else. A safetensors file
     keeps the order :func:`save_state_dict_file` recorded, or else the order of its own header.
+
+    A damaged file never allocates more than its own size suggests: a safetensors header is checked
+    against the file (every tensor inside it, its size that of its dtype and shape) before any tensor
+    is read, a zip checkpoint's records against the archive, and a legacy (pre-zip) PyTorch file's
+    storages against the file's size. float8 tensors are read as float32 (exactly).
     """
     path = Path(path)
-    if not path.is_file():
-        raise SneError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
-    if path.stat().st_size == 0:
+    try:
+        return _load_state_dict_file(path)
+    except SneError as error:
+        raise _one_line_error(error) from None
+
+
+def _one_line_error(error: SneError) -> SneError:
+    """``error``, squeezed onto one line where a name it quotes from a damaged file broke it."""
+    return error if len(str(error).splitlines()) == 1 else SneError(one_line(error))
+
+
+def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if not path.is_file():
+            raise SneError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+        size = path.stat().st_size
+    except OSError as exc:  # a path too long, a directory without permission, ...
+        raise SneError(f"{path}: cannot read ({one_line(exc)})") from None
+    if size == 0:
         raise SneError(f"{path}: empty file")
     if path.suffix == ".safetensors":
         try:
-            return _read_safetensors(path)
+            state = _read_safetensors(path)
+        except SneError:
+            raise
         except Exception as exc:  # SafetensorError, and OSError/TypeError for unreadable or exotic content
             raise SneError(f"{path}: not a readable safetensors file ({one_line(exc)})") from None
+        return _check_state_tensors(state, path)
     try:
+        _check_pytorch_sizes(path, size)
         with warnings.catch_warnings():
             # torch warns about pickle protocols it may not support; the outcome is reported below.
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
+    except SneError:
+        raise
     except pickle.UnpicklingError as exc:
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if refused:
@@ -160,35 +191,183 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise SneError(f"{path}: not a PyTorch checkpoint, or it is corrupt ({_unpickler_reason(exc)})") from None
     except Exception as exc:  # torch.load raises many types (RuntimeError, EOFError, ...) for a bad file
         raise SneError(f"{path}: not a PyTorch checkpoint, or it is corrupt ({one_line(exc)})") from None
-    return _as_state_dict(obj, path)
+    return _check_state_tensors(_as_state_dict(obj, path), path)
+
+
+def _check_state_tensors(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """Refuse names with control characters (a damaged file: every message quoting the name must
+    stay one line) and tensors without plain data (sparse, meta); widen float8 to float32 (exact),
+    which the rest of sne, like most of torch, cannot compute with."""
+    for key, value in state.items():
+        if not key.isprintable():
+            raise SneError(f"{path}: entry {key!r} has a name with control characters (a damaged file?)")
+        if value.layout != torch.strided:
+            raise SneError(f"{path}: entry '{key}' is a {str(value.layout).replace('torch.', '')} tensor "
+                           f"(save dense weights)")
+        if value.is_meta:
+            raise SneError(f"{path}: entry '{key}' holds no data (a meta tensor)")
+        if value.is_floating_point() and value.element_size() == 1:
+            state[key] = value.to(torch.float32)
+    return state
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    keys = _safetensors_header_keys(path)
+    keys, metadata = _safetensors_header(path)
+    try:
+        order = json.loads(metadata.get(_KEY_ORDER, "null"))
+    except json.JSONDecodeError:
+        order = None
+    if not (isinstance(order, list) and all(isinstance(k, str) for k in order) and sorted(order) == sorted(keys)):
+        order = keys
     with safe_open(path, framework="pt", device="cpu") as file:
-        try:
-            order = json.loads((file.metadata() or {}).get(_KEY_ORDER, "null"))
-        except json.JSONDecodeError:
-            order = None
-        if not (isinstance(order, list) and all(isinstance(k, str) for k in order) and sorted(order) == sorted(keys)):
-            order = keys
         return {key: file.get_tensor(key) for key in order}
 
 
-def _safetensors_header_keys(path: Path) -> list[str]:
-    """Tensor names in the order of the file's own header (``safe_open`` would sort them)."""
+#: Bytes per element of the safetensors dtypes torch can read.
+_SAFETENSORS_ITEMSIZE = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E4M3FNUZ": 1, "F8_E5M2": 1, "F8_E5M2FNUZ": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8,
+}
+
+
+def _safetensors_header(path: Path) -> tuple[list[str], dict]:
+    """Tensor names in the order of the file's own header (``safe_open`` would sort them) and the
+    header's metadata, after checking the whole header against the file: each tensor's dtype is
+    known, its byte range lies inside the file and holds exactly dtype x shape, and the ranges tile
+    the data without gaps or overlaps. So nothing is allocated for a tensor the file cannot hold.
+    Raises :class:`SneError` naming ``path``."""
+    def refuse(reason: str) -> SneError:
+        return SneError(f"{path}: not a readable safetensors file ({reason})")
+
     size = path.stat().st_size
     with open(path, "rb") as file:
         prefix = file.read(8)
         if len(prefix) < 8:
-            raise ValueError("file shorter than its 8-byte header length")
+            raise refuse("file shorter than its 8-byte header length")
         length = int.from_bytes(prefix, "little")
         if length > size - 8:
-            raise ValueError(f"header of {length} bytes claimed in a file of {size} bytes")
-        header = json.loads(file.read(length))
+            raise refuse(f"header of {length} bytes claimed in a file of {size} bytes")
+        raw = file.read(length)
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise refuse(f"header is not JSON: {one_line(exc)}") from None
     if not isinstance(header, dict):
-        raise ValueError("header is not a JSON object")
-    return [key for key in header if key != "__metadata__"]
+        raise refuse("header is not a JSON object")
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise refuse("__metadata__ is not a map of strings")
+    data_size = size - 8 - length
+    ranges = []
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            raise refuse(f"entry {key!r} is not a tensor description")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in _SAFETENSORS_ITEMSIZE:
+            raise refuse(f"tensor {key!r} has unsupported dtype {dtype!r}")
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise refuse(f"tensor {key!r} has invalid shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data_size):
+            raise refuse(f"tensor {key!r} has data offsets {offsets!r} outside the file's {data_size} data bytes")
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        if offsets[1] - offsets[0] != numel * _SAFETENSORS_ITEMSIZE[dtype]:
+            raise refuse(f"tensor {key!r} of dtype {dtype} and shape {shape} does not fit its "
+                         f"{offsets[1] - offsets[0]} bytes")
+        ranges.append((offsets[0], offsets[1], key))
+    end = 0
+    for begin, stop, key in sorted(ranges):
+        if begin != end:
+            raise refuse(f"tensor {key!r} overlaps another or leaves a gap in the data")
+        end = stop
+    if end != data_size:
+        raise refuse(f"tensors cover {end} of the file's {data_size} data bytes")
+    return [key for key in header if key != "__metadata__"], metadata
+
+
+#: Bytes per element of the storages a legacy (pre-zip) PyTorch file names.
+_LEGACY_STORAGE_ITEMSIZE = {
+    "DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2, "LongStorage": 8,
+    "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1, "BoolStorage": 1,
+    "ComplexFloatStorage": 8, "ComplexDoubleStorage": 16, "UntypedStorage": 1,
+}
+# The pickles of a legacy file are read from at most this many leading bytes (an underestimate of
+# the storages' sizes past it only leaves the check to torch.load).
+_LEGACY_PICKLE_BYTES = 64 << 20
+#: Pickle opcodes that push an integer (a storage's size in a legacy file).
+_PICKLE_INT_OPCODES = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"}
+# deflate cannot compress by more than about 1032:1; a zip record claiming more is damaged.
+_MAX_DEFLATE_RATIO = 1100
+
+
+def _check_pytorch_sizes(path: Path, size: int) -> None:
+    """Refuse a PyTorch file whose records or storages claim more bytes than the file can hold,
+    before ``torch.load`` allocates them (it trusts a legacy file's storage sizes, and a zip
+    record's size from the archive's directory)."""
+    with open(path, "rb") as file:
+        magic = file.read(4)
+    if magic == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                entries = archive.infolist()
+        except Exception:  # noqa: BLE001 - let torch.load report an archive Python cannot read
+            return
+        for entry in entries:
+            stored = entry.compress_type == zipfile.ZIP_STORED
+            limit = entry.compress_size if stored else entry.compress_size * _MAX_DEFLATE_RATIO + 1024
+            if entry.file_size > limit or entry.header_offset + entry.compress_size > size:
+                raise SneError(f"{path}: not a PyTorch checkpoint, or it is corrupt (record {entry.filename!r} "
+                               f"claims {entry.file_size} bytes in a file of {size} bytes)")
+        return
+    claimed = _legacy_storage_bytes(path)
+    if claimed > size:
+        raise SneError(f"{path}: not a PyTorch checkpoint, or it is corrupt (its storages claim {claimed} bytes "
+                       f"in a file of {size} bytes)")
+
+
+def _legacy_storage_bytes(path: Path) -> int:
+    """Bytes that the storages of a legacy PyTorch file claim (its pickles read as opcodes only,
+    nothing executed; a storage shared by several tensors counted once); 0 where the file is not
+    one, and what was counted so far where a pickle is damaged (``torch.load`` then reports it)."""
+    claims: dict[str, int] = {}
+    try:
+        with open(path, "rb") as handle:  # the pickles come before the storages' data
+            file = io.BytesIO(handle.read(_LEGACY_PICKLE_BYTES))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pickletools warns about escapes in damaged strings
+            _count_legacy_claims(file, claims)
+    except Exception:  # noqa: BLE001 - not a legacy pickle, or a damaged one: torch.load reports it
+        pass
+    return sum(claims.values())
+
+
+def _count_legacy_claims(file: io.BytesIO, claims: dict[str, int]) -> None:
+    """Add each storage's claimed bytes to ``claims`` (by storage key), pickle by pickle."""
+    for _ in range(4):  # magic number, protocol version, system info, then the object
+        storage, strings, memo, last = None, [], {}, None
+        for opcode, arg, _pos in pickletools.genops(file):
+            name = opcode.name
+            if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                memo[len(memo) if name == "MEMOIZE" else arg] = last
+                continue
+            # Pickle memoizes repeated strings and globals: a later storage gets them by index.
+            value = memo.get(arg) if name in ("GET", "BINGET", "LONG_BINGET") else arg
+            if name in ("GLOBAL", "STACK_GLOBAL") or isinstance(value, tuple):
+                value = ("global", arg) if isinstance(arg, str) else value
+            last = value
+            if isinstance(value, tuple) and str(value[1]).startswith("torch "):
+                storage, strings = value[1].split(" ", 1)[1], []
+                if storage not in _LEGACY_STORAGE_ITEMSIZE:
+                    storage = None
+            elif storage and isinstance(value, str):
+                strings.append(value)  # the storage's key, then its location
+            elif storage and len(strings) >= 2 and name in _PICKLE_INT_OPCODES:
+                claims[strings[0]] = max(arg, 0) * _LEGACY_STORAGE_ITEMSIZE[storage]
+                storage = None
 
 
 def _as_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -220,9 +399,12 @@ def load_record(path: str | os.PathLike, arch: "Arch | None" = None) -> NetworkR
     :class:`sne.weights.arch.Arch`) any architecture is read; without it, only a bare state_dict whose
     structure is unambiguous (:func:`record_from_state_dict`)."""
     state = load_state_dict_file(path)
-    if arch is None:
-        return record_from_state_dict(state, source=str(path))
-    return arch.record(state, source=str(path))
+    try:
+        if arch is None:
+            return record_from_state_dict(state, source=str(path))
+        return arch.record(state, source=str(path))
+    except SneError as error:
+        raise _one_line_error(error) from None
 
 
 def save_state_dict_file(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
