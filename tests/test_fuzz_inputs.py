@@ -284,13 +284,9 @@ def test_damaged_zoo_manifest_bytes_give_one_line_errors(tiny_zoo, tmp_path):
     check()
 
 
-# Found by fuzzing (issue 17) in sne.zoo.format, outside this file's scope: Zoo.open trusts the
-# manifest's values (n, shard_size, architecture, targets) and metadata.parquet's columns, so a
-# damaged but well-formed manifest or parquet file ends in TypeError / KeyError / ZeroDivisionError
-# instead of a one-line SneError. Remove the marks once the zoo validates them.
-ZOO_NOT_VALIDATED = pytest.mark.xfail(reason="zoo manifest values and parquet columns are not validated yet",
-                                      raises=(TypeError, KeyError, ValueError, ZeroDivisionError, AssertionError),
-                                      strict=False)
+# Found by fuzzing (issue 17): Zoo.open trusted the manifest's values (n, shard_size, architecture,
+# targets) and metadata.parquet's columns; a damaged but well-formed file ended in TypeError /
+# KeyError / ZeroDivisionError, and a huge n allocated a range of that size. They are validated now.
 NO_SHRINK = settings(FUZZ, max_examples=min(EXAMPLES, 60), phases=[Phase.explicit, Phase.generate])
 
 
@@ -304,7 +300,6 @@ def _paths(value, prefix=()):
             yield from _paths(item, (*prefix, index))
 
 
-@ZOO_NOT_VALIDATED
 def test_wrong_zoo_manifest_values_give_one_line_errors(tiny_zoo, tmp_path):
     root = tmp_path / "zoo"
     shutil.copytree(tiny_zoo, root)
@@ -327,7 +322,6 @@ def test_wrong_zoo_manifest_values_give_one_line_errors(tiny_zoo, tmp_path):
     check()
 
 
-@ZOO_NOT_VALIDATED
 def test_damaged_zoo_metadata_parquet_gives_one_line_errors(tiny_zoo, tmp_path):
     root = tmp_path / "zoo"
     shutil.copytree(tiny_zoo, root)

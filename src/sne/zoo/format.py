@@ -157,10 +157,52 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         raise SneError(f"{path} is corrupt: missing {', '.join(missing)}")
     if not isinstance(manifest["format_version"], int) or manifest["format_version"] > FORMAT_VERSION:
         raise SneError(
-            f"{path} has zoo format version {manifest['format_version']}; this sne "
+            f"{path} has zoo format version {manifest['format_version']!r}; this sne "
             f"({sne.__version__}) reads up to version {FORMAT_VERSION}"
         )
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise SneError(f"{path} is corrupt: {problem}")
     return manifest
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with the values a zoo is read by (``None``: nothing), for a one-line error."""
+    if not _is_int(manifest["n"], 0) or not _is_int(manifest["shard_size"], 1) or not _is_int(manifest["seed"], 0):
+        return "n, shard_size and seed must be non-negative integers (shard_size at least 1)"
+    if not isinstance(manifest["complete"], bool):
+        return "complete must be true or false"
+    fractions = manifest["split_fractions"]
+    if not (isinstance(fractions, list) and len(fractions) == len(SPLITS)
+            and all(isinstance(f, (int, float)) and not isinstance(f, bool) for f in fractions)):
+        return f"split_fractions must be {len(SPLITS)} numbers"
+    architecture = manifest["architecture"]
+    if not isinstance(architecture, list) or not architecture:
+        return "architecture must be a non-empty list of layers"
+    for layer in architecture:
+        if not (isinstance(layer, dict) and isinstance(layer.get("name"), str) and _is_int(layer.get("level"), 0)
+                and isinstance(layer.get("has_bias"), bool)
+                and (layer.get("activation") is None or isinstance(layer.get("activation"), str))
+                and (layer.get("activation_from") is None or isinstance(layer.get("activation_from"), str))):
+            return f"architecture entry {json.dumps(layer)[:60]} needs a name, a level, has_bias and an activation"
+    targets = manifest["targets"]
+    if not isinstance(targets, dict):
+        return "targets must be an object"
+    for name, target in targets.items():
+        if not isinstance(target, dict) or target.get("kind") not in TARGET_KINDS:
+            return f"target {name!r} needs a kind of {', '.join(TARGET_KINDS)}"
+        classes = target.get("classes")
+        if target["kind"] == "class" and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+            return f"class target {name!r} needs a list of class names"
+    for layer in architecture:
+        source = layer.get("activation_from")
+        if source is not None and (targets.get(source) or {}).get("kind") != "class":
+            return f"layer {layer['name']!r} takes its activation from {source!r}, which is not a class target"
+    return None
 
 
 def _mismatches(existing: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
@@ -431,9 +473,19 @@ class Zoo:
         try:
             metadata = pd.read_parquet(root / METADATA)
         except Exception as error:  # pyarrow raises several types for missing or damaged files
-            raise SneError(f"{root / METADATA} is missing or corrupt ({error})") from None
+            raise SneError(f"{root / METADATA} is missing or corrupt ({one_line(error)})") from None
+        columns = ["id", "split", *manifest["targets"]]
+        absent = [c for c in columns if c not in metadata.columns]
+        if absent:
+            raise SneError(f"{root / METADATA} is corrupt: no column '{absent[0]}'")
+        kinds = {c: metadata[c].dtype.kind for c in columns}
+        if kinds["id"] not in "iu" or any(kinds[t] not in "iuf" for t in manifest["targets"]):
+            raise SneError(f"{root / METADATA} is corrupt: ids and targets must be numbers")
+        if not metadata["split"].isin([*SPLITS, EXCLUDED]).all():
+            raise SneError(f"{root / METADATA} is corrupt: a split other than {', '.join((*SPLITS, EXCLUDED))}")
         metadata = metadata.sort_values("id", ignore_index=True)
-        if not np.array_equal(metadata["id"].to_numpy(), np.arange(manifest["n"])):
+        # Lengths first: a corrupt n must not allocate a range of its own size.
+        if len(metadata) != manifest["n"] or not np.array_equal(metadata["id"].to_numpy(), np.arange(len(metadata))):
             raise SneError(f"{root / METADATA} does not list ids 0..{manifest['n'] - 1} exactly once")
         return cls(root, manifest, metadata)
 
@@ -467,12 +519,17 @@ class Zoo:
     def target_values(self, name: str, ids: Iterable[int]) -> np.ndarray:
         """Values of target ``name`` for ``ids``, in that order, as float64."""
         if name not in self.targets:
-            raise SneError(f"unknown target '{name}' (this zoo has: {', '.join(sorted(self.targets))})")
+            raise SneError(f"unknown target '{name}' in the zoo at {self.path} "
+                           f"(it has: {', '.join(sorted(self.targets))})")
         return self.metadata[name].to_numpy(dtype=np.float64)[self._ids(ids)]
 
     def _class_name(self, column: str, network_id: int) -> str:
         """The class name of network ``network_id`` in class target ``column`` (stored as a code)."""
-        return self.targets[column]["classes"][int(self.metadata.at[network_id, column])]
+        classes, code = self.targets[column]["classes"], self.metadata.at[network_id, column]
+        if not (0 <= code < len(classes)) or code != int(code):
+            raise SneError(f"{self.path / METADATA} is corrupt: class code {code} of network {network_id} "
+                           f"in '{column}' names none of {len(classes)} classes")
+        return classes[int(code)]
 
     def _shard(self, index: int) -> dict[str, torch.Tensor]:
         if index in self._shards:
@@ -501,6 +558,11 @@ class Zoo:
             layers = []
             for layer in self.architecture:
                 name = layer["name"]
+                missing = [k for k in (f"{name}.weight", f"{name}.bias")[: 1 + layer["has_bias"]] if k not in tensors]
+                if missing or row >= len(tensors[f"{name}.weight"]):
+                    what = f"no tensor {missing[0]!r}" if missing else f"no row {row} in {name + '.weight'!r}"
+                    raise SneError(f"{_shard_paths(self.path, network_id // shard_size)[0]} does not match the "
+                                   f"manifest: {what}")
                 # Copies, so a record does not pin its whole shard in memory after the cache drops it.
                 weight = tensors[f"{name}.weight"][row].clone()
                 bias = tensors[f"{name}.bias"][row].clone() if layer["has_bias"] else None
