@@ -196,12 +196,12 @@ def _manifest_problem(manifest: dict[str, Any]) -> str | None:
         if not isinstance(target, dict) or target.get("kind") not in TARGET_KINDS:
             return f"target {name!r} needs a kind of {', '.join(TARGET_KINDS)}"
         classes = target.get("classes")
-        if target["kind"] == "class" and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
-            return f"class target {name!r} needs a list of class names"
+        if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+            return f"target {name!r} has classes that are not a list of names"
     for layer in architecture:
         source = layer.get("activation_from")
-        if source is not None and (targets.get(source) or {}).get("kind") != "class":
-            return f"layer {layer['name']!r} takes its activation from {source!r}, which is not a class target"
+        if source is not None and not isinstance((targets.get(source) or {}).get("classes"), list):
+            return f"layer {layer['name']!r} takes its activation from {source!r}, a target without class names"
     return None
 
 
