@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 import os
 import re
 import shutil
@@ -19,10 +20,14 @@ import typing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 import typer
 from typer.models import ParameterInfo
 
+from conftest import run_cli
 from sne.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -249,12 +254,6 @@ def test_the_lock_pins_every_declared_dependency_within_its_bounds():
 
 # --- many files at once: every readable file is predicted, each failure gets its own line ------------
 
-import json  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from conftest import run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -343,6 +342,9 @@ def test_predict_names_classes_with_probabilities(small_run, shared_sine_zoo, mi
     manifest = json.loads((zoo / "manifest.json").read_text())
     manifest["targets"]["band"] = {"kind": "class", "num_classes": 3, "classes": ["low", "mid", "high"]}
     (zoo / "manifest.json").write_text(json.dumps(manifest))
+    metadata = pd.read_parquet(zoo / "metadata.parquet")
+    metadata["band"] = np.arange(len(metadata)) % 3  # a zoo's targets are columns of its metadata
+    metadata.to_parquet(zoo / "metadata.parquet")
     run = tmp_path / "class-run"
     shutil.copytree(small_run, run)
     checkpoint = torch.load(run / "best.pt", weights_only=True)
