@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import network_families as families
 from conftest import run_cli
@@ -270,3 +271,48 @@ def test_fixed_architecture_encoders_refuse_other_kinds_in_one_line(name):
     message = str(info.value)
     assert message.startswith("resnet.pt: ") and "\n" not in message
     assert "cannot read layer 'bn1' (batch_norm)" in message or "layer 'conv1'" in message, message
+
+
+class _OwnConv(nn.Module):
+    """A convolution written by hand around parameters of one's own."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin, 3, 3) * 0.2)
+        self.bias = nn.Parameter(torch.randn(cout) * 0.1)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, padding=1)
+
+
+class _OwnLinear(nn.Module):
+    def __init__(self, inputs: int, outputs: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(outputs, inputs) * 0.3)
+        self.b = nn.Parameter(torch.randn(outputs) * 0.1)
+
+    def forward(self, x):
+        return x @ self.w.t() + self.b
+
+
+class _OwnModules(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.fc, self.out = _OwnConv(3, 6), _OwnConv(6, 6), _OwnLinear(6, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = F.relu(self.c1(x))
+        x = F.relu(self.c2(x)) + x
+        return self.out(torch.tanh(self.fc(x.mean((2, 3)))))
+
+
+def test_layers_written_by_hand_are_read_by_what_they_compute():
+    module, example = _OwnModules().eval(), torch.randn(2, 3, 8, 8)
+    record = record_from_module(module, example)
+    assert [layer.kind for layer in record.layers] == ["conv2d", "conv2d", "parameter", "linear"]
+    names = {group.name for group in record.symmetries}
+    assert names == {"outputs of 'c2'", "outputs of 'fc'"}  # c1's outputs join c2's through the residual
+    twin = copy.deepcopy(module).double()
+    reference = _outputs(module, example)
+    twin.load_state_dict(random_equivalent_permutation(record.to(torch.float64), torch.Generator()).to_state_dict())
+    torch.testing.assert_close(_outputs(twin, example), reference, rtol=1e-9, atol=1e-9)

@@ -347,6 +347,7 @@ class _Tracer:
         self.program, self.specs, self.key_op, self.source = program, specs, key_op, source
         self.aliases = aliases
         self.position = 0  # of the node being read
+        self.used_as: dict[str, tuple[str, dict]] = {}  # operation path -> (kind, attrs) of its first use
         self.groups = _Groups()
         self.values: dict[torch.fx.Node, Any] = {}
         self.first_use: dict[str, int] = {}  # operation path -> position of first use
@@ -831,17 +832,22 @@ class _Tracer:
 
     def dense(self, node, shape, x_arg, w_arg, b_arg, transposed: bool):
         """A linear map of ``x``'s last axis by parameter ``w`` (``(out, in)``, or ``(in, out)`` when
-        ``transposed``), plus an optional bias."""
-        x, w = self.value(x_arg), self.weight_key(w_arg)
+        ``transposed``; either may be a transposed view of the stored tensor), plus an optional bias."""
+        x, wv = self.value(x_arg), self.value(w_arg)
         b = self.weight_key(b_arg) if isinstance(b_arg, torch.fx.Node) else None
-        if (w is None or shape is None or not isinstance(x, _Value) or x.param is not None
-                or len(self.values[w_arg].shape) != 2 or (isinstance(b_arg, torch.fx.Node) and b is None)):
+        if (shape is None or not isinstance(x, _Value) or x.param is not None or not isinstance(wv, _Value)
+                or wv.param is None or len(wv.shape) != 2 or sorted(wv.param_axes) != [0, 1]
+                or (isinstance(b_arg, torch.fx.Node) and b is None)):
             return self.unknown(node, shape)
+        w = wv.param
+        # Axes of the stored tensor that meet the inputs and make the outputs.
+        in_axis, out_axis = wv.param_axes if transposed else wv.param_axes[::-1]
         op = self.use_op(w, "linear")
         self.touch(op, self.position)
+        if out_axis == 0:  # stored (out, in), as nn.Linear: a linear layer, whatever module holds it
+            self.used_as.setdefault(op, ("linear", {}))
         last = len(x.shape) - 1
         self.flow.setdefault(op, self.read(x, last, op, x.shape[last]))
-        in_axis, out_axis = (0, 1) if transposed else (1, 0)
         if last in x.layouts:
             self.groups.add_member(x.layouts[last], w, in_axis)
         out = self.new_output(op, w, out_axis, shape[-1], b)
@@ -858,6 +864,8 @@ class _Tracer:
             groups = node.args[6] if len(node.args) > 6 else 1
         op = self.op_of(w)
         weight_shape = self.values[node.args[1]].shape
+        kind = f"conv{'_transpose' if transposed else ''}{len(weight_shape) - 2}d"
+        self.used_as.setdefault(op, (kind, {"groups": groups}))
         self.flow.setdefault(op, self.read(x, 1, op, x.shape[1]))
         for axis, layout in x.layouts.items():
             if axis >= 2:
@@ -902,6 +910,7 @@ class _Tracer:
             return self.unknown(node, shape)
         op = self.use_op(w, "embedding")
         self.touch(op, self.position)
+        self.used_as.setdefault(op, ("embedding", {}))
         num = self.values[node.args[0]].shape[0]
         indices = self.value(node.args[1])
         self.flow.setdefault(op, (InputSlice(0, num, 1, tuple(sorted(indices.sources)) if indices and indices.sources else (-1,)),))
@@ -1368,6 +1377,9 @@ def record_from_module(
     for level, path in enumerate(order):
         spec = specs[path]
         kind, attrs = spec.kind, dict(spec.attrs)
+        used_as = tracer.used_as.get(path)
+        if kind == "parameter" and used_as and "weight" in locals_[path] and set(locals_[path]) <= {"weight", "bias"}:
+            kind, attrs = used_as[0], dict(used_as[1])  # a module of one's own that computes a layer
         flow = tracer.flow.get(path)
         inputs = None
         if flow is not None:
