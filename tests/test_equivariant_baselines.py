@@ -14,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sne.encoders import build_encoder, build_encoder_from_config
-from sne.encoders.common import LayerTensors, stack_layers
 from sne.encoders.dwsnet import DWSLayer, to_spaces, weight_spaces
 from sne.errors import SneError
 from sne.train import TrainConfig, fit
 from sne.train.evaluate import evaluate_run
 from sne.weights.permute import permute_hidden, random_equivalent_permutation, random_permutations
+from sne.weights import StackedWeights
 from sne.weights.record import NetworkRecord, make_layer
 
 ENCODERS = ["nfn_np", "nfn_hnp", "nft", "dwsnet"]
@@ -132,8 +132,8 @@ def test_dws_layer_is_equivariant(shapes, channels, seed):
     spaces = weight_spaces(record.architecture)
     perms = random_permutations(record, g)
     # The input conversion commutes with permutations: permuting the record = permuting its spaces.
-    xs = to_spaces(stack_layers([record], torch.float64), spaces)
-    moved = to_spaces(stack_layers([permute_hidden(record, perms)], torch.float64), spaces)
+    xs = to_spaces(StackedWeights.from_records([record], torch.float64), spaces)
+    moved = to_spaces(StackedWeights.from_records([permute_hidden(record, perms)], torch.float64), spaces)
     for a, b in zip(_permute_spaces(xs, spaces, perms), moved):
         assert torch.equal(a, b)
     c_in, c_out = channels
@@ -174,8 +174,8 @@ def test_dws_layer_spans_all_equivariant_linear_maps(shapes):
     # Basis networks: network e has parameter e set to 1 (every layer here has a bias).
     sizes = [n for s in shapes for n in (math.prod(s), s[0])]
     eye = torch.eye(sum(sizes), dtype=torch.float64).split(sizes, dim=1)
-    basis = LayerTensors(tuple(eye[2 * i].reshape(-1, *s) for i, s in enumerate(shapes)),
-                         tuple(eye[2 * i + 1] for i in range(len(shapes))))
+    basis = StackedWeights(tuple(eye[2 * i].reshape(-1, *s) for i, s in enumerate(shapes)),
+                           tuple(eye[2 * i + 1] for i in range(len(shapes))), (True,) * len(shapes))
     xs = to_spaces(basis, spaces)
     maps = []
     with torch.no_grad():

@@ -30,7 +30,6 @@ from sne.data import load_dataset
 from sne.encoders import build_encoder, build_encoder_from_config
 from sne.encoders.base import weight_output_encoder_names
 from sne.encoders.chunking import pad_chunk
-from sne.encoders.common import flatten_record, stack_layers, unflatten_values
 from sne.encoders.dwsnet import from_spaces, to_spaces, weight_spaces
 from sne.encoders.neural_graph.encoder import graph_parameters
 from sne.encoders.neural_graph.graph import GraphSpec, batch_graphs
@@ -38,6 +37,7 @@ from sne.encoders.nfn import from_wsfeat, to_wsfeat
 from sne.encoders.sne import place_elements
 from sne.errors import SneError
 from sne.train import TrainConfig
+from sne.weights import StackedWeights
 from sne.weights.permute import permute_hidden, random_permutations
 from sne.weights.record import NetworkRecord
 from sne.zoo import generate_zoo
@@ -96,10 +96,10 @@ def randomize_head(encoder) -> None:
             parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
 
 
-def as_record(record: NetworkRecord, values) -> NetworkRecord:
-    """``record`` with its parameters replaced by per-parameter outputs (to permute them alike)."""
-    return record.with_layers(layer.with_tensors(weight=v.weight.detach(), bias=None if v.bias is None else v.bias.detach())
-                              for layer, v in zip(record.layers, values))
+def detached(record: NetworkRecord) -> NetworkRecord:
+    """``record`` with every tensor detached from the graph (to permute outputs like their inputs)."""
+    return record.with_layers(layer.with_tensors(**{n: t.detach() for n, t in layer.tensors.items()})
+                              for layer in record.layers)
 
 
 # --- the interface ------------------------------------------------------------------------------
@@ -118,15 +118,17 @@ def test_outputs_have_the_parameter_shapes_and_start_as_the_identity_edit(name, 
     encoder = editor(name, records)
     outputs = edit(encoder, records)
     assert len(outputs) == len(records)
-    for values, record in zip(outputs, records):
-        assert len(values) == len(record.layers)
-        for value, layer in zip(values, record.layers):
+    for output, record in zip(outputs, records):
+        assert isinstance(output, NetworkRecord) and output.source == record.source
+        assert len(output.layers) == len(record.layers)
+        for value, layer in zip(output.layers, record.layers):
+            assert value.name == layer.name and value.kind == layer.kind
             assert value.weight.shape == layer.weight.shape
             assert (value.bias is None) == (layer.bias is None)
             assert value.bias is None or value.bias.shape == layer.bias.shape
             # Zero output layers: the untrained editor changes nothing.
             assert not value.weight.any() and (value.bias is None or not value.bias.any())
-    loss = sum(v.weight.square().sum() for values in outputs for v in values)
+    loss = sum(v.weight.square().sum() for output in outputs for v in output.layers)
     loss.backward()
     assert any(p.grad is not None for p in encoder.weight_head.parameters())
 
@@ -144,46 +146,44 @@ def test_outputs_are_permutation_equivariant(name, arch):
     outputs = edit(encoder, records)
     perms = [random_permutations(r, g) for r in records]
     moved = edit(encoder, [permute_hidden(r, p) for r, p in zip(records, perms)])
-    for record, values, perm, moved_values in zip(records, outputs, perms, moved):
-        expected = permute_hidden(as_record(record, values), perm)
-        for value, layer in zip(moved_values, expected.layers):
+    for output, perm, moved_output in zip(outputs, perms, moved):
+        expected = permute_hidden(detached(output), perm)
+        for value, layer in zip(moved_output.layers, expected.layers):
             torch.testing.assert_close(value.weight, layer.weight, atol=1e-10, rtol=0)
             if layer.bias is not None:
                 torch.testing.assert_close(value.bias, layer.bias, atol=1e-10, rtol=0)
     # Not vacuous: outputs are not zero and differ between networks.
-    assert (outputs[0][1].weight - outputs[1][1].weight).abs().max() > 1e-6
+    assert (outputs[0].layers[1].weight - outputs[1].layers[1].weight).abs().max() > 1e-6
 
 
 def test_values_go_back_to_their_parameters():
     """The bookkeeping that places outputs: fed each encoder's own input values, it gives the records back."""
     def assert_records(values, records):
-        for network_values, record in zip(values, records):
-            for value, layer in zip(network_values, record.layers):
+        for output, record in zip(values, records):
+            for value, layer in zip(output.layers, record.layers):
                 assert torch.equal(value.weight, layer.weight.to(value.weight.dtype))
                 assert (value.bias is None) == (layer.bias is None)
                 assert value.bias is None or torch.equal(value.bias, layer.bias.to(value.bias.dtype))
 
     records = mixed_records(torch.float64)
-    architectures = [r.architecture for r in records]
     # SNE: elements in kernel-shape groups (conv1d, 2-D kernels of three sizes, conv3d, linear and biases).
-    assert_records(place_elements(pad_chunk(records, 8, torch.float64).tap_values, architectures), records)
+    assert_records(place_elements(pad_chunk(records, 8, torch.float64).tap_values, records), records)
     # Neural graph: kernels un-padded off forward weight edges (reversed and residual edges skipped), biases off nodes.
     g = torch.Generator().manual_seed(2)
     residual = mlp([2, 6, 6, 6, 1], g)
     residual = residual.with_layers([*residual.layers[:3], replace(residual.layers[3], skip_from=(0,))])
     graph_records = [residual, flatten_cnn(0), mlp([3, 5, 2], g)]
     batch = batch_graphs(graph_records, GraphSpec(max_kernel_size=5), torch.float64)
-    assert_records(graph_parameters(batch, batch.edge_kernel, batch.node_bias,
-                                    [r.architecture for r in graph_records]), graph_records)
+    assert_records(graph_parameters(batch, batch.edge_kernel, batch.node_bias, graph_records), graph_records)
     # DWSNet spaces and the nfn package's features.
     for shapes in (CNN, CNN_1D, SIREN):
-        stacked = stack_layers([network(shapes, g)], torch.float64)
+        stacked = StackedWeights.from_records([network(shapes, g)], torch.float64)
         spaces = weight_spaces(network(shapes, g).architecture)
         back = from_spaces(to_spaces(stacked, spaces), spaces, network(shapes, g).architecture)
         for a, b in zip(back.weights + back.biases, stacked.weights + stacked.biases):
             assert torch.equal(a, b)
-    stacked = stack_layers([network(CNN, g)], torch.float64)
-    back = from_wsfeat(to_wsfeat(stacked))
+    stacked = StackedWeights.from_records([network(CNN, g)], torch.float64)
+    back = from_wsfeat(to_wsfeat(stacked), stacked.has_bias)
     assert all(torch.equal(a, b) for a, b in zip(back.weights + back.biases, stacked.weights + stacked.biases))
 
 
@@ -197,7 +197,7 @@ def test_weight_head_survives_the_config_round_trip(name):
     rebuilt = build_encoder_from_config(config).double().eval()
     rebuilt.load_state_dict(encoder.state_dict())
     for a, b in zip(edit(rebuilt, records), edit(encoder, records)):
-        for x, y in zip(a, b):
+        for x, y in zip(a.layers, b.layers):
             torch.testing.assert_close(x.weight, y.weight, atol=0, rtol=0)
     assert "weight_head" not in build_encoder(name, architecture=records[0].architecture, **SMALL[name]).config()
 
@@ -316,13 +316,3 @@ def test_cli_runs_end_to_end_and_merges_results(digit_zoo, tmp_path, capsys, mon
     code, _, err = run_cli([*common, "--encoders", "all"], capsys)
     assert code == 0, err
     assert seen["encoders"] == weight_output_encoder_names()
-
-
-def test_flat_values_cut_back_into_the_record_layers():
-    """mlp's weight outputs use unflatten_values, the inverse of flatten_record's layout."""
-    record = network(CNN, torch.Generator().manual_seed(3))
-    layers = unflatten_values(flatten_record(record), record.architecture)
-    assert len(layers) == len(record.layers)
-    for values, layer in zip(layers, record.layers):
-        assert torch.equal(values.weight, layer.weight)
-        assert (values.bias is None and layer.bias is None) or torch.equal(values.bias, layer.bias)

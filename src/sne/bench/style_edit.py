@@ -36,7 +36,7 @@ from sne.bench.runs import BenchRuns, options_key
 from sne.data import load_dataset
 from sne.data.images import IMAGE_SIZE
 from sne.encoders import batch_to, build_encoder, build_encoder_from_config, get_encoder_class
-from sne.encoders.base import Encoder, LayerValues, weight_output_encoder_names
+from sne.encoders.base import Encoder, weight_output_encoder_names
 from sne.errors import SneError
 from sne.train.run import (
     TrainConfig,
@@ -102,12 +102,6 @@ def stack_parameters(records: Sequence[NetworkRecord]) -> list[torch.Tensor]:
             for i in range(len(records[0].layers)) for part in ("weight", "bias")]
 
 
-def stack_values(values: Sequence[tuple[LayerValues, ...]]) -> list[torch.Tensor]:
-    """Weight-space outputs of a batch (:meth:`Encoder.forward_weights`) in :func:`stack_parameters`' layout."""
-    return [torch.stack([network[i][part] for network in values])
-            for i in range(len(values[0])) for part in (0, 1)]
-
-
 def render(parameters: Sequence[torch.Tensor]) -> torch.Tensor:
     """Images (n, 784) of stacked SIREN parameters ``[W0, b0, W1, b1, W2, b2]`` on the pixel grid; differentiable."""
     grid = pixel_grid().to(device=parameters[0].device, dtype=parameters[0].dtype)
@@ -146,7 +140,7 @@ def edited_renders(editor: Encoder, data: EditSplit, batch_size: int = 64) -> to
     try:
         for start in range(0, len(data.records), batch_size):
             batch = batch_to(editor.prepare_weights(data.records[start : start + batch_size]), device)
-            deltas = stack_values(editor.forward_weights(batch))
+            deltas = stack_parameters(editor.forward_weights(batch))
             edited = [p[start : start + batch_size].to(device) + d for p, d in zip(data.parameters, deltas)]
             renders.append(render(edited).float().cpu())
     finally:
@@ -196,7 +190,7 @@ def train_editor(
     }
 
     def batch_loss(indices: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        deltas = stack_values(editor.forward_weights(batch))
+        deltas = stack_parameters(editor.forward_weights(batch))
         edited = [p[indices].to(device) + d for p, d in zip(train.parameters, deltas)]
         loss = F.mse_loss(render(edited), train.targets[indices].to(device))
         return loss, torch.zeros((), device=device)

@@ -3,33 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, is_dataclass
-from typing import Any, Callable, ClassVar, NamedTuple, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
 
 from sne.errors import SneError
+from sne.weights.batch import with_parameter_values
 from sne.weights.record import NetworkRecord
 
 #: A record's architecture signature, as given by ``NetworkRecord.architecture``.
 Architecture = tuple
 
 
-class LayerValues(NamedTuple):
-    """One value per parameter of a layer: ``weight`` has the layer's weight shape (PyTorch layout),
-    ``bias`` its bias shape, or is ``None`` when the layer has no bias."""
-
-    weight: torch.Tensor
-    bias: torch.Tensor | None
-
-
 @dataclass
 class WeightBatch:
     """A batch prepared for :meth:`Encoder.forward_weights`: the encoder's own input and the
-    architecture signature of every network, which shapes the outputs."""
+    records, whose weights and biases the outputs replace."""
 
     inputs: Any
-    architectures: tuple[Architecture, ...]
+    records: tuple[NetworkRecord, ...]
 
 
 class Encoder(nn.Module):
@@ -110,23 +103,23 @@ class Encoder(nn.Module):
             self.weight_head = head
 
     def prepare_weights(self, records: Sequence[NetworkRecord]) -> WeightBatch:
-        """:meth:`prepare` plus the records' architectures: the input of :meth:`forward_weights`."""
-        return WeightBatch(self.prepare(records), tuple(record.architecture for record in records))
+        """:meth:`prepare` plus the records: the input of :meth:`forward_weights`."""
+        return WeightBatch(self.prepare(records), tuple(records))
 
-    def forward_weights(self, batch: WeightBatch) -> list[tuple[LayerValues, ...]]:
-        """One value per parameter of every network in ``batch``: per network, per layer, a
-        :class:`LayerValues` with that layer's weight and bias shapes, in record order."""
+    def forward_weights(self, batch: WeightBatch) -> list[NetworkRecord]:
+        """One value per parameter of every network in ``batch``: each input record with every
+        layer's weight and bias replaced by the encoder's values (layers without a bias keep none)."""
         if not hasattr(self, "weight_head"):
             raise SneError(f"encoder '{self.name}' has no weight head: call make_weight_head() first")
-        return self.weight_values(batch.inputs, batch.architectures)
+        return self.weight_values(batch.inputs, batch.records)
 
     def build_weight_head(self) -> nn.Module:  # pragma: no cover - interface
         """The output layers of :meth:`weight_values`, their last layers zero (encoders with weight outputs)."""
         raise NotImplementedError
 
     def weight_values(  # pragma: no cover - interface
-        self, inputs: Any, architectures: Sequence[Architecture]
-    ) -> list[tuple[LayerValues, ...]]:
+        self, inputs: Any, records: Sequence[NetworkRecord]
+    ) -> list[NetworkRecord]:
         """:meth:`forward_weights` on a prepared input (encoders with weight outputs)."""
         raise NotImplementedError
 
@@ -199,6 +192,8 @@ def batch_to(batch: Any, device: torch.device | str) -> Any:
     """Move every tensor inside a (nested) prepared batch to ``device``."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
+    if isinstance(batch, NetworkRecord):  # the records of a WeightBatch: their values are replaced, not read
+        return batch
     if is_dataclass(batch) and not isinstance(batch, type):
         return type(batch)(**{f.name: batch_to(getattr(batch, f.name), device) for f in fields(batch)})
     if isinstance(batch, dict):
@@ -208,35 +203,15 @@ def batch_to(batch: Any, device: torch.device | str) -> Any:
     return batch
 
 
-def split_layer_values(
-    weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor], architecture: Architecture
-) -> list[tuple[LayerValues, ...]]:
-    """Stacked per-layer values of a batch of one architecture (``weights[i]`` of shape
-    ``(batch, *weight shape)``, ``biases[i]`` of ``(batch, out)``) as :meth:`Encoder.forward_weights`
-    returns them: per network, per layer; biases of layers without one are dropped."""
-    layers = [
-        (weight.unbind(0), bias.unbind(0) if has_bias else [None] * len(weight))
-        for weight, bias, (_, _, has_bias) in zip(weights, biases, architecture)
-    ]
-    return [tuple(LayerValues(w[n], b[n]) for w, b in layers) for n in range(len(weights[0]))]
-
-
-def layer_values_from_flat(
-    weights: torch.Tensor, biases: torch.Tensor, architectures: Sequence[Architecture]
-) -> list[tuple[LayerValues, ...]]:
-    """Cut flat values into :class:`LayerValues`: ``weights`` holds every weight of every network
-    (networks, then layers, in record order; each weight flattened in PyTorch order), ``biases``
-    one value per output neuron of every layer, in the same order, those of layers without a bias
-    included and dropped here."""
-    weight_sizes = [int(torch.Size(shape).numel()) for architecture in architectures for _, shape, _ in architecture]
-    bias_sizes = [int(shape[0]) for architecture in architectures for _, shape, _ in architecture]
-    weight_parts = iter(weights.split(weight_sizes))
-    bias_parts = iter(biases.split(bias_sizes))
-    networks = []
-    for architecture in architectures:
-        layers = []
-        for _, shape, has_bias in architecture:
-            weight, bias = next(weight_parts).reshape(shape), next(bias_parts)
-            layers.append(LayerValues(weight, bias if has_bias else None))
-        networks.append(tuple(layers))
-    return networks
+def records_from_flat_values(
+    weights: torch.Tensor, biases: torch.Tensor, records: Sequence[NetworkRecord]
+) -> list[NetworkRecord]:
+    """``records`` with flat values in place of their parameters: ``weights`` holds every weight of
+    every network (networks, then layers, in record order; each weight flattened in PyTorch order),
+    ``biases`` one value per output neuron of every layer, in the same order, those of layers
+    without a bias included and dropped here."""
+    shapes = [tuple(layer.weight.shape) for record in records for layer in record.layers]
+    weight_parts = iter(weights.split([int(torch.Size(shape).numel()) for shape in shapes]))
+    bias_parts = iter(biases.split([shape[0] for shape in shapes]))
+    return [with_parameter_values(record, [(next(weight_parts).reshape(layer.weight.shape), next(bias_parts))
+                                           for layer in record.layers]) for record in records]

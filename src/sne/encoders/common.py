@@ -1,15 +1,15 @@
-"""Helpers shared by the baseline encoders: options, fixed architectures, flat weight vectors, MLPs."""
+"""Helpers shared by the baseline encoders: options, fixed architectures, standardisation, MLPs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from sne.encoders.base import LayerValues
 from sne.errors import SneError
+from sne.weights.batch import StackedWeights
 from sne.weights.record import KIND_BY_WEIGHT_NDIM, NetworkRecord
 
 
@@ -92,36 +92,6 @@ def flat_size(architecture: Sequence) -> int:
     return total
 
 
-def flatten_record(record: NetworkRecord) -> torch.Tensor:
-    """All parameters as one vector: each layer's weight (PyTorch layout, flattened) then its bias, in record order."""
-    parts = []
-    for layer in record.layers:
-        parts.append(layer.weight.reshape(-1))
-        if layer.bias is not None:
-            parts.append(layer.bias)
-    return torch.cat(parts)
-
-
-def unflatten_values(values: torch.Tensor, architecture: Sequence) -> tuple[LayerValues, ...]:
-    """The inverse of :func:`flatten_record`: one vector in its layout cut into per-layer
-    :class:`~sne.encoders.base.LayerValues` of ``architecture``'s shapes (bias ``None`` where a layer has none)."""
-    layers, start = [], 0
-    for _, shape, has_bias in architecture:
-        size = int(torch.Size(shape).numel())
-        weight, start = values[start : start + size].reshape(shape), start + size
-        bias = values[start : start + shape[0]] if has_bias else None
-        start += shape[0] if has_bias else 0
-        layers.append(LayerValues(weight, bias))
-    return tuple(layers)
-
-
-def stack_flat(records: Sequence[NetworkRecord], dtype: torch.dtype) -> torch.Tensor:
-    """``(len(records), parameters)``: :func:`flatten_record` of each record; records share one architecture."""
-    if not records:
-        raise SneError("cannot encode an empty batch of networks")
-    return torch.stack([flatten_record(r) for r in records]).to(dtype)
-
-
 def build_mlp(in_dim: int, hidden: Sequence[int], out_dim: int, dropout: float = 0.0) -> nn.Sequential:
     """``Linear -> ReLU (-> Dropout)`` per hidden width, then a final ``Linear`` to ``out_dim``."""
     layers: list[nn.Module] = []
@@ -163,29 +133,6 @@ def fit_standardization(mean: torch.Tensor, std: torch.Tensor, values: torch.Ten
 
 
 # --- weight-space encoders (nfn_np, nfn_hnp, nft, dwsnet): one fixed chain of layers --------------
-
-
-@dataclass
-class LayerTensors:
-    """A batch of networks of one architecture, layer by layer: ``weights[i]`` of shape
-    ``(batch, *weight shape)`` and ``biases[i]`` of shape ``(batch, out)`` (zeros where a layer has none)."""
-
-    weights: tuple[torch.Tensor, ...]
-    biases: tuple[torch.Tensor, ...]
-
-
-def stack_layers(records: Sequence[NetworkRecord], dtype: torch.dtype) -> LayerTensors:
-    """Stack the layers of records that share one architecture into :class:`LayerTensors`."""
-    if not records:
-        raise SneError("cannot encode an empty batch of networks")
-    weights, biases = [], []
-    for i, layer in enumerate(records[0].layers):
-        weights.append(torch.stack([r.layers[i].weight for r in records]).to(dtype))
-        biases.append(
-            torch.stack([r.layers[i].bias if r.layers[i].bias is not None
-                         else r.layers[i].weight.new_zeros(layer.out_features) for r in records]).to(dtype)
-        )
-    return LayerTensors(tuple(weights), tuple(biases))
 
 
 def check_neuron_chain(encoder: str, architecture: Sequence, kinds: Sequence[str]) -> None:
@@ -237,14 +184,15 @@ class LayerScaler(nn.Module):
         self.register_buffer("bias_std", torch.ones(num_layers))
 
     @torch.no_grad()
-    def fit(self, batch: LayerTensors) -> None:
+    def fit(self, batch: StackedWeights) -> None:
         for i, (weight, bias) in enumerate(zip(batch.weights, batch.biases)):
             parts = ((weight, self.weight_mean, self.weight_std), (bias, self.bias_mean, self.bias_std))
             for tensor, mean, std in parts:
                 mean[i], std[i] = mean_std(tensor)
 
-    def forward(self, batch: LayerTensors) -> LayerTensors:
-        return LayerTensors(
-            tuple((w - self.weight_mean[i]) / self.weight_std[i] for i, w in enumerate(batch.weights)),
-            tuple((b - self.bias_mean[i]) / self.bias_std[i] for i, b in enumerate(batch.biases)),
+    def forward(self, batch: StackedWeights) -> StackedWeights:
+        return replace(
+            batch,
+            weights=tuple((w - self.weight_mean[i]) / self.weight_std[i] for i, w in enumerate(batch.weights)),
+            biases=tuple((b - self.bias_mean[i]) / self.bias_std[i] for i, b in enumerate(batch.biases)),
         )

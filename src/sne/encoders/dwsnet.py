@@ -40,8 +40,8 @@ import torch
 from torch import nn
 
 from sne.encoders.base import Architecture, register_encoder
-from sne.encoders.common import LayerTensors
 from sne.encoders.nfn import WeightSpaceEncoder, zero_parameters
+from sne.weights.batch import StackedWeights
 from sne.weights.record import LAYER_KINDS
 
 DEFAULT_OPTIONS: dict[str, Any] = {"hidden": 48, "num_layers": 4, "out_dim": 32, "batch_norm": True}
@@ -79,7 +79,7 @@ def weight_spaces(architecture: Architecture) -> list[Space]:
     return spaces
 
 
-def to_spaces(batch: LayerTensors, spaces: Sequence[Space]) -> list[torch.Tensor]:
+def to_spaces(batch: StackedWeights, spaces: Sequence[Space]) -> list[torch.Tensor]:
     """Each tensor as ``(batch, *sizes, width)``: hidden axes first, fixed neurons and taps as features."""
     out = []
     for space in spaces:
@@ -98,7 +98,7 @@ def _weight_axis_order(space: Space, ndim: int) -> list[int]:
     return [0, *hidden, *(d for d in range(1, ndim) if d not in hidden)]
 
 
-def from_spaces(xs: Sequence[torch.Tensor], spaces: Sequence[Space], architecture: Architecture) -> LayerTensors:
+def from_spaces(xs: Sequence[torch.Tensor], spaces: Sequence[Space], architecture: Architecture) -> StackedWeights:
     """Spaces of one channel, ``(batch, *sizes, width)``, as stacked weights and biases: the inverse
     of :func:`to_spaces`."""
     weights, biases = [None] * len(architecture), [None] * len(architecture)
@@ -110,7 +110,7 @@ def from_spaces(xs: Sequence[torch.Tensor], spaces: Sequence[Space], architectur
         order = _weight_axis_order(space, len(shape) + 1)
         laid_out = x.reshape(len(x), *(shape[d - 1] for d in order[1:]))
         weights[space.layer] = laid_out.permute(*sorted(range(len(order)), key=order.__getitem__))
-    return LayerTensors(tuple(weights), tuple(biases))
+    return StackedWeights(tuple(weights), tuple(biases), tuple(bool(has_bias) for _, _, has_bias in architecture))
 
 
 def kept_axis_sets(spaces: Sequence[Space]) -> list[tuple[int, ...]]:
@@ -180,19 +180,19 @@ class DWSNetEncoder(WeightSpaceEncoder):
         self.layers = nn.ModuleList(DWSLayer(self.spaces, c_in, c_out) for c_in, c_out in zip(channels, channels[1:]))
         self.readout = self.readout_layer(sum(s.width for s in self.spaces) * channels[-1])
 
-    def space_features(self, batch: LayerTensors) -> list[torch.Tensor]:
+    def space_features(self, batch: StackedWeights) -> list[torch.Tensor]:
         """Every space's features after the last equivariant layer, ``hidden`` channels."""
         xs = to_spaces(batch, self.spaces)
         for layer in self.layers:
             xs = [torch.relu(x) for x in layer(xs)]
         return xs
 
-    def encode(self, batch: LayerTensors) -> torch.Tensor:
+    def encode(self, batch: StackedWeights) -> torch.Tensor:
         pooled = [pool_to(x, s.axes, ()) for x, s in zip(self.space_features(batch), self.spaces)]
         return self.readout(torch.cat(pooled, dim=-1))
 
     def build_weight_head(self) -> nn.Module:
         return zero_parameters(DWSLayer(self.spaces, self.options["hidden"], 1))
 
-    def equivariant_outputs(self, batch: LayerTensors) -> LayerTensors:
+    def equivariant_outputs(self, batch: StackedWeights) -> StackedWeights:
         return from_spaces(self.weight_head(self.space_features(batch)), self.spaces, self.architecture)

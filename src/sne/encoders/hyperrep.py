@@ -45,9 +45,9 @@ from sne.encoders.common import (
     flat_size,
     require_architecture,
     resolve_options,
-    stack_flat,
 )
 from sne.errors import SneError
+from sne.weights.batch import StackedWeights
 from sne.weights.permute import random_equivalent_permutation, supports_permutation
 from sne.weights.record import NetworkRecord
 
@@ -72,7 +72,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 def token_layout(architecture: Sequence) -> torch.Tensor:
     """``(tokens, token_length)`` indices into the flat parameter vector; ``-1`` marks padding.
 
-    The flat vector is :func:`sne.encoders.common.flatten_record`'s: each layer's weight, then its bias.
+    The flat vector is :meth:`sne.weights.StackedWeights.flat`'s: each layer's weight, then its bias.
     """
     rows, offset = [], 0
     for _, shape, has_bias in architecture:
@@ -178,13 +178,13 @@ class HyperRepEncoder(Encoder):
     def fit_input_statistics(self, records: Sequence[NetworkRecord]) -> None:
         """Mean and standard deviation of each layer's weight and bias over all training networks."""
         self.check_records(records)
-        flat = stack_flat(records, torch.float64)
+        flat = StackedWeights.from_records(records, torch.float64).flat()
         for start, end in part_ranges(self.architecture):
             self.input_mean[start:end], self.input_std[start:end] = mean_std(flat[:, start:end])
 
     def prepare(self, records: Sequence[NetworkRecord]) -> torch.Tensor:
         self.check_records(records)
-        return stack_flat(records, self.input_mean.dtype)
+        return StackedWeights.from_records(records, self.input_mean.dtype).flat()
 
     def tokens(self, flat: torch.Tensor) -> torch.Tensor:
         """Raw flat parameters ``(batch, P)`` -> standardised tokens ``(batch, tokens, length)``."""
@@ -214,10 +214,14 @@ class HyperRepEncoder(Encoder):
 
     # --- pretraining ---------------------------------------------------------------------------
 
+    def _flat_on_device(self, records: Sequence[NetworkRecord]) -> torch.Tensor:
+        """Flat parameters ``(batch, P)`` of ``records`` in the encoder's dtype, on its device."""
+        return StackedWeights.from_records(records, self.input_mean.dtype).flat().to(self.input_mean.device)
+
     def _permuted_tokens(self, records: Sequence[NetworkRecord], generator: torch.Generator) -> torch.Tensor:
         """Standardised tokens of a random functionally-equivalent permutation of each network."""
         records = [random_equivalent_permutation(r, generator) if supports_permutation(r) else r for r in records]
-        return self.tokens(stack_flat(records, self.input_mean.dtype).to(self.input_mean.device))
+        return self.tokens(self._flat_on_device(records))
 
     def _corrupt(self, tokens: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Gaussian noise on real entries, then a random ``erase`` fraction of tokens set to zero."""
@@ -254,7 +258,7 @@ class HyperRepEncoder(Encoder):
                 batches = [b for b in torch.randperm(len(records), generator=generator).split(batch_size) if len(b) > 1]
                 for batch in batches:
                     members = [records[i] for i in batch.tolist()]
-                    clean = self.tokens(stack_flat(members, self.input_mean.dtype).to(self.input_mean.device))
+                    clean = self.tokens(self._flat_on_device(members))
                     permuted = self._permuted_tokens(members, generator) if o["permute"] else clean
                     codes = [self.encode_tokens(self._corrupt(view, generator)) for view in (clean, permuted)]
                     reconstruction = self.reconstruction_loss(self.decode(codes[0]), clean)

@@ -1,6 +1,6 @@
 """MLP baseline: a network's flattened weight vector through a multi-layer perceptron.
 
-The input is every layer's weight and bias, in record order (:func:`sne.encoders.common.flatten_record`),
+The input is every layer's weight and bias, in record order (:meth:`sne.weights.StackedWeights.flat`),
 standardised per coordinate with statistics of the training networks. The input size is the
 parameter count, so one encoder takes exactly one architecture: the one it was built for.
 
@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from sne.encoders.base import Architecture, Encoder, LayerValues, register_encoder
+from sne.encoders.base import Architecture, Encoder, register_encoder
 from sne.encoders.common import (
     build_mlp,
     check_fixed_architecture,
@@ -26,10 +26,9 @@ from sne.encoders.common import (
     flat_size,
     require_architecture,
     resolve_options,
-    stack_flat,
-    unflatten_values,
 )
 from sne.errors import SneError
+from sne.weights.batch import StackedWeights
 from sne.weights.permute import canonicalize_hidden, supports_permutation
 from sne.weights.record import NetworkRecord
 
@@ -72,7 +71,7 @@ class MLPEncoder(Encoder):
 
     def flat_inputs(self, records: Sequence[NetworkRecord], dtype: torch.dtype) -> torch.Tensor:
         """``(len(records), parameters)``: the vectors the MLP reads."""
-        return stack_flat(records, dtype)
+        return StackedWeights.from_records(records, dtype).flat()
 
     def prepare(self, records: Sequence[NetworkRecord]) -> torch.Tensor:
         self.check_records(records)
@@ -88,10 +87,10 @@ class MLPEncoder(Encoder):
         nn.init.zeros_(head.bias)
         return head
 
-    def weight_values(self, flat: torch.Tensor, architectures: Sequence[Architecture]) -> list[tuple[LayerValues, ...]]:
+    def weight_values(self, flat: torch.Tensor, records: Sequence[NetworkRecord]) -> list[NetworkRecord]:
         features = self.net[:-1]((flat - self.input_mean) / self.input_std)  # all but the code's output layer
         values = self.weight_head(features) * self.input_std
-        return [unflatten_values(row, self.architecture) for row in values]
+        return StackedWeights.from_flat(values, self.architecture).to_records(records)
 
 
 @register_encoder("mlp_canonical")
@@ -111,4 +110,4 @@ class CanonicalMLPEncoder(MLPEncoder):
             if not supports_permutation(record):
                 raise SneError(f"mlp_canonical: {record.source} is not a plain chain of layers, so its neurons "
                                "have no canonical order (skip connections are not supported)")
-        return stack_flat([canonicalize_hidden(r) for r in records], dtype)
+        return StackedWeights.from_records([canonicalize_hidden(r) for r in records], dtype).flat()

@@ -26,18 +26,17 @@ from nfn.common import WeightSpaceFeatures, network_spec_from_wsfeat
 from nfn.layers import HNPLinear, HNPPool, NPLinear, NPPool, TupleOp
 from torch import nn
 
-from sne.encoders.base import Architecture, Encoder, LayerValues, register_encoder, split_layer_values
+from sne.encoders.base import Architecture, Encoder, register_encoder
 from sne.encoders.common import (
     LayerScaler,
-    LayerTensors,
     check_chain_records,
     check_neuron_chain,
     check_positive_int,
     require_architecture,
     resolve_options,
-    stack_layers,
 )
 from sne.errors import SneError
+from sne.weights.batch import StackedWeights
 from sne.weights.record import NetworkRecord
 
 #: Layer kinds the nfn package's layers take (its conv support is 2-D kernels only).
@@ -53,14 +52,17 @@ def network_spec(architecture: Architecture):
     return network_spec_from_wsfeat(WeightSpaceFeatures(weights, biases))
 
 
-def to_wsfeat(batch: LayerTensors) -> WeightSpaceFeatures:
-    """Our stacked layers as the package's features, with one channel: (batch, 1, *shape)."""
+def to_wsfeat(batch: StackedWeights) -> WeightSpaceFeatures:
+    """Stacked weights as the package's features, with one channel: (batch, 1, *shape); the one
+    conversion in, at the start of the package's layers."""
     return WeightSpaceFeatures([w.unsqueeze(1) for w in batch.weights], [b.unsqueeze(1) for b in batch.biases])
 
 
-def from_wsfeat(features: WeightSpaceFeatures) -> LayerTensors:
-    """The package's features of one channel as our stacked layers: the inverse of :func:`to_wsfeat`."""
-    return LayerTensors(tuple(w.squeeze(1) for w in features.weights), tuple(b.squeeze(1) for b in features.biases))
+def from_wsfeat(features: WeightSpaceFeatures, has_bias: tuple[bool, ...]) -> StackedWeights:
+    """The package's features of one channel as stacked weights (layers with a bias per ``has_bias``):
+    the inverse of :func:`to_wsfeat`, the one conversion out."""
+    return StackedWeights(tuple(w.squeeze(1) for w in features.weights), tuple(b.squeeze(1) for b in features.biases),
+                          tuple(has_bias))
 
 
 def zero_parameters(module: nn.Module) -> nn.Module:
@@ -76,7 +78,7 @@ class WeightSpaceEncoder(Encoder):
 
     Subclasses set ``kinds`` (the layer kinds they take) and ``min_layers``, and build their network
     in ``build(architecture, options)``, ending in :meth:`readout_layer`; ``forward`` passes the
-    standardised :class:`LayerTensors` to their ``encode``.
+    standardised :class:`~sne.weights.StackedWeights` to their ``encode``.
 
     Option ``batch_norm`` (an addition to the papers' architectures, on by default): batch-normalise
     the pooled invariant features before the readout. Networks of a zoo share most of their weight
@@ -120,28 +122,28 @@ class WeightSpaceEncoder(Encoder):
 
     def fit_input_statistics(self, records: Sequence[NetworkRecord]) -> None:
         self.check_records(records)
-        self.scaler.fit(stack_layers(records, torch.float64))
+        self.scaler.fit(StackedWeights.from_records(records, torch.float64))
 
-    def prepare(self, records: Sequence[NetworkRecord]) -> LayerTensors:
+    def prepare(self, records: Sequence[NetworkRecord]) -> StackedWeights:
         self.check_records(records)
-        return stack_layers(records, self.scaler.weight_mean.dtype)
+        return StackedWeights.from_records(records, self.scaler.weight_mean.dtype)
 
-    def forward(self, batch: LayerTensors) -> torch.Tensor:
+    def forward(self, batch: StackedWeights) -> torch.Tensor:
         return self.encode(self.scaler(batch))
 
-    def encode(self, batch: LayerTensors) -> torch.Tensor:  # pragma: no cover - interface
+    def encode(self, batch: StackedWeights) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
     def weight_values(
-        self, batch: LayerTensors, architectures: Sequence[Architecture]
-    ) -> list[tuple[LayerValues, ...]]:
+        self, batch: StackedWeights, records: Sequence[NetworkRecord]
+    ) -> list[NetworkRecord]:
         outputs = self.equivariant_outputs(self.scaler(batch))
         # Back from standardised units to weight units: a change scales by the std; the mean only shifts.
-        weights = [w * self.scaler.weight_std[i].to(w.dtype) for i, w in enumerate(outputs.weights)]
-        biases = [b * self.scaler.bias_std[i].to(b.dtype) for i, b in enumerate(outputs.biases)]
-        return split_layer_values(weights, biases, self.architecture)
+        weights = tuple(w * self.scaler.weight_std[i].to(w.dtype) for i, w in enumerate(outputs.weights))
+        biases = tuple(b * self.scaler.bias_std[i].to(b.dtype) for i, b in enumerate(outputs.biases))
+        return StackedWeights(weights, biases, outputs.has_bias).to_records(records)
 
-    def equivariant_outputs(self, batch: LayerTensors) -> LayerTensors:  # pragma: no cover - interface
+    def equivariant_outputs(self, batch: StackedWeights) -> StackedWeights:  # pragma: no cover - interface
         """One value per parameter (``weight_head`` last), from standardised inputs, in standardised units."""
         raise NotImplementedError
 
@@ -167,15 +169,15 @@ class _NFNEncoder(WeightSpaceEncoder):
         self.pool = self.pool_class(spec)
         self.readout = self.readout_layer(channels[-1] * self.pool_class.get_num_outs(spec))
 
-    def encode(self, batch: LayerTensors) -> torch.Tensor:
+    def encode(self, batch: StackedWeights) -> torch.Tensor:
         pooled = self.pool(self.equivariant(to_wsfeat(batch)))
         return self.readout(pooled.flatten(1))
 
     def build_weight_head(self) -> nn.Module:
         return zero_parameters(self.layer_class(network_spec(self.architecture), self.options["hidden"], 1))
 
-    def equivariant_outputs(self, batch: LayerTensors) -> LayerTensors:
-        return from_wsfeat(self.weight_head(self.equivariant(to_wsfeat(batch))))
+    def equivariant_outputs(self, batch: StackedWeights) -> StackedWeights:
+        return from_wsfeat(self.weight_head(self.equivariant(to_wsfeat(batch))), batch.has_bias)
 
 
 @register_encoder("nfn_np")

@@ -30,9 +30,10 @@ from nfn.layers import ChannelLinear, HNPPool, LearnedPosEmbedding, NPAttention,
 from torch import nn
 
 from sne.encoders.base import Architecture, register_encoder
-from sne.encoders.common import LayerTensors, check_positive_int
+from sne.encoders.common import check_positive_int
 from sne.encoders.nfn import WeightSpaceEncoder, from_wsfeat, network_spec, to_wsfeat, zero_parameters
 from sne.errors import SneError
+from sne.weights.batch import StackedWeights
 
 #: hidden 32 rather than wider: NPAttention is memory-bound on the CPU, ~4x slower at hidden 64.
 DEFAULT_OPTIONS: dict[str, Any] = {
@@ -85,15 +86,15 @@ class NFTEncoder(WeightSpaceEncoder):
         self.pool = HNPPool(spec)
         self.readout = self.readout_layer(hidden * HNPPool.get_num_outs(spec))
 
-    def encode(self, batch: LayerTensors) -> torch.Tensor:
+    def encode(self, batch: StackedWeights) -> torch.Tensor:
         return self.readout(self.pool(self.entry_states(batch)).flatten(1))
 
-    def entry_states(self, batch: LayerTensors) -> WeightSpaceFeatures:
+    def entry_states(self, batch: StackedWeights) -> WeightSpaceFeatures:
         """Every weight-space entry's state after the last block, ``hidden`` channels."""
         return self.blocks(self.position(self.embed(to_wsfeat(batch))))
 
     def build_weight_head(self) -> nn.Module:
         return zero_parameters(TupleOp(ChannelLinear(self.options["hidden"], 1)))
 
-    def equivariant_outputs(self, batch: LayerTensors) -> LayerTensors:
-        return from_wsfeat(self.weight_head(self.entry_states(batch)))
+    def equivariant_outputs(self, batch: StackedWeights) -> StackedWeights:
+        return from_wsfeat(self.weight_head(self.entry_states(batch)), batch.has_bias)

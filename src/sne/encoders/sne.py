@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from sne.encoders.base import Architecture, Encoder, LayerValues, WeightBatch, register_encoder
+from sne.encoders.base import Architecture, Encoder, WeightBatch, register_encoder
 from sne.encoders.common import mean_std
 from sne.encoders.chunking import (
     CHAIN_KINDS,
@@ -52,6 +52,7 @@ from sne.encoders.chunking import (
 from sne.encoders.positional import coordinate_encoding, sinusoidal_encoding
 from sne.encoders.set_blocks import PMA, SAB, ResidualFF, masked_mean
 from sne.errors import SneError
+from sne.weights.batch import with_parameter_values
 from sne.weights.record import KIND_BY_WEIGHT_NDIM, NetworkRecord
 
 #: Options and their defaults (the paper's settings; chunk_micro_batch=None: no micro-batching).
@@ -290,7 +291,7 @@ class SNEEncoder(Encoder):
                 check_layer(layer, record.source)
 
     def prepare_weights(self, records: Sequence[NetworkRecord]) -> WeightBatch:
-        """Weight-space outputs give one weight and one bias per layer (:class:`LayerValues`), so
+        """Weight-space outputs give one weight and one bias per layer, so
         they take records of linear and convolution layers with only those tensors."""
         for record in records:
             for layer in record.layers:
@@ -378,7 +379,7 @@ class SNEEncoder(Encoder):
     def build_weight_head(self) -> nn.Module:
         return ElementDecoder(self.hidden)
 
-    def weight_values(self, batch: ChunkBatch, architectures: Sequence[Architecture]) -> list[tuple[LayerValues, ...]]:
+    def weight_values(self, batch: ChunkBatch, records: Sequence[NetworkRecord]) -> list[NetworkRecord]:
         networks, elements = self._network_codes(batch, keep_elements=True)
         chunk_size = batch.element_mask.shape[1]
         elements = elements.reshape(-1, elements.shape[-1])
@@ -392,7 +393,7 @@ class SNEEncoder(Encoder):
                 # Elements came in standardised by their part's std: go back to weight units.
                 values = values * batch.part_stats[batch.chunk_part[chunk], 1].exp().to(values.dtype).unsqueeze(1)
             decoded.append(values)
-        return place_elements(decoded, architectures)
+        return place_elements(decoded, records)
 
     def _chunk_codes(
         self, batch: ChunkBatch, dtype: torch.dtype, keep_elements: bool = False
@@ -473,11 +474,9 @@ class SNEEncoder(Encoder):
         return context
 
 
-def place_elements(
-    decoded: list[torch.Tensor], architectures: Sequence[Architecture]
-) -> list[tuple[LayerValues, ...]]:
+def place_elements(decoded: list[torch.Tensor], records: Sequence[NetworkRecord]) -> list[NetworkRecord]:
     """Decoded values per kernel-shape group, ``(elements, taps)`` in the group's element order, back
-    at their parameters' places.
+    at their parameters' places: ``records`` with the values as their weights and biases.
 
     :func:`~sne.encoders.chunking.pad_chunk` walks networks, layers and parts (weight, then bias)
     in record order and appends each part's elements, row-major over (out, in), to the group of
@@ -495,15 +494,15 @@ def place_elements(
         return decoded[group][start : start + count]
 
     networks = []
-    for architecture in architectures:
+    for record in records:
         layers = []
-        for _, shape, has_bias in architecture:
+        for _, shape, has_bias in record.architecture:
             weight = take(tuple(shape[2:]), shape[0] * shape[1]).reshape(shape)
             bias = take((), shape[0]).reshape(shape[0]) if has_bias else None
-            layers.append(LayerValues(weight, bias))
-        networks.append(tuple(layers))
+            layers.append((weight, bias))
+        networks.append(with_parameter_values(record, layers))
     if used != [len(values) for values in decoded]:
-        raise RuntimeError("SNE weight outputs: the chunk layout does not match the architectures given")
+        raise RuntimeError("SNE weight outputs: the chunk layout does not match the records given")
     return networks
 
 

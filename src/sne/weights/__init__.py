@@ -1,5 +1,6 @@
-"""Weight-space records of networks: build them from modules and files, and permute them."""
+"""Weight-space records of networks: build them from modules and files, permute them, stack them."""
 
+from sne.weights.batch import StackedWeights, with_parameter_values
 from sne.weights.io import (
     load_record,
     load_state_dict_file,
@@ -22,6 +23,7 @@ __all__ = [
     "LAYER_KINDS",
     "Layer",
     "NetworkRecord",
+    "StackedWeights",
     "canonical_permutations",
     "canonicalize_hidden",
     "load_record",
@@ -35,4 +37,5 @@ __all__ = [
     "save_state_dict_file",
     "shuffle_incoming",
     "supports_permutation",
+    "with_parameter_values",
 ]

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
-from sne.encoders.base import Architecture, Encoder, LayerValues, WeightBatch, layer_values_from_flat
+from sne.encoders.base import Architecture, Encoder, WeightBatch, records_from_flat_values
 from sne.encoders.common import STD_FLOOR
 from sne.encoders.neural_graph.graph import (
     ACTIVATION_INDEX,
@@ -360,14 +360,14 @@ class NeuralGraphEncoder(Encoder):
             nn.init.zeros_(linear.bias)
         return head
 
-    def weight_values(self, batch: GraphBatch, architectures: Sequence[Architecture]) -> list[tuple[LayerValues, ...]]:
+    def weight_values(self, batch: GraphBatch, records: Sequence[NetworkRecord]) -> list[NetworkRecord]:
         nodes, edges = self.final_states(batch)
         head = self.weight_head
         kernels = head["kernel"](head["edge_norm"](edges))
         # Undo the per-layer standardisation of the inputs: outputs in weight units.
         kernels = kernels * self.weight_std[batch.edge_layer.clamp_min(0)].to(kernels.dtype).unsqueeze(1)
         biases = head["bias"](nodes).squeeze(1) * self.bias_std[(batch.node_layer - 1).clamp_min(0)].to(nodes.dtype)
-        return graph_parameters(batch, kernels, biases, architectures)
+        return graph_parameters(batch, kernels, biases, records)
 
     # --- options --------------------------------------------------------------------------------
 
@@ -414,10 +414,10 @@ def _layer_values(record: NetworkRecord, spec: GraphSpec) -> list[tuple[str, int
 
 
 def graph_parameters(
-    batch: GraphBatch, edge_kernels: torch.Tensor, node_values: torch.Tensor, architectures: Sequence[Architecture]
-) -> list[tuple[LayerValues, ...]]:
+    batch: GraphBatch, edge_kernels: torch.Tensor, node_values: torch.Tensor, records: Sequence[NetworkRecord]
+) -> list[NetworkRecord]:
     """Per-edge padded kernels (E, slots) and per-node values (N,) of a batch's graphs as one value
-    per parameter of each network: forward weight edges' real kernel slots are the weights, the
+    per parameter of each network, in place of ``records``' parameters: forward weight edges' real kernel slots are the weights, the
     values of every layer's output neurons the biases (given the graph's own inputs, this gives the
     records' parameters back)."""
     # Forward weight edges only: reversed edges repeat them, residual edges hold no parameter.
@@ -426,7 +426,7 @@ def graph_parameters(
     # graphs list networks, then layers, in order: the masked selection un-pads every kernel.
     weights = edge_kernels[weight_edges][batch.edge_kernel_mask[weight_edges]]
     biases = node_values[batch.node_layer > 0]  # input nodes have none
-    return layer_values_from_flat(weights, biases, architectures)
+    return records_from_flat_values(weights, biases, records)
 
 
 def norm(hidden: int, enabled: bool) -> nn.Module:
