@@ -4,7 +4,7 @@ For each encoder in the registry (encoders added later show up without changes h
 network shape, with default options: one training step on a prepared batch of networks is
 forward + backward + Adam step of the encoder and a linear head. Networks/s = batch / median step
 time; ``prepare`` (CPU, may run in data-loader workers) is timed once, separately. Shapes, random
-weights built with ``sne.weights.io.record_from_module``: (a) sine-INR SIRENs 1->32->32->1,
+weights built with ``sne.weights.record_from_module``: (a) sine-INR SIRENs 1->32->32->1,
 (b) the small-CNN-zoo architecture (GUIDE section 6). Fixed-architecture encoders are built for
 the shape at hand. An encoder that cannot be built or cannot take a shape is listed with the
 reason. ``--variant NAME:key=value,...`` adds a row for an encoder with options given (default: SNE
@@ -39,7 +39,7 @@ from sne.cli import parse_options
 from sne.encoders import Encoder, batch_to, build_encoder, encoder_names
 from sne.errors import SneError, one_line
 from sne.io_utils import write_json_atomic
-from sne.weights.io import record_from_module
+from sne.weights import record_from_module
 from sne.weights.record import NetworkRecord
 
 

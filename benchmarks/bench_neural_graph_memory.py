@@ -34,7 +34,7 @@ from torch import nn
 from sne.bench.environment import cpu_model  # noqa: E402
 from sne.encoders import build_encoder
 from sne.io_utils import write_json_atomic
-from sne.weights.io import record_from_module
+from sne.weights import record_from_module
 from sne.weights.record import NetworkRecord, make_layer
 
 #: MLP hidden widths giving ~1e4, ~1e5 and ~1e6 parameters for 64 -> w -> w -> 10.

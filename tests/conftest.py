@@ -39,3 +39,17 @@ def shared_sine_zoo(tmp_path_factory):
     out = tmp_path_factory.mktemp("zoo") / "shared"
     return generate_zoo("sine-inr", out, n=200, seed=3, options={"init": "shared", "steps": 150}, command="test",
                         progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_sne_run(shared_sine_zoo, tmp_path_factory):
+    """A 1-epoch small SNE run on the shared sine zoo: a run directory for the CLI's predict and embed
+    (SNE reads networks of any architecture, so any checkpoint can be fed to it)."""
+    from sne.train import TrainConfig, fit
+
+    config = TrainConfig(zoo=str(shared_sine_zoo.path), target="frequency", encoder="sne",
+                         encoder_options={"hidden": 16, "heads": 2, "out_dim": 8}, epochs=1, batch_size=32,
+                         head_hidden=[16], seed=0, device="cpu", invariance_weight=0.0)
+    out = tmp_path_factory.mktemp("tiny-sne") / "run"
+    fit(config, out, progress=False)
+    return out

@@ -19,7 +19,6 @@ from torch.nn import functional as F
 import network_families as families
 from conftest import run_cli
 from sne.errors import SneError
-from sne.train import TrainConfig, fit
 from sne.weights import load_record, random_equivalent_permutation, record_from_module, save_state_dict_file
 from sne.weights.arch import arch_from_spec
 from sne.weights.permute import symmetry_groups
@@ -135,13 +134,8 @@ def no_input():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(shared_sine_zoo, tmp_path_factory) -> Path:
-    config = TrainConfig(zoo=str(shared_sine_zoo.path), target="frequency", encoder="sne",
-                         encoder_options={"hidden": 16, "heads": 2, "out_dim": 8}, epochs=1, batch_size=32,
-                         head_hidden=[16], seed=0, device="cpu", invariance_weight=0.0)
-    out = tmp_path_factory.mktemp("any") / "run"
-    fit(config, out, progress=False)
-    return out
+def tiny_run(tiny_sne_run) -> Path:
+    return tiny_sne_run
 
 
 @pytest.mark.parametrize("index", [0, 2, 5, 7, 9])

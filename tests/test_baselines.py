@@ -15,7 +15,7 @@ from sne.encoders import build_encoder, build_encoder_from_config, encoder_names
 from sne.errors import SneError
 from sne.train import TrainConfig, fit
 from sne.train.evaluate import evaluate_run
-from sne.weights.io import record_from_module
+from sne.weights import record_from_module
 from sne.weights.permute import random_equivalent_permutation
 from sne.weights.record import NetworkRecord, make_layer
 

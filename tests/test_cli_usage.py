@@ -257,16 +257,8 @@ def test_the_lock_pins_every_declared_dependency_within_its_bounds():
 
 
 @pytest.fixture(scope="module")
-def small_run(shared_sine_zoo, tmp_path_factory) -> Path:
-    """A 1-epoch SNE on the shared sine zoo (as test_any_network's tiny_run): SNE reads any chain."""
-    from sne.train import TrainConfig, fit
-
-    config = TrainConfig(zoo=str(shared_sine_zoo.path), target="frequency", encoder="sne",
-                         encoder_options={"hidden": 16, "heads": 2, "out_dim": 8}, epochs=1, batch_size=32,
-                         head_hidden=[16], seed=0, device="cpu", invariance_weight=0.0)
-    out = tmp_path_factory.mktemp("usage") / "run"
-    fit(config, out, progress=False)
-    return out
+def small_run(tiny_sne_run) -> Path:
+    return tiny_sne_run
 
 
 def _siren_state(seed: int) -> dict[str, torch.Tensor]:

@@ -25,7 +25,7 @@ from sne.encoders.neural_graph.graph import (
 from sne.errors import SneError
 from sne.train import TrainConfig, fit
 from sne.train.evaluate import evaluate_run
-from sne.weights.io import record_from_module
+from sne.weights import record_from_module
 from sne.weights.permute import permute_hidden, random_equivalent_permutation, random_permutations
 from sne.weights.record import NetworkRecord, make_layer
 

@@ -365,7 +365,7 @@ class TrainedRun:
 def as_record(network) -> NetworkRecord:
     """Accept a record, an ``nn.Module`` (or a tuple ``(module, example_input)``), a state_dict or a
     checkpoint path."""
-    from sne.weights.io import load_record, record_from_module, record_from_state_dict
+    from sne.weights import load_record, record_from_module, record_from_state_dict
 
     if isinstance(network, NetworkRecord):
         return network

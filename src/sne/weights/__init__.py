@@ -4,10 +4,10 @@ from sne.weights.batch import StackedWeights, with_parameter_values
 from sne.weights.io import (
     load_record,
     load_state_dict_file,
-    record_from_module,
     record_from_state_dict,
     save_state_dict_file,
 )
+from sne.weights.trace import record_from_module
 from sne.weights.permute import (
     canonical_permutations,
     canonicalize_hidden,

@@ -1,4 +1,4 @@
-"""Build weight-space records from state_dicts, modules and checkpoint files; save state_dicts."""
+"""Read checkpoint files and bare state_dicts into records (modules: sne.weights.trace); save state_dicts."""
 
 from __future__ import annotations
 
@@ -12,17 +12,18 @@ import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file as _save_safetensors
-from torch import nn
 
 from sne.errors import SneError, one_line
 from sne.io_utils import atomic_path
+if TYPE_CHECKING:  # only named in an annotation; arch imports this module
+    from sne.weights.arch import Arch
+
 from sne.weights.record import Layer, NetworkRecord, check_tensors, make_layer
-from sne.weights.trace import record_from_module
 
 # Buffers that mark a normalisation layer (BatchNorm and friends) in a state_dict.
 _NORM_BUFFERS = {"running_mean", "running_var", "num_batches_tracked"}

@@ -472,7 +472,6 @@ class _Tracer:
         name = _op_name(node)
         shape = _shape(node)
         args = node.args
-        x = self.value(args[0]) if args else None
         self.position = position
         for key in (v.param for v in (self.value(a) for a in _flat(args)) if isinstance(v, _Value) and v.param):
             if key not in self.aliases:  # a tied weight's owner is known only to the operation using it

@@ -214,16 +214,7 @@ def layer_kernel_shapes(record: NetworkRecord, spec: GraphSpec) -> list[tuple[in
             what = f"flattened input map {'x'.join(map(str, shape))} of layer '{layer.name}'"
         else:
             what = f"layer '{layer.name}' kernel {'x'.join(map(str, shape))}"
-        if len(shape) > spec.kernel_dims:
-            raise SneError(
-                f"{source}: {what} has {len(shape)} dimensions; the neural graph holds kernels of at most "
-                f"{spec.kernel_dims} (option kernel_dims)"
-            )
-        if any(s > spec.max_kernel_size for s in shape):
-            raise SneError(
-                f"{source}: {what} is larger than the maximum kernel size {spec.max_kernel_size} "
-                f"(option max_kernel_size)"
-            )
+        _check_kernel(record, what, shape, spec)
         shapes.append(shape)
     _residual_pairs(record)
     return shapes
