@@ -19,7 +19,13 @@ from torch.nn import functional as F
 import network_families as families
 from conftest import run_cli
 from sne.errors import SneError
-from sne.weights import load_record, random_equivalent_permutation, record_from_module, save_state_dict_file
+from sne.weights import (
+    load_record,
+    random_equivalent_permutation,
+    record_from_module,
+    record_from_state_dict,
+    save_state_dict_file,
+)
 from sne.weights.arch import arch_from_spec
 from sne.weights.permute import symmetry_groups
 
@@ -115,6 +121,9 @@ def test_recurrent_layers_are_refused_in_one_line():
     with pytest.raises(SneError, match=r"^<\w+>: recurrent layer 'lstm' \(LSTM\) is not supported") as info:
         record_from_module(module, example)
     assert "\n" not in str(info.value)
+    # Its bare state_dict, without --arch, says the same.
+    with pytest.raises(SneError, match=r"^lstm\.pt: recurrent layer 'lstm' \(LSTM, GRU or RNN"):
+        record_from_state_dict(module.state_dict(), source="lstm.pt")
 
 
 FACTORY_FILE = """

@@ -80,6 +80,9 @@ def record_from_state_dict(
 def _check_layer_entries(name: str, parts: dict[str, torch.Tensor], source: str) -> None:
     """Refuse groups that are not a linear or convolutional layer, naming the offending key."""
     extra = [suffix for suffix in parts if suffix not in ("weight", "bias")]
+    if any(re.fullmatch(r"(weight|bias)_(ih|hh)_l\d+(_reverse)?", suffix) for suffix in extra):
+        raise SneError(f"{source}: recurrent layer '{name}' (LSTM, GRU or RNN: key '{name}.{extra[0]}') is not "
+                       f"supported; records read feed-forward networks")
     if extra:
         raise SneError(
             f"{source}: unknown layer type for '{name}': unexpected key '{name}.{extra[0]}' "
