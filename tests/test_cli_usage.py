@@ -373,3 +373,20 @@ def test_encoders_lists_options_defaults_and_what_each_reads(capsys):
     assert all(entry["options"] for entry in described.values()), "an encoder's defaults were not found"
     code, out, _ = run_cli(["encoders"], capsys)
     assert code == 0 and "options: " in out and "sne: reads any network" in out
+
+
+def test_long_commands_write_plain_progress_lines_to_a_log(tmp_path):
+    """Not a terminal (a pipe, a log file): zoo generation and training still say how far they are."""
+    script = str(Path(sys.executable).parent / "sne")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    zoo, run = tmp_path / "zoo", tmp_path / "run"
+    done = subprocess.run([script, "zoo", "generate", "sine-inr", "--n", "30", "--seed", "0", "--steps", "5",
+                           "--out", str(zoo)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "sine-inr zoo: 30/30" in done.stderr
+    done = subprocess.run([script, "train", "--zoo", str(zoo), "--encoder", "deepsets", "--target", "frequency",
+                           "--epochs", "2", "--out", str(run), "--device", "cpu"], capture_output=True, text=True,
+                          env=env)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"epoch 2/2 train [\d.]+ val [\d.]+: 2/2", done.stderr), done.stderr
+    assert "\x1b[" not in done.stderr  # plain text, no terminal escapes

@@ -33,7 +33,7 @@ import time
 from typing import Any, Sequence
 
 import torch
-from rich.progress import Progress
+from sne.progress import Progress
 from torch import nn
 from torch.nn import functional as F
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.nn import functional as F
 
 from sne import __version__
@@ -29,6 +29,7 @@ from sne.bench.environment import cpu_model
 from sne.encoders import Encoder, batch_to, build_encoder, build_encoder_from_config, get_encoder_class
 from sne.errors import SneError, one_line
 from sne.io_utils import atomic_path, write_json_atomic
+from sne.progress import Progress
 from sne.train.predictor import Predictor
 from sne.train.targets import Target, build_head, resolve_target
 from sne.weights.permute import random_equivalent_permutation

@@ -31,13 +31,14 @@ import numpy as np
 import pandas as pd
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import sne
 from sne.errors import SneError, one_line
 from sne.io_utils import atomic_path, remove_stale_temporaries, write_json_atomic
+from sne.progress import Progress
 from sne.weights.record import NetworkRecord, make_layer
 from sne.zoo.recipes import FitProgress, Recipe, Shard, derive_seed, get_recipe
 
