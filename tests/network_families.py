@@ -189,26 +189,21 @@ class ViT(nn.Module):
         return self.head(x[:, 0])
 
 
-def vit(dim=16, depth=2, heads=2, patch=4, image=16, in_channels=1, num_classes=10, mlp_ratio=2, seed: int = 0):
+def vit(dim=16, depth=2, heads=2, patch=4, image=16, in_channels=1, num_classes=10, mlp_ratio=2, seed: int = 0,
+        norm_first: bool = True, activation: str = "gelu"):
     """Pre-norm ViT: Conv2d patch embedding, class token, learned positional embedding,
     nn.TransformerEncoder (norm_first, GELU), final LayerNorm, linear head on the class token."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ViT(dim, depth, heads, patch, image, in_channels, num_classes, mlp_ratio,
-                    norm_first=True, activation="gelu")
+                    norm_first=norm_first, activation=activation)
         x = torch.randn(2, in_channels, image, image)
         return _finish(model, x)
 
 
-def vit_post_norm(dim=16, depth=2, heads=2, patch=4, image=16, in_channels=1, num_classes=10, mlp_ratio=2,
-                  seed: int = 0):
+def vit_post_norm(**options):
     """As :func:`vit` but post-norm encoder layers (norm_first=False) with ReLU."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = ViT(dim, depth, heads, patch, image, in_channels, num_classes, mlp_ratio,
-                    norm_first=False, activation="relu")
-        x = torch.randn(2, in_channels, image, image)
-        return _finish(model, x)
+    return vit(**options, norm_first=False, activation="relu")
 
 
 # --------------------------------------------------------------------------------------------- GPT

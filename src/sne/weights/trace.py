@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import torch
 from torch import nn
@@ -373,8 +373,9 @@ class _Tracer:
         owners.sort(key=lambda o: (self.specs[o].kind != kind, o in self.flow))
         return owners[0]
 
-    def touch(self, op: str, position: int) -> None:
-        self.first_use.setdefault(op, position)
+    def touch(self, op: str) -> None:
+        """``op`` is used at the node being read (computation order of the record)."""
+        self.first_use.setdefault(op, self.position)
 
     def value(self, arg: Any) -> _Value | None:
         return self.values.get(arg) if isinstance(arg, torch.fx.Node) else None
@@ -438,6 +439,7 @@ class _Tracer:
 
     def run(self) -> None:
         for position, node in enumerate(self.program.graph.nodes):
+            self.position = position
             if node.op == "placeholder":
                 shape = _shape(node) or ()
                 key = self.param_key.get(node.name)
@@ -462,20 +464,19 @@ class _Tracer:
             if block is not None:
                 if block.first is node:
                     if isinstance(block, _SdpaBlock):
-                        self.functional_attention(block, position)
+                        self.functional_attention(block)
                     else:
-                        self.attention(block, position)
+                        self.attention(block)
                 continue
-            self.call(node, position)
+            self.call(node)
 
-    def call(self, node: torch.fx.Node, position: int) -> None:
+    def call(self, node: torch.fx.Node) -> None:
         name = _op_name(node)
         shape = _shape(node)
         args = node.args
-        self.position = position
         for key in (v.param for v in (self.value(a) for a in _flat(args)) if isinstance(v, _Value) and v.param):
             if key not in self.aliases:  # a tied weight's owner is known only to the operation using it
-                self.touch(self.op_of(key), position)
+                self.touch(self.op_of(key))
         if name in _IGNORED:
             return
         if name == "getitem":
@@ -485,7 +486,7 @@ class _Tracer:
             return
         handler = getattr(self, f"on_{name}", None)
         if handler is not None:
-            result = handler(node, shape, position)
+            result = handler(node, shape)
         elif name in _ACTIVATIONS or name in _ELEMENTWISE:
             result = self.elementwise(node, shape, _ACTIVATIONS.get(name))
         elif name in _POOLING:
@@ -506,9 +507,6 @@ class _Tracer:
             self.fix_value(value)
             if isinstance(value, _Value):
                 sources |= value.sources
-            elif isinstance(value, list):
-                for part in value:
-                    self.fix_value(part)
         return _Value(shape, sources=sources, plain=False) if shape is not None else None
 
     def elementwise(self, node, shape, activation: str | None) -> _Value | None:
@@ -626,44 +624,31 @@ class _Tracer:
             return None
         return x, shape
 
-    def on_unsqueeze(self, node, shape, position):
+    def moved(self, node, shape, axes: Callable[[tuple[int, ...]], list[int | None]]) -> _Value | None:
+        """A view that only moves, adds or broadcasts axes: axis i of the result is axis
+        ``axes(x.shape)[i]`` of the input (``None``: a new axis)."""
         got = self.shaped(node, shape)
         if got is None:
             return self.unknown(node, shape)
         x, shape = got
-        d = node.args[1] % len(shape)
-        axes = list(range(len(x.shape)))
-        axes.insert(d, None)
-        return self.remap(node, shape, x, axes)
+        return self.remap(node, shape, x, axes(x.shape))
 
-    def on_transpose(self, node, shape, position):
-        got = self.shaped(node, shape)
-        if got is None:
-            return self.unknown(node, shape)
-        x, shape = got
-        return self.remap(node, shape, x, _axis_order(node, len(shape)))
+    def on_unsqueeze(self, node, shape):
+        at = node.args[1] % (len(shape) if shape else 1)
+        return self.moved(node, shape, lambda old: [*range(at), None, *range(at, len(old))])
 
-    on_swapaxes = on_transpose
+    def on_transpose(self, node, shape):
+        return self.moved(node, shape, lambda old: _axis_order(node, len(old)))
 
-    def on_t(self, node, shape, position):
-        got = self.shaped(node, shape)
-        if got is None:
-            return self.unknown(node, shape)
-        x, shape = got
-        return self.remap(node, shape, x, list(range(len(shape)))[::-1])
+    on_swapaxes = on_permute = on_transpose
 
-    on_permute = on_transpose
+    def on_t(self, node, shape):
+        return self.moved(node, shape, lambda old: list(range(len(old)))[::-1])
 
-    def on_expand(self, node, shape, position):
-        got = self.shaped(node, shape)
-        if got is None:
-            return self.unknown(node, shape)
-        x, shape = got
-        lead = len(shape) - len(x.shape)
-        axes = [None] * lead + list(range(len(x.shape)))
-        return self.remap(node, shape, x, axes)
+    def on_expand(self, node, shape):
+        return self.moved(node, shape, lambda old: [None] * (len(shape) - len(old)) + list(range(len(old))))
 
-    def on_select(self, node, shape, position):
+    def on_select(self, node, shape):
         got = self.shaped(node, shape)
         if got is None:
             return self.unknown(node, shape)
@@ -676,7 +661,7 @@ class _Tracer:
         axes = [a for a in range(len(x.shape)) if a != d]
         return self.remap(node, shape, x, axes)
 
-    def on_slice(self, node, shape, position):
+    def on_slice(self, node, shape):
         got = self.shaped(node, shape)
         if got is None:
             return self.unknown(node, shape)
@@ -720,7 +705,7 @@ class _Tracer:
                 return piece
         return None
 
-    def on_split(self, node, shape, position):
+    def on_split(self, node, shape):
         x = self.value(node.args[0])
         pieces = node.meta.get("val")
         if not isinstance(x, _Value) or not isinstance(pieces, (list, tuple)):
@@ -744,10 +729,10 @@ class _Tracer:
 
     on_split_with_sizes = on_split
 
-    def on_chunk(self, node, shape, position):
-        return self.on_split(node, shape, position)
+    def on_chunk(self, node, shape):
+        return self.on_split(node, shape)
 
-    def on_squeeze(self, node, shape, position):
+    def on_squeeze(self, node, shape):
         return self.reshape(node, shape)
 
     on_view = on_reshape = on_flatten = on_unflatten = on__unsafe_view = on_squeeze
@@ -787,7 +772,7 @@ class _Tracer:
                 self.opaque.add(x.param)
         return _Value(shape, layouts, x.sources, x.param, tuple(param_axes) if x.param is not None else (), x.plain)
 
-    def on_cat(self, node, shape, position):
+    def on_cat(self, node, shape):
         tensors = list(node.args[0])
         d = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         values = [self.value(t) for t in tensors]
@@ -816,15 +801,15 @@ class _Tracer:
             return value.param
         return None
 
-    def on_linear(self, node, shape, position):
+    def on_linear(self, node, shape):
         b = node.args[2] if len(node.args) > 2 else None
         return self.dense(node, shape, node.args[0], node.args[1], b, transposed=False)
 
-    def on_addmm(self, node, shape, position):
+    def on_addmm(self, node, shape):
         """``bias + x @ w``: a linear layer stored as ``(in, out)`` (Hugging Face's Conv1D)."""
         return self.dense(node, shape, node.args[1], node.args[2], node.args[0], transposed=True)
 
-    def on_mm(self, node, shape, position):
+    def on_mm(self, node, shape):
         return self.dense(node, shape, node.args[0], node.args[1], None, transposed=True)
 
     on_matmul = on_mm
@@ -842,7 +827,7 @@ class _Tracer:
         # Axes of the stored tensor that meet the inputs and make the outputs.
         in_axis, out_axis = wv.param_axes if transposed else wv.param_axes[::-1]
         op = self.use_op(w, "linear")
-        self.touch(op, self.position)
+        self.touch(op)
         if out_axis == 0:  # stored (out, in), as nn.Linear: a linear layer, whatever module holds it
             self.used_as.setdefault(op, ("linear", {}))
         last = len(x.shape) - 1
@@ -854,7 +839,7 @@ class _Tracer:
         layouts[len(shape) - 1] = [out]
         return _Value(shape, layouts, frozenset([op]))
 
-    def on_conv1d(self, node, shape, position, transposed: bool = False, groups: int | None = None):
+    def on_conv1d(self, node, shape, transposed: bool = False, groups: int | None = None):
         x, w = self.value(node.args[0]), self.weight_key(node.args[1])
         b = self.weight_key(node.args[2]) if len(node.args) > 2 and node.args[2] is not None else None
         if w is None or shape is None or not isinstance(x, _Value) or x.param is not None:
@@ -888,27 +873,27 @@ class _Tracer:
             out = [Seg(self.groups.new(shape[1], f"outputs of grouped '{op}'", fixed=True), 1, frozenset([op]))]
         return _Value(shape, {1: out}, frozenset([op]))
 
-    def on_conv2d(self, node, shape, position):
-        return self.on_conv1d(node, shape, position)
+    def on_conv2d(self, node, shape):
+        return self.on_conv1d(node, shape)
 
     on_conv3d = on_conv2d
 
-    def on_conv_transpose1d(self, node, shape, position):
+    def on_conv_transpose1d(self, node, shape):
         groups = node.args[6] if len(node.args) > 6 else 1
-        return self.on_conv1d(node, shape, position, transposed=True, groups=groups)
+        return self.on_conv1d(node, shape, transposed=True, groups=groups)
 
     on_conv_transpose2d = on_conv_transpose3d = on_conv_transpose1d
 
-    def on_convolution(self, node, shape, position):
+    def on_convolution(self, node, shape):
         transposed, groups = node.args[6], node.args[8]
-        return self.on_conv1d(node, shape, position, transposed=transposed, groups=groups)
+        return self.on_conv1d(node, shape, transposed=transposed, groups=groups)
 
-    def on_embedding(self, node, shape, position):
+    def on_embedding(self, node, shape):
         w = self.weight_key(node.args[0])
         if w is None or shape is None:
             return self.unknown(node, shape)
         op = self.use_op(w, "embedding")
-        self.touch(op, self.position)
+        self.touch(op)
         self.used_as.setdefault(op, ("embedding", {}))
         num = self.values[node.args[0]].shape[0]
         indices = self.value(node.args[1])
@@ -936,19 +921,19 @@ class _Tracer:
                 layouts[axis] = [Seg(s.group, s.inner, frozenset([op])) for s in self.groups.resolve(x.layouts[axis])]
         return _Value(shape or x.shape, layouts, frozenset([op]))
 
-    def on_batch_norm(self, node, shape, position):
+    def on_batch_norm(self, node, shape):
         return self.norm(node, shape, node.args[0], list(node.args[1:5]), [1])
 
-    def on__native_batch_norm_legit_no_training(self, node, shape, position):
-        value = self.on_batch_norm(node, _shape_of_first(node), position)
+    def on__native_batch_norm_legit_no_training(self, node, shape):
+        value = self.on_batch_norm(node, _shape_of_first(node))
         return [value, None, None] if isinstance(value, _Value) else value
 
     on__native_batch_norm_legit = on__native_batch_norm_legit_no_training
 
-    def on_instance_norm(self, node, shape, position):
-        return self.on_batch_norm(node, shape, position)
+    def on_instance_norm(self, node, shape):
+        return self.on_batch_norm(node, shape)
 
-    def on_layer_norm(self, node, shape, position):
+    def on_layer_norm(self, node, shape):
         x = self.value(node.args[0])
         if not isinstance(x, _Value):
             return self.unknown(node, shape)
@@ -959,11 +944,11 @@ class _Tracer:
 
     on_rms_norm = on_layer_norm
 
-    def on_native_layer_norm(self, node, shape, position):
-        value = self.on_layer_norm(node, _shape_of_first(node), position)
+    def on_native_layer_norm(self, node, shape):
+        value = self.on_layer_norm(node, _shape_of_first(node))
         return [value, None, None] if isinstance(value, _Value) else value
 
-    def on_group_norm(self, node, shape, position):
+    def on_group_norm(self, node, shape):
         x = self.value(node.args[0])
         if not isinstance(x, _Value):
             return self.unknown(node, shape)
@@ -1120,7 +1105,7 @@ class _Tracer:
             node = user
         return None
 
-    def functional_attention(self, block: _SdpaBlock, position: int) -> None:
+    def functional_attention(self, block: _SdpaBlock) -> None:
         """Heads, queries with keys, values with the output projection, of a hand-written attention."""
         heads, dh = block.heads, block.head_dim
         sources = frozenset()
@@ -1167,9 +1152,9 @@ class _Tracer:
                     break
         return owner
 
-    def attention(self, block: "_Block", position: int) -> None:
+    def attention(self, block: "_Block") -> None:
         op, spec = block.path, self.specs[block.path]
-        self.touch(op, position)
+        self.touch(op)
         nodes = set(block.nodes)
         d, heads = spec.attrs["embed_dim"], spec.attrs["num_heads"]
         key = lambda local: f"{op}.{local}" if op else local  # noqa: E731
@@ -1369,7 +1354,8 @@ def record_from_module(
     aliases = _aliases(module)
     tracer = _Tracer(program, specs, key_op, source, aliases)
     tracer.run()
-    order = sorted(locals_, key=lambda p: (tracer.first_use.get(p, math.inf), list(locals_).index(p)))
+    registered = {path: i for i, path in enumerate(locals_)}
+    order = sorted(locals_, key=lambda p: (tracer.first_use.get(p, math.inf), registered[p]))
     index = {path: i for i, path in enumerate(order)}
     index[INPUT] = -1
     layers = []

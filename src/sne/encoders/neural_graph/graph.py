@@ -359,6 +359,14 @@ def _activation_index(name: str | None) -> int:
     return ACTIVATION_INDEX.get(name, ACTIVATION_INDEX["other"])
 
 
+def _grouped_pairs(weight: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The channel pairs of a grouped weight ``(rows, columns per group, *kernel)``, in its flattened
+    order: row r meets the columns of its own group, ``(r // rows per group) * columns + j``."""
+    rows, columns = int(weight.shape[0]), int(weight.shape[1])
+    row = torch.arange(rows).repeat_interleave(columns)
+    return row, (row // (rows // groups)) * columns + torch.arange(columns).repeat(rows)
+
+
 def _check_kernel(record: NetworkRecord, what: str, shape: tuple[int, ...], spec: GraphSpec) -> None:
     if len(shape) > spec.kernel_dims:
         raise SneError(
@@ -606,21 +614,13 @@ class _FlowGraph:
         groups = int(layer.attrs.get("groups", 1))
         outputs = self.add_nodes(layer.out_features, i, NEURON, layer.activation, layer.bias)
         if layer.kind in TRANSPOSED_KINDS:  # weight (in, out / groups, *kernel): edge in -> out of its group
-            channels = self.channels(i)
-            count, per_out = int(weight.shape[0]), int(weight.shape[1])
-            per_in = count // groups
-            source = torch.arange(count).repeat_interleave(per_out)
-            target = (source // per_in) * per_out + torch.arange(per_out).repeat(count)
-            self.add_edges(channels[source], outputs[target], TRANSPOSED_EDGE, i,
-                           weight.reshape(count * per_out, *kernel), kernel)
+            source, target = _grouped_pairs(weight, groups)
+            self.add_edges(self.channels(i)[source], outputs[target], TRANSPOSED_EDGE, i,
+                           weight.reshape(len(source), *kernel), kernel)
         elif groups > 1:  # weight (out, in / groups, *kernel): edges within a group only
-            channels = self.channels(i)
-            count, per_in = int(weight.shape[0]), int(weight.shape[1])
-            per_out = count // groups
-            target = torch.arange(count).repeat_interleave(per_in)
-            source = (target // per_out) * per_in + torch.arange(per_in).repeat(count)
-            self.add_edges(channels[source], outputs[target], PLAIN_EDGE, i,
-                           weight.reshape(count * per_in, *kernel), kernel)
+            target, source = _grouped_pairs(weight, groups)
+            self.add_edges(self.channels(i)[source], outputs[target], PLAIN_EDGE, i,
+                           weight.reshape(len(source), *kernel), kernel)
         else:
             out = len(outputs)
             for ids, block, offset, sources in self.inputs(i, allow_blocks=layer.kind == "linear"):
