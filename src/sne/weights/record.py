@@ -3,6 +3,8 @@ the data flow between them, and the neuron permutations that leave its function 
 
 from __future__ import annotations
 
+import copy
+import json
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
@@ -266,3 +268,185 @@ def make_layer(
             )
     tensors = check_tensors(name, {"weight": weight} | ({} if bias is None else {"bias": bias}), source)
     return Layer(name, kind, level, tensors, activation, tuple(skip_from))
+
+
+# ------------------------------------------------------------------------------ structure (no values)
+#: Tensor dtypes a structure may name (what networks store: floats, and integer counters of norms).
+_DTYPES = {
+    str(d).removeprefix("torch."): d
+    for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64,
+              torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)
+}
+
+
+def _json_attr(value: Any, where: str) -> Any:
+    """``value`` as plain JSON (tuples become lists), so that attrs survive a JSON round trip exactly."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise SneError(f"{where} is not finite ({value})")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_attr(v, where) for v in value]
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        return {k: _json_attr(v, where) for k, v in value.items()}
+    raise SneError(f"{where} is a {type(value).__name__}, which a structure cannot hold (JSON values only)")
+
+
+def record_structure(record: NetworkRecord) -> dict[str, Any]:
+    """Everything about ``record`` but its tensor values, as JSON values: per layer its name, kind,
+    level, tensors (name, shape, dtype, in state_dict order), activation, skip_from, attrs (tuples
+    as lists) and inputs; and the record's symmetries. Equal structures mean one architecture."""
+    layers = []
+    for layer in record.layers:
+        where = f"{record.source}: layer '{layer.name}' attribute"
+        layers.append({
+            "name": layer.name,
+            "kind": layer.kind,
+            "level": int(layer.level),
+            "tensors": [
+                {"name": name, "shape": [int(s) for s in t.shape], "dtype": str(t.dtype).removeprefix("torch.")}
+                for name, t in layer.tensors.items()
+            ],
+            "activation": layer.activation,
+            "skip_from": [int(level) for level in layer.skip_from],
+            "attrs": {key: _json_attr(value, f"{where} '{key}'") for key, value in layer.attrs.items()},
+            "inputs": None if layer.inputs is None else [
+                {"offset": s.offset, "size": s.size, "block": s.block, "sources": list(s.sources)} for s in layer.inputs
+            ],
+        })
+    symmetries = None if record.symmetries is None else [
+        {"size": g.size, "name": g.name,
+         "members": [{"layer": m.layer, "tensor": m.tensor, "axis": m.axis, "offset": m.offset, "inner": m.inner}
+                     for m in g.members]}
+        for g in record.symmetries
+    ]
+    return {"layers": layers, "symmetries": symmetries}
+
+
+def _is_int(value: Any, minimum: int | None = None) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
+
+
+def _fields(entry: Any, required: Sequence[str]) -> bool:
+    return isinstance(entry, dict) and all(key in entry for key in required)
+
+
+def structure_problem(structure: Any) -> str | None:
+    """What is wrong with ``structure`` as :func:`record_structure` writes it (``None``: nothing),
+    checked deeply enough that :func:`record_from_structure` cannot fail on it but for tensors."""
+    if not _fields(structure, ("layers", "symmetries")) or not isinstance(structure["layers"], list):
+        return "a structure is an object with a list of layers and symmetries"
+    layers = structure["layers"]
+    if not layers:
+        return "the structure has no layers"
+    keys: set[str] = set()
+    shapes: list[dict[str, list[int]]] = []
+    for i, layer in enumerate(layers):
+        if not _fields(layer, ("name", "kind", "level", "tensors", "activation", "skip_from", "attrs", "inputs")):
+            return f"layer {i} needs name, kind, level, tensors, activation, skip_from, attrs and inputs"
+        name = layer["name"]
+        if not isinstance(name, str) or layer["kind"] not in LAYER_KINDS or not _is_int(layer["level"], 0):
+            return f"layer {i} needs a name, a kind of {', '.join(LAYER_KINDS)} and a level >= 0"
+        if not (layer["activation"] is None or isinstance(layer["activation"], str)):
+            return f"layer '{name}' has an activation that is not a name"
+        if not (isinstance(layer["skip_from"], list) and all(_is_int(s) for s in layer["skip_from"])):
+            return f"layer '{name}' has skip_from that is not a list of levels"
+        if not isinstance(layer["attrs"], dict):
+            return f"layer '{name}' has attrs that are not an object"
+        tensors = layer["tensors"]
+        if not isinstance(tensors, list) or not tensors:
+            return f"layer '{name}' has no tensors"
+        shapes.append({})
+        for spec in tensors:
+            if not (_fields(spec, ("name", "shape", "dtype")) and isinstance(spec["name"], str)
+                    and isinstance(spec["shape"], list) and all(_is_int(s, 0) for s in spec["shape"])
+                    and isinstance(spec["dtype"], str) and spec["dtype"] in _DTYPES):
+                return f"layer '{name}' has a tensor entry {json.dumps(spec)[:80]} without a name, shape and dtype"
+            key = f"{name}.{spec['name']}" if name else spec["name"]
+            if key in keys:
+                return f"tensor '{key}' appears twice"
+            keys.add(key)
+            shapes[-1][spec["name"]] = spec["shape"]
+        inputs = layer["inputs"]
+        if inputs is not None:
+            if not isinstance(inputs, list):
+                return f"layer '{name}' has inputs that are not a list"
+            for s in inputs:
+                if not (_fields(s, ("offset", "size", "block", "sources")) and _is_int(s["offset"], 0)
+                        and _is_int(s["size"], 0) and _is_int(s["block"], 1) and isinstance(s["sources"], list)
+                        and all(_is_int(j, -1) and j < len(layers) for j in s["sources"])):
+                    return f"layer '{name}' has an input entry {json.dumps(s)[:80]} that is not a valid slice"
+    symmetries = structure["symmetries"]
+    if symmetries is None:
+        return None
+    if not isinstance(symmetries, list):
+        return "symmetries must be a list or null"
+    for group in symmetries:
+        if not (_fields(group, ("size", "name", "members")) and _is_int(group["size"], 1)
+                and isinstance(group["name"], str) and isinstance(group["members"], list)):
+            return f"symmetry {json.dumps(group)[:80]} needs a size >= 1, a name and members"
+        for m in group["members"]:
+            if not (_fields(m, ("layer", "tensor", "axis", "offset", "inner")) and _is_int(m["layer"], 0)
+                    and m["layer"] < len(layers) and isinstance(m["tensor"], str) and m["tensor"] in shapes[m["layer"]]
+                    and _is_int(m["axis"], 0) and _is_int(m["offset"], 0) and _is_int(m["inner"], 1)):
+                return f"symmetry '{group['name']}' has a member {json.dumps(m)[:80]} naming no tensor of the structure"
+            shape = shapes[m["layer"]][m["tensor"]]
+            if m["axis"] >= len(shape) or m["offset"] + group["size"] * m["inner"] > shape[m["axis"]]:
+                return f"symmetry '{group['name']}' reaches past axis {m['axis']} of tensor '{m['tensor']}' {shape}"
+    return None
+
+
+def record_from_structure(
+    structure: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], source: str, meta: dict | None = None
+) -> NetworkRecord:
+    """The record of ``structure`` (as :func:`record_structure` gives it) with tensor values
+    ``tensors`` (state_dict keys). :class:`SneError` naming ``source`` for a malformed structure,
+    a missing or extra key, a shape that differs from the structure's, or non-finite values;
+    floating-point tensors are cast to the structure's floating dtype."""
+    problem = structure_problem(structure)
+    if problem:
+        raise SneError(f"{source}: bad network structure: {problem}")
+    used = set()
+    layers = []
+    for entry in structure["layers"]:
+        name, local = entry["name"], {}
+        for spec in entry["tensors"]:
+            key = f"{name}.{spec['name']}" if name else spec["name"]
+            if key not in tensors:
+                raise SneError(f"{source}: no tensor '{key}', which the network's structure has")
+            tensor = torch.as_tensor(tensors[key])
+            if list(tensor.shape) != spec["shape"]:
+                raise SneError(f"{source}: tensor '{key}' has shape {tuple(tensor.shape)} where the structure "
+                               f"says {tuple(spec['shape'])}")
+            dtype = _DTYPES[spec["dtype"]]
+            if tensor.dtype != dtype:
+                if tensor.is_floating_point() != dtype.is_floating_point:
+                    raise SneError(f"{source}: tensor '{key}' is {str(tensor.dtype).removeprefix('torch.')} "
+                                   f"where the structure says {spec['dtype']}")
+                tensor = tensor.to(dtype)
+            local[spec["name"]] = tensor
+            used.add(key)
+        inputs = entry["inputs"]
+        layers.append(Layer(
+            name, entry["kind"], entry["level"], check_tensors(name, local, source), entry["activation"],
+            tuple(entry["skip_from"]), copy.deepcopy(entry["attrs"]),
+            None if inputs is None else tuple(
+                InputSlice(s["offset"], s["size"], s["block"], tuple(s["sources"])) for s in inputs
+            ),
+        ))
+    extra = [key for key in tensors if key not in used]
+    if extra:
+        raise SneError(f"{source}: tensor '{extra[0]}' is not in the network's structure")
+    symmetries = structure["symmetries"]
+    return NetworkRecord(
+        tuple(layers), source=source, meta=dict(meta or {}),
+        symmetries=None if symmetries is None else tuple(
+            PermutationGroup(g["size"], tuple(
+                Member(m["layer"], m["tensor"], m["axis"], m["offset"], m["inner"]) for m in g["members"]
+            ), g["name"]) for g in symmetries
+        ),
+    )
