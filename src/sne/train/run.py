@@ -282,9 +282,10 @@ def train_epochs(
             if val_loss < state["best_val_loss"]:
                 state["best_val_loss"], state["best_epoch"] = val_loss, epoch + 1
                 _save_checkpoint(run_dir / "best.pt", {**meta, "model": model.state_dict(), "epoch": epoch + 1})
+            # last.pt commits the epoch, so it goes last: a kill before it redoes (and rewrites) all of the above.
+            write_json_atomic(run_dir / "history.json", state["history"])
             _save_checkpoint(last_path, {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                          "scheduler": scheduler.state_dict(), "state": state})
-            write_json_atomic(run_dir / "history.json", state["history"])
             bar.update(epochs_task, advance=1,
                        description=f"epoch {epoch + 1}/{config.epochs} train {train_loss:.4f} val {val_loss:.4f}")
     return {

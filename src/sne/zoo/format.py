@@ -17,6 +17,7 @@ finished manifest counts it under ``diverged`` beside the actual ``splits`` size
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -394,8 +395,6 @@ def write_zoo(
         raise SneError(f"no networks to write to {out}")
     fractions = _check_fractions(split_fractions)
     root = Path(out)
-    if root.exists() and not (root.is_dir() and not any(root.iterdir())):
-        raise SneError(f"{root} already exists and is not an empty directory; choose a new --out directory")
     requested = {
         "format_version": FORMAT_VERSION,
         "recipe": recipe,
@@ -405,8 +404,18 @@ def write_zoo(
         "shard_size": int(shard_size),
         "split_fractions": list(fractions),
     }
+    if (root / MANIFEST).is_file():
+        existing = _read_manifest(root)
+        if existing["complete"] and not _mismatches(existing, requested):
+            # This very zoo, renamed into place by a run interrupted before it could exit: done.
+            return Zoo.open(root)
+    if root.exists() and not (root.is_dir() and not any(root.iterdir())):
+        raise SneError(f"{root} already exists and is not an empty directory; choose a new --out directory")
     manifest = _new_manifest(requested, architecture, targets, dataset, command)
     root.parent.mkdir(parents=True, exist_ok=True)
+    # Staging directories of earlier runs that were killed (no rename took them into place).
+    for stale in root.parent.glob(f".{glob.escape(root.name)}.*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)
     # Not ".tmp": remove_stale_temporaries() unlinks those as files.
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
     try:

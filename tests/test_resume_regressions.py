@@ -1,0 +1,66 @@
+"""Resume bugs the kill-anywhere soak (tests/test_soak.py) found, each pinned by a fast test."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sne.train import TrainConfig, fit
+from sne.train import run as run_module
+from sne.zoo import Zoo
+from sne.zoo.unterthiner import import_unterthiner
+from test_unterthiner_import import write_fake_zoo
+
+
+def test_an_import_killed_after_its_rename_is_done_when_run_again(tmp_path):
+    """Killed between renaming the finished zoo into place and exiting, the same import run again
+    returns that zoo (it used to refuse: 'already exists and is not an empty directory')."""
+    published = tmp_path / "published"
+    write_fake_zoo(published)
+    out = tmp_path / "zoo"
+    first = import_unterthiner(published, out)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    again = import_unterthiner(published, out)
+    assert len(again) == len(first) and {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    with pytest.raises(Exception, match="already exists and is not an empty directory"):
+        import_unterthiner(published, out, step=0)  # another zoo into the same place is still refused
+
+
+def test_an_import_removes_the_staging_directory_of_a_killed_one(tmp_path):
+    published = tmp_path / "published"
+    write_fake_zoo(published)
+    stale = tmp_path / ".zoo.k1ll3d.partial"  # what a SIGKILLed import leaves beside its --out
+    (stale / "shards").mkdir(parents=True)
+    (stale / "manifest.json").write_text("{}")
+    unrelated = tmp_path / ".other.k1ll3d.partial"
+    unrelated.mkdir()
+    Zoo.open(import_unterthiner(published, tmp_path / "zoo").path)
+    assert not stale.exists() and unrelated.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".other.k1ll3d.partial", "published", "zoo"])
+
+
+def test_a_run_killed_after_its_last_checkpoint_has_the_whole_history(shared_sine_zoo, tmp_path, monkeypatch):
+    """Killed after the final epoch's last.pt but before its history.json, a resumed run used to
+    find nothing left to train and keep a history one epoch short."""
+    config = TrainConfig(zoo=str(shared_sine_zoo.path), target="frequency", encoder="sne",
+                         encoder_options={"hidden": 8, "heads": 2, "out_dim": 8}, epochs=2, batch_size=32,
+                         head_hidden=[8], seed=0, device="cpu")
+    real_write = run_module.write_json_atomic
+
+    def killed_at_the_last_history(path, obj):
+        if path.name == "history.json" and len(obj) == config.epochs:
+            raise KeyboardInterrupt
+        real_write(path, obj)
+
+    monkeypatch.setattr(run_module, "write_json_atomic", killed_at_the_last_history)
+    try:
+        fit(config, tmp_path / "run", progress=False)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(run_module, "write_json_atomic", real_write)
+    fit(config, tmp_path / "run", progress=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert [h["epoch"] for h in history] == [1, 2] == [h["epoch"] for h in last["state"]["history"]]
