@@ -64,3 +64,30 @@ def test_a_run_killed_after_its_last_checkpoint_has_the_whole_history(shared_sin
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert [h["epoch"] for h in history] == [1, 2] == [h["epoch"] for h in last["state"]["history"]]
+
+
+def test_a_resumed_run_with_dropout_equals_an_uninterrupted_one(shared_sine_zoo, tmp_path, monkeypatch):
+    """Dropout draws from torch's global generator, whose state no checkpoint held: a resumed run
+    drew other masks than an uninterrupted one and ended with other weights."""
+    config = TrainConfig(zoo=str(shared_sine_zoo.path), target="frequency", encoder="mlp",
+                         encoder_options={"hidden": [16], "dropout": 0.5, "out_dim": 8}, epochs=3, batch_size=16,
+                         head_hidden=[8], seed=0, device="cpu")
+    fit(config, tmp_path / "whole", progress=False)
+    real_validation = run_module._validation
+    calls = {"n": 0}
+
+    def killed_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_validation(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "_validation", killed_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(run_module, "_validation", real_validation)
+    fit(config, tmp_path / "resumed", progress=False)
+    whole, resumed = (torch.load(tmp_path / r / "last.pt", weights_only=True) for r in ("whole", "resumed"))
+    assert [h["train_loss"] for h in resumed["state"]["history"]] == [h["train_loss"] for h in whole["state"]["history"]]
+    for name, tensor in whole["model"].items():
+        assert torch.equal(resumed["model"][name], tensor), name

@@ -35,6 +35,7 @@ from sne.train.targets import Target, build_head, resolve_target
 from sne.weights.permute import random_equivalent_permutation
 from sne.weights.record import NetworkRecord
 from sne.zoo import Zoo
+from sne.zoo.recipes import derive_seed
 
 #: Head hidden widths by target kind (GUIDE section 3: INR head 2 layers of 512, accuracy head a
 #: 3-layer MLP of width 1000; "layers" counts linear layers, the last being the output layer).
@@ -301,6 +302,9 @@ def train_epochs(
 
 def _train_epoch(model, optimizer, config, epoch, records, prepare, batch_loss, device, bar) -> tuple[float, float]:
     model.train()
+    # Dropout draws from torch's global generator: seeded per epoch, so a resumed run draws what an
+    # uninterrupted one did (the state it had after the previous epoch is in no checkpoint).
+    torch.manual_seed(derive_seed(config.seed, "train/global", epoch))
     order = torch.randperm(len(records), generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
     batches = list(order.split(config.batch_size))
     if len(batches) > 1 and len(batches[-1]) == 1:
