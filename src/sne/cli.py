@@ -149,19 +149,25 @@ def train(
     max_train: Optional[int] = typer.Option(None, "--max-train", help="Use only this many training networks."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
     workers: int = typer.Option(0, "--workers", help="Data-loader worker processes."),
+    log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Also write TensorBoard scalars (losses, learning rate per epoch) here; needs pip install 'sne[tb]'."),
 ) -> None:
     """Train an encoder and head to predict a target from weights; select on the val split."""
     from sne.train import TrainConfig, fit
+    from sne.train.scalars import require_tensorboard
+
+    if log_dir is not None:
+        require_tensorboard()  # before minutes of loading and training, not after
 
     config = TrainConfig.for_encoder(
         encoder, zoo=str(zoo), target=target, encoder_options=parse_options(option), epochs=epochs,
         batch_size=batch_size, lr=lr, invariance_weight=invariance_weight, seed=seed, device=device,
         num_workers=workers, max_train=max_train, command=_command_line(),
     )
-    summary = fit(config, out)
+    summary = fit(config, out, log_dir=log_dir)
     console.print(
         f"trained {summary['epochs']} epochs in {summary['train_seconds']:.0f} s; best val loss "
         f"{summary['best_val_loss']:.4g} at epoch {summary['best_epoch']}; run in [bold]{escape(str(out))}[/bold]"
+        + (f", TensorBoard scalars in [bold]{escape(str(log_dir))}[/bold]" if log_dir is not None else "")
     )
 
 

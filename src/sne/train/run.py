@@ -31,6 +31,7 @@ from sne.errors import SneError, one_line
 from sne.io_utils import atomic_path, write_json_atomic
 from sne.progress import Progress
 from sne.train.predictor import Predictor
+from sne.train.scalars import ScalarLog
 from sne.train.targets import Target, build_head, resolve_target
 from sne.weights.permute import random_equivalent_permutation
 from sne.weights.record import NetworkRecord
@@ -164,8 +165,9 @@ def check_train_config(config: TrainConfig) -> None:
         raise SneError("epochs and batch size must be at least 1")
 
 
-def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
-    """Train (or resume) a run; return its summary (best epoch, validation loss, wall time)."""
+def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True, log_dir: str | Path | None = None) -> dict:
+    """Train (or resume) a run; return its summary (best epoch, validation loss, wall time).
+    ``log_dir``: also write TensorBoard scalars there (:mod:`sne.train.scalars`)."""
     run_dir = Path(out_dir)
     check_train_config(config)
     zoo = Zoo.open(config.zoo)
@@ -205,6 +207,7 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict
     return train_epochs(
         config, run_dir, predictor, predictor.encoder, train_records, predictor.encoder.prepare, batch_loss,
         lambda: _validation(predictor, val_records, val_values, config.batch_size)[1], meta, device, progress,
+        log_dir=log_dir,
     )
 
 
@@ -225,6 +228,7 @@ def train_epochs(
     meta: dict,
     device: torch.device,
     progress: bool = True,
+    log_dir: str | Path | None = None,
 ) -> dict:
     """The training loop every task shares: train ``model`` (which holds ``encoder``) for
     ``config.epochs`` epochs, or resume it from ``run_dir``; return the run's summary.
@@ -266,6 +270,7 @@ def train_epochs(
 
     n_params = sum(p.numel() for p in encoder.parameters())
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    scalars = ScalarLog(log_dir, first_epoch=state["epoch"] + 1) if log_dir is not None else None
     with Progress(*columns, disable=not progress, transient=False) as bar:
         epochs_task = bar.add_task(f"training {config.encoder} ({n_params:,} params)", total=config.epochs, completed=state["epoch"])
         for epoch in range(state["epoch"], config.epochs):
@@ -279,6 +284,8 @@ def train_epochs(
             entry = {"epoch": epoch + 1, "train_loss": train_loss, "invariance_loss": train_reg, "val_loss": val_loss,
                      "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
             state["history"].append(entry)
+            if scalars is not None:
+                scalars.write(entry)
             state["epoch"] = epoch + 1
             if val_loss < state["best_val_loss"]:
                 state["best_val_loss"], state["best_epoch"] = val_loss, epoch + 1
@@ -289,6 +296,8 @@ def train_epochs(
                                          "scheduler": scheduler.state_dict(), "state": state})
             bar.update(epochs_task, advance=1,
                        description=f"epoch {epoch + 1}/{config.epochs} train {train_loss:.4f} val {val_loss:.4f}")
+    if scalars is not None:
+        scalars.close()
     return {
         "run": str(run_dir),
         "epochs": state["epoch"],
