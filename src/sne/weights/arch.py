@@ -127,3 +127,40 @@ def is_hf_config(path: Path) -> bool:
         return "model_type" in json.loads(path.read_text())
     except (OSError, ValueError):
         return False
+
+
+def network_reader(arch: str | None = None) -> Callable[[str | Path], NetworkRecord]:
+    """``read(path) -> record`` for checkpoint files: with ``arch`` (an ``--arch`` value) every file is
+    read with that architecture; without it, a Hugging Face ``config.json`` beside a file builds that
+    file's architecture (once per config), and otherwise the file's own structure is read
+    (:func:`sne.weights.io.load_record`). A wrong ``arch`` fails here, before any file is read;
+    ``read`` raises a one-line :class:`SneError` naming the file."""
+    from sne.weights.io import load_record  # noqa: PLC0415 - io refers back to this module
+
+    built = arch_from_spec(arch) if arch else None
+    configs: dict[Path, Arch | SneError] = {}
+
+    def read(path: str | Path) -> NetworkRecord:
+        path = Path(path)
+        chosen = built
+        config = path.parent / "config.json"
+        if chosen is None and config.is_file() and is_hf_config(config):
+            if config not in configs:
+                try:
+                    configs[config] = arch_from_hf_config(config)
+                except SneError as error:
+                    configs[config] = error
+            if isinstance(configs[config], SneError):
+                raise SneError(_naming(path, one_line(configs[config])))
+            chosen = configs[config]
+        try:
+            return load_record(path, chosen)
+        except SneError as error:
+            raise SneError(_naming(path, one_line(error))) from None
+
+    return read
+
+
+def _naming(path: Path, message: str) -> str:
+    """``message``, starting with the file it is about."""
+    return message if str(path) in message else f"{path}: {message}"

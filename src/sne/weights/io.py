@@ -23,13 +23,17 @@ from sne.io_utils import atomic_path
 if TYPE_CHECKING:  # only named in an annotation; arch imports this module
     from sne.weights.arch import Arch
 
-from sne.weights.record import Layer, NetworkRecord, check_tensors, make_layer
+from sne.weights.record import (
+    Layer, NetworkRecord, check_tensors, make_layer, record_from_structure, record_structure,
+)
 
 # Buffers that mark a normalisation layer (BatchNorm and friends) in a state_dict.
 _NORM_BUFFERS = {"running_mean", "running_var", "num_batches_tracked"}
 
 # safetensors stores keys sorted, so the layer order is kept in the file's metadata under this key.
 _KEY_ORDER = "sne.key_order"
+# ... and a record's structure (kinds, activations, data flow, symmetries) under this one.
+_STRUCTURE = "sne.structure"
 
 # The entries of a training checkpoint that may hold the model's state_dict.
 _NESTED_STATE_KEYS = ("state_dict", "model_state_dict")
@@ -161,14 +165,7 @@ def _one_line_error(error: SneError) -> SneError:
 
 
 def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        if not path.is_file():
-            raise SneError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
-        size = path.stat().st_size
-    except OSError as exc:  # a path too long, a directory without permission, ...
-        raise SneError(f"{path}: cannot read ({one_line(exc)})") from None
-    if size == 0:
-        raise SneError(f"{path}: empty file")
+    size = _checked_size(path)
     if path.suffix == ".safetensors":
         try:
             state = _read_safetensors(path)
@@ -177,16 +174,47 @@ def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
         except Exception as exc:  # SafetensorError, and OSError/TypeError for unreadable or exotic content
             raise SneError(f"{path}: not a readable safetensors file ({one_line(exc)})") from None
         return _check_state_tensors(state, path)
+    obj = _torch_load(path, size, allowed_globals=())
+    return _check_state_tensors(_as_state_dict(obj, path), path)
+
+
+def load_pytorch_object(path: str | os.PathLike, allowed_globals: Sequence[Any] = ()) -> Any:
+    """Unpickle a PyTorch file with ``weights_only=True``: tensors, containers and plain values only,
+    plus exactly ``allowed_globals`` (classes, or ``(class, "module.Name")`` pairs that stand in for a
+    name the file refers to; see ``torch.serialization.safe_globals``). No other code in the file is
+    ever run; anything else it names is refused with :class:`SneError` naming the file."""
+    path = Path(path)
+    try:
+        size = _checked_size(path)
+        return _torch_load(path, size, allowed_globals)
+    except SneError as error:
+        raise _one_line_error(error) from None
+
+
+def _checked_size(path: Path) -> int:
+    try:
+        if not path.is_file():
+            raise SneError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+        size = path.stat().st_size
+    except OSError as exc:  # a path too long, a directory without permission, ...
+        raise SneError(f"{path}: cannot read ({one_line(exc)})") from None
+    if size == 0:
+        raise SneError(f"{path}: empty file")
+    return size
+
+
+def _torch_load(path: Path, size: int, allowed_globals: Sequence[Any]) -> Any:
     try:
         _check_pytorch_sizes(path, size)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(allowed_globals)):
             # torch warns about pickle protocols it may not support; the outcome is reported below.
             warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except SneError:
         raise
     except pickle.UnpicklingError as exc:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        # torch names a refused global in one of two phrasings (a blocked module's is the second).
+        refused = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(exc))
         if refused:
             raise SneError(
                 f"{path}: not a plain state_dict (refused to unpickle {refused.group(1)}; "
@@ -195,7 +223,6 @@ def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
         raise SneError(f"{path}: not a PyTorch checkpoint, or it is corrupt ({_unpickler_reason(exc)})") from None
     except Exception as exc:  # torch.load raises many types (RuntimeError, EOFError, ...) for a bad file
         raise SneError(f"{path}: not a PyTorch checkpoint, or it is corrupt ({one_line(exc)})") from None
-    return _check_state_tensors(_as_state_dict(obj, path), path)
 
 
 def _check_state_tensors(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
@@ -405,10 +432,39 @@ def load_record(path: str | os.PathLike, arch: "Arch | None" = None) -> NetworkR
     state = load_state_dict_file(path)
     try:
         if arch is None:
+            structure = _saved_structure(Path(path))
+            if structure is not None:
+                return record_from_structure(structure, state, source=str(path))
             return record_from_state_dict(state, source=str(path))
         return arch.record(state, source=str(path))
     except SneError as error:
         raise _one_line_error(error) from None
+
+
+def _saved_structure(path: Path) -> Any:
+    """The record structure :func:`save_record_file` kept in a safetensors file's metadata, or ``None``."""
+    if path.suffix != ".safetensors":
+        return None
+    text = _safetensors_header(path)[1].get(_STRUCTURE)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise SneError(f"{path}: the network structure in its metadata is not JSON ({one_line(exc)})") from None
+
+
+def save_record_file(record: NetworkRecord, path: str | os.PathLike) -> None:
+    """Write ``record`` atomically as a safetensors file of its state_dict that keeps, in the file's
+    metadata, its structure (:func:`sne.weights.record.record_structure`): :func:`load_record` then
+    gives back the same record without ``--arch``; any other safetensors reader sees a plain state_dict."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise SneError(f"{path}: a record file must end in .safetensors")
+    structure = json.dumps(record_structure(record), separators=(",", ":"))
+    tensors = {key: value.detach().cpu().contiguous().clone() for key, value in record.to_state_dict().items()}
+    with atomic_path(path) as tmp:
+        _save_safetensors(tensors, tmp, metadata={_KEY_ORDER: json.dumps(list(tensors)), _STRUCTURE: structure})
 
 
 def save_state_dict_file(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
