@@ -33,10 +33,12 @@ def make(out: Path, n: int = 11, seed: int = 3, shard_size: int = 4, **options) 
 
 
 def shard_tensors(root: Path) -> dict[str, torch.Tensor]:
-    """All shards' tensors concatenated in id order."""
+    """All shards' tensors concatenated in id order, under state_dict keys (a one-architecture zoo
+    stores every network under ``a0/<key>``, in id order within each shard)."""
     files = sorted((root / "shards").glob("shard-*.safetensors"))
     loaded = [load_file(str(f)) for f in files]
-    return {key: torch.cat([part[key] for part in loaded]) for key in loaded[0]}
+    assert all(key.startswith("a0/") for part in loaded for key in part)
+    return {key.removeprefix("a0/"): torch.cat([part[key] for part in loaded]) for key in loaded[0]}
 
 
 def assert_same_zoo(a: Path, b: Path) -> None:

@@ -51,7 +51,7 @@ def derive_zoo(source: str | Path, out: str | Path, transform: str, seed: int = 
     rows = zoo.metadata.drop(columns=["id", "split"]).to_dict("records")
     return write_zoo(
         out, recipe=manifest["recipe"], options={**manifest["options"], "variant": transform, "variant_seed": seed},
-        architecture=manifest["architecture"], targets=manifest["targets"],
+        architecture=zoo.architecture, targets=manifest["targets"],
         dataset={**manifest.get("dataset", {}), "derived_from": {"path": str(zoo.path), "command": manifest.get("command")}},
         tensors={key: torch.stack(values) for key, values in stacked.items()}, rows=rows, seed=manifest["seed"],
         command=command, split_fractions=manifest["split_fractions"], shard_size=manifest["shard_size"],
