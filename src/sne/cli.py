@@ -65,21 +65,74 @@ def zoo_generate(
 
 @zoo_app.command("import")
 def zoo_import(
-    source_format: str = typer.Argument(..., metavar="FORMAT", help="Published zoo format: unterthiner."),
-    directory: Path = typer.Argument(..., metavar="DIR", help="Directory of the published zoo's files."),
+    source_format: str = typer.Argument(..., metavar="FORMAT", help="folder, unterthiner, dwsnet, nfn-siren, "
+                                        "schurholt, wildpark or hf-transformer."),
+    directory: Path = typer.Argument(..., metavar="DIR", help="Directory of the zoo's files."),
     out: Path = typer.Option(..., "--out", help="New zoo directory (must not exist, or be empty)."),
-    step: int = typer.Option(86, "--step", help="unterthiner: keep checkpoints at this training step (86 = final)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the train/val/test split."),
+    targets: Optional[Path] = typer.Option(None, "--targets", help="folder: CSV with a 'file' column (relative "
+                                           "to DIR), target columns and an optional 'split' column."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="folder, schurholt, hf-transformer: architecture of "
+                                       "the files, FILE.py:FACTORY or package.module:FACTORY (as for 'sne predict')."),
+    target_kind: List[str] = typer.Option([], "--target-kind", help="folder, hf-transformer: NAME=KIND "
+                                          "(regression, unit_interval or class) instead of the inferred kind."),
+    step: Optional[str] = typer.Option(None, "--step", help="unterthiner: keep checkpoints at this training step "
+                                       "(default 86, the final one), or 'all'."),
+    epoch: Optional[str] = typer.Option(None, "--epoch", help="schurholt, wildpark: an epoch, 'last' or 'all' "
+                                        "(defaults: last, all)."),
+    splits: Optional[str] = typer.Option(None, "--splits", help="unterthiner: 'nfn' (the canonical split of "
+                                         "NFN / Neural Graphs / ScaleGMN) or NFN's split CSV; dwsnet, wildpark: "
+                                         "the splits JSON."),
+    option: List[str] = typer.Option([], "--option", "-o", help="Format option key=value (nfn-siren: prefix, "
+                                     "split_points; hf-transformer: metadata)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the train/val/test split where the format fixes none."),
 ) -> None:
-    """Convert a published model zoo into a zoo directory that 'sne train' reads."""
+    """Convert a folder of checkpoints or a published model zoo into a zoo directory that 'sne train' reads."""
+    import inspect
+
     from sne.zoo import IMPORTERS
+    from sne.zoo.importing import parse_target_kinds
 
     if source_format not in IMPORTERS:
         raise SneError(f"unknown zoo format '{source_format}' (available: {', '.join(sorted(IMPORTERS))})")
-    zoo = IMPORTERS[source_format](directory, out, step=step, seed=seed, command=_command_line())
+    given = {"targets": targets, "arch": arch, "target_kinds": parse_target_kinds(target_kind) or None,
+             "step": _step_value(step), "epoch": _step_value(epoch), "splits": splits,
+             **parse_options(option)}
+    given = {key: value for key, value in given.items() if value is not None}
+    importer = IMPORTERS[source_format]
+    accepted = [name for name in inspect.signature(importer).parameters if name not in ("directory", "out", "seed", "command")]
+    extra = [key for key in given if key not in accepted]
+    if extra:
+        flags = {"targets": "--targets", "arch": "--arch", "target_kinds": "--target-kind", "step": "--step",
+                 "epoch": "--epoch", "splits": "--splits"}
+        flag = flags.get(extra[0], f"-o {extra[0]}")
+        raise SneError(f"zoo import {source_format} takes no {flag} (it takes: "
+                       f"{', '.join(accepted) or 'no options'})")
+    zoo = importer(directory, out, seed=seed, command=_command_line(), **given)
     diverged = zoo.manifest.get("diverged") or 0
     note = f" ({diverged} diverged: non-finite weights or accuracies; kept out of every split)" if diverged else ""
     console.print(f"zoo with {len(zoo)} networks written to [bold]{escape(str(zoo.path))}[/bold]{note}", highlight=False)
+
+
+def _step_value(value: Optional[str]):
+    """A step/epoch option: a whole number, or a word ('all', 'last') the importer checks."""
+    if value is None:
+        return None
+    text = value.strip()
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+@zoo_app.command("export")
+def zoo_export(
+    zoo: Path = typer.Argument(..., help="Zoo directory."),
+    directory: Path = typer.Argument(..., metavar="DIR", help="New directory (must not exist, or be empty)."),
+) -> None:
+    """Write a zoo as DIR/networks/<id>.safetensors plus DIR/targets.csv (file, split, targets,
+    hyper-parameters): 'sne zoo import folder DIR --targets DIR/targets.csv' gives the zoo back."""
+    from sne.zoo import export_zoo
+
+    table = export_zoo(zoo, directory)
+    console.print(f"networks and [bold]{escape(str(table))}[/bold] written to [bold]{escape(str(directory))}[/bold]",
+                  highlight=False)
 
 
 @zoo_app.command("derive")
@@ -230,28 +283,16 @@ _ARCH_HELP = ("Architecture of the files: FILE.py:FACTORY or package.module:FACT
 
 def _network_reader(arch: str | None, encoder):
     """A function ``read(path) -> record`` for files of ``--arch`` (or a Hugging Face config.json
-    beside them, or their own structure) that ``encoder`` can take; it raises a one-line
-    :class:`SneError` naming the file. A wrong ``--arch`` fails here, before any file is read."""
-    from sne.weights.arch import arch_from_hf_config, arch_from_spec, is_hf_config
-    from sne.weights.io import load_record
+    beside them, or their own structure: :func:`sne.weights.arch.network_reader`) that ``encoder``
+    can take; it raises a one-line :class:`SneError` naming the file. A wrong ``--arch`` fails here,
+    before any file is read."""
+    from sne.weights.arch import network_reader
 
-    built = arch_from_spec(arch) if arch else None
-    configs: dict = {}
+    read_file = network_reader(arch)
 
     def read(path: Path):
         try:
-            chosen = built
-            config = Path(path).parent / "config.json"
-            if chosen is None and config.is_file() and is_hf_config(config):
-                if config not in configs:
-                    try:
-                        configs[config] = arch_from_hf_config(config)
-                    except SneError as error:
-                        configs[config] = error
-                if isinstance(configs[config], SneError):
-                    raise configs[config]
-                chosen = configs[config]
-            record = load_record(path, chosen)
+            record = read_file(path)
             encoder.check_records([record])
             return record
         except SneError as error:

@@ -8,10 +8,24 @@ from sne.zoo.recipes import FitProgress, Recipe, Shard, derive_seed, get_recipe,
 from sne.zoo import sine_inr as _sine_inr  # noqa: F401  (registers "sine-inr")
 from sne.zoo import digit_inr as _digit_inr  # noqa: F401  (registers "digit-inr")
 from sne.zoo import cnn as _cnn  # noqa: F401  (registers "small-cnn" and "cnn-s")
+from sne.zoo.folder import export_zoo, import_folder
+from sne.zoo.hf_zoo import import_hf_zoo
+from sne.zoo.inr_sets import import_dwsnet, import_nfn_siren
+from sne.zoo.schurholt import import_schurholt
 from sne.zoo.unterthiner import import_unterthiner
+from sne.zoo.wildpark import import_wildpark
 
-#: Importers of published zoo formats: ``name -> function(directory, out, *, seed, command, ...)``.
-IMPORTERS = {"unterthiner": import_unterthiner}
+#: Importers of zoo formats: ``name -> function(directory, out, *, seed, command, <its own options>)``;
+#: each module's docstring gives the format's download location and layout.
+IMPORTERS = {
+    "folder": import_folder,
+    "unterthiner": import_unterthiner,
+    "dwsnet": import_dwsnet,
+    "nfn-siren": import_nfn_siren,
+    "schurholt": import_schurholt,
+    "wildpark": import_wildpark,
+    "hf-transformer": import_hf_zoo,
+}
 
 __all__ = [
     "IMPORTERS",
@@ -20,6 +34,7 @@ __all__ = [
     "Shard",
     "Zoo",
     "derive_seed",
+    "export_zoo",
     "generate_zoo",
     "get_recipe",
     "recipe_names",

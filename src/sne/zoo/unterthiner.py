@@ -8,7 +8,14 @@ The published directory holds:
     layout.csv       varname, start_idx, end_idx (exclusive), shape: where each variable lies in a row;
                      TensorFlow layouts, HWIO for convolution kernels and (in, out) for dense kernels
 
-Only checkpoints at one step are kept (86, the end of training, by default). Kernels are
+Download: https://storage.cloud.google.com/gresearch/smallcnnzoo-dataset/<dataset>.tar.xz (mnist,
+fashion_mnist, cifar10, svhn_cropped; from google-research/dnn_predict_accuracy), extracted.
+
+Only checkpoints at one step are kept (86, the end of training, by default), or every checkpoint
+(``step="all"``, with the step as a target; all checkpoints of one network share its split). The
+canonical split of NFN, Neural Graphs and ScaleGMN (``splits="nfn"``) needs NFN's per-dataset index
+CSV (``experiments/predict_gen_data_splits/<dataset>_split.csv`` in AllanYangZhou/nfn) copied into
+the directory: networks are then numbered in its order (see :func:`nfn_split`). Kernels are
 transposed to PyTorch's (out, in, h, w) and (out, in) and named conv1, conv2, ... and fc, as the
 ``small-cnn`` recipe (:mod:`sne.zoo.cnn`) names them. Networks with non-finite weights or accuracies
 (diverged runs) are kept with ``diverged: True``, which keeps them out of every split and counts
@@ -20,6 +27,7 @@ zoos, each network's hidden activation is the class column ``activation`` (an in
 from __future__ import annotations
 
 import gzip
+import random
 import re
 import zlib
 from dataclasses import dataclass
@@ -30,17 +38,15 @@ import pandas as pd
 import torch
 
 from sne.errors import SneError, one_line
+from sne.weights.record import NetworkRecord, make_layer
 from sne.zoo.cnn_nets import ACTIVATIONS
-from sne.zoo.format import DEFAULT_SPLIT_FRACTIONS, DIVERGED, Zoo, write_zoo
+from sne.zoo.format import DIVERGED, Zoo
+from sne.zoo.importing import ImportedZoo, read_table, seeded_group_splits, write_imported
 
 RECIPE = "unterthiner-import"
 FINAL_STEP = 86
 WEIGHTS, METRICS, LAYOUT = "weights.npy", "metrics.csv.gz", "layout.csv"
 METRIC_COLUMNS = ("modeldir", "step", "test_accuracy", "train_accuracy", "test_loss", "train_loss")
-#: Convolutions of the published architecture: stride 2, no padding, on 28x28 images; global
-#: average pool before the dense layer.
-CONV_STRIDE = 2
-IMAGE_SIZE = 28
 
 
 @dataclass(frozen=True)
@@ -170,34 +176,12 @@ def _activation_classes(metrics: pd.DataFrame) -> np.ndarray | None:
     return names.map(ACTIVATIONS.index).to_numpy(dtype=np.int64)
 
 
-def _architecture(layers: list[LayerSlice], per_network_activation: bool) -> list[dict]:
-    """Manifest layers with the keys the ``small-cnn`` recipe writes."""
-    hidden = {"activation": None, **({"activation_from": "activation"} if per_network_activation else {})}
-    architecture, size = [], IMAGE_SIZE
-    for level, layer in enumerate(layers):
-        entry = {"name": layer.name, "kind": "conv2d" if layer.is_conv else "linear", "level": level,
-                 "weight_shape": list(layer.torch_shape), "has_bias": True}
-        if layer.is_conv:
-            size = (size - layer.torch_shape[2]) // CONV_STRIDE + 1
-            entry.update(stride=CONV_STRIDE, padding=0, max_pool=None, output_shape=[layer.torch_shape[0], size, size])
-        entry.update(hidden if level < len(layers) - 1 else {"activation": "identity"})
-        architecture.append(entry)
-    convs = [entry for entry in architecture if entry["kind"] == "conv2d"]
-    if convs:
-        convs[-1]["then"] = "global_avg_pool"
-    return architecture
-
-
-def import_unterthiner(
-    directory: str | Path,
-    out: str | Path,
-    *,
-    step: int = FINAL_STEP,
-    seed: int = 0,
-    command: str = "",
-    shard_size: int = 1000,
-) -> Zoo:
-    """Import the networks at ``step`` of the published zoo in ``directory`` as a zoo at ``out``."""
+def parse_unterthiner(directory: str | Path, *, step: int | str = FINAL_STEP, splits: str | None = None,
+                      seed: int = 0) -> ImportedZoo:
+    """The networks at ``step`` (a step number, or ``"all"``: every checkpoint) of the published zoo
+    in ``directory``. ``splits``: ``None`` for a split seeded by ``seed`` (per network: all checkpoints
+    of one network share it), ``"nfn"`` for the canonical split of NFN / Neural Graphs / ScaleGMN from
+    the one ``*_split.csv`` in ``directory``, or the path of such a CSV (see :func:`nfn_split`)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise SneError(f"{directory} is not a directory")
@@ -207,12 +191,24 @@ def import_unterthiner(
     if len(metrics) != len(weights):
         raise SneError(f"{metrics_path} has {len(metrics)} rows but {weights_path} has {len(weights)}")
     layers = read_layout(directory / LAYOUT, weights.shape[1])
-
     steps = pd.to_numeric(metrics["step"], errors="coerce").to_numpy()
-    selected = np.flatnonzero(steps == step)
-    if not len(selected):
-        found = sorted(set(int(s) for s in steps[np.isfinite(steps)]))
-        raise SneError(f"{metrics_path} has no checkpoints at step {step} (steps present: {found})")
+
+    canonical = None
+    if splits is not None:
+        order, by_row = nfn_split(_split_csv(directory, splits), steps, FINAL_STEP)
+        modeldirs = metrics["modeldir"].astype(str).to_numpy()
+        canonical = {modeldirs[row]: name for row, name in by_row.items()}
+    else:
+        order = np.arange(len(metrics))
+    if step == "all":
+        selected = order[np.isfinite(steps[order])]
+    else:
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+            raise SneError(f"--step {step!r}: expected a training step (a whole number) or 'all'")
+        selected = order[steps[order] == step]
+        if not len(selected):
+            found = sorted(set(int(s) for s in steps[np.isfinite(steps)]))
+            raise SneError(f"{metrics_path} has no checkpoints at step {step} (steps present: {found})")
     flat = np.asarray(weights[selected], dtype=np.float32)
     chosen = metrics.iloc[selected].reset_index(drop=True)
     accuracies = chosen[["test_accuracy", "train_accuracy"]].apply(pd.to_numeric, errors="coerce").to_numpy()
@@ -220,36 +216,116 @@ def import_unterthiner(
     if not finite.any():
         raise SneError(f"{weights_path}: all {len(selected)} networks at step {step} have non-finite weights or accuracies")
 
-    tensors = {}
-    for layer in layers:
-        tensors[f"{layer.name}.weight"] = layer.weight(flat)
-        tensors[f"{layer.name}.bias"] = layer.bias_values(flat)
     chosen.insert(0, "source_row", selected)
     chosen[DIVERGED] = ~finite
     chosen["generalization_gap"] = chosen["train_accuracy"].astype(float) - chosen["test_accuracy"].astype(float)
-
     activation = _activation_classes(chosen)
     if activation is not None:
         chosen["activation"] = activation
     rows = chosen.to_dict("records")
 
-    architecture = _architecture(layers, per_network_activation=activation is not None)
+    networks = chosen["modeldir"].astype(str).to_numpy()
+    if canonical is not None:
+        missing = sorted(set(networks) - set(canonical))
+        if missing:
+            raise SneError(f"{metrics_path}: network {missing[0]} has no step-{FINAL_STEP} checkpoint, which the "
+                           f"canonical split places")
+        split_names = [canonical[network] for network in networks]
+    elif step == "all":
+        # Every checkpoint of a network goes where the network goes: no network straddles splits.
+        split_names = seeded_group_splits(networks.tolist(), seed)
+    else:
+        split_names = None
+
+    names = [ACTIVATIONS[int(a)] for a in activation] if activation is not None else [None] * len(rows)
+    records = []
+    for i in range(len(rows)):
+        values = flat[i : i + 1] if finite[i] else np.nan_to_num(flat[i : i + 1], nan=0.0, posinf=0.0, neginf=0.0)
+        source = f"{weights_path}#{int(selected[i])}"
+        record_layers = [
+            make_layer(layer.name, level, layer.weight(values)[0], layer.bias_values(values)[0],
+                       names[i] if level < len(layers) - 1 else "identity", source=source)
+            for level, layer in enumerate(layers)
+        ]
+        records.append(NetworkRecord(tuple(record_layers), source=source))
+
     targets = {
         "test_accuracy": {"kind": "unit_interval", "description": "accuracy on the dataset's test split"},
         "generalization_gap": {"kind": "regression", "description": "train_accuracy - test_accuracy"},
     }
+    if step == "all":
+        targets["step"] = {"kind": "regression", "description": "training step (epoch) of the checkpoint"}
+        for row in rows:
+            row["step"] = float(row["step"])
     if activation is not None:
         targets["activation"] = {"kind": "class", "num_classes": len(ACTIVATIONS), "classes": list(ACTIVATIONS),
                                  "description": "activation, stored as the index into classes"}
     dataset = {
         "source": "Unterthiner et al. 2020, 'Predicting Neural Network Accuracy from Weights', small CNN zoo",
         "directory": str(directory.resolve()),
-        "step": int(step),
+        "step": step if step == "all" else int(step),
+        "splits": "seeded" if splits is None else f"canonical NFN split ({_split_csv(directory, splits)})",
     }
     if "config.dataset" in chosen.columns:
         dataset["datasets"] = sorted(chosen["config.dataset"].astype(str).unique().tolist())
-    return write_zoo(
-        out, recipe=RECIPE, options={"source": str(directory.resolve()), "step": int(step)},
-        architecture=architecture, targets=targets, dataset=dataset, tensors=tensors, rows=rows, seed=seed,
-        command=command, split_fractions=DEFAULT_SPLIT_FRACTIONS, shard_size=shard_size,
-    )
+    options = {"source": str(directory.resolve()), "step": dataset["step"], "splits": splits or "seeded"}
+    hidden = {layer.name: "activation" for layer in layers[:-1]} if activation is not None else {}
+    return ImportedZoo(RECIPE, options, records, rows, targets, dataset, splits=split_names, activation_from=hidden)
+
+
+def _split_csv(directory: Path, splits: str) -> Path:
+    """The NFN split CSV that ``--splits`` names: ``nfn`` (the one ``*_split.csv`` in ``directory``) or a path."""
+    if splits != "nfn":
+        path = Path(splits)
+        if not path.is_file():
+            raise SneError(f"--splits {splits}: no such file (expected 'nfn' or the path of NFN's <dataset>_split.csv)")
+        return path
+    found = sorted(directory.glob("*_split.csv"))
+    if len(found) != 1:
+        what = "none" if not found else ", ".join(p.name for p in found)
+        raise SneError(f"{directory}: --splits nfn needs exactly one NFN split file *_split.csv there (found {what}); "
+                       f"copy NFN's experiments/predict_gen_data_splits/<dataset>_split.csv, or pass its path")
+    return found[0]
+
+
+def nfn_split(path: Path, steps: np.ndarray, final_step: int = FINAL_STEP) -> tuple[np.ndarray, dict[int, str]]:
+    """The canonical split of NFN (Zhou et al. 2023), used by Neural Graphs and ScaleGMN: the rows of
+    ``weights.npy`` in the order of the headerless index CSV at ``path``, of which the ``final_step``
+    ones are numbered 0..n-1; the last half (from ``int(n / 2)``) is test, the first half is shuffled
+    by ``random.Random(0)`` and cut at ``int(0.8 * len)`` into train and val. Returns the row order
+    and the split of each ``final_step`` row (by row index of ``weights.npy``)."""
+    table = read_table(path, header=None)
+    values = pd.to_numeric(table.iloc[:, 0], errors="coerce") if table.shape[1] == 1 else None
+    if values is None or values.isna().any() or (values % 1 != 0).any():
+        raise SneError(f"{path}: expected one whole row index of weights.npy per line (NFN's split CSV)")
+    order = values.to_numpy(dtype=np.int64)
+    if order.min() < 0 or order.max() >= len(steps):
+        raise SneError(f"{path}: index {int(order.max() if order.max() >= len(steps) else order.min())} is outside "
+                       f"weights.npy's {len(steps)} rows")
+    if len(np.unique(order)) != len(order):
+        raise SneError(f"{path}: an index is listed twice")
+    final = order[steps[order] == final_step]
+    half = int(0.5 * len(final))
+    trainval = list(range(half))
+    cut = int(0.8 * len(trainval))
+    random.Random(0).shuffle(trainval)
+    names = {position: "test" for position in range(half, len(final))}
+    names.update({position: "train" for position in trainval[:cut]})
+    names.update({position: "val" for position in trainval[cut:]})
+    return order, {int(row): names[position] for position, row in enumerate(final)}
+
+
+def import_unterthiner(
+    directory: str | Path,
+    out: str | Path,
+    *,
+    step: int | str = FINAL_STEP,
+    splits: str | None = None,
+    seed: int = 0,
+    command: str = "",
+    shard_size: int = 1000,
+) -> Zoo:
+    """Import the networks at ``step`` of the published zoo in ``directory`` as a zoo at ``out``
+    (see :func:`parse_unterthiner`)."""
+    imported = parse_unterthiner(directory, step=step, splits=splits, seed=seed)
+    return write_imported(imported, out, seed=seed, command=command, shard_size=shard_size)
