@@ -17,9 +17,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's directory; rename it to ``path`` only on success.
 
     A crash or exception leaves the previous file (if any) untouched and no partial file behind.
-    A directory that cannot be written to (missing, read-only, full) or a target that cannot be
-    replaced (a directory) is :class:`SneError` naming ``path``; errors while writing the temporary
-    file come from the caller's code unchanged.
+    A directory that cannot be written to (missing, read-only, full), an ``OSError`` while the
+    caller writes the temporary file (a full disk) or a target that cannot be replaced (a
+    directory) is :class:`SneError` naming ``path``; other errors come from the caller unchanged.
+    Writers that report a full disk otherwise (``torch.save``, safetensors) should go through
+    :func:`write_bytes_atomic`.
     """
     path = Path(path)
     try:
@@ -30,7 +32,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except OSError as error:
+            raise SneError(f"{path}: cannot write it ({_reason(error)})") from None
         try:
             os.replace(tmp_path, path)
         except OSError as error:
@@ -47,6 +52,14 @@ def _reason(error: OSError) -> str:
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes | memoryview) -> None:
+    """Write ``data`` as :func:`atomic_path` does. Serialise in memory first where a library's own
+    file writer hides a full disk in an opaque error (``torch.save``: RuntimeError; safetensors'
+    ``save_file``: SafetensorError): a plain write reports it as the ``OSError`` it is."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> int:

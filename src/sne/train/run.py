@@ -11,6 +11,7 @@ other models on a zoo's networks, such as weight-space editing (:mod:`sne.bench.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import platform
@@ -28,7 +29,7 @@ from sne import __version__
 from sne.bench.environment import cpu_model
 from sne.encoders import Encoder, batch_to, build_encoder, build_encoder_from_config, get_encoder_class
 from sne.errors import SneError, one_line
-from sne.io_utils import atomic_path, write_json_atomic
+from sne.io_utils import write_bytes_atomic, write_json_atomic
 from sne.progress import Progress
 from sne.train.predictor import Predictor
 from sne.train.scalars import ScalarLog
@@ -136,8 +137,9 @@ class _EpochBatches(torch.utils.data.Dataset):
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes_atomic(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: Path) -> dict:
