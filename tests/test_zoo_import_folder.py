@@ -235,3 +235,12 @@ class _NoCapture:
 
     def readouterr(self):
         return type("Captured", (), {"out": "", "err": ""})()
+
+
+def test_an_imported_mixed_folder_trains_sne(folder):
+    root, _ = folder
+    assert sne("zoo", "import", "folder", "nets", "--targets", "table.csv", "--out", "zoo", cwd=root).returncode == 0
+    done = sne("train", "--zoo", "zoo", "--target", "accuracy", "--encoder", "sne", "--epochs", "1", "--batch-size", "4",
+               "-o", "hidden=8", "-o", "heads=2", "-o", "out_dim=4", "--device", "cpu", "--out", "run", cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert (root / "run" / "history.json").is_file()
