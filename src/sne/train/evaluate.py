@@ -11,7 +11,7 @@ import torch
 from sne.io_utils import write_json_atomic
 from sne.plots import scatter_predictions
 from sne.train.metrics import classification_metrics, regression_metrics
-from sne.train.run import hardware_description, load_run
+from sne.train.run import check_zoo_architectures, hardware_description, load_run
 from sne.weights.permute import random_equivalent_permutation, supports_permutation
 from sne.zoo import Zoo
 
@@ -48,6 +48,7 @@ def evaluate_run(
     zoo = Zoo.open(zoo_path or config.zoo)
     ids = zoo.split_ids(split)
     records = zoo.records(ids)
+    check_zoo_architectures(zoo, config.encoder, records)
     true = zoo.target_values(config.target, ids)
     predicted = run.predictor.predict(records)
     target = run.target

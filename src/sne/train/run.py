@@ -182,6 +182,7 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True, log_dir
     target = resolve_target(config.target, zoo.targets, train_values)
     train_records = zoo.records(train_ids)
     val_records = zoo.records(val_ids)
+    check_zoo_architectures(zoo, config.encoder, [*train_records, *val_records])
 
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -211,6 +212,19 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True, log_dir
         lambda: _validation(predictor, val_records, val_values, config.batch_size)[1], meta, device, progress,
         log_dir=log_dir,
     )
+
+
+def check_zoo_architectures(zoo: Zoo, encoder: str, records: Sequence[NetworkRecord]) -> None:
+    """Refuse, in one line naming the zoo and its architectures, an encoder of one fixed
+    architecture on ``records`` of several (as that encoder tells architectures apart)."""
+    from sne.encoders.common import ANY_NETWORK_ENCODERS
+
+    if len(zoo.architectures) < 2 or encoder in {name.strip() for name in ANY_NETWORK_ENCODERS.split(",")}:
+        return
+    architecture_of = get_encoder_class(encoder).architecture_of
+    if len({repr(architecture_of(record)) for record in records}) > 1:
+        raise SneError(f"the zoo at {zoo.path} holds {zoo.describe_architectures()}; encoder '{encoder}' takes "
+                       f"one fixed architecture (encoders for any network: {ANY_NETWORK_ENCODERS})")
 
 
 def zoo_manifest_summary(zoo: Zoo) -> dict:
