@@ -3,7 +3,10 @@
 Two network shapes with random weights: (a) sine-INR SIRENs 1->32->32->1, (b) small CNNs
 (3 x Conv2d(16, 3x3) from 1 channel + Linear(16, 10)). Each shape runs in a fresh process so that
 the peak memory of the training steps (CPU: growth of ``ru_maxrss`` from before the first step; CUDA:
-``torch.cuda.max_memory_allocated``) is its own. Results go to ``results/bench_sne_train.json``.
+``torch.cuda.max_memory_allocated``) is its own. Every configuration (``--config NAME:key=value,...``;
+by default the paper's stage as the first release ran it, today's defaults, and a narrower chunk
+stage) is measured in the same run, so their ratios compare like with like. Results go to
+``results/bench_sne_train.json``.
 
     python benchmarks/bench_sne_train.py --steps 10 --threads 1
 """
@@ -27,6 +30,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from sne.bench.environment import cpu_model  # noqa: E402
+from sne.cli import parse_options
 from sne.encoders import batch_to
 from sne.encoders.sne import SNEEncoder
 from sne.io_utils import write_json_atomic
@@ -56,11 +60,24 @@ def random_records(shapes: list[tuple[int, ...]], count: int, seed: int) -> list
     ]
 
 
-def run_shape(shape_name: str, args: argparse.Namespace) -> dict:
+#: Configurations measured unless --config says otherwise: the first release's (one set per part),
+#: today's defaults, and the chunk stage at half width.
+DEFAULT_CONFIGS = ["first-release:part_window=null", "default:", "chunk_hidden=32:chunk_hidden=32"]
+
+
+def parse_config(text: str) -> tuple[str, dict]:
+    """``NAME:key=value,...`` -> (name, SNE options)."""
+    name, _, options = text.partition(":")
+    return name, parse_options([pair for pair in options.split(",") if pair])
+
+
+def run_shape(shape_name: str, config: str, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    options = {} if args.chunk_micro_batch is None else {"chunk_micro_batch": args.chunk_micro_batch}
+    name, options = parse_config(config)
+    if args.chunk_micro_batch is not None:
+        options["chunk_micro_batch"] = args.chunk_micro_batch
     encoder = SNEEncoder(**options).to(device)
     head = torch.nn.Linear(encoder.out_dim, 1).to(device)
     optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=1e-3)
@@ -113,6 +130,9 @@ def run_shape(shape_name: str, args: argparse.Namespace) -> dict:
     flops = counter.get_total_flops()
     median = statistics.median(times)
     return {
+        "config": name,
+        "options_given": options,
+        "encoder_parameters": sum(p.numel() for p in encoder.parameters()),
         "shape": shape_name,
         "layers": [list(s) for s in SHAPES[shape_name]],
         "batch": args.batch,
@@ -138,18 +158,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--chunk-micro-batch", type=int, default=None)
+    parser.add_argument("--config", action="append", default=None,
+                        help=f"NAME:key=value,... SNE options to measure (repeatable; default {DEFAULT_CONFIGS})")
     parser.add_argument("--out", type=Path, default=Path("results/bench_sne_train.json"))
     args = parser.parse_args()
 
     # A fresh process per shape: ru_maxrss never decreases, so a shared process would mix peaks.
     context = multiprocessing.get_context("spawn")
     with context.Pool(1, maxtasksperchild=1) as pool:
-        results = [pool.apply(run_shape, (name, args)) for name in SHAPES]
+        results = [pool.apply(run_shape, (name, config, args)) for config in args.config or DEFAULT_CONFIGS
+                   for name in SHAPES]
 
     encoder = SNEEncoder()
     report = {
         "benchmark": "sne_train",
-        "encoder_options": encoder.options,
+        "default_encoder_options": encoder.options,
         "encoder_parameters": sum(p.numel() for p in encoder.parameters()),
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(args.device),
         "cpu": cpu_model(),
@@ -163,7 +186,7 @@ def main() -> None:
     write_json_atomic(args.out, report)
     for r in results:
         print(
-            f"{r['shape']:>16}: {r['step_s_median']:.3f} s/step, {r['networks_per_s']:.0f} networks/s, "
+            f"{r['config']:>16} {r['shape']:>16}: {r['step_s_median']:.3f} s/step, {r['networks_per_s']:.0f} networks/s, "
             f"{r['gflop_per_step']:.1f} GFLOP/step ({r['gflop_per_s']:.0f} GFLOP/s), "
             f"peak +{r['peak_memory_mb']:.0f} MB (rss {r['peak_rss_mb']:.0f} MB), {r['chunks_per_batch']} chunks"
         )

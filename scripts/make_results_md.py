@@ -275,20 +275,25 @@ def inr_fit_section(path: Path, data: dict) -> list[str]:
 
 
 def sne_train_section(path: Path, data: dict) -> list[str]:
+    options = data.get("default_encoder_options", data.get("encoder_options"))
     lines = [
         "## SNE training throughput (forward + backward + Adam step)",
         "",
-        f"Source: `{path.relative_to(ROOT)}` (`make bench`). Encoder: {data['encoder_parameters']:,} parameters, "
-        f"options `{json.dumps(data['encoder_options'])}`; {data['device']} ({data['cpu']}), torch {data['torch']}, "
+        f"Source: `{path.relative_to(ROOT)}` (`make bench`). Default options `{json.dumps(options)}`; each row "
+        f"gives the options it changes. {data['device']} ({data['cpu']}), torch {data['torch']}, "
         f"{data['threads']} thread(s), OMP_WAIT_POLICY={data['omp_wait_policy']}; median of {data['steps']} steps "
-        f"after {data['warmup']} warm-up steps.",
+        f"after {data['warmup']} warm-up steps, every row in the same run.",
         "",
-        "| networks | batch | chunks/batch | s/step | networks/s | GFLOP/step | GFLOP/s | peak memory (MB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| configuration | options changed | encoder parameters | networks | batch | chunks/batch | s/step | networks/s "
+        "| GFLOP/step | GFLOP/s | peak memory (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["results"]:
+        given = r.get("options_given")
         lines.append(
-            f"| {r['shape']} | {r['batch']} | {r['chunks_per_batch']} | {_fmt(r['step_s_median'])} | "
+            f"| {r.get('config', 'default')} | `{json.dumps(given) if given else '{}'}` | "
+            f"{r.get('encoder_parameters', data.get('encoder_parameters', ''))} | {r['shape']} | {r['batch']} | "
+            f"{r['chunks_per_batch']} | {_fmt(r['step_s_median'])} | "
             f"{_fmt(r['networks_per_s'])} | {_fmt(r.get('gflop_per_step'))} | {_fmt(r.get('gflop_per_s'))} | "
             f"{_fmt(r.get('peak_memory_mb'))} ({r.get('memory_method', '')}) |"
         )

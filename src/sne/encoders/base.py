@@ -79,6 +79,10 @@ class Encoder(nn.Module):
     def prepare(self, records: Sequence[NetworkRecord]) -> Any:
         raise NotImplementedError
 
+    def prepare_inference(self, records: Sequence[NetworkRecord]) -> Any:
+        """The input of inference (no gradients): :meth:`prepare`'s unless an encoder streams large networks."""
+        return self.prepare(records)
+
     def forward(self, batch: Any) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -194,6 +198,9 @@ def batch_to(batch: Any, device: torch.device | str) -> Any:
         return batch.to(device, non_blocking=True)
     if isinstance(batch, NetworkRecord):  # the records of a WeightBatch: their values are replaced, not read
         return batch
+    moved_to = getattr(batch, "moved_to", None)
+    if callable(moved_to):  # a batch that knows what of it to move (sne.encoders.chunking.ChunkPlan)
+        return moved_to(device)
     if is_dataclass(batch) and not isinstance(batch, type):
         return type(batch)(**{f.name: batch_to(getattr(batch, f.name), device) for f in fields(batch)})
     if isinstance(batch, dict):

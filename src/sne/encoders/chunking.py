@@ -95,7 +95,8 @@ is lost, and every part arrives at unit scale whatever the architecture.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from bisect import bisect_right
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from typing import NamedTuple, Sequence
 
@@ -158,31 +159,46 @@ def type_positions(types: torch.Tensor) -> torch.Tensor:
 
 
 class RowChunkLayout(NamedTuple):
-    """Where each element of a row-major ``(rows, row_length)`` grid goes in its part's chunks."""
+    """Where elements of a row-major ``(rows, row_length)`` grid go in its part's chunks."""
 
-    num_chunks: int
-    slot: torch.Tensor  #: (rows * row_length,) chunk * chunk_size + position in the chunk
-    row_slot: torch.Tensor  #: (rows * row_length,) which row of its chunk the element belongs to
+    num_chunks: int  #: chunks of the whole part
+    slot: torch.Tensor  #: per element, chunk * chunk_size + position in the chunk
+    row_slot: torch.Tensor  #: per element, which row of its chunk the element belongs to
 
 
-@lru_cache(maxsize=4096)
-def row_chunk_layout(rows: int, row_length: int, chunk_size: int) -> RowChunkLayout:
-    """Chunk a grid of elements row by row, never mixing part of one row with another row."""
-    row = torch.arange(rows).repeat_interleave(row_length)
-    column = torch.arange(row_length).repeat(rows)
+def part_chunks(rows: int, row_length: int, chunk_size: int) -> int:
+    """Chunks of a ``(rows, row_length)`` part (module docstring, "Chunks")."""
+    if row_length <= chunk_size:
+        return -(-rows // (chunk_size // row_length))
+    return rows * -(-row_length // chunk_size)
+
+
+def first_element(chunk: int, rows: int, row_length: int, chunk_size: int) -> int:
+    """Index of the first element of a part's chunk ``chunk`` (its element count for ``chunk = num_chunks``):
+    chunks follow the grid's row-major order, so a run of chunks holds one contiguous run of elements."""
+    if row_length <= chunk_size:
+        start = chunk * (chunk_size // row_length) * row_length
+    else:
+        per_row = -(-row_length // chunk_size)
+        start = (chunk // per_row) * row_length + (chunk % per_row) * chunk_size
+    return min(start, rows * row_length)
+
+
+def row_chunk_layout(rows: int, row_length: int, chunk_size: int, start: int = 0, stop: int | None = None) -> RowChunkLayout:
+    """Chunk a grid of elements row by row, never mixing part of one row with another row; the
+    layout of elements ``[start, stop)`` only, computed without materialising the rest."""
+    element = torch.arange(start, rows * row_length if stop is None else stop)
+    row, column = element // row_length, element % row_length
     if row_length <= chunk_size:
         rows_per_chunk = chunk_size // row_length
         chunk = row // rows_per_chunk
         row_slot = row % rows_per_chunk
         position = row_slot * row_length + column
-        num_chunks = -(-rows // rows_per_chunk)
     else:
-        chunks_per_row = -(-row_length // chunk_size)
-        chunk = row * chunks_per_row + column // chunk_size
+        chunk = row * -(-row_length // chunk_size) + column // chunk_size
         row_slot = torch.zeros_like(row)
         position = column % chunk_size
-        num_chunks = rows * chunks_per_row
-    return RowChunkLayout(num_chunks, chunk * chunk_size + position, row_slot)
+    return RowChunkLayout(part_chunks(rows, row_length, chunk_size), chunk * chunk_size + position, row_slot)
 
 
 @lru_cache(maxsize=256)
@@ -196,6 +212,20 @@ def kernel_coordinates(kernel_shape: tuple[int, ...]) -> torch.Tensor:
     axes = [torch.linspace(-1.0, 1.0, k) if k > 1 else torch.zeros(1) for k in kernel_shape]
     grid = torch.meshgrid(*axes, indexing="ij")
     return torch.stack(grid, dim=-1).reshape(-1, len(kernel_shape))
+
+
+@dataclass
+class ChunkElements:
+    """The element-level half of a run of chunks ``[first, last)``: what the chunk encoder reads.
+    Slots count from the run's first chunk; kernel groups hold only the run's elements."""
+
+    tap_values: list[torch.Tensor]  #: per kernel shape, (elements, taps)
+    tap_coordinates: list[torch.Tensor]  #: per kernel shape, (taps, kernel ndim)
+    element_slot: list[torch.Tensor]  #: per kernel shape, (elements,) slot in (last - first, c), increasing
+    element_mask: torch.Tensor  #: (last - first, c) True for real elements
+    row_slot: torch.Tensor  #: (last - first, c) row of its chunk each element belongs to
+    source_features: list[torch.Tensor] | None = None  #: per kernel shape, (elements, SOURCE_FEATURES)
+    input_positions: list[torch.Tensor] | None = None  #: per kernel shape, (elements, INPUT_POSITION_FEATURES)
 
 
 @dataclass
@@ -236,6 +266,28 @@ class ChunkBatch:
     source_features: list[torch.Tensor] | None = None
     #: per kernel shape, (elements, INPUT_POSITION_FEATURES), when pad_chunk was asked for input positions
     input_positions: list[torch.Tensor] | None = None
+
+    def elements(self, first: int, last: int) -> ChunkElements:
+        """The elements of chunks ``[first, last)`` (each kernel group stores its elements in chunk
+        order, so a run of chunks is one contiguous range per group)."""
+        chunk_size = self.element_mask.shape[1]
+        bounds = torch.tensor([first * chunk_size, last * chunk_size], device=self.element_mask.device)
+        picked = {name: [] for name in ("tap_values", "tap_coordinates", "element_slot", "source_features",
+                                          "input_positions")}
+        for group, slots in enumerate(self.element_slot):
+            start, stop = torch.searchsorted(slots, bounds).tolist()
+            if start == stop:
+                continue
+            picked["tap_values"].append(self.tap_values[group][start:stop])
+            picked["tap_coordinates"].append(self.tap_coordinates[group])
+            picked["element_slot"].append(slots[start:stop] - first * chunk_size)
+            for name in ("source_features", "input_positions"):
+                if getattr(self, name) is not None:
+                    picked[name].append(getattr(self, name)[group][start:stop])
+        for name in ("source_features", "input_positions"):
+            if getattr(self, name) is None:
+                picked[name] = None
+        return ChunkElements(element_mask=self.element_mask[first:last], row_slot=self.row_slot[first:last], **picked)
 
 
 def _padding_mask(lengths: torch.Tensor) -> torch.Tensor:
@@ -467,18 +519,108 @@ def input_position_features(layer: Layer) -> torch.Tensor:
     return torch.stack([coordinate, torch.ones_like(coordinate)], dim=1)
 
 
+class PlacedPart(NamedTuple):
+    """A part at its place in a batch: chunks ``[first_chunk, first_chunk + num_chunks)``."""
+
+    part: LayerPart
+    first_chunk: int
+    num_chunks: int
+    sources: torch.Tensor | None  #: (row_length, SOURCE_FEATURES) of each column's source neuron, else zeros
+    positions: torch.Tensor | None  #: (rows * row_length, INPUT_POSITION_FEATURES), else zeros
+
+
+@dataclass
+class ChunkPlan:
+    """A batch laid out into chunks without its elements: ``skeleton`` holds the hierarchy's index
+    tensors (its element fields are empty) and :meth:`elements` makes the elements of any run of
+    chunks on demand, so a large network is encoded run by run with only chunk codes kept."""
+
+    skeleton: ChunkBatch
+    parts: list[PlacedPart]
+    chunk_size: int
+    dtype: torch.dtype
+    standardize: bool
+    source_features: bool
+    input_positions: bool
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self.skeleton.chunk_type)
+
+    def elements(self, first: int, last: int) -> ChunkElements:
+        """The elements of chunks ``[first, last)``, in the layout :func:`pad_chunk` gives the whole batch."""
+        c, count = self.chunk_size, last - first
+        starts = [placed.first_chunk for placed in self.parts]
+        groups: dict[tuple[int, ...], dict[str, list[torch.Tensor]]] = {}
+        row_slot = torch.zeros(count * c, dtype=torch.long)
+        mask = torch.zeros(count * c, dtype=torch.bool)
+        for placed in self.parts[max(bisect_right(starts, first) - 1, 0):]:
+            if placed.first_chunk >= last:
+                break
+            part = placed.part
+            begin = max(first, placed.first_chunk) - placed.first_chunk
+            end = min(last, placed.first_chunk + placed.num_chunks) - placed.first_chunk
+            if begin >= end:
+                continue
+            e0 = first_element(begin, part.rows, part.row_length, c)
+            e1 = first_element(end, part.rows, part.row_length, c)
+            layout = row_chunk_layout(part.rows, part.row_length, c, e0, e1)
+            slot = layout.slot + (placed.first_chunk - first) * c
+            taps = part.taps[e0:e1]
+            if self.standardize:
+                taps = (taps - part.mean) / part.std
+            group = groups.setdefault(part.kernel, {"taps": [], "slots": [], "sources": [], "positions": []})
+            group["taps"].append(taps.to(self.dtype))
+            group["slots"].append(slot)
+            if self.source_features:
+                sources = (placed.sources[torch.arange(e0, e1) % part.row_length] if placed.sources is not None
+                           else torch.zeros(e1 - e0, SOURCE_FEATURES))
+                group["sources"].append(sources.to(self.dtype))
+            if self.input_positions:
+                positions = (placed.positions[e0:e1] if placed.positions is not None
+                             else torch.zeros(e1 - e0, INPUT_POSITION_FEATURES))
+                group["positions"].append(positions.to(self.dtype))
+            row_slot[slot] = layout.row_slot
+            mask[slot] = True
+        return ChunkElements(
+            tap_values=[torch.cat(g["taps"]) for g in groups.values()],
+            tap_coordinates=[kernel_coordinates(k).to(self.dtype) for k in groups],
+            element_slot=[torch.cat(g["slots"]) for g in groups.values()],
+            element_mask=mask.view(count, c),
+            row_slot=row_slot.view(count, c),
+            source_features=[torch.cat(g["sources"]) for g in groups.values()] if self.source_features else None,
+            input_positions=[torch.cat(g["positions"]) for g in groups.values()] if self.input_positions else None,
+        )
+
+    def moved_to(self, device: torch.device | str) -> "ChunkPlan":
+        """The plan with its index tensors on ``device``; parts stay where they are, and each run
+        of elements moves when it is made."""
+        from sne.encoders.base import batch_to
+
+        return replace(self, skeleton=batch_to(self.skeleton, device))
+
+    def batch(self) -> ChunkBatch:
+        """The whole batch with its elements: what :func:`pad_chunk` returns."""
+        elements = self.elements(0, self.num_chunks)
+        return replace(self.skeleton, **{f.name: getattr(elements, f.name) for f in fields(elements)})
+
+
 def pad_chunk(
     records: Sequence[NetworkRecord], chunk_size: int, dtype: torch.dtype = torch.float32, standardize: bool = False,
     source_features: bool = False, input_positions: bool = False,
 ) -> ChunkBatch:
     """Chunk every part of every layer of ``records`` (see the module docstring)."""
+    return plan_chunks(records, chunk_size, dtype, standardize, source_features, input_positions).batch()
+
+
+def plan_chunks(
+    records: Sequence[NetworkRecord], chunk_size: int, dtype: torch.dtype = torch.float32, standardize: bool = False,
+    source_features: bool = False, input_positions: bool = False,
+) -> ChunkPlan:
+    """Lay out every part of every layer of ``records`` into chunks (module docstring); elements on demand."""
     if not records:
         raise SneError("cannot encode an empty batch of networks")
-    taps_by_kernel: dict[tuple[int, ...], list[torch.Tensor]] = {}
-    slots_by_kernel: dict[tuple[int, ...], list[torch.Tensor]] = {}
-    row_slots_by_kernel: dict[tuple[int, ...], list[torch.Tensor]] = {}
-    sources_by_kernel: dict[tuple[int, ...], list[torch.Tensor]] = {}
-    positions_by_kernel: dict[tuple[int, ...], list[torch.Tensor]] = {}
+    placed_parts: list[PlacedPart] = []
     part_type, part_level, part_network, part_lengths, part_layer, part_index = [], [], [], [], [], []
     token_kind, token_layer, token_index, token_network = [], [], [], []
     layer_level, layer_size, layers_per_network, part_stats = [], [], [], []
@@ -492,32 +634,21 @@ def pad_chunk(
                 continue
             reads_input = input_positions and _plain_dense(layer) and reads_network_input(record, index)
             for part in parts:
-                elements = part.rows * part.row_length
-                if input_positions:
-                    if reads_input and part.part == WEIGHT_PART:
-                        positions = input_position_features(layer)
-                    else:
-                        positions = torch.zeros(elements, INPUT_POSITION_FEATURES)
-                    positions_by_kernel.setdefault(part.kernel, []).append(positions.to(dtype))
-                if source_features:
-                    if part.part == WEIGHT_PART and layer_sources is not None:
-                        element_sources = layer_sources.repeat(part.rows, 1)
-                    else:
-                        element_sources = torch.zeros(elements, SOURCE_FEATURES)
-                    sources_by_kernel.setdefault(part.kernel, []).append(element_sources.to(dtype))
-                layout = row_chunk_layout(part.rows, part.row_length, chunk_size)
+                weight = part.part == WEIGHT_PART
+                length = part_chunks(part.rows, part.row_length, chunk_size)
+                placed_parts.append(PlacedPart(
+                    part, num_chunks, length,
+                    layer_sources if weight and layer_sources is not None else None,
+                    input_position_features(layer) if reads_input and weight else None,
+                ))
                 part_stats.append(part.stats)
-                taps = (part.taps - part.mean) / part.std if standardize else part.taps
-                taps_by_kernel.setdefault(part.kernel, []).append(taps.to(dtype))
-                slots_by_kernel.setdefault(part.kernel, []).append(layout.slot + num_chunks * chunk_size)
-                row_slots_by_kernel.setdefault(part.kernel, []).append(layout.row_slot)
                 part_type.append(part.type)
                 part_level.append(layer.level)
                 part_network.append(network)
-                part_lengths.append(layout.num_chunks)
+                part_lengths.append(length)
                 part_layer.append(len(layer_level))
                 part_index.append(part.part)
-                num_chunks += layout.num_chunks
+                num_chunks += length
             tokens = merge_tokens(layer)
             for j, kind in enumerate(tokens):
                 token_kind.append(kind)
@@ -529,14 +660,6 @@ def pad_chunk(
         if len(layer_level) == first_layer:
             raise SneError(f"{record.source}: SNE found nothing to encode (no floating-point parameters)")
         layers_per_network.append(len(layer_level) - first_layer)
-
-    kernels = list(taps_by_kernel)
-    element_slot = [torch.cat(slots_by_kernel[k]) for k in kernels]
-    flat_row_slot = torch.zeros(num_chunks * chunk_size, dtype=torch.long)
-    flat_mask = torch.zeros(num_chunks * chunk_size, dtype=torch.bool)
-    for kernel, slots in zip(kernels, element_slot):
-        flat_row_slot[slots] = torch.cat(row_slots_by_kernel[kernel])
-        flat_mask[slots] = True
 
     # Chunks, parts and layers are numbered in record order, so each one's index within its
     # parent is its global index minus the parent's first.
@@ -558,12 +681,12 @@ def pad_chunk(
     layer_mask = torch.arange(width) < torch.tensor(layer_size)[:, None]
     token_layer_tensor = torch.tensor(token_layer, dtype=torch.long)
 
-    return ChunkBatch(
-        tap_values=[torch.cat(taps_by_kernel[k]) for k in kernels],
-        tap_coordinates=[kernel_coordinates(k).to(dtype) for k in kernels],
-        element_slot=element_slot,
-        element_mask=flat_mask.view(num_chunks, chunk_size),
-        row_slot=flat_row_slot.view(num_chunks, chunk_size),
+    skeleton = ChunkBatch(
+        tap_values=[],
+        tap_coordinates=[],
+        element_slot=[],
+        element_mask=torch.zeros(0, chunk_size, dtype=torch.bool),
+        row_slot=torch.zeros(0, chunk_size, dtype=torch.long),
         chunk_type=torch.tensor(part_type)[chunk_part],
         chunk_level=torch.tensor(part_level)[chunk_part],
         chunk_index=chunk_index,
@@ -583,6 +706,7 @@ def pad_chunk(
         token_level=torch.tensor(layer_level)[token_layer_tensor],
         token_network_slot=_slots(tokens_network, chunks_per_network[tokens_network] + token_in_network,
                                   items_per_network),
-        source_features=[torch.cat(sources_by_kernel[k]) for k in kernels] if source_features else None,
-        input_positions=[torch.cat(positions_by_kernel[k]) for k in kernels] if input_positions else None,
+        source_features=None,
+        input_positions=None,
     )
+    return ChunkPlan(skeleton, placed_parts, chunk_size, dtype, standardize, source_features, input_positions)

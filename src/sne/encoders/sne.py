@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from sne.encoders.base import Architecture, Encoder, WeightBatch, register_encoder
+from sne.encoders.base import Architecture, Encoder, WeightBatch, batch_to, register_encoder
 from sne.encoders.common import mean_std
 from sne.encoders.chunking import (
     CHAIN_KINDS,
@@ -44,9 +44,12 @@ from sne.encoders.chunking import (
     NUM_MERGE_TOKENS,
     SOURCE_FEATURES,
     ChunkBatch,
+    ChunkElements,
+    ChunkPlan,
     check_layer,
     layer_parts,
     pad_chunk,
+    plan_chunks,
     type_positions,
 )
 from sne.encoders.positional import coordinate_encoding, sinusoidal_encoding
@@ -55,7 +58,7 @@ from sne.errors import SneError
 from sne.weights.batch import with_parameter_values
 from sne.weights.record import KIND_BY_WEIGHT_NDIM, NetworkRecord
 
-#: Options and their defaults (the paper's settings; chunk_micro_batch=None: no micro-batching).
+#: Options and their defaults (the paper's settings, but part_window; chunk_micro_batch=None: no micro-batching).
 DEFAULT_OPTIONS: dict[str, Any] = {
     "chunk_size": 32,
     "hidden": 64,
@@ -74,6 +77,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "standardize_layers": True,
     "batch_norm": True,
     "chunk_micro_batch": None,
+    "part_window": 64,
+    "chunk_hidden": None,
 }
 
 #: Most kernel dimensions of any layer kind (conv3d); tap coordinates are zero-padded to it.
@@ -85,6 +90,10 @@ MAX_NORMALIZED_LEVELS = 128
 STATS_STD_FLOOR = 1e-4
 #: Octave frequencies per kernel dimension in a tap's coordinate encoding.
 TAP_FREQUENCIES = 4
+#: Chunks encoded at a time without gradients: activations of a run this size stay in cache, and
+#: the memory of encoding a network does not grow with its size beyond its chunk codes.
+INFERENCE_CHUNKS = 128
+TRAINING_CHUNKS = 128
 
 
 def tap_features(coordinates: torch.Tensor) -> torch.Tensor:
@@ -146,12 +155,13 @@ class ElementDecoder(nn.Module):
     decode, so a kernel of any size decodes. ``out`` starts at zero (the untrained head outputs 0).
     """
 
-    def __init__(self, hidden: int) -> None:
+    def __init__(self, hidden: int, element_width: int | None = None) -> None:
         super().__init__()
-        self.network = nn.Linear(hidden, hidden)
-        self.coordinate = nn.Linear(MAX_KERNEL_DIMS * 2 * TAP_FREQUENCIES, hidden)
-        self.mix = nn.Linear(hidden, hidden)
-        self.out = nn.Linear(hidden, 1)
+        width = element_width or hidden
+        self.network = nn.Linear(hidden, width)
+        self.coordinate = nn.Linear(MAX_KERNEL_DIMS * 2 * TAP_FREQUENCIES, width)
+        self.mix = nn.Linear(width, width)
+        self.out = nn.Linear(width, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -193,8 +203,25 @@ class SetPool(nn.Module):
         self.norm = nn.BatchNorm1d(hidden) if batch_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        pooled = masked_mean(x, mask) if self.pma is None else self.pma(x, mask).squeeze(1)
-        return self.norm(pooled)
+        return self.norm(self.pool(x, mask))
+
+    def norm_like(self, reference: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``x`` normalised as :attr:`norm` normalised ``reference`` (in training: with the batch
+        statistics of ``reference``; in eval: with the running ones), without updating anything."""
+        norm = self.norm
+        if not isinstance(norm, nn.BatchNorm1d):
+            return norm(x)
+        if self.training:
+            mean, var = reference.mean(0), reference.var(0, unbiased=False)
+        else:
+            mean, var = norm.running_mean, norm.running_var
+        x = (x - mean) * torch.rsqrt(var + norm.eps)
+        return x * norm.weight + norm.bias if norm.affine else x
+
+    def pool(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The pooled codes before batch normalisation: a run of sets pooled apart, then normalised
+        together, gives exactly the codes and statistics of one call."""
+        return masked_mean(x, mask) if self.pma is None else self.pma(x, mask).squeeze(1)
 
 
 def _gather_sets(values: torch.Tensor, slot: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -227,7 +254,14 @@ class SNEEncoder(Encoder):
     then depend on the batch in training mode only (eval mode uses running statistics).
     ``chunk_micro_batch``: when training, embed and encode this many chunks at a time with
     gradient checkpointing, trading recomputation for memory: activations of one micro-batch
-    instead of all the batch's chunks.
+    instead of all the batch's chunks. Batch normalisation of the chunk codes runs once over all
+    runs, so micro-batching changes neither codes nor gradients nor running statistics.
+    ``part_window``: chunks pooled together in the part stage (:meth:`_part_codes`); ``None`` is the
+    paper's stage, one set per part, whose cost grows with the square of a layer's size.
+    ``chunk_hidden``: width of the element and chunk stages (``None``: ``hidden``, the paper's);
+    their codes are projected to ``hidden`` after the chunk pool. That stage runs once per
+    ``chunk_size`` parameters and costs nearly all of SNE's FLOPs, so halving it quarters them.
+    Inference (:meth:`plan`) encodes :data:`INFERENCE_CHUNKS` chunks at a time whatever the options.
     """
 
     weight_outputs = True
@@ -243,18 +277,23 @@ class SNEEncoder(Encoder):
         sets = resolved["use_set_functions"]
         self.out_dim = resolved["out_dim"]
         self.hidden = hidden
+        # The chunk stage runs once per 32 parameters and costs nearly all of SNE's FLOPs: its
+        # width is the one knob that makes large networks and training cheaper (chunk_hidden).
+        self.chunk_width = chunk = resolved["chunk_hidden"] or hidden
         self.element_embedding = ElementEmbedding(
-            hidden, sources=resolved["use_source_features"], input_positions=resolved["use_input_positions"]
+            chunk, sources=resolved["use_source_features"], input_positions=resolved["use_input_positions"]
         )
-        self.part_scale = nn.Linear(2, hidden) if resolved["standardize_layers"] else None
+        self.part_scale = nn.Linear(2, chunk) if resolved["standardize_layers"] else None
         # Statistics of part_stats per (level, chunk type) over the training networks: differences
         # between networks are tiny next to differences between layers, so each layer's statistics
         # are standardised against those of the same layer in other networks. Identity until fitted.
         self.register_buffer("stats_mean", torch.zeros(MAX_NORMALIZED_LEVELS, NUM_CHUNK_TYPES, 2))
         self.register_buffer("stats_std", torch.ones(MAX_NORMALIZED_LEVELS, NUM_CHUNK_TYPES, 2))
-        self.chunk_stack_1 = SetStack(hidden, heads, depth, norm, sets)
-        self.chunk_stack_2 = SetStack(hidden, heads, depth, norm, sets)
-        self.chunk_pool = SetPool(hidden, heads, norm, sets, resolved["batch_norm"])
+        self.chunk_stack_1 = SetStack(chunk, heads, depth, norm, sets)
+        self.chunk_stack_2 = SetStack(chunk, heads, depth, norm, sets)
+        self.chunk_pool = SetPool(chunk, heads, norm, sets, resolved["batch_norm"])
+        # Absent at the paper's width, so its checkpoints keep their keys.
+        self.chunk_out = nn.Linear(chunk, hidden) if chunk != hidden else None
         if resolved["use_hierarchy"]:
             self.part_stack = SetStack(hidden, heads, depth, norm, sets)
             self.part_pool = SetPool(hidden, heads, norm, sets, resolved["batch_norm"])
@@ -336,23 +375,36 @@ class SNEEncoder(Encoder):
             input_positions=self.options["use_input_positions"],
         )
 
-    def forward(self, batch: ChunkBatch) -> torch.Tensor:
+    def plan(self, records: Sequence[NetworkRecord]) -> ChunkPlan:
+        """Like :meth:`prepare`, with elements made on demand while encoding: for inference on large
+        networks, whose elements never exist all at once (only their chunk codes do)."""
+        self.check_records(records)
+        return plan_chunks(
+            records, self.options["chunk_size"], dtype=self.readout.weight.dtype,
+            standardize=self.options["standardize_layers"], source_features=self.options["use_source_features"],
+            input_positions=self.options["use_input_positions"],
+        )
+
+    prepare_inference = plan
+
+    def forward(self, batch: ChunkBatch | ChunkPlan) -> torch.Tensor:
         return self.readout(self._network_codes(batch)[0])
 
     def _network_codes(
-        self, batch: ChunkBatch, keep_elements: bool = False
+        self, batch: ChunkBatch | ChunkPlan, keep_elements: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Pooled network codes (B, hidden); with ``keep_elements`` also every element's code
         before the chunk PMA, (N, c, hidden)."""
         opts = self.options
         dtype = self.readout.weight.dtype
         codes, elements = self._chunk_codes(batch, dtype, keep_elements)
+        if isinstance(batch, ChunkPlan):
+            batch = batch.skeleton
         if opts["use_chunk_index_encoding"]:
             codes = codes + self._encode(batch.chunk_index, dtype)
         tokens = self.merge_tokens.to(dtype)[batch.token_kind]
         if opts["use_hierarchy"]:
-            parts = _gather_sets(codes, batch.chunk_part_slot, batch.part_mask)
-            parts = self.part_pool(self.part_stack(parts, batch.part_mask), batch.part_mask)
+            parts = self._part_codes(codes, batch)
             # A layer's set: its part codes, then its merge tokens (none in a chain).
             members = torch.cat([parts, tokens])
             slots = torch.cat([batch.part_layer_slot, batch.token_layer_slot])
@@ -371,13 +423,61 @@ class SNEEncoder(Encoder):
             mask = batch.network_chunk_mask
         return self.network_pool(self.network_stack(sets, mask), mask), elements
 
-    def _encode(self, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        return sinusoidal_encoding(positions, self.hidden, dtype=dtype)
+    def _encode(self, positions: torch.Tensor, dtype: torch.dtype, width: int | None = None) -> torch.Tensor:
+        return sinusoidal_encoding(positions, width or self.hidden, dtype=dtype)
+
+    def _part_codes(self, codes: torch.Tensor, batch: ChunkBatch) -> torch.Tensor:
+        """Part codes (P, hidden) from chunk codes (N, hidden).
+
+        ``part_window=None`` is the paper's stage: one set per part, whose attention costs the
+        square of the part's chunk count (a 4096 x 4096 layer is one set of 524,288 chunks). Else
+        a part's chunks are pooled in windows of ``part_window`` consecutive chunks, the window
+        codes (with their window index encoded, as chunks have theirs) again in windows, and so on
+        until one code per part remains: cost linear in the chunks, with no largest layer. The
+        same blocks serve every level, and the first level's batch normalisation normalises all
+        (an upper level may hold one window in a batch). A part of at most ``part_window`` chunks is one window, so
+        where no part is longer the two stages are the same function.
+        """
+        window = self.options["part_window"]
+        if window is None:
+            parts = _gather_sets(codes, batch.chunk_part_slot, batch.part_mask)
+            return self.part_pool(self.part_stack(parts, batch.part_mask), batch.part_mask)
+        num_parts = batch.part_mask.shape[0]
+        item_part, position = batch.chunk_part, batch.chunk_index
+        result = codes.new_empty(num_parts, codes.shape[1])
+        first_level = None
+        while True:
+            counts = torch.bincount(item_part, minlength=num_parts)
+            width = min(window, int(counts.max()))
+            # Items come sorted by (part, position): a window starts where either changes window.
+            window_key = item_part * (int(position.max()) // window + 1) + position // window
+            starts = torch.ones_like(window_key, dtype=torch.bool)
+            starts[1:] = window_key[1:] != window_key[:-1]
+            window_id = starts.cumsum(0) - 1
+            num_windows = int(window_id[-1]) + 1
+            sizes = torch.bincount(window_id, minlength=num_windows)
+            mask = torch.arange(width, device=codes.device) < sizes[:, None]
+            sets = _gather_sets(codes, window_id * width + position % window, mask)
+            pooled = self.part_pool.pool(self.part_stack(sets, mask), mask)
+            if first_level is None:
+                first_level, pooled = pooled, self.part_pool.norm(pooled)
+            else:
+                # Upper levels may hold a single window: they take the first level's normalisation.
+                pooled = self.part_pool.norm_like(first_level, pooled)
+            window_part = item_part[starts]
+            finished = counts[window_part] <= window
+            result[window_part[finished]] = pooled[finished]
+            if bool(finished.all()):
+                return result
+            item_part, position = window_part[~finished], (position[starts] // window)[~finished]
+            codes = pooled[~finished]
+            if self.options["use_chunk_index_encoding"]:
+                codes = codes + self._encode(position, codes.dtype)
 
     # --- weight-space outputs -------------------------------------------------------------------
 
     def build_weight_head(self) -> nn.Module:
-        return ElementDecoder(self.hidden)
+        return ElementDecoder(self.hidden, self.chunk_width)
 
     def weight_values(self, batch: ChunkBatch, records: Sequence[NetworkRecord]) -> list[NetworkRecord]:
         networks, elements = self._network_codes(batch, keep_elements=True)
@@ -396,79 +496,80 @@ class SNEEncoder(Encoder):
         return place_elements(decoded, records)
 
     def _chunk_codes(
-        self, batch: ChunkBatch, dtype: torch.dtype, keep_elements: bool = False
+        self, batch: ChunkBatch | ChunkPlan, dtype: torch.dtype, keep_elements: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Codes (N, hidden) of all chunks: in one call, or in micro-batches (checkpointed in training);
-        with ``keep_elements`` also the element codes before the chunk PMA, (N, c, hidden).
+        """Codes (N, hidden) of all chunks, encoded run by run; with ``keep_elements`` also the
+        element codes before the chunk PMA, (N, c, hidden).
 
-        A micro-batch embeds only its own elements (each kernel shape's elements are stored in
-        chunk order, so they form one contiguous range): no padded tensor of the whole batch's
-        chunks ever exists, and backward keeps only tap values and chunk codes.
+        Runs are ``chunk_micro_batch`` chunks when training with that option (checkpointed: the
+        backward pass keeps tap values and chunk codes only), :data:`INFERENCE_CHUNKS` without
+        gradients, else the whole batch. A run embeds only its own elements (for a :class:`ChunkPlan`
+        they are made then). The pooled codes are batch-normalised once, all runs together, so the
+        codes, the gradients and the running statistics are those of one run.
         """
-        num_chunks, chunk_size = batch.element_mask.shape
+        index = batch.skeleton if isinstance(batch, ChunkPlan) else batch
+        num_chunks = len(index.chunk_type)
         step = self.options["chunk_micro_batch"]
+        checkpointed = step is not None and torch.is_grad_enabled()
         if step is None:
-            whole = [(0, len(slots)) for slots in batch.element_slot]
-            return self._encode_chunk_range(batch, dtype, 0, num_chunks, whole, keep_elements)
-        starts = list(range(0, num_chunks, step))
-        bounds = torch.tensor([*starts, num_chunks], device=batch.element_mask.device) * chunk_size
-        # ranges[g][i]: index of the first element of kernel group g in micro-batch i or later.
-        ranges = [torch.searchsorted(slots, bounds).tolist() for slots in batch.element_slot]
+            step = TRAINING_CHUNKS if torch.is_grad_enabled() else INFERENCE_CHUNKS
+        device = index.chunk_type.device
         codes, elements = [], []
-        for i, first in enumerate(starts):
-            args = (batch, dtype, first, min(first + step, num_chunks), [(r[i], r[i + 1]) for r in ranges],
-                    keep_elements)
-            if torch.is_grad_enabled():
+        for first in range(0, num_chunks, step):
+            last = min(first + step, num_chunks)
+            run = batch.elements(first, last)
+            if isinstance(batch, ChunkPlan):
+                run = batch_to(run, device)
+            args = (run, index, dtype, first, last, keep_elements)
+            if checkpointed:
                 chunk_codes, element_codes = checkpoint(self._encode_chunk_range, *args, use_reentrant=False)
             else:
                 chunk_codes, element_codes = self._encode_chunk_range(*args)
             codes.append(chunk_codes)
             elements.append(element_codes)
-        return torch.cat(codes), torch.cat(elements) if keep_elements else None
+        codes = self.chunk_pool.norm(torch.cat(codes))
+        if self.chunk_out is not None:
+            codes = self.chunk_out(codes)
+        return codes, torch.cat(elements) if keep_elements else None
 
     def _encode_chunk_range(
-        self, batch: ChunkBatch, dtype: torch.dtype, first: int, last: int, element_ranges: list[tuple[int, int]],
+        self, run: ChunkElements, batch: ChunkBatch, dtype: torch.dtype, first: int, last: int,
         keep_elements: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Embed the elements of chunks ``first:last`` and run the chunk encoder on them: chunk codes,
-        and with ``keep_elements`` the element codes before the chunk PMA."""
-        chunk_size = batch.element_mask.shape[1]
-        sources = batch.source_features or [None] * len(batch.tap_values)
-        positions = batch.input_positions or [None] * len(batch.tap_values)
-        groups = zip(batch.tap_values, batch.tap_coordinates, batch.element_slot, sources, positions, element_ranges)
-        embedded, slots = zip(
-            *(
-                (
-                    self.element_embedding(
-                        values[a:b].to(dtype), coordinates.to(dtype),
-                        None if source is None else source[a:b].to(dtype),
-                        None if position is None else position[a:b].to(dtype),
-                    ),
-                    slot[a:b],
-                )
-                for values, coordinates, slot, source, position, (a, b) in groups
+        """Embed the elements ``run`` of chunks ``first:last`` and run the chunk encoder on them:
+        pooled chunk codes before their batch normalisation, and with ``keep_elements`` the element
+        codes before the chunk PMA."""
+        chunk_size = run.element_mask.shape[1]
+        sources = run.source_features or [None] * len(run.tap_values)
+        positions = run.input_positions or [None] * len(run.tap_values)
+        embedded = [
+            self.element_embedding(
+                values.to(dtype), coordinates.to(dtype), None if source is None else source.to(dtype),
+                None if position is None else position.to(dtype),
             )
-        )
-        mask = batch.element_mask[first:last]
-        elements = _gather_sets(torch.cat(embedded), torch.cat(slots) - first * chunk_size, mask)
+            for values, coordinates, source, position in zip(run.tap_values, run.tap_coordinates, sources, positions)
+        ]
+        mask = run.element_mask
+        elements = _gather_sets(torch.cat(embedded), torch.cat(run.element_slot), mask)
         if self.options["use_row_slot_encoding"]:
-            row_codes = self._encode(torch.arange(chunk_size, device=mask.device), dtype)
-            elements = elements + row_codes[batch.row_slot[first:last]]
+            row_codes = self._encode(torch.arange(chunk_size, device=mask.device), dtype, self.chunk_width)
+            elements = elements + row_codes[run.row_slot]
         x = self.chunk_stack_1(elements, mask) + self._chunk_context(batch, dtype, first, last).unsqueeze(1)
         x = self.chunk_stack_2(x, mask)
-        return self.chunk_pool(x, mask), x if keep_elements else None
+        return self.chunk_pool.pool(x, mask), x if keep_elements else None
 
     def _chunk_context(self, batch: ChunkBatch, dtype: torch.dtype, first: int, last: int) -> torch.Tensor:
         """Layer-type plus layer-level encoding of chunks ``first:last``, (last - first, hidden)."""
         kinds, levels = batch.chunk_type[first:last], batch.chunk_level[first:last]
-        context = torch.zeros(last - first, self.hidden, dtype=dtype, device=kinds.device)
+        width = self.chunk_width
+        context = torch.zeros(last - first, width, dtype=dtype, device=kinds.device)
         if self.options["use_type_encoding"]:
-            context = context + self._encode(type_positions(kinds), dtype)
+            context = context + self._encode(type_positions(kinds), dtype, width)
         if self.options["use_level_encoding"]:
             # Levels sit after the first release's type positions on the same sinusoidal axis, new
             # types before 0 (chunking.type_positions): were both counted from 0, (type a, level b)
             # and (type b, level a) would add up to the same context.
-            context = context + self._encode(levels + LEVEL_POSITION_OFFSET, dtype)
+            context = context + self._encode(levels + LEVEL_POSITION_OFFSET, dtype, width)
         if self.part_scale is not None:
             context = context + self.part_scale(self._normalized_part_stats(batch, first, last))
         return context
@@ -518,8 +619,12 @@ def _validate(options: dict[str, Any]) -> None:
         raise SneError(f"SNE option num_sab must be a non-negative integer, got {options['num_sab']!r}")
     if options["hidden"] % options["heads"]:
         raise SneError(f"SNE option hidden ({options['hidden']}) must be divisible by heads ({options['heads']})")
-    if options["chunk_micro_batch"] is not None:
-        positive_int("chunk_micro_batch")
+    for name in ("chunk_micro_batch", "part_window", "chunk_hidden"):
+        if options[name] is not None:
+            positive_int(name)
+    if options["chunk_hidden"] is not None and options["chunk_hidden"] % options["heads"]:
+        raise SneError(f"SNE option chunk_hidden ({options['chunk_hidden']}) must be divisible by heads "
+                       f"({options['heads']})")
     for name, value in options.items():
         if (name in ("layer_norm", "standardize_layers", "batch_norm") or name.startswith("use_")) and not isinstance(
             value, bool

@@ -35,7 +35,7 @@ class Predictor(nn.Module):
         self.eval()
         try:
             out = [
-                fn(batch_to(self.encoder.prepare(records[i : i + batch_size]), self.device)).float().cpu()
+                fn(batch_to(self.encoder.prepare_inference(records[i : i + batch_size]), self.device)).float().cpu()
                 for i in range(0, len(records), batch_size)
             ]
         finally:
