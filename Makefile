@@ -21,7 +21,7 @@ DEMO_EPOCHS ?= 30
 # CPU cores; the headline, independent initialisation, is in docs/RESULTS.md (scripts/inr_results.sh).
 DEMO_INIT ?= shared
 
-.PHONY: demo test bench results clean-demo install lock
+.PHONY: demo test soak bench results clean-demo install lock
 
 install: $(STAMP)
 
@@ -50,6 +50,13 @@ lock:
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Kill anywhere: SIGKILL zoo generation, training and import at SOAK_KILLS random moments each and
+# resume (minutes; not part of `make test`). SOAK_SEED chooses the moments.
+SOAK_KILLS ?= 20
+SOAK_SEED ?= 0
+soak: $(STAMP)
+	SNE_SOAK_KILLS=$(SOAK_KILLS) SNE_SOAK_SEED=$(SOAK_SEED) OMP_NUM_THREADS=1 $(PY) -m pytest -q -m soak tests/test_soak.py
 
 demo: $(STAMP)
 	$(SNE) zoo generate sine-inr --n $(DEMO_N) --seed 0 --init $(DEMO_INIT) --out $(DEMO_DIR)/zoo
