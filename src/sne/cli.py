@@ -41,6 +41,8 @@ def zoo_generate(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Image dataset of CNN recipes (default digits)."),
     option: List[str] = typer.Option([], "--option", "-o", help="Recipe option key=value (repeatable), e.g. -o epochs=10."),
     shard_size: Optional[int] = typer.Option(None, "--shard-size", hidden=True, help="Networks per shard file."),
+    shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N", help="Write only part K of N (1 <= K <= N; "
+                                        "each part resumable, on any machine); join all N with 'sne zoo merge'."),
 ) -> None:
     """Train a zoo of networks with a recipe and record their weights and metrics."""
     from sne.zoo import generate_zoo
@@ -55,9 +57,14 @@ def zoo_generate(
         if key in options and options[key] != value:
             raise SneError(f"option '{key}' is given twice with different values ({options[key]!r} and {value!r})")
         options[key] = value
+    part = parse_part(shard) if shard is not None else None
     zoo = generate_zoo(
-        recipe, out, n=n, seed=seed, options=options, command=_command_line(), shard_size=shard_size
+        recipe, out, n=n, seed=seed, options=options, command=_command_line(), shard_size=shard_size, part=part
     )
+    if zoo is None:
+        console.print(f"part {part[0] + 1} of {part[1]} written to [bold]{escape(str(out))}[/bold]; when all "
+                      f"{part[1]} parts are done: sne zoo merge PART1 ... PART{part[1]} --out ZOO", highlight=False)
+        return
     diverged = zoo.manifest.get("diverged") or 0
     note = f" ({diverged} diverged, kept out of every split)" if diverged else ""
     console.print(f"zoo with {len(zoo)} networks written to [bold]{escape(str(zoo.path))}[/bold]{note}", highlight=False)
@@ -133,6 +140,30 @@ def zoo_export(
     table = export_zoo(zoo, directory)
     console.print(f"networks and [bold]{escape(str(table))}[/bold] written to [bold]{escape(str(directory))}[/bold]",
                   highlight=False)
+
+
+def parse_part(value: str) -> tuple[int, int]:
+    """``"K/N"`` (1-based) -> ``(K - 1, N)``."""
+    k, sep, count = value.partition("/")
+    if not (sep and k.strip().isdigit() and count.strip().isdigit() and 1 <= int(k) <= int(count)):
+        raise SneError(f"--shard must be K/N with 1 <= K <= N (part K of N), got {value!r}")
+    return int(k) - 1, int(count)
+
+
+@zoo_app.command("merge")
+def zoo_merge(
+    zoos: List[Path] = typer.Argument(..., metavar="ZOO...", help="Zoo directories, or all parts of one --shard run."),
+    out: Path = typer.Option(..., "--out", help="New zoo directory (must not exist, or be empty)."),
+    shard_size: Optional[int] = typer.Option(None, "--shard-size", hidden=True, help="Networks per shard file."),
+) -> None:
+    """Join zoos into one (ids renumbered in the order given, splits kept, sources recorded), or the
+    N parts of 'sne zoo generate ... --shard K/N' into the zoo one process would have made."""
+    from sne.zoo.merge import merge_zoos
+
+    zoo = merge_zoos(zoos, out, command=_command_line(), shard_size=shard_size)
+    console.print(f"zoo with {len(zoo)} networks of {zoo.describe_architectures()} from {len(zoos)} "
+                  f"{'parts' if zoo.manifest['recipe'] != 'merge' else 'zoos'} written to "
+                  f"[bold]{escape(str(zoo.path))}[/bold]", highlight=False)
 
 
 @zoo_app.command("derive")

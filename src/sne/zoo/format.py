@@ -282,7 +282,8 @@ def _write_shard(
     """Write shard ``index``: ``rows`` (each with its ``id``) of networks whose architecture indices
     are ``architecture`` and splits ``splits``; ``groups[k]`` stacks the tensors (state_dict keys) of
     the shard's networks of architecture k in row order. Non-finite values outside diverged rows
-    are a :class:`SneError` and nothing is written."""
+    are a :class:`SneError` and nothing is written (excluded networks are the diverged ones, whose
+    values may be anything)."""
     weights_path, rows_path = _shard_paths(root, index)
     architecture = np.asarray(architecture, dtype=np.int64)
     expected = _expected_shapes(architectures, architecture)
@@ -290,7 +291,7 @@ def _write_shard(
     shapes = {key: list(t.shape) for key, t in tensors.items()}
     if shapes != expected:
         raise ValueError(f"shard {index}: the tensors {shapes} do not fit the architectures {expected}")
-    diverged = np.array([bool(row.get(DIVERGED, False)) for row in rows])
+    diverged = np.asarray(splits) == EXCLUDED
     dtypes = {f"a{k}/{key}": dtype for k in np.unique(architecture).tolist()
               for key, _, dtype in _stored_keys(architectures[k]["structure"])}
     stored = {}
@@ -590,6 +591,9 @@ def _stage(root: Path, manifest: dict[str, Any], fill: Callable[[Path], None]) -
     into a temporary sibling directory that is renamed to ``root`` only when complete, so an error
     (or a kill) leaves nothing at ``root``. A complete zoo of the same identity already at ``root``
     (a run killed after its rename) is returned as it is."""
+    problem = _manifest_problem(json.loads(json.dumps(manifest)))
+    if problem:
+        raise SneError(f"zoo {manifest['recipe']}: {problem}")
     if (root / MANIFEST).is_file():
         existing = _read_manifest(root)
         if existing["complete"] and not _mismatches(existing, manifest):
@@ -979,8 +983,10 @@ class Zoo:
             self._shards.popitem(last=False)
         return tensors
 
-    def _stored(self, network_id: int) -> dict[str, torch.Tensor]:
-        """Network ``network_id``'s tensors as stored, under state_dict keys (copies)."""
+    def state_dict(self, network_id: int) -> dict[str, torch.Tensor]:
+        """Network ``network_id``'s tensors as stored, under their state_dict keys (copies; also for an
+        excluded network, whose values may be non-finite)."""
+        network_id = int(self._ids([network_id])[0])
         index = network_id // self.manifest["shard_size"]
         tensors = self._shard(index)
         k, position = int(self._arch[network_id]), int(self._position[network_id])
@@ -1003,7 +1009,7 @@ class Zoo:
             if self.metadata.at[network_id, "split"] == EXCLUDED:
                 raise SneError(f"{source} diverged during training: it has no valid weights and is in no split")
             k = int(self._arch[network_id])
-            record = record_from_structure(self._architectures[k]["structure"], self._stored(network_id), source,
+            record = record_from_structure(self._architectures[k]["structure"], self.state_dict(network_id), source,
                                            meta={"id": network_id})
             if self._activation_from[k]:
                 layers = list(record.layers)
