@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -273,3 +276,35 @@ def test_corrupt_layout_columns_are_refused(tmp_path, mixed_records):
     metadata.drop(columns="position").to_parquet(zoo.path / "metadata.parquet", index=False)
     with pytest.raises(SneError, match="no column 'position'"):
         Zoo.open(zoo.path)
+
+
+# ------------------------------------------------------------------------------ property
+POOL_SIZE = 4
+
+
+@pytest.fixture(scope="module")
+def pool() -> list[list[NetworkRecord]]:
+    """POOL_SIZE different networks of each of three architectures."""
+    return [[mlp(s) for s in range(POOL_SIZE)], [mlp(s, hidden=5) for s in range(POOL_SIZE)],
+            [traced(gpt, s) for s in range(POOL_SIZE)]]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(choices=st.lists(st.tuples(st.integers(0, 2), st.integers(0, POOL_SIZE - 1)), min_size=1, max_size=9),
+       shard_size=st.integers(1, 4), given_splits=st.booleans(), data=st.data())
+def test_any_mix_of_architectures_reads_back_exactly(pool, choices, shard_size, given_splits, data):
+    records = [pool[k][s] for k, s in choices]
+    splits = data.draw(st.lists(st.sampled_from(["train", "val", "test"]), min_size=len(records),
+                                max_size=len(records))) if given_splits else None
+    with tempfile.TemporaryDirectory() as tmp:
+        zoo = write_records_zoo(Path(tmp) / "zoo", recipe="p", options={}, records=records, rows=rows_for(records),
+                                targets=TARGETS, dataset={}, shard_size=shard_size, splits=splits)
+        zoo = Zoo.open(zoo.path)
+        order = data.draw(st.permutations(range(len(records))))
+        for network_id, record in zip(order, zoo.records(order)):
+            assert_same_record(record, records[network_id])
+        # Architectures are numbered by first appearance, one per distinct structure.
+        firsts = list(dict.fromkeys(k for k, _ in choices))
+        assert zoo.architecture_of(range(len(records))).tolist() == [firsts.index(k) for k, _ in choices]
+        if splits is not None:
+            assert zoo.metadata["split"].tolist() == splits
