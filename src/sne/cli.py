@@ -248,6 +248,8 @@ def train(
         num_workers=workers, max_train=max_train, command=_command_line(),
     )
     summary = fit(config, out, log_dir=log_dir)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
+        return
     console.print(
         f"trained {summary['epochs']} epochs in {summary['train_seconds']:.0f} s; best val loss "
         f"{summary['best_val_loss']:.4g} at epoch {summary['best_epoch']}; run in [bold]{escape(str(out))}[/bold]"

@@ -189,7 +189,7 @@ def train_editor(
         "zoo_manifest": zoo_manifest_summary(zoo),
     }
 
-    def batch_loss(indices: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch_loss(model, indices: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
         deltas = stack_parameters(editor.forward_weights(batch))
         edited = [p[indices].to(device) + d for p, d in zip(train.parameters, deltas)]
         loss = F.mse_loss(render(edited), train.targets[indices].to(device))

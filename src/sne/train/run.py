@@ -31,6 +31,7 @@ from sne.encoders import Encoder, batch_to, build_encoder, build_encoder_from_co
 from sne.errors import SneError, one_line
 from sne.io_utils import write_bytes_atomic, write_json_atomic
 from sne.progress import Progress
+from sne.train import distributed
 from sne.train.predictor import Predictor
 from sne.train.scalars import ScalarLog
 from sne.train.targets import Target, build_head, resolve_target
@@ -119,21 +120,27 @@ def _build_predictor(config: TrainConfig, target: Target, encoder_config: dict |
 
 
 class _EpochBatches(torch.utils.data.Dataset):
-    """One epoch's batches; each item is prepared (and permuted) on its own, so workers can do it."""
+    """One epoch's batches; each item is prepared (and permuted) on its own, so workers can do it.
+    With ``world`` processes, process ``rank`` takes every ``world``-th network of each batch."""
 
-    def __init__(self, prepare, records, batches: list[torch.Tensor], seeds: list[int], permute: bool):
+    def __init__(self, prepare, records, batches: list[torch.Tensor], seeds: list[int], permute: bool,
+                 rank: int = 0, world: int = 1):
         self.prepare, self.records, self.batches, self.seeds, self.permute = prepare, records, batches, seeds, permute
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, index: int):
         members = [self.records[i] for i in self.batches[index].tolist()]
+        mine = slice(self.rank, None, self.world)
+        permuted = []
         if self.permute:
             # Functionally-equivalent copies go in the same batch: one forward pass serves both.
+            # Drawn for the whole batch on every process, so each network gets the copy it gets alone.
             generator = torch.Generator().manual_seed(self.seeds[index])
-            members = members + [random_equivalent_permutation(r, generator) for r in members]
-        return self.batches[index], self.prepare(members)
+            permuted = [random_equivalent_permutation(r, generator) for r in members]
+        return self.batches[index], self.batches[index][mine], self.prepare(members[mine] + permuted[mine])
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -184,7 +191,7 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True, log_dir
     val_records = zoo.records(val_ids)
     check_zoo_architectures(zoo, config.encoder, [*train_records, *val_records])
 
-    device = resolve_device(config.device)
+    device = distributed.local_device(resolve_device(config.device))
     torch.manual_seed(config.seed)
     architecture = get_encoder_class(config.encoder).architecture_of(train_records[0])
     predictor = _build_predictor(config, target, None, architecture).to(device)
@@ -197,8 +204,8 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True, log_dir
         "zoo_manifest": zoo_manifest_summary(zoo),
     }
 
-    def batch_loss(indices: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        outputs = predictor(batch)
+    def batch_loss(model: torch.nn.Module, indices: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = model(batch)
         if config.invariance_weight > 0:
             outputs, permuted_outputs = outputs.chunk(2)
             # Logit invariance (Moskalev et al. 2023): equivalent networks should get equal outputs.
@@ -207,11 +214,14 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True, log_dir
             reg = torch.zeros((), device=device)
         return predictor.target.loss(outputs, train_values[indices].to(device)), reg
 
-    return train_epochs(
-        config, run_dir, predictor, predictor.encoder, train_records, predictor.encoder.prepare, batch_loss,
-        lambda: _validation(predictor, val_records, val_values, config.batch_size)[1], meta, device, progress,
-        log_dir=log_dir,
-    )
+    try:
+        return train_epochs(
+            config, run_dir, predictor, predictor.encoder, train_records, predictor.encoder.prepare, batch_loss,
+            lambda: _validation(predictor, val_records, val_values, config.batch_size)[1], meta, device, progress,
+            log_dir=log_dir, processes=True,
+        )
+    finally:
+        distributed.stop()
 
 
 def check_zoo_architectures(zoo: Zoo, encoder: str, records: Sequence[NetworkRecord]) -> None:
@@ -245,17 +255,24 @@ def train_epochs(
     device: torch.device,
     progress: bool = True,
     log_dir: str | Path | None = None,
+    processes: bool = False,
 ) -> dict:
     """The training loop every task shares: train ``model`` (which holds ``encoder``) for
     ``config.epochs`` epochs, or resume it from ``run_dir``; return the run's summary.
 
     Adam and the multi-step schedule of ``config``; batches in a seeded order per epoch, prepared
     by ``prepare`` (with random equivalent permutations appended when ``config.invariance_weight``
-    > 0); ``batch_loss(indices, batch on device)`` gives (task loss, regulariser) and the step
+    > 0); ``batch_loss(model, indices, batch on device)`` gives (task loss, regulariser), means over
+    the batch, computed by calling ``model`` (under torchrun, its DistributedDataParallel wrapper:
+    pass ``processes=True`` where ``batch_loss`` does so; :mod:`sne.train.distributed`), and the step
     minimises task loss + invariance_weight * regulariser. After each epoch ``validation_loss()``
     selects the model: ``best.pt`` holds the lowest, ``last.pt`` the full state (resume), both
     with ``meta``. The encoder's input statistics and pre-training run once, before epoch 1.
     """
+    rank, world = distributed.start(device)
+    if world > 1 and not processes:
+        raise SneError("this training runs in one process; start it without torchrun")
+    main = rank == 0
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     milestones = sorted({max(1, round(f * config.epochs)) for f in config.milestones})
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.gamma)
@@ -279,20 +296,26 @@ def train_epochs(
         if pretraining is not None:
             state["pretraining"] = pretraining
             state["train_seconds"] += time.perf_counter() - started
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "config.json", asdict(config))
-    if pretraining is not None:
-        write_json_atomic(run_dir / "pretraining.json", pretraining)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / "config.json", asdict(config))
+        if pretraining is not None:
+            write_json_atomic(run_dir / "pretraining.json", pretraining)
+    forward = model
+    if world > 1:
+        distributed.sync_batch_norms(model)
+        # Unused parameters are normal here (merge tokens in chains, frozen pretrained encoders).
+        forward = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
     n_params = sum(p.numel() for p in encoder.parameters())
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
-    scalars = ScalarLog(log_dir, first_epoch=state["epoch"] + 1) if log_dir is not None else None
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    scalars = ScalarLog(log_dir, first_epoch=state["epoch"] + 1) if log_dir is not None and main else None
+    with Progress(*columns, disable=not (progress and main), transient=False) as bar:
         epochs_task = bar.add_task(f"training {config.encoder} ({n_params:,} params)", total=config.epochs, completed=state["epoch"])
         for epoch in range(state["epoch"], config.epochs):
             started = time.perf_counter()
             train_loss, train_reg = _train_epoch(
-                model, optimizer, config, epoch, train_records, prepare, batch_loss, device, bar
+                forward, optimizer, config, epoch, train_records, prepare, batch_loss, device, bar, rank, world
             )
             scheduler.step()
             val_loss = validation_loss()
@@ -303,13 +326,16 @@ def train_epochs(
             if scalars is not None:
                 scalars.write(entry)
             state["epoch"] = epoch + 1
-            if val_loss < state["best_val_loss"]:
+            improved = val_loss < state["best_val_loss"]
+            if improved:
                 state["best_val_loss"], state["best_epoch"] = val_loss, epoch + 1
-                _save_checkpoint(run_dir / "best.pt", {**meta, "model": model.state_dict(), "epoch": epoch + 1})
-            # last.pt commits the epoch, so it goes last: a kill before it redoes (and rewrites) all of the above.
-            write_json_atomic(run_dir / "history.json", state["history"])
-            _save_checkpoint(last_path, {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "scheduler": scheduler.state_dict(), "state": state})
+            if main:
+                if improved:
+                    _save_checkpoint(run_dir / "best.pt", {**meta, "model": model.state_dict(), "epoch": epoch + 1})
+                # last.pt commits the epoch, so it goes last: a kill before it redoes (and rewrites) all of the above.
+                write_json_atomic(run_dir / "history.json", state["history"])
+                _save_checkpoint(last_path, {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                             "scheduler": scheduler.state_dict(), "state": state})
             bar.update(epochs_task, advance=1,
                        description=f"epoch {epoch + 1}/{config.epochs} train {train_loss:.4f} val {val_loss:.4f}")
     if scalars is not None:
@@ -322,30 +348,35 @@ def train_epochs(
         "train_seconds": state["train_seconds"],
         "encoder_parameters": n_params,
         "hardware": hardware_description(device),
+        "processes": world,
     }
 
 
-def _train_epoch(model, optimizer, config, epoch, records, prepare, batch_loss, device, bar) -> tuple[float, float]:
+def _train_epoch(model, optimizer, config, epoch, records, prepare, batch_loss, device, bar, rank=0, world=1,
+                 ) -> tuple[float, float]:
     model.train()
     # Dropout draws from torch's global generator: seeded per epoch, so a resumed run draws what an
     # uninterrupted one did (the state it had after the previous epoch is in no checkpoint).
     torch.manual_seed(derive_seed(config.seed, "train/global", epoch))
     order = torch.randperm(len(records), generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
     batches = list(order.split(config.batch_size))
-    if len(batches) > 1 and len(batches[-1]) == 1:
-        # A batch of one network cannot be batch-normalised; it trains in another epoch's order.
+    if len(batches) > 1 and len(batches[-1]) < max(2, world):
+        # A batch of one network cannot be batch-normalised (and every process needs one network);
+        # it trains in another epoch's order.
         batches.pop()
     seeds = [int(np.random.SeedSequence([config.seed, epoch, i]).generate_state(1)[0]) for i in range(len(batches))]
     permute = config.invariance_weight > 0
     loader = torch.utils.data.DataLoader(
-        _EpochBatches(prepare, records, batches, seeds, permute),
+        _EpochBatches(prepare, records, batches, seeds, permute, rank, world),
         batch_size=None, shuffle=False, num_workers=config.num_workers,
     )
     task = bar.add_task("  batches", total=len(batches))
     total_loss = total_reg = 0.0
-    for indices, batch in loader:
-        task_loss, reg = batch_loss(indices, batch_to(batch, device))
-        loss = task_loss + config.invariance_weight * reg
+    for whole, indices, batch in loader:
+        task_loss, reg = batch_loss(model, indices, batch_to(batch, device))
+        # Means over this process's share, weighted so that DDP's average over processes is the
+        # mean over the whole batch (weight 1 in one process).
+        loss = (task_loss + config.invariance_weight * reg) * (len(indices) * world / len(whole))
         if not torch.isfinite(loss):
             raise SneError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); try a lower --lr")
         optimizer.zero_grad(set_to_none=True)
@@ -358,6 +389,7 @@ def _train_epoch(model, optimizer, config, epoch, records, prepare, batch_loss, 
         bar.advance(task)
     bar.remove_task(task)
     seen = sum(len(b) for b in batches)
+    total_loss, total_reg = distributed.sum_over_processes([total_loss, total_reg])
     return total_loss / seen, total_reg / seen
 
 
