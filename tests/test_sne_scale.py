@@ -137,3 +137,28 @@ def test_a_narrow_chunk_stage_reads_any_network_and_decodes_weights():
     chains = mixed_records()
     outputs = encoder.forward_weights(encoder.prepare_weights(chains))
     assert [o.signature for o in outputs] == [r.signature for r in chains]
+
+
+def test_sne_trains_under_bfloat16_autocast():
+    """What --precision bfloat16 runs on a GPU, exercised on the CPU's autocast: no dtype mismatch
+    between bfloat16 activations and float32 encodings, finite codes and gradients."""
+    torch.manual_seed(0)
+    encoder = SNEEncoder(**SMALL, **WIDE, part_window=3)
+    batch = encoder.prepare(mixed_records())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = encoder.train()(batch)
+    z.float().square().sum().backward()
+    assert torch.isfinite(z).all()
+    assert all(torch.isfinite(p.grad).all() for p in encoder.parameters() if p.grad is not None)
+
+
+def test_bfloat16_training_on_a_cpu_is_refused_in_one_line(shared_sine_zoo, tmp_path, capsys):
+    from conftest import run_cli
+
+    code, out, err = run_cli(["train", "--zoo", str(shared_sine_zoo.path), "--target", "frequency", "--out",
+                              str(tmp_path / "run"), "--device", "cpu", "--precision", "bfloat16"], capsys)
+    assert code == 2 and "bfloat16" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+    code, out, err = run_cli(["train", "--zoo", str(shared_sine_zoo.path), "--target", "frequency", "--out",
+                              str(tmp_path / "run"), "--device", "cpu", "--precision", "half"], capsys)
+    assert code == 2 and "unknown precision 'half'" in err

@@ -234,6 +234,7 @@ def train(
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
     workers: int = typer.Option(0, "--workers", help="Data-loader worker processes."),
     log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Also write TensorBoard scalars (losses, learning rate per epoch) here; needs pip install 'sne[tb]'."),
+    precision: str = typer.Option("float32", "--precision", help="float32, or bfloat16 autocast (GPU only)."),
 ) -> None:
     """Train an encoder and head to predict a target from weights; select on the val split."""
     from sne.train import TrainConfig, fit
@@ -245,7 +246,7 @@ def train(
     config = TrainConfig.for_encoder(
         encoder, zoo=str(zoo), target=target, encoder_options=parse_options(option), epochs=epochs,
         batch_size=batch_size, lr=lr, invariance_weight=invariance_weight, seed=seed, device=device,
-        num_workers=workers, max_train=max_train, command=_command_line(),
+        num_workers=workers, max_train=max_train, precision=precision, command=_command_line(),
     )
     summary = fit(config, out, log_dir=log_dir)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
