@@ -162,3 +162,17 @@ def test_bfloat16_training_on_a_cpu_is_refused_in_one_line(shared_sine_zoo, tmp_
     code, out, err = run_cli(["train", "--zoo", str(shared_sine_zoo.path), "--target", "frequency", "--out",
                               str(tmp_path / "run"), "--device", "cpu", "--precision", "half"], capsys)
     assert code == 2 and "unknown precision 'half'" in err
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_runs_of_chunks_and_windows_change_nothing(monkeypatch, mode):
+    import sne.encoders.sne as sne_module
+
+    torch.manual_seed(0)
+    encoder = SNEEncoder(**SMALL, **WIDE, part_window=3).double()
+    batch = encoder.prepare(mixed_records(torch.float64))
+    whole = getattr(encoder, mode)()(batch)
+    for name in ("WINDOW_RUN", "TRAINING_CHUNKS", "INFERENCE_CHUNKS"):
+        monkeypatch.setattr(sne_module, name, 2)
+    twin = with_weights_of(encoder)
+    torch.testing.assert_close(getattr(twin, mode)()(batch), whole, atol=1e-12, rtol=0)

@@ -94,6 +94,8 @@ TAP_FREQUENCIES = 4
 #: the memory of encoding a network does not grow with its size beyond its chunk codes.
 INFERENCE_CHUNKS = 128
 TRAINING_CHUNKS = 128
+#: Windows of the part stage encoded at a time (:meth:`SNEEncoder._part_codes`).
+WINDOW_RUN = 256
 
 
 def tap_features(coordinates: torch.Tensor) -> torch.Tensor:
@@ -457,8 +459,15 @@ class SNEEncoder(Encoder):
             num_windows = int(window_id[-1]) + 1
             sizes = torch.bincount(window_id, minlength=num_windows)
             mask = torch.arange(width, device=codes.device) < sizes[:, None]
-            sets = _gather_sets(codes, window_id * width + position % window, mask)
-            pooled = self.part_pool.pool(self.part_stack(sets, mask), mask)
+            # Runs of windows, as chunks go in runs: the activations of one run at a time.
+            bounds = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)]).tolist()
+            pooled = []
+            for a in range(0, num_windows, WINDOW_RUN):
+                b = min(a + WINDOW_RUN, num_windows)
+                items = slice(bounds[a], bounds[b])
+                sets = _gather_sets(codes[items], (window_id[items] - a) * width + position[items] % window, mask[a:b])
+                pooled.append(self.part_pool.pool(self.part_stack(sets, mask[a:b]), mask[a:b]))
+            pooled = torch.cat(pooled)
             if first_level is None:
                 first_level, pooled = pooled, self.part_pool.norm(pooled)
             else:
