@@ -161,3 +161,22 @@ def test_read_only_output_directories_are_one_line_and_left_intact(tmp_path, sha
         for directory in read_only:
             directory.chmod(0o755)
     assert {p: p.read_bytes() for p in (tmp_path / "ro").rglob("*") if p.is_file()} == before
+
+
+def test_files_and_zoos_get_the_modes_open_would_give(tmp_path):
+    """mkstemp and mkdtemp make 0600 files and 0700 directories: zoos and runs written through
+    them would be unreadable to the other users of a shared machine."""
+    import stat
+
+    from sne.io_utils import staged_directory, write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "a.json", {"x": 1})
+        with staged_directory(tmp_path / "zoo") as staging:
+            write_json_atomic(staging / "manifest.json", {})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "zoo").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "zoo" / "manifest.json").stat().st_mode) == 0o644

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from sne.errors import SneError, one_line
+
+# The process's umask, read once (reading it means setting it): files made here get the modes
+# open() would give them.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 @contextmanager
@@ -31,6 +38,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise SneError(f"{path}: cannot write there ({_reason(error)})") from None
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide zoos and runs from other users
     try:
         try:
             yield tmp_path
@@ -43,6 +51,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextmanager
+def staged_directory(root: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new empty directory beside ``root`` that is renamed to ``root`` (absent or empty) only
+    when the block completes: an error or a kill leaves nothing at ``root``. Staging directories of
+    earlier runs that were killed are removed first; a parent that cannot be written is
+    :class:`SneError` naming ``root``."""
+    root = Path(root)
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        for stale in root.parent.glob(f".{glob.escape(root.name)}.*.partial"):
+            shutil.rmtree(stale, ignore_errors=True)
+        # Not ".tmp": remove_stale_temporaries() unlinks those as files.
+        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
+        os.chmod(staging, 0o777 & ~_UMASK)
+    except OSError as error:
+        raise SneError(f"{root}: cannot write there ({_reason(error)})") from None
+    try:
+        yield staging
+        if root.is_dir():
+            root.rmdir()
+        os.replace(staging, root)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _reason(error: OSError) -> str:

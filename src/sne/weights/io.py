@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file as _save_safetensors
+from safetensors.torch import save as _save_safetensors_bytes
 
 from sne.errors import SneError, one_line
-from sne.io_utils import atomic_path
+from sne.io_utils import write_bytes_atomic
 if TYPE_CHECKING:  # only named in an annotation; arch imports this module
     from sne.weights.arch import Arch
 
@@ -463,8 +463,7 @@ def save_record_file(record: NetworkRecord, path: str | os.PathLike) -> None:
         raise SneError(f"{path}: a record file must end in .safetensors")
     structure = json.dumps(record_structure(record), separators=(",", ":"))
     tensors = {key: value.detach().cpu().contiguous().clone() for key, value in record.to_state_dict().items()}
-    with atomic_path(path) as tmp:
-        _save_safetensors(tensors, tmp, metadata={_KEY_ORDER: json.dumps(list(tensors)), _STRUCTURE: structure})
+    write_bytes_atomic(path, _safetensors_bytes(tensors, {_KEY_ORDER: json.dumps(list(tensors)), _STRUCTURE: structure}))
 
 
 def save_state_dict_file(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
@@ -475,8 +474,15 @@ def save_state_dict_file(state: Mapping[str, torch.Tensor], path: str | os.PathL
             raise SneError(f"{path}: cannot save entry {key!r} of type {type(value).__name__} (tensors only)")
     # Contiguous clones: safetensors refuses views and tensors that share storage.
     tensors = {key: value.detach().cpu().contiguous().clone() for key, value in state.items()}
-    with atomic_path(path) as tmp:
-        if path.suffix == ".safetensors":
-            _save_safetensors(tensors, tmp, metadata={_KEY_ORDER: json.dumps(list(tensors))})
-        else:
-            torch.save(tensors, tmp)
+    if path.suffix == ".safetensors":
+        data = _safetensors_bytes(tensors, {_KEY_ORDER: json.dumps(list(tensors))})
+    else:
+        buffer = io.BytesIO()
+        torch.save(tensors, buffer)
+        data = buffer.getbuffer()
+    # Serialised in memory: both libraries' own file writers report a full disk in opaque errors.
+    write_bytes_atomic(path, data)
+
+
+def _safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    return _save_safetensors_bytes(tensors, metadata=metadata)

@@ -24,9 +24,6 @@ DIR/targets.json; ``sne zoo import folder DIR --targets DIR/targets.csv`` gives 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -34,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from sne.errors import SneError, one_line
-from sne.io_utils import atomic_path, write_json_atomic
+from sne.io_utils import atomic_path, staged_directory, write_json_atomic
 from sne.weights.arch import network_reader
 from sne.weights.io import save_record_file
 from sne.zoo.format import DIVERGED, EXCLUDED, Zoo
@@ -139,9 +136,7 @@ def export_zoo(zoo: str | Path | Zoo, directory: str | Path) -> Path:
     kept = metadata[metadata["split"] != EXCLUDED]
     if kept.empty:
         raise SneError(f"{zoo.path}: no network is in a split; nothing to export")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
-    try:
+    with staged_directory(root) as staging:
         (staging / NETWORKS).mkdir()
         width = max(6, len(str(len(zoo) - 1)))
         files = []
@@ -159,12 +154,6 @@ def export_zoo(zoo: str | Path | Zoo, directory: str | Path) -> Path:
             "exported_from": {"zoo": str(zoo.path.resolve()), "recipe": zoo.manifest["recipe"],
                               "dataset": zoo.manifest.get("dataset")},
         })
-        if root.is_dir():
-            root.rmdir()
-        os.replace(staging, root)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return root / TABLE
 
 

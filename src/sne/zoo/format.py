@@ -36,12 +36,8 @@ as ``<state_dict key>``, no ``architecture``/``position`` columns (network i sit
 
 from __future__ import annotations
 
-import glob
 import json
 import math
-import os
-import shutil
-import tempfile
 from collections import OrderedDict
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -59,7 +55,7 @@ from safetensors.torch import save as safetensors_bytes
 
 import sne
 from sne.errors import SneError, one_line
-from sne.io_utils import atomic_path, remove_stale_temporaries, write_bytes_atomic, write_json_atomic
+from sne.io_utils import atomic_path, remove_stale_temporaries, staged_directory, write_bytes_atomic, write_json_atomic
 from sne.progress import Progress
 from sne.weights.record import KIND_BY_WEIGHT_NDIM, NetworkRecord, record_from_structure, record_structure, structure_problem
 from sne.zoo.recipes import FitProgress, Recipe, Shard, derive_seed, get_recipe
@@ -601,26 +597,11 @@ def _stage(root: Path, manifest: dict[str, Any], fill: Callable[[Path], None]) -
             return Zoo.open(root)
     if root.exists() and not (root.is_dir() and not any(root.iterdir())):
         raise SneError(f"{root} already exists and is not an empty directory; choose a new --out directory")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    # Staging directories of earlier runs that were killed (no rename took them into place).
-    for stale in root.parent.glob(f".{glob.escape(root.name)}.*.partial"):
-        shutil.rmtree(stale, ignore_errors=True)
-    # Not ".tmp": remove_stale_temporaries() unlinks those as files.
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
-    except OSError as error:  # a read-only or full parent: name the zoo, not the staging directory
-        raise SneError(f"{root}: cannot write there ({error.strerror or one_line(error)})") from None
-    try:
+    with staged_directory(root) as staging:
         write_json_atomic(staging / MANIFEST, manifest)
         (staging / SHARDS).mkdir()
         fill(staging)
         _consolidate(staging, manifest, range(math.ceil(manifest["n"] / manifest["shard_size"])))
-        if root.is_dir():
-            root.rmdir()
-        os.replace(staging, root)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return Zoo.open(root)
 
 
