@@ -1,15 +1,10 @@
-"""NG-GNN and NG-T beside SNE: training throughput and peak memory, and forward memory as networks grow.
+"""NG-GNN and NG-T beside SNE: training throughput and peak memory.
 
 Throughput: forward + backward + Adam step on batches of 64 networks with random weights, (a) sine-INR
 SIRENs 1->32->32->1, (b) GUIDE section 6 small CNNs (3 x Conv2d(16, 3x3, stride 2) + global pool +
 Linear(16, 10)) recorded from random modules with ``record_from_module``; median over the timed steps.
-
-Memory: one network, an MLP 64 -> w -> w -> 10 (tanh) with w chosen for ~1e4, 1e5 and 1e6 parameters;
-one forward pass under ``torch.no_grad`` (inference). Measured as the growth of the process's peak
-resident set size (``ru_maxrss``) across that forward pass, each in a fresh process so that no
-earlier peak hides it; the prepared batch and the model exist before the baseline is taken, and
-their sizes are reported on their own. ``ru_maxrss`` counts what the allocator really touched, so
-it is an honest upper bound on the tensors alive at the peak.
+Peak memory: growth of ``ru_maxrss`` over the steps, a fresh process per row. How encoding one
+network grows with its size is ``bench_encode_scale.py``.
 
     python benchmarks/bench_neural_graph_memory.py --threads 1
 """
@@ -37,10 +32,6 @@ from sne.io_utils import write_json_atomic
 from sne.weights import record_from_module
 from sne.weights.record import NetworkRecord, make_layer
 
-#: MLP hidden widths giving ~1e4, ~1e5 and ~1e6 parameters for 64 -> w -> w -> 10.
-MEMORY_WIDTHS = {"1e4": 70, "1e5": 280, "1e6": 960}
-
-
 def siren_records(count: int, seed: int) -> list[NetworkRecord]:
     generator = torch.Generator().manual_seed(seed)
     shapes, activations = [(32, 1), (32, 32), (1, 32)], ["sine", "sine", "identity"]
@@ -63,27 +54,6 @@ def small_cnn_records(count: int, seed: int) -> list[NetworkRecord]:
         ))
         for _ in range(count)
     ]
-
-
-def mlp_record(width: int) -> NetworkRecord:
-    generator = torch.Generator().manual_seed(0)
-    widths = [64, width, width, 10]
-    return NetworkRecord(tuple(
-        make_layer(f"fc{i}", i, torch.randn(n_out, n_in, generator=generator) / n_in**0.5,
-                   0.1 * torch.randn(n_out, generator=generator), "tanh" if i < 2 else "identity")
-        for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:]))
-    ))
-
-
-def batch_bytes(batch) -> int:
-    values = vars(batch).values() if hasattr(batch, "__dict__") else []
-    total = 0
-    for value in values:
-        if isinstance(value, torch.Tensor):
-            total += value.numel() * value.element_size()
-        elif isinstance(value, (list, tuple)):
-            total += sum(v.numel() * v.element_size() for v in value if isinstance(v, torch.Tensor))
-    return total
 
 
 def throughput(encoder_name: str, shape: str, args: argparse.Namespace) -> dict:
@@ -129,29 +99,6 @@ def throughput(encoder_name: str, shape: str, args: argparse.Namespace) -> dict:
     }
 
 
-def forward_memory(encoder_name: str, size: str, args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    record = mlp_record(MEMORY_WIDTHS[size])
-    encoder = build_encoder(encoder_name).eval()
-    batch = encoder.prepare([record])
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    started = time.perf_counter()
-    with torch.no_grad():
-        encoder(batch)
-    seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {
-        "encoder": encoder_name,
-        "size": size,
-        "widths": [64, MEMORY_WIDTHS[size], MEMORY_WIDTHS[size], 10],
-        "network_parameters": record.num_parameters,
-        "prepared_batch_mb": batch_bytes(batch) / 2**20,
-        "forward_peak_memory_mb": (peak - base) / 2**10,
-        "forward_s": seconds,
-    }
-
-
 def _names(values: str) -> list[str]:
     """A comma-separated option as a list; empty: nothing (that part of the benchmark is skipped)."""
     return [v for v in values.split(",") if v]
@@ -164,8 +111,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--encoders", default="ng_gnn,ng_t,sne", help="encoders timed for training throughput and peak memory")
-    parser.add_argument("--memory-encoders", default="ng_gnn,ng_t,sne", help="encoders in the memory scaling")
-    parser.add_argument("--sizes", default=",".join(MEMORY_WIDTHS))
     parser.add_argument("--out", type=Path, default=Path("results/bench_neural_graph_memory.json"))
     args = parser.parse_args()
 
@@ -175,8 +120,6 @@ def main() -> None:
     with context.Pool(1, maxtasksperchild=1) as pool:
         speed = [pool.apply(throughput, (name, shape, args))
                  for name in _names(args.encoders) for shape in ("siren_1-32-32-1", "small_cnn")]
-        memory = [pool.apply(forward_memory, (name, size, args))
-                  for size in _names(args.sizes) for name in _names(args.memory_encoders)]
     report = {
         "benchmark": "neural_graph_memory",
         "device": "cpu",
@@ -188,20 +131,15 @@ def main() -> None:
         "load_average_after": os.getloadavg(),
         "encoder_options": "defaults of each encoder",
         "throughput_method": "median wall time of forward + backward + Adam step over the timed steps",
-        "memory_method": "growth of ru_maxrss across one torch.no_grad forward pass of one network, "
-                         "fresh process per measurement (model and prepared batch built before the baseline)",
+        "memory_method": "growth of ru_maxrss over the training steps, fresh process per row",
         "throughput": speed,
-        "forward_memory": memory,
     }
     write_json_atomic(args.out, report)
     for r in speed:
         print(f"{r['encoder']:>7} {r['shape']:>16}: {r['step_s_median']:.2f} s/step, {r['networks_per_s']:.1f} "
               f"networks/s, {r['edges_per_batch']} edges, train peak +{r['train_peak_memory_mb']:.0f} MB, "
               f"{r['encoder_parameters']} params")
-    for r in memory:
-        print(f"{r['encoder']:>7} {r['network_parameters']:>8} params: forward peak +{r['forward_peak_memory_mb']:.0f} MB "
-              f"(batch {r['prepared_batch_mb']:.0f} MB), {r['forward_s']:.2f} s")
-    print(f"threads {args.threads}; load average before {load_before[0]:.1f}; written to {args.out}")
+
 
 
 if __name__ == "__main__":

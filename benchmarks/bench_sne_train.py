@@ -89,11 +89,22 @@ def run_shape(shape_name: str, config: str, args: argparse.Namespace) -> dict:
     prepare_s = time.perf_counter() - prepare_start
     batch = batch_to(cpu_batch, device)
 
+    phases: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
+
     def step() -> None:
+        started = time.perf_counter()
         loss = (head(encoder(batch)).squeeze(1) - targets).square().mean()
+        synchronize()
+        forward_done = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        synchronize()
+        backward_done = time.perf_counter()
         optimizer.step()
+        synchronize()
+        for phase, seconds in zip(phases, (forward_done - started, backward_done - forward_done,
+                                           time.perf_counter() - backward_done)):
+            phases[phase].append(seconds)
 
     def synchronize() -> None:
         if device.type == "cuda":
@@ -107,6 +118,8 @@ def run_shape(shape_name: str, config: str, args: argparse.Namespace) -> dict:
         memory_base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for _ in range(args.warmup):
         step()
+    for timings in phases.values():
+        timings.clear()
     times = []
     for _ in range(args.steps):
         synchronize()
@@ -142,6 +155,9 @@ def run_shape(shape_name: str, config: str, args: argparse.Namespace) -> dict:
         "step_s_median": median,
         "step_s_all": times,
         "networks_per_s": args.batch / median,
+        # Where a step's time goes (medians); prepare_s, once per batch, runs in data-loader workers
+        # when --workers is given.
+        "phase_s_median": {phase: statistics.median(timings[: args.steps]) for phase, timings in phases.items()},
         "gflop_per_step": flops / 1e9,
         "gflop_per_s": flops / 1e9 / median,
         "peak_memory_mb": peak_mb,

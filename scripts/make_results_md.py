@@ -285,16 +285,17 @@ def sne_train_section(path: Path, data: dict) -> list[str]:
         f"after {data['warmup']} warm-up steps, every row in the same run.",
         "",
         "| configuration | options changed | encoder parameters | networks | batch | chunks/batch | s/step | networks/s "
-        "| GFLOP/step | GFLOP/s | peak memory (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| prepare / forward / backward / Adam (s) | GFLOP/step | GFLOP/s | peak memory (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["results"]:
         given = r.get("options_given")
         lines.append(
             f"| {r.get('config', 'default')} | `{json.dumps(given) if given else '{}'}` | "
             f"{r.get('encoder_parameters', data.get('encoder_parameters', ''))} | {r['shape']} | {r['batch']} | "
-            f"{r['chunks_per_batch']} | {_fmt(r['step_s_median'])} | "
-            f"{_fmt(r['networks_per_s'])} | {_fmt(r.get('gflop_per_step'))} | {_fmt(r.get('gflop_per_s'))} | "
+            f"{r['chunks_per_batch']} | {_fmt(r['step_s_median'])} | {_fmt(r['networks_per_s'])} | "
+            f"{' / '.join(_fmt(v) for v in [r.get('prepare_s'), *(r.get('phase_s_median') or {}).values()])} | "
+            f"{_fmt(r.get('gflop_per_step'))} | {_fmt(r.get('gflop_per_s'))} | "
             f"{_fmt(r.get('peak_memory_mb'))} ({r.get('memory_method', '')}) |"
         )
     return lines + [""]
@@ -349,7 +350,7 @@ def cnn_zoo_section(path: Path, data: dict) -> list[str]:
 
 def neural_graph_memory_section(path: Path, data: dict) -> list[str]:
     lines = [
-        "## Neural Graphs vs SNE: throughput and memory as networks grow",
+        "## Neural Graphs vs SNE: training throughput and memory",
         "",
         f"Source: `{path.relative_to(ROOT)}` (`make bench`); {data['device']} ({data['cpu']}), torch {data['torch']}, "
         f"{data['threads']} thread(s), OMP_WAIT_POLICY={data['omp_wait_policy']}. Throughput: "
@@ -361,11 +362,42 @@ def neural_graph_memory_section(path: Path, data: dict) -> list[str]:
     for r in data["throughput"]:
         lines.append(f"| {r['encoder']} | {r['shape']} | {r['batch']} | {r['encoder_parameters']:,} | "
                      f"{_fmt(r['networks_per_s'])} | {_fmt(r.get('train_peak_memory_mb'))} |")
-    lines += ["", "| encoder | network size | network params | prepared input (MB) | forward peak memory (MB) | "
-              "forward time (s) |", "|---|---|---|---|---|---|"]
-    for r in data["forward_memory"]:
+    if data.get("forward_memory"):  # older runs measured one forward here; bench_encode_scale.py does now
+        lines += ["", "| encoder | network size | network params | prepared input (MB) | forward peak memory (MB) | "
+                  "forward time (s) |", "|---|---|---|---|---|---|"]
+    for r in data.get("forward_memory", []):
         lines.append(f"| {r['encoder']} | {r['size']} | {r['network_parameters']:,} | {_fmt(r['prepared_batch_mb'])} | "
                      f"{_fmt(r['forward_peak_memory_mb'])} | {_fmt(r['forward_s'])} |")
+    return lines + [""]
+
+
+def encode_scale_section(path: Path, data: dict) -> list[str]:
+    lines = [
+        "## Encoding one network as it grows (time and peak memory)",
+        "",
+        f"Source: `{path.relative_to(ROOT)}` (`make bench`: `{data['command']}`); {data['device']} ({data['cpu']}), "
+        f"torch {data['torch']}, {data['threads']} thread(s), OMP_WAIT_POLICY={data['omp_wait_policy']}, load "
+        f"average {', '.join(_fmt(v) for v in data['load_average_before'])} before and "
+        f"{', '.join(_fmt(v) for v in data['load_average_after'])} after (other work on the machine slows rows). "
+        f"Method: {data['method']}. A configuration stops at its first size that fails or takes more than "
+        f"{_fmt(data['timeout_s'])} s.",
+        "",
+        "| configuration | options changed | network | parameters | seconds | peak memory growth (MB) | stopped |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    seconds = {}
+    for r in data["rows"]:
+        given = r.get("options_given")
+        lines.append(f"| {r['config']} | `{json.dumps(given) if given else '{}'}` | {r['size']} | "
+                     f"{r.get('network_parameters', 0):,} | {_fmt(r.get('seconds'))} | "
+                     f"{_fmt(r.get('peak_growth_mb'))} | {r.get('stopped', '')} |")
+        if "seconds" in r:
+            seconds[r["config"], r["size"]] = r["seconds"]
+    ratios = [f"{config}: {_fmt(seconds[config, '1e7'] / seconds[config, '1e6'])}"
+              for config in dict.fromkeys(r["config"] for r in data["rows"])
+              if (config, "1e6") in seconds and (config, "1e7") in seconds]
+    if ratios:
+        lines += ["", f"time(1e7) / time(1e6), linear cost being 10: {'; '.join(ratios)}."]
     return lines + [""]
 
 
@@ -378,6 +410,8 @@ def bench_section(path: Path, data: dict) -> list[str]:
         return encoders_section(path, data)
     if data.get("benchmark") == "neural_graph_memory":
         return neural_graph_memory_section(path, data)
+    if data.get("benchmark") == "encode_scale":
+        return encode_scale_section(path, data)
     if "stacked" in str(data.get("benchmark", "")):
         return cnn_zoo_section(path, data)
     return [f"## `{path.stem}`", "", f"Source: `{path.relative_to(ROOT)}`.", "", "```json",
