@@ -401,6 +401,26 @@ def encode_scale_section(path: Path, data: dict) -> list[str]:
     return lines + [""]
 
 
+def ddp_section(path: Path, data: dict) -> list[str]:
+    zoo = data["zoo"]
+    lines = [
+        "## Training on several processes (torchrun, DistributedDataParallel)",
+        "",
+        f"Source: `{path.relative_to(ROOT)}` (`make bench`); {data['device']} ({data['cpu']}, {data['cpus']} CPUs), "
+        f"torch {data['torch']}, {data['threads_per_process']} thread per process; zoo: {zoo['n']} {zoo['recipe']} "
+        f"({zoo['init']} initialisation), {zoo['train_networks']} training networks; SNE defaults. Method: "
+        f"{data['method']}.",
+        "",
+        "| processes | seconds per epoch | networks/s | command |",
+        "|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        launcher = "torchrun --nproc_per_node " + str(r["processes"]) + " -m sne" if r["processes"] > 1 else "sne"
+        lines.append(f"| {r['processes']} | {_fmt(r['median_epoch_s'])} | {_fmt(r['networks_per_s'])} | "
+                     f"`{launcher} {r['command'].split(' ', 1)[1]}` |")
+    return lines + [""]
+
+
 def bench_section(path: Path, data: dict) -> list[str]:
     if "batched" in data and "sequential" in data:
         return inr_fit_section(path, data)
@@ -412,6 +432,8 @@ def bench_section(path: Path, data: dict) -> list[str]:
         return neural_graph_memory_section(path, data)
     if data.get("benchmark") == "encode_scale":
         return encode_scale_section(path, data)
+    if data.get("benchmark") == "ddp":
+        return ddp_section(path, data)
     if "stacked" in str(data.get("benchmark", "")):
         return cnn_zoo_section(path, data)
     return [f"## `{path.stem}`", "", f"Source: `{path.relative_to(ROOT)}`.", "", "```json",
