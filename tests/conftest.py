@@ -53,3 +53,23 @@ def tiny_sne_run(shared_sine_zoo, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-sne") / "run"
     fit(config, out, progress=False)
     return out
+
+
+def fit_killed_in_second_epoch(config, out, monkeypatch) -> None:
+    """Run ``fit`` until a KeyboardInterrupt (a kill) lands in its second epoch's validation."""
+    from sne.train import fit
+    from sne.train import run as run_module
+
+    real_validation = run_module._validation
+    calls = {"n": 0}
+
+    def killed_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_validation(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "_validation", killed_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, out, progress=False)
+    monkeypatch.setattr(run_module, "_validation", real_validation)

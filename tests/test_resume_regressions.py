@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from conftest import fit_killed_in_second_epoch
 from sne.train import TrainConfig, fit
 from sne.train import run as run_module
 from sne.zoo import Zoo
@@ -73,19 +74,7 @@ def test_a_resumed_run_with_dropout_equals_an_uninterrupted_one(shared_sine_zoo,
                          encoder_options={"hidden": [16], "dropout": 0.5, "out_dim": 8}, epochs=3, batch_size=16,
                          head_hidden=[8], seed=0, device="cpu")
     fit(config, tmp_path / "whole", progress=False)
-    real_validation = run_module._validation
-    calls = {"n": 0}
-
-    def killed_in_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_validation(*args, **kwargs)
-
-    monkeypatch.setattr(run_module, "_validation", killed_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        fit(config, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(run_module, "_validation", real_validation)
+    fit_killed_in_second_epoch(config, tmp_path / "resumed", monkeypatch)
     fit(config, tmp_path / "resumed", progress=False)
     whole, resumed = (torch.load(tmp_path / r / "last.pt", weights_only=True) for r in ("whole", "resumed"))
     assert [h["train_loss"] for h in resumed["state"]["history"]] == [h["train_loss"] for h in whole["state"]["history"]]

@@ -10,9 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import run_cli
+from conftest import fit_killed_in_second_epoch, run_cli
 from sne.train import TrainConfig, fit, load_run
-from sne.train import run as run_module
 from sne.zoo import Zoo
 
 SMALL_SNE = {"hidden": 32, "heads": 4, "chunk_size": 32, "out_dim": 16}
@@ -56,19 +55,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(shared_zoo, tmp_pat
     config = small_config(shared_zoo, epochs=3, encoder_options={**SMALL_SNE, "hidden": 8}, head_hidden=[16])
     fit(config, tmp_path / "whole", progress=False)
 
-    real_validation = run_module._validation
-    calls = {"n": 0}
-
-    def killed_in_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_validation(*args, **kwargs)
-
-    monkeypatch.setattr(run_module, "_validation", killed_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        fit(config, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(run_module, "_validation", real_validation)
+    fit_killed_in_second_epoch(config, tmp_path / "resumed", monkeypatch)
     assert len(json.loads((tmp_path / "resumed" / "history.json").read_text())) == 1
     assert not list((tmp_path / "resumed").glob(".*.tmp"))
     fit(config, tmp_path / "resumed", progress=False)

@@ -33,10 +33,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-import sne
 from sne.errors import SneError
 from sne.zoo.format import (
-    EXCLUDED, FORMAT_VERSION, LAYOUT_COLUMNS, MANIFEST, _IDENTITY_KEYS, Zoo, _check_fractions, _now,
+    LAYOUT_COLUMNS, _IDENTITY_KEYS, Zoo, _check_fractions, _new_manifest, _requested,
     _read_manifest, _shard_ids, _shard_is_complete, _shard_paths, _stage, _write_shard, part_shards,
 )
 
@@ -182,27 +181,11 @@ def _merge_complete(zoos: list[Zoo], out: Path, command: str, shard_size: int | 
     sources = metadata["source_zoo"].to_numpy()
     source_ids = metadata["source_id"].to_numpy()
     rows = metadata.drop(columns="id").to_dict("records")
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "recipe": "merge",
-        "options": {"sources": [{k: p[k] for k in ("recipe", "options", "seed", "n")} for p in provenance]},
-        "n": n,
-        "seed": 0,
-        "shard_size": shard_size,
-        "split_fractions": list(_check_fractions(zoos[0].manifest["split_fractions"])),
-        "split_method": "given",
-        "architectures": architectures,
-        "targets": targets,
-        "dataset": {"merged": [zoo.manifest.get("dataset") for zoo in zoos]},
-        "merged_from": provenance,
-        "splits": {},
-        "command": command,
-        "sne_version": sne.__version__,
-        "torch_version": torch.__version__,
-        "created": _now(),
-        "completed": None,
-        "complete": False,
-    }
+    requested = _requested("merge", {"sources": [{k: p[k] for k in ("recipe", "options", "seed", "n")}
+                                               for p in provenance]},
+                           n, 0, shard_size, _check_fractions(zoos[0].manifest["split_fractions"]))
+    manifest = _new_manifest(requested, architectures, targets, {"merged": [zoo.manifest.get("dataset") for zoo in zoos]},
+                             command, split_method="given", merged_from=provenance, splits={})
     def fill(staging: Path) -> None:
         for index in range(math.ceil(n / shard_size)):
             ids = _shard_ids(index, n, shard_size)
