@@ -3,11 +3,15 @@
 Importing this package registers every built-in recipe.
 """
 
-from sne.zoo.format import Zoo, generate_zoo, split_assignment, split_sizes, write_records_zoo, write_zoo
+from sne.zoo.format import Zoo, split_assignment, split_sizes, write_records_zoo, write_zoo
+from sne.zoo.module_recipes import generate_zoo  # any recipe: module recipes here, chain recipes in format
 from sne.zoo.recipes import FitProgress, Recipe, Shard, derive_seed, get_recipe, recipe_names, register_recipe
 from sne.zoo import sine_inr as _sine_inr  # noqa: F401  (registers "sine-inr")
 from sne.zoo import digit_inr as _digit_inr  # noqa: F401  (registers "digit-inr")
 from sne.zoo import cnn as _cnn  # noqa: F401  (registers "small-cnn" and "cnn-s")
+from sne.zoo import wild_park as _wild_park  # noqa: F401  (registers "wild-park")
+from sne.zoo import resnet_zoo as _resnet_zoo  # noqa: F401  (registers "resnet")
+from sne.zoo import vit_zoo as _vit_zoo  # noqa: F401  (registers "vit")
 from sne.zoo.folder import export_zoo, import_folder
 from sne.zoo.hf_zoo import import_hf_zoo
 from sne.zoo.inr_sets import import_dwsnet, import_nfn_siren
