@@ -11,6 +11,11 @@ images repeat, fitted from other initial parameters (under ``init=shared``, each
 dataset has its own shared init, so no two networks are identical). The zoo's own train/val/test
 split is a seeded permutation of network ids, not the dataset's split: an INR classifier predicts
 labels, and with ``n <= m`` each image is in exactly one zoo split, so no image leaks between them.
+
+With ``views`` K > 1, ``n`` counts images and the zoo holds ``n * K`` INRs: row ``i * K + v`` is view
+``v`` of image slot ``i`` (image ``i mod m``), fitted from its own initial parameters (under
+``init=shared``, view v of every image shares one init), and the split is drawn per image slot, so
+the K views of an image share a split (:func:`sne.zoo.module_recipes.generate_module_zoo`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from sne.zoo.siren import FIT_OPTIONS, fit_groups, resolve_fit_options, siren_ar
 
 # 200 Adam steps at lr 2e-3 fit all 1797 digits images to PSNR > 38 dB (median 50) in ~5 s per 100
 # INRs on one idle CPU thread; lr 3e-3 leaves occasional outliers near 33 dB.
-DEFAULT_OPTIONS: dict[str, Any] = {**FIT_OPTIONS, "steps": 200, "lr": 2e-3, "dataset": "digits"}
+DEFAULT_OPTIONS: dict[str, Any] = {**FIT_OPTIONS, "steps": 200, "lr": 2e-3, "dataset": "digits", "views": 1}
 
 
 def pixel_grid() -> torch.Tensor:
@@ -76,7 +81,10 @@ class DigitInr(Recipe):
             raise SneError(
                 f"digit-inr option 'dataset' must be one of {', '.join(dataset_names())}, got {o['dataset']!r}"
             )
-        return {**resolve_fit_options(self.name, o), "dataset": o["dataset"]}
+        views = o["views"]
+        if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+            raise SneError(f"digit-inr option 'views' must be a positive integer, got {views!r}")
+        return {**resolve_fit_options(self.name, o), "dataset": o["dataset"], "views": views}
 
     def architecture(self, options: Mapping[str, Any]) -> list[dict[str, Any]]:
         return siren_architecture(2)
@@ -101,17 +109,40 @@ class DigitInr(Recipe):
     def default_shard_size(self, options: Mapping[str, Any]) -> int:
         return 500
 
-    def init_seed(self, seed: int, network_id: int, repeat: int, options: Mapping[str, Any]) -> int:
-        """The seed of a network's initial parameters; under shared init, one per pass over the dataset."""
+    def init_seed(self, seed: int, network_id: int, repeat: int, options: Mapping[str, Any], view: int = 0) -> int:
+        """The seed of a network's initial parameters; under shared init, one per pass over the dataset
+        (and per view)."""
         if options["init"] == "shared":
-            return derive_seed(seed, "digit-inr/shared-init", repeat)
+            return derive_seed(seed, "digit-inr/shared-init", repeat, *([view] if view else []))
         return derive_seed(seed, "digit-inr/init", network_id)
+
+    # -- several views per image (generate_module_zoo's interface) ---------------------------------
+
+    def rows_per_network(self, options: Mapping[str, Any]) -> int:
+        return options["views"]
+
+    def zoo_manifest(self, seed: int, n: int, options: Mapping[str, Any]) -> dict[str, Any]:
+        from sne.zoo.format import _chain_architectures
+
+        return {"architectures": _chain_architectures(self.name, self.architecture(options))}
+
+    def generate_rows(self, slots: np.ndarray, seed: int, options: Mapping[str, Any], progress: FitProgress,
+                      manifest: Mapping[str, Any]):
+        """All views of image slots ``slots``."""
+        from sne.zoo.module_recipes import ModuleShard
+
+        views = options["views"]
+        ids = (np.asarray(slots, dtype=np.int64)[:, None] * views + np.arange(views)).reshape(-1)
+        shard = self.generate_shard(ids, seed, options, progress)
+        return ModuleShard(shard.rows, {0: shard.tensors}, np.zeros(len(ids), dtype=np.int64))
 
     def generate_shard(
         self, ids: np.ndarray, seed: int, options: Mapping[str, Any], progress: FitProgress
     ) -> Shard:
-        source = source_images(load_dataset(options["dataset"]), ids)
-        init_seeds = [self.init_seed(seed, int(i), int(r), options) for i, r in zip(ids, source["repeat"])]
+        views = options["views"]
+        source = source_images(load_dataset(options["dataset"]), np.asarray(ids) // views)
+        init_seeds = [self.init_seed(seed, int(i), int(r), options, int(i) % views)
+                      for i, r in zip(ids, source["repeat"])]
         images = source["images"]
         tensors, fit_mse = fit_groups(
             self.name, ids, init_seeds, pixel_grid(), lambda start, stop: images[start:stop], options, progress
@@ -120,6 +151,7 @@ class DigitInr(Recipe):
             {
                 "id": int(i), "label": int(label), "image_split": str(split), "image_index": int(index),
                 "init_seed": s, "fit_mse": float(e), "psnr": float(p),
+                **({"image_slot": int(i) // views, "view": int(i) % views} if views > 1 else {}),
             }
             for i, label, split, index, s, e, p in zip(
                 ids, source["labels"], source["image_split"], source["image_index"], init_seeds,
