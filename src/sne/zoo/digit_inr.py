@@ -84,7 +84,8 @@ class DigitInr(Recipe):
         views = o["views"]
         if isinstance(views, bool) or not isinstance(views, int) or views < 1:
             raise SneError(f"digit-inr option 'views' must be a positive integer, got {views!r}")
-        return {**resolve_fit_options(self.name, o), "dataset": o["dataset"], "views": views}
+        # views=1 is left out, so such a zoo has the options (and resumes) as before views existed.
+        return {**resolve_fit_options(self.name, o), "dataset": o["dataset"], **({"views": views} if views > 1 else {})}
 
     def architecture(self, options: Mapping[str, Any]) -> list[dict[str, Any]]:
         return siren_architecture(2)
@@ -119,7 +120,7 @@ class DigitInr(Recipe):
     # -- several views per image (generate_module_zoo's interface) ---------------------------------
 
     def rows_per_network(self, options: Mapping[str, Any]) -> int:
-        return options["views"]
+        return options.get("views", 1)
 
     def zoo_manifest(self, seed: int, n: int, options: Mapping[str, Any]) -> dict[str, Any]:
         from sne.zoo.format import _chain_architectures
@@ -131,7 +132,7 @@ class DigitInr(Recipe):
         """All views of image slots ``slots``."""
         from sne.zoo.module_recipes import ModuleShard
 
-        views = options["views"]
+        views = options.get("views", 1)
         ids = (np.asarray(slots, dtype=np.int64)[:, None] * views + np.arange(views)).reshape(-1)
         shard = self.generate_shard(ids, seed, options, progress)
         return ModuleShard(shard.rows, {0: shard.tensors}, np.zeros(len(ids), dtype=np.int64))
@@ -139,7 +140,7 @@ class DigitInr(Recipe):
     def generate_shard(
         self, ids: np.ndarray, seed: int, options: Mapping[str, Any], progress: FitProgress
     ) -> Shard:
-        views = options["views"]
+        views = options.get("views", 1)
         source = source_images(load_dataset(options["dataset"]), np.asarray(ids) // views)
         init_seeds = [self.init_seed(seed, int(i), int(r), options, int(i) % views)
                       for i, r in zip(ids, source["repeat"])]
