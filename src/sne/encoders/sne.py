@@ -260,8 +260,8 @@ class SNEEncoder(Encoder):
     runs, so micro-batching changes neither codes nor gradients nor running statistics.
     ``part_window``: chunks pooled together in the part stage (:meth:`_part_codes`); ``None`` is the
     paper's stage, one set per part, whose cost grows with the square of a layer's size.
-    ``chunk_hidden``: width of the element and chunk stages (``None``: ``hidden``, the paper's);
-    their codes are projected to ``hidden`` after the chunk pool. That stage runs once per
+    ``chunk_hidden``: width of the element and chunk stages (``None``: ``hidden``, the paper's), with
+    heads of the other stages' width; their codes are projected to ``hidden`` after the chunk pool. That stage runs once per
     ``chunk_size`` parameters and costs nearly all of SNE's FLOPs, so halving it quarters them.
     Inference (:meth:`plan`) encodes :data:`INFERENCE_CHUNKS` chunks at a time whatever the options.
     """
@@ -291,9 +291,11 @@ class SNEEncoder(Encoder):
         # are standardised against those of the same layer in other networks. Identity until fitted.
         self.register_buffer("stats_mean", torch.zeros(MAX_NORMALIZED_LEVELS, NUM_CHUNK_TYPES, 2))
         self.register_buffer("stats_std", torch.ones(MAX_NORMALIZED_LEVELS, NUM_CHUNK_TYPES, 2))
-        self.chunk_stack_1 = SetStack(chunk, heads, depth, norm, sets)
-        self.chunk_stack_2 = SetStack(chunk, heads, depth, norm, sets)
-        self.chunk_pool = SetPool(chunk, heads, norm, sets, resolved["batch_norm"])
+        # Heads of the same width as elsewhere: attention over 32 elements costs per head, not per width.
+        chunk_heads = chunk_heads_for(resolved)
+        self.chunk_stack_1 = SetStack(chunk, chunk_heads, depth, norm, sets)
+        self.chunk_stack_2 = SetStack(chunk, chunk_heads, depth, norm, sets)
+        self.chunk_pool = SetPool(chunk, chunk_heads, norm, sets, resolved["batch_norm"])
         # Absent at the paper's width, so its checkpoints keep their keys.
         self.chunk_out = nn.Linear(chunk, hidden) if chunk != hidden else None
         if resolved["use_hierarchy"]:
@@ -616,6 +618,13 @@ def place_elements(decoded: list[torch.Tensor], records: Sequence[NetworkRecord]
     return networks
 
 
+def chunk_heads_for(options: dict[str, Any]) -> int:
+    """Attention heads of the chunk stage: ``heads`` at the paper's width, else as many as keep the
+    other stages' head width."""
+    chunk = options["chunk_hidden"] or options["hidden"]
+    return max(1, chunk * options["heads"] // options["hidden"])
+
+
 def _validate(options: dict[str, Any]) -> None:
     def positive_int(name: str) -> None:
         value = options[name]
@@ -631,9 +640,9 @@ def _validate(options: dict[str, Any]) -> None:
     for name in ("chunk_micro_batch", "part_window", "chunk_hidden"):
         if options[name] is not None:
             positive_int(name)
-    if options["chunk_hidden"] is not None and options["chunk_hidden"] % options["heads"]:
-        raise SneError(f"SNE option chunk_hidden ({options['chunk_hidden']}) must be divisible by heads "
-                       f"({options['heads']})")
+    if options["chunk_hidden"] is not None and options["chunk_hidden"] % chunk_heads_for(options):
+        raise SneError(f"SNE option chunk_hidden ({options['chunk_hidden']}) must be divisible by its heads "
+                       f"({chunk_heads_for(options)}: heads x chunk_hidden / hidden)")
     for name, value in options.items():
         if (name in ("layer_norm", "standardize_layers", "batch_norm") or name.startswith("use_")) and not isinstance(
             value, bool
