@@ -15,7 +15,7 @@ import torch
 
 from sne.errors import SneError, one_line
 from sne.weights.record import NetworkRecord
-from sne.zoo.format import DIVERGED, SPLITS, TARGET_KINDS, Zoo
+from sne.zoo.format import DIVERGED, SPLITS, TARGET_KINDS, Zoo, write_records_zoo
 
 
 @dataclass
@@ -49,8 +49,6 @@ class ImportedZoo:
 def write_imported(imported: ImportedZoo, out: str | Path, *, seed: int = 0, command: str = "",
                    shard_size: int = 1000) -> Zoo:
     """Write ``imported`` as a complete zoo into the new directory ``out`` (nothing is left there on error)."""
-    from sne.zoo.format import write_records_zoo  # noqa: PLC0415 - the records writer of the zoo format
-
     if not imported.records:
         raise SneError(f"no networks to write to {out}")
     return write_records_zoo(
