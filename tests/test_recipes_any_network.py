@@ -33,7 +33,7 @@ SMALL = {"image_size": 8, "arch_block": 2}
 ZOOS = {
     "wild-park": {**SMALL, "checkpoints": [1, 2]},
     "resnet": {**SMALL, "epochs": 1},
-    "vit": {**SMALL, "epochs": 2, "patches": [2, 4]},
+    "vit": {**SMALL, "epochs": 1, "epochs_min": 1, "patches": [2, 4]},
     "digit-inr": {"views": 2, "steps": 20},
 }
 SEED = 4
