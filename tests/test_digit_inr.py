@@ -127,7 +127,8 @@ def test_regeneration_and_resume_are_bit_identical(tmp_path, monkeypatch):
     for a, b in zip(resumed.records(range(4)), whole.records(range(4))):
         for x, y in zip(a.to_state_dict().values(), b.to_state_dict().values()):
             assert torch.equal(x, y)
-    assert resumed.metadata.equals(whole.metadata)
+    # `position` is where a network sits in its shard's stacked tensors: storage, not metadata.
+    assert resumed.metadata.drop(columns="position").equals(whole.metadata.drop(columns="position"))
 
 
 def test_cli_generates_and_trains_on_labels(tmp_path, capsys):
