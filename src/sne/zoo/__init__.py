@@ -3,8 +3,7 @@
 Importing this package registers every built-in recipe.
 """
 
-from sne.zoo.format import Zoo, split_assignment, split_sizes, write_records_zoo, write_zoo
-from sne.zoo.module_recipes import generate_zoo  # any recipe: module recipes here, chain recipes in format
+from sne.zoo.format import Zoo, generate_zoo, split_assignment, split_sizes, write_records_zoo, write_zoo
 from sne.zoo.recipes import FitProgress, Recipe, Shard, derive_seed, get_recipe, recipe_names, register_recipe
 from sne.zoo import sine_inr as _sine_inr  # noqa: F401  (registers "sine-inr")
 from sne.zoo import digit_inr as _digit_inr  # noqa: F401  (registers "digit-inr")

@@ -15,7 +15,7 @@ labels, and with ``n <= m`` each image is in exactly one zoo split, so no image 
 With ``views`` K > 1, ``n`` counts images and the zoo holds ``n * K`` INRs: row ``i * K + v`` is view
 ``v`` of image slot ``i`` (image ``i mod m``), fitted from its own initial parameters (under
 ``init=shared``, view v of every image shares one init), and the split is drawn per image slot, so
-the K views of an image share a split (:func:`sne.zoo.module_recipes.generate_module_zoo`).
+the K views of an image share a split (a grouped recipe of :func:`sne.zoo.format.generate_zoo`).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class DigitInr(Recipe):
             return derive_seed(seed, "digit-inr/shared-init", repeat, *([view] if view else []))
         return derive_seed(seed, "digit-inr/init", network_id)
 
-    # -- several views per image (generate_module_zoo's interface) ---------------------------------
+    # -- several views per image (a grouped recipe of format.generate_zoo) ---------------------------------
 
     def rows_per_network(self, options: Mapping[str, Any]) -> int:
         return options.get("views", 1)

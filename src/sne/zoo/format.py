@@ -451,7 +451,7 @@ def generate_zoo(
     progress: bool = True,
     *,
     shard_size: int | None = None,
-    split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+    split_fractions: Sequence[float] | None = None,
     part: tuple[int, int] | None = None,
 ) -> "Zoo | None":
     """Make (or resume making) a zoo of ``n`` networks with ``recipe`` in directory ``out``.
@@ -460,6 +460,11 @@ def generate_zoo(
     different arguments on an existing zoo raise :class:`SneError` instead of overwriting it.
     With ``part=(index, count)`` only that part's block of shards (:func:`part_shards`) is written,
     as a part zoo for :func:`sne.zoo.merge.merge_zoos`; ``None`` is returned then.
+
+    A *grouped* recipe (one with ``generate_rows``, ``rows_per_network`` and ``zoo_manifest``, as
+    :class:`sne.zoo.module_recipes.ModuleRecipe`: networks of several architectures, or several
+    checkpoints or views per network) writes ``rows_per_network`` rows for each network, draws the
+    split per network (all rows of a network share it) and counts ``shard_size`` in networks.
     """
     maker = get_recipe(recipe)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
@@ -467,71 +472,71 @@ def generate_zoo(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SneError(f"the seed must be a non-negative integer, got {seed!r}")
     resolved = json.loads(json.dumps(maker.resolve_options(dict(options or {}))))
-    shard_size = maker.default_shard_size(resolved) if shard_size is None else shard_size
-    if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
-        raise SneError(f"the shard size must be a positive integer, got {shard_size!r}")
-    fractions = _check_fractions(split_fractions)
-    shard_count = math.ceil(n / shard_size)
+    per = maker.rows_per_network(resolved) if hasattr(maker, "generate_rows") else 1
+    grouped = hasattr(maker, "generate_rows") and (getattr(maker, "always_grouped", False) or per > 1)
+    networks_per_shard = maker.default_shard_size(resolved) if shard_size is None else shard_size
+    if not _is_int(networks_per_shard, 1):
+        raise SneError(f"the shard size must be a positive integer, got {networks_per_shard!r}")
+    fractions = _check_fractions(DEFAULT_SPLIT_FRACTIONS if split_fractions is None else split_fractions)
+    rows, rows_per_shard = int(n) * per, int(networks_per_shard) * per
+    shard_count = math.ceil(rows / rows_per_shard)
     shards = range(shard_count)
     if part is not None:
         index, count = part
         if not (_is_int(count, 1) and _is_int(index, 0) and index < count):
             raise SneError(f"--shard {index + 1}/{count}: the part must be between 1 and the number of parts")
         if count > shard_count:
-            raise SneError(f"--shard {index + 1}/{count}: {n} networks in shards of {shard_size} make only "
+            raise SneError(f"--shard {index + 1}/{count}: {n} networks in shards of {networks_per_shard} make only "
                            f"{shard_count} shards, so at most {shard_count} parts")
-        shards = part_shards(n, shard_size, index, count)
+        shards = part_shards(rows, rows_per_shard, index, count)
     root = Path(out)
     requested = {
         "format_version": FORMAT_VERSION,
         "recipe": maker.name,
         "options": resolved,
-        "n": int(n),
+        "n": rows,
         "seed": int(seed),
-        "shard_size": int(shard_size),
+        "shard_size": rows_per_shard,
         "split_fractions": list(fractions),
         **({} if part is None else {"part": {"index": int(part[0]), "count": int(part[1])}}),
     }
-    manifest = _start_or_resume(root, maker, requested, command)
+    manifest = _start_or_resume(root, maker, requested, command, int(n) if grouped else None)
     if not manifest["complete"]:
         architectures = manifest["architectures"]
-        splits = split_assignment(n, seed, fractions)
+        splits = split_assignment(int(n), int(seed), fractions)  # per network
         todo = []
         for index in shards:
-            ids = _shard_ids(index, n, shard_size)
+            ids = _shard_ids(index, rows, rows_per_shard)
             if not _shard_is_complete(root, index, ids, architectures):
                 for path in _shard_paths(root, index):
                     path.unlink(missing_ok=True)
                 todo.append(index)
-        total = sum(len(_shard_ids(i, n, shard_size)) for i in shards)
-        done = total - sum(len(_shard_ids(i, n, shard_size)) for i in todo)
-
-        console = Console(stderr=True)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            disable=not progress,
-        ) as bar:
-            networks_task = bar.add_task(f"{maker.name} zoo", total=total, completed=done)
-            reporter = _RichFitProgress(bar, networks_task)
+        total = sum(len(_shard_ids(i, rows, rows_per_shard)) for i in shards) // per
+        done = total - sum(len(_shard_ids(i, rows, rows_per_shard)) for i in todo) // per
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn(), console=Console(stderr=True), disable=not progress) as bar:
+            reporter = _RichFitProgress(bar, bar.add_task(f"{maker.name} zoo", total=total, completed=done))
             for index in todo:
-                ids = _shard_ids(index, n, shard_size)
-                shard = maker.generate_shard(ids, int(seed), resolved, reporter)
+                ids = _shard_ids(index, rows, rows_per_shard)
+                if grouped:
+                    shard = maker.generate_rows(np.unique(ids // per), int(seed), resolved, reporter, manifest)
+                    groups, architecture = shard.groups, shard.architecture
+                else:
+                    shard = maker.generate_shard(ids, int(seed), resolved, reporter)
+                    groups, architecture = {0: shard.tensors}, np.zeros(len(ids), dtype=np.int64)
                 if [row["id"] for row in shard.rows] != ids.tolist():
                     raise ValueError(f"shard {index}: the recipe's rows do not hold ids {ids.tolist()}")
                 diverged = np.array([bool(row.get(DIVERGED, False)) for row in shard.rows])
-                _write_shard(root, index, shard.rows, {0: shard.tensors}, np.zeros(len(ids), dtype=np.int64),
-                             np.where(diverged, EXCLUDED, splits[ids]), architectures)
+                _write_shard(root, index, shard.rows, groups, architecture,
+                             np.where(diverged, EXCLUDED, splits[ids // per]), architectures)
         _consolidate(root, manifest, list(shards))
     return None if part is not None else Zoo.open(root)
 
 
-def _start_or_resume(root: Path, maker: Recipe, requested: dict[str, Any], command: str) -> dict[str, Any]:
-    """The manifest of the zoo at ``root``: the existing one if it matches ``requested``, else a new one."""
+def _start_or_resume(root: Path, maker: Recipe, requested: dict[str, Any], command: str,
+                     networks: int | None = None) -> dict[str, Any]:
+    """The manifest of the zoo at ``root``: the existing one if it matches ``requested``, else a new
+    one (``networks``: of a grouped recipe, which describes its own architectures)."""
     if root.exists() and not root.is_dir():
         raise SneError(f"{root} exists and is not a directory")
     if root.is_dir() and (root / MANIFEST).exists():
@@ -552,10 +557,19 @@ def _start_or_resume(root: Path, maker: Recipe, requested: dict[str, Any], comma
         if any(root.iterdir()):
             raise SneError(f"{root} is not empty and holds no zoo; choose a new or empty directory")
     options = requested["options"]
-    manifest = _new_manifest(
-        requested, _chain_architectures(maker.name, maker.architecture(options)), maker.targets(options),
-        maker.dataset(options), command,
-    )
+    if networks is None:
+        manifest = _new_manifest(
+            requested, _chain_architectures(maker.name, maker.architecture(options)), maker.targets(options),
+            maker.dataset(options), command,
+        )
+    else:
+        described = maker.zoo_manifest(requested["seed"], networks, options)
+        manifest = _new_manifest(
+            requested, described.pop("architectures"), maker.targets(options), maker.dataset(options), command,
+            split_method="given", networks=networks, rows_per_network=maker.rows_per_network(options), **described,
+        )
+        # Splits are drawn per network, so the row counts per split are known only when complete.
+        manifest["splits"] = {}
     # The manifest goes first: a directory with shards but no manifest is never ours.
     write_json_atomic(root / MANIFEST, manifest)
     (root / SHARDS).mkdir(exist_ok=True)

@@ -24,9 +24,8 @@ network). Networks are sorted by their last checkpoint, longest first, and stop 
 done. A network whose loss or weights become non-finite is *diverged* from then on: its later
 checkpoints are NaN and kept out of every split.
 
-The zoo format's :func:`sne.zoo.format.generate_zoo` writes recipes of one chain architecture; the
-generation loop here (:func:`generate_module_zoo`) is the same loop over the format's own shard
-writer, resume check and consolidation, for several architectures and per-network splits.
+:func:`sne.zoo.format.generate_zoo` writes these recipes as *grouped* ones (:attr:`ModuleRecipe.always_grouped`):
+several architectures, several rows (checkpoints) per network, splits drawn per network.
 """
 
 from __future__ import annotations
@@ -36,21 +35,16 @@ import json
 import math
 from abc import abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn import functional as F
 
 from sne.errors import SneError
-from sne.io_utils import remove_stale_temporaries, write_json_atomic
-from sne.progress import Progress
 from sne.zoo.cnn import TrainingStream, _device, _log_uniform, _positive_int
 from sne.zoo.cnn_nets import OPTIMIZERS, SGD_MOMENTUM, StackedOptimizer
 from sne.zoo.recipes import FitProgress, Recipe, check_options, derive_seed
@@ -80,6 +74,9 @@ class ModuleShard:
 
 class ModuleRecipe(Recipe):
     """Shared code of the module recipes; subclasses sample and build architectures."""
+
+    #: sne.zoo.format.generate_zoo writes these zoos grouped (architectures per network) even with one row each.
+    always_grouped: ClassVar[bool] = True
 
     #: The recipe's own options and defaults (beside :data:`COMMON_OPTIONS`).
     options: ClassVar[dict[str, Any]] = {}
@@ -487,119 +484,3 @@ def _resized(name: str, size: int):
 
 
 # ------------------------------------------------------------------------------ generation
-def generate_module_zoo(recipe, out: str | Path, n: int, seed: int, options: Mapping[str, Any] | None,
-                        command: str, progress: bool, *, shard_size: int | None, split_fractions: Sequence[float],
-                        part: tuple[int, int] | None):
-    """:func:`sne.zoo.format.generate_zoo` for a recipe with ``rows_per_network``, ``zoo_manifest``
-    and ``generate_rows`` (as :class:`ModuleRecipe`): ``n`` networks of ``rows_per_network`` rows
-    each, ``shard_size`` networks per shard, splits drawn per network; same resume, parts and errors."""
-    from sne.zoo import format as fmt
-
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise SneError(f"the number of networks must be a positive integer, got {n!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise SneError(f"the seed must be a non-negative integer, got {seed!r}")
-    resolved = json.loads(json.dumps(recipe.resolve_options(dict(options or {}))))
-    per = recipe.rows_per_network(resolved)
-    networks_per_shard = recipe.default_shard_size(resolved) if shard_size is None else shard_size
-    if isinstance(networks_per_shard, bool) or not isinstance(networks_per_shard, (int, np.integer)) or networks_per_shard < 1:
-        raise SneError(f"the shard size must be a positive integer, got {networks_per_shard!r}")
-    fractions = fmt._check_fractions(split_fractions)
-    rows, rows_per_shard = int(n) * per, int(networks_per_shard) * per
-    shard_count = math.ceil(rows / rows_per_shard)
-    shards = range(shard_count)
-    if part is not None:
-        index, count = part
-        if not (fmt._is_int(count, 1) and fmt._is_int(index, 0) and index < count):
-            raise SneError(f"--shard {index + 1}/{count}: the part must be between 1 and the number of parts")
-        if count > shard_count:
-            raise SneError(f"--shard {index + 1}/{count}: {n} networks in shards of {networks_per_shard} make only "
-                           f"{shard_count} shards, so at most {shard_count} parts")
-        shards = fmt.part_shards(rows, rows_per_shard, index, count)
-    root = Path(out)
-    requested = {
-        "format_version": fmt.FORMAT_VERSION, "recipe": recipe.name, "options": resolved, "n": rows,
-        "seed": int(seed), "shard_size": rows_per_shard, "split_fractions": list(fractions),
-        **({} if part is None else {"part": {"index": int(part[0]), "count": int(part[1])}}),
-    }
-    manifest = _start_or_resume(root, recipe, requested, int(n), command)
-    if not manifest["complete"]:
-        architectures = manifest["architectures"]
-        # Splits per network: all checkpoints of a network share one.
-        network_splits = fmt.split_assignment(int(n), int(seed), fractions)
-        todo = []
-        for index in shards:
-            ids = fmt._shard_ids(index, rows, rows_per_shard)
-            if not fmt._shard_is_complete(root, index, ids, architectures):
-                for path in fmt._shard_paths(root, index):
-                    path.unlink(missing_ok=True)
-                todo.append(index)
-        total = sum(len(fmt._shard_ids(i, rows, rows_per_shard)) for i in shards) // per
-        done = total - sum(len(fmt._shard_ids(i, rows, rows_per_shard)) for i in todo) // per
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TimeRemainingColumn(), console=Console(stderr=True), disable=not progress) as bar:
-            reporter = fmt._RichFitProgress(bar, bar.add_task(f"{recipe.name} zoo", total=total, completed=done))
-            for index in todo:
-                ids = fmt._shard_ids(index, rows, rows_per_shard)
-                network_ids = np.unique(ids // per)
-                shard = recipe.generate_rows(network_ids, int(seed), resolved, reporter, manifest)
-                if [row["id"] for row in shard.rows] != ids.tolist():
-                    raise ValueError(f"shard {index}: the recipe's rows do not hold ids {ids.tolist()}")
-                diverged = np.array([bool(row.get(fmt.DIVERGED, False)) for row in shard.rows])
-                fmt._write_shard(root, index, shard.rows, shard.groups, shard.architecture,
-                                 np.where(diverged, fmt.EXCLUDED, network_splits[ids // per]), architectures)
-        fmt._consolidate(root, manifest, list(shards))
-    return None if part is not None else fmt.Zoo.open(root)
-
-
-def _start_or_resume(root: Path, recipe, requested: dict[str, Any], networks: int,
-                     command: str) -> dict[str, Any]:
-    """As :func:`sne.zoo.format._start_or_resume`, with the recipe's architectures."""
-    from sne.zoo import format as fmt
-
-    if root.exists() and not root.is_dir():
-        raise SneError(f"{root} exists and is not a directory")
-    if root.is_dir() and (root / fmt.MANIFEST).exists():
-        manifest = fmt._read_manifest(root)
-        differences = fmt._mismatches(manifest, requested)
-        if differences:
-            raise SneError(f"{root} already holds a different zoo ({'; '.join(differences)}); "
-                           f"use a new --out directory, or the zoo's own settings to resume it")
-        remove_stale_temporaries(root)
-        if (root / fmt.SHARDS).is_dir():
-            remove_stale_temporaries(root / fmt.SHARDS)
-        return manifest
-    if root.is_dir():
-        remove_stale_temporaries(root)
-        if any(root.iterdir()):
-            raise SneError(f"{root} is not empty and holds no zoo; choose a new or empty directory")
-    options = requested["options"]
-    described = recipe.zoo_manifest(requested["seed"], networks, options)
-    manifest = fmt._new_manifest(
-        requested, described.pop("architectures"), recipe.targets(options), recipe.dataset(options), command,
-        split_method="given", networks=networks, rows_per_network=recipe.rows_per_network(options), **described,
-    )
-    # Splits are drawn per network, so the row counts per split are known only when complete.
-    manifest["splits"] = {}
-    write_json_atomic(root / fmt.MANIFEST, manifest)
-    (root / fmt.SHARDS).mkdir(exist_ok=True)
-    return manifest
-
-
-def generate_zoo(recipe: str, out: str | Path, n: int, seed: int, options: Mapping[str, Any] | None = None,
-                 command: str = "", progress: bool = True, *, shard_size: int | None = None,
-                 split_fractions: Sequence[float] | None = None, part: tuple[int, int] | None = None):
-    """Make (or resume) a zoo with any recipe: :func:`sne.zoo.format.generate_zoo`, or
-    :func:`generate_module_zoo` for a module recipe and a recipe of several rows per network
-    (``digit-inr`` with views), where ``n`` and ``shard_size`` count networks."""
-    from sne.zoo import format as fmt
-    from sne.zoo.recipes import get_recipe
-
-    fractions = fmt.DEFAULT_SPLIT_FRACTIONS if split_fractions is None else split_fractions
-    maker = get_recipe(recipe)
-    grouped = hasattr(maker, "generate_rows") and maker.rows_per_network(maker.resolve_options(dict(options or {}))) > 1
-    if isinstance(maker, ModuleRecipe) or grouped:
-        return generate_module_zoo(maker, out, n, seed, options, command, progress, shard_size=shard_size,
-                                   split_fractions=fractions, part=part)
-    return fmt.generate_zoo(recipe, out, n, seed, options, command, progress, shard_size=shard_size,
-                            split_fractions=fractions, part=part)
