@@ -8,7 +8,7 @@ from sne.zoo.recipes import FitProgress, Recipe, Shard, derive_seed, get_recipe,
 from sne.zoo import sine_inr as _sine_inr  # noqa: F401  (registers "sine-inr")
 from sne.zoo import digit_inr as _digit_inr  # noqa: F401  (registers "digit-inr")
 from sne.zoo import cnn as _cnn  # noqa: F401  (registers "small-cnn" and "cnn-s")
-from sne.zoo import wild_park as _wild_park  # noqa: F401  (registers "wild-park")
+from sne.zoo import wild_park_zoo as _wild_park_zoo  # noqa: F401  (registers "wild-park")
 from sne.zoo import resnet_zoo as _resnet_zoo  # noqa: F401  (registers "resnet")
 from sne.zoo import vit_zoo as _vit_zoo  # noqa: F401  (registers "vit")
 from sne.zoo.folder import export_zoo, import_folder
