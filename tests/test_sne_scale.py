@@ -176,3 +176,25 @@ def test_runs_of_chunks_and_windows_change_nothing(monkeypatch, mode):
         monkeypatch.setattr(sne_module, name, 2)
     twin = with_weights_of(encoder)
     torch.testing.assert_close(getattr(twin, mode)()(batch), whole, atol=1e-12, rtol=0)
+
+
+def test_embed_with_a_micro_batch_gives_the_same_codes(tiny_sne_run, tmp_path, capsys):
+    import numpy as np
+    from torch import nn
+
+    from conftest import run_cli
+    from sne.weights.io import save_state_dict_file
+
+    torch.manual_seed(0)
+    save_state_dict_file(nn.Sequential(nn.Linear(1, 32), nn.Linear(32, 32), nn.Linear(32, 1)).state_dict(),
+                         tmp_path / "inr.safetensors")
+    codes = {}
+    for label, extra in (("default", []), ("micro", ["--micro-batch", "1"])):
+        code, _, err = run_cli(["embed", str(tiny_sne_run), str(tmp_path / "inr.safetensors"), "--device", "cpu",
+                                "--out", str(tmp_path / f"{label}.npy"), *extra], capsys)
+        assert code == 0, err
+        codes[label] = np.load(tmp_path / f"{label}.npy")
+    np.testing.assert_allclose(codes["micro"], codes["default"], rtol=1e-5, atol=1e-6)
+    code, _, err = run_cli(["embed", str(tiny_sne_run), str(tmp_path / "inr.safetensors"), "--out",
+                            str(tmp_path / "x.npy"), "--micro-batch", "0"], capsys)
+    assert code == 2 and "Traceback" not in err

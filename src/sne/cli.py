@@ -392,6 +392,14 @@ def _finish(files: List[Path], failures: list, done: str) -> None:
     raise typer.Exit(2)
 
 
+def _set_micro_batch(encoder, micro_batch: int | None) -> None:
+    if micro_batch is None:
+        return
+    if "chunk_micro_batch" not in encoder.options:
+        raise SneError(f"--micro-batch: encoder '{encoder.name}' encodes a network at once (SNE has micro-batches)")
+    encoder.options["chunk_micro_batch"] = micro_batch
+
+
 def _class_names(trained) -> list[str] | None:
     """Names of a class target's classes, from the zoo the run was trained on (if it is still there)."""
     from sne.zoo import Zoo
@@ -414,6 +422,8 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON list on stdout: per file its "
                                  "prediction (class targets: class, probability, all probabilities) or its error."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Networks per forward pass."),
+    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", min=1, help="SNE: chunks (of 32 parameters) "
+                                              "encoded at a time; memory grows with it (default 128)."),
 ) -> None:
     """Print the predicted target for each checkpoint file, one line per file (tab-separated: file,
     target, value; class targets: file, target, class, probability).
@@ -426,6 +436,7 @@ def predict(
     from sne.train import load_run
 
     trained = load_run(run, device=device)
+    _set_micro_batch(trained.predictor.encoder, micro_batch)
     predictor, target = trained.predictor, trained.target
     failures: list = []
     classes = None
@@ -463,6 +474,8 @@ def embed(
     arch: Optional[str] = typer.Option(None, "--arch", help=_ARCH_HELP),
     device: str = typer.Option("auto", "--device"),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Networks per forward pass."),
+    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", min=1, help="SNE: chunks (of 32 parameters) "
+                                              "encoded at a time; memory grows with it (default 128)."),
 ) -> None:
     """Write the encoder's code z for each checkpoint file to a .npy array, one row per file in the
     order given.
@@ -477,6 +490,7 @@ def embed(
     from sne.train import load_run
 
     trained = load_run(run, device=device)
+    _set_micro_batch(trained.predictor.encoder, micro_batch)
     predictor = trained.predictor
     failures: list = []
     rows = [row for _, row in _each_file(files, arch, predictor.encoder, batch_size,
