@@ -20,6 +20,9 @@ Shard k holds networks [k * shard_size, (k + 1) * shard_size). Each file is writ
 the safetensors before its parquet, so a shard counts only when both exist and parse; generation
 resumes by writing the missing shards. Every network depends only on (seed, id), and the split
 only on (seed, n), so an interrupted and resumed zoo equals an uninterrupted one bit for bit.
+An import (:func:`write_listed_zoo`) resumes alike, loading only the missing shards' networks; its
+manifest's ``listing`` digest of the source files joins the identity a re-run must match, and its
+``architectures`` grow, in order of first appearance, before each shard that brings a new one.
 ``split_method`` says whether splits were so seeded or ``given`` (an importer's published split,
 a merge keeping its sources' splits). ``generate_zoo(..., part=(k, count))`` writes only the k-th
 of ``count`` contiguous blocks of shards; such a zoo says ``part`` in its manifest, is not opened
@@ -36,8 +39,11 @@ as ``<state_dict key>``, no ``architecture``/``position`` columns (network i sit
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import math
+import shutil
 from collections import OrderedDict
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -77,6 +83,9 @@ SPLIT_METHODS = ("seeded", "given")
 
 # Manifest entries that must match for a re-run to resume a zoo instead of making a different one.
 _IDENTITY_KEYS = ("format_version", "recipe", "options", "n", "seed", "shard_size", "split_fractions")
+#: Manifest entry of an imported zoo: a digest of its source listing, also part of its identity
+#: (see :func:`_listing_digest`); absent from generated zoos.
+LISTING = "listing"
 _CACHED_SHARDS = 8
 
 
@@ -371,9 +380,11 @@ def _manifest_problem(manifest: dict[str, Any]) -> str | None:
 
 def _mismatches(existing: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
     differences = []
-    for key in (*_IDENTITY_KEYS, "part"):
+    for key in (*_IDENTITY_KEYS, "part", LISTING):
         old, new = existing.get(key), requested.get(key)
-        if key == "options" and isinstance(old, dict):
+        if key == LISTING and old != new:
+            differences.append("the source files or their listing differ from those it was made from")
+        elif key == "options" and isinstance(old, dict):
             for option in sorted(set(old) | set(new)):
                 if old.get(option) != new.get(option):
                     differences.append(f"option {option}: zoo has {old.get(option)!r}, requested {new.get(option)!r}")
@@ -500,7 +511,8 @@ def generate_zoo(
         "split_fractions": list(fractions),
         **({} if part is None else {"part": {"index": int(part[0]), "count": int(part[1])}}),
     }
-    manifest = _start_or_resume(root, maker, requested, command, int(n) if grouped else None)
+    manifest = _start_or_resume(root, requested,
+                                lambda: _recipe_manifest(maker, requested, command, int(n) if grouped else None))
     if not manifest["complete"]:
         architectures = manifest["architectures"]
         splits = split_assignment(int(n), int(seed), fractions)  # per network
@@ -533,20 +545,18 @@ def generate_zoo(
     return None if part is not None else Zoo.open(root)
 
 
-def _start_or_resume(root: Path, maker: Recipe, requested: dict[str, Any], command: str,
-                     networks: int | None = None) -> dict[str, Any]:
-    """The manifest of the zoo at ``root``: the existing one if it matches ``requested``, else a new
-    one (``networks``: of a grouped recipe, which describes its own architectures)."""
+def _start_or_resume(root: Path, requested: dict[str, Any], new_manifest: Callable[[], dict[str, Any]],
+                     different: str = "already holds a different zoo",
+                     hint: str = "use a new --out directory, or the zoo's own settings to resume it") -> dict[str, Any]:
+    """The manifest of the zoo at ``root``: the existing one if it matches ``requested``, else
+    ``new_manifest()``, written first (``different`` and ``hint`` word the refusal of another zoo)."""
     if root.exists() and not root.is_dir():
         raise SneError(f"{root} exists and is not a directory")
     if root.is_dir() and (root / MANIFEST).exists():
         manifest = _read_manifest(root)
         differences = _mismatches(manifest, requested)
         if differences:
-            raise SneError(
-                f"{root} already holds a different zoo ({'; '.join(differences)}); "
-                f"use a new --out directory, or the zoo's own settings to resume it"
-            )
+            raise SneError(f"{root} {different} ({'; '.join(differences)}); {hint}")
         remove_stale_temporaries(root)
         if (root / SHARDS).is_dir():
             remove_stale_temporaries(root / SHARDS)
@@ -556,34 +566,43 @@ def _start_or_resume(root: Path, maker: Recipe, requested: dict[str, Any], comma
         remove_stale_temporaries(root)
         if any(root.iterdir()):
             raise SneError(f"{root} is not empty and holds no zoo; choose a new or empty directory")
-    options = requested["options"]
-    if networks is None:
-        manifest = _new_manifest(
-            requested, _chain_architectures(maker.name, maker.architecture(options)), maker.targets(options),
-            maker.dataset(options), command,
-        )
-    else:
-        described = maker.zoo_manifest(requested["seed"], networks, options)
-        manifest = _new_manifest(
-            requested, described.pop("architectures"), maker.targets(options), maker.dataset(options), command,
-            split_method="given", networks=networks, rows_per_network=maker.rows_per_network(options), **described,
-        )
-        # Splits are drawn per network, so the row counts per split are known only when complete.
-        manifest["splits"] = {}
+    manifest = new_manifest()
     # The manifest goes first: a directory with shards but no manifest is never ours.
     write_json_atomic(root / MANIFEST, manifest)
     (root / SHARDS).mkdir(exist_ok=True)
     return manifest
 
 
-def _consolidate(root: Path, manifest: dict[str, Any], shards: Sequence[int]) -> None:
+def _recipe_manifest(maker: Recipe, requested: dict[str, Any], command: str, networks: int | None) -> dict[str, Any]:
+    """The new manifest of a zoo made by ``maker`` (``networks``: of a grouped recipe, which
+    describes its own architectures)."""
+    options = requested["options"]
+    if networks is None:
+        return _new_manifest(
+            requested, _chain_architectures(maker.name, maker.architecture(options)), maker.targets(options),
+            maker.dataset(options), command,
+        )
+    described = maker.zoo_manifest(requested["seed"], networks, options)
+    manifest = _new_manifest(
+        requested, described.pop("architectures"), maker.targets(options), maker.dataset(options), command,
+        split_method="given", networks=networks, rows_per_network=maker.rows_per_network(options), **described,
+    )
+    # Splits are drawn per network, so the row counts per split are known only when complete.
+    manifest["splits"] = {}
+    return manifest
+
+
+def _consolidate(root: Path, manifest: dict[str, Any], shards: Sequence[int],
+                 describe: Callable[[pd.DataFrame], Mapping[str, Any]] | None = None) -> None:
     """Write metadata.parquet from the rows of ``shards`` (all of the zoo's, or a part's), then
-    mark the manifest complete."""
+    mark the manifest complete; ``describe(rows)`` gives manifest entries known only from all rows."""
     n, shard_size = manifest["n"], manifest["shard_size"]
     rows = pd.concat([pd.read_parquet(_shard_paths(root, i)[1]) for i in shards], ignore_index=True)
     ids = np.concatenate([_shard_ids(i, n, shard_size) for i in shards])
     if not np.array_equal(rows["id"].to_numpy(), ids):
         raise SneError(f"{root}: shard rows do not hold ids {ids[0]}..{ids[-1]} exactly once")
+    if describe is not None:
+        manifest = {**manifest, **describe(rows)}
     with atomic_path(root / METADATA) as tmp:
         rows.to_parquet(tmp, index=False)
     # Actual split sizes: a diverged network leaves the split it was assigned to.
@@ -604,18 +623,28 @@ def _stage(root: Path, manifest: dict[str, Any], fill: Callable[[Path], None]) -
     problem = _manifest_problem(json.loads(json.dumps(manifest)))
     if problem:
         raise SneError(f"zoo {manifest['recipe']}: {problem}")
+
+    def write(staging: Path) -> None:
+        write_json_atomic(staging / MANIFEST, manifest)
+        (staging / SHARDS).mkdir()
+        fill(staging)
+        _consolidate(staging, manifest, range(math.ceil(manifest["n"] / manifest["shard_size"])))
+
+    return _staged(root, manifest, write)
+
+
+def _staged(root: Path, identity: Mapping[str, Any], write: Callable[[Path], None]) -> "Zoo":
+    """``write(staging)`` a whole zoo of ``identity`` into a temporary sibling of ``root`` renamed to
+    ``root`` when complete (see :func:`_stage`)."""
     if (root / MANIFEST).is_file():
         existing = _read_manifest(root)
-        if existing["complete"] and not _mismatches(existing, manifest):
+        if existing["complete"] and not _mismatches(existing, identity):
             # This very zoo, renamed into place by a run interrupted before it could exit: done.
             return Zoo.open(root)
     if root.exists() and not (root.is_dir() and not any(root.iterdir())):
         raise SneError(f"{root} already exists and is not an empty directory; choose a new --out directory")
     with staged_directory(root) as staging:
-        write_json_atomic(staging / MANIFEST, manifest)
-        (staging / SHARDS).mkdir()
-        fill(staging)
-        _consolidate(staging, manifest, range(math.ceil(manifest["n"] / manifest["shard_size"])))
+        write(staging)
     return Zoo.open(root)
 
 
@@ -752,32 +781,134 @@ def write_records_zoo(
     architecture in order of first appearance. ``activation_from`` maps layer names to class
     targets whose per-network value is that layer's activation (say, relu or tanh sampled per
     network): such activations are data, not architecture, so those networks still stack; each
-    record's activation must be its row's class or ``None``. Nothing is left at ``out`` on error.
+    record's activation must be its row's class or ``None``. Nothing is left at ``out`` on error
+    (the zoo is written into a staging directory renamed into place when complete; see
+    :func:`write_listed_zoo` for networks loaded shard by shard into a resumable zoo).
     """
-    n = len(records)
+    if len(records) < 1:
+        raise SneError(f"no networks to write to {out}")
+    if len(records) != len(rows):
+        raise SneError(f"{out}: {len(records)} networks but {len(rows)} rows of metadata")
+    return write_listed_zoo(
+        out, recipe=recipe, options=options, rows=rows, load=lambda ids: [records[i] for i in ids], targets=targets,
+        dataset=dataset, seed=seed, command=command, split_fractions=split_fractions, shard_size=shard_size,
+        splits=splits, architecture_names=architecture_names, activation_from=activation_from, resumable=False,
+    )
+
+
+def write_listed_zoo(
+    out: str | Path,
+    *,
+    recipe: str,
+    options: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    load: Callable[[np.ndarray], Sequence[NetworkRecord]],
+    targets: dict[str, dict[str, Any]],
+    dataset: dict[str, Any],
+    seed: int = 0,
+    command: str = "",
+    split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+    shard_size: int = 1000,
+    splits: Sequence[str] | None = None,
+    architecture_names: Sequence[str] | None = None,
+    activation_from: Mapping[str, str] | None = None,
+    files: Sequence[str | Path] = (),
+    source: str | None = None,
+    resumable: bool = True,
+) -> "Zoo":
+    """Write the networks listed by ``rows`` (one per network, in id order) as a zoo at ``out``,
+    loading their records one shard at a time: ``load(ids)`` gives the records of networks ``ids``
+    (indices into ``rows``) and may set ``diverged: True`` in their rows (a fault only the weights
+    show). The other arguments are those of :func:`write_records_zoo`.
+
+    ``resumable`` (an import): the manifest and then shard after shard are written into ``out``
+    itself, so a run killed at any moment and run again with the same arguments writes only the
+    missing shards (``load`` is not called for the others) and ends with the zoo an uninterrupted
+    run makes. Its identity adds :data:`LISTING`, a digest of the rows, targets, splits, names and
+    the stats of ``files`` (the source files), so a re-run on changed sources, or with other
+    arguments, is refused in one line instead of mixing two imports. A :class:`SneError` from the
+    source (``load``, a record that does not fit) removes what was written; one while writing (a full
+    disk) keeps the finished shards for a re-run. ``source`` names the files in messages: given, a
+    zoo in which every network diverged is refused. Not ``resumable``: written as by
+    :func:`write_records_zoo`.
+    """
+    n = len(rows)
     if n < 1:
         raise SneError(f"no networks to write to {out}")
     root = Path(out)
     _check_rows(rows, n, root)
     fractions = _check_fractions(split_fractions)
     requested = _requested(recipe, options, n, seed, shard_size, fractions)
-    records = [record.to(torch.float32) for record in records]
-    sources = dict(activation_from or {})
-    for name, target in sources.items():
-        if not isinstance((targets.get(target) or {}).get("classes"), list):
-            raise SneError(f"{root}: layer {name!r} takes its activation from {target!r}, not a class target with class names")
-        if not any(layer.name == name for record in records for layer in record.layers):
-            raise SneError(f"{root}: activation_from names layer {name!r}, which no network has")
-    index_of: dict[str, int] = {}
-    structures, first_of = [], []
-    architecture = np.empty(n, dtype=np.int64)
-    for i, record in enumerate(records):
+    writer = _ListedShards(root, requested, rows, load, targets, dataset, command, splits, architecture_names,
+                           activation_from, source)
+    if not resumable:
+        return _staged(root, requested, writer.write_all)
+    requested[LISTING] = _listing_digest(files, rows, targets, dataset, splits, architecture_names, activation_from)
+    return writer.resume()
+
+
+def _listing_digest(files: Sequence[str | Path], *described: Any) -> str:
+    """A digest of the source of an import: the path, size and modification time of each of
+    ``files``, and the ``described`` listing parsed from them (rows, targets, splits, ...).
+
+    Stats, not contents: hashing the checkpoints would read every file on every re-run, which is
+    what resuming avoids; a file rewritten in place changes its modification time (the assumption
+    make and rsync rely on too), and the parsed listing catches any change of the tables read anyway."""
+    stats = []
+    for path in files:
+        path = Path(path)
+        try:
+            info = path.stat()
+        except OSError as error:
+            raise SneError(f"{path}: cannot read it ({error.strerror or one_line(error)})") from None
+        stats.append([str(path.resolve()), info.st_size, info.st_mtime_ns])
+    text = json.dumps([stats, *described], sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class _ListedShards:
+    """The shards of a zoo of listed networks: each shard's records loaded on demand and numbered
+    into architectures in order of first appearance, which the manifest lists before any shard that
+    uses them is written, so a resumed run numbers them as an uninterrupted one does. Architecture
+    names are given when the zoo is complete (``recipe`` alone for a zoo of one architecture)."""
+
+    def __init__(self, root: Path, requested: dict[str, Any], rows: Sequence[Mapping[str, Any]],
+                 load: Callable[[np.ndarray], Sequence[NetworkRecord]], targets: dict[str, dict[str, Any]],
+                 dataset: dict[str, Any], command: str, splits: Sequence[str] | None,
+                 architecture_names: Sequence[str] | None, activation_from: Mapping[str, str] | None,
+                 source: str | None) -> None:
+        self.root, self.requested, self.rows, self.load = root, requested, rows, load
+        self.targets, self.dataset, self.command, self.source = targets, dataset, command, source
+        self.given, self.names = splits, architecture_names
+        self.sources = dict(activation_from or {})
+        for name, target in self.sources.items():
+            if not isinstance((targets.get(target) or {}).get("classes"), list):
+                raise SneError(f"{root}: layer {name!r} takes its activation from {target!r}, "
+                               f"not a class target with class names")
+        n = requested["n"]
+        self.seeded = split_assignment(n, requested["seed"], requested["split_fractions"])
+        _split_names(rows, self.seeded, splits, root)  # checks the given splits before anything is written
+        self.shard_count = math.ceil(n / requested["shard_size"])
+        self.architectures: list[dict[str, Any]] = []
+        self.index_of: dict[str, int] = {}
+        self.discard: Callable[[], None] | None = None  # set by resume()
+
+    def adopt(self, architectures: Sequence[Mapping[str, Any]]) -> None:
+        """Continue the numbering of an unfinished zoo's ``architectures``."""
+        self.architectures = [dict(entry) for entry in architectures]
+        self.index_of = {json.dumps(entry["structure"], sort_keys=True): k for k, entry in enumerate(architectures)}
+
+    def manifest(self) -> dict[str, Any]:
+        return _new_manifest(self.requested, [dict(entry) for entry in self.architectures], self.targets,
+                             self.dataset, self.command, split_method="seeded" if self.given is None else "given")
+
+    def _architecture(self, record: NetworkRecord, row: Mapping[str, Any]) -> int:
         structure = record_structure(record)
         for layer in structure["layers"]:
-            if layer["name"] in sources:
-                target = sources[layer["name"]]
-                code = rows[i].get(target)
-                classes = targets[target]["classes"]
+            if layer["name"] in self.sources:
+                target = self.sources[layer["name"]]
+                code = row.get(target)
+                classes = self.targets[target]["classes"]
                 valid = (isinstance(code, (int, float, np.integer, np.floating)) and not isinstance(code, bool)
                          and float(code).is_integer() and 0 <= code < len(classes))
                 if not valid:
@@ -787,31 +918,114 @@ def write_records_zoo(
                                    f"but its row's {target!r} says {classes[int(code)]!r}")
                 layer["activation"] = None
         key = json.dumps(structure, sort_keys=True)
-        if key not in index_of:
-            index_of[key] = len(structures)
-            structures.append(structure)
-            first_of.append(i)
-        architecture[i] = index_of[key]
-    names = _architecture_names(architecture_names, first_of, n, recipe)
-    architectures = []
-    for name, structure in zip(names, structures):
-        used = {layer["name"]: sources[layer["name"]] for layer in structure["layers"] if layer["name"] in sources}
-        architectures.append({"name": name, "structure": structure, **({"activation_from": used} if used else {})})
-    manifest = _new_manifest(requested, architectures, targets, dataset, command,
-                             split_method="seeded" if splits is None else "given")
-    split_names = _split_names(rows, split_assignment(n, seed, fractions), splits, root)
+        if key not in self.index_of:
+            used = {layer["name"]: self.sources[layer["name"]] for layer in structure["layers"]
+                    if layer["name"] in self.sources}
+            # A placeholder name, unique until describe() names the architectures.
+            self.index_of[key] = len(self.architectures)
+            self.architectures.append({"name": f"{self.requested['recipe']}-{len(self.architectures)}",
+                                       "structure": structure, **({"activation_from": used} if used else {})})
+        return self.index_of[key]
 
-    def fill(staging: Path) -> None:
-        for index in range(math.ceil(n / shard_size)):
-            ids = _shard_ids(index, n, shard_size)
-            groups: dict[int, dict[str, torch.Tensor]] = {}
-            for k in np.unique(architecture[ids]).tolist():
-                members = [records[i].to_state_dict() for i in ids if architecture[i] == k]
-                groups[k] = {key: torch.stack([m[key] for m in members]) for key in members[0]}
-            _write_shard(staging, index, [{"id": int(i), **rows[i]} for i in ids], groups, architecture[ids],
-                         split_names[ids], architectures)
+    def prepare(self, index: int) -> tuple:
+        """The arguments of :func:`_write_shard` for shard ``index`` after its architectures: its
+        records loaded, numbered and stacked."""
+        ids = _shard_ids(index, self.requested["n"], self.requested["shard_size"])
+        records = [record.to(torch.float32) for record in self.load(ids)]
+        if len(records) != len(ids):
+            raise ValueError(f"shard {index}: {len(records)} records loaded for {len(ids)} networks")
+        architecture = np.array([self._architecture(record, self.rows[i]) for i, record in zip(ids, records)],
+                                dtype=np.int64)
+        groups: dict[int, dict[str, torch.Tensor]] = {}
+        for k in np.unique(architecture).tolist():
+            members = [record.to_state_dict() for record, a in zip(records, architecture) if a == k]
+            groups[k] = {key: torch.stack([m[key] for m in members]) for key in members[0]}
+        rows = [{"id": int(i), **self.rows[i]} for i in ids]
+        splits = _split_names(rows, self.seeded[ids], None if self.given is None else [self.given[i] for i in ids],
+                              self.root)
+        return rows, groups, architecture, splits
 
-    return _stage(root, manifest, fill)
+    def describe(self, rows: pd.DataFrame) -> dict[str, Any]:
+        """The finished manifest's architectures, named (see :func:`write_records_zoo`)."""
+        unused = sorted(set(self.sources) - {name for entry in self.architectures
+                                             for name in entry.get("activation_from", {})})
+        if unused:
+            raise SneError(f"{self.root}: activation_from names layer {unused[0]!r}, which no network has")
+        if self.source is not None and (rows["split"] == EXCLUDED).all():
+            raise SneError(f"{self.source}: all {len(rows)} networks have non-finite weights or metrics; nothing to import")
+        architecture = rows["architecture"].to_numpy()
+        ids = rows["id"].to_numpy()
+        first_of = [int(ids[architecture == k].min()) for k in range(len(self.architectures))]
+        names = _architecture_names(self.names, first_of, len(rows), self.requested["recipe"])
+        return {"architectures": [{**entry, "name": name} for entry, name in zip(self.architectures, names)]}
+
+    def _source(self, call: Callable[..., Any], *args: Any) -> Any:
+        """``call(*args)``, a step that reads the source: its :class:`SneError` (bad input) also removes
+        what this import wrote, since no re-run can finish it."""
+        try:
+            return call(*args)
+        except SneError:
+            if self.discard is not None:
+                self.discard()
+            raise
+
+    def _fill(self, root: Path, manifest: dict[str, Any], pending: dict[int, tuple]) -> None:
+        """Write the shards missing at ``root`` (``pending``: those already prepared), then consolidate."""
+        for index in range(self.shard_count):
+            ids = _shard_ids(index, self.requested["n"], self.requested["shard_size"])
+            if index not in pending and _shard_is_complete(root, index, ids, manifest["architectures"]):
+                continue
+            for path in _shard_paths(root, index):
+                path.unlink(missing_ok=True)
+            prepared = pending.pop(index) if index in pending else self._source(self.prepare, index)
+            if len(self.architectures) > len(manifest["architectures"]):
+                # New architectures are listed before the first shard that stores them.
+                manifest = {**manifest, "architectures": [dict(entry) for entry in self.architectures]}
+                write_json_atomic(root / MANIFEST, manifest)
+            _write_shard(root, index, *prepared, manifest["architectures"])
+        _consolidate(root, manifest, range(self.shard_count), lambda rows: self._source(self.describe, rows))
+
+    def write_all(self, root: Path) -> None:
+        """Write the whole zoo into the new directory ``root`` (a staging directory)."""
+        pending = {0: self.prepare(0)}  # the manifest needs the first shard's architectures
+        manifest = self.manifest()
+        write_json_atomic(root / MANIFEST, manifest)
+        (root / SHARDS).mkdir()
+        self._fill(root, manifest, pending)
+
+    def resume(self) -> "Zoo":
+        """Write (or finish writing) the zoo in place at ``root`` (see :func:`write_listed_zoo`)."""
+        root = self.root
+        if root.parent.is_dir():
+            # Staging directories of imports killed before imports were resumable.
+            for stale in root.parent.glob(f".{glob.escape(root.name)}.*.partial"):
+                shutil.rmtree(stale, ignore_errors=True)
+        created = not root.exists()
+        self.discard = lambda: _discard_unfinished(root, created)
+        pending: dict[int, tuple] = {}
+
+        def first_manifest() -> dict[str, Any]:
+            pending[0] = self._source(self.prepare, 0)
+            return self.manifest()
+
+        manifest = _start_or_resume(
+            root, self.requested, first_manifest, different="already exists and is not an empty directory: it holds "
+            "a different zoo", hint="choose a new --out directory, or run the command that made it again to finish it")
+        if not manifest["complete"]:
+            self.adopt(manifest["architectures"])
+            self._fill(root, manifest, pending)
+        return Zoo.open(root)
+
+
+def _discard_unfinished(root: Path, created: bool) -> None:
+    """Remove an unfinished import's files from ``root``, and ``root`` itself if this run made it."""
+    shutil.rmtree(root / SHARDS, ignore_errors=True)
+    for name in (MANIFEST, METADATA):
+        (root / name).unlink(missing_ok=True)
+    if root.is_dir():
+        remove_stale_temporaries(root)
+        if created and not any(root.iterdir()):
+            root.rmdir()
 
 
 # ------------------------------------------------------------------------------ reading

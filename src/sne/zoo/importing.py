@@ -1,5 +1,5 @@
-"""What every zoo importer shares: the parsed form of a zoo (records, rows, targets, splits) and
-its writing, target kinds inferred from a table, and the checks on values read from other people's
+"""What every zoo importer shares: the listed form of a zoo (rows, targets, splits, and its records
+read on demand) and its resumable writing, target kinds inferred from a table, and the checks on values read from other people's
 files. Each format's module (``sne.zoo.folder``, ``sne.zoo.dwsnet``, ...) only parses its layout."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -15,31 +15,42 @@ import torch
 
 from sne.errors import SneError, one_line
 from sne.weights.record import NetworkRecord
-from sne.zoo.format import DIVERGED, SPLITS, TARGET_KINDS, Zoo, write_records_zoo
+from sne.zoo.format import DIVERGED, SPLITS, TARGET_KINDS, Zoo, write_listed_zoo
 
 
 @dataclass
 class ImportedZoo:
-    """A zoo parsed from a published or user layout, before it is written: one record and one row
-    (hyper-parameters, metrics, target values; class targets as codes into their ``classes``) per
-    network, in the order the zoo will number them. ``splits`` gives each network's split where the
-    layout fixes it (``None``: a split seeded by ``--seed``). A row with ``diverged: True`` is kept
-    out of every split (its record's values do not matter). ``activation_from`` maps layer names to
-    the class target that holds each network's activation there (sampled per network, so not part of
-    the architecture)."""
+    """A zoo listed from a published or user layout, before it is written: one row (hyper-parameters,
+    metrics, target values; class targets as codes into their ``classes``) per network, in the order
+    the zoo will number them, and its records: ``load(ids)`` gives those of networks ``ids`` (indices
+    into ``rows``), so that an import reads one shard of weights at a time and a resumed one only
+    the shards it still lacks; ``records`` instead holds them all, read already. ``load`` may set
+    ``diverged: True`` in the rows of the networks it reads (non-finite weights show only then); a
+    row so flagged is kept out of every split (its record's values do not matter). ``splits`` gives
+    each network's split where the layout fixes it (``None``: a split seeded by ``--seed``).
+    ``activation_from`` maps layer names to the class target that holds each network's activation
+    there (sampled per network, so not part of the architecture). ``files`` are the source files
+    whose paths, sizes and modification times identify the import when it resumes (see
+    :func:`sne.zoo.format.write_listed_zoo`); ``source`` names them in messages."""
 
     recipe: str
     options: dict[str, Any]
-    records: list[NetworkRecord]
+    records: list[NetworkRecord] | None
     rows: list[dict[str, Any]]
     targets: dict[str, dict[str, Any]]
     dataset: dict[str, Any]
     splits: list[str] | None = None
     architecture_names: list[str] | None = None
     activation_from: dict[str, str] = field(default_factory=dict)
+    load: Callable[[np.ndarray], Sequence[NetworkRecord]] | None = None
+    files: list[Path] = field(default_factory=list)
+    source: str | None = None
 
     def __post_init__(self) -> None:
-        if len(self.records) != len(self.rows) or (self.splits is not None and len(self.splits) != len(self.rows)):
+        if (self.records is None) == (self.load is None):
+            raise ValueError("an imported zoo needs either its records or a way to load them")
+        if (self.records is not None and len(self.records) != len(self.rows)) or (
+                self.splits is not None and len(self.splits) != len(self.rows)):
             raise ValueError("an imported zoo needs one record, one row (and one split) per network")
         for name, spec in self.targets.items():
             if spec.get("kind") not in TARGET_KINDS:
@@ -48,14 +59,18 @@ class ImportedZoo:
 
 def write_imported(imported: ImportedZoo, out: str | Path, *, seed: int = 0, command: str = "",
                    shard_size: int = 1000) -> Zoo:
-    """Write ``imported`` as a complete zoo into the new directory ``out`` (nothing is left there on error)."""
-    if not imported.records:
+    """Write ``imported`` as a zoo at ``out``, resumably: the same import run again after a kill
+    writes only the shards still missing (see :func:`sne.zoo.format.write_listed_zoo`); bad input
+    leaves nothing at ``out``."""
+    if not imported.rows:
         raise SneError(f"no networks to write to {out}")
-    return write_records_zoo(
-        out, recipe=imported.recipe, options=imported.options, records=imported.records, rows=imported.rows,
-        targets=imported.targets, dataset=imported.dataset, seed=seed, command=command, shard_size=shard_size,
-        splits=imported.splits, architecture_names=imported.architecture_names,
-        activation_from=imported.activation_from or None,
+    records = imported.records
+    return write_listed_zoo(
+        out, recipe=imported.recipe, options=imported.options, rows=imported.rows,
+        load=imported.load or (lambda ids: [records[i] for i in ids]), targets=imported.targets,
+        dataset=imported.dataset, seed=seed, command=command, shard_size=shard_size, splits=imported.splits,
+        architecture_names=imported.architecture_names, activation_from=imported.activation_from or None,
+        files=imported.files, source=imported.source,
     )
 
 
