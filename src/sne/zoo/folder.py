@@ -13,7 +13,8 @@ differ between files. Without TABLE.json every column but ``file`` and ``split``
 kind is inferred (numbers in [0, 1]: unit_interval; other numbers: regression; anything else: class)
 unless ``--target-kind name=kind`` says otherwise. A checkpoint under DIR that the table does not
 list, a listed file that is missing or unreadable, a file listed twice, a missing target value or
-non-finite weights: one error naming the file or row, and nothing written.
+non-finite weights: one error naming the file or row, and nothing written. An import killed midway
+and run again with the same command reads only the checkpoints of the shards it still lacks.
 
 ``sne zoo export ZOO DIR`` writes DIR/networks/<id>.safetensors (each keeps its record's structure
 in its metadata, so importing it back gives the same records; any safetensors reader sees a plain
@@ -46,7 +47,8 @@ TABLE = "targets.csv"
 
 def parse_folder(directory: str | Path, targets: str | Path, *, arch: str | None = None,
                  target_kinds: Mapping[str, str] | None = None) -> ImportedZoo:
-    """The networks of ``directory`` listed in the table ``targets`` (see the module docstring)."""
+    """The networks of ``directory`` listed in the table ``targets`` (see the module docstring); the
+    checkpoints are read when the zoo is written, a shard at a time."""
     directory, table_path = Path(directory), Path(targets)
     if not directory.is_dir():
         raise SneError(f"{directory}: not a directory")
@@ -81,7 +83,6 @@ def parse_folder(directory: str | Path, targets: str | Path, *, arch: str | None
     target_specs, coded = infer_targets(table, columns, where, kinds=target_kinds, specs=specs)
     splits = check_split_names(table[SPLIT].tolist(), where) if SPLIT in table.columns else None
     read = network_reader(arch)
-    records = [read(path) for path in files]
     rows = []
     for row, relative in zip(coded.drop(columns=[SPLIT], errors="ignore").to_dict("records"), table[FILE]):
         row[FILE] = str(relative)
@@ -89,7 +90,10 @@ def parse_folder(directory: str | Path, targets: str | Path, *, arch: str | None
     dataset = {"source": "a folder of checkpoints and a table", "directory": str(directory.resolve()),
                "table": str(table_path.resolve())}
     options = {"source": str(directory.resolve()), "targets": str(table_path.resolve()), "arch": arch}
-    return ImportedZoo(RECIPE, options, records, rows, target_specs, dataset, splits=splits)
+    sidecar = table_path.with_suffix(".json")
+    return ImportedZoo(RECIPE, options, None, rows, target_specs, dataset, splits=splits,
+                       load=lambda ids: [read(files[i]) for i in ids],
+                       files=[*files, table_path, *([sidecar] if sidecar.is_file() else [])])
 
 
 def _listed_file(directory: Path, value: Any, table: Path, row: int) -> Path:
@@ -116,12 +120,13 @@ def _sidecar_targets(path: Path) -> dict[str, dict] | None:
 
 def import_folder(directory: str | Path, out: str | Path, *, targets: str | Path | None = None,
                   arch: str | None = None, target_kinds: Mapping[str, str] | None = None, seed: int = 0,
-                  command: str = "") -> Zoo:
-    """Import the checkpoints of ``directory`` listed in the table ``targets`` as a zoo at ``out``."""
+                  command: str = "", shard_size: int = 1000) -> Zoo:
+    """Import the checkpoints of ``directory`` listed in the table ``targets`` as a zoo at ``out``
+    (resumable: see :func:`sne.zoo.importing.write_imported`)."""
     if targets is None:
         raise SneError("zoo import folder needs --targets TABLE.csv (a 'file' column and target columns)")
     imported = parse_folder(directory, targets, arch=arch, target_kinds=target_kinds)
-    return write_imported(imported, out, seed=seed, command=command)
+    return write_imported(imported, out, seed=seed, command=command, shard_size=shard_size)
 
 
 def export_zoo(zoo: str | Path | Zoo, directory: str | Path) -> Path:

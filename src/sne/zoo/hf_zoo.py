@@ -65,14 +65,14 @@ def parse_hf_zoo(directory: str | Path, *, arch: str | None = None, metadata: st
         raise SneError(f"{table_path}: no numeric column to predict (accuracy, epoch, ...)")
     targets, coded = infer_targets(table, columns, str(table_path), kinds=target_kinds)
     read = network_reader(arch)
-    records = [read(path) for path in files]
     rows = coded.rename(columns={file_column: "file"}).to_dict("records")
     parents = [str(p.parent) for p in files]
     groups = parents if len(set(parents)) > 1 else [str(p) for p in files]
     dataset = {"source": "transformer zoo, Hugging Face layout", "directory": str(directory.resolve()),
                "metadata": str(table_path.relative_to(directory))}
     options = {"source": str(directory.resolve()), "metadata": table_path.stem, "arch": arch}
-    return ImportedZoo(RECIPE, options, records, rows, targets, dataset, splits=seeded_group_splits(groups, seed))
+    return ImportedZoo(RECIPE, options, None, rows, targets, dataset, splits=seeded_group_splits(groups, seed),
+                       load=lambda ids: [read(files[i]) for i in ids], files=[table_path, *files])
 
 
 def import_hf_zoo(directory: str | Path, out: str | Path, *, arch: str | None = None, metadata: str | None = None,

@@ -115,8 +115,9 @@ def parse_dwsnet(directory: str | Path, *, splits: str | None = None) -> Importe
     dataset = {"source": "DWSNets INR set (Navon et al. 2023)", "siren": DWSNET_SIREN,
                "directory": str(directory.resolve()), "splits_file": str(path.resolve())}
     options = {"source": str(directory.resolve()), "splits": str(path.resolve())}
+    # The sine INRs' targets are inside their files, so every file is read here (and again on a resume).
     return ImportedZoo("dwsnet-import", options, records, frame.to_dict("records"), targets, dataset,
-                       splits=split_names)
+                       splits=split_names, files=[path, *files])
 
 
 def parse_nfn_siren(directory: str | Path, *, prefix: str | None = None,
@@ -152,18 +153,19 @@ def parse_nfn_siren(directory: str | Path, *, prefix: str | None = None,
     if not entries:
         raise SneError(f"{directory}: no net<index>.pth files in the {prefix}_<label>s folders")
     indices = sorted(entries)
-    records, rows, splits = [], [], []
+    files, rows, splits = [], [], []
     for index in indices:
         file, label = entries[index]
-        records.append(_siren_record(file, load_pytorch_object(file)))
+        files.append(file)
         rows.append({"file": str(file.relative_to(directory)), "index": index, "label": str(label)})
         splits.append("train" if index < val_point else "val" if index < test_point else "test")
     targets, frame = infer_targets(pd.DataFrame(rows), ["label"], str(directory), kinds={"label": "class"})
     dataset = {"source": "NFN SIREN INR set (Zhou et al. 2023)", "siren": NFN_SIREN, "prefix": prefix,
                "directory": str(directory.resolve()), "split_points": [val_point, test_point]}
     options = {"source": str(directory.resolve()), "prefix": prefix, "split_points": [val_point, test_point]}
-    return ImportedZoo("nfn-siren-import", options, records, frame.to_dict("records"), targets, dataset,
-                       splits=splits)
+    return ImportedZoo("nfn-siren-import", options, None, frame.to_dict("records"), targets, dataset,
+                       splits=splits, load=lambda ids: [_siren_record(files[i], load_pytorch_object(files[i])) for i in ids],
+                       files=files)
 
 
 def _split_points(value: tuple[int, int] | str) -> tuple[int, int]:

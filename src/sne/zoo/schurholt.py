@@ -103,7 +103,7 @@ def parse_schurholt(directory: str | Path, *, epoch: int | str = "last", arch: s
     if not trials:
         raise SneError(f"{directory}: no trial folders (folders holding params.json, result.json and checkpoint_<epoch>/)")
     built = arch_from_spec(arch) if arch else None
-    records, rows, groups, skipped = [], [], [], 0
+    records, rows, groups, sources, skipped = [], [], [], [], 0
     for trial in trials:
         params, results = _params(trial / "params.json"), _result_lines(trial / "result.json")
         checkpoints = {int(m.group(1)): p for p in trial.iterdir() if (m := CHECKPOINT.fullmatch(p.name)) and p.is_dir()}
@@ -138,6 +138,7 @@ def parse_schurholt(directory: str | Path, *, epoch: int | str = "last", arch: s
             rows.append({"trial": trial.name, "test_accuracy": test if ok else 0.0,
                          "generalization_gap": gap if ok else 0.0, "epoch": e, DIVERGED: not ok, **params})
             records.append(record)
+            sources.append(path)
             groups.append(trial.name)
     frame = pd.DataFrame(rows)
     targets, frame = infer_targets(frame, ["test_accuracy", "generalization_gap", "epoch"], str(directory),
@@ -146,7 +147,9 @@ def parse_schurholt(directory: str | Path, *, epoch: int | str = "last", arch: s
                "epoch": epoch, "trials": len(trials), "skipped_checkpoints_without_results": skipped}
     options = {"source": str(directory.resolve()), "epoch": epoch, "arch": arch}
     splits = seeded_group_splits(groups, seed)
-    return ImportedZoo(RECIPE, options, records, frame.to_dict("records"), targets, dataset, splits=splits)
+    # Targets and divergence come from each checkpoint's values, so all are read here (and on a resume).
+    return ImportedZoo(RECIPE, options, records, frame.to_dict("records"), targets, dataset, splits=splits,
+                       files=sources)
 
 
 def import_schurholt(directory: str | Path, out: str | Path, *, epoch: int | str = "last", arch: str | None = None,

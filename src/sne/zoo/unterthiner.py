@@ -209,10 +209,10 @@ def parse_unterthiner(directory: str | Path, *, step: int | str = FINAL_STEP, sp
         if not len(selected):
             found = sorted(set(int(s) for s in steps[np.isfinite(steps)]))
             raise SneError(f"{metrics_path} has no checkpoints at step {step} (steps present: {found})")
-    flat = np.asarray(weights[selected], dtype=np.float32)
     chosen = metrics.iloc[selected].reset_index(drop=True)
     accuracies = chosen[["test_accuracy", "train_accuracy"]].apply(pd.to_numeric, errors="coerce").to_numpy()
-    finite = np.isfinite(flat).all(axis=1) & np.isfinite(accuracies).all(axis=1)
+    # Non-finite weights show only when a shard's rows are read (load below), which flags them too.
+    finite = np.isfinite(accuracies).all(axis=1)
     if not finite.any():
         raise SneError(f"{weights_path}: all {len(selected)} networks at step {step} have non-finite weights or accuracies")
 
@@ -238,16 +238,25 @@ def parse_unterthiner(directory: str | Path, *, step: int | str = FINAL_STEP, sp
         split_names = None
 
     names = [ACTIVATIONS[int(a)] for a in activation] if activation is not None else [None] * len(rows)
-    records = []
-    for i in range(len(rows)):
-        values = flat[i : i + 1] if finite[i] else np.nan_to_num(flat[i : i + 1], nan=0.0, posinf=0.0, neginf=0.0)
-        source = f"{weights_path}#{int(selected[i])}"
-        record_layers = [
-            make_layer(layer.name, level, layer.weight(values)[0], layer.bias_values(values)[0],
-                       names[i] if level < len(layers) - 1 else "identity", source=source)
-            for level, layer in enumerate(layers)
-        ]
-        records.append(NetworkRecord(tuple(record_layers), source=source))
+
+    def load(ids: np.ndarray) -> list[NetworkRecord]:
+        """Records of networks ``ids``: their rows of the memory-mapped weights, a shard at a time."""
+        flat = np.asarray(weights[selected[ids]], dtype=np.float32)
+        records = []
+        for values, i in zip(flat, ids.tolist()):
+            values = values[None]
+            if not np.isfinite(values).all():
+                rows[i][DIVERGED] = True
+            if rows[i][DIVERGED]:
+                values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+            source = f"{weights_path}#{int(selected[i])}"
+            record_layers = [
+                make_layer(layer.name, level, layer.weight(values)[0], layer.bias_values(values)[0],
+                           names[i] if level < len(layers) - 1 else "identity", source=source)
+                for level, layer in enumerate(layers)
+            ]
+            records.append(NetworkRecord(tuple(record_layers), source=source))
+        return records
 
     targets = {
         "test_accuracy": {"kind": "unit_interval", "description": "accuracy on the dataset's test split"},
@@ -270,7 +279,9 @@ def parse_unterthiner(directory: str | Path, *, step: int | str = FINAL_STEP, sp
         dataset["datasets"] = sorted(chosen["config.dataset"].astype(str).unique().tolist())
     options = {"source": str(directory.resolve()), "step": dataset["step"], "splits": splits or "seeded"}
     hidden = {layer.name: "activation" for layer in layers[:-1]} if activation is not None else {}
-    return ImportedZoo(RECIPE, options, records, rows, targets, dataset, splits=split_names, activation_from=hidden)
+    files = [weights_path, metrics_path, directory / LAYOUT, *([_split_csv(directory, splits)] if splits else [])]
+    return ImportedZoo(RECIPE, options, None, rows, targets, dataset, splits=split_names, activation_from=hidden,
+                       load=load, files=files, source=str(weights_path))
 
 
 def _split_csv(directory: Path, splits: str) -> Path:

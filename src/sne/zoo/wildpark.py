@@ -219,7 +219,9 @@ def parse_wildpark(directory: str | Path, *, epoch: int | str = "all", splits: s
     dataset = {"source": "CNN Wild Park (Kofinas et al. 2024)", "directory": str(directory.resolve()),
                "epoch": epoch, "runs": len(by_run), "splits": splits or "seeded per run"}
     options = {"source": str(directory.resolve()), "epoch": epoch, "splits": splits}
-    return ImportedZoo(RECIPE, options, records, frame.to_dict("records"), targets, dataset, splits=split_names)
+    # Targets and configs live inside the checkpoints, so all are read here (and on a resume).
+    return ImportedZoo(RECIPE, options, records, frame.to_dict("records"), targets, dataset, splits=split_names,
+                       files=list(chosen))
 
 
 def _splits_from_json(path: Path, directory: Path) -> dict[Path, str]:
