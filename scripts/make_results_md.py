@@ -380,7 +380,7 @@ def encode_scale_section(path: Path, data: dict) -> list[str]:
         f"average {', '.join(_fmt(v) for v in data['load_average_before'])} before and "
         f"{', '.join(_fmt(v) for v in data['load_average_after'])} after (other work on the machine slows rows). "
         f"Method: {data['method']}. A configuration stops at its first size that fails or takes more than "
-        f"{_fmt(data['timeout_s'])} s.",
+        f"{data['timeout_s']:.0f} s.",
         "",
         "| configuration | options changed | network | parameters | seconds | peak memory growth (MB) | stopped |",
         "|---|---|---|---|---|---|---|",
@@ -389,7 +389,7 @@ def encode_scale_section(path: Path, data: dict) -> list[str]:
     for r in data["rows"]:
         given = r.get("options_given")
         lines.append(f"| {r['config']} | `{json.dumps(given) if given else '{}'}` | {r['size']} | "
-                     f"{r.get('network_parameters', 0):,} | {_fmt(r.get('seconds'))} | "
+                     f"{format(r['network_parameters'], ',') if 'network_parameters' in r else 'n/a'} | {_fmt(r.get('seconds'))} | "
                      f"{_fmt(r.get('peak_growth_mb'))} | {r.get('stopped', '')} |")
         if "seconds" in r:
             seconds[r["config"], r["size"]] = r["seconds"]
