@@ -112,6 +112,7 @@ def test_a_killed_folder_import_resumes_without_rereading_finished_shards(folder
     written = sorted(p.name for p in (folder / "resumed" / "shards").iterdir())
     assert written == [f"shard-0000{i}.{ext}" for i in range(2) for ext in ("parquet", "safetensors")]
 
+    monkeypatch.undo()
     second: list[str] = []
     counting_reader(monkeypatch, second)
     import_it(folder, folder / "resumed")
@@ -154,6 +155,9 @@ def test_a_rerun_with_other_sources_or_options_is_refused_in_one_line(folder, mo
     # A checkpoint rewritten since (same values, new modification time) is another source.
     path = folder / "nets" / "mlp_0.pt"
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    with pytest.raises(SneError, match="source files") as refused:
+        import_it(folder, folder / "zoo")
+    assert "option" not in str(refused.value) and "seed" not in str(refused.value)
     code, _, err = run_cli(["zoo", "import", "folder", str(folder / "nets"), "--targets", str(folder / "table.csv"),
                             "--out", str(folder / "zoo")], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -215,6 +219,7 @@ def test_a_killed_unterthiner_import_resumes_without_rereading_finished_shards(t
     spy_rows(monkeypatch, first, kill_at=4)  # killed reading shard 3, after shards 0..2
     with pytest.raises(Killed):
         import_unterthiner(published, tmp_path / "resumed", **options)
+    monkeypatch.undo()
     second: list[int] = []
     spy_rows(monkeypatch, second)
     import_unterthiner(published, tmp_path / "resumed", **options)

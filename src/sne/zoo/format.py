@@ -1000,8 +1000,9 @@ class _ListedShards:
             # Staging directories of imports killed before imports were resumable.
             for stale in root.parent.glob(f".{glob.escape(root.name)}.*.partial"):
                 shutil.rmtree(stale, ignore_errors=True)
-        created = not root.exists()
-        self.discard = lambda: _discard_unfinished(root, created)
+        # A directory the user made (empty, no manifest yet) stays; one an import made goes with it.
+        theirs = root.is_dir() and not (root / MANIFEST).exists()
+        self.discard = lambda: _discard_unfinished(root, keep=theirs)
         pending: dict[int, tuple] = {}
 
         def first_manifest() -> dict[str, Any]:
@@ -1017,14 +1018,14 @@ class _ListedShards:
         return Zoo.open(root)
 
 
-def _discard_unfinished(root: Path, created: bool) -> None:
-    """Remove an unfinished import's files from ``root``, and ``root`` itself if this run made it."""
+def _discard_unfinished(root: Path, keep: bool) -> None:
+    """Remove an unfinished import's files from ``root``, and then ``root`` itself unless ``keep``."""
     shutil.rmtree(root / SHARDS, ignore_errors=True)
     for name in (MANIFEST, METADATA):
         (root / name).unlink(missing_ok=True)
     if root.is_dir():
         remove_stale_temporaries(root)
-        if created and not any(root.iterdir()):
+        if not keep and not any(root.iterdir()):
             root.rmdir()
 
 
