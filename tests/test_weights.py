@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import json
 import pickle
 from pathlib import Path
@@ -297,17 +299,20 @@ def test_load_training_checkpoint(tmp_path, key):
 
 
 def test_save_failure_keeps_old_file(tmp_path, monkeypatch):
+    """A disk that fills while the new file is written: one error naming the file, the old file kept."""
     path = tmp_path / "net.safetensors"
     save_state_dict_file(mlp().state_dict(), path)
     before = path.read_bytes()
+    real_write = Path.write_bytes
 
-    def crash(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"partial")
-        raise OSError("disk full")
+    def crash(self, data):
+        real_write(self, b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(weights_io, "_save_safetensors", crash)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(Path, "write_bytes", crash)
+    with pytest.raises(SneError, match=f"{path.name}.*No space left"):
         save_state_dict_file({"x.weight": torch.ones(1, 1)}, path)
+    monkeypatch.undo()
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
