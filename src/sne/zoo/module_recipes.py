@@ -105,14 +105,14 @@ class ModuleRecipe(Recipe):
     def architecture_name(self, arch: Mapping[str, Any]) -> str:
         """A short readable name of ``arch``, e.g. ``resnet-d2-w8``."""
 
-    @abstractmethod
     def checkpoints(self, hp: Mapping[str, Any], options: Mapping[str, Any]) -> list[int]:
         """The epochs (ascending) at which a network of hyper-parameters ``hp`` is recorded; the
-        same number for every network (:meth:`rows_per_network`)."""
+        same number for every network (:meth:`rows_per_network`). By default its last epoch only."""
+        return [hp["epochs"]]
 
-    @abstractmethod
     def rows_per_network(self, options: Mapping[str, Any]) -> int:
-        """Rows per network: its checkpoints."""
+        """Rows per network: its checkpoints (one by default)."""
+        return 1
 
     @abstractmethod
     def own_targets(self, options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

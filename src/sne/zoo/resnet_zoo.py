@@ -93,12 +93,6 @@ class ResNetRecipe(ModuleRecipe):
     def architecture_name(self, arch: Mapping[str, Any]) -> str:
         return f"resnet-s{arch['stages']}-b{arch['blocks']}-w{arch['width']}"
 
-    def checkpoints(self, hp: Mapping[str, Any], options: Mapping[str, Any]) -> list[int]:
-        return [hp["epochs"]]
-
-    def rows_per_network(self, options: Mapping[str, Any]) -> int:
-        return 1
-
     def own_targets(self, options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         return {
             "stages": {"kind": "regression", "description": "stages (each after the first halves the resolution)"},

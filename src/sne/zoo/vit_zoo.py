@@ -131,12 +131,6 @@ class ViTRecipe(ModuleRecipe):
         tokens = (options["image_size"] // arch["patch"]) ** 2 + 1
         return [(tokens, arch["width"])] * (1 + 2 * arch["depth"])
 
-    def checkpoints(self, hp: Mapping[str, Any], options: Mapping[str, Any]) -> list[int]:
-        return [hp["epochs"]]
-
-    def rows_per_network(self, options: Mapping[str, Any]) -> int:
-        return 1
-
     def own_targets(self, options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         return {
             "depth": {"kind": "regression", "description": "transformer blocks"},
