@@ -82,6 +82,23 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 }
 
 
+def training_description(n_train: int, batch_size: int, lr_ranges: Mapping[str, tuple[float, float]],
+                         weight_decay_range: tuple[float, float]) -> dict[str, Any]:
+    """How the batched CNN trainers train each network, for a zoo manifest's dataset entry."""
+    return {
+        "epoch": f"ceil({n_train} / batch_size) = {math.ceil(n_train / batch_size)} steps for every network; "
+                 f"each draws full batches from its own subset",
+        "loss": "cross-entropy, mean over the batch",
+        "optimizers": {"sgd": f"momentum {SGD_MOMENTUM}", "adam": "betas (0.9, 0.999), eps 1e-8",
+                       "rmsprop": "alpha 0.99, eps 1e-8, no momentum"},
+        "lr_log_uniform": {k: list(v) for k, v in lr_ranges.items()},
+        "weight_decay_log_uniform": list(weight_decay_range),
+        "weight_decay": "coupled L2 (added to the gradient) on every parameter, as torch.optim's weight_decay",
+        "train_fraction_uniform": list(TRAIN_FRACTION_RANGE),
+        "batch_size": batch_size,
+    }
+
+
 def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
     return float(math.exp(rng.uniform(math.log(low), math.log(high))))
 
@@ -224,22 +241,13 @@ class CnnRecipe(Recipe):
         return {
             **data.summary(),
             "training": {
-                "epoch": f"ceil({n_train} / batch_size) = {math.ceil(n_train / options['batch_size'])} steps for every "
-                f"network; each draws full batches from its own subset",
-                "loss": "cross-entropy, mean over the batch",
-                "optimizers": {"sgd": f"momentum {SGD_MOMENTUM}", "adam": "betas (0.9, 0.999), eps 1e-8",
-                               "rmsprop": "alpha 0.99, eps 1e-8, no momentum"},
-                "lr_log_uniform": {k: list(v) for k, v in LR_RANGES.items()},
-                "weight_decay_log_uniform": list(WEIGHT_DECAY_RANGE),
-                "weight_decay": "coupled L2 (added to the gradient), as torch.optim's weight_decay",
+                **training_description(n_train, options["batch_size"], LR_RANGES, WEIGHT_DECAY_RANGE),
                 "dropout_uniform": [0.0, options["dropout_max"]],
                 "init_schemes": list(INIT_SCHEMES),
                 "init_gain_log_uniform": list(INIT_GAIN_RANGE),
                 "biases": "zero at init",
                 "activations": list(ACTIVATIONS),
-                "train_fraction_uniform": list(TRAIN_FRACTION_RANGE),
                 "epochs_uniform_integer": [options["epochs_min"], options["epochs"]],
-                "batch_size": options["batch_size"],
             },
         }
 

@@ -45,8 +45,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn import functional as F
 
 from sne.errors import SneError
-from sne.zoo.cnn import TrainingStream, _device, _log_uniform, _positive_int
-from sne.zoo.cnn_nets import OPTIMIZERS, SGD_MOMENTUM, StackedOptimizer
+from sne.zoo.cnn import (
+    TRAIN_FRACTION_RANGE, TrainingStream, _device, _log_uniform, _positive_int, training_description,
+)
+from sne.zoo.cnn_nets import OPTIMIZERS, StackedOptimizer
 from sne.zoo.recipes import FitProgress, Recipe, check_options, derive_seed
 
 #: Options of every module recipe, with defaults (recipes add their own).
@@ -58,7 +60,6 @@ COMMON_OPTIONS: dict[str, Any] = {
     "group_size": None,
     "device": "cpu",
 }
-TRAIN_FRACTION_RANGE = (0.1, 1.0)
 
 
 @dataclass(frozen=True)
@@ -187,18 +188,9 @@ class ModuleRecipe(Recipe):
             **data.summary(),
             **({} if size == data.train_x.shape[-1] else {"resized": f"bilinear to {size}x{size} for training"}),
             "training": {
-                "epoch": f"ceil({n_train} / batch_size) = {math.ceil(n_train / options['batch_size'])} steps for every "
-                         f"network; each draws full batches from its own subset",
-                "loss": "cross-entropy, mean over the batch",
-                "optimizers": {"sgd": f"momentum {SGD_MOMENTUM}", "adam": "betas (0.9, 0.999), eps 1e-8",
-                               "rmsprop": "alpha 0.99, eps 1e-8, no momentum"},
-                "lr_log_uniform": {k: list(v) for k, v in self.lr_ranges.items()},
-                "weight_decay_log_uniform": list(self.weight_decay_range),
-                "weight_decay": "coupled L2 (added to the gradient) on every parameter, as torch.optim's",
-                "train_fraction_uniform": list(TRAIN_FRACTION_RANGE),
+                **training_description(n_train, options["batch_size"], self.lr_ranges, self.weight_decay_range),
                 "init": "PyTorch's default initialisation of each module, seeded per network",
                 "architecture": f"drawn per block of {options['arch_block']} consecutive network ids",
-                "batch_size": options["batch_size"],
                 **self.describe_training(options),
             },
         }
