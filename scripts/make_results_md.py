@@ -398,6 +398,17 @@ def encode_scale_section(path: Path, data: dict) -> list[str]:
               if (config, "1e6") in seconds and (config, "1e7") in seconds]
     if ratios:
         lines += ["", f"time(1e7) / time(1e6), linear cost being 10: {'; '.join(ratios)}."]
+    lines += [
+        "",
+        "What the configurations are. `sne` pools a layer part's chunk codes in windows of `part_window` (64)",
+        "chunks, level by level; `sne-first-release` is the paper's stage, one set per part, whose attention",
+        "grows with the square of a layer's size. Where no part has more than 64 chunks the two are the same",
+        "function (tested in train and eval mode), and every zoo behind the INR and CNN tables here has at most",
+        "40 chunks per part (tested), so those tables hold for the default as they are. `chunk_hidden=32` runs",
+        "the element and chunk stages, nearly all of SNE's FLOPs, at width 32; it is not the default: its",
+        "accuracy is in the INR table's `sne (chunk_hidden=32)` row where that run exists, and on the CNN",
+        "tables it has not been measured.",
+    ]
     return lines + [""]
 
 
