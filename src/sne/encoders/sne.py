@@ -3,7 +3,8 @@
     taps -> tap MLP, mean over a kernel's taps                       -> elements (+ row slot enc)
     pad-chunk (sne.encoders.chunking)                                -> chunks (N, c, h)
     chunk encoder:   2 SAB -> + type enc + level enc -> 2 SAB -> PMA   -> chunk codes (N, h)
-    layer encoder:   + chunk index enc -> SAB stack -> PMA per part    -> part codes
+    layer encoder:   + chunk index enc -> SAB stack -> PMA per window  -> part codes
+                     of part_window chunks, level by level (paper: per part)
                      SAB -> PMA over a layer's part codes + merge tokens -> layer codes
     network encoder: + level enc -> SAB stack -> PMA -> Linear         -> z (B, out_dim)
 
