@@ -82,6 +82,29 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 }
 
 
+def step_networks(logits: torch.Tensor, labels: torch.Tensor, leaves: Sequence[torch.Tensor],
+                  diverged: torch.Tensor, optimizer: StackedOptimizer) -> None:
+    """One optimizer step of the first ``active`` networks of a group from their ``logits``
+    ``(active, batch, classes)``: a network whose loss is not finite is marked ``diverged``, frozen,
+    and not updated."""
+    active, batch = labels.shape
+    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                             reduction="none").view(active, batch).mean(1)
+    # The sum keeps each network's gradient its own.
+    losses.sum().backward()
+    bad = ~torch.isfinite(losses.detach())
+    grads = [leaf.grad for leaf in leaves]
+    if bool(bad.any()):
+        newly = torch.zeros_like(diverged)
+        newly[:active] = bad
+        diverged |= newly
+        optimizer.freeze(newly)
+        optimizer.reset(newly)
+        for grad in grads:
+            grad[bad] = 0.0
+    optimizer.step(grads, active)
+
+
 def training_description(n_train: int, batch_size: int, lr_ranges: Mapping[str, tuple[float, float]],
                          weight_decay_range: tuple[float, float]) -> dict[str, Any]:
     """How the batched CNN trainers train each network, for a zoo manifest's dataset entry."""
@@ -374,21 +397,7 @@ class CnnRecipe(Recipe):
                                      dropout_shapes, arch, batch, device)
                 leaves = [p[:active].detach().requires_grad_() for p in params]
                 logits = stacked_forward(arch, leaves, images, activation, masks)
-                losses = F.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), train_y[indices].reshape(-1), reduction="none"
-                ).view(active, batch).mean(1)
-                # The sum keeps each network's gradient its own.
-                losses.sum().backward()
-                bad = ~torch.isfinite(losses.detach())
-                if bool(bad.any()):
-                    newly = torch.zeros_like(diverged)
-                    newly[:active] = bad
-                    diverged |= newly
-                    optimizer.freeze(newly)
-                    optimizer.reset(newly)
-                    for leaf in leaves:
-                        leaf.grad[bad] = 0.0
-                optimizer.step([leaf.grad for leaf in leaves], active)
+                step_networks(logits, train_y[indices], leaves, diverged, optimizer)
                 progress.step_done()
             # Networks that are done stop changing (their rows may still be computed until they are last).
             finished = torch.tensor([e == epoch + 1 for e in epochs], device=device)

@@ -46,7 +46,8 @@ from torch.nn import functional as F
 
 from sne.errors import SneError
 from sne.zoo.cnn import (
-    TRAIN_FRACTION_RANGE, TrainingStream, _device, _log_uniform, _positive_int, training_description,
+    TRAIN_FRACTION_RANGE, TrainingStream, _device, _log_uniform, _positive_int, step_networks,
+    training_description,
 )
 from sne.zoo.cnn_nets import OPTIMIZERS, StackedOptimizer
 from sne.zoo.recipes import FitProgress, Recipe, check_options, derive_seed
@@ -395,21 +396,7 @@ class ModuleRecipe(Recipe):
                 leaves = {k: v[:active].detach().requires_grad_() for k, v in params.items()}
                 # Buffers are views: batch norm updates the running statistics of networks [0, active) in place.
                 logits = batched(leaves, {k: v[:active] for k, v in buffers.items()}, images, masks)
-                losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), train_y[indices].reshape(-1),
-                                         reduction="none").view(active, batch).mean(1)
-                # The sum keeps each network's gradient its own.
-                losses.sum().backward()
-                bad = ~torch.isfinite(losses.detach())
-                grads = [leaf.grad for leaf in leaves.values()]
-                if bool(bad.any()):
-                    newly = torch.zeros_like(diverged)
-                    newly[:active] = bad
-                    diverged |= newly
-                    optimizer.freeze(newly)
-                    optimizer.reset(newly)
-                    for grad in grads:
-                        grad[bad] = 0.0
-                optimizer.step(grads, active)
+                step_networks(logits, train_y[indices], list(leaves.values()), diverged, optimizer)
                 progress.step_done()
             record(epoch + 1)
         progress.group_done(n_models)
