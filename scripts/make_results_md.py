@@ -496,6 +496,79 @@ def transfer_section(path: Path, data: dict) -> list[str]:
     return lines
 
 
+#: What each ablation study is, for its section's heading and lead.
+ABLATION_STUDIES = {
+    "components": ("SNE ablations: what each part buys (the paper's Table 6, and our additions)",
+                   "Each row removes (or, for our optional inputs, adds) one part of the base configuration."),
+    "chunk-size": ("SNE by chunk size (the paper's Table 7)", "Each row changes the chunk size of the base configuration."),
+    "invariance": ("The logit-invariance regulariser at work: lambda sweep and permutation augmentation",
+                   "Each row changes how the base configuration is trained to be invariant to neuron permutations."),
+    "data-fraction": ("Test error against the fraction of training networks (the paper's Figure 3)",
+                      "Each row trains an encoder on the first fraction of the training networks."),
+}
+
+
+def _mean_std(row: dict, metric: str) -> str:
+    if metric not in row:
+        return "n/a"
+    value = row[metric]
+    return _fmt(value["mean"]) + (f" ± {_fmt(value['std'])}" if len(row["seeds"]) > 1 else "")
+
+
+def ablation_section(path: Path, data: dict) -> list[str]:
+    heading, lead = ABLATION_STUDIES.get(data["study"], (data["study"], ""))
+    zoo = data["zoo"]
+    entries = data["entries"]
+    hardware = sorted({_hardware(e["hardware"]) for e in entries})
+    lines = [
+        f"## {heading} — `{data['init']}` initialisation",
+        "",
+        f"Source: `{path.relative_to(ROOT)}`. Zoo: {zoo['n']} networks (recipe `{zoo['recipe']}`, zoo seed "
+        f"{zoo['seed']}), split {zoo['splits']['train']}/{zoo['splits']['val']}/{zoo['splits']['test']} "
+        f"train/val/test; target `{data['target']}`; zoo command: `{zoo.get('command')}`.",
+        "Commands: " + "; ".join(f"`{c}`" for c in data.get("commands", [data["command"]])) + ".",
+        f"Hardware: {'; '.join(hardware)}.",
+        "",
+        lead + " Rows are ordered as the study lists them. Test metrics are means ± standard deviations over "
+        "seeds (no ± with one seed). Permutation change: mean |prediction(net) - prediction(equivalent "
+        "permutation)| over the test networks and 5 random permutations each, in target units; invariance loss: "
+        "the regulariser's distance (mean squared difference of the raw head outputs) on the same pairs. "
+        "Paper: the SNE paper's number for the row (unit unstated, most likely standardised targets: compare "
+        "with normalised MSE).",
+    ]
+    for group in data["summary"]:
+        setting = group["setting"]
+        options = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(setting["encoder_options"].items())) or "defaults"
+        rows = group["rows"]
+        lines += [
+            "",
+            f"**Base: {setting['epochs']} epochs, encoder options {options}, lambda {_fmt(setting['invariance_weight'])}, "
+            f"training networks {setting['max_train'] or 'all'}.**",
+            "",
+            "| row | encoder | training networks | seeds | best epochs | test normalised MSE | Kendall tau | "
+            "permutation change | invariance loss | paper | train time |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            seconds = row.get("train_seconds", {}).get("mean")
+            quality = _mean_std(row, "normalized_mse") if "normalized_mse" in row else _mean_std(row, "accuracy")
+            lines.append(
+                f"| {row['label']} | {row['encoder']} | {row.get('train_networks')} | "
+                f"{','.join(map(str, row['seeds']))} | {','.join(map(str, row['best_epochs']))} | {quality} | "
+                f"{_mean_std(row, 'kendall_tau')} | {_mean_std(row, 'permutation_mean_abs_change')} | "
+                f"{_mean_std(row, 'permutation_invariance_loss')} | {_fmt(row.get('paper'))} | "
+                f"{_fmt(seconds / 60 if seconds else None)} min |"
+            )
+    for skipped in data.get("same_as_full") or []:
+        lines.append(f"\nRow '{skipped['label']}' is the configuration of row '{skipped['same_as']}' here and was "
+                     "not trained twice.")
+    plots = sorted((ROOT / "results" / "plots").glob(f"ablation_{data['study']}_{data['init']}_*.png"))
+    if plots:
+        lines += ["", "Plots (captions state data, seeds, epochs and command): "
+                  + ", ".join(f"[{p.stem}](../{p.relative_to(ROOT)})" for p in plots) + "."]
+    return lines + [""]
+
+
 def render() -> str:
     """The text of docs/RESULTS.md, from results/*.json."""
     results = sorted((ROOT / "results").glob("*.json"))
@@ -531,6 +604,10 @@ def render() -> str:
             lines += digit_inr_section(path, data)
         elif data.get("benchmark") == "style_edit":
             lines += style_edit_section(path, data)
+    for path in results:
+        data = json.loads(path.read_text())
+        if str(data.get("benchmark", "")).startswith("ablation_"):
+            lines += ablation_section(path, data)
     zoos = [(path, json.loads(path.read_text())) for path in results if path.name.startswith("zoo_")]
     if zoos:
         lines += zoos_section(zoos)
@@ -540,9 +617,9 @@ def render() -> str:
             lines += transfer_section(path, data)
     for path in results:
         data = json.loads(path.read_text())
-        if not path.name.startswith("zoo_") and data.get("benchmark") not in (
-            "inr_frequency", "digit_inr_label", "style_edit", "cross_dataset", "cross_arch"
-        ):
+        if not path.name.startswith("zoo_") and not str(data.get("benchmark", "")).startswith("ablation_") and \
+                data.get("benchmark") not in ("inr_frequency", "digit_inr_label", "style_edit", "cross_dataset",
+                                              "cross_arch"):
             lines += bench_section(path, data)
     return "\n".join(lines)
 

@@ -229,6 +229,9 @@ def train(
     batch_size: int = typer.Option(64, "--batch-size"),
     lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default: the encoder's, else 1e-3)."),
     invariance_weight: float = typer.Option(0.0, "--invariance-weight", help="Lambda of the logit-invariance regulariser."),
+    augment_permutations: bool = typer.Option(
+        False, "--augment-permutations",
+        help="Train on a fresh random functionally-equivalent permutation of every network each epoch."),
     option: List[str] = typer.Option([], "--option", "-o", help="Encoder option key=value (repeatable)."),
     max_train: Optional[int] = typer.Option(None, "--max-train", help="Use only this many training networks."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
@@ -245,8 +248,8 @@ def train(
 
     config = TrainConfig.for_encoder(
         encoder, zoo=str(zoo), target=target, encoder_options=parse_options(option), epochs=epochs,
-        batch_size=batch_size, lr=lr, invariance_weight=invariance_weight, seed=seed, device=device,
-        num_workers=workers, max_train=max_train, precision=precision, command=_command_line(),
+        batch_size=batch_size, lr=lr, invariance_weight=invariance_weight, permutation_augment=augment_permutations,
+        seed=seed, device=device, num_workers=workers, max_train=max_train, precision=precision, command=_command_line(),
     )
     summary = fit(config, out, log_dir=log_dir)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
@@ -292,7 +295,10 @@ def _print_evaluation(result: dict) -> None:
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     sensitivity = result.get("permutation_sensitivity")
     if sensitivity:
-        table.add_row("mean |change| under permutation", f"{sensitivity['mean_abs_change']:.4g}")
+        draws = sensitivity.get("permutations", 1)
+        table.add_row(f"mean |change| under permutation ({draws} per network)", f"{sensitivity['mean_abs_change']:.4g}")
+        if "invariance_loss" in sensitivity:
+            table.add_row("logit-invariance loss", f"{sensitivity['invariance_loss']:.4g}")
     out = Console()
     out.print(table)
     if result["target"] == "frequency" and "normalized_mse" in metrics:
@@ -654,6 +660,38 @@ def bench_digit_inr(
 ) -> None:
     """Digit-INR classification: predict each INR's digit; write results/digit_inr_label_<init>.json."""
     _one_zoo("digit_inr_label", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device)
+
+
+@bench_app.command("ablation")
+def bench_ablation(
+    zoo: Path = typer.Option(..., "--zoo", help="An INR zoo (the paper's ablations use sine INRs)."),
+    study: str = typer.Option(..., "--study", help="components, chunk-size, invariance or data-fraction."),
+    rows: str = typer.Option("", "--rows", help="Comma-separated rows of the study to run (default: all)."),
+    encoders: str = typer.Option("", "--encoders", help="data-fraction only: comma-separated encoders "
+                                 "(default sne,dwsnet,nft,ng_gnn)."),
+    fractions: str = typer.Option("", "--fractions", help="data-fraction only: comma-separated fractions of the "
+                                  "training networks (default 0.1,0.25,0.5,1)."),
+    invariance_weight: float = typer.Option(0.0, "--invariance-weight", help="Base lambda of every row that does not set its own."),
+    max_train: Optional[int] = typer.Option(None, "--max-train", help="Use only this many training networks (subset sweeps)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Target column (default: frequency, else label)."),
+    seeds: str = _ONE_ZOO["seeds"],
+    epochs: int = _ONE_ZOO["epochs"],
+    runs: Path = typer.Option(Path("runs/ablation"), "--runs", help="Where the runs are kept (resumable)."),
+    results: Path = _ONE_ZOO["results"],
+    option: List[str] = typer.Option([], "--option", "-o", help="Base encoder option key=value, or NAME.key=value "
+                                     "(repeatable); each row changes this base."),
+    device: str = _ONE_ZOO["device"],
+) -> None:
+    """SNE's ablations (paper Tables 6-7, Figure 3; lambda sweep): train every row of a study at the
+    same epochs and seeds; write results/ablation_<study>_<init>.json."""
+    from sne.bench.ablation import run_ablation, study_rows
+
+    chosen = study_rows(study, _csv(rows), _encoder_list(encoders) if encoders.strip() else (),
+                        _csv(fractions, float))
+    bench_runs = _bench_runs(sorted({row.encoder for row in chosen}), seeds, epochs, runs, results, option, device)
+    path = run_ablation(zoo, bench_runs, study, chosen, target=target, base_invariance_weight=invariance_weight,
+                        max_train=max_train)
+    console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
 
 
 @bench_app.command("style-edit")

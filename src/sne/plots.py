@@ -84,6 +84,23 @@ def embedding_map(codes: np.ndarray, groups: list[str], path: str | Path, title:
     return save_figure(fig, path)
 
 
+def error_curves(curves: dict[str, tuple[list[float], list[float], list[float]]], path: str | Path, title: str,
+                 xlabel: str, ylabel: str, caption: str = "") -> Path:
+    """One line per ``label: (x, mean, std)`` with error bars of one standard deviation."""
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    for label, (x, mean, std) in curves.items():
+        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, linewidth=1.2, markersize=4, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    add_caption(fig, caption)
+    if caption:
+        fig.subplots_adjust(bottom=0.24)
+    return save_figure(fig, path, dpi=120)
+
+
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     """Write ``fig`` atomically (format from the suffix) and close it; PNGs get a 256-colour palette."""
     path = Path(path)

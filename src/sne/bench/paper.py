@@ -16,6 +16,21 @@ PAPER_INR_FREQUENCY_MSE = {
     "sne": 0.098,
 }
 
+#: SNE's ablations on INR frequency regression, test MSE in the unit of :data:`PAPER_INR_FREQUENCY_MSE`
+#: (the paper's Table 6, GUIDE section 3), by row of :mod:`sne.bench.ablation`'s components study.
+PAPER_SNE_ABLATION_MSE = {
+    "full": 0.098,
+    "no-invariance": 0.156,
+    "no-type-encoding": 0.128,
+    "no-level-encoding": 2.216,
+    "no-set-functions": 1.931,
+    "no-positional-hierarchy": 7.452,
+}
+
+#: SNE's test MSE on INR frequency regression by chunk size (the paper's Table 7). Its chunk size 32
+#: (0.056) is not its Table 6's full SNE (0.098), also at chunk size 32: quoted as printed.
+PAPER_SNE_CHUNK_SIZE_MSE = {4: 0.095, 8: 0.090, 16: 0.118, 32: 0.056}
+
 #: Cross-dataset accuracy prediction on small-CNN zoos (GUIDE section 4): Kendall's tau averaged
 #: over the four test zoos, by training zoo. The per-cell 4x4 values are not quoted here.
 PAPER_CROSS_DATASET_TAU = {

@@ -16,17 +16,31 @@ from sne.weights.permute import random_equivalent_permutation, supports_permutat
 from sne.zoo import Zoo
 
 
-def permutation_sensitivity(predictor, records, seed: int = 0, batch_size: int = 64) -> dict | None:
-    """Mean absolute change of predictions when every network is replaced by a random
-    functionally-equivalent permutation of itself (0 for an exactly invariant encoder)."""
+#: Random equivalent permutations per network in :func:`permutation_sensitivity` (the SNE paper's appendix E.3).
+SENSITIVITY_PERMUTATIONS = 5
+
+
+def permutation_sensitivity(predictor, records, seed: int = 0, batch_size: int = 64,
+                            permutations: int = SENSITIVITY_PERMUTATIONS) -> dict | None:
+    """How much predictions change when every network is replaced by random functionally-equivalent
+    permutations of itself (all 0 for an exactly invariant encoder), over ``permutations`` draws per
+    network: the mean and largest absolute change in the target's units, and ``invariance_loss``,
+    the logit-invariance regulariser's distance (mean squared difference of the raw head outputs) on
+    these networks. ``None`` where the records' symmetries are unknown."""
     if not all(supports_permutation(r) for r in records):
         return None
     generator = torch.Generator().manual_seed(seed)
-    permuted = [random_equivalent_permutation(r, generator) for r in records]
-    before = predictor.predict(records, batch_size)
-    after = predictor.predict(permuted, batch_size)
-    change = np.abs(after.astype(np.float64) - before.astype(np.float64))
-    return {"mean_abs_change": float(change.mean()), "max_abs_change": float(change.max()), "seed": seed}
+    outputs = predictor.outputs(records, batch_size).double()
+    before = predictor.target.decode(outputs.float()).numpy().astype(np.float64)
+    changes, squared = [], []
+    for _ in range(permutations):
+        permuted = predictor.outputs([random_equivalent_permutation(r, generator) for r in records], batch_size)
+        after = predictor.target.decode(permuted).numpy().astype(np.float64)
+        changes.append(np.abs(after - before))
+        squared.append(float(((permuted.double() - outputs) ** 2).mean()))
+    change = np.stack(changes)
+    return {"mean_abs_change": float(change.mean()), "max_abs_change": float(change.max()),
+            "invariance_loss": float(np.mean(squared)), "permutations": permutations, "seed": seed}
 
 
 def _train_seconds(run_dir: Path) -> float | None:

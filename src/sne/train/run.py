@@ -35,7 +35,7 @@ from sne.train import distributed
 from sne.train.predictor import Predictor
 from sne.train.scalars import ScalarLog
 from sne.train.targets import Target, build_head, resolve_target
-from sne.weights.permute import random_equivalent_permutation
+from sne.weights.permute import random_equivalent_permutation, supports_permutation
 from sne.weights.record import NetworkRecord
 from sne.zoo import Zoo
 from sne.zoo.recipes import derive_seed
@@ -67,6 +67,9 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     #: lambda of the logit-invariance regulariser (0 disables it).
     invariance_weight: float = 0.0
+    #: Train every epoch on a fresh random functionally-equivalent permutation of each network
+    #: (permutation augmentation), so that the encoder learns the symmetry from the data.
+    permutation_augment: bool = False
     head_hidden: list[int] | None = None
     seed: int = 0
     device: str = "auto"
@@ -126,12 +129,14 @@ def _build_predictor(config: TrainConfig, target: Target, encoder_config: dict |
 
 class _EpochBatches(torch.utils.data.Dataset):
     """One epoch's batches; each item is prepared (and permuted) on its own, so workers can do it.
+    ``augment``: each network is replaced by a random equivalent permutation of itself; ``permute``:
+    a further one of each is appended (the invariance regulariser's pairs).
     With ``world`` processes, process ``rank`` takes every ``world``-th network of each batch."""
 
     def __init__(self, prepare, records, batches: list[torch.Tensor], seeds: list[int], permute: bool,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, augment: bool = False):
         self.prepare, self.records, self.batches, self.seeds, self.permute = prepare, records, batches, seeds, permute
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.augment = rank, world, augment
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -139,6 +144,10 @@ class _EpochBatches(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         members = [self.records[i] for i in self.batches[index].tolist()]
         mine = slice(self.rank, None, self.world)
+        if self.augment:
+            # A stream of its own: the regulariser's copies below are drawn as without augmentation.
+            augmenting = torch.Generator().manual_seed(derive_seed(self.seeds[index], "train/augment"))
+            members = [random_equivalent_permutation(r, augmenting) for r in members]
         permuted = []
         if self.permute:
             # Functionally-equivalent copies go in the same batch: one forward pass serves both.
@@ -202,6 +211,8 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True, log_dir
     train_records = zoo.records(train_ids)
     val_records = zoo.records(val_ids)
     check_zoo_architectures(zoo, config.encoder, [*train_records, *val_records])
+    if config.invariance_weight > 0 or config.permutation_augment:
+        check_permutable(zoo, train_records)
 
     device = distributed.local_device(resolve_device(config.device))
     torch.manual_seed(config.seed)
@@ -247,6 +258,14 @@ def check_zoo_architectures(zoo: Zoo, encoder: str, records: Sequence[NetworkRec
     if len({repr(architecture_of(record)) for record in records}) > 1:
         raise SneError(f"the zoo at {zoo.path} holds {zoo.describe_architectures()}; encoder '{encoder}' takes "
                        f"one fixed architecture (encoders for any network: {ANY_NETWORK_ENCODERS})")
+
+
+def check_permutable(zoo: Zoo, records: Sequence[NetworkRecord]) -> None:
+    """Refuse, in one line, invariance training on networks whose symmetries are unknown."""
+    unknown = next((r for r in records if not supports_permutation(r)), None)
+    if unknown is not None:
+        raise SneError(f"the zoo at {zoo.path} holds networks whose neuron symmetries are unknown ({unknown.source}): "
+                       "the invariance regulariser and permutation augmentation cannot permute them")
 
 
 def zoo_manifest_summary(zoo: Zoo) -> dict:
@@ -379,7 +398,7 @@ def _train_epoch(model, optimizer, config, epoch, records, prepare, batch_loss, 
     seeds = [int(np.random.SeedSequence([config.seed, epoch, i]).generate_state(1)[0]) for i in range(len(batches))]
     permute = config.invariance_weight > 0
     loader = torch.utils.data.DataLoader(
-        _EpochBatches(prepare, records, batches, seeds, permute, rank, world),
+        _EpochBatches(prepare, records, batches, seeds, permute, rank, world, config.permutation_augment),
         batch_size=None, shuffle=False, num_workers=config.num_workers,
     )
     task = bar.add_task("  batches", total=len(batches))

@@ -1,0 +1,308 @@
+"""SNE's ablations on one zoo (the SNE paper's Tables 6 and 7 and Figure 3, and our additions).
+
+A *study* is a list of rows; each row is SNE (or, for data efficiency, a peer) with some options
+changed from a base configuration: the encoder options given with ``-o``, the base invariance
+weight and the number of training networks (``max_train``, for subset sweeps). Every row is
+trained for the same epochs and seeds with the shared training code, evaluated on the test split
+(including the permutation sensitivity and the held-out logit-invariance loss), and merged into
+``results/ablation_<study>_<init>.json``. Runs resume when the command is repeated.
+
+Studies (:data:`STUDIES`):
+
+- ``components``: full SNE, then one part removed per row (the paper's Table 6), then the parts we
+  added switched off or on (layer standardisation, batch norm after pooling, chunk-index and
+  row-slot encodings, source features, input positions).
+- ``chunk-size``: chunk sizes 4, 8, 16, 32 and 64 (Table 7).
+- ``invariance``: the logit-invariance weight lambda at 0, 0.3, 1, 3 and 10, and permutation
+  augmentation alone and with lambda 1.
+- ``data-fraction``: test error against the fraction of training networks used, for SNE and its
+  peers (Figure 3), with a plot.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from sne.bench.paper import PAPER_SNE_ABLATION_MSE, PAPER_SNE_CHUNK_SIZE_MSE
+from sne.bench.results import write_merged, zoo_identity, zoo_summary
+from sne.bench.runs import BenchRuns, options_tag
+from sne.encoders.sne import DEFAULT_OPTIONS as SNE_DEFAULT_OPTIONS
+from sne.errors import SneError
+from sne.plots import error_curves
+from sne.train.evaluate import evaluate_run
+from sne.train.run import TrainConfig, fit
+from sne.zoo import Zoo
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    """One configuration of a study: ``options`` and ``train`` (TrainConfig fields) change the base;
+    ``fraction`` of the base's training networks (None: all); ``paper`` is the paper's number."""
+
+    name: str
+    label: str
+    encoder: str = "sne"
+    options: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    fraction: float | None = None
+    paper: float | None = None
+
+
+_POSITIONAL = {"use_type_encoding": False, "use_level_encoding": False, "use_chunk_index_encoding": False,
+               "use_row_slot_encoding": False, "use_hierarchy": False}
+
+#: The fractions of training networks in the data-fraction study (the paper's Figure 3).
+DATA_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+#: The encoders of the data-fraction study by default (the paper's Figure 3).
+DATA_FRACTION_ENCODERS = ("sne", "dwsnet", "nft", "ng_gnn")
+
+
+def _components() -> list[AblationRow]:
+    paper = PAPER_SNE_ABLATION_MSE
+    return [
+        AblationRow("full", "full SNE", paper=paper["full"]),
+        AblationRow("no-invariance", "without invariance regularisation", train={"invariance_weight": 0.0},
+                    paper=paper["no-invariance"]),
+        AblationRow("no-type-encoding", "without layer-type encoding", options={"use_type_encoding": False},
+                    paper=paper["no-type-encoding"]),
+        AblationRow("no-level-encoding", "without layer-level encoding", options={"use_level_encoding": False},
+                    paper=paper["no-level-encoding"]),
+        AblationRow("no-set-functions", "without set functions (MLPs and mean pooling)",
+                    options={"use_set_functions": False}, paper=paper["no-set-functions"]),
+        AblationRow("no-positional-hierarchy", "without positional and hierarchical encoding", options=_POSITIONAL,
+                    paper=paper["no-positional-hierarchy"]),
+        AblationRow("no-layer-standardisation", "ours: without layer standardisation",
+                    options={"standardize_layers": False}),
+        AblationRow("no-batch-norm", "ours: without batch norm after pooling", options={"batch_norm": False}),
+        AblationRow("no-chunk-index-encoding", "ours: without chunk-index encoding",
+                    options={"use_chunk_index_encoding": False}),
+        AblationRow("no-row-slot-encoding", "ours: without row-slot encoding", options={"use_row_slot_encoding": False}),
+        AblationRow("source-features", "ours: with source features", options={"use_source_features": True}),
+        AblationRow("input-positions", "ours: with input positions", options={"use_input_positions": True}),
+    ]
+
+
+def _chunk_sizes() -> list[AblationRow]:
+    return [AblationRow(f"chunk-{c}", f"chunk size {c}", options={"chunk_size": c},
+                        paper=PAPER_SNE_CHUNK_SIZE_MSE.get(c)) for c in (4, 8, 16, 32, 64)]
+
+
+def _invariance() -> list[AblationRow]:
+    rows = [AblationRow(f"lambda-{w:g}", f"lambda {w:g}", train={"invariance_weight": w}) for w in (0, 0.3, 1, 3, 10)]
+    return rows + [
+        AblationRow("augment", "permutation augmentation, lambda 0",
+                    train={"invariance_weight": 0.0, "permutation_augment": True}),
+        AblationRow("augment-lambda-1", "permutation augmentation, lambda 1",
+                    train={"invariance_weight": 1.0, "permutation_augment": True}),
+    ]
+
+
+def _data_fraction(encoders: Sequence[str], fractions: Sequence[float]) -> list[AblationRow]:
+    for fraction in fractions:
+        if not 0 < fraction <= 1:
+            raise SneError(f"a fraction of the training networks must be in (0, 1], got {fraction:g}")
+    return [AblationRow(f"{encoder}-fraction-{fraction:g}", f"{encoder}, {fraction:.0%} of training networks",
+                        encoder=encoder, fraction=fraction) for encoder in encoders for fraction in fractions]
+
+
+#: Study name -> its rows.
+STUDIES = {
+    "components": _components,
+    "chunk-size": _chunk_sizes,
+    "invariance": _invariance,
+    "data-fraction": lambda: _data_fraction(DATA_FRACTION_ENCODERS, DATA_FRACTIONS),
+}
+
+
+def study_rows(study: str, rows: Sequence[str] = (), encoders: Sequence[str] = (),
+               fractions: Sequence[float] = ()) -> list[AblationRow]:
+    """The rows of ``study`` (only those named in ``rows``, if given); for ``data-fraction``,
+    ``encoders`` and ``fractions`` replace the defaults. :class:`SneError` for unknown names."""
+    if study not in STUDIES:
+        raise SneError(f"unknown study '{study}' (expected one of {', '.join(STUDIES)})")
+    if study == "data-fraction":
+        chosen = _data_fraction(encoders or DATA_FRACTION_ENCODERS, fractions or DATA_FRACTIONS)
+    elif encoders or fractions:
+        raise SneError(f"--encoders and --fractions belong to the data-fraction study, not '{study}'")
+    else:
+        chosen = STUDIES[study]()
+    if rows:
+        known = {row.name for row in chosen}
+        unknown = [name for name in rows if name not in known]
+        if unknown:
+            raise SneError(f"unknown row(s) {', '.join(unknown)} of study '{study}' (rows: {', '.join(sorted(known))})")
+        chosen = [row for row in chosen if row.name in rows]
+    return chosen
+
+
+def _setting(runs: BenchRuns, base_weight: float, max_train: int | None) -> dict:
+    """What every row of one invocation shares: rows differ from this base and nothing else."""
+    return {"epochs": runs.epochs, "max_train": max_train, "invariance_weight": base_weight,
+            "encoder_options": dict(runs.encoder_options), "train_options": dict(runs.train_options)}
+
+
+def run_ablation(
+    zoo_path: str | Path,
+    runs: BenchRuns,
+    study: str,
+    rows: Sequence[AblationRow],
+    target: str | None = None,
+    base_invariance_weight: float = 0.0,
+    max_train: int | None = None,
+) -> Path:
+    """Train and evaluate every row for every seed; return the results file's path."""
+    zoo = Zoo.open(zoo_path)
+    target = target or _default_target(zoo)
+    if target not in zoo.targets:
+        raise SneError(f"the zoo at {zoo.path} has no target '{target}' (targets: {', '.join(zoo.targets)})")
+    available = len(zoo.split_ids("train"))
+    if max_train is not None:
+        if max_train < 2:
+            raise SneError(f"--max-train must be at least 2, got {max_train}")
+        available = min(available, max_train)
+    setting = _setting(runs, base_invariance_weight, max_train)
+    setting_dir = runs.runs_dir / (study + _setting_tag(setting))
+    configs, skipped = _row_configs(rows, runs, zoo, target, base_invariance_weight, available)
+    entries = []
+    for row, config_fields in configs:
+        for seed in runs.seeds:
+            run_dir = setting_dir / f"{row.name}_seed{seed}"
+            config = TrainConfig.for_encoder(row.encoder, seed=seed, **config_fields)
+            started = time.perf_counter()
+            fit(config, run_dir)
+            result = evaluate_run(run_dir, device=runs.device, plot=runs.plots)
+            result.update({
+                "wall_seconds_this_invocation": time.perf_counter() - started,
+                "study": study, "row": row.name, "label": row.label, "paper": row.paper, "fraction": row.fraction,
+                "train_networks": config.max_train if config.max_train is not None else available,
+                "setting": setting, "encoder_options_used": config.encoder_options,
+                "permutation_augment": config.permutation_augment,
+            })
+            entries.append(result)
+    summary = {
+        "benchmark": f"ablation_{study}",
+        "study": study,
+        "command": runs.command,
+        "zoo": zoo_summary(zoo),
+        "init": zoo.manifest.get("options", {}).get("init", "unknown"),
+        "target": target,
+        "entries": entries,
+        "same_as_full": skipped,
+    }
+    init = summary["init"]
+    path = write_merged(runs.results_dir / f"ablation_{study}_{init}.json", summary,
+                        lambda r: zoo_identity(r["zoo"]), entry_identity, finish=_summarise)
+    if study == "data-fraction" and runs.plots:
+        plot_data_fraction(json.loads(path.read_text()), runs.results_dir / "plots")
+    return path
+
+
+def plot_data_fraction(results: dict, plots_dir: Path) -> list[Path]:
+    """Test error against the fraction of training networks, one line per encoder, one plot per
+    setting (the paper's Figure 3); each plot's path is recorded in its setting's summary."""
+    paths = []
+    zoo, init = results["zoo"], results["init"]
+    for number, group in enumerate(results["summary"]):
+        metric = "normalized_mse" if any("normalized_mse" in r for r in group["rows"]) else "accuracy"
+        curves: dict[str, tuple[list, list, list]] = {}
+        for row in sorted(group["rows"], key=lambda r: (r["encoder"], r["fraction"] or 1.0)):
+            if metric in row:
+                x, mean, std = curves.setdefault(row["encoder"], ([], [], []))
+                x.append(row["train_networks"])
+                mean.append(row[metric]["mean"])
+                std.append(row[metric]["std"])
+        setting = group["setting"]
+        seeds = sorted({seed for row in group["rows"] for seed in row["seeds"]})
+        caption = (f"{zoo['recipe']} zoo {zoo['label']} (n={zoo['n']}, seed {zoo['seed']}, init {init}), test split; "
+                   f"{setting['epochs']} epochs, seeds {','.join(map(str, seeds))}; mean +- std over seeds; "
+                   f"command: {results['command']}")
+        path = error_curves(curves, plots_dir / f"ablation_data-fraction_{init}_{number}.png",
+                            f"Test {metric.replace('_', ' ')} against training networks", "training networks",
+                            f"test {metric.replace('_', ' ')}", caption)
+        paths.append(path)
+    return paths
+
+
+def _default_target(zoo: Zoo) -> str:
+    for name in ("frequency", "label", "test_accuracy"):
+        if name in zoo.targets:
+            return name
+    raise SneError(f"the zoo at {zoo.path} has none of the targets frequency, label, test_accuracy: give --target")
+
+
+def _setting_tag(setting: dict) -> str:
+    """Run-directory suffix of a setting, so that runs of other base settings never share a directory."""
+    parts = {"lambda": setting["invariance_weight"], "max-train": setting["max_train"], "epochs": setting["epochs"],
+             **setting["encoder_options"], **setting["train_options"]}
+    return options_tag({k: v for k, v in parts.items() if v is not None})
+
+
+def _row_configs(rows: Sequence[AblationRow], runs: BenchRuns, zoo: Zoo, target: str, base_weight: float,
+                 available: int) -> tuple[list[tuple[AblationRow, dict]], list[dict]]:
+    """Each row's TrainConfig fields; a row whose configuration is the full row's (a chunk size equal
+    to the base's, a switch the base already sets) is not trained twice but listed as skipped."""
+    configs, seen, skipped = [], {}, []
+    for row in rows:
+        options = {**runs.options_for(row.encoder), **row.options}
+        fields = {"zoo": str(zoo.path), "target": target, "encoder_options": options, "epochs": runs.epochs,
+                  "device": runs.device, "command": runs.command, "invariance_weight": base_weight,
+                  "max_train": available, **runs.train_options, **row.train}
+        if row.fraction is not None:
+            fields["max_train"] = max(2, math.ceil(row.fraction * available))
+        resolved = {**SNE_DEFAULT_OPTIONS, **options} if row.encoder == "sne" else options
+        identity = json.dumps([row.encoder, resolved, fields], sort_keys=True, default=str)
+        if identity in seen:
+            skipped.append({"row": row.name, "label": row.label, "same_as": seen[identity]})
+            continue
+        seen[identity] = row.name
+        configs.append((row, fields))
+    return configs, skipped
+
+
+def entry_identity(entry: dict) -> tuple:
+    """Rows of one results file differ by row, setting and seed."""
+    return entry["row"], json.dumps(entry["setting"], sort_keys=True), entry["train_seed"]
+
+
+#: Metrics summarised over seeds (those a row's evaluation has).
+SUMMARY_METRICS = ("normalized_mse", "mse", "kendall_tau", "accuracy")
+
+
+def _summarise(merged: dict) -> dict:
+    """Per setting, per row: mean and standard deviation over seeds of the test metrics, the
+    permutation sensitivity and the held-out invariance loss."""
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for entry in merged["entries"]:
+        groups.setdefault(json.dumps(entry["setting"], sort_keys=True), {}).setdefault(entry["row"], []).append(entry)
+    settings = []
+    for key, by_row in groups.items():
+        rows = []
+        for name, entries in by_row.items():
+            first = entries[0]
+            values: dict[str, list[float]] = {}
+            for entry in entries:
+                for metric in SUMMARY_METRICS:
+                    if metric in entry["metrics"]:
+                        values.setdefault(metric, []).append(entry["metrics"][metric])
+                sensitivity = entry.get("permutation_sensitivity") or {}
+                for metric in ("mean_abs_change", "invariance_loss"):
+                    if metric in sensitivity:
+                        values.setdefault(f"permutation_{metric}", []).append(sensitivity[metric])
+                if entry.get("train_seconds") is not None:
+                    values.setdefault("train_seconds", []).append(entry["train_seconds"])
+            rows.append({
+                "row": name, "label": first["label"], "encoder": first["encoder"], "fraction": first.get("fraction"),
+                "train_networks": first.get("train_networks"), "paper": first.get("paper"),
+                "seeds": sorted(e["train_seed"] for e in entries),
+                "best_epochs": [e.get("best_epoch") for e in sorted(entries, key=lambda e: e["train_seed"])],
+                **{metric: {"mean": float(np.mean(v)), "std": float(np.std(v))} for metric, v in values.items()},
+            })
+        settings.append({"setting": json.loads(key), "rows": rows})
+    return {**merged, "summary": settings}

@@ -1,0 +1,138 @@
+"""SNE's ablation studies (sne bench ablation), permutation augmentation and the held-out
+invariance measures they report."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import run_cli
+from sne.bench.ablation import STUDIES, study_rows
+from sne.encoders import build_encoder
+from sne.errors import SneError
+from sne.train.run import TrainConfig, _EpochBatches
+from sne.weights import record_from_module
+
+TINY = ["-o", "hidden=16", "-o", "heads=2", "-o", "out_dim=8"]
+
+
+@pytest.mark.parametrize("study", [s for s in STUDIES if s != "data-fraction"])
+def test_every_row_is_a_valid_sne_configuration(study):
+    rows = study_rows(study)
+    assert len({row.name for row in rows}) == len(rows)
+    for row in rows:
+        build_encoder("sne", **{"hidden": 16, "heads": 2, "out_dim": 8, **row.options})
+        TrainConfig(zoo="z", target="t", **row.train)
+
+
+def test_bad_study_rows_and_fractions_are_refused_in_one_line(shared_sine_zoo, tmp_path, capsys):
+    common = ["bench", "ablation", "--zoo", str(shared_sine_zoo.path), "--runs", str(tmp_path / "runs"),
+              "--results", str(tmp_path / "results")]
+    for extra, message in (
+        (["--study", "nope"], "unknown study 'nope'"),
+        (["--study", "chunk-size", "--rows", "chunk-3"], "unknown row(s) chunk-3"),
+        (["--study", "components", "--encoders", "statnn"], "belong to the data-fraction study"),
+        (["--study", "data-fraction", "--fractions", "0"], "must be in (0, 1]"),
+        (["--study", "invariance", "--max-train", "1"], "at least 2"),
+    ):
+        code, out, err = run_cli([*common, *extra], capsys)
+        assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "results").exists()
+
+
+def test_chunk_size_study_trains_each_row_reports_invariance_and_resumes(shared_sine_zoo, tmp_path, capsys):
+    args = ["bench", "ablation", "--zoo", str(shared_sine_zoo.path), "--study", "chunk-size", "--rows", "chunk-8,chunk-32",
+            "--epochs", "1", "--max-train", "40", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+            "--device", "cpu", *TINY]
+    assert run_cli(args, capsys)[0] == 0
+    path = tmp_path / "results" / "ablation_chunk-size_shared.json"
+    data = json.loads(path.read_text())
+    assert sorted(e["row"] for e in data["entries"]) == ["chunk-32", "chunk-8"]
+    for entry in data["entries"]:
+        assert entry["train_networks"] == 40 and entry["epochs"] == 1
+        assert entry["encoder_options_used"]["chunk_size"] == int(entry["row"].split("-")[1])
+        sensitivity = entry["permutation_sensitivity"]
+        assert sensitivity["permutations"] == 5 and sensitivity["invariance_loss"] >= 0
+    (group,) = data["summary"]
+    assert group["setting"]["max_train"] == 40
+    assert {row["row"]: row["paper"] for row in group["rows"]} == {"chunk-8": 0.09, "chunk-32": 0.056}
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("checkpoint*")}
+    # Again: nothing is retrained, and the rows are replaced, not doubled.
+    assert run_cli(args, capsys)[0] == 0
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("checkpoint*")} == stamps
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == runs
+    assert len(json.loads(path.read_text())["entries"]) == 2
+
+
+def test_a_row_equal_to_full_is_not_trained_twice(shared_sine_zoo, tmp_path, capsys):
+    code, _, _ = run_cli(["bench", "ablation", "--zoo", str(shared_sine_zoo.path), "--study", "components",
+                          "--rows", "full,no-invariance", "--epochs", "1", "--max-train", "30",
+                          "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--device", "cpu",
+                          *TINY], capsys)
+    assert code == 0
+    data = json.loads((tmp_path / "results" / "ablation_components_shared.json").read_text())
+    assert [e["row"] for e in data["entries"]] == ["full"]
+    assert data["same_as_full"] == [{"row": "no-invariance", "label": "without invariance regularisation",
+                                     "same_as": "full"}]
+
+
+def test_data_fraction_study_scales_training_networks_and_plots(shared_sine_zoo, tmp_path, capsys):
+    code, _, _ = run_cli(["bench", "ablation", "--zoo", str(shared_sine_zoo.path), "--study", "data-fraction",
+                          "--encoders", "statnn", "--fractions", "0.25,1", "--epochs", "1", "--seeds", "0,1",
+                          "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--device", "cpu"],
+                         capsys)
+    assert code == 0
+    data = json.loads((tmp_path / "results" / "ablation_data-fraction_shared.json").read_text())
+    train = len(shared_sine_zoo.split_ids("train"))
+    networks = {e["row"]: e["train_networks"] for e in data["entries"]}
+    assert networks["statnn-fraction-1"] == train
+    assert networks["statnn-fraction-0.25"] == -(-train // 4)
+    (group,) = data["summary"]
+    assert all(row["seeds"] == [0, 1] and "std" in row["normalized_mse"] for row in group["rows"])
+    assert (tmp_path / "results" / "plots" / "ablation_data-fraction_shared_0.png").stat().st_size > 0
+
+
+def _tanh_mlp(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+
+
+def test_augmentation_trains_on_equivalent_networks_drawn_per_batch():
+    models = [_tanh_mlp(seed) for seed in range(4)]
+    inputs = torch.randn(16, 3, dtype=torch.float64)
+    records = [record_from_module(m, inputs) for m in models]
+    batches = [torch.tensor([0, 1]), torch.tensor([2, 3])]
+    augmented = _EpochBatches(list, records, batches, seeds=[11, 12], permute=False, augment=True)
+    plain = _EpochBatches(list, records, batches, seeds=[11, 12], permute=False)
+    for index, batch in enumerate(batches):
+        _, _, members = augmented[index]
+        assert augmented[index][2][0].layers[0].weight.equal(members[0].layers[0].weight)  # seeded: drawn again alike
+        for position, record in zip(batch.tolist(), members):
+            assert not record.layers[0].weight.equal(records[position].layers[0].weight)
+            twin = copy.deepcopy(models[position])
+            twin.load_state_dict(record.to_state_dict(), strict=True)
+            with torch.no_grad():
+                torch.testing.assert_close(twin(inputs), models[position](inputs), rtol=1e-10, atol=1e-10)
+        assert all(a is b for a, b in zip(plain[index][2], [records[i] for i in batch.tolist()]))
+    # With the regulariser too, each augmented network is followed by a further equivalent copy.
+    both = _EpochBatches(list, records, batches, seeds=[11, 12], permute=True, augment=True)
+    members = both[0][2]
+    assert len(members) == 4 and not members[0].layers[0].weight.equal(members[2].layers[0].weight)
+
+
+def test_invariance_training_refuses_networks_without_known_symmetries(tmp_path, monkeypatch):
+    import sne.train.run as run_module
+
+    class FakeZoo:
+        path = tmp_path
+
+    record = record_from_module(_tanh_mlp(0), torch.randn(2, 3, dtype=torch.float64))
+    run_module.check_permutable(FakeZoo(), [record])
+    monkeypatch.setattr(run_module, "supports_permutation", lambda r: False)
+    with pytest.raises(SneError, match="neuron symmetries are unknown"):
+        run_module.check_permutable(FakeZoo(), [record])
