@@ -80,3 +80,26 @@ def test_a_resumed_run_with_dropout_equals_an_uninterrupted_one(shared_sine_zoo,
     assert [h["train_loss"] for h in resumed["state"]["history"]] == [h["train_loss"] for h in whole["state"]["history"]]
     for name, tensor in whole["model"].items():
         assert torch.equal(resumed["model"][name], tensor), name
+
+
+def test_a_run_is_not_resumed_with_an_encoder_whose_defaults_changed(shared_sine_zoo, tmp_path, monkeypatch):
+    from sne.encoders import sne as sne_module
+    from sne.errors import SneError
+    from sne.train.run import load_run
+
+    config = TrainConfig(zoo=str(shared_sine_zoo.path), target="frequency", encoder="sne",
+                         encoder_options={"hidden": 16, "heads": 2, "out_dim": 8}, epochs=2, batch_size=32,
+                         head_hidden=[16], seed=0, device="cpu")
+    fit_killed_in_second_epoch(config, tmp_path / "run", monkeypatch)
+    # A later release narrows the chunk stage by default: the options given are the same, the encoder is not.
+    monkeypatch.setitem(sne_module.DEFAULT_OPTIONS, "chunk_hidden", 8)
+    with pytest.raises(SneError, match=r"built otherwise \(chunk_hidden: None -> 8\)"):
+        fit(config, tmp_path / "run", progress=False)
+    # The run itself still loads as it was trained: its saved config names every option.
+    assert load_run(tmp_path / "run", device="cpu").predictor.encoder.chunk_width == 16
+    # Configs that predate an option get the default it had then.
+    monkeypatch.setattr(sne_module.SNEEncoder, "defaults_of_older_configs", {"chunk_hidden": None})
+    from sne.encoders import build_encoder_from_config
+
+    old = {"name": "sne", "options": {"hidden": 16, "heads": 2, "out_dim": 8}, "architecture": None}
+    assert build_encoder_from_config(old).chunk_width == 16

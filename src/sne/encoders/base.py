@@ -44,6 +44,9 @@ class Encoder(nn.Module):
     #: Training settings (TrainConfig fields, e.g. ``lr``) this encoder needs instead of the shared
     #: defaults; ``sne train`` and the benchmarks use them unless the user sets the field.
     default_train_options: ClassVar[dict[str, Any]] = {}
+    #: Options whose default changed: their value before, for saved configs that predate the option
+    #: (configs record every option since, so only those lack it).
+    defaults_of_older_configs: ClassVar[dict[str, Any]] = {}
     out_dim: int
 
     def __init__(self, *, architecture: Architecture | None = None, **options: Any) -> None:
@@ -173,7 +176,9 @@ def build_encoder_from_config(config: dict) -> Encoder:
     architecture = config.get("architecture")
     if architecture is not None:
         architecture = _as_architecture(architecture)
-    encoder = build_encoder(config["name"], architecture=architecture, **config.get("options", {}))
+    cls = get_encoder_class(config["name"])
+    options = {**cls.defaults_of_older_configs, **config.get("options", {})}
+    encoder = build_encoder(config["name"], architecture=architecture, **options)
     if config.get("weight_head"):
         encoder.make_weight_head()
     return encoder

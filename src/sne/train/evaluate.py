@@ -80,6 +80,8 @@ def evaluate_run(
         "target": config.target,
         "encoder": config.encoder,
         "encoder_parameters": sum(p.numel() for p in run.predictor.encoder.parameters()),
+        # Every option the encoder was built with, defaults included: defaults may change between releases.
+        "encoder_options_resolved": run.predictor.encoder.options,
         "invariance_weight": config.invariance_weight,
         "train_seed": config.seed,
         "epochs": config.epochs,

@@ -182,6 +182,20 @@ def _check_resume(run_dir: Path, config: TrainConfig) -> None:
         raise SneError(f"{run_dir} holds a run with a different configuration ({details}); use another --out")
 
 
+def _check_resumed_encoder(run_dir: Path, saved: dict | None, mine: dict | None) -> None:
+    """Refuse to resume a run whose encoder was built with other options, such as defaults that
+    changed between releases while the options given stayed the same."""
+    if saved is None or mine is None:
+        return
+    saved, mine = (json.loads(json.dumps(c, sort_keys=True)) for c in (saved, mine))
+    if saved != mine:
+        old, new = saved.get("options", {}), mine.get("options", {})
+        changed = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                            if old.get(k) != new.get(k)) or "architecture"
+        raise SneError(f"{run_dir} holds a run whose encoder was built otherwise ({changed}); resume it with "
+                       "those options given (-o), or use another --out")
+
+
 def check_train_config(config: TrainConfig) -> None:
     """:class:`SneError` for settings no training can run with."""
     if config.invariance_weight < 0:
@@ -314,6 +328,7 @@ def train_epochs(
         _check_resume(run_dir, config)
         if last_path.exists():
             checkpoint = load_checkpoint(last_path)
+            _check_resumed_encoder(run_dir, checkpoint.get("encoder"), meta.get("encoder"))
             model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
             scheduler.load_state_dict(checkpoint["scheduler"])
