@@ -379,3 +379,33 @@ def test_input_positions_mark_first_layer_weights_only_and_ignore_hidden_permuta
     permuted = pad_chunk([permute_hidden(inr, perms)], chunk_size=8, input_positions=True, dtype=torch.float64)
     plain = pad_chunk([inr], chunk_size=8, input_positions=True, dtype=torch.float64)
     torch.testing.assert_close(permuted.input_positions, plain.input_positions, atol=0, rtol=0)
+
+
+def test_canonical_order_gives_every_equivalent_permutation_of_a_chain_the_same_code():
+    """Functional equivalence checked on the real computation (float64), then the codes compared."""
+    from sne.weights import random_equivalent_permutation
+
+    g = torch.Generator().manual_seed(4)
+    records = [mlp([2, 12, 9, 3], g, dtype=torch.float64), convnet([(6, 1, 3, 3), (5, 6, 3, 3), (4, 5)], g,
+                                                                   dtype=torch.float64)]
+    permuted = [random_equivalent_permutation(r, torch.Generator().manual_seed(i)) for i, r in enumerate(records)]
+    x = torch.randn(7, 2, dtype=torch.float64)
+
+    def mlp_forward(record: NetworkRecord) -> torch.Tensor:
+        h = x
+        for layer in record.layers[:-1]:
+            h = torch.tanh(torch.nn.functional.linear(h, layer.weight, layer.bias))
+        last = record.layers[-1]
+        return torch.nn.functional.linear(h, last.weight, last.bias)
+
+    torch.testing.assert_close(mlp_forward(permuted[0]), mlp_forward(records[0]), rtol=1e-12, atol=1e-12)
+    torch.manual_seed(0)
+    canonical = SNEEncoder(**SMALL, canonical_order=True).double().eval()
+    torch.testing.assert_close(encode(canonical, permuted), encode(canonical, records), rtol=0, atol=0)
+    torch.manual_seed(0)
+    plain = SNEEncoder(**SMALL).double().eval()
+    assert not torch.allclose(encode(plain, permuted), encode(plain, records), rtol=0, atol=1e-9)
+    with pytest.raises(SneError, match="canonical_order off"):
+        canonical.make_weight_head()
+    with pytest.raises(SneError, match="canonical_order must be true or false"):
+        SNEEncoder(canonical_order=1)

@@ -86,6 +86,7 @@ def _components() -> list[AblationRow]:
         AblationRow("no-row-slot-encoding", "ours: without row-slot encoding", options={"use_row_slot_encoding": False}),
         AblationRow("source-features", "ours: with source features", options={"use_source_features": True}),
         AblationRow("input-positions", "ours: with input positions", options={"use_input_positions": True}),
+        AblationRow("canonical-order", "ours: with canonical neuron order", options={"canonical_order": True}),
     ]
 
 

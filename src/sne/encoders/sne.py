@@ -57,6 +57,7 @@ from sne.encoders.positional import coordinate_encoding, sinusoidal_encoding
 from sne.encoders.set_blocks import PMA, SAB, ResidualFF, masked_mean
 from sne.errors import SneError
 from sne.weights.batch import with_parameter_values
+from sne.weights.permute import canonicalize_hidden
 from sne.weights.record import KIND_BY_WEIGHT_NDIM, NetworkRecord
 
 #: Options and their defaults (the paper's settings, but part_window; chunk_micro_batch=None: no micro-batching).
@@ -80,6 +81,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "chunk_micro_batch": None,
     "part_window": 64,
     "chunk_hidden": None,
+    "canonical_order": False,
 }
 
 #: Most kernel dimensions of any layer kind (conv3d); tap coordinates are zero-padded to it.
@@ -264,6 +266,11 @@ class SNEEncoder(Encoder):
     ``chunk_hidden``: width of the element and chunk stages (``None``: ``hidden``, the paper's), with
     heads of the other stages' width; their codes are projected to ``hidden`` after the chunk pool. That stage runs once per
     ``chunk_size`` parameters and costs nearly all of SNE's FLOPs, so halving it quarters them.
+    ``canonical_order``: encode every plain chain in canonical neuron order
+    (:func:`sne.weights.canonicalize_hidden`: each hidden layer's neurons sorted by the norm of their
+    parameters), so all functionally-equivalent permutations of a chain get the same code, and the
+    chunk-index encoding says a neuron's rank instead of an arbitrary place. Networks that are not
+    plain chains are encoded as they are. No weight-space outputs: they would come out in canonical order.
     Inference (:meth:`plan`) encodes :data:`INFERENCE_CHUNKS` chunks at a time whatever the options.
     """
 
@@ -372,10 +379,13 @@ class SNEEncoder(Encoder):
         std = torch.where(fitted[:, None], self.stats_std[levels, kinds], 1.0)
         return (stats - mean.to(stats.dtype)) / std.to(stats.dtype)
 
+    def _in_encoded_order(self, records: Sequence[NetworkRecord]) -> Sequence[NetworkRecord]:
+        return [_canonical(r) for r in records] if self.options["canonical_order"] else records
+
     def prepare(self, records: Sequence[NetworkRecord]) -> ChunkBatch:
         self.check_records(records)
         return pad_chunk(
-            records, self.options["chunk_size"], dtype=self.readout.weight.dtype,
+            self._in_encoded_order(records), self.options["chunk_size"], dtype=self.readout.weight.dtype,
             standardize=self.options["standardize_layers"], source_features=self.options["use_source_features"],
             input_positions=self.options["use_input_positions"],
         )
@@ -385,7 +395,7 @@ class SNEEncoder(Encoder):
         networks, whose elements never exist all at once (only their chunk codes do)."""
         self.check_records(records)
         return plan_chunks(
-            records, self.options["chunk_size"], dtype=self.readout.weight.dtype,
+            self._in_encoded_order(records), self.options["chunk_size"], dtype=self.readout.weight.dtype,
             standardize=self.options["standardize_layers"], source_features=self.options["use_source_features"],
             input_positions=self.options["use_input_positions"],
         )
@@ -489,6 +499,9 @@ class SNEEncoder(Encoder):
     # --- weight-space outputs -------------------------------------------------------------------
 
     def build_weight_head(self) -> nn.Module:
+        if self.options["canonical_order"]:
+            raise SneError("SNE's weight-space outputs need canonical_order off: with it, outputs would come out "
+                           "in canonical neuron order, not the network's own")
         return ElementDecoder(self.hidden, self.chunk_width)
 
     def weight_values(self, batch: ChunkBatch, records: Sequence[NetworkRecord]) -> list[NetworkRecord]:
@@ -619,6 +632,14 @@ def place_elements(decoded: list[torch.Tensor], records: Sequence[NetworkRecord]
     return networks
 
 
+def _canonical(record: NetworkRecord) -> NetworkRecord:
+    """``record`` in canonical neuron order if it is a plain chain, else as it is."""
+    try:
+        return canonicalize_hidden(record)
+    except SneError:  # not a plain chain: no canonical order is defined for it
+        return record
+
+
 def chunk_heads_for(options: dict[str, Any]) -> int:
     """Attention heads of the chunk stage: ``heads`` at the paper's width, else as many as keep the
     other stages' head width."""
@@ -645,7 +666,7 @@ def _validate(options: dict[str, Any]) -> None:
         raise SneError(f"SNE option chunk_hidden ({options['chunk_hidden']}) must be divisible by its heads "
                        f"({chunk_heads_for(options)}: heads x chunk_hidden / hidden)")
     for name, value in options.items():
-        if (name in ("layer_norm", "standardize_layers", "batch_norm") or name.startswith("use_")) and not isinstance(
+        if (name in ("layer_norm", "standardize_layers", "batch_norm", "canonical_order") or name.startswith("use_")) and not isinstance(
             value, bool
         ):
             raise SneError(f"SNE option {name} must be true or false, got {value!r}")
