@@ -136,3 +136,16 @@ def test_invariance_training_refuses_networks_without_known_symmetries(tmp_path,
     monkeypatch.setattr(run_module, "supports_permutation", lambda r: False)
     with pytest.raises(SneError, match="neuron symmetries are unknown"):
         run_module.check_permutable(FakeZoo(), [record])
+
+
+def test_studies_share_the_runs_they_have_in_common(shared_sine_zoo, tmp_path, capsys):
+    common = ["bench", "ablation", "--zoo", str(shared_sine_zoo.path), "--epochs", "1", "--max-train", "30",
+              "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--device", "cpu", *TINY]
+    assert run_cli([*common, "--study", "invariance", "--rows", "lambda-0,augment"], capsys)[0] == 0
+    runs = sorted(p.relative_to(tmp_path) for p in (tmp_path / "runs").glob("*/*"))
+    assert [p.name for p in runs] == ["sne_permutation_augment-true_seed0", "sne_seed0"]
+    assert run_cli([*common, "--study", "components", "--rows", "full"], capsys)[0] == 0
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "runs").glob("*/*")) == runs
+    full = json.loads((tmp_path / "results" / "ablation_components_shared.json").read_text())["entries"][0]
+    lambda0 = json.loads((tmp_path / "results" / "ablation_invariance_shared.json").read_text())["entries"]
+    assert full["metrics"] == next(e for e in lambda0 if e["row"] == "lambda-0")["metrics"]

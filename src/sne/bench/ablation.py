@@ -169,12 +169,14 @@ def run_ablation(
             raise SneError(f"--max-train must be at least 2, got {max_train}")
         available = min(available, max_train)
     setting = _setting(runs, base_invariance_weight, max_train)
-    setting_dir = runs.runs_dir / (study + _setting_tag(setting))
+    # Runs are named by what they change from the base, so studies share the runs they have in
+    # common (the components study's full SNE is the invariance study's lambda 0).
+    setting_dir = runs.runs_dir / ("base" + _setting_tag(setting))
     configs, skipped = _row_configs(rows, runs, zoo, target, base_invariance_weight, available)
     entries = []
-    for row, config_fields in configs:
+    for row, config_fields, run_name in configs:
         for seed in runs.seeds:
-            run_dir = setting_dir / f"{row.name}_seed{seed}"
+            run_dir = setting_dir / f"{run_name}_seed{seed}"
             config = TrainConfig.for_encoder(row.encoder, seed=seed, **config_fields)
             started = time.perf_counter()
             fit(config, run_dir)
@@ -246,25 +248,34 @@ def _setting_tag(setting: dict) -> str:
 
 
 def _row_configs(rows: Sequence[AblationRow], runs: BenchRuns, zoo: Zoo, target: str, base_weight: float,
-                 available: int) -> tuple[list[tuple[AblationRow, dict]], list[dict]]:
-    """Each row's TrainConfig fields; a row whose configuration is the full row's (a chunk size equal
-    to the base's, a switch the base already sets) is not trained twice but listed as skipped."""
+                 available: int) -> tuple[list[tuple[AblationRow, dict, str]], list[dict]]:
+    """Each row's TrainConfig fields and run name (the encoder and what the row changes from the
+    base); a row whose configuration is another's (a chunk size equal to the base's, a switch the
+    base already sets) is not trained twice but listed as skipped."""
     configs, seen, skipped = [], {}, []
     for row in rows:
-        options = {**runs.options_for(row.encoder), **row.options}
+        base_options = runs.options_for(row.encoder)
+        options = {**base_options, **row.options}
+        base_fields = {"invariance_weight": base_weight, "max_train": available, **runs.train_options}
         fields = {"zoo": str(zoo.path), "target": target, "encoder_options": options, "epochs": runs.epochs,
-                  "device": runs.device, "command": runs.command, "invariance_weight": base_weight,
-                  "max_train": available, **runs.train_options, **row.train}
+                  "device": runs.device, "command": runs.command, **base_fields, **row.train}
         if row.fraction is not None:
             fields["max_train"] = max(2, math.ceil(row.fraction * available))
+        changed = {k: v for k, v in options.items() if base_options.get(k, SNE_DEFAULT_OPTIONS.get(k)) != v}
+        changed.update({k: fields[k] for k in base_fields if fields[k] != base_fields[k]})
+        changed.update({k: v for k, v in row.train.items() if k not in base_fields and v != getattr(_DEFAULT_CONFIG, k)})
+        run_name = row.encoder + options_tag(changed)
         resolved = {**SNE_DEFAULT_OPTIONS, **options} if row.encoder == "sne" else options
         identity = json.dumps([row.encoder, resolved, fields], sort_keys=True, default=str)
         if identity in seen:
             skipped.append({"row": row.name, "label": row.label, "same_as": seen[identity]})
             continue
         seen[identity] = row.name
-        configs.append((row, fields))
+        configs.append((row, fields, run_name))
     return configs, skipped
+
+
+_DEFAULT_CONFIG = TrainConfig(zoo="", target="")
 
 
 def entry_identity(entry: dict) -> tuple:
