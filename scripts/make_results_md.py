@@ -12,7 +12,13 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from sne.bench.paper import compare_ordering  # noqa: E402
 from sne.bench.results import zoo_identity  # noqa: E402
-from sne.bench.runs import configuration_label, configuration_name, options_key  # noqa: E402
+from sne.bench.transfer import summarize  # noqa: E402
+from sne.bench.runs import (  # noqa: E402
+    configuration_label,
+    configuration_name,
+    options_apart_from_defaults,
+    options_key,
+)
 from sne.io_utils import atomic_path  # noqa: E402
 
 
@@ -137,7 +143,7 @@ def _against_source_lines(data: dict) -> list[str]:
 
 def _encoder_label(entry: dict) -> str:
     """The encoder's name, with the options given on the command line (none: its defaults)."""
-    return configuration_label(entry["encoder"], entry.get("encoder_options_given"))
+    return configuration_label(entry["encoder"], options_apart_from_defaults(entry))
 
 
 def _ordering_lines(data: dict) -> list[str]:
@@ -465,7 +471,8 @@ def transfer_section(path: Path, data: dict) -> list[str]:
                      f"`{zoo['command']}`")
     tests = [z["label"] for z in data["test_zoos"]]
     by_run = {(configuration_name(e), e["train_zoo"]): e for e in data["entries"]}
-    for configuration, table in data["summary"].items():
+    # Summarised again, not read from the file: rows are named relative to today's defaults.
+    for configuration, table in summarize(data["entries"]).items():
         sample = next(e for e in data["entries"] if configuration_name(e) == configuration)
         lines += ["", f"**{_encoder_label(sample)}** ({sample['encoder_parameters']:,} parameters; "
                   f"{_hardware(sample['hardware'])}). Rows: training zoo; columns: test zoo; mean over seeds "

@@ -40,3 +40,19 @@ def test_swapped_pair_is_reported():
 
 def test_fewer_than_two_shared_encoders_gives_no_tau():
     assert compare_ordering({"a": 1.0}, {"a": 0.1, "b": 0.2})["kendall_tau"] is None
+
+
+def test_rows_keep_naming_the_encoder_they_measured_when_a_default_changes(monkeypatch):
+    from sne.bench.runs import configuration_name, options_key
+    from sne.encoders import sne as sne_module
+
+    old_row = {"encoder": "sne", "encoder_options_given": {}}  # written before rows recorded every option
+    narrow = {"encoder": "sne", "encoder_options_given": {"chunk_hidden": 32},
+              "encoder_options_resolved": {**sne_module.DEFAULT_OPTIONS, "chunk_hidden": 32}}
+    assert [configuration_name(r) for r in (old_row, narrow)] == ["sne", "sne_chunk_hidden-32"]
+    monkeypatch.setitem(sne_module.DEFAULT_OPTIONS, "chunk_hidden", 32)
+    monkeypatch.setattr(sne_module.SNEEncoder, "defaults_of_older_configs", {"chunk_hidden": None})
+    new_row = {"encoder": "sne", "encoder_options_given": {},
+               "encoder_options_resolved": dict(sne_module.DEFAULT_OPTIONS)}
+    assert [configuration_name(r) for r in (old_row, narrow, new_row)] == ["sne_chunk_hidden-null", "sne", "sne"]
+    assert options_key(narrow) == options_key(new_row) != options_key(old_row)

@@ -65,10 +65,28 @@ def options_tag(options: dict) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "", text)
 
 
+def options_apart_from_defaults(entry: dict) -> dict:
+    """A results row's encoder options that differ from the encoder's current defaults: those given,
+    and, for a row written before rows recorded every option (no ``encoder_options_resolved``), the
+    defaults of that time where they have changed since (``Encoder.defaults_of_older_configs``).
+    So a row keeps meaning the encoder it measured when a default changes."""
+    from sne.encoders import get_encoder_class
+
+    given = dict(entry.get("encoder_options_given") or {})
+    try:
+        cls = get_encoder_class(entry["encoder"])
+    except Exception:  # a row of an encoder this release no longer has: as given
+        return given
+    if "encoder_options_resolved" not in entry:
+        given = {**cls.defaults_of_older_configs, **given}
+    defaults = getattr(cls, "default_options", {})
+    return {k: v for k, v in given.items() if k not in defaults or defaults[k] != v}
+
+
 def configuration_name(entry: dict) -> str:
-    """A results row's encoder and options given, as its run directory names them (``sne``,
-    ``sne_use_source_features-true``): the key of per-configuration summaries."""
-    return entry["encoder"] + options_tag(entry.get("encoder_options_given") or {})
+    """A results row's encoder and options apart from the defaults, as its run directory names them
+    (``sne``, ``sne_use_source_features-true``): the key of per-configuration summaries."""
+    return entry["encoder"] + options_tag(options_apart_from_defaults(entry))
 
 
 def configuration_label(encoder: str, options: dict | None) -> str:
@@ -78,5 +96,5 @@ def configuration_label(encoder: str, options: dict | None) -> str:
 
 
 def options_key(entry: dict) -> str:
-    """A results row's encoder options given, as a key (rows written before options were recorded: none)."""
-    return json.dumps(entry.get("encoder_options_given") or {}, sort_keys=True)
+    """A results row's encoder options apart from the defaults (:func:`options_apart_from_defaults`), as a key."""
+    return json.dumps(options_apart_from_defaults(entry), sort_keys=True)

@@ -272,6 +272,7 @@ def run_style_edit_benchmark(zoo_path: str | Path, runs: BenchRuns) -> Path:
             entry = {
                 "encoder": encoder,
                 "encoder_options_given": runs.options_for(encoder),
+                "encoder_options_resolved": summary["encoder_options_resolved"],
                 "train_seed": seed,
                 "run": str(run_dir),
                 "encoder_parameters": summary["encoder_parameters"],

@@ -120,6 +120,7 @@ def run_transfer_benchmark(
                 entry = {
                     "encoder": encoder,
                     "encoder_options_given": runs.options_for(encoder),
+                    "encoder_options_resolved": summary["encoder_options_resolved"],
                     "seed": seed,
                     "train_zoo": train_label,
                     "run": str(run_dir),

@@ -47,6 +47,9 @@ class Encoder(nn.Module):
     #: Options whose default changed: their value before, for saved configs that predate the option
     #: (configs record every option since, so only those lack it).
     defaults_of_older_configs: ClassVar[dict[str, Any]] = {}
+    #: The options' defaults, where the encoder keeps them in one place (results rows name only
+    #: the options that differ from these).
+    default_options: ClassVar[dict[str, Any]] = {}
     out_dim: int
 
     def __init__(self, *, architecture: Architecture | None = None, **options: Any) -> None:

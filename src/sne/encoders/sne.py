@@ -275,6 +275,7 @@ class SNEEncoder(Encoder):
     """
 
     weight_outputs = True
+    default_options = DEFAULT_OPTIONS
 
     def __init__(self, *, architecture: Architecture | None = None, **options: Any) -> None:
         unknown = sorted(set(options) - set(DEFAULT_OPTIONS))

@@ -393,6 +393,7 @@ def train_epochs(
         "best_val_loss": state["best_val_loss"],
         "train_seconds": state["train_seconds"],
         "encoder_parameters": n_params,
+        "encoder_options_resolved": dict(encoder.options),
         "hardware": hardware_description(device),
         "processes": world,
     }
