@@ -149,3 +149,13 @@ def test_studies_share_the_runs_they_have_in_common(shared_sine_zoo, tmp_path, c
     full = json.loads((tmp_path / "results" / "ablation_components_shared.json").read_text())["entries"][0]
     lambda0 = json.loads((tmp_path / "results" / "ablation_invariance_shared.json").read_text())["entries"]
     assert full["metrics"] == next(e for e in lambda0 if e["row"] == "lambda-0")["metrics"]
+
+
+def test_train_preset_is_for_sne_only_and_unknown_presets_are_named(shared_sine_zoo, tmp_path, capsys):
+    common = ["train", "--zoo", str(shared_sine_zoo.path), "--target", "frequency", "--out", str(tmp_path / "run"),
+              "--epochs", "1", "--device", "cpu"]
+    code, _, err = run_cli([*common, "--encoder", "statnn", "--preset", "paper"], capsys)
+    assert code == 2 and "encoder 'statnn' has none" in err
+    code, _, err = run_cli([*common, "--preset", "nope"], capsys)
+    assert code == 2 and "unknown SNE preset 'nope'" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

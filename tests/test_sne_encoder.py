@@ -409,3 +409,16 @@ def test_canonical_order_gives_every_equivalent_permutation_of_a_chain_the_same_
         canonical.make_weight_head()
     with pytest.raises(SneError, match="canonical_order must be true or false"):
         SNEEncoder(canonical_order=1)
+
+
+def test_the_paper_preset_is_the_papers_configuration_and_options_beside_it_win():
+    from sne.encoders.sne import PRESETS
+
+    paper = SNEEncoder(**SMALL, preset="paper")
+    assert {k: paper.options[k] for k in PRESETS["paper"]} == PRESETS["paper"]
+    assert "preset" not in paper.options and paper.part_scale is None
+    assert SNEEncoder(**SMALL, preset="paper", batch_norm=True).options["batch_norm"] is True
+    rebuilt = build_encoder_from_config(json.loads(json.dumps(paper.config())))
+    assert rebuilt.options == paper.options
+    with pytest.raises(SneError, match="unknown SNE preset 'nope'"):
+        SNEEncoder(preset="nope")

@@ -233,6 +233,8 @@ def train(
         False, "--augment-permutations",
         help="Train on a fresh random functionally-equivalent permutation of every network each epoch."),
     option: List[str] = typer.Option([], "--option", "-o", help="Encoder option key=value (repeatable)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="SNE only: a named set of options, e.g. paper "
+                                         "(the paper's configuration); -o options win over it."),
     max_train: Optional[int] = typer.Option(None, "--max-train", help="Use only this many training networks."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
     workers: int = typer.Option(0, "--workers", help="Data-loader worker processes."),
@@ -246,8 +248,13 @@ def train(
     if log_dir is not None:
         require_tensorboard()  # before minutes of loading and training, not after
 
+    options = parse_options(option)
+    if preset is not None:
+        if encoder != "sne":
+            raise SneError(f"--preset names a set of SNE options; encoder '{encoder}' has none")
+        options = {"preset": preset, **options}
     config = TrainConfig.for_encoder(
-        encoder, zoo=str(zoo), target=target, encoder_options=parse_options(option), epochs=epochs,
+        encoder, zoo=str(zoo), target=target, encoder_options=options, epochs=epochs,
         batch_size=batch_size, lr=lr, invariance_weight=invariance_weight, permutation_augment=augment_permutations,
         seed=seed, device=device, num_workers=workers, max_train=max_train, precision=precision, command=_command_line(),
     )

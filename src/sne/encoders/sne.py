@@ -84,6 +84,13 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "canonical_order": False,
 }
 
+#: Named sets of options (``preset=NAME``; options given beside it win). ``paper``: SNE as the paper
+#: describes it, for reproducing its numbers: one set per layer part, the chunk stage at full width,
+#: raw weights (no layer standardisation) and no batch norm after pooling.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"part_window": None, "chunk_hidden": None, "standardize_layers": False, "batch_norm": False},
+}
+
 #: Most kernel dimensions of any layer kind (conv3d); tap coordinates are zero-padded to it.
 MAX_KERNEL_DIMS = max(KIND_BY_WEIGHT_NDIM) - 2
 #: Levels whose layer statistics are normalised with fitted training statistics (deeper: raw).
@@ -272,12 +279,18 @@ class SNEEncoder(Encoder):
     chunk-index encoding says a neuron's rank instead of an arbitrary place. Networks that are not
     plain chains are encoded as they are. No weight-space outputs: they would come out in canonical order.
     Inference (:meth:`plan`) encodes :data:`INFERENCE_CHUNKS` chunks at a time whatever the options.
+    ``preset``: a name in :data:`PRESETS` whose options apply under those given (``preset=paper``).
     """
 
     weight_outputs = True
     default_options = DEFAULT_OPTIONS
 
     def __init__(self, *, architecture: Architecture | None = None, **options: Any) -> None:
+        preset = options.pop("preset", None)
+        if preset is not None:
+            if preset not in PRESETS:
+                raise SneError(f"unknown SNE preset {preset!r} (presets: {', '.join(PRESETS)})")
+            options = {**PRESETS[preset], **options}
         unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
         if unknown:
             raise SneError(f"unknown SNE option(s) {', '.join(unknown)} (known: {', '.join(DEFAULT_OPTIONS)})")
