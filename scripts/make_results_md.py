@@ -457,6 +457,25 @@ def bench_section(path: Path, data: dict) -> list[str]:
             json.dumps(data, indent=2), "```", ""]
 
 
+def _zoo_generations(entries: list[dict]) -> dict[str, str]:
+    """Per configuration, the zoos its rows were measured on: their target digests, or a note that
+    they were measured before digests were recorded."""
+    digests: dict[str, set] = {}
+    for entry in entries:
+        digest = entry.get("zoo_digests")
+        digests.setdefault(configuration_name(entry), set()).add(
+            tuple(sorted(digest.items())) if digest else None)
+    named = {}
+    for configuration, versions in digests.items():
+        if versions == {None}:
+            named[configuration] = "the first (target digests not recorded)"
+        else:
+            named[configuration] = "target digests " + "; ".join(
+                ", ".join(f"{label} {value}" for label, value in version) if version else "not recorded"
+                for version in sorted(versions, key=str))
+    return named
+
+
 def transfer_section(path: Path, data: dict) -> list[str]:
     """The cross-dataset / cross-architecture tables: Kendall's tau, train zoo x test zoo, per encoder."""
     title = {"cross_dataset": "Cross-dataset accuracy prediction",
@@ -471,12 +490,19 @@ def transfer_section(path: Path, data: dict) -> list[str]:
                      f"`{zoo['command']}`")
     tests = [z["label"] for z in data["test_zoos"]]
     by_run = {(configuration_name(e), e["train_zoo"]): e for e in data["entries"]}
+    generations = _zoo_generations(data["entries"])
+    if len(set(generations.values())) > 1:
+        lines += ["", "**Zoo generations.** The zoos were made again between some rows (same recipe, options and "
+                  "seed; other floating-point rounding, so some networks' accuracies differ). Each configuration "
+                  "says which generation it was trained and tested on; compare rows of one generation only."]
     # Summarised again, not read from the file: rows are named relative to today's defaults.
     for configuration, table in summarize(data["entries"]).items():
         sample = next(e for e in data["entries"] if configuration_name(e) == configuration)
+        generation = (f" Zoo generation: {generations[configuration]}." if len(set(generations.values())) > 1
+                      else "")
         lines += ["", f"**{_encoder_label(sample)}** ({sample['encoder_parameters']:,} parameters; "
                   f"{_hardware(sample['hardware'])}). Rows: training zoo; columns: test zoo; mean over seeds "
-                  "(± std when more than one).", "",
+                  f"(± std when more than one).{generation}", "",
                   "| trained on | " + " | ".join(tests) + " | average | train time |",
                   "|---|" + "---|" * (len(tests) + 2)]
         for train_label, row in table.items():

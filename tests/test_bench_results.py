@@ -56,3 +56,16 @@ def test_rows_keep_naming_the_encoder_they_measured_when_a_default_changes(monke
                "encoder_options_resolved": dict(sne_module.DEFAULT_OPTIONS)}
     assert [configuration_name(r) for r in (old_row, narrow, new_row)] == ["sne_chunk_hidden-null", "sne", "sne"]
     assert options_key(narrow) == options_key(new_row) != options_key(old_row)
+
+
+def test_targets_digest_tells_zoo_generations_apart(shared_sine_zoo):
+    import copy
+
+    from sne.bench.results import targets_digest, zoo_identity, zoo_summary
+
+    again = copy.copy(shared_sine_zoo)
+    again.metadata = shared_sine_zoo.metadata.copy()
+    assert targets_digest(again) == targets_digest(shared_sine_zoo)
+    again.metadata.loc[0, "frequency"] += 1e-6  # one network fitted with other rounding
+    assert targets_digest(again) != targets_digest(shared_sine_zoo)
+    assert zoo_identity(zoo_summary(again)) == zoo_identity(zoo_summary(shared_sine_zoo))

@@ -8,6 +8,7 @@ recomputed, so one table can be built up step by step, on different machines.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 from pathlib import Path
 from typing import Callable
@@ -20,6 +21,16 @@ def zoo_label(zoo: Zoo) -> str:
     """A short name for a zoo in tables: ``recipe/dataset`` (or the directory name)."""
     dataset = (zoo.manifest.get("options") or {}).get("dataset")
     return f"{zoo.manifest.get('recipe')}/{dataset}" if dataset else zoo.path.name
+
+
+def targets_digest(zoo: Zoo) -> str:
+    """A short digest of every network's target values: zoos made from the same recipe, options
+    and seed by different code (other floating-point rounding) are told apart by it."""
+    import pandas as pd
+
+    columns = sorted(c for c in zoo.targets if c in zoo.metadata.columns)
+    hashed = pd.util.hash_pandas_object(zoo.metadata[columns], index=True).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]
 
 
 def zoo_summary(zoo: Zoo) -> dict:
@@ -35,6 +46,7 @@ def zoo_summary(zoo: Zoo) -> dict:
         "options": zoo.manifest.get("options"),
         "seed": zoo.manifest.get("seed"),
         "command": zoo.manifest.get("command"),
+        "targets_digest": targets_digest(zoo),
     }
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from sne.bench.paper import PAPER_CROSS_ARCH_TAU, PAPER_CROSS_DATASET_TAU
 from sne.errors import SneError
-from sne.bench.results import write_merged, zoo_identity, zoo_label, zoo_summary
+from sne.bench.results import targets_digest, write_merged, zoo_identity, zoo_label, zoo_summary
 from sne.bench.runs import BenchRuns, configuration_name, options_key
 from sne.plots import scatter_grid, embedding_map
 from sne.train.evaluate import evaluate_run
@@ -130,6 +130,7 @@ def run_transfer_benchmark(
                     "train_seconds": summary["train_seconds"],
                     "hardware": hardware_description(resolve_device(device)),
                     "evaluations": _evaluate_everywhere(run_dir, tests, device),
+                    "zoo_digests": {zoo_label(z): targets_digest(z) for z in [train_zoo, *tests]},
                 }
                 if runs.plots:
                     stem = runs.results_dir / "plots" / f"{benchmark}_{runs.run_name(encoder)}_seed{seed}_{_safe(train_label)}"
