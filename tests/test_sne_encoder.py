@@ -153,8 +153,9 @@ def test_output_shape_for_mixed_architectures():
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"use_hierarchy": False}, {"use_set_functions": False}, {"chunk_micro_batch": 3}, {"layer_norm": True}],
-    ids=["default", "flat", "no-sets", "micro-batch", "layer-norm"],
+    [{}, {"use_hierarchy": False}, {"use_set_functions": False}, {"chunk_micro_batch": 3}, {"layer_norm": True},
+     {"source_code_rounds": 2, "chunk_micro_batch": 3}],
+    ids=["default", "flat", "no-sets", "micro-batch", "layer-norm", "source-codes"],
 )
 def test_code_does_not_depend_on_batch_composition(options):
     """A network's code is the same alone and beside a larger network of another architecture."""
@@ -195,7 +196,7 @@ def test_each_ablation_builds_and_runs(switch):
 @pytest.mark.parametrize(
     "options",
     [{}, {"use_hierarchy": False}, {"use_set_functions": False}, {"use_source_features": True},
-     {"use_input_positions": True}],
+     {"use_input_positions": True}, {"source_code_rounds": 2}],
 )
 def test_gradients_reach_every_parameter(options):
     """Every parameter but the merge tokens, which chains do not use (tests/test_encoders_any_network.py)."""
@@ -207,7 +208,8 @@ def test_gradients_reach_every_parameter(options):
             assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("options", [{}, {"use_source_features": True, "use_input_positions": True}])
+@pytest.mark.parametrize("options", [{}, {"use_source_features": True, "use_input_positions": True},
+                                     {"source_code_rounds": 2}])
 def test_micro_batching_gives_the_same_codes_and_gradients(options):
     torch.manual_seed(0)
     # float64: summation order differs between the two paths, and float32 gradients differ by more
@@ -422,3 +424,55 @@ def test_the_paper_preset_is_the_papers_configuration_and_options_beside_it_win(
     assert rebuilt.options == paper.options
     with pytest.raises(SneError, match="unknown SNE preset 'nope'"):
         SNEEncoder(preset="nope")
+
+
+def test_neuron_links_number_each_layers_neurons_and_point_weights_at_their_sources():
+    from sne.encoders.chunking import pad_chunk
+
+    g = torch.Generator().manual_seed(0)
+    record = mlp([3, 5, 4, 2], g)
+    batch = pad_chunk([record, record], chunk_size=4, neuron_links=True)
+    assert batch.neuron_count == 2 * (5 + 4 + 2)
+    own, source = torch.cat(batch.own_neuron), torch.cat(batch.source_neuron)
+    slots = torch.cat(batch.element_slot)
+    values = torch.cat(batch.tap_values).squeeze(1)
+    for network in range(2):
+        offset = 11 * network
+        for index, layer in enumerate(record.layers):
+            first = offset + (0, 5, 9)[index]
+            for row in range(layer.out_features):
+                for column in range(layer.in_features):
+                    hit = (values == layer.weight[row, column]) & (own == first + row)
+                    assert int(hit.sum()) >= 1
+                    expected = -1 if index == 0 else offset + (0, 5, 9)[index - 1] + column
+                    assert set(source[hit].tolist()) == {expected}
+    assert len(slots) == len(own) == len(source)
+
+
+def _chunk_codes(encoder: SNEEncoder, records: list[NetworkRecord]) -> torch.Tensor:
+    with torch.no_grad():
+        return encoder._chunk_codes(encoder.prepare(records), torch.float64)[0]
+
+
+def test_source_codes_see_which_neuron_a_weight_comes_from_and_move_with_it():
+    """With neuron order unencoded (one SIREN row per chunk, no chunk-index or row-slot encoding),
+    SNE is exactly invariant to neuron permutations and blind to shuffled incoming weights; learned
+    source codes keep the invariance and see the shuffle."""
+    from sne.weights import random_equivalent_permutation, shuffle_incoming
+
+    g = torch.Generator().manual_seed(2)
+    records = [mlp([1, 32, 32, 1], g, dtype=torch.float64) for _ in range(4)]
+    shuffled = [shuffle_incoming(r, torch.Generator().manual_seed(i)) for i, r in enumerate(records)]
+    permuted = [random_equivalent_permutation(r, torch.Generator().manual_seed(10 + i)) for i, r in enumerate(records)]
+    for rounds in (0, 1, 2):
+        torch.manual_seed(0)
+        encoder = SNEEncoder(**SMALL, chunk_size=32, source_code_rounds=rounds, use_chunk_index_encoding=False,
+                             use_row_slot_encoding=False).double().eval()
+        codes = _chunk_codes(encoder, records)
+        moved = _chunk_codes(encoder, permuted)
+        torch.testing.assert_close(moved.sort(0).values, codes.sort(0).values, rtol=0, atol=1e-12)
+        seen = (_chunk_codes(encoder, shuffled) - codes).abs().max()
+        assert (seen > 1e-5) if rounds else (seen < 1e-12), (rounds, seen)
+        with torch.no_grad():
+            torch.testing.assert_close(encoder(encoder.plan(records)), encoder(encoder.prepare(records)),
+                                       rtol=0, atol=1e-12)

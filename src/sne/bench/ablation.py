@@ -87,6 +87,7 @@ def _components() -> list[AblationRow]:
         AblationRow("source-features", "ours: with source features", options={"use_source_features": True}),
         AblationRow("input-positions", "ours: with input positions", options={"use_input_positions": True}),
         AblationRow("canonical-order", "ours: with canonical neuron order", options={"canonical_order": True}),
+        AblationRow("source-codes", "ours: with learned source codes (2 rounds)", options={"source_code_rounds": 2}),
     ]
 
 

@@ -78,6 +78,14 @@ outputs (the previous layer in a record without data flow); every other element 
 first layers, biases, layers after a skip connection or a merge, and in networks that are not
 chains most layers (a convolution after a batch norm reads the norm, not a convolution).
 
+**Neuron links (optional).** Source features describe a weight's source neuron by fixed
+statistics. With ``neuron_links=True`` the batch instead numbers the output neurons of every plain
+linear or convolution layer and gives each element two ids: the neuron it belongs to (a weight
+row's elements and its bias) and, where a source is known as for source features, the neuron its
+input comes from (-1 where none). The encoder then pools a code per neuron from its elements and
+hands it to the weights it feeds (:class:`sne.encoders.sne.SNEEncoder`, ``source_code_rounds``), a
+learned link between layers that moves with the weights under any permutation, as the ids do.
+
 **Input positions (optional).** The first layer's inputs are the network's own inputs (an INR's
 x and y, an image's channels): their order is not a symmetry, yet a row-as-set drops it, so a 2-D
 INR's x- and y-weights look alike. With ``input_positions=True`` every weight element of a linear
@@ -226,6 +234,10 @@ class ChunkElements:
     row_slot: torch.Tensor  #: (last - first, c) row of its chunk each element belongs to
     source_features: list[torch.Tensor] | None = None  #: per kernel shape, (elements, SOURCE_FEATURES)
     input_positions: list[torch.Tensor] | None = None  #: per kernel shape, (elements, INPUT_POSITION_FEATURES)
+    #: per kernel shape, (elements,) the neuron an element belongs to, -1 for none ("Neuron links")
+    own_neuron: list[torch.Tensor] | None = None
+    #: per kernel shape, (elements,) the neuron an element's input comes from, -1 for none
+    source_neuron: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -266,14 +278,18 @@ class ChunkBatch:
     source_features: list[torch.Tensor] | None = None
     #: per kernel shape, (elements, INPUT_POSITION_FEATURES), when pad_chunk was asked for input positions
     input_positions: list[torch.Tensor] | None = None
+    #: per kernel shape, (elements,) neuron ids (see ChunkElements), when pad_chunk was asked for neuron links
+    own_neuron: list[torch.Tensor] | None = None
+    source_neuron: list[torch.Tensor] | None = None
+    #: neurons numbered in the batch (own_neuron and source_neuron index them)
+    neuron_count: int = 0
 
     def elements(self, first: int, last: int) -> ChunkElements:
         """The elements of chunks ``[first, last)`` (each kernel group stores its elements in chunk
         order, so a run of chunks is one contiguous range per group)."""
         chunk_size = self.element_mask.shape[1]
         bounds = torch.tensor([first * chunk_size, last * chunk_size], device=self.element_mask.device)
-        picked = {name: [] for name in ("tap_values", "tap_coordinates", "element_slot", "source_features",
-                                          "input_positions")}
+        picked = {name: [] for name in ("tap_values", "tap_coordinates", "element_slot", *_OPTIONAL_ELEMENT_FIELDS)}
         for group, slots in enumerate(self.element_slot):
             start, stop = torch.searchsorted(slots, bounds).tolist()
             if start == stop:
@@ -281,13 +297,17 @@ class ChunkBatch:
             picked["tap_values"].append(self.tap_values[group][start:stop])
             picked["tap_coordinates"].append(self.tap_coordinates[group])
             picked["element_slot"].append(slots[start:stop] - first * chunk_size)
-            for name in ("source_features", "input_positions"):
+            for name in _OPTIONAL_ELEMENT_FIELDS:
                 if getattr(self, name) is not None:
                     picked[name].append(getattr(self, name)[group][start:stop])
-        for name in ("source_features", "input_positions"):
+        for name in _OPTIONAL_ELEMENT_FIELDS:
             if getattr(self, name) is None:
                 picked[name] = None
         return ChunkElements(element_mask=self.element_mask[first:last], row_slot=self.row_slot[first:last], **picked)
+
+
+#: Per-element fields that a batch has only when asked for them.
+_OPTIONAL_ELEMENT_FIELDS = ("source_features", "input_positions", "own_neuron", "source_neuron")
 
 
 def _padding_mask(lengths: torch.Tensor) -> torch.Tensor:
@@ -469,6 +489,19 @@ def _single_source(record: NetworkRecord, index: int) -> int | None:
     return only[0] if len(only) == 1 and only[0] >= 0 else None
 
 
+def _dense_source(record: NetworkRecord, index: int) -> tuple[int, int] | None:
+    """``(source layer, inputs per source neuron)`` where layer ``index`` is a plain linear or
+    convolution layer reading exactly one such layer (a flattened channel feeds a block of inputs),
+    else ``None``: where an input's source neuron is known."""
+    source = _single_source(record, index)
+    if source is None or not (_plain_dense(record.layers[source]) and _plain_dense(record.layers[index])):
+        return None
+    try:
+        return source, input_blocks(record.layers[source], record.layers[index], record.source)
+    except SneError:
+        return None
+
+
 def reads_network_input(record: NetworkRecord, index: int) -> bool:
     """Whether layer ``index`` reads only the network's input (the first layer of a record without flow)."""
     layer = record.layers[index]
@@ -482,18 +515,12 @@ def source_neuron_features(record: NetworkRecord) -> list[torch.Tensor | None]:
     layer comes from (a flattened channel feeds a block of inputs), or ``None`` where unknown: given
     for a linear or convolution layer reading exactly one such layer (module docstring)."""
     features: list[torch.Tensor | None] = []
-    for index, layer in enumerate(record.layers):
-        source = _single_source(record, index)
-        previous = None if source is None else record.layers[source]
-        block = None
-        if previous is not None and _plain_dense(previous) and _plain_dense(layer):
-            try:
-                block = input_blocks(previous, layer, record.source)
-            except SneError:
-                block = None
-        if block is None:
+    for index in range(len(record.layers)):
+        link = _dense_source(record, index)
+        if link is None:
             features.append(None)
             continue
+        previous, block = record.layers[link[0]], link[1]
         # Standardised as the chunks standardise each part (layer_parts: the part's own mean and std).
         weight, *bias = [
             ((part.taps - part.mean) / part.std).reshape(previous.out_features, -1)
@@ -503,6 +530,22 @@ def source_neuron_features(record: NetworkRecord) -> list[torch.Tensor | None]:
         neuron = torch.stack([bias, weight.square().mean(1).sqrt(), torch.ones_like(bias)], dim=1)
         features.append(neuron.repeat_interleave(block, dim=0))
     return features
+
+
+def neuron_ids(record: NetworkRecord, first: int) -> tuple[list[int], list[torch.Tensor | None]]:
+    """Neuron links of ``record``, its neurons numbered from ``first``: per layer, the id of its
+    first output neuron (-1 unless a plain linear or convolution layer, whose output neurons, a
+    weight row and its bias each, get consecutive ids), and ``(in_features,)`` the id of the neuron
+    each input comes from, where known as for source features (module docstring), else ``None``."""
+    firsts, next_id = [], first
+    for layer in record.layers:
+        firsts.append(next_id if _plain_dense(layer) else -1)
+        next_id += layer.out_features if _plain_dense(layer) else 0
+    sources: list[torch.Tensor | None] = []
+    for index, layer in enumerate(record.layers):
+        link = _dense_source(record, index)
+        sources.append(None if link is None else firsts[link[0]] + torch.arange(layer.in_features) // link[1])
+    return firsts, sources
 
 
 def input_position_features(layer: Layer) -> torch.Tensor:
@@ -527,6 +570,8 @@ class PlacedPart(NamedTuple):
     num_chunks: int
     sources: torch.Tensor | None  #: (row_length, SOURCE_FEATURES) of each column's source neuron, else zeros
     positions: torch.Tensor | None  #: (rows * row_length, INPUT_POSITION_FEATURES), else zeros
+    first_neuron: int = -1  #: id of the neuron of row 0 (rows are consecutive neurons), -1 for none
+    source_ids: torch.Tensor | None = None  #: (row_length,) id of each column's source neuron, else -1
 
 
 @dataclass
@@ -542,6 +587,7 @@ class ChunkPlan:
     standardize: bool
     source_features: bool
     input_positions: bool
+    neuron_links: bool = False
 
     @property
     def num_chunks(self) -> int:
@@ -569,7 +615,8 @@ class ChunkPlan:
             taps = part.taps[e0:e1]
             if self.standardize:
                 taps = (taps - part.mean) / part.std
-            group = groups.setdefault(part.kernel, {"taps": [], "slots": [], "sources": [], "positions": []})
+            group = groups.setdefault(part.kernel, {"taps": [], "slots": [], "sources": [], "positions": [],
+                                                    "own": [], "source_ids": []})
             group["taps"].append(taps.to(self.dtype))
             group["slots"].append(slot)
             if self.source_features:
@@ -580,6 +627,12 @@ class ChunkPlan:
                 positions = (placed.positions[e0:e1] if placed.positions is not None
                              else torch.zeros(e1 - e0, INPUT_POSITION_FEATURES))
                 group["positions"].append(positions.to(self.dtype))
+            if self.neuron_links:
+                element = torch.arange(e0, e1)
+                group["own"].append(placed.first_neuron + element // part.row_length if placed.first_neuron >= 0
+                                    else torch.full((e1 - e0,), -1))
+                group["source_ids"].append(placed.source_ids[element % part.row_length]
+                                           if placed.source_ids is not None else torch.full((e1 - e0,), -1))
             row_slot[slot] = layout.row_slot
             mask[slot] = True
         return ChunkElements(
@@ -590,6 +643,8 @@ class ChunkPlan:
             row_slot=row_slot.view(count, c),
             source_features=[torch.cat(g["sources"]) for g in groups.values()] if self.source_features else None,
             input_positions=[torch.cat(g["positions"]) for g in groups.values()] if self.input_positions else None,
+            own_neuron=[torch.cat(g["own"]) for g in groups.values()] if self.neuron_links else None,
+            source_neuron=[torch.cat(g["source_ids"]) for g in groups.values()] if self.neuron_links else None,
         )
 
     def moved_to(self, device: torch.device | str) -> "ChunkPlan":
@@ -607,15 +662,15 @@ class ChunkPlan:
 
 def pad_chunk(
     records: Sequence[NetworkRecord], chunk_size: int, dtype: torch.dtype = torch.float32, standardize: bool = False,
-    source_features: bool = False, input_positions: bool = False,
+    source_features: bool = False, input_positions: bool = False, neuron_links: bool = False,
 ) -> ChunkBatch:
     """Chunk every part of every layer of ``records`` (see the module docstring)."""
-    return plan_chunks(records, chunk_size, dtype, standardize, source_features, input_positions).batch()
+    return plan_chunks(records, chunk_size, dtype, standardize, source_features, input_positions, neuron_links).batch()
 
 
 def plan_chunks(
     records: Sequence[NetworkRecord], chunk_size: int, dtype: torch.dtype = torch.float32, standardize: bool = False,
-    source_features: bool = False, input_positions: bool = False,
+    source_features: bool = False, input_positions: bool = False, neuron_links: bool = False,
 ) -> ChunkPlan:
     """Lay out every part of every layer of ``records`` into chunks (module docstring); elements on demand."""
     if not records:
@@ -624,9 +679,14 @@ def plan_chunks(
     part_type, part_level, part_network, part_lengths, part_layer, part_index = [], [], [], [], [], []
     token_kind, token_layer, token_index, token_network = [], [], [], []
     layer_level, layer_size, layers_per_network, part_stats = [], [], [], []
-    num_chunks = 0
+    num_chunks = num_neurons = 0
     for network, record in enumerate(records):
         sources = source_neuron_features(record) if source_features else [None] * len(record.layers)
+        if neuron_links:
+            first_neurons, source_ids = neuron_ids(record, num_neurons)
+            num_neurons += sum(layer.out_features for layer in record.layers if _plain_dense(layer))
+        else:
+            first_neurons, source_ids = [-1] * len(record.layers), [None] * len(record.layers)
         first_layer = len(layer_level)
         for index, (layer, layer_sources) in enumerate(zip(record.layers, sources)):
             parts = layer_parts(layer, record.source)
@@ -640,6 +700,8 @@ def plan_chunks(
                     part, num_chunks, length,
                     layer_sources if weight and layer_sources is not None else None,
                     input_position_features(layer) if reads_input and weight else None,
+                    first_neurons[index] if part.part in (WEIGHT_PART, BIAS_PART) else -1,
+                    source_ids[index] if weight else None,
                 ))
                 part_stats.append(part.stats)
                 part_type.append(part.type)
@@ -708,5 +770,7 @@ def plan_chunks(
                                   items_per_network),
         source_features=None,
         input_positions=None,
+        neuron_count=num_neurons,
     )
-    return ChunkPlan(skeleton, placed_parts, chunk_size, dtype, standardize, source_features, input_positions)
+    return ChunkPlan(skeleton, placed_parts, chunk_size, dtype, standardize, source_features, input_positions,
+                     neuron_links)

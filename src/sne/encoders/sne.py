@@ -82,6 +82,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "part_window": 64,
     "chunk_hidden": None,
     "canonical_order": False,
+    "source_code_rounds": 0,
 }
 
 #: Named sets of options (``preset=NAME``; options given beside it win). ``paper``: SNE as the paper
@@ -279,6 +280,12 @@ class SNEEncoder(Encoder):
     chunk-index encoding says a neuron's rank instead of an arbitrary place. Networks that are not
     plain chains are encoded as they are. No weight-space outputs: they would come out in canonical order.
     Inference (:meth:`plan`) encodes :data:`INFERENCE_CHUNKS` chunks at a time whatever the options.
+    ``source_code_rounds``: rounds of learned links between layers (0: none, as in the paper). In
+    each round every neuron of a plain linear or convolution layer gets a code, the mean of its
+    elements' embeddings (its incoming weights and bias) through a linear map and ReLU, and every
+    weight adds the code of the neuron its input comes from (:mod:`sne.encoders.chunking`, "Neuron
+    links") before the chunk encoder; a round sees the previous round's codes, so ``r`` rounds reach
+    ``r`` layers back. Ids move with the weights, so the links survive any neuron permutation.
     ``preset``: a name in :data:`PRESETS` whose options apply under those given (``preset=paper``).
     """
 
@@ -320,6 +327,9 @@ class SNEEncoder(Encoder):
         self.chunk_pool = SetPool(chunk, chunk_heads, norm, sets, resolved["batch_norm"])
         # Absent at the paper's width, so its checkpoints keep their keys.
         self.chunk_out = nn.Linear(chunk, hidden) if chunk != hidden else None
+        rounds = resolved["source_code_rounds"]
+        self.neuron_in = nn.ModuleList(nn.Linear(chunk, chunk) for _ in range(rounds)) if rounds else None
+        self.source_out = nn.ModuleList(nn.Linear(chunk, chunk, bias=False) for _ in range(rounds)) if rounds else None
         if resolved["use_hierarchy"]:
             self.part_stack = SetStack(hidden, heads, depth, norm, sets)
             self.part_pool = SetPool(hidden, heads, norm, sets, resolved["batch_norm"])
@@ -401,7 +411,7 @@ class SNEEncoder(Encoder):
         return pad_chunk(
             self._in_encoded_order(records), self.options["chunk_size"], dtype=self.readout.weight.dtype,
             standardize=self.options["standardize_layers"], source_features=self.options["use_source_features"],
-            input_positions=self.options["use_input_positions"],
+            input_positions=self.options["use_input_positions"], neuron_links=self.options["source_code_rounds"] > 0,
         )
 
     def plan(self, records: Sequence[NetworkRecord]) -> ChunkPlan:
@@ -411,7 +421,7 @@ class SNEEncoder(Encoder):
         return plan_chunks(
             self._in_encoded_order(records), self.options["chunk_size"], dtype=self.readout.weight.dtype,
             standardize=self.options["standardize_layers"], source_features=self.options["use_source_features"],
-            input_positions=self.options["use_input_positions"],
+            input_positions=self.options["use_input_positions"], neuron_links=self.options["source_code_rounds"] > 0,
         )
 
     prepare_inference = plan
@@ -547,19 +557,14 @@ class SNEEncoder(Encoder):
         codes, the gradients and the running statistics are those of one run.
         """
         index = batch.skeleton if isinstance(batch, ChunkPlan) else batch
-        num_chunks = len(index.chunk_type)
         step = self.options["chunk_micro_batch"]
         checkpointed = step is not None and torch.is_grad_enabled()
         if step is None:
             step = TRAINING_CHUNKS if torch.is_grad_enabled() else INFERENCE_CHUNKS
-        device = index.chunk_type.device
+        neurons = self._neuron_codes(batch, dtype, step) if self.neuron_in is not None else None
         codes, elements = [], []
-        for first in range(0, num_chunks, step):
-            last = min(first + step, num_chunks)
-            run = batch.elements(first, last)
-            if isinstance(batch, ChunkPlan):
-                run = batch_to(run, device)
-            args = (run, index, dtype, first, last, keep_elements)
+        for first, last, run in self._runs(batch, step):
+            args = (run, index, dtype, first, last, keep_elements, neurons)
             if checkpointed:
                 chunk_codes, element_codes = checkpoint(self._encode_chunk_range, *args, use_reentrant=False)
             else:
@@ -571,25 +576,67 @@ class SNEEncoder(Encoder):
             codes = self.chunk_out(codes)
         return codes, torch.cat(elements) if keep_elements else None
 
-    def _encode_chunk_range(
-        self, run: ChunkElements, batch: ChunkBatch, dtype: torch.dtype, first: int, last: int,
-        keep_elements: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Embed the elements ``run`` of chunks ``first:last`` and run the chunk encoder on them:
-        pooled chunk codes before their batch normalisation, and with ``keep_elements`` the element
-        codes before the chunk PMA."""
-        chunk_size = run.element_mask.shape[1]
+    def _runs(self, batch: ChunkBatch | ChunkPlan, step: int):
+        """``(first, last, elements)`` of every run of ``step`` chunks, on the batch's device."""
+        index = batch.skeleton if isinstance(batch, ChunkPlan) else batch
+        num_chunks = len(index.chunk_type)
+        for first in range(0, num_chunks, step):
+            last = min(first + step, num_chunks)
+            run = batch.elements(first, last)
+            yield first, last, batch_to(run, index.chunk_type.device) if isinstance(batch, ChunkPlan) else run
+
+    def _embed(self, run: ChunkElements, dtype: torch.dtype) -> torch.Tensor:
+        """Element embeddings of a run, (elements, chunk width), kernel group after kernel group."""
         sources = run.source_features or [None] * len(run.tap_values)
         positions = run.input_positions or [None] * len(run.tap_values)
-        embedded = [
+        return torch.cat([
             self.element_embedding(
                 values.to(dtype), coordinates.to(dtype), None if source is None else source.to(dtype),
                 None if position is None else position.to(dtype),
             )
             for values, coordinates, source, position in zip(run.tap_values, run.tap_coordinates, sources, positions)
-        ]
+        ])
+
+    def _with_source_codes(self, embedded: torch.Tensor, run: ChunkElements, neurons: torch.Tensor,
+                           round_: int) -> torch.Tensor:
+        """``embedded`` plus, for each element whose source neuron is known, that neuron's code."""
+        source = torch.cat(run.source_neuron)
+        linked = self.source_out[round_](neurons[source.clamp_min(0)])
+        return embedded + torch.where((source >= 0).unsqueeze(1), linked, torch.zeros((), dtype=linked.dtype))
+
+    def _neuron_codes(self, batch: ChunkBatch | ChunkPlan, dtype: torch.dtype, step: int) -> torch.Tensor:
+        """The last round's neuron codes, (neurons, chunk width) (``source_code_rounds``), streamed
+        run by run: only one run's elements and the codes of all neurons exist at a time."""
+        index = batch.skeleton if isinstance(batch, ChunkPlan) else batch
+        count, device = index.neuron_count, index.chunk_type.device
+        neurons = None
+        for round_, neuron_in in enumerate(self.neuron_in):
+            total = torch.zeros(count, self.chunk_width, dtype=dtype, device=device)
+            members = torch.zeros(count, dtype=dtype, device=device)
+            for _, _, run in self._runs(batch, step):
+                embedded = self._embed(run, dtype)
+                if neurons is not None:
+                    embedded = self._with_source_codes(embedded, run, neurons, round_ - 1)
+                own = torch.cat(run.own_neuron)
+                mine = own >= 0
+                total = total.index_add(0, own[mine], embedded[mine])
+                members = members.index_add(0, own[mine], torch.ones_like(own[mine], dtype=dtype))
+            neurons = torch.relu(neuron_in(total / members.clamp_min(1).unsqueeze(1)))
+        return neurons
+
+    def _encode_chunk_range(
+        self, run: ChunkElements, batch: ChunkBatch, dtype: torch.dtype, first: int, last: int,
+        keep_elements: bool = False, neurons: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embed the elements ``run`` of chunks ``first:last`` (with their source neurons' codes
+        ``neurons``, if given) and run the chunk encoder on them: pooled chunk codes before their
+        batch normalisation, and with ``keep_elements`` the element codes before the chunk PMA."""
+        chunk_size = run.element_mask.shape[1]
+        embedded = self._embed(run, dtype)
+        if neurons is not None:
+            embedded = self._with_source_codes(embedded, run, neurons, len(self.source_out) - 1)
         mask = run.element_mask
-        elements = _gather_sets(torch.cat(embedded), torch.cat(run.element_slot), mask)
+        elements = _gather_sets(embedded, torch.cat(run.element_slot), mask)
         if self.options["use_row_slot_encoding"]:
             row_codes = self._encode(torch.arange(chunk_size, device=mask.device), dtype, self.chunk_width)
             elements = elements + row_codes[run.row_slot]
@@ -669,8 +716,9 @@ def _validate(options: dict[str, Any]) -> None:
 
     for name in ("chunk_size", "hidden", "heads", "out_dim"):
         positive_int(name)
-    if isinstance(options["num_sab"], bool) or not isinstance(options["num_sab"], int) or options["num_sab"] < 0:
-        raise SneError(f"SNE option num_sab must be a non-negative integer, got {options['num_sab']!r}")
+    for name in ("num_sab", "source_code_rounds"):
+        if isinstance(options[name], bool) or not isinstance(options[name], int) or options[name] < 0:
+            raise SneError(f"SNE option {name} must be a non-negative integer, got {options[name]!r}")
     if options["hidden"] % options["heads"]:
         raise SneError(f"SNE option hidden ({options['hidden']}) must be divisible by heads ({options['heads']})")
     for name in ("chunk_micro_batch", "part_window", "chunk_hidden"):
