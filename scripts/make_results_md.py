@@ -476,11 +476,39 @@ def _zoo_generations(entries: list[dict]) -> dict[str, str]:
     return named
 
 
+def _is_regression(data: dict) -> bool:
+    """Whether a transfer file's target is an unbounded regression target (a frequency, a log learning
+    rate), whose error says more than its ranking; files written before targets' kinds were recorded
+    hold accuracies."""
+    kind = data.get("target_kind")
+    return kind == "regression" if kind else "accuracy" not in data["target"]
+
+
+def _normalized_mse_cells(entries: list[dict]) -> dict[tuple, float]:
+    """Mean normalised MSE over seeds per (configuration, training zoo, test zoo)."""
+    values: dict[tuple, list[float]] = {}
+    for entry in entries:
+        for test, evaluation in entry["evaluations"].items():
+            if evaluation.get("normalized_mse") is not None:
+                values.setdefault((configuration_name(entry), entry["train_zoo"], test), []).append(
+                    evaluation["normalized_mse"])
+    return {key: statistics.fmean(v) for key, v in values.items()}
+
+
 def transfer_section(path: Path, data: dict) -> list[str]:
-    """The cross-dataset / cross-architecture tables: Kendall's tau, train zoo x test zoo, per encoder."""
-    title = {"cross_dataset": "Cross-dataset accuracy prediction",
-             "cross_arch": "Cross-architecture accuracy prediction"}[data["benchmark"]]
-    lines = [f"## {title} (target `{data['target']}`, Kendall's tau on test splits)", "",
+    """The cross-dataset / cross-architecture tables: Kendall's tau (and, for a regression target,
+    normalised MSE), train zoo x test zoo, per encoder. A named study (``--name``) gets its own heading."""
+    name = data.get("name", data["benchmark"])
+    if name != data["benchmark"]:
+        title = {"cross_dataset": "Cross-dataset transfer", "cross_arch": "Cross-architecture transfer"}[
+            data["benchmark"]] + f" `{name}`"
+    else:
+        title = {"cross_dataset": "Cross-dataset accuracy prediction",
+                 "cross_arch": "Cross-architecture accuracy prediction"}[data["benchmark"]]
+    regression = _is_regression(data)
+    mse = _normalized_mse_cells(data["entries"]) if regression else {}
+    scores = "Kendall's tau and normalised MSE" if regression else "Kendall's tau"
+    lines = [f"## {title} (target `{data['target']}`, {scores} on test splits)", "",
              f"Source: `{path.relative_to(ROOT)}`. Commands: "
              f"{'; '.join(f'`{c}`' for c in data.get('commands', [data['command']]))}. Seeds: "
              f"{', '.join(map(str, data['seeds']))}; {data['epochs']} epochs.", "", "Zoos:", ""]
@@ -500,9 +528,11 @@ def transfer_section(path: Path, data: dict) -> list[str]:
         sample = next(e for e in data["entries"] if configuration_name(e) == configuration)
         generation = (f" Zoo generation: {generations[configuration]}." if len(set(generations.values())) > 1
                       else "")
+        cell_text = (" Cells: tau (normalised MSE, MSE / variance of the test zoo's targets; 1 is the mean "
+                     "predictor)." if regression else "")
         lines += ["", f"**{_encoder_label(sample)}** ({sample['encoder_parameters']:,} parameters; "
                   f"{_hardware(sample['hardware'])}). Rows: training zoo; columns: test zoo; mean over seeds "
-                  f"(± std when more than one).{generation}", "",
+                  f"(± std when more than one).{cell_text}{generation}", "",
                   "| trained on | " + " | ".join(tests) + " | average | train time |",
                   "|---|" + "---|" * (len(tests) + 2)]
         for train_label, row in table.items():
@@ -513,7 +543,8 @@ def transfer_section(path: Path, data: dict) -> list[str]:
                     cells.append("cannot read")
                 else:
                     spread = f" ± {_fmt(cell['std'], 2)}" if cell["seeds"] > 1 else ""
-                    cells.append(f"{_fmt(cell['mean'])}{spread}")
+                    error = mse.get((configuration, train_label, test))
+                    cells.append(f"{_fmt(cell['mean'])}{spread}" + (f" ({_fmt(error)})" if error is not None else ""))
             seconds = by_run[(configuration, train_label)]["train_seconds"]
             lines.append(f"| {train_label} | " + " | ".join(cells) + f" | **{_fmt(row['average'])}** | "
                          f"{_fmt(seconds / 60)} min |")
@@ -523,6 +554,8 @@ def transfer_section(path: Path, data: dict) -> list[str]:
         if links:
             lines += ["", "Plots (predicted vs true per test zoo; t-SNE of encodings coloured by zoo): "
                       + ", ".join(links) + "."]
+    if regression:  # the paper's taus rank test accuracies: nothing to set beside another target
+        return lines + [""]
     lines += ["", "The paper's numbers (different zoos, so only the ordering and margins carry over): "
               + "; ".join(f"{k}: " + ", ".join(f"{a} {b}" for a, b in v.items()) for k, v in data["paper"].items())
               + ".", ""]

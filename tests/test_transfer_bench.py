@@ -10,6 +10,7 @@ from conftest import run_cli
 from sne.bench.results import write_merged
 from sne.bench.transfer import summarize
 from sne.encoders import options_for_encoder
+from sne.errors import SneError
 from sne.zoo import generate_zoo
 
 SMALL_SNE = ["-o", "hidden=16", "-o", "heads=2", "-o", "out_dim=8", "-o", "num_sab=1"]
@@ -50,8 +51,12 @@ def test_cross_dataset_writes_a_full_table_plots_and_resumes(shared_sine_zoo, se
     # Re-running resumes the finished runs instead of training again.
     history = tmp_path / "runs" / "frequency" / f"{name}_seed0" / "shared" / "history.json"
     before = history.stat().st_mtime_ns
+    # One zoo of the two is other data: refused in results/, so its rows go to a directory of their own.
     code, _, err = run_cli(["bench", "cross-dataset", "--zoos", str(shared_sine_zoo.path), "--target", "frequency",
                             *common], capsys)
+    assert code == 2 and "other zoos" in err
+    code, _, err = run_cli(["bench", "cross-dataset", "--zoos", str(shared_sine_zoo.path), "--target", "frequency",
+                            *common, "--results", str(tmp_path / "results-shared")], capsys)
     assert code == 0, err
     assert history.stat().st_mtime_ns == before
 
@@ -83,9 +88,11 @@ def test_results_accumulate_over_invocations_on_the_same_data_only(tmp_path):
     result = json.loads(path.read_text())
     assert sorted((e["encoder"], e["v"]) for e in result["entries"]) == [("a", 3), ("b", 2)]
     assert result["commands"] == ["c1", "c2", "c3"]
-    # Other data: the old entries describe something else and are dropped.
-    write_merged(path, {"benchmark": "b", "zoo": 2, "command": "c4", "entries": [{"encoder": "b", "v": 4}]}, data, key)
-    assert json.loads(path.read_text())["entries"] == [{"encoder": "b", "v": 4}]
+    # Other data: the old entries describe something else, and replacing them would lose them.
+    before = path.read_bytes()
+    with pytest.raises(SneError, match="other zoos"):
+        write_merged(path, {"benchmark": "b", "zoo": 2, "command": "c4", "entries": [{"encoder": "b", "v": 4}]}, data, key)
+    assert path.read_bytes() == before
 
 
 def test_scoped_encoder_options_reach_only_their_encoder():

@@ -737,12 +737,14 @@ def _zoo_list(values: List[str]) -> list[str]:
 
 def _transfer(benchmark: str, train_zoos: list[str], test_zoos: list[str], target: str, encoders: str, seeds: str,
               epochs: int, runs: Path, results: Path, option: List[str], lr: Optional[float], batch_size: int,
-              device: str) -> None:
-    from sne.bench.transfer import run_transfer_benchmark
+              device: str, name: Optional[str]) -> None:
+    from sne.bench.transfer import check_results_name, run_transfer_benchmark
 
+    if name is not None:
+        check_results_name(name)  # before the encoders are checked and any zoo is opened
     bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, lr=lr,
                              batch_size=batch_size)
-    path = run_transfer_benchmark(benchmark, train_zoos, test_zoos, bench_runs, target=target)
+    path = run_transfer_benchmark(benchmark, train_zoos, test_zoos, bench_runs, target=target, name=name)
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
 
 
@@ -758,6 +760,8 @@ _TRANSFER = {
     "results": typer.Option(Path("results"), "--results"),
     "option": typer.Option([], "--option", "-o", help=_ENCODER_OPTION_HELP),
     "device": typer.Option("auto", "--device"),
+    "name": typer.Option(None, "--name", help="Write the rows to <results>/NAME.json, a transfer study of its own "
+                         "(default: the benchmark's file)."),
 }
 
 
@@ -774,10 +778,13 @@ def bench_cross_dataset(
     results: Path = _TRANSFER["results"],
     option: List[str] = _TRANSFER["option"],
     device: str = _TRANSFER["device"],
+    name: Optional[str] = _TRANSFER["name"],
 ) -> None:
-    """Train on each zoo, report Kendall's tau of test accuracy on every zoo's test split (results/cross_dataset.json)."""
+    """Train on each zoo, report Kendall's tau of test accuracy on every zoo's test split (results/cross_dataset.json,
+    or results/NAME.json with --name)."""
     zoo_paths = _zoo_list(zoos)
-    _transfer("cross_dataset", zoo_paths, zoo_paths, target, encoders, seeds, epochs, runs, results, option, lr, batch_size, device)
+    _transfer("cross_dataset", zoo_paths, zoo_paths, target, encoders, seeds, epochs, runs, results, option, lr, batch_size, device,
+              name)
 
 
 @bench_app.command("cross-arch")
@@ -794,10 +801,12 @@ def bench_cross_arch(
     results: Path = _TRANSFER["results"],
     option: List[str] = _TRANSFER["option"],
     device: str = _TRANSFER["device"],
+    name: Optional[str] = _TRANSFER["name"],
 ) -> None:
-    """Train on each --train zoo, report Kendall's tau on every --test zoo (results/cross_arch.json)."""
+    """Train on each --train zoo, report Kendall's tau on every --test zoo (results/cross_arch.json, or
+    results/NAME.json with --name, e.g. --name vit for a small-cnn -> ViT study)."""
     _transfer("cross_arch", _zoo_list(train), _zoo_list(test), target, encoders, seeds, epochs, runs, results, option, lr,
-              batch_size, device)
+              batch_size, device, name)
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 
 A results file holds the entries of every invocation made on the same data: running a benchmark
 again with other encoders (or seeds, or lambdas) adds their entries and replaces the ones it
-recomputed, so one table can be built up step by step, on different machines.
+recomputed, so one table can be built up step by step, on different machines. A file that holds
+another benchmark's results, or results on other data, is never replaced: the write is refused.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from sne.errors import SneError
 from sne.io_utils import write_json_atomic
 from sne.zoo import Zoo
 
@@ -64,6 +66,29 @@ def zoo_identity(summary: dict) -> tuple:
     return tuple(json.dumps(v, sort_keys=True) for v in (summary.get("recipe"), options, summary.get("n"), summary.get("seed")))
 
 
+def merge_refusal(path: Path, result: dict, data_key: Callable[[dict], object]) -> str | None:
+    """Why ``result`` cannot be merged into the file at ``path`` (another benchmark's results, results
+    on other data, or a file that is not a results file), or ``None`` when it can (or there is none)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    old = _read(path)
+    if not isinstance(old, dict) or not isinstance(old.get("entries"), list):
+        why = "is not a results file this code can read"
+    elif old.get("benchmark") != result.get("benchmark"):
+        why = f"holds results of benchmark '{old.get('benchmark')}', not '{result.get('benchmark')}'"
+    else:
+        try:
+            same = data_key(old) == data_key(result)
+        except (KeyError, TypeError):  # a file of an older layout: its data cannot be told the same
+            same = False
+        if same:
+            return None
+        why = f"holds {result.get('benchmark')} results on other zoos (or another target)"
+    return (f"{path} {why}; nothing written, the file is unchanged: give a transfer benchmark its own file with "
+            f"--name NAME, or write to another directory with --results DIR")
+
+
 def write_merged(
     path: Path,
     result: dict,
@@ -73,16 +98,22 @@ def write_merged(
 ) -> Path:
     """Write ``result``; if ``path`` holds results on the same data (equal ``data_key``), keep its
     entries that ``result`` did not recompute (matched by ``entry_key``). ``finish`` derives
-    whatever depends on all merged entries (a summary table) before the file is written."""
+    whatever depends on all merged entries (a summary table) before the file is written.
+
+    Raises :class:`SneError` (and writes nothing) if ``path`` holds another benchmark's results or
+    results on other data (:func:`merge_refusal`): replacing them would lose their rows."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Two benchmark processes may finish together (e.g. one per encoder group): merge one at a time.
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        refusal = merge_refusal(path, result, data_key)
+        if refusal:
+            raise SneError(refusal)
         entries = list(result["entries"])
         commands = [result.get("command")]
         old = _read(path)
-        if old and old.get("benchmark") == result.get("benchmark") and data_key(old) == data_key(result):
+        if old:
             fresh = {entry_key(e) for e in entries}
             entries = [e for e in old["entries"] if entry_key(e) not in fresh] + entries
             commands = [c for c in old.get("commands", [old.get("command")]) if c not in commands] + commands
@@ -93,6 +124,6 @@ def write_merged(
 
 def _read(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None  # no file, or an unreadable one: it is replaced, not merged
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None  # no file, or an unreadable one (refused by merge_refusal when it exists)

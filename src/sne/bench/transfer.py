@@ -6,7 +6,9 @@ the score. Cross-dataset: the training zoos are the test zoos (the paper's 4x4 t
 architecture: train on small-cnn zoos, test on zoos of an architecture never seen in training.
 Runs live under ``runs_dir/<target>/<encoder>_seed<seed>/<training zoo>`` and resume when the
 command is repeated, so the two benchmarks share runs trained on the same zoo with the same
-settings; evaluations are recomputed every time.
+settings; evaluations are recomputed every time. Rows go to ``results/<name>.json``, the
+benchmark's own name unless the caller names a transfer study of its own (say ``vit`` for small
+CNNs -> ViTs), so one study never takes over another's file.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 
 from sne.bench.paper import PAPER_CROSS_ARCH_TAU, PAPER_CROSS_DATASET_TAU
 from sne.errors import SneError
-from sne.bench.results import targets_digest, write_merged, zoo_identity, zoo_label, zoo_summary
+from sne.bench.results import merge_refusal, targets_digest, write_merged, zoo_identity, zoo_label, zoo_summary
 from sne.bench.runs import BenchRuns, configuration_name, options_key
 from sne.plots import scatter_grid, embedding_map
 from sne.train.evaluate import evaluate_run
@@ -28,6 +30,16 @@ from sne.train.run import fit, hardware_description, load_run, resolve_device
 from sne.zoo import Zoo
 
 BENCHMARKS = ("cross_dataset", "cross_arch")
+
+
+def check_results_name(name: str) -> str:
+    """``name`` if it can be a results file's stem (``results/<name>.json``), else :class:`SneError`."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name or ""):
+        raise SneError(f"results name {name!r} must be a plain file stem: letters, digits, '_' and '-', "
+                       f"starting with a letter or digit (it names results/<name>.json)")
+    if name.startswith("zoo_"):  # results/zoo_*.json are zoo summaries (scripts/make_results_md.py)
+        raise SneError(f"results name {name!r} must not start with 'zoo_', which names zoo summaries")
+    return name
 
 
 def _safe(text: str) -> str:
@@ -98,15 +110,35 @@ def run_transfer_benchmark(
     test_zoos: Sequence[str | Path],
     runs: BenchRuns,
     target: str = "test_accuracy",
+    name: str | None = None,
 ) -> Path:
-    """Train on each training zoo, score on every test zoo; write ``results/<benchmark>.json``."""
+    """Train on each training zoo, score on every test zoo; write ``results/<name>.json`` (``name``
+    defaults to ``benchmark``), merged with the rows it holds on the same zoos and target."""
     if benchmark not in BENCHMARKS:
         raise SneError(f"unknown benchmark '{benchmark}' (expected one of {', '.join(BENCHMARKS)})")
+    name = check_results_name(benchmark if name is None else name)
     trains, tests = _open_unique(train_zoos), _open_unique(test_zoos)
     for zoo in trains + tests:
         if target not in zoo.targets:
             raise SneError(f"the zoo at {zoo.path} has no target '{target}' (it has: {', '.join(sorted(zoo.targets))})")
     device, command, epochs = runs.device, runs.command, runs.epochs
+    path = runs.results_dir / f"{name}.json"
+    described = {
+        "benchmark": benchmark,
+        "name": name,
+        "command": command,
+        "target": target,
+        "target_kind": trains[0].targets[target].get("kind"),
+        "epochs": epochs,
+        "seeds": list(runs.seeds),
+        "encoders": list(runs.encoders),
+        "train_zoos": [zoo_summary(z) for z in trains],
+        "test_zoos": [zoo_summary(z) for z in tests],
+    }
+    # Refused before any training, not after hours of it (write_merged checks again under its lock).
+    refusal = merge_refusal(path, described, _same_data)
+    if refusal:
+        raise SneError(refusal)
     entries = []
     for encoder in runs.encoders:
         for seed in runs.seeds:
@@ -133,7 +165,7 @@ def run_transfer_benchmark(
                     "zoo_digests": {zoo_label(z): targets_digest(z) for z in [train_zoo, *tests]},
                 }
                 if runs.plots:
-                    stem = runs.results_dir / "plots" / f"{benchmark}_{runs.run_name(encoder)}_seed{seed}_{_safe(train_label)}"
+                    stem = runs.results_dir / "plots" / f"{name}_{runs.run_name(encoder)}_seed{seed}_{_safe(train_label)}"
                     caption = (f"train zoo {train_label} ({train_zoo.manifest.get('command')}); test splits of "
                                f"{', '.join(zoo_label(z) for z in tests)}; {encoder}, seed {seed}, {epochs} epochs; "
                                f"{entry['hardware']['device']}, {entry['hardware']['threads']} thread(s); "
@@ -142,18 +174,11 @@ def run_transfer_benchmark(
                 entry["wall_seconds_this_invocation"] = time.perf_counter() - started
                 entries.append(entry)
     result = {
-        "benchmark": benchmark,
-        "command": command,
-        "target": target,
-        "epochs": epochs,
-        "seeds": list(runs.seeds),
-        "encoders": list(runs.encoders),
-        "train_zoos": [zoo_summary(z) for z in trains],
-        "test_zoos": [zoo_summary(z) for z in tests],
+        **described,
         "entries": entries,
         "paper": PAPER_CROSS_DATASET_TAU if benchmark == "cross_dataset" else PAPER_CROSS_ARCH_TAU,
     }
-    return write_merged(runs.results_dir / f"{benchmark}.json", result, _same_data,
+    return write_merged(path, result, _same_data,
                         lambda e: (e["encoder"], options_key(e), e["seed"], e["train_zoo"]),
                         finish=lambda merged: {**merged, "summary": summarize(merged["entries"])})
 

@@ -1,0 +1,120 @@
+"""Transfer benchmarks under names of their own (--name), and results files that are never replaced."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from sne.zoo import generate_zoo
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def zoos(tmp_path_factory):
+    """Tiny zoos: small CNNs on two datasets and CNN-s, 24 networks each, one epoch."""
+    root = tmp_path_factory.mktemp("zoos")
+    made = {}
+    for recipe, dataset in (("small-cnn", "digits"), ("small-cnn", "shapes10"), ("cnn-s", "digits")):
+        made[f"{recipe}/{dataset}"] = generate_zoo(recipe, root / f"{recipe}-{dataset}", n=24, seed=0,
+                                                   options={"dataset": dataset, "epochs": 1}, command="test",
+                                                   progress=False).path
+    return made
+
+
+def _common(tmp_path: Path) -> list[str]:
+    return ["--encoders", "statnn", "--epochs", "1", "--batch-size", "16", "--device", "cpu",
+            "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
+
+
+def _page(monkeypatch, root: Path):
+    """scripts/make_results_md.py, reading ``root``/results."""
+    spec = importlib.util.spec_from_file_location("make_results_md", ROOT / "scripts" / "make_results_md.py")
+    page = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(page)
+    monkeypatch.setattr(page, "ROOT", root)
+    return page
+
+
+def test_results_on_other_zoos_or_of_another_benchmark_are_refused_and_kept(zoos, tmp_path, capsys):
+    common = _common(tmp_path)
+    code, _, err = run_cli(["bench", "cross-arch", "--train", str(zoos["small-cnn/digits"]),
+                            "--test", str(zoos["small-cnn/shapes10"]), *common], capsys)
+    assert code == 0, err
+    path = tmp_path / "results" / "cross_arch.json"
+    before = path.read_bytes()
+    # Other test zoos: the small-cnn table would be wiped, so nothing is written.
+    code, _, err = run_cli(["bench", "cross-arch", "--train", str(zoos["small-cnn/digits"]),
+                            "--test", str(zoos["cnn-s/digits"]), *common], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    message = "".join(err.split())  # rich wraps long lines, even inside a path
+    assert str(path) in message and "otherzoos" in message and "--nameNAME" in message and "--resultsDIR" in message
+    assert path.read_bytes() == before
+    # Another benchmark's file: refused before anything is trained.
+    code, _, err = run_cli(["bench", "cross-dataset", "--zoos", str(zoos["small-cnn/shapes10"]), "--name", "cross_arch",
+                            *common], capsys)
+    assert code == 2 and "benchmark 'cross_arch'" in " ".join(err.split()), err
+    assert path.read_bytes() == before
+    assert not (tmp_path / "runs" / "test_accuracy" / "statnn_seed0" / "small-cnn-shapes10").exists()
+    # A file that is no results file is not replaced either.
+    broken = tmp_path / "results" / "cross_dataset.json"
+    broken.write_text("{ half a file")
+    code, _, err = run_cli(["bench", "cross-dataset", "--zoos", str(zoos["small-cnn/digits"]), *common], capsys)
+    assert code == 2 and "not a results file" in err and broken.read_text() == "{ half a file"
+
+
+def test_a_named_transfer_study_gets_its_own_file_merges_and_its_own_section(zoos, tmp_path, capsys, monkeypatch):
+    common = _common(tmp_path)
+    default = ["bench", "cross-arch", "--train", str(zoos["small-cnn/digits"]), "--test", str(zoos["small-cnn/shapes10"])]
+    assert run_cli([*default, *common], capsys)[0] == 0
+    kept = (tmp_path / "results" / "cross_arch.json").read_bytes()
+    named = ["bench", "cross-arch", "--train", str(zoos["small-cnn/digits"]), "--test", str(zoos["cnn-s/digits"]),
+             "--name", "cnn-s_transfer", *common]
+    code, out, err = run_cli(named, capsys)
+    assert code == 0, err
+    path = tmp_path / "results" / "cnn-s_transfer.json"
+    assert str(tmp_path / "results" / "cnn-s_transfer.json") in "".join((out + err).split())  # rich wraps it
+    assert (tmp_path / "results" / "cross_arch.json").read_bytes() == kept
+    data = json.loads(path.read_text())
+    assert data["benchmark"] == "cross_arch" and data["name"] == "cnn-s_transfer"
+    assert [z["label"] for z in data["test_zoos"]] == ["cnn-s/digits"]
+    assert all(Path(p).name.startswith("cnn-s_transfer_") for e in data["entries"] for p in e["plots"].values())
+    # A second run under the same name adds its rows.
+    code, _, err = run_cli([*named, "--seeds", "1"], capsys)
+    assert code == 0, err
+    data = json.loads(path.read_text())
+    assert sorted(e["seed"] for e in data["entries"]) == [0, 1] and len(data["commands"]) == 2
+    # The results page gives the named study its own section beside the benchmark's.
+    text = _page(monkeypatch, tmp_path).render()
+    assert "## Cross-architecture transfer `cnn-s_transfer` (target `test_accuracy`, Kendall's tau on test splits)" in text
+    assert "## Cross-architecture accuracy prediction (target `test_accuracy`" in text
+    assert "Source: `results/cnn-s_transfer.json`" in text and "normalised MSE" not in text
+
+
+def test_a_regression_target_shows_normalised_mse_per_cell(zoos, tmp_path, capsys, monkeypatch):
+    code, _, err = run_cli(["bench", "cross-dataset", "--zoos", f"{zoos['small-cnn/digits']},{zoos['small-cnn/shapes10']}",
+                            "--target", "log10_lr", "--name", "lr", *_common(tmp_path)], capsys)
+    assert code == 0, err
+    path = tmp_path / "results" / "lr.json"
+    data = json.loads(path.read_text())
+    assert data["target_kind"] == "regression"
+    page = _page(monkeypatch, tmp_path)
+    text = "\n".join(page.transfer_section(path, data))
+    assert text.startswith("## Cross-dataset transfer `lr` (target `log10_lr`, Kendall's tau and normalised MSE")
+    for entry in data["entries"]:
+        row = next(line for line in text.splitlines() if line.startswith(f"| {entry['train_zoo']} |"))
+        for evaluation in entry["evaluations"].values():
+            assert f"({page._fmt(evaluation['normalized_mse'])})" in row
+    assert "The paper's numbers" not in text  # its taus rank accuracies
+
+
+@pytest.mark.parametrize("name", ["../elsewhere", "a/b", "table.json", "-x", "zoo_small", "two words"])
+def test_bad_names_are_refused_in_one_line(name, tmp_path, capsys):
+    code, _, err = run_cli(["bench", "cross-arch", "--train", "nowhere", "--test", "nowhere-else", "--name", name,
+                            *_common(tmp_path)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "results name" in err, err
+    assert not (tmp_path / "results").exists()
