@@ -2,9 +2,14 @@
 
 ``small-cnn`` is the Unterthiner et al. (2020) architecture unchanged: three Conv2d(16, 3x3,
 stride 2, no padding) + activation + dropout, global average pool, Linear(16 -> 10); 4970
-parameters. ``cnn-s`` is Schürholt et al.'s CNN-s: Conv(1,8,5) -> MaxPool2 -> act -> Conv(8,6,5)
--> MaxPool2 -> act -> Conv(6,4,2) -> act -> Flatten -> Linear(36,20) -> act -> Linear(20,10);
-2464 parameters. Both take 28x28 grayscale images (:mod:`sne.data`).
+parameters. Its option ``kernel`` (odd, 1 to 27; default 3) sets the kernel size of every
+convolution, for zoos of kernels never seen in training: a k x k kernel (k >= 3) gets (k - 3) / 2
+zeros of padding on every side, so the maps stay 13x13, 6x6 and 2x2 as in the 3x3 network and
+the readout stays Linear(16 -> 10) (a 1x1 kernel, unpadded, gives 14x14, 7x7 and 4x4); the
+manifest's layers record each convolution's padding. ``cnn-s`` is Schürholt et al.'s CNN-s:
+Conv(1,8,5) -> MaxPool2 -> act -> Conv(8,6,5) -> MaxPool2 -> act -> Conv(6,4,2) -> act -> Flatten
+-> Linear(36,20) -> act -> Linear(20,10); 2464 parameters. Both take 28x28 grayscale images
+(:mod:`sne.data`).
 
 Per network, drawn from (seed, id) alone: optimizer (SGD with momentum 0.9 / Adam / RMSProp),
 learning rate (log-uniform; SGD's range 10x Adam's), L2 weight decay (log-uniform), dropout,
@@ -28,8 +33,9 @@ weights are NaN, its metrics NaN, and the zoo keeps it out of every split (and c
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -56,6 +62,22 @@ SMALL_CNN = CnnArchitecture(
     readout="global_avg_pool",
     linears=(("fc", 10),),
 )
+#: small-cnn's default kernel size (the published architecture).
+SMALL_CNN_KERNEL = 3
+
+
+def small_cnn_architecture(kernel: int) -> CnnArchitecture:
+    """The small CNN with k x k kernels, padded by (k - 3) / 2 so its maps keep the 3x3 network's sizes."""
+    if kernel == SMALL_CNN_KERNEL:
+        return SMALL_CNN
+    padding = max(0, (kernel - SMALL_CNN_KERNEL) // 2)
+    return CnnArchitecture(
+        convs=tuple(ConvSpec(c.name, c.out_channels, kernel, c.stride, padding=padding) for c in SMALL_CNN.convs),
+        readout=SMALL_CNN.readout,
+        linears=SMALL_CNN.linears,
+    )
+
+
 CNN_S = CnnArchitecture(
     convs=(ConvSpec("conv1", 8, 5, max_pool=True), ConvSpec("conv2", 6, 5, max_pool=True), ConvSpec("conv3", 4, 2)),
     readout="flatten",
@@ -178,17 +200,40 @@ class TrainingStream:
 
 
 class CnnRecipe(Recipe):
-    """Shared code of the CNN recipes; subclasses set ``name``, ``summary`` and ``arch``."""
+    """Shared code of the CNN recipes; subclasses set ``name``, ``summary`` and ``arch`` (and, for
+    options that change the architecture, ``architecture_options`` and :meth:`architecture_of`)."""
 
     arch: CnnArchitecture
+    #: Options that change the architecture, with their defaults (those of ``arch``).
+    architecture_options: ClassVar[dict[str, Any]] = {}
+
+    def architecture_of(self, options: Mapping[str, Any]) -> CnnArchitecture:
+        """The network that resolved ``options`` describe."""
+        return self.arch
+
+    def for_options(self, options: Mapping[str, Any]) -> "CnnRecipe":
+        """This recipe, its ``arch`` the one ``options`` describe (methods without options read ``arch``)."""
+        arch = self.architecture_of(options)
+        if arch is self.arch:
+            return self
+        variant = copy.copy(self)
+        variant.arch = arch
+        return variant
+
+    def resolve_architecture_options(self, o: Mapping[str, Any]) -> dict[str, Any]:
+        """The checked architecture options of ``o`` (all options, defaults filled in) that differ from
+        their defaults: a default one is left out, so such a zoo has the options (and resumes) as
+        before the option existed."""
+        return {}
 
     # -- options, description -------------------------------------------------------------------
 
     def resolve_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         from sne.data import dataset_names
 
-        check_options(self.name, options, DEFAULT_OPTIONS)
-        o = {**DEFAULT_OPTIONS, **options}
+        known = {**DEFAULT_OPTIONS, **self.architecture_options}
+        check_options(self.name, options, known)
+        o = {**known, **options}
         if o["dataset"] not in dataset_names():
             raise SneError(
                 f"{self.name} option 'dataset': unknown dataset {o['dataset']!r} "
@@ -215,22 +260,23 @@ class CnnRecipe(Recipe):
             raise SneError(
                 f"{self.name} needs epochs_min <= epochs, got {resolved['epochs_min']} and {resolved['epochs']}"
             )
-        return resolved
+        return {**resolved, **self.resolve_architecture_options(o)}
 
     def architecture(self, options: Mapping[str, Any]) -> list[dict[str, Any]]:
+        arch = self.architecture_of(options)
         layers: list[dict[str, Any]] = []
-        shapes = dict(self.arch.parameter_shapes())
+        shapes = dict(arch.parameter_shapes())
         per_network = {"activation": None, "activation_from": "activation", "dropout": "per network"}
-        for conv, (channels, height, width) in zip(self.arch.convs, self.arch.conv_shapes()):
+        for conv, (channels, height, width) in zip(arch.convs, arch.conv_shapes()):
             layers.append({
                 "name": conv.name, "kind": "conv2d", "level": len(layers),
                 "weight_shape": list(shapes[f"{conv.name}.weight"]), "has_bias": True,
-                "stride": conv.stride, "padding": 0, "max_pool": 2 if conv.max_pool else None,
+                "stride": conv.stride, "padding": conv.padding, "max_pool": 2 if conv.max_pool else None,
                 "output_shape": [channels, height, width], **per_network,
             })
-        layers[-1]["then"] = self.arch.readout
-        for j, (name, _) in enumerate(self.arch.linears):
-            last = j == len(self.arch.linears) - 1
+        layers[-1]["then"] = arch.readout
+        for j, (name, _) in enumerate(arch.linears):
+            last = j == len(arch.linears) - 1
             layers.append({
                 "name": name, "kind": "linear", "level": len(layers),
                 "weight_shape": list(shapes[f"{name}.weight"]), "has_bias": True,
@@ -314,10 +360,11 @@ class CnnRecipe(Recipe):
     ) -> Shard:
         from sne.data import load_dataset
 
+        recipe = self.for_options(options)
         data = load_dataset(options["dataset"])
         device = torch.device(options["device"])
         ids = [int(i) for i in ids]
-        hps = {i: self.hyperparameters(seed, i, options) for i in ids}
+        hps = {i: recipe.hyperparameters(seed, i, options) for i in ids}
         # One stacked forward per activation; longest training first, so finished networks drop off the end.
         order = sorted(ids, key=lambda i: (ACTIVATIONS.index(hps[i]["activation"]), -hps[i]["epochs"], i))
         results: dict[int, dict[str, Any]] = {}
@@ -329,13 +376,13 @@ class CnnRecipe(Recipe):
             while stop < len(order) and stop - start < group_size and hps[order[stop]]["activation"] == activation:
                 stop += 1
             group = order[start:stop]
-            results.update(self.train_group(group, [hps[i] for i in group], seed, data, options, device, progress))
+            results.update(recipe.train_group(group, [hps[i] for i in group], seed, data, options, device, progress))
             start = stop
         tensors = {
             name: torch.stack([results[i]["params"][k] for i in ids])
-            for k, (name, _) in enumerate(self.arch.parameter_shapes())
+            for k, (name, _) in enumerate(recipe.arch.parameter_shapes())
         }
-        rows = [self._row(i, hps[i], results[i]) for i in ids]
+        rows = [recipe._row(i, hps[i], results[i]) for i in ids]
         return Shard(tensors, rows)
 
     def _row(self, network_id: int, hp: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
@@ -460,7 +507,7 @@ def evaluate(
     """Per-network, per-image cross-entropy and correctness, each ``(M, len(y))``, without dropout."""
     models = params[0].shape[0]
     first = arch.convs[0]
-    first_outputs = first.out_channels * ((arch.image_size - first.kernel) // first.stride + 1) ** 2
+    first_outputs = first.out_channels * ((arch.image_size + 2 * first.padding - first.kernel) // first.stride + 1) ** 2
     chunk = max(1, max_elements // (models * first_outputs))  # bounds the largest activation tensor
     losses, correct = [], []
     for start in range(0, len(y), chunk):
@@ -489,6 +536,7 @@ def train_alone(
     from sne.data import load_dataset
 
     data = load_dataset(options["dataset"])
+    recipe = recipe.for_options(options)
     hp = recipe.hyperparameters(seed, network_id, options)
     model = ZooCnn(recipe.arch, hp["activation"])
     with torch.no_grad():
@@ -514,8 +562,22 @@ def train_alone(
 @register_recipe
 class SmallCnn(CnnRecipe):
     name = "small-cnn"
-    summary = "Unterthiner et al. small CNN (4970 parameters) with sampled hyper-parameters; target: test_accuracy"
+    summary = ("Unterthiner et al. small CNN (4970 parameters; -o kernel=5|7 for larger, padded kernels) with "
+               "sampled hyper-parameters; target: test_accuracy")
     arch = SMALL_CNN
+    architecture_options = {"kernel": SMALL_CNN_KERNEL}
+
+    def architecture_of(self, options: Mapping[str, Any]) -> CnnArchitecture:
+        return small_cnn_architecture(options.get("kernel", SMALL_CNN_KERNEL))
+
+    def resolve_architecture_options(self, o: Mapping[str, Any]) -> dict[str, Any]:
+        kernel, largest = o["kernel"], self.arch.image_size - 1
+        if (isinstance(kernel, bool) or not isinstance(kernel, (int, np.integer)) or not 1 <= kernel <= largest
+                or kernel % 2 == 0):
+            raise SneError(f"small-cnn option 'kernel' must be an odd integer from 1 to {largest} (the kernel size of "
+                           f"every convolution, no larger than the {self.arch.image_size}x{self.arch.image_size} "
+                           f"images), got {kernel!r}")
+        return {"kernel": int(kernel)} if kernel != SMALL_CNN_KERNEL else {}
 
 
 @register_recipe

@@ -34,6 +34,8 @@ class ConvSpec:
     kernel: int
     stride: int = 1
     max_pool: bool = False
+    #: Zeros added on every side of the input (a kernel larger than the published one keeps its maps' sizes).
+    padding: int = 0
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class CnnArchitecture:
         """(channels, height, width) after each convolution block (pool included)."""
         shapes, channels, size = [], self.in_channels, self.image_size
         for conv in self.convs:
-            size = (size - conv.kernel) // conv.stride + 1
+            size = (size + 2 * conv.padding - conv.kernel) // conv.stride + 1
             if conv.max_pool:
                 size //= 2
             channels = conv.out_channels
@@ -112,7 +114,8 @@ def stacked_forward(
     for i, conv in enumerate(arch.convs):
         weight, bias = params[2 * i], params[2 * i + 1]
         groups = 1 if x.shape[1] == weight.shape[2] else models  # shared input: every model's filters see it
-        x = F.conv2d(x, weight.reshape(-1, *weight.shape[2:]), bias.reshape(-1), stride=conv.stride, groups=groups)
+        x = F.conv2d(x, weight.reshape(-1, *weight.shape[2:]), bias.reshape(-1), stride=conv.stride,
+                     padding=conv.padding, groups=groups)
         if conv.max_pool:
             x = F.max_pool2d(x, 2)
         x = _activate(x, activation)
@@ -148,7 +151,8 @@ class ZooCnn(nn.Module):
         self.activation = activation
         channels = arch.in_channels
         for conv in arch.convs:
-            self.add_module(conv.name, nn.Conv2d(channels, conv.out_channels, conv.kernel, stride=conv.stride))
+            self.add_module(conv.name, nn.Conv2d(channels, conv.out_channels, conv.kernel, stride=conv.stride,
+                                                 padding=conv.padding))
             channels = conv.out_channels
         features = arch.readout_features()
         for name, out in arch.linears:
