@@ -1,8 +1,10 @@
 """The ``sine-inr`` recipe: SIRENs fitted to f(x) = sin(a x), the INR frequency benchmark.
 
 Each network is a SIREN 1 -> 32 -> 32 -> 1 (:mod:`sne.zoo.siren`, which also fits them). It is
-fitted to sin(a x) on a regular grid of [-pi, pi), fed as x / pi in [-1, 1); a ~ U(freq_min,
-freq_max) is the target column ``frequency``.
+fitted to sin(a x) on a regular grid of [-pi, pi), fed as x * r / pi in [-r, r) with r the option
+``input_range`` (default 1: x / pi in [-1, 1)); a ~ U(freq_min, freq_max) is the target column
+``frequency``. Another r is another fitting recipe for the same functions (same initial weights,
+other fitted ones): test zoos for encoders trained on INRs made the default way.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "points": 1000,
     "freq_min": 0.5,
     "freq_max": 10.0,
+    "input_range": 1.0,
 }
 
 
@@ -43,6 +46,13 @@ def sine_targets(frequencies: Sequence[float], x: torch.Tensor) -> torch.Tensor:
     """sin(a x) for each frequency a, shape (len(frequencies), len(x)), float32."""
     a = torch.as_tensor(np.asarray(frequencies, dtype=np.float64))
     return torch.sin(a[:, None] * x.to(torch.float64)[None, :]).float()
+
+
+def _network_input(input_range: float) -> str:
+    """The dataset description's network input (the default's words are those zoos had before the option)."""
+    if input_range == 1.0:
+        return "x / pi, in [-1, 1)"
+    return f"x * {input_range:g} / pi, in [-{input_range:g}, {input_range:g}) (option input_range)"
 
 
 @register_recipe
@@ -63,7 +73,9 @@ class SineInr(Recipe):
             raise SneError(
                 f"sine-inr needs freq_min < freq_max, got {resolved['freq_min']} and {resolved['freq_max']}"
             )
-        return resolved
+        input_range = finite_float(self.name, "input_range", o["input_range"], positive=True)
+        # input_range=1 is left out, so such a zoo has the options (and resumes) as before the option existed.
+        return {**resolved, **({"input_range": input_range} if input_range != 1.0 else {})}
 
     def architecture(self, options: Mapping[str, Any]) -> list[dict[str, Any]]:
         return siren_architecture(1)
@@ -78,7 +90,7 @@ class SineInr(Recipe):
                 "name": "a", "distribution": "uniform", "low": options["freq_min"], "high": options["freq_max"]
             },
             "grid": {"start": -math.pi, "stop": math.pi, "points": options["points"], "endpoint": False},
-            "network_input": "x / pi, in [-1, 1)",
+            "network_input": _network_input(options.get("input_range", 1.0)),
             "fit": {"optimizer": "adam", "lr": options["lr"], "steps": options["steps"], "loss": "mse, full grid"},
         }
 
@@ -102,8 +114,9 @@ class SineInr(Recipe):
         x = grid(options["points"])
         frequencies = [self.frequency(seed, int(i), options) for i in ids]
         init_seeds = [self.init_seed(seed, int(i), options) for i in ids]
+        inputs = x * options.get("input_range", 1.0) / math.pi  # x * 1.0 is x: default zoos are unchanged
         tensors, fit_mse = fit_groups(
-            self.name, ids, init_seeds, (x / math.pi).float(),
+            self.name, ids, init_seeds, inputs.float(),
             lambda start, stop: sine_targets(frequencies[start:stop], x), options, progress,
         )
         rows = [
