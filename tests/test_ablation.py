@@ -159,3 +159,18 @@ def test_train_preset_is_for_sne_only_and_unknown_presets_are_named(shared_sine_
     code, _, err = run_cli([*common, "--preset", "nope"], capsys)
     assert code == 2 and "unknown SNE preset 'nope'" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_results_file_on_another_zoo_is_refused_before_any_training(shared_sine_zoo, tmp_path, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    other = {"benchmark": "ablation_chunk-size", "zoo": {"recipe": "sine-inr", "options": {}, "n": 5, "seed": 9},
+             "entries": []}
+    (results / "ablation_chunk-size_shared.json").write_text(json.dumps(other))
+    before = (results / "ablation_chunk-size_shared.json").read_bytes()
+    code, _, err = run_cli(["bench", "ablation", "--zoo", str(shared_sine_zoo.path), "--study", "chunk-size",
+                            "--epochs", "1", "--runs", str(tmp_path / "runs"), "--results", str(results), *TINY],
+                           capsys)
+    assert code == 2 and "other zoos" in err and "Traceback" not in err
+    assert (results / "ablation_chunk-size_shared.json").read_bytes() == before
+    assert not (tmp_path / "runs").exists()

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sne.bench.paper import PAPER_SNE_ABLATION_MSE, PAPER_SNE_CHUNK_SIZE_MSE
-from sne.bench.results import write_merged, zoo_identity, zoo_summary
+from sne.bench.results import merge_refusal, write_merged, zoo_identity, zoo_summary
 from sne.bench.runs import BenchRuns, options_tag
 from sne.encoders.sne import DEFAULT_OPTIONS as SNE_DEFAULT_OPTIONS
 from sne.errors import SneError
@@ -169,6 +169,13 @@ def run_ablation(
         if max_train < 2:
             raise SneError(f"--max-train must be at least 2, got {max_train}")
         available = min(available, max_train)
+    init = zoo.manifest.get("options", {}).get("init", "unknown")
+    path = runs.results_dir / f"ablation_{study}_{init}.json"
+    # Refused now rather than after hours of training: the file holds results on another zoo.
+    refusal = merge_refusal(path, {"benchmark": f"ablation_{study}", "zoo": zoo_summary(zoo)},
+                            lambda r: zoo_identity(r["zoo"]))
+    if refusal:
+        raise SneError(refusal)
     setting = _setting(runs, base_invariance_weight, max_train)
     # Runs are named by what they change from the base, so studies share the runs they have in
     # common (the components study's full SNE is the invariance study's lambda 0).
@@ -195,14 +202,12 @@ def run_ablation(
         "study": study,
         "command": runs.command,
         "zoo": zoo_summary(zoo),
-        "init": zoo.manifest.get("options", {}).get("init", "unknown"),
+        "init": init,
         "target": target,
         "entries": entries,
         "same_as_full": skipped,
     }
-    init = summary["init"]
-    path = write_merged(runs.results_dir / f"ablation_{study}_{init}.json", summary,
-                        lambda r: zoo_identity(r["zoo"]), entry_identity, finish=_summarise)
+    path = write_merged(path, summary, lambda r: zoo_identity(r["zoo"]), entry_identity, finish=_summarise)
     if study == "data-fraction" and runs.plots:
         plot_data_fraction(json.loads(path.read_text()), runs.results_dir / "plots")
     return path

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from sne.bench.paper import PAPER_INR_FREQUENCY_MSE
-from sne.bench.results import write_merged, zoo_identity, zoo_summary
+from sne.bench.results import merge_refusal, write_merged, zoo_identity, zoo_summary
 from sne.bench.runs import BenchRuns, options_key
 from sne.errors import SneError
 from sne.train.evaluate import evaluate_run
@@ -42,6 +42,11 @@ def run_inr_benchmark(
     # A derived zoo (sne zoo derive) is other data: its results go to a file of their own.
     variant = zoo.manifest.get("options", {}).get("variant")
     label = f"{init}_{variant}" if variant else init
+    path = runs.results_dir / f"{benchmark}_{label}.json"
+    # Refused now rather than after hours of training: the file holds results on another zoo.
+    refusal = merge_refusal(path, {"benchmark": benchmark, "zoo": zoo_summary(zoo)}, lambda r: zoo_identity(r["zoo"]))
+    if refusal:
+        raise SneError(refusal)
     entries = []
     for encoder in runs.encoders:
         for weight in invariance_weights:
@@ -63,8 +68,7 @@ def run_inr_benchmark(
         "paper_mse": paper,
         "entries": entries,
     }
-    return write_merged(runs.results_dir / f"{benchmark}_{label}.json", summary, lambda r: zoo_identity(r["zoo"]),
-                        entry_identity)
+    return write_merged(path, summary, lambda r: zoo_identity(r["zoo"]), entry_identity)
 
 
 def entry_identity(entry: dict) -> tuple:
