@@ -10,6 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from sne.bench.ablation import study_rows  # noqa: E402
 from sne.bench.paper import compare_ordering  # noqa: E402
 from sne.bench.results import zoo_identity  # noqa: E402
 from sne.bench.transfer import summarize  # noqa: E402
@@ -625,6 +626,11 @@ def ablation_section(path: Path, data: dict) -> list[str]:
                 f"{_mean_std(row, 'permutation_invariance_loss')} | {_fmt(row.get('paper'))} | "
                 f"{_fmt(seconds / 60 if seconds else None)} min |"
             )
+        if data["study"] != "data-fraction":
+            done = {r["row"] for r in rows} | {r["row"] for r in data.get("same_as_full") or []}
+            missing = [row.label for row in study_rows(data["study"]) if row.name not in done]
+            if missing:
+                lines += ["", "Rows of the study not run at this base yet: " + "; ".join(missing) + "."]
     for skipped in data.get("same_as_full") or []:
         lines.append(f"\nRow '{skipped['label']}' is the configuration of row '{skipped['same_as']}' here and was "
                      "not trained twice.")
