@@ -175,7 +175,10 @@ def _digit_inr_source(path: Path, data: dict) -> str:
     zoo = data["zoo"]
     options = zoo.get("options") or {}
     return (
-        f"Source: `{path.relative_to(ROOT)}`. Zoo: {zoo['n']} 2-D SIRENs, one per digits image (recipe "
+        f"Source: `{path.relative_to(ROOT)}`. Zoo: {zoo['n']} 2-D SIRENs, "
+        + (f"{options['views']} per digits image from independent fits (all of an image's in one split)"
+           if options.get("views", 1) > 1 else "one per digits image")
+        + f" (recipe "
         f"`{zoo['recipe']}`, init `{options.get('init')}`, {options.get('steps')} fitting steps, zoo seed "
         f"{zoo['seed']}), split {zoo['splits']['train']}/{zoo['splits']['val']}/{zoo['splits']['test']}; "
         f"zoo command: `{zoo.get('command')}`. Commands: "
@@ -185,7 +188,9 @@ def _digit_inr_source(path: Path, data: dict) -> str:
 
 def digit_inr_section(path: Path, data: dict) -> list[str]:
     lines = [
-        f"## Digit-INR classification — `{data['init']}` initialisation",
+        f"## Digit-INR classification — `{data['init']}` initialisation"
+        + (f", {data['zoo']['options']['views']} views per image" if (data["zoo"].get("options") or {}).get("views", 1) > 1
+           else ""),
         "",
         _digit_inr_source(path, data),
         "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,3 +168,29 @@ def test_cli_rejects_bad_options(tmp_path, capsys):
     code, _, err = run_cli(["zoo", "generate", "digit-inr", "--n", "3", "--out", str(tmp_path / "bad"),
                             "--lr", "-1"], capsys)
     assert code == 2 and "lr" in err
+
+
+def test_a_multi_view_zoo_gets_its_own_results_file_and_section(tmp_path, capsys):
+    import importlib.util
+
+    out = tmp_path / "views"
+    code, _, err = run_cli(["zoo", "generate", "digit-inr", "--n", "8", "-o", "views=2", "--out", str(out),
+                            "--steps", "5", "--init", "shared"], capsys)
+    assert code == 0, err
+    results = tmp_path / "results"
+    (results).mkdir()
+    single = {"benchmark": "digit_inr_label", "zoo": {"recipe": "digit-inr", "options": {}, "n": 1797, "seed": 0},
+              "entries": []}
+    (results / "digit_inr_label_shared.json").write_text(json.dumps(single))  # the one-view table stays
+    code, _, err = run_cli(["bench", "digit-inr", "--zoo", str(out), "--encoders", "statnn", "--epochs", "1",
+                            "--device", "cpu", "--runs", str(tmp_path / "runs"), "--results", str(results)], capsys)
+    assert code == 0, err
+    assert json.loads((results / "digit_inr_label_shared.json").read_text()) == single
+    data = json.loads((results / "digit_inr_label_shared_views2.json").read_text())
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("make_results_md", root / "scripts" / "make_results_md.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.ROOT = tmp_path
+    section = "\n".join(module.digit_inr_section(results / "digit_inr_label_shared_views2.json", data))
+    assert "2 views per image" in section and "2 per digits image" in section

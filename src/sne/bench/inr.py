@@ -41,7 +41,9 @@ def run_inr_benchmark(
     init = zoo.manifest.get("options", {}).get("init", "unknown")
     # A derived zoo (sne zoo derive) is other data: its results go to a file of their own.
     variant = zoo.manifest.get("options", {}).get("variant")
-    label = f"{init}_{variant}" if variant else init
+    views = zoo.manifest.get("options", {}).get("views", 1)
+    # Several INRs per image (digit-inr -o views=K) are other data than one: a file of their own.
+    label = "_".join([init, *([variant] if variant else []), *([f"views{views}"] if views > 1 else [])])
     path = runs.results_dir / f"{benchmark}_{label}.json"
     # Refused now rather than after hours of training: the file holds results on another zoo.
     refusal = merge_refusal(path, {"benchmark": benchmark, "zoo": zoo_summary(zoo)}, lambda r: zoo_identity(r["zoo"]))
