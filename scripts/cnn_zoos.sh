@@ -24,6 +24,8 @@ lane_a() { zoo small-cnn digits "${SMALL_N:-2000}"; zoo small-cnn shapes10 "${SM
            zoo cnn-s digits "${CNNS_N:-1000}"; zoo cnn-s gratings10 "${CNNS_N:-1000}"; }
 lane_b() { zoo small-cnn digits-affine "${SMALL_N:-2000}"; zoo small-cnn gratings10 "${SMALL_N:-2000}";
            zoo cnn-s shapes10 "${CNNS_N:-1000}"; }
+mkdir -p "$OUT"
 lane_a > "$OUT/lane_a.log" 2>&1 &
 lane_b > "$OUT/lane_b.log" 2>&1 &
-wait
+# Each lane's status, so that a failed zoo fails the script.
+wait %1 && wait %2
