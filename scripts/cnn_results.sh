@@ -25,6 +25,8 @@ lane() {  # comma-separated encoders, each finished (and its rows written) befor
 }
 mkdir -p "$(dirname "$RUNS")"
 lane sne,deepsets > "$RUNS.lane1.log" 2>&1 &
+a=$!
 lane ng_gnn,statnn > "$RUNS.lane2.log" 2>&1 &
+b=$!
 # Each lane's status, so that a failed run fails the script.
-wait %1 && wait %2
+wait $a && wait $b

@@ -26,6 +26,8 @@ lane_b() { zoo small-cnn digits-affine "${SMALL_N:-2000}"; zoo small-cnn grating
            zoo cnn-s shapes10 "${CNNS_N:-1000}"; }
 mkdir -p "$OUT"
 lane_a > "$OUT/lane_a.log" 2>&1 &
+a=$!
 lane_b > "$OUT/lane_b.log" 2>&1 &
+b=$!
 # Each lane's status, so that a failed zoo fails the script.
-wait %1 && wait %2
+wait $a && wait $b
