@@ -22,12 +22,14 @@ SEEDS=${SEEDS:-0,1}
 SMALL="$Z/small-cnn-digits,$Z/small-cnn-digits-affine,$Z/small-cnn-shapes10,$Z/small-cnn-gratings10"
 CNNS="$Z/cnn-s-digits,$Z/cnn-s-shapes10,$Z/cnn-s-gratings10"
 common=(--epochs "$EPOCHS" --seeds "$SEEDS" --runs "$RUNS" --device "$DEVICE")
-zoo() {  # out recipe n [generate options...]: make (or resume) a zoo, then its summary and histogram
+zoo() {  # out recipe n [generate options...]: make (or resume) a zoo, then its summary (and accuracy histogram)
   local out=$1 recipe=$2 n=$3
   shift 3
   $SNE zoo generate "$recipe" --n "$n" --seed 0 "$@" --out "$Z/$out"
   mkdir -p results/plots
-  $SNE zoo info "$Z/$out" --json --plot "results/plots/zoo_$out.png" > "results/zoo_$out.json.tmp"
+  local plot=()
+  [ "$recipe" != digit-inr ] && plot=(--plot "results/plots/zoo_${out}_accuracy.png")
+  $SNE zoo info "$Z/$out" --json "${plot[@]}" > "results/zoo_$out.json.tmp"
   mv "results/zoo_$out.json.tmp" "results/zoo_$out.json"
 }
 

@@ -69,3 +69,14 @@ def test_targets_digest_tells_zoo_generations_apart(shared_sine_zoo):
     again.metadata.loc[0, "frequency"] += 1e-6  # one network fitted with other rounding
     assert targets_digest(again) != targets_digest(shared_sine_zoo)
     assert zoo_identity(zoo_summary(again)) == zoo_identity(zoo_summary(shared_sine_zoo))
+
+
+def test_an_encoding_map_of_a_handful_of_networks_is_drawn(tmp_path):
+    """t-SNE needs more points than its perplexity; a tiny test split must not end a benchmark."""
+    import numpy as np
+
+    from sne.plots import embedding_map
+
+    for n in (1, 2, 3, 6):
+        codes = np.random.default_rng(n).normal(size=(n, 8))
+        assert embedding_map(codes, ["a"] * n, tmp_path / f"map{n}.png", "codes").stat().st_size > 0

@@ -65,12 +65,20 @@ def scatter_grid(panels: list[tuple[str, np.ndarray, np.ndarray]], path: str | P
 
 def embedding_map(codes: np.ndarray, groups: list[str], path: str | Path, title: str, caption: str = "",
                   seed: int = 0) -> Path:
-    """A 2-D t-SNE map of encodings ``codes`` (one row per network), coloured by ``groups``."""
+    """A 2-D t-SNE map of encodings ``codes`` (one row per network), coloured by ``groups`` (fewer
+    than four networks: their principal axes)."""
     from sklearn.manifold import TSNE
 
     codes = np.asarray(codes, dtype=np.float64)
-    perplexity = float(min(30.0, max(2.0, (len(codes) - 1) / 3)))
-    points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(codes)
+    if len(codes) < 4:
+        # t-SNE needs more points than its perplexity: a handful is drawn on its principal axes.
+        centred = codes - codes.mean(0)
+        points = np.zeros((len(codes), 2))
+        axes = np.linalg.svd(centred, full_matrices=False)[2][:2] if len(codes) > 1 else np.zeros((0, codes.shape[1]))
+        points[:, : len(axes)] = centred @ axes.T
+    else:
+        perplexity = float(min(30.0, max(2.0, (len(codes) - 1) / 3)))
+        points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(codes)
     fig, ax = plt.subplots(figsize=(6, 6.2))
     for group in dict.fromkeys(groups):
         chosen = np.array([g == group for g in groups])
