@@ -80,3 +80,17 @@ def test_an_encoding_map_of_a_handful_of_networks_is_drawn(tmp_path):
     for n in (1, 2, 3, 6):
         codes = np.random.default_rng(n).normal(size=(n, 8))
         assert embedding_map(codes, ["a"] * n, tmp_path / f"map{n}.png", "codes").stat().st_size > 0
+
+
+def test_zoos_of_one_recipe_and_dataset_made_with_other_options_have_other_labels(tmp_path):
+    from types import SimpleNamespace
+
+    from sne.bench.results import zoo_label
+
+    def zoo(**options):
+        return SimpleNamespace(manifest={"recipe": "small-cnn", "options": {"dataset": "digits", **options}},
+                               path=tmp_path / "z")
+
+    assert zoo_label(zoo()) == "small-cnn/digits"
+    assert zoo_label(zoo(kernel=7)) == "small-cnn/digits kernel=7"
+    assert zoo_label(zoo(views=10, epochs=8)) == "small-cnn/digits views=10"

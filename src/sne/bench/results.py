@@ -19,10 +19,17 @@ from sne.io_utils import write_json_atomic
 from sne.zoo import Zoo
 
 
+#: Recipe options that make zoos of one recipe and dataset other data; a label names them.
+LABELLED_OPTIONS = ("kernel", "input_range", "views")
+
+
 def zoo_label(zoo: Zoo) -> str:
-    """A short name for a zoo in tables: ``recipe/dataset`` (or the directory name)."""
-    dataset = (zoo.manifest.get("options") or {}).get("dataset")
-    return f"{zoo.manifest.get('recipe')}/{dataset}" if dataset else zoo.path.name
+    """A short name for a zoo in tables: ``recipe/dataset`` (or the directory name), plus the
+    options of :data:`LABELLED_OPTIONS` it was made with (``small-cnn/digits kernel=7``)."""
+    options = zoo.manifest.get("options") or {}
+    dataset = options.get("dataset")
+    label = f"{zoo.manifest.get('recipe')}/{dataset}" if dataset else zoo.path.name
+    return " ".join([label, *(f"{key}={options[key]}" for key in LABELLED_OPTIONS if key in options)])
 
 
 def targets_digest(zoo: Zoo) -> str:
