@@ -250,6 +250,8 @@ def zoos_section(files: list[tuple[Path, dict]]) -> list[str]:
              "| zoo | networks (train/val/test) | diverged | test accuracy min / q25 / median / q75 / max | at chance | "
              "median generalization gap | histogram | command |", "|---|---|---|---|---|---|---|---|"]
     for path, data in files:
+        if "test_accuracy" not in data["targets"]:
+            continue  # an INR zoo: its networks have no accuracy (its benchmark's section describes it)
         acc = data["targets"]["test_accuracy"]
         gap = data["targets"].get("generalization_gap", {})
         plot = ROOT / "results" / "plots" / f"{path.stem}_accuracy.png"
