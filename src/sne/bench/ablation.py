@@ -26,12 +26,12 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from sne.bench.paper import PAPER_SNE_ABLATION_MSE, PAPER_SNE_CHUNK_SIZE_MSE
-from sne.bench.results import merge_refusal, write_merged, zoo_identity, zoo_summary
+from sne.bench.results import check_mergeable, write_merged, zoo_identity, zoo_summary
 from sne.bench.runs import BenchRuns, options_tag
 from sne.encoders.sne import DEFAULT_OPTIONS as SNE_DEFAULT_OPTIONS
 from sne.errors import SneError
@@ -172,10 +172,8 @@ def run_ablation(
     init = zoo.manifest.get("options", {}).get("init", "unknown")
     path = runs.results_dir / f"ablation_{study}_{init}.json"
     # Refused now rather than after hours of training: the file holds results on another zoo.
-    refusal = merge_refusal(path, {"benchmark": f"ablation_{study}", "zoo": zoo_summary(zoo)},
-                            lambda r: zoo_identity(r["zoo"]))
-    if refusal:
-        raise SneError(refusal)
+    check_mergeable(path, {"benchmark": f"ablation_{study}", "zoo": zoo_summary(zoo)},
+                    lambda r: zoo_identity(r["zoo"]))
     setting = _setting(runs, base_invariance_weight, max_train)
     # Runs are named by what they change from the base, so studies share the runs they have in
     # common (the components study's full SNE is the invariance study's lambda 0).

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from sne.bench.paper import PAPER_INR_FREQUENCY_MSE
-from sne.bench.results import merge_refusal, write_merged, zoo_identity, zoo_summary
+from sne.bench.results import check_mergeable, write_merged, zoo_identity, zoo_summary
 from sne.bench.runs import BenchRuns, options_key
 from sne.errors import SneError
 from sne.train.evaluate import evaluate_run
@@ -46,9 +46,7 @@ def run_inr_benchmark(
     label = "_".join([init, *([variant] if variant else []), *([f"views{views}"] if views > 1 else [])])
     path = runs.results_dir / f"{benchmark}_{label}.json"
     # Refused now rather than after hours of training: the file holds results on another zoo.
-    refusal = merge_refusal(path, {"benchmark": benchmark, "zoo": zoo_summary(zoo)}, lambda r: zoo_identity(r["zoo"]))
-    if refusal:
-        raise SneError(refusal)
+    check_mergeable(path, {"benchmark": benchmark, "zoo": zoo_summary(zoo)}, lambda r: zoo_identity(r["zoo"]))
     entries = []
     for encoder in runs.encoders:
         for weight in invariance_weights:

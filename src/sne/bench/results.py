@@ -73,12 +73,13 @@ def zoo_identity(summary: dict) -> tuple:
     return tuple(json.dumps(v, sort_keys=True) for v in (summary.get("recipe"), options, summary.get("n"), summary.get("seed")))
 
 
-def merge_refusal(path: Path, result: dict, data_key: Callable[[dict], object]) -> str | None:
-    """Why ``result`` cannot be merged into the file at ``path`` (another benchmark's results, results
-    on other data, or a file that is not a results file), or ``None`` when it can (or there is none)."""
+def check_mergeable(path: Path, result: dict, data_key: Callable[[dict], object]) -> None:
+    """Raise :class:`SneError` saying why ``result`` cannot be merged into the file at ``path``
+    (another benchmark's results, results on other data, or a file that is not a results file);
+    benchmarks call it before training too, so a refusal never comes after hours of work."""
     path = Path(path)
     if not path.exists():
-        return None
+        return
     old = _read(path)
     if not isinstance(old, dict) or not isinstance(old.get("entries"), list):
         why = "is not a results file this code can read"
@@ -90,10 +91,10 @@ def merge_refusal(path: Path, result: dict, data_key: Callable[[dict], object]) 
         except (KeyError, TypeError):  # a file of an older layout: its data cannot be told the same
             same = False
         if same:
-            return None
+            return
         why = f"holds {result.get('benchmark')} results on other zoos (or another target)"
-    return (f"{path} {why}; nothing written, the file is unchanged: give a transfer benchmark its own file with "
-            f"--name NAME, or write to another directory with --results DIR")
+    raise SneError(f"{path} {why}; nothing written, the file is unchanged: give a transfer benchmark its own file "
+                   f"with --name NAME, or write to another directory with --results DIR")
 
 
 def write_merged(
@@ -108,15 +109,13 @@ def write_merged(
     whatever depends on all merged entries (a summary table) before the file is written.
 
     Raises :class:`SneError` (and writes nothing) if ``path`` holds another benchmark's results or
-    results on other data (:func:`merge_refusal`): replacing them would lose their rows."""
+    results on other data (:func:`check_mergeable`): replacing them would lose their rows."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Two benchmark processes may finish together (e.g. one per encoder group): merge one at a time.
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        refusal = merge_refusal(path, result, data_key)
-        if refusal:
-            raise SneError(refusal)
+        check_mergeable(path, result, data_key)
         entries = list(result["entries"])
         commands = [result.get("command")]
         old = _read(path)
@@ -133,4 +132,4 @@ def _read(path: Path) -> dict | None:
     try:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None  # no file, or an unreadable one (refused by merge_refusal when it exists)
+        return None  # no file, or an unreadable one (refused by check_mergeable when it exists)

@@ -22,7 +22,7 @@ import numpy as np
 
 from sne.bench.paper import PAPER_CROSS_ARCH_TAU, PAPER_CROSS_DATASET_TAU
 from sne.errors import SneError
-from sne.bench.results import merge_refusal, targets_digest, write_merged, zoo_identity, zoo_label, zoo_summary
+from sne.bench.results import check_mergeable, targets_digest, write_merged, zoo_identity, zoo_label, zoo_summary
 from sne.bench.runs import BenchRuns, configuration_name, options_key
 from sne.plots import scatter_grid, embedding_map
 from sne.train.evaluate import evaluate_run
@@ -136,9 +136,7 @@ def run_transfer_benchmark(
         "test_zoos": [zoo_summary(z) for z in tests],
     }
     # Refused before any training, not after hours of it (write_merged checks again under its lock).
-    refusal = merge_refusal(path, described, _same_data)
-    if refusal:
-        raise SneError(refusal)
+    check_mergeable(path, described, _same_data)
     entries = []
     for encoder in runs.encoders:
         for seed in runs.seeds:
