@@ -91,10 +91,21 @@ def test_a_run_is_not_resumed_with_an_encoder_whose_defaults_changed(shared_sine
                          encoder_options={"hidden": 16, "heads": 2, "out_dim": 8}, epochs=2, batch_size=32,
                          head_hidden=[16], seed=0, device="cpu")
     fit_killed_in_second_epoch(config, tmp_path / "run", monkeypatch)
+    # A run made before an option existed (its checkpoint lacks the option) resumes: the option then
+    # takes its default, which is what such runs were built with.
+    last = tmp_path / "run" / "last.pt"
+    checkpoint = torch.load(last, weights_only=True)
+    del checkpoint["encoder"]["options"]["source_code_rounds"]
+    torch.save(checkpoint, last)
+    snapshot = last.read_bytes()
     # A later release narrows the chunk stage by default: the options given are the same, the encoder is not.
     monkeypatch.setitem(sne_module.DEFAULT_OPTIONS, "chunk_hidden", 8)
     with pytest.raises(SneError, match=r"built otherwise \(chunk_hidden: None -> 8\)"):
         fit(config, tmp_path / "run", progress=False)
+    monkeypatch.setitem(sne_module.DEFAULT_OPTIONS, "chunk_hidden", None)
+    fit(config, tmp_path / "run", progress=False)  # resumed and finished
+    assert last.read_bytes() != snapshot
+    monkeypatch.setitem(sne_module.DEFAULT_OPTIONS, "chunk_hidden", 8)
     # The run itself still loads as it was trained: its saved config names every option.
     assert load_run(tmp_path / "run", device="cpu").predictor.encoder.chunk_width == 16
     # Configs that predate an option get the default it had then.

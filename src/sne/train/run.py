@@ -187,6 +187,10 @@ def _check_resumed_encoder(run_dir: Path, saved: dict | None, mine: dict | None)
     changed between releases while the options given stayed the same."""
     if saved is None or mine is None:
         return
+    # The saved encoder as a load would rebuild it: options added since take the values they had
+    # before they existed, so a run made before a new option resumes.
+    with torch.random.fork_rng(devices=[]):
+        saved = build_encoder_from_config(saved).config()
     saved, mine = (json.loads(json.dumps(c, sort_keys=True)) for c in (saved, mine))
     if saved != mine:
         old, new = saved.get("options", {}), mine.get("options", {})
