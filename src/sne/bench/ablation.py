@@ -172,8 +172,8 @@ def run_ablation(
     init = zoo.manifest.get("options", {}).get("init", "unknown")
     path = runs.results_dir / f"ablation_{study}_{init}.json"
     # Refused now rather than after hours of training: the file holds results on another zoo.
-    check_mergeable(path, {"benchmark": f"ablation_{study}", "zoo": zoo_summary(zoo)},
-                    lambda r: zoo_identity(r["zoo"]))
+    described = zoo_summary(zoo)
+    check_mergeable(path, {"benchmark": f"ablation_{study}", "zoo": described}, lambda r: zoo_identity(r["zoo"]))
     setting = _setting(runs, base_invariance_weight, max_train)
     # Runs are named by what they change from the base, so studies share the runs they have in
     # common (the components study's full SNE is the invariance study's lambda 0).
@@ -199,7 +199,7 @@ def run_ablation(
         "benchmark": f"ablation_{study}",
         "study": study,
         "command": runs.command,
-        "zoo": zoo_summary(zoo),
+        "zoo": described,
         "init": init,
         "target": target,
         "entries": entries,

@@ -46,7 +46,8 @@ def run_inr_benchmark(
     label = "_".join([init, *([variant] if variant else []), *([f"views{views}"] if views > 1 else [])])
     path = runs.results_dir / f"{benchmark}_{label}.json"
     # Refused now rather than after hours of training: the file holds results on another zoo.
-    check_mergeable(path, {"benchmark": benchmark, "zoo": zoo_summary(zoo)}, lambda r: zoo_identity(r["zoo"]))
+    described = zoo_summary(zoo)
+    check_mergeable(path, {"benchmark": benchmark, "zoo": described}, lambda r: zoo_identity(r["zoo"]))
     entries = []
     for encoder in runs.encoders:
         for weight in invariance_weights:
@@ -62,7 +63,7 @@ def run_inr_benchmark(
     summary = {
         "benchmark": benchmark,
         "command": runs.command,
-        "zoo": zoo_summary(zoo),
+        "zoo": described,
         "init": init,
         "variant": variant,
         "paper_mse": paper,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sne.encoders import options_for_encoder
+from sne.errors import SneError
 from sne.train.run import TrainConfig
 
 
@@ -75,7 +76,7 @@ def options_apart_from_defaults(entry: dict) -> dict:
     given = dict(entry.get("encoder_options_given") or {})
     try:
         cls = get_encoder_class(entry["encoder"])
-    except Exception:  # a row of an encoder this release no longer has: as given
+    except (KeyError, SneError):  # a row naming no encoder, or one this release no longer has: as given
         return given
     if "encoder_options_resolved" not in entry:
         given = {**cls.defaults_of_older_configs, **given}

@@ -30,14 +30,14 @@ def permutation_sensitivity(predictor, records, seed: int = 0, batch_size: int =
     if not all(supports_permutation(r) for r in records):
         return None
     generator = torch.Generator().manual_seed(seed)
-    outputs = predictor.outputs(records, batch_size).double()
-    before = predictor.target.decode(outputs.float()).numpy().astype(np.float64)
+    outputs = predictor.outputs(records, batch_size)
+    before = predictor.target.decode(outputs).numpy().astype(np.float64)
     changes, squared = [], []
     for _ in range(permutations):
         permuted = predictor.outputs([random_equivalent_permutation(r, generator) for r in records], batch_size)
         after = predictor.target.decode(permuted).numpy().astype(np.float64)
         changes.append(np.abs(after - before))
-        squared.append(float(((permuted.double() - outputs) ** 2).mean()))
+        squared.append(float(((permuted.double() - outputs.double()) ** 2).mean()))
     change = np.stack(changes)
     return {"mean_abs_change": float(change.mean()), "max_abs_change": float(change.max()),
             "invariance_loss": float(np.mean(squared)), "permutations": permutations, "seed": seed}
