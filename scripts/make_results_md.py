@@ -17,7 +17,7 @@ from sne.bench.transfer import summarize  # noqa: E402
 from sne.bench.runs import (  # noqa: E402
     configuration_label,
     configuration_name,
-    options_apart_from_defaults,
+    configuration_options,
     options_key,
 )
 from sne.io_utils import atomic_path  # noqa: E402
@@ -144,7 +144,7 @@ def _against_source_lines(data: dict) -> list[str]:
 
 def _encoder_label(entry: dict) -> str:
     """The encoder's name, with the options given on the command line (none: its defaults)."""
-    return configuration_label(entry["encoder"], options_apart_from_defaults(entry))
+    return configuration_label(entry["encoder"], configuration_options(entry))
 
 
 def _ordering_lines(data: dict) -> list[str]:

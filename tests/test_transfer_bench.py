@@ -112,3 +112,30 @@ def test_summary_keeps_an_encoder_with_options_apart_from_its_defaults():
     assert set(summary) == {"sne", "sne_use_source_features-true"}
     assert summary["sne"]["a"]["average"] == pytest.approx(0.5)
     assert summary["sne_use_source_features-true"]["a"]["average"] == pytest.approx(0.9)
+
+
+def test_augmented_runs_are_a_configuration_of_their_own(shared_sine_zoo, tmp_path, capsys):
+    common = ["--zoos", str(shared_sine_zoo.path), "--target", "frequency", "--encoders", "sne", "--runs",
+              str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--device", "cpu", "--epochs", "1",
+              "--batch-size", "16", *SMALL_SNE]
+    for extra in ([], ["--augment-permutations"]):
+        code, _, err = run_cli(["bench", "cross-dataset", *common, *extra], capsys)
+        assert code == 0, err
+    result = json.loads((tmp_path / "results" / "cross_dataset.json").read_text())
+    plain = "sne_heads-2_hidden-16_num_sab-1_out_dim-8"
+    augmented = "sne_augment_permutations-true_heads-2_hidden-16_num_sab-1_out_dim-8"
+    assert set(result["summary"]) == {plain, augmented}
+    assert sorted(e["permutation_augment"] for e in result["entries"]) == [False, True]
+    for name in (plain, augmented):
+        config = json.loads((tmp_path / "runs" / "frequency" / f"{name}_seed0" / "shared" / "config.json").read_text())
+        assert config["permutation_augment"] == (name == augmented)
+
+
+def test_rows_written_before_the_augmentation_switch_read_as_unaugmented():
+    from sne.bench.runs import configuration_name, options_key
+
+    old_row = {"encoder": "sne", "encoder_options_given": {"hidden": 16}}
+    plain = {**old_row, "permutation_augment": False}
+    augmented = {**old_row, "permutation_augment": True}
+    assert options_key(old_row) == options_key(plain) != options_key(augmented)
+    assert configuration_name(augmented) == "sne_augment_permutations-true_hidden-16"

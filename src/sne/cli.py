@@ -615,24 +615,27 @@ _ONE_ZOO = {
     "results": typer.Option(Path("results"), "--results"),
     "option": typer.Option([], "--option", "-o", help=_ENCODER_OPTION_HELP),
     "device": typer.Option("auto", "--device"),
+    "augment": typer.Option(False, "--augment-permutations", help="Train on fresh functionally-equivalent "
+                            "permutations of the networks (rows and runs are named by it)."),
 }
 
 
 def _bench_runs(encoders: list[str], seeds: str, epochs: int, runs: Path, results: Path, option: List[str],
-                device: str, **train_options: Any) -> "BenchRuns":
+                device: str, augment: bool = False, **train_options: Any) -> "BenchRuns":
     from sne.bench.runs import BenchRuns
 
     return BenchRuns(
         encoders=encoders, seeds=_csv(seeds, int), epochs=epochs, runs_dir=runs, results_dir=results, device=device,
-        encoder_options=parse_options(option), train_options=train_options, command=_command_line(),
+        encoder_options=parse_options(option), train_options={**train_options, "permutation_augment": augment or None},
+        command=_command_line(),
     )
 
 
 def _one_zoo(benchmark: str, zoo: Path, encoders: str, invariance_weights: str, seeds: str, epochs: int, runs: Path,
-             results: Path, option: List[str], device: str) -> None:
+             results: Path, option: List[str], device: str, augment: bool) -> None:
     from sne.bench.inr import run_inr_benchmark
 
-    bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device)
+    bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, augment)
     path = run_inr_benchmark(zoo, bench_runs, _csv(invariance_weights, float), benchmark=benchmark)
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
 
@@ -648,9 +651,10 @@ def bench_inr(
     results: Path = _ONE_ZOO["results"],
     option: List[str] = _ONE_ZOO["option"],
     device: str = _ONE_ZOO["device"],
+    augment: bool = _ONE_ZOO["augment"],
 ) -> None:
     """INR frequency regression: train and evaluate each encoder; write results/inr_frequency_<init>.json."""
-    _one_zoo("inr_frequency", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device)
+    _one_zoo("inr_frequency", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device, augment)
 
 
 @bench_app.command("digit-inr")
@@ -664,9 +668,10 @@ def bench_digit_inr(
     results: Path = _ONE_ZOO["results"],
     option: List[str] = _ONE_ZOO["option"],
     device: str = _ONE_ZOO["device"],
+    augment: bool = _ONE_ZOO["augment"],
 ) -> None:
     """Digit-INR classification: predict each INR's digit; write results/digit_inr_label_<init>.json."""
-    _one_zoo("digit_inr_label", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device)
+    _one_zoo("digit_inr_label", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device, augment)
 
 
 @bench_app.command("ablation")
@@ -688,6 +693,7 @@ def bench_ablation(
     option: List[str] = typer.Option([], "--option", "-o", help="Base encoder option key=value, or NAME.key=value "
                                      "(repeatable); each row changes this base."),
     device: str = _ONE_ZOO["device"],
+    augment: bool = _ONE_ZOO["augment"],
 ) -> None:
     """SNE's ablations (paper Tables 6-7, Figure 3; lambda sweep): train every row of a study at the
     same epochs and seeds; write results/ablation_<study>_<init>.json."""
@@ -695,7 +701,8 @@ def bench_ablation(
 
     chosen = study_rows(study, _csv(rows), _encoder_list(encoders) if encoders.strip() else (),
                         _csv(fractions, float))
-    bench_runs = _bench_runs(sorted({row.encoder for row in chosen}), seeds, epochs, runs, results, option, device)
+    bench_runs = _bench_runs(sorted({row.encoder for row in chosen}), seeds, epochs, runs, results, option, device,
+                             augment)
     path = run_ablation(zoo, bench_runs, study, chosen, target=target, base_invariance_weight=invariance_weight,
                         max_train=max_train)
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
@@ -737,12 +744,12 @@ def _zoo_list(values: List[str]) -> list[str]:
 
 def _transfer(benchmark: str, train_zoos: list[str], test_zoos: list[str], target: str, encoders: str, seeds: str,
               epochs: int, runs: Path, results: Path, option: List[str], lr: Optional[float], batch_size: int,
-              device: str, name: Optional[str]) -> None:
+              device: str, name: Optional[str], augment: bool) -> None:
     from sne.bench.transfer import check_results_name, run_transfer_benchmark
 
     if name is not None:
         check_results_name(name)  # before the encoders are checked and any zoo is opened
-    bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, lr=lr,
+    bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, augment, lr=lr,
                              batch_size=batch_size)
     path = run_transfer_benchmark(benchmark, train_zoos, test_zoos, bench_runs, target=target, name=name)
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
@@ -762,6 +769,7 @@ _TRANSFER = {
     "device": typer.Option("auto", "--device"),
     "name": typer.Option(None, "--name", help="Write the rows to <results>/NAME.json, a transfer study of its own "
                          "(default: the benchmark's file)."),
+    "augment": _ONE_ZOO["augment"],
 }
 
 
@@ -779,12 +787,13 @@ def bench_cross_dataset(
     option: List[str] = _TRANSFER["option"],
     device: str = _TRANSFER["device"],
     name: Optional[str] = _TRANSFER["name"],
+    augment: bool = _TRANSFER["augment"],
 ) -> None:
     """Train on each zoo, report Kendall's tau of test accuracy on every zoo's test split (results/cross_dataset.json,
     or results/NAME.json with --name)."""
     zoo_paths = _zoo_list(zoos)
     _transfer("cross_dataset", zoo_paths, zoo_paths, target, encoders, seeds, epochs, runs, results, option, lr, batch_size, device,
-              name)
+              name, augment)
 
 
 @bench_app.command("cross-arch")
@@ -802,11 +811,12 @@ def bench_cross_arch(
     option: List[str] = _TRANSFER["option"],
     device: str = _TRANSFER["device"],
     name: Optional[str] = _TRANSFER["name"],
+    augment: bool = _TRANSFER["augment"],
 ) -> None:
     """Train on each --train zoo, report Kendall's tau on every --test zoo (results/cross_arch.json, or
     results/NAME.json with --name, e.g. --name vit for a small-cnn -> ViT study)."""
     _transfer("cross_arch", _zoo_list(train), _zoo_list(test), target, encoders, seeds, epochs, runs, results, option, lr,
-              batch_size, device, name)
+              batch_size, device, name, augment)
 
 
 def main() -> None:

@@ -49,8 +49,9 @@ class BenchRuns:
         return options_for_encoder(encoder, self.encoder_options)
 
     def run_name(self, encoder: str) -> str:
-        """``encoder`` plus the options given for it: runs of other options never share a directory."""
-        return encoder + options_tag(self.options_for(encoder))
+        """``encoder`` plus the options and training switches given for it: runs of other options never
+        share a directory."""
+        return encoder + options_tag({**self.options_for(encoder), **training_switches(self.train_options)})
 
     def train_config(self, encoder: str, zoo: str | Path, target: str, seed: int, **fields: Any) -> TrainConfig:
         """The run's :class:`~sne.train.run.TrainConfig` (``fields`` are further config fields)."""
@@ -58,6 +59,13 @@ class BenchRuns:
             encoder, zoo=str(zoo), target=target, encoder_options=self.options_for(encoder), epochs=self.epochs,
             seed=seed, device=self.device, command=self.command, **{**self.train_options, **fields},
         )
+
+
+def training_switches(fields: dict) -> dict:
+    """The training switches in ``fields`` (TrainConfig fields, or a results row) that make a
+    configuration of its own, as a run name spells them: permutation augmentation, when on. A row
+    written before a switch existed had it off."""
+    return {"augment_permutations": True} if fields.get("permutation_augment") else {}
 
 
 def options_tag(options: dict) -> str:
@@ -85,9 +93,9 @@ def options_apart_from_defaults(entry: dict) -> dict:
 
 
 def configuration_name(entry: dict) -> str:
-    """A results row's encoder and options apart from the defaults, as its run directory names them
-    (``sne``, ``sne_use_source_features-true``): the key of per-configuration summaries."""
-    return entry["encoder"] + options_tag(options_apart_from_defaults(entry))
+    """A results row's encoder, options apart from the defaults and training switches, as its run
+    directory names them (``sne``, ``sne_use_source_features-true``): the key of per-configuration summaries."""
+    return entry["encoder"] + options_tag(configuration_options(entry))
 
 
 def configuration_label(encoder: str, options: dict | None) -> str:
@@ -96,6 +104,12 @@ def configuration_label(encoder: str, options: dict | None) -> str:
     return f"{encoder} ({given})" if given else encoder
 
 
+def configuration_options(entry: dict) -> dict:
+    """A results row's encoder options apart from the defaults (:func:`options_apart_from_defaults`)
+    and its training switches (:func:`training_switches`): what makes its configuration."""
+    return {**options_apart_from_defaults(entry), **training_switches(entry)}
+
+
 def options_key(entry: dict) -> str:
-    """A results row's encoder options apart from the defaults (:func:`options_apart_from_defaults`), as a key."""
-    return json.dumps(options_apart_from_defaults(entry), sort_keys=True)
+    """A results row's configuration (:func:`configuration_options`), as a key."""
+    return json.dumps(configuration_options(entry), sort_keys=True)

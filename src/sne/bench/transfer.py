@@ -151,6 +151,7 @@ def run_transfer_benchmark(
                     "encoder": encoder,
                     "encoder_options_given": runs.options_for(encoder),
                     "encoder_options_resolved": summary["encoder_options_resolved"],
+                    "permutation_augment": config.permutation_augment,
                     "seed": seed,
                     "train_zoo": train_label,
                     "run": str(run_dir),

@@ -83,6 +83,7 @@ def evaluate_run(
         # Every option the encoder was built with, defaults included: defaults may change between releases.
         "encoder_options_resolved": run.predictor.encoder.options,
         "invariance_weight": config.invariance_weight,
+        "permutation_augment": config.permutation_augment,
         "train_seed": config.seed,
         "epochs": config.epochs,
         "best_epoch": run.meta.get("epoch"),
