@@ -1,4 +1,4 @@
-"""Recipe options for shifted test zoos: small-cnn's kernel size, sine-inr's input range."""
+"""Recipe options for shifted test zoos: small-cnn's kernel size, sine-inr's input range and initial gain."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from sne.zoo.cnn import SMALL_CNN, small_cnn_architecture, train_alone
 from sne.zoo.cnn_nets import ZooCnn
 from sne.zoo.recipes import FitProgress
 from sne.zoo.sine_inr import grid, sine_targets
-from sne.zoo.siren import Siren
+from sne.zoo.siren import Siren, initial_parameters
 
 #: Small zoo options per recipe, and each new option at its default value.
 DEFAULT_OF_THE_OPTION = {
     "small-cnn": ({"epochs": 1}, {"kernel": 3}),
-    "sine-inr": ({"steps": 20}, {"input_range": 1}),
+    "sine-inr": ({"steps": 20}, {"input_range": 1, "init_gain": 1}),
 }
 
 
@@ -44,7 +44,7 @@ def test_the_option_at_its_default_makes_the_default_zoo_bit_for_bit(recipe, tmp
                         progress=False)
     assert (targets_digest(same), weights_digest(same)) == (targets_digest(zoo), weights_digest(zoo))
     # The default is left out of the options, so existing zoos resume and results files keep merging.
-    assert not {"kernel", "input_range"} & set(zoo.manifest["options"])
+    assert not {"kernel", "input_range", "init_gain"} & set(zoo.manifest["options"])
     assert same.manifest["options"] == zoo.manifest["options"]
 
 
@@ -146,4 +146,24 @@ def test_a_wider_input_range_fits_the_same_sines_with_other_weights(tmp_path):
 def test_bad_input_ranges_are_refused_in_one_line(value):
     with pytest.raises(SneError, match="option 'input_range' must be") as error:
         get_recipe("sine-inr").resolve_options({"input_range": value})
+    assert "\n" not in str(error.value)
+
+
+# -- sine-inr (and digit-inr): init_gain -----------------------------------------------------------
+
+
+def test_another_initial_gain_scales_every_initial_bound_and_still_fits(tmp_path):
+    plain, doubled = initial_parameters([3, 4]), initial_parameters([3, 4], gain=2.0)
+    for a, b in zip(plain, doubled):
+        torch.testing.assert_close(b, 2 * a, rtol=1e-6, atol=0)
+    zoo = generate_zoo("sine-inr", tmp_path / "gain", n=8, seed=0, options={"steps": 150, "init_gain": 2.0},
+                       command="test", progress=False)
+    assert zoo.manifest["options"]["init_gain"] == 2.0
+    assert max(_grid_mse(zoo, 1.0)) < 1e-2
+
+
+@pytest.mark.parametrize("value", [0, -1, float("nan"), "2", True])
+def test_bad_initial_gains_are_refused_in_one_line(value):
+    with pytest.raises(SneError, match="option 'init_gain' must be") as error:
+        get_recipe("sine-inr").resolve_options({"init_gain": value})
     assert "\n" not in str(error.value)

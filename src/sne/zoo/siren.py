@@ -36,6 +36,7 @@ INIT_MODES = ("independent", "shared")
 # per group; a GPU needs wide batches (measured on an H100: 106 INRs/s at 100, 222 at 500).
 FIT_OPTIONS: dict[str, Any] = {
     "init": "independent",
+    "init_gain": 1.0,
     "steps": 500,
     "lr": 1e-3,
     "group_size": None,
@@ -95,25 +96,26 @@ def siren_architecture(in_features: int) -> list[dict[str, Any]]:
     ]
 
 
-def siren_parameters(generator: torch.Generator, in_features: int = 1) -> list[torch.Tensor]:
+def siren_parameters(generator: torch.Generator, in_features: int = 1, gain: float = 1.0) -> list[torch.Tensor]:
     """One SIREN's initial ``[W0, b0, W1, b1, W2, b2]``, drawn in that order from ``generator``.
 
     Weights follow the SIREN scheme: U(-1/in, 1/in) for the first layer and
     U(-sqrt(6/in)/w0, sqrt(6/in)/w0) after it. Biases keep PyTorch's ``nn.Linear`` default
-    U(-1/sqrt(in), 1/sqrt(in)), as the SIREN reference code does.
+    U(-1/sqrt(in), 1/sqrt(in)), as the SIREN reference code does. ``gain`` scales every bound
+    (another initialisation than the published one, for recipe-shift test zoos).
     """
     params = []
     for level, (fan_in, fan_out) in enumerate(_layer_sizes(in_features)):
-        bound = 1.0 / fan_in if level == 0 else math.sqrt(6.0 / fan_in) / W0
+        bound = gain * (1.0 / fan_in if level == 0 else math.sqrt(6.0 / fan_in) / W0)
         params.append(torch.empty(fan_out, fan_in).uniform_(-bound, bound, generator=generator))
-        bias_bound = 1.0 / math.sqrt(fan_in)
+        bias_bound = gain / math.sqrt(fan_in)
         params.append(torch.empty(fan_out).uniform_(-bias_bound, bias_bound, generator=generator))
     return params
 
 
-def initial_parameters(init_seeds: Sequence[int], in_features: int = 1) -> list[torch.Tensor]:
+def initial_parameters(init_seeds: Sequence[int], in_features: int = 1, gain: float = 1.0) -> list[torch.Tensor]:
     """Stacked initial parameters, network ``i`` drawn from a generator seeded with ``init_seeds[i]``."""
-    per_network = [siren_parameters(torch.Generator().manual_seed(int(s)), in_features) for s in init_seeds]
+    per_network = [siren_parameters(torch.Generator().manual_seed(int(s)), in_features, gain) for s in init_seeds]
     return [torch.stack(parts) for parts in zip(*per_network)]
 
 
@@ -227,7 +229,8 @@ def fit_groups(
     group = options["group_size"]
     for start in range(0, len(ids), group):
         stop = min(start + group, len(ids))
-        params = [p.to(device) for p in initial_parameters(init_seeds[start:stop], inputs.shape[1])]
+        params = [p.to(device) for p in initial_parameters(init_seeds[start:stop], inputs.shape[1],
+                                                           options.get("init_gain", 1.0))]
         progress.group_started(stop - start, options["steps"])
         mse = fit_sirens(
             params, inputs, targets(start, stop).to(device), options["steps"], options["lr"], options["compile"],
@@ -288,8 +291,11 @@ def resolve_fit_options(recipe: str, options: Mapping[str, Any]) -> dict[str, An
         group_size = positive_int(recipe, "group_size", options["group_size"])
     if not isinstance(options["compile"], bool):
         raise SneError(f"{recipe} option 'compile' must be true or false, got {options['compile']!r}")
+    gain = finite_float(recipe, "init_gain", options["init_gain"], positive=True)
     return {
         "init": options["init"],
+        # A gain of 1 is left out, so such a zoo has the options (and resumes) as before the option existed.
+        **({"init_gain": gain} if gain != 1.0 else {}),
         "steps": positive_int(recipe, "steps", options["steps"]),
         "lr": finite_float(recipe, "lr", options["lr"], positive=True),
         "group_size": group_size,
