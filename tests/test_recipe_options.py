@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from sne.bench.results import targets_digest
+from sne.bench.results import targets_digest, zoo_label
 from sne.encoders import build_encoder
 from sne.errors import SneError
 from sne.zoo import Zoo, generate_zoo, get_recipe
@@ -159,6 +159,7 @@ def test_another_initial_gain_scales_every_initial_bound_and_still_fits(tmp_path
     zoo = generate_zoo("sine-inr", tmp_path / "gain", n=8, seed=0, options={"steps": 150, "init_gain": 2.0},
                        command="test", progress=False)
     assert zoo.manifest["options"]["init_gain"] == 2.0
+    assert zoo_label(zoo) == "gain init_gain=2.0"  # tables name the shift
     assert max(_grid_mse(zoo, 1.0)) < 1e-2
 
 
