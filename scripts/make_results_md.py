@@ -533,11 +533,16 @@ def transfer_section(path: Path, data: dict) -> list[str]:
                   "says which generation it was trained and tested on; compare rows of one generation only."]
     # Summarised again, not read from the file: rows are named relative to today's defaults.
     for configuration, table in summarize(data["entries"]).items():
-        sample = next(e for e in data["entries"] if configuration_name(e) == configuration)
+        rows = [e for e in data["entries"] if configuration_name(e) == configuration]
+        sample = next((e for e in rows if not e.get("cannot_train")), rows[0])
         generation = (f" Zoo generation: {generations[configuration]}." if len(set(generations.values())) > 1
                       else "")
         cell_text = (" Cells: tau (normalised MSE, MSE / variance of the test zoo's targets; 1 is the mean "
                      "predictor)." if regression else "")
+        if sample.get("cannot_train"):  # refused every training zoo
+            lines += ["", f"**{_encoder_label(sample)}** cannot be trained on "
+                      f"{', '.join(sorted({e['train_zoo'] for e in rows}))}: {sample['cannot_train']}"]
+            continue
         lines += ["", f"**{_encoder_label(sample)}** ({sample['encoder_parameters']:,} parameters; "
                   f"{_hardware(sample['hardware'])}). Rows: training zoo; columns: test zoo; mean over seeds "
                   f"(± std when more than one).{cell_text}{generation}", "",
@@ -553,9 +558,11 @@ def transfer_section(path: Path, data: dict) -> list[str]:
                     spread = f" ± {_fmt(cell['std'], 2)}" if cell["seeds"] > 1 else ""
                     error = mse.get((configuration, train_label, test))
                     cells.append(f"{_fmt(cell['mean'])}{spread}" + (f" ({_fmt(error)})" if error is not None else ""))
-            seconds = by_run[(configuration, train_label)]["train_seconds"]
-            lines.append(f"| {train_label} | " + " | ".join(cells) + f" | **{_fmt(row['average'])}** | "
-                         f"{_fmt(seconds / 60)} min |")
+            run = by_run[(configuration, train_label)]
+            if run.get("cannot_train"):
+                cells = ["cannot train"] * len(tests)
+            time_cell = "n/a" if run["train_seconds"] is None else f"{_fmt(run['train_seconds'] / 60)} min"
+            lines.append(f"| {train_label} | " + " | ".join(cells) + f" | **{_fmt(row['average'])}** | {time_cell} |")
         plots = [e["plots"] for e in data["entries"] if configuration_name(e) == configuration and e.get("plots")]
         links = [f"[{Path(p[k]).stem}](../{Path(p[k]).relative_to(ROOT) if Path(p[k]).is_absolute() else p[k]})"
                  for p in plots for k in ("scatter", "embedding") if k in p]

@@ -74,3 +74,31 @@ def test_a_fixed_architecture_encoder_is_refused_in_one_line(mixed_zoo, tmp_path
     assert len(lines) == 1 and "Traceback" not in done.stderr
     assert f"the zoo at {mixed_zoo} holds 2 architectures (mlp, resnet); encoder 'mlp' takes one fixed architecture" \
         in lines[0]
+
+
+def test_a_benchmark_on_a_mixed_zoo_records_the_encoders_that_cannot_train_and_goes_on(mixed_zoo, tmp_path,
+                                                                                       monkeypatch):
+    import importlib.util
+
+    done = sne("bench", "cross-dataset", "--zoos", str(mixed_zoo), "--target", "score", "--encoders",
+               "statnn,deepsets,nfn_np", "--name", "mixed", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
+               "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"))
+    assert done.returncode == 0, done.stderr
+    path = tmp_path / "results" / "mixed.json"
+    result = json.loads(path.read_text())
+    rows = {e["encoder"]: e for e in result["entries"]}
+    assert set(rows) == {"statnn", "deepsets", "nfn_np"}
+    for name in ("statnn", "nfn_np"):
+        assert "one fixed architecture" in rows[name]["cannot_train"]
+        assert all("error" in cell for cell in rows[name]["evaluations"].values())
+    assert "cannot_train" not in rows["deepsets"]
+    assert -1 <= next(iter(rows["deepsets"]["evaluations"].values()))["kendall_tau"] <= 1
+    # The results page shows both kinds of row.
+    spec = importlib.util.spec_from_file_location("make_results_md", Path(__file__).resolve().parent.parent
+                                                  / "scripts" / "make_results_md.py")
+    page = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(page)
+    monkeypatch.setattr(page, "ROOT", tmp_path)
+    text = "\n".join(page.transfer_section(path, result))
+    assert "**statnn** cannot be trained on zoo: the zoo at" in text
+    assert "**deepsets** (" in text and "cannot read" not in text

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from sne.bench.paper import PAPER_CROSS_ARCH_TAU, PAPER_CROSS_DATASET_TAU
-from sne.errors import SneError
+from sne.errors import CannotRead, SneError
 from sne.bench.results import check_mergeable, targets_digest, write_merged, zoo_identity, zoo_label, zoo_summary
 from sne.bench.runs import BenchRuns, configuration_name, options_key
 from sne.plots import scatter_grid, embedding_map
@@ -146,7 +146,14 @@ def run_transfer_benchmark(
                 run_dir = runs.runs_dir / _safe(target) / f"{runs.run_name(encoder)}_seed{seed}" / _safe(train_label)
                 config = runs.train_config(encoder, train_zoo.path, target, seed)
                 started = time.perf_counter()
-                summary = fit(config, run_dir)
+                try:
+                    summary = fit(config, run_dir)
+                except CannotRead as error:
+                    # The encoder cannot take the training zoo (a mixed zoo, a layer kind it does not
+                    # read): that is a result of the table, not a reason to stop the others.
+                    entries.append(_cannot_train(encoder, runs, config, seed, train_label, str(error),
+                                                 [train_zoo, *tests]))
+                    continue
                 entry = {
                     "encoder": encoder,
                     "encoder_options_given": runs.options_for(encoder),
@@ -180,6 +187,25 @@ def run_transfer_benchmark(
     return write_merged(path, result, _same_data,
                         lambda e: (e["encoder"], options_key(e), e["seed"], e["train_zoo"]),
                         finish=lambda merged: {**merged, "summary": summarize(merged["entries"])})
+
+
+def _cannot_train(encoder: str, runs: BenchRuns, config, seed: int, train_label: str, reason: str,
+                  zoos: list[Zoo]) -> dict:
+    """The row of an encoder that refused its training zoo: every cell says why."""
+    return {
+        "encoder": encoder,
+        "encoder_options_given": runs.options_for(encoder),
+        "permutation_augment": config.permutation_augment,
+        "seed": seed,
+        "train_zoo": train_label,
+        "cannot_train": reason,
+        "encoder_parameters": None,
+        "epochs": config.epochs,
+        "train_seconds": None,
+        "hardware": hardware_description(resolve_device(runs.device)),
+        "evaluations": {zoo_label(z): {"error": reason} for z in zoos[1:]},
+        "zoo_digests": {zoo_label(z): targets_digest(z) for z in zoos},
+    }
 
 
 def _same_data(result: dict) -> tuple:

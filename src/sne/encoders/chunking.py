@@ -110,7 +110,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from sne.errors import SneError
+from sne.errors import CannotRead, SneError
 from sne.weights.permute import input_blocks
 from sne.encoders.common import mean_std
 from sne.weights.record import (
@@ -350,7 +350,7 @@ def check_layer(layer: Layer, source: str) -> None:
     """Refuse, in one line naming the layer and its kind, an operation SNE cannot read: an unknown
     kind, or a weight whose shape does not fit its kind."""
     if layer.kind not in LAYER_KINDS:
-        raise SneError(f"{source}: SNE cannot encode {_describe(layer)} (known kinds: {', '.join(LAYER_KINDS)})")
+        raise CannotRead(f"{source}: SNE cannot encode {_describe(layer)} (known kinds: {', '.join(LAYER_KINDS)})")
     weight = layer.tensors.get("weight")
     if weight is None or not weight.is_floating_point():
         expected = None

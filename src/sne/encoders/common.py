@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from sne.errors import SneError
+from sne.errors import CannotRead, SneError
 from sne.weights.batch import StackedWeights
 from sne.weights.record import KIND_BY_WEIGHT_NDIM, NetworkRecord
 
@@ -68,7 +68,7 @@ def check_dense_kinds(encoder: str, records: Sequence[NetworkRecord]) -> None:
         for layer in record.layers:
             if layer.kind not in KIND_BY_WEIGHT_NDIM.values() or layer.attrs.get("groups", 1) != 1:
                 kind = layer.kind if layer.attrs.get("groups", 1) == 1 else f"{layer.kind}, groups={layer.attrs['groups']}"
-                raise SneError(f"{record.source}: encoder '{encoder}' cannot read layer '{layer.name}' ({kind}); "
+                raise CannotRead(f"{record.source}: encoder '{encoder}' cannot read layer '{layer.name}' ({kind}); "
                                f"it reads linear and convolution layers only (any network: {ANY_NETWORK_ENCODERS})")
 
 
@@ -77,7 +77,7 @@ def check_fixed_architecture(encoder: str, built_for: Sequence, records: Sequenc
     check_dense_kinds(encoder, records)
     for record in records:
         if record.architecture != tuple(built_for):
-            raise SneError(
+            raise CannotRead(
                 f"{record.source}: encoder '{encoder}' takes only the architecture it was built for "
                 f"({describe_architecture(built_for)}), got {describe_architecture(record.architecture)}; "
                 f"use an encoder that takes any architecture ({ANY_NETWORK_ENCODERS})"
@@ -144,11 +144,11 @@ def check_neuron_chain(encoder: str, architecture: Sequence, kinds: Sequence[str
     """
     for i, (kind, shape, _) in enumerate(architecture):
         if kind not in kinds or len(shape) < 2:
-            raise SneError(f"encoder '{encoder}' cannot read layer {i} ({kind}): it takes only {', '.join(kinds)} "
+            raise CannotRead(f"encoder '{encoder}' cannot read layer {i} ({kind}): it takes only {', '.join(kinds)} "
                            f"layers (any network: {ANY_NETWORK_ENCODERS})")
     for i, (kind, shape, _) in enumerate(architecture):
         if i and shape[1] != architecture[i - 1][1][0]:
-            raise SneError(f"encoder '{encoder}' needs each layer's inputs to be the previous layer's outputs, but "
+            raise CannotRead(f"encoder '{encoder}' needs each layer's inputs to be the previous layer's outputs, but "
                            f"layer {i} has {shape[1]} inputs after {architecture[i - 1][1][0]} outputs "
                            f"({describe_architecture(architecture)}); flattened feature maps are not supported")
 
@@ -159,12 +159,12 @@ def check_chain_records(encoder: str, built_for: Sequence, records: Sequence[Net
     for record in records:
         skipping = [layer.name for layer in record.layers if layer.skip_from]
         if skipping:
-            raise SneError(f"{record.source}: encoder '{encoder}' takes plain chains of layers, "
+            raise CannotRead(f"{record.source}: encoder '{encoder}' takes plain chains of layers, "
                            f"but layer '{skipping[0]}' has a skip connection")
         if not record.is_chain:
             branch = next((l for l in record.layers if l.inputs and (len(l.inputs) > 1 or len(l.inputs[0].sources) > 1)),
                           record.layers[0])
-            raise SneError(f"{record.source}: encoder '{encoder}' takes plain chains of layers, but layer "
+            raise CannotRead(f"{record.source}: encoder '{encoder}' takes plain chains of layers, but layer "
                            f"'{branch.name}' has a skip connection (a residual sum) or a concatenation")
 
 

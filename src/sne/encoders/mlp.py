@@ -27,7 +27,7 @@ from sne.encoders.common import (
     require_architecture,
     resolve_options,
 )
-from sne.errors import SneError
+from sne.errors import CannotRead, SneError
 from sne.weights.batch import StackedWeights
 from sne.weights.permute import canonicalize_hidden, supports_permutation
 from sne.weights.record import NetworkRecord
@@ -108,6 +108,6 @@ class CanonicalMLPEncoder(MLPEncoder):
     def flat_inputs(self, records: Sequence[NetworkRecord], dtype: torch.dtype) -> torch.Tensor:
         for record in records:
             if not supports_permutation(record):
-                raise SneError(f"mlp_canonical: {record.source} is not a plain chain of layers, so its neurons "
+                raise CannotRead(f"mlp_canonical: {record.source} is not a plain chain of layers, so its neurons "
                                "have no canonical order (skip connections are not supported)")
         return StackedWeights.from_records([canonicalize_hidden(r) for r in records], dtype).flat()

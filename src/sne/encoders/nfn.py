@@ -35,7 +35,7 @@ from sne.encoders.common import (
     require_architecture,
     resolve_options,
 )
-from sne.errors import SneError
+from sne.errors import CannotRead, SneError
 from sne.weights.batch import StackedWeights
 from sne.weights.record import NetworkRecord
 
@@ -102,7 +102,7 @@ class WeightSpaceEncoder(Encoder):
         architecture = require_architecture(self.name, architecture)
         check_neuron_chain(self.name, architecture, self.kinds)
         if len(architecture) < self.min_layers:
-            raise SneError(f"encoder '{self.name}' needs networks of at least {self.min_layers} layers, "
+            raise CannotRead(f"encoder '{self.name}' needs networks of at least {self.min_layers} layers, "
                            f"got {len(architecture)}")
         super().__init__(architecture=architecture, **resolved)
         self.out_dim = resolved["out_dim"]

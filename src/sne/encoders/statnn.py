@@ -35,7 +35,7 @@ from sne.encoders.common import (
     require_architecture,
     resolve_options,
 )
-from sne.errors import SneError
+from sne.errors import CannotRead, SneError
 from sne.weights.record import Layer, NetworkRecord
 
 DEFAULT_OPTIONS: dict[str, Any] = {"hidden": [256, 256], "out_dim": 32}
@@ -152,7 +152,7 @@ class StatNNEncoder(Encoder):
                               f"{self.signature[index][0]}: "
                               + ", ".join(f"{n} {'x'.join(str(s) for s in shape) or 'scalar'}"
                                           for n, shape in self.signature[index][1]))
-            raise SneError(f"{record.source}: encoder 'statnn' takes only the architecture it was built for, "
+            raise CannotRead(f"{record.source}: encoder 'statnn' takes only the architecture it was built for, "
                            f"but this network has {difference}; use an encoder that takes any architecture "
                            f"(e.g. sne, deepsets)")
 

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from sne import __version__
 from sne.bench.environment import cpu_model
 from sne.encoders import Encoder, batch_to, build_encoder, build_encoder_from_config, get_encoder_class
-from sne.errors import SneError, one_line
+from sne.errors import CannotRead, SneError, one_line
 from sne.io_utils import write_bytes_atomic, write_json_atomic
 from sne.progress import Progress
 from sne.train import distributed
@@ -274,7 +274,7 @@ def check_zoo_architectures(zoo: Zoo, encoder: str, records: Sequence[NetworkRec
         return
     architecture_of = get_encoder_class(encoder).architecture_of
     if len({repr(architecture_of(record)) for record in records}) > 1:
-        raise SneError(f"the zoo at {zoo.path} holds {zoo.describe_architectures()}; encoder '{encoder}' takes "
+        raise CannotRead(f"the zoo at {zoo.path} holds {zoo.describe_architectures()}; encoder '{encoder}' takes "
                        f"one fixed architecture (encoders for any network: {ANY_NETWORK_ENCODERS})")
 
 

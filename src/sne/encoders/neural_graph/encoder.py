@@ -57,7 +57,7 @@ from sne.encoders.neural_graph.graph import (
     layer_kernel_shapes,
     uses_chain_graph,
 )
-from sne.errors import SneError
+from sne.errors import CannotRead, SneError
 from sne.weights.record import NetworkRecord
 
 #: Options of both neural-graph encoders and their defaults (hidden 64 and 4 layers, as the paper).
@@ -232,7 +232,7 @@ class NeuralGraphEncoder(Encoder):
         )
         for count, limit, what, option in limits:
             if count > limit:
-                raise SneError(f"{record.source}: {count} {what} exceed this {self.name} encoder's {limit} "
+                raise CannotRead(f"{record.source}: {count} {what} exceed this {self.name} encoder's {limit} "
                                f"(option {option})")
         if opts["probe_points"]:
             for layer in layers:

@@ -91,7 +91,7 @@ from typing import Sequence
 import torch
 from torch.nn import functional as F
 
-from sne.errors import SneError
+from sne.errors import CannotRead, SneError
 from sne.weights.record import (
     KIND_BY_WEIGHT_NDIM,
     LAYER_KINDS,
@@ -206,7 +206,7 @@ def layer_kernel_shapes(record: NetworkRecord, spec: GraphSpec) -> list[tuple[in
             previous = layers[i - 1]
             inputs, channels = layer.in_features, previous.out_features
             if not (layer.kind == "linear" and previous.kind != "linear" and inputs % channels == 0):
-                raise SneError(
+                raise CannotRead(
                     f"{source}: layers '{previous.name}' ({channels} outputs) and '{layer.name}' ({inputs} inputs) "
                     f"do not chain, so they make no neural graph"
                 )
@@ -369,12 +369,12 @@ def _grouped_pairs(weight: torch.Tensor, groups: int) -> tuple[torch.Tensor, tor
 
 def _check_kernel(record: NetworkRecord, what: str, shape: tuple[int, ...], spec: GraphSpec) -> None:
     if len(shape) > spec.kernel_dims:
-        raise SneError(
+        raise CannotRead(
             f"{record.source}: {what} has {len(shape)} dimensions; the neural graph holds kernels of at most "
             f"{spec.kernel_dims} (option kernel_dims)"
         )
     if any(s > spec.max_kernel_size for s in shape):
-        raise SneError(
+        raise CannotRead(
             f"{record.source}: {what} is larger than the maximum kernel size {spec.max_kernel_size} "
             f"(option max_kernel_size)"
         )
@@ -417,7 +417,7 @@ def record_flow(record: NetworkRecord) -> list[tuple[InputSlice, ...] | None]:
         channels = previous.out_features
         block = size // channels if size % channels == 0 else 0
         if block < 1 or (block > 1 and not (layer.kind == "linear" and previous.kind != "linear")):
-            raise SneError(
+            raise CannotRead(
                 f"{record.source}: layers '{previous.name}' ({channels} outputs) and '{layer.name}' ({size} inputs) "
                 f"do not chain, so they make no neural graph"
             )
@@ -575,7 +575,7 @@ class _FlowGraph:
         record, layers = self.record, self.layers
         for layer in layers:
             if layer.kind not in READABLE_KINDS:
-                raise SneError(f"{record.source}: layer '{layer.name}' is of kind '{layer.kind}', which a neural "
+                raise CannotRead(f"{record.source}: layer '{layer.name}' is of kind '{layer.kind}', which a neural "
                                f"graph cannot read (it reads {', '.join(READABLE_KINDS)})")
         self.outputs[-1] = self.add_nodes(self.network_inputs(), -1, NEURON, None)
         for i, layer in enumerate(layers):
