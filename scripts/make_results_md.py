@@ -531,6 +531,8 @@ def transfer_section(path: Path, data: dict) -> list[str]:
         lines += ["", "**Zoo generations.** The zoos were made again between some rows (same recipe, options and "
                   "seed; other floating-point rounding, so some networks' accuracies differ). Each configuration "
                   "says which generation it was trained and tested on; compare rows of one generation only."]
+    if len(data["train_zoos"]) == 1:
+        return lines + _one_training_zoo_lines(data, tests, mse, generations) + [""]
     # Summarised again, not read from the file: rows are named relative to today's defaults.
     for configuration, table in summarize(data["entries"]).items():
         rows = [e for e in data["entries"] if configuration_name(e) == configuration]
@@ -574,6 +576,58 @@ def transfer_section(path: Path, data: dict) -> list[str]:
     lines += ["", "The paper's numbers (different zoos, so only the ordering and margins carry over): "
               + "; ".join(f"{k}: " + ", ".join(f"{a} {b}" for a, b in v.items()) for k, v in data["paper"].items())
               + ".", ""]
+    return lines
+
+
+def _one_training_zoo_lines(data: dict, tests: list[str], mse: dict, generations: dict) -> list[str]:
+    """A study with one training zoo (a recipe shift, a transfer to one new architecture): one table,
+    a row per configuration, best average first; where the training zoo is also a test zoo, how much
+    the other test zoos lose against it."""
+    train = data["train_zoos"][0]["label"]
+    home = train in tests
+    others = [t for t in tests if t != train]
+    cell_text = (" Cells: tau (normalised MSE, MSE / variance of the test zoo's targets; 1 is the mean predictor)."
+                 if mse else "")
+    drop_text = (f" Drop: tau on `{train}` minus the mean tau on the other test zoos (lower is more robust)."
+                 if home and others else "")
+    lines = ["", f"Trained on `{train}`; mean over seeds (± std when more than one).{cell_text}{drop_text}", "",
+             "| encoder | " + " | ".join(tests) + " | average |" + (" drop |" if home and others else "")
+             + " parameters | train time |",
+             "|---|" + "---|" * (len(tests) + 3 + (home and bool(others)))]
+    table = summarize(data["entries"])
+    order = sorted(table, key=lambda c: -(table[c][train]["average"] if table[c][train]["average"] is not None
+                                          else -2))
+    notes = []
+    for configuration in order:
+        row = table[configuration][train]
+        entry = next(e for e in data["entries"] if configuration_name(e) == configuration)
+        label = _encoder_label(entry) + (f" (zoo generation: {generations[configuration]})"
+                                         if len(set(generations.values())) > 1 else "")
+        if entry.get("cannot_train"):
+            notes.append(f"{_encoder_label(entry)}: {entry['cannot_train']}")
+            lines.append(f"| {label} | " + " | ".join(["cannot train"] * len(tests)) + " | n/a |"
+                         + (" n/a |" if home and others else "") + " n/a | n/a |")
+            continue
+        cells = []
+        for test in tests:
+            cell = row["tau"].get(test)
+            if cell is None:
+                cells.append("cannot read")
+                continue
+            spread = f" ± {_fmt(cell['std'], 2)}" if cell["seeds"] > 1 else ""
+            error = mse.get((configuration, train, test))
+            cells.append(f"{_fmt(cell['mean'])}{spread}" + (f" ({_fmt(error)})" if error is not None else ""))
+        drop = ""
+        if home and others:
+            scored = [row["tau"][t]["mean"] for t in others if row["tau"].get(t)]
+            drop = (f" {_fmt(row['tau'][train]['mean'] - statistics.fmean(scored))} |"
+                    if scored and row["tau"].get(train) else " n/a |")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | **{_fmt(row['average'])}** |{drop} "
+                     f"{entry['encoder_parameters']:,} | {_fmt(entry['train_seconds'] / 60)} min |")
+    hardware = sorted({_hardware(e["hardware"]) for e in data["entries"]})
+    lines += ["", f"Hardware: {'; '.join(hardware)}."]
+    if notes:
+        lines += ["", "Cannot train: " + "; ".join(notes) + "."]
     return lines
 
 

@@ -100,5 +100,5 @@ def test_a_benchmark_on_a_mixed_zoo_records_the_encoders_that_cannot_train_and_g
     spec.loader.exec_module(page)
     monkeypatch.setattr(page, "ROOT", tmp_path)
     text = "\n".join(page.transfer_section(path, result))
-    assert "**statnn** cannot be trained on zoo: the zoo at" in text
-    assert "**deepsets** (" in text and "cannot read" not in text
+    assert "| statnn | cannot train | n/a |" in text and "Cannot train: statnn: the zoo at" in text
+    assert "| deepsets | " in text and "cannot read" not in text
