@@ -196,7 +196,7 @@ def test_each_ablation_builds_and_runs(switch):
 @pytest.mark.parametrize(
     "options",
     [{}, {"use_hierarchy": False}, {"use_set_functions": False}, {"use_source_features": True},
-     {"use_input_positions": True}, {"source_code_rounds": 2}],
+     {"use_input_positions": True}, {"use_own_neuron_features": True}, {"source_code_rounds": 2}],
 )
 def test_gradients_reach_every_parameter(options):
     """Every parameter but the merge tokens, which chains do not use (tests/test_encoders_any_network.py)."""
@@ -208,8 +208,8 @@ def test_gradients_reach_every_parameter(options):
             assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("options", [{}, {"use_source_features": True, "use_input_positions": True},
-                                     {"source_code_rounds": 2}])
+@pytest.mark.parametrize("options", [{}, {"use_source_features": True, "use_input_positions": True,
+                                          "use_own_neuron_features": True}, {"source_code_rounds": 2}])
 def test_micro_batching_gives_the_same_codes_and_gradients(options):
     torch.manual_seed(0)
     # float64: summation order differs between the two paths, and float32 gradients differ by more
@@ -344,6 +344,53 @@ def test_source_features_move_with_their_weights_under_permutation():
     torch.testing.assert_close(permuted[2], features[2][flat_inputs], atol=1e-12, rtol=0)
     skipping = net.with_layers([*net.layers[:2], replace(net.layers[2], skip_from=(0,))])
     assert source_neuron_features(skipping)[2] is None
+
+
+def test_own_neuron_features_say_how_much_the_next_layer_reads_a_neuron_and_move_with_it():
+    from sne.encoders.chunking import OWN_FEATURES, own_neuron_features
+    from sne.weights import permute_hidden
+
+    g = torch.Generator().manual_seed(5)
+    net = convnet([(8, 2, 3, 3), (6, 8, 3, 3), (10, 6 * 4)], g, dtype=torch.float64)  # conv, conv, flatten -> linear
+    features = own_neuron_features(net)
+    assert [f.shape for f in features] == [(8, OWN_FEATURES), (6, OWN_FEATURES), (10, OWN_FEATURES)]
+    # Conv 1's neuron 3 is read by conv 2's input channel 3 (all rows, all taps), standardised as chunked.
+    reader = net.layers[1].weight
+    standardised = (reader - reader.mean()) / reader.std(unbiased=False)
+    torch.testing.assert_close(features[0][3, 1], standardised[:, 3].square().mean().sqrt())
+    # Conv 2's neuron 1 feeds the linear layer's flattened inputs 4..7.
+    linear = net.layers[2].weight
+    standardised = (linear - linear.mean()) / linear.std(unbiased=False)
+    torch.testing.assert_close(features[1][1, 1], standardised[:, 4:8].square().mean().sqrt())
+    assert (features[0][:, 2] == 1).all() and (features[2][:, 1:] == 0).all()  # the output layer has no reader
+    perms = [torch.randperm(8, generator=g), torch.randperm(6, generator=g), None]
+    permuted = own_neuron_features(permute_hidden(net, perms))
+    torch.testing.assert_close(permuted[0], features[0][perms[0]], atol=1e-12, rtol=0)
+    torch.testing.assert_close(permuted[1], features[1][perms[1]], atol=1e-12, rtol=0)
+    torch.testing.assert_close(permuted[2], features[2], atol=1e-12, rtol=0)
+    # A layer feeding a skip connection has two readers: unknown.
+    skipping = net.with_layers([*net.layers[:2], replace(net.layers[2], skip_from=(0,))])
+    assert (own_neuron_features(skipping)[1][:, 1:] == 0).all()
+
+
+def test_own_neuron_features_keep_sne_invariant_to_hidden_permutations():
+    from sne.weights import permute_hidden
+
+    g = torch.Generator().manual_seed(6)
+    records = [mlp([1, 32, 32, 1], g, dtype=torch.float64) for _ in range(3)]
+    permuted = [permute_hidden(r, [torch.randperm(32, generator=g), torch.randperm(32, generator=g), None])
+                for r in records]
+    unordered = dict(use_chunk_index_encoding=False, use_row_slot_encoding=False)
+    torch.manual_seed(0)
+    encoder = SNEEncoder(**SMALL, **unordered, use_own_neuron_features=True).double().eval()
+    torch.testing.assert_close(encode(encoder, permuted), encode(encoder, records), atol=1e-9, rtol=0)
+    # The last layer reading its inputs in another order (another function): plain SNE sees the same
+    # sets of values, SNE with own-neuron features sees which neurons are read how strongly.
+    rewired = [r.with_layers([*r.layers[:2], r.layers[2].with_tensors(weight=r.layers[2].weight.flip(1))])
+               for r in records]
+    plain = SNEEncoder(**SMALL, **unordered).double().eval()
+    torch.testing.assert_close(encode(plain, rewired), encode(plain, records), atol=1e-9, rtol=0)
+    assert not torch.allclose(encode(encoder, rewired), encode(encoder, records), atol=1e-9, rtol=0)
 
 
 def swap_first_layer_inputs(record: NetworkRecord) -> NetworkRecord:

@@ -44,12 +44,13 @@ def test_chunk_runs_are_contiguous_element_runs(layout):
 def test_a_plan_gives_the_batch_run_by_run(options):
     records = mixed_records(torch.float64)
     kwargs = dict(chunk_size=8, dtype=torch.float64, standardize=True,
-                  source_features=bool(options), input_positions=bool(options))
+                  source_features=bool(options), input_positions=bool(options), own_features=bool(options))
     eager = pad_chunk(records, **kwargs)
     plan = plan_chunks(records, **kwargs)
     for first, last in [(0, plan.num_chunks), (3, 17), (plan.num_chunks - 1, plan.num_chunks)]:
         made, sliced = plan.elements(first, last), eager.elements(first, last)
-        for name in ("tap_values", "element_slot", "source_features", "input_positions", "tap_coordinates"):
+        for name in ("tap_values", "element_slot", "source_features", "input_positions", "own_features",
+                     "tap_coordinates"):
             a, b = getattr(made, name), getattr(sliced, name)
             assert (a is None) == (b is None), name
             for x, y in zip(a or [], b or []):
@@ -57,7 +58,8 @@ def test_a_plan_gives_the_batch_run_by_run(options):
         assert torch.equal(made.element_mask, sliced.element_mask) and torch.equal(made.row_slot, sliced.row_slot)
 
 
-@pytest.mark.parametrize("options", [{}, {"use_source_features": True, "use_input_positions": True}])
+@pytest.mark.parametrize("options", [{}, {"use_source_features": True, "use_input_positions": True,
+                                          "use_own_neuron_features": True}])
 def test_streaming_inference_gives_the_codes_of_one_batch(options):
     torch.manual_seed(0)
     encoder = SNEEncoder(**SMALL, **WIDE, **options).double()

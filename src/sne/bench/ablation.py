@@ -86,6 +86,9 @@ def _components() -> list[AblationRow]:
         AblationRow("no-row-slot-encoding", "ours: without row-slot encoding", options={"use_row_slot_encoding": False}),
         AblationRow("source-features", "ours: with source features", options={"use_source_features": True}),
         AblationRow("input-positions", "ours: with input positions", options={"use_input_positions": True}),
+        AblationRow("own-neuron-features", "ours: with own-neuron features", options={"use_own_neuron_features": True}),
+        AblationRow("neuron-features", "ours: with source and own-neuron features",
+                    options={"use_source_features": True, "use_own_neuron_features": True}),
         AblationRow("canonical-order", "ours: with canonical neuron order", options={"canonical_order": True}),
         AblationRow("source-codes", "ours: with learned source codes (2 rounds)", options={"source_code_rounds": 2}),
     ]

@@ -78,6 +78,14 @@ outputs (the previous layer in a record without data flow); every other element 
 first layers, biases, layers after a skip connection or a merge, and in networks that are not
 chains most layers (a convolution after a batch norm reads the norm, not a convolution).
 
+**Own neurons (optional).** The other half of the link: with ``own_features=True`` every weight
+and bias of a plain linear or convolution layer also carries :data:`OWN_FEATURES` numbers
+describing the neuron it belongs to as the next layer sees it (its standardised bias, the root
+mean square of the standardised weights that read it, and a flag that such a reader is known),
+so a chunk of a neuron's incoming weights knows how much that neuron matters downstream. A
+reader is known where exactly one layer reads the neuron's layer, as source features define
+reading; elsewhere (the output layer, a layer feeding a skip connection) the last two are zero.
+
 **Neuron links (optional).** Source features describe a weight's source neuron by fixed
 statistics. With ``neuron_links=True`` the batch instead numbers the output neurons of every plain
 linear or convolution layer and gives each element two ids: the neuron it belongs to (a weight
@@ -155,6 +163,9 @@ NUM_MERGE_TOKENS = 2
 #: Features of an incoming weight's source neuron: standardised bias, rms of standardised incoming
 #: weights, and 1 where the source is known (see "Source neurons" above).
 SOURCE_FEATURES = 3
+#: Features of the neuron a weight or bias belongs to: its standardised bias, the rms of the
+#: standardised weights that read it in the next layer, and 1 where that layer is known (see "Own neurons").
+OWN_FEATURES = 3
 #: Features of a first-layer weight's input: its coordinate in [-1, 1], and 1 marking a first-layer
 #: weight (see "Input positions" above).
 INPUT_POSITION_FEATURES = 2
@@ -234,6 +245,7 @@ class ChunkElements:
     row_slot: torch.Tensor  #: (last - first, c) row of its chunk each element belongs to
     source_features: list[torch.Tensor] | None = None  #: per kernel shape, (elements, SOURCE_FEATURES)
     input_positions: list[torch.Tensor] | None = None  #: per kernel shape, (elements, INPUT_POSITION_FEATURES)
+    own_features: list[torch.Tensor] | None = None  #: per kernel shape, (elements, OWN_FEATURES)
     #: per kernel shape, (elements,) the neuron an element belongs to, -1 for none ("Neuron links")
     own_neuron: list[torch.Tensor] | None = None
     #: per kernel shape, (elements,) the neuron an element's input comes from, -1 for none
@@ -278,6 +290,8 @@ class ChunkBatch:
     source_features: list[torch.Tensor] | None = None
     #: per kernel shape, (elements, INPUT_POSITION_FEATURES), when pad_chunk was asked for input positions
     input_positions: list[torch.Tensor] | None = None
+    #: per kernel shape, (elements, OWN_FEATURES), when pad_chunk was asked for own-neuron features
+    own_features: list[torch.Tensor] | None = None
     #: per kernel shape, (elements,) neuron ids (see ChunkElements), when pad_chunk was asked for neuron links
     own_neuron: list[torch.Tensor] | None = None
     source_neuron: list[torch.Tensor] | None = None
@@ -307,7 +321,7 @@ class ChunkBatch:
 
 
 #: Per-element fields that a batch has only when asked for them.
-_OPTIONAL_ELEMENT_FIELDS = ("source_features", "input_positions", "own_neuron", "source_neuron")
+_OPTIONAL_ELEMENT_FIELDS = ("source_features", "input_positions", "own_features", "own_neuron", "source_neuron")
 
 
 def _padding_mask(lengths: torch.Tensor) -> torch.Tensor:
@@ -521,15 +535,45 @@ def source_neuron_features(record: NetworkRecord) -> list[torch.Tensor | None]:
             features.append(None)
             continue
         previous, block = record.layers[link[0]], link[1]
-        # Standardised as the chunks standardise each part (layer_parts: the part's own mean and std).
-        weight, *bias = [
-            ((part.taps - part.mean) / part.std).reshape(previous.out_features, -1)
-            for part in layer_parts(previous, record.source)
-        ]
+        weight, *bias = _standardised(previous, record.source)
         bias = bias[0].squeeze(1) if bias else weight.new_zeros(previous.out_features)
         neuron = torch.stack([bias, weight.square().mean(1).sqrt(), torch.ones_like(bias)], dim=1)
         features.append(neuron.repeat_interleave(block, dim=0))
     return features
+
+
+def own_neuron_features(record: NetworkRecord) -> list[torch.Tensor | None]:
+    """Per layer, ``(out_features, OWN_FEATURES)`` for a plain linear or convolution layer (else
+    ``None``): each output neuron's standardised bias, the rms of the standardised weights that read
+    it where exactly one layer does (as source features define reading), and 1 there; 0 and 0 where
+    no layer or several do (the output layer, a layer feeding a skip connection)."""
+    readers: dict[int, list[tuple[int, int]]] = {}
+    for index in range(len(record.layers)):
+        link = _dense_source(record, index)
+        if link is not None:
+            readers.setdefault(link[0], []).append((index, link[1]))
+    features: list[torch.Tensor | None] = []
+    for index, layer in enumerate(record.layers):
+        if not _plain_dense(layer):
+            features.append(None)
+            continue
+        _, *bias = _standardised(layer, record.source)
+        bias = bias[0].squeeze(1) if bias else torch.zeros(layer.out_features, dtype=torch.float64)
+        outgoing, known = torch.zeros_like(bias), torch.zeros_like(bias)
+        if len(readers.get(index, [])) == 1:
+            (reader, block), = readers[index]
+            weight, *_ = _standardised(record.layers[reader], record.source)
+            # The reader's columns of neuron i are i * block ... (i + 1) * block - 1 (all rows, all taps).
+            columns = weight.reshape(record.layers[reader].out_features, layer.out_features, block, -1)
+            outgoing, known = columns.square().mean(dim=(0, 2, 3)).sqrt(), torch.ones_like(bias)
+        features.append(torch.stack([bias, outgoing, known], dim=1))
+    return features
+
+
+def _standardised(layer: Layer, source: str) -> list[torch.Tensor]:
+    """A plain layer's parts standardised as the chunks standardise them (layer_parts: each part's
+    own mean and std), each ``(out_features, -1)``: weight, then bias."""
+    return [((part.taps - part.mean) / part.std).reshape(layer.out_features, -1) for part in layer_parts(layer, source)]
 
 
 def neuron_ids(record: NetworkRecord, first: int) -> tuple[list[int], list[torch.Tensor | None]]:
@@ -572,6 +616,7 @@ class PlacedPart(NamedTuple):
     positions: torch.Tensor | None  #: (rows * row_length, INPUT_POSITION_FEATURES), else zeros
     first_neuron: int = -1  #: id of the neuron of row 0 (rows are consecutive neurons), -1 for none
     source_ids: torch.Tensor | None = None  #: (row_length,) id of each column's source neuron, else -1
+    own: torch.Tensor | None = None  #: (rows, OWN_FEATURES) of each row's neuron, else zeros
 
 
 @dataclass
@@ -588,6 +633,7 @@ class ChunkPlan:
     source_features: bool
     input_positions: bool
     neuron_links: bool = False
+    own_features: bool = False
 
     @property
     def num_chunks(self) -> int:
@@ -616,7 +662,7 @@ class ChunkPlan:
             if self.standardize:
                 taps = (taps - part.mean) / part.std
             group = groups.setdefault(part.kernel, {"taps": [], "slots": [], "sources": [], "positions": [],
-                                                    "own": [], "source_ids": []})
+                                                    "owners": [], "own": [], "source_ids": []})
             group["taps"].append(taps.to(self.dtype))
             group["slots"].append(slot)
             if self.source_features:
@@ -627,6 +673,10 @@ class ChunkPlan:
                 positions = (placed.positions[e0:e1] if placed.positions is not None
                              else torch.zeros(e1 - e0, INPUT_POSITION_FEATURES))
                 group["positions"].append(positions.to(self.dtype))
+            if self.own_features:
+                owners = (placed.own[torch.arange(e0, e1) // part.row_length] if placed.own is not None
+                          else torch.zeros(e1 - e0, OWN_FEATURES))
+                group["owners"].append(owners.to(self.dtype))
             if self.neuron_links:
                 element = torch.arange(e0, e1)
                 group["own"].append(placed.first_neuron + element // part.row_length if placed.first_neuron >= 0
@@ -643,6 +693,7 @@ class ChunkPlan:
             row_slot=row_slot.view(count, c),
             source_features=[torch.cat(g["sources"]) for g in groups.values()] if self.source_features else None,
             input_positions=[torch.cat(g["positions"]) for g in groups.values()] if self.input_positions else None,
+            own_features=[torch.cat(g["owners"]) for g in groups.values()] if self.own_features else None,
             own_neuron=[torch.cat(g["own"]) for g in groups.values()] if self.neuron_links else None,
             source_neuron=[torch.cat(g["source_ids"]) for g in groups.values()] if self.neuron_links else None,
         )
@@ -663,14 +714,17 @@ class ChunkPlan:
 def pad_chunk(
     records: Sequence[NetworkRecord], chunk_size: int, dtype: torch.dtype = torch.float32, standardize: bool = False,
     source_features: bool = False, input_positions: bool = False, neuron_links: bool = False,
+    own_features: bool = False,
 ) -> ChunkBatch:
     """Chunk every part of every layer of ``records`` (see the module docstring)."""
-    return plan_chunks(records, chunk_size, dtype, standardize, source_features, input_positions, neuron_links).batch()
+    return plan_chunks(records, chunk_size, dtype, standardize, source_features, input_positions, neuron_links,
+                       own_features).batch()
 
 
 def plan_chunks(
     records: Sequence[NetworkRecord], chunk_size: int, dtype: torch.dtype = torch.float32, standardize: bool = False,
     source_features: bool = False, input_positions: bool = False, neuron_links: bool = False,
+    own_features: bool = False,
 ) -> ChunkPlan:
     """Lay out every part of every layer of ``records`` into chunks (module docstring); elements on demand."""
     if not records:
@@ -682,6 +736,7 @@ def plan_chunks(
     num_chunks = num_neurons = 0
     for network, record in enumerate(records):
         sources = source_neuron_features(record) if source_features else [None] * len(record.layers)
+        owners = own_neuron_features(record) if own_features else [None] * len(record.layers)
         if neuron_links:
             first_neurons, source_ids = neuron_ids(record, num_neurons)
             num_neurons += sum(layer.out_features for layer in record.layers if _plain_dense(layer))
@@ -702,6 +757,7 @@ def plan_chunks(
                     input_position_features(layer) if reads_input and weight else None,
                     first_neurons[index] if part.part in (WEIGHT_PART, BIAS_PART) else -1,
                     source_ids[index] if weight else None,
+                    owners[index] if part.part in (WEIGHT_PART, BIAS_PART) else None,
                 ))
                 part_stats.append(part.stats)
                 part_type.append(part.type)
@@ -773,4 +829,4 @@ def plan_chunks(
         neuron_count=num_neurons,
     )
     return ChunkPlan(skeleton, placed_parts, chunk_size, dtype, standardize, source_features, input_positions,
-                     neuron_links)
+                     neuron_links, own_features)

@@ -43,6 +43,7 @@ from sne.encoders.chunking import (
     LEVEL_POSITION_OFFSET,
     NUM_CHUNK_TYPES,
     NUM_MERGE_TOKENS,
+    OWN_FEATURES,
     SOURCE_FEATURES,
     ChunkBatch,
     ChunkElements,
@@ -76,6 +77,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "use_hierarchy": True,
     "use_source_features": False,
     "use_input_positions": False,
+    "use_own_neuron_features": False,
     "standardize_layers": True,
     "batch_norm": True,
     "chunk_micro_batch": None,
@@ -119,31 +121,32 @@ def tap_features(coordinates: torch.Tensor) -> torch.Tensor:
 
 class ElementEmbedding(nn.Module):
     """An element (a set of kernel taps) ->
-    ``out(mean_t relu(value(v_t) + coordinate(pos_t) [+ source(s)] [+ input(i)]))``.
+    ``out(mean_t relu(value(v_t) + coordinate(pos_t) [+ source(s)] [+ input(i)] [+ own(o)]))``.
 
     Mean pooling over taps makes it take any kernel size; the coordinate encoding tells taps
     apart, so a kernel is a set of (value, place) pairs and nothing about it is lost to order.
     With ``sources`` the element's source-neuron features ``s`` (see :mod:`sne.encoders.chunking`)
     enter inside the non-linearity, so a weight is read together with the neuron it comes from;
     with ``input_positions`` so does a first-layer weight's input coordinate ``i``, encoded as tap
-    coordinates are.
+    coordinates are; with ``own`` the features ``o`` of the neuron the element belongs to.
     """
 
-    def __init__(self, hidden: int, sources: bool = False, input_positions: bool = False) -> None:
+    def __init__(self, hidden: int, sources: bool = False, input_positions: bool = False, own: bool = False) -> None:
         super().__init__()
         self.value = nn.Linear(1, hidden, bias=False)
         self.coordinate = nn.Linear(MAX_KERNEL_DIMS * 2 * TAP_FREQUENCIES, hidden)
         self.source = nn.Linear(SOURCE_FEATURES, hidden, bias=False) if sources else None
         self.input = nn.Linear(2 * TAP_FREQUENCIES + 1, hidden, bias=False) if input_positions else None
+        self.own = nn.Linear(OWN_FEATURES, hidden, bias=False) if own else None
         self.out = nn.Linear(hidden, hidden)
 
     def forward(
         self, values: torch.Tensor, coordinates: torch.Tensor, sources: torch.Tensor | None = None,
-        input_positions: torch.Tensor | None = None,
+        input_positions: torch.Tensor | None = None, own: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``values`` (elements, taps), ``coordinates`` (taps, kernel ndim), ``sources`` (elements,
-        SOURCE_FEATURES) and ``input_positions`` (elements, INPUT_POSITION_FEATURES) when built with
-        them -> (elements, hidden)."""
+        SOURCE_FEATURES), ``input_positions`` (elements, INPUT_POSITION_FEATURES) and ``own``
+        (elements, OWN_FEATURES) when built with them -> (elements, hidden)."""
         # The coordinate term is shared by all elements of a kernel shape: computed once, broadcast.
         hidden = self.value(values.unsqueeze(-1)) + self.coordinate(tap_features(coordinates))
         if self.source is not None:
@@ -157,6 +160,10 @@ class ElementEmbedding(nn.Module):
             # Zeroed off the first layer: cos(0) = 1 would otherwise mark every element alike.
             encoded = coordinate_encoding(coordinate, TAP_FREQUENCIES) * flag.unsqueeze(-1)
             hidden = hidden + self.input(torch.cat([encoded, flag.unsqueeze(-1)], dim=-1)).unsqueeze(1)
+        if self.own is not None:
+            if own is None:
+                raise SneError("this SNE encoder reads own-neuron features: prepare batches with its prepare()")
+            hidden = hidden + self.own(own).unsqueeze(1)
         return self.out(torch.relu(hidden).mean(dim=1))
 
 
@@ -257,7 +264,9 @@ class SNEEncoder(Encoder):
     of the neuron it comes from (:mod:`sne.encoders.chunking`, "Source neurons"), the cross-layer
     link that a row-as-set encoding otherwise loses. ``use_input_positions`` (off by default, as in
     the paper): every first-layer weight also carries its input's coordinate (:mod:`sne.encoders.chunking`,
-    "Input positions"), so the inputs of a 2-D INR are told apart.
+    "Input positions"), so the inputs of a 2-D INR are told apart. ``use_own_neuron_features`` (off by
+    default): every weight and bias also carries features of the neuron it belongs to as the next
+    layer reads it (:mod:`sne.encoders.chunking`, "Own neurons"), the link in the other direction.
     Non-chain records: source features and input positions are given where they are defined
     (see :mod:`sne.encoders.chunking`) and are zeros elsewhere, which in residual and attention
     networks is most layers.
@@ -312,7 +321,8 @@ class SNEEncoder(Encoder):
         # width is the one knob that makes large networks and training cheaper (chunk_hidden).
         self.chunk_width = chunk = resolved["chunk_hidden"] or hidden
         self.element_embedding = ElementEmbedding(
-            chunk, sources=resolved["use_source_features"], input_positions=resolved["use_input_positions"]
+            chunk, sources=resolved["use_source_features"], input_positions=resolved["use_input_positions"],
+            own=resolved["use_own_neuron_features"],
         )
         self.part_scale = nn.Linear(2, chunk) if resolved["standardize_layers"] else None
         # Statistics of part_stats per (level, chunk type) over the training networks: differences
@@ -412,6 +422,7 @@ class SNEEncoder(Encoder):
             self._in_encoded_order(records), self.options["chunk_size"], dtype=self.readout.weight.dtype,
             standardize=self.options["standardize_layers"], source_features=self.options["use_source_features"],
             input_positions=self.options["use_input_positions"], neuron_links=self.options["source_code_rounds"] > 0,
+            own_features=self.options["use_own_neuron_features"],
         )
 
     def plan(self, records: Sequence[NetworkRecord]) -> ChunkPlan:
@@ -422,6 +433,7 @@ class SNEEncoder(Encoder):
             self._in_encoded_order(records), self.options["chunk_size"], dtype=self.readout.weight.dtype,
             standardize=self.options["standardize_layers"], source_features=self.options["use_source_features"],
             input_positions=self.options["use_input_positions"], neuron_links=self.options["source_code_rounds"] > 0,
+            own_features=self.options["use_own_neuron_features"],
         )
 
     prepare_inference = plan
@@ -587,14 +599,12 @@ class SNEEncoder(Encoder):
 
     def _embed(self, run: ChunkElements, dtype: torch.dtype) -> torch.Tensor:
         """Element embeddings of a run, (elements, chunk width), kernel group after kernel group."""
-        sources = run.source_features or [None] * len(run.tap_values)
-        positions = run.input_positions or [None] * len(run.tap_values)
+        nothing = [None] * len(run.tap_values)
+        extras = zip(run.source_features or nothing, run.input_positions or nothing, run.own_features or nothing)
         return torch.cat([
-            self.element_embedding(
-                values.to(dtype), coordinates.to(dtype), None if source is None else source.to(dtype),
-                None if position is None else position.to(dtype),
-            )
-            for values, coordinates, source, position in zip(run.tap_values, run.tap_coordinates, sources, positions)
+            self.element_embedding(values.to(dtype), coordinates.to(dtype),
+                                   *(None if extra is None else extra.to(dtype) for extra in group))
+            for values, coordinates, group in zip(run.tap_values, run.tap_coordinates, extras)
         ])
 
     def _with_source_codes(self, embedded: torch.Tensor, run: ChunkElements, neurons: torch.Tensor,
