@@ -662,7 +662,7 @@ class ChunkPlan:
             if self.standardize:
                 taps = (taps - part.mean) / part.std
             group = groups.setdefault(part.kernel, {"taps": [], "slots": [], "sources": [], "positions": [],
-                                                    "owners": [], "own": [], "source_ids": []})
+                                                    "own_features": [], "own": [], "source_ids": []})
             group["taps"].append(taps.to(self.dtype))
             group["slots"].append(slot)
             if self.source_features:
@@ -676,7 +676,7 @@ class ChunkPlan:
             if self.own_features:
                 owners = (placed.own[torch.arange(e0, e1) // part.row_length] if placed.own is not None
                           else torch.zeros(e1 - e0, OWN_FEATURES))
-                group["owners"].append(owners.to(self.dtype))
+                group["own_features"].append(owners.to(self.dtype))
             if self.neuron_links:
                 element = torch.arange(e0, e1)
                 group["own"].append(placed.first_neuron + element // part.row_length if placed.first_neuron >= 0
@@ -693,7 +693,7 @@ class ChunkPlan:
             row_slot=row_slot.view(count, c),
             source_features=[torch.cat(g["sources"]) for g in groups.values()] if self.source_features else None,
             input_positions=[torch.cat(g["positions"]) for g in groups.values()] if self.input_positions else None,
-            own_features=[torch.cat(g["owners"]) for g in groups.values()] if self.own_features else None,
+            own_features=[torch.cat(g["own_features"]) for g in groups.values()] if self.own_features else None,
             own_neuron=[torch.cat(g["own"]) for g in groups.values()] if self.neuron_links else None,
             source_neuron=[torch.cat(g["source_ids"]) for g in groups.values()] if self.neuron_links else None,
         )
