@@ -709,6 +709,94 @@ def ablation_section(path: Path, data: dict) -> list[str]:
     return lines + [""]
 
 
+#: The three tables SNE is asked to lead (issue 15), as (file, title, metric, lower is better).
+STANDING_TABLES = (
+    ("inr_frequency_independent.json", "INR frequency, normalised MSE", "normalized_mse", True),
+    ("cross_dataset.json", "cross-dataset, mean tau", "kendall_tau", False),
+    ("cross_arch.json", "cross-architecture, mean tau", "kendall_tau", False),
+)
+
+
+def _standing_scores(name: str, data: dict, labels: dict[str, str]) -> dict[str, list[tuple[float, int, int]]]:
+    """Per configuration (:func:`configuration_name`, labelled in ``labels``): (score, epochs, train
+    seed) of every run of a standing table's file; the lambda-0 rows on all training networks of the
+    INR ablation studies join the INR table's (at other epochs, so each cell says its epochs)."""
+    scores: dict[str, list[tuple[float, int, int]]] = {}
+    if name.startswith(("inr_frequency", "ablation_")):
+        for entry in data["entries"]:
+            if entry.get("invariance_weight") or entry.get("fraction") is not None:
+                continue
+            if name.startswith("ablation_"):
+                if entry.get("train_networks") != data["zoo"]["splits"]["train"]:
+                    continue
+                entry = {**entry, "encoder_options_given": entry.get("encoder_options_used") or {}}
+            labels.setdefault(configuration_name(entry), _encoder_label(entry))
+            scores.setdefault(configuration_name(entry), []).append(
+                (entry["metrics"]["normalized_mse"], entry["epochs"], entry["train_seed"]))
+        return scores
+    for configuration, table in summarize(data["entries"]).items():
+        rows = [e for e in data["entries"] if configuration_name(e) == configuration and not e.get("cannot_train")]
+        averages = [row["average"] for row in table.values() if row["average"] is not None]
+        if rows and len(averages) == len(table):
+            labels.setdefault(configuration, _encoder_label(rows[0]))
+            scores[configuration] = [(statistics.fmean(averages), rows[0]["epochs"], -1)]
+    return scores
+
+
+def standing_section(results: list[Path]) -> list[str]:
+    """Every SNE configuration measured beside the best other encoder, on the three tables SNE is
+    asked to lead (issue 15): how close the best configuration came, and what was tried."""
+    columns, labels = [], {}
+    for file_name, title, _, lower in STANDING_TABLES:
+        path = ROOT / "results" / file_name
+        if not path.is_file():
+            continue
+        scores = _standing_scores(file_name, json.loads(path.read_text()), labels)
+        if file_name.startswith("inr_frequency"):
+            init = file_name[len("inr_frequency_"):-len(".json")]
+            for extra in sorted((ROOT / "results").glob(f"ablation_*_{init}.json")):
+                data = json.loads(extra.read_text())
+                if zoo_identity(data["zoo"]) != zoo_identity(json.loads(path.read_text())["zoo"]):
+                    continue
+                for configuration, values in _standing_scores(extra.name, data, labels).items():
+                    known = scores.setdefault(configuration, [])
+                    known += [v for v in values if v not in known]
+        columns.append((title, lower, scores))
+    if not columns:
+        return []
+    configurations = sorted({c for _, _, scores in columns for c in scores if c.split("_")[0] == "sne"})
+
+    def cell(values: list[tuple[float, int, int]]) -> str:
+        by_epochs: dict[int, list[float]] = {}
+        for score, epochs, _ in values:
+            by_epochs.setdefault(epochs, []).append(score)
+        return "; ".join(f"{_fmt(statistics.fmean(v))}" + (f" ± {_fmt(statistics.pstdev(v), 2)}" if len(v) > 1 else "")
+                         + f" ({epochs} ep, {len(v)} seed{'s' if len(v) > 1 else ''})"
+                         for epochs, v in sorted(by_epochs.items()))
+
+    lines = ["## Where SNE stands: every SNE configuration measured, beside the best other encoder", "",
+             "Gathered from the tables below (INR: `results/inr_frequency_independent.json` and the lambda-0 rows "
+             "on all training networks of `results/ablation_*_independent.json`; CNN tables: the mean over "
+             "training zoos of each row's mean tau). Each cell: mean (± std over seeds), epochs, seeds. Runs at "
+             "other epochs or on another zoo generation (see each table) are not strictly comparable; this is a "
+             "map of what was tried, not a ranking.", "",
+             "| configuration | " + " | ".join(title for title, _, _ in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for configuration in configurations:
+        lines.append(f"| {labels[configuration]} | " + " | ".join(cell(scores[configuration]) if configuration in scores
+                                                         else "not run" for _, _, scores in columns) + " |")
+    best = []
+    for _, lower, scores in columns:
+        others = {c: statistics.fmean(s for s, _, _ in v) for c, v in scores.items() if c.split("_")[0] != "sne"}
+        if others:
+            name = (min if lower else max)(others, key=others.get)
+            best.append(f"{labels[name]}: {cell(scores[name])}")
+        else:
+            best.append("n/a")
+    lines += [f"| best other encoder | " + " | ".join(best) + " |", ""]
+    return lines
+
+
 def render() -> str:
     """The text of docs/RESULTS.md, from results/*.json."""
     results = sorted((ROOT / "results").glob("*.json"))
@@ -736,6 +824,7 @@ def render() -> str:
         "positions), and `use_input_positions`, which input each first-layer weight reads (an INR's x or y).",
         "",
     ]
+    lines += standing_section(results)
     for path in results:
         data = json.loads(path.read_text())
         if data.get("benchmark") == "inr_frequency":

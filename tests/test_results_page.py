@@ -17,9 +17,9 @@ def test_results_page_is_regenerated_from_the_result_files():
     assert (ROOT / "docs" / "RESULTS.md").read_text() == page().render(), "run `make results` and commit"
 
 
-def _transfer_row(encoder, options, seed, taus):
+def _transfer_row(encoder, options, seed, taus, epochs=15):
     return {"encoder": encoder, "encoder_options_given": options, "seed": seed, "train_zoo": "home",
-            "encoder_parameters": 1000, "train_seconds": 60.0, "hardware": {"device": "cpu", "threads": 1},
+            "encoder_parameters": 1000, "train_seconds": 60.0, "hardware": {"device": "cpu", "threads": 1}, "epochs": epochs,
             "evaluations": {zoo: {"kendall_tau": tau, "normalized_mse": 1 - tau} for zoo, tau in taus.items()}}
 
 
@@ -38,3 +38,37 @@ def test_a_study_with_one_training_zoo_is_one_table_with_the_drop_from_home():
     assert rows[1] == ("| sne (hidden=16) | 0.800 ± 0.10 (0.200) | 0.700 ± 0.10 (0.300) | 0.500 ± 0.10 (0.500) | "
                        "**0.667** | 0.200 | 1,000 | 1.000 min |")
     assert rows[2].startswith("| statnn | 0.600 (0.400) | 0.500 (0.500) | 0.300 (0.700) | **0.467** | 0.200 |")
+
+
+def _inr_row(encoder, options, seed, nmse, weight=0.0, epochs=50):
+    return {"encoder": encoder, "encoder_options_given": options, "train_seed": seed, "invariance_weight": weight,
+            "epochs": epochs, "metrics": {"normalized_mse": nmse}}
+
+
+def test_where_sne_stands_lists_each_sne_configuration_beside_the_best_other_encoder(tmp_path, monkeypatch):
+    import json
+
+    (tmp_path / "results").mkdir()
+    zoo = {"recipe": "sine-inr", "options": {}, "seed": 0, "n": 10, "splits": {"train": 6, "val": 2, "test": 2}}
+    inr = {"zoo": zoo, "entries": [
+        _inr_row("sne", {}, 0, 0.6), _inr_row("sne", {}, 1, 0.4), _inr_row("sne", {}, 0, 0.1, weight=1.0),
+        _inr_row("ng_gnn", {}, 0, 0.05), _inr_row("statnn", {}, 0, 0.7)]}
+    ablation = {"zoo": zoo, "entries": [
+        {**_inr_row("sne", {}, 0, 0.2, epochs=30), "encoder_options_used": {"use_source_features": True},
+         "train_networks": 6, "fraction": None, "permutation_augment": True},
+        {**_inr_row("sne", {}, 0, 0.9, epochs=30), "encoder_options_used": {}, "train_networks": 3, "fraction": 0.5}]}
+    cross = {"entries": [_transfer_row("sne", {}, 0, {"home": 0.6, "far": 0.4}),
+                         _transfer_row("deepsets", {}, 0, {"home": 0.5, "far": 0.1})]}
+    for name, data in (("inr_frequency_independent", inr), ("ablation_invariance_independent", ablation),
+                       ("cross_dataset", cross)):
+        (tmp_path / "results" / f"{name}.json").write_text(json.dumps(data))
+    module = page()
+    monkeypatch.setattr(module, "ROOT", tmp_path)
+    rows = [line for line in module.standing_section(sorted((tmp_path / "results").glob("*.json")))
+            if line.startswith("| ")]
+    assert rows[0] == "| configuration | INR frequency, normalised MSE | cross-dataset, mean tau |"
+    # Seeds averaged, the lambda-1 row and the half-data row left out, epochs named.
+    assert rows[1] == "| sne | 0.500 ± 0.10 (50 ep, 2 seeds) | 0.500 (15 ep, 1 seed) |"
+    assert rows[2].startswith("| sne (augment_permutations=true, use_source_features=true) | 0.200 (30 ep, 1 seed) | "
+                              "not run |")
+    assert rows[3] == "| best other encoder | ng_gnn: 0.050 (50 ep, 1 seed) | deepsets: 0.300 (15 ep, 1 seed) |"
