@@ -507,9 +507,8 @@ def transfer_section(path: Path, data: dict) -> list[str]:
     """The cross-dataset / cross-architecture tables: Kendall's tau (and, for a regression target,
     normalised MSE), train zoo x test zoo, per encoder. A named study (``--name``) gets its own heading."""
     name = data.get("name", data["benchmark"])
-    if name != data["benchmark"]:
-        title = {"cross_dataset": "Cross-dataset transfer", "cross_arch": "Cross-architecture transfer"}[
-            data["benchmark"]] + f" `{name}`"
+    if name != data["benchmark"]:  # a study of its own: its name says what it is (recipe_shift, wild_park, ...)
+        title = f"Transfer study `{name}`"
     else:
         title = {"cross_dataset": "Cross-dataset accuracy prediction",
                  "cross_arch": "Cross-architecture accuracy prediction"}[data["benchmark"]]

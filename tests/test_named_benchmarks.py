@@ -90,7 +90,7 @@ def test_a_named_transfer_study_gets_its_own_file_merges_and_its_own_section(zoo
     assert sorted(e["seed"] for e in data["entries"]) == [0, 1] and len(data["commands"]) == 2
     # The results page gives the named study its own section beside the benchmark's.
     text = _page(monkeypatch, tmp_path).render()
-    assert "## Cross-architecture transfer `cnn-s_transfer` (target `test_accuracy`, Kendall's tau on test splits)" in text
+    assert "## Transfer study `cnn-s_transfer` (target `test_accuracy`, Kendall's tau on test splits)" in text
     assert "## Cross-architecture accuracy prediction (target `test_accuracy`" in text
     assert "Source: `results/cnn-s_transfer.json`" in text and "normalised MSE" not in text
 
@@ -104,7 +104,7 @@ def test_a_regression_target_shows_normalised_mse_per_cell(zoos, tmp_path, capsy
     assert data["target_kind"] == "regression"
     page = _page(monkeypatch, tmp_path)
     text = "\n".join(page.transfer_section(path, data))
-    assert text.startswith("## Cross-dataset transfer `lr` (target `log10_lr`, Kendall's tau and normalised MSE")
+    assert text.startswith("## Transfer study `lr` (target `log10_lr`, Kendall's tau and normalised MSE")
     for entry in data["entries"]:
         row = next(line for line in text.splitlines() if line.startswith(f"| {entry['train_zoo']} |"))
         for evaluation in entry["evaluations"].values():
