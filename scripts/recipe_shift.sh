@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The recipe-shift table in docs/RESULTS.md (issue 15): every INR-table encoder trained on sine INRs
+# made the default way and tested on INRs fitted by shifted recipes (fewer steps, another initial
+# gain, another input range, another learning rate and step count, all at once) and on INRs fitted
+# by code apart from sne's recipes (scripts/foreign_sine_inrs.py), into results/recipe_shift.json.
+# Every step resumes if interrupted: run the same command again.
+#   usage: scripts/recipe_shift.sh [DEVICE] [EPOCHS]      (default: cpu 30)
+#   env:   TRAIN_N=1000 TEST_N=500 FOREIGN_N=200 SEEDS=0 SNE=sne ENCODERS="mlp statnn ..."
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEVICE=${1:-cpu}
+EPOCHS=${2:-30}
+SNE=${SNE:-sne}
+TEST_N=${TEST_N:-500}
+gen() { local out=$1; shift; $SNE zoo generate sine-inr --device "$DEVICE" --out "zoos/$out" "$@"; }
+gen sine-inrecipe --n "${TRAIN_N:-1000}" --seed 11
+gen sine-shift-steps --n "$TEST_N" --seed 13 --steps 100
+gen sine-shift-gain --n "$TEST_N" --seed 14 -o init_gain=2
+gen sine-shift-range --n "$TEST_N" --seed 15 -o input_range=2
+gen sine-shift-lr --n "$TEST_N" --seed 12 --lr 3e-4 --steps 1500
+gen sine-shift-all --n "$TEST_N" --seed 16 --lr 3e-4 --steps 1000 -o init_gain=0.5 -o input_range=0.5
+if [ ! -d zoos/sine-foreign ]; then
+  python scripts/foreign_sine_inrs.py runs/foreign-sine-inrs --n "${FOREIGN_N:-200}" --seed 0
+  $SNE zoo import folder runs/foreign-sine-inrs --targets runs/foreign-sine-inrs/targets.csv --out zoos/sine-foreign
+fi
+tests=zoos/sine-inrecipe,zoos/sine-shift-steps,zoos/sine-shift-gain,zoos/sine-shift-range,zoos/sine-shift-lr
+tests=$tests,zoos/sine-shift-all,zoos/sine-foreign
+bench() {
+  $SNE bench cross-arch --name recipe_shift --target frequency --train zoos/sine-inrecipe --test "$tests" \
+    --epochs "$EPOCHS" --seeds "${SEEDS:-0}" --runs runs/shift --device "$DEVICE" "$@"
+}
+for encoder in ${ENCODERS:-mlp statnn deepsets dwsnet nfn_np nfn_hnp sne nft ng_gnn}; do
+  bench --encoders "$encoder"
+done
+bench --encoders sne -o sne.use_source_features=true --augment-permutations
+echo "results/recipe_shift.json written; regenerate docs/RESULTS.md with 'make results'"
