@@ -77,7 +77,7 @@ def test_a_row_equal_to_full_is_not_trained_twice(shared_sine_zoo, tmp_path, cap
     assert code == 0
     data = json.loads((tmp_path / "results" / "ablation_components_shared.json").read_text())
     assert [e["row"] for e in data["entries"]] == ["full"]
-    assert data["same_as_full"] == [{"row": "no-invariance", "label": "without invariance regularisation",
+    assert data["same_as_full"] == [{"row": "no-invariance", "label": "without invariance regularisation or augmentation",
                                      "same_as": "full"}]
 
 
@@ -107,7 +107,7 @@ def test_augmentation_trains_on_equivalent_networks_drawn_per_batch():
     inputs = torch.randn(16, 3, dtype=torch.float64)
     records = [record_from_module(m, inputs) for m in models]
     batches = [torch.tensor([0, 1]), torch.tensor([2, 3])]
-    augmented = _EpochBatches(list, records, batches, seeds=[11, 12], permute=False, augment=True)
+    augmented = _EpochBatches(list, records, batches, seeds=[11, 12], permute=False, augmentable=[True] * 4)
     plain = _EpochBatches(list, records, batches, seeds=[11, 12], permute=False)
     for index, batch in enumerate(batches):
         _, _, members = augmented[index]
@@ -120,7 +120,7 @@ def test_augmentation_trains_on_equivalent_networks_drawn_per_batch():
                 torch.testing.assert_close(twin(inputs), models[position](inputs), rtol=1e-10, atol=1e-10)
         assert all(a is b for a, b in zip(plain[index][2], [records[i] for i in batch.tolist()]))
     # With the regulariser too, each augmented network is followed by a further equivalent copy.
-    both = _EpochBatches(list, records, batches, seeds=[11, 12], permute=True, augment=True)
+    both = _EpochBatches(list, records, batches, seeds=[11, 12], permute=True, augmentable=[True] * 4)
     members = both[0][2]
     assert len(members) == 4 and not members[0].layers[0].weight.equal(members[2].layers[0].weight)
 

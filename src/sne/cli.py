@@ -229,9 +229,10 @@ def train(
     batch_size: int = typer.Option(64, "--batch-size"),
     lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default: the encoder's, else 1e-3)."),
     invariance_weight: float = typer.Option(0.0, "--invariance-weight", help="Lambda of the logit-invariance regulariser."),
-    augment_permutations: bool = typer.Option(
-        False, "--augment-permutations",
-        help="Train on a fresh random functionally-equivalent permutation of every network each epoch."),
+    augment_permutations: Optional[bool] = typer.Option(
+        None, "--augment-permutations/--no-augment-permutations",
+        help="Train on a fresh random functionally-equivalent permutation of every network each epoch "
+             "(default: the encoder's; see 'sne encoders')."),
     option: List[str] = typer.Option([], "--option", "-o", help="Encoder option key=value (repeatable)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="SNE only: a named set of options, e.g. paper "
                                          "(the paper's configuration); -o options win over it."),
@@ -266,6 +267,11 @@ def train(
         f"{summary['best_val_loss']:.4g} at epoch {summary['best_epoch']}; run in [bold]{escape(str(out))}[/bold]"
         + (f", TensorBoard scalars in [bold]{escape(str(log_dir))}[/bold]" if log_dir is not None else "")
     )
+    augmented, networks = summary.get("augmented_networks"), summary.get("train_networks")
+    if augmented is not None and augmented < networks:
+        console.print(f"permutation augmentation permuted {augmented} of {networks} training networks; the others' "
+                      "neuron symmetries are unknown (bare state_dicts of networks that are not plain chains), so "
+                      "they trained as they are")
 
 
 @app.command()
@@ -579,7 +585,19 @@ def encoders(
         options = " ".join(f"{key}={_option_text(value)}" for key, value in entry["options"].items())
         print(f"  options: {options or '(none)'}")
         if entry["train_defaults"]:
-            print("  training defaults: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in entry["train_defaults"].items()))
+            print("  training defaults: " + " ".join(_train_flag(k, v) for k, v in entry["train_defaults"].items()))
+
+
+#: TrainConfig fields whose command-line flag is not the field's name.
+_TRAIN_FLAG_NAMES = {"permutation_augment": "augment-permutations"}
+
+
+def _train_flag(field: str, value: Any) -> str:
+    """A training default as the flag that sets it: ``--lr 0.003``, ``--augment-permutations``."""
+    flag = _TRAIN_FLAG_NAMES.get(field, field.replace("_", "-"))
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {value}"
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Run the paper's benchmarks; results go to results/*.json.")
@@ -615,24 +633,25 @@ _ONE_ZOO = {
     "results": typer.Option(Path("results"), "--results"),
     "option": typer.Option([], "--option", "-o", help=_ENCODER_OPTION_HELP),
     "device": typer.Option("auto", "--device"),
-    "augment": typer.Option(False, "--augment-permutations", help="Train on fresh functionally-equivalent "
-                            "permutations of the networks (rows and runs are named by it)."),
+    "augment": typer.Option(None, "--augment-permutations/--no-augment-permutations",
+                            help="Train on fresh functionally-equivalent permutations of the networks (default: "
+                                 "each encoder's; rows and runs are named by it)."),
 }
 
 
 def _bench_runs(encoders: list[str], seeds: str, epochs: int, runs: Path, results: Path, option: List[str],
-                device: str, augment: bool = False, **train_options: Any) -> "BenchRuns":
+                device: str, augment: Optional[bool] = None, **train_options: Any) -> "BenchRuns":
     from sne.bench.runs import BenchRuns
 
     return BenchRuns(
         encoders=encoders, seeds=_csv(seeds, int), epochs=epochs, runs_dir=runs, results_dir=results, device=device,
-        encoder_options=parse_options(option), train_options={**train_options, "permutation_augment": augment or None},
+        encoder_options=parse_options(option), train_options={**train_options, "permutation_augment": augment},
         command=_command_line(),
     )
 
 
 def _one_zoo(benchmark: str, zoo: Path, encoders: str, invariance_weights: str, seeds: str, epochs: int, runs: Path,
-             results: Path, option: List[str], device: str, augment: bool) -> None:
+             results: Path, option: List[str], device: str, augment: Optional[bool]) -> None:
     from sne.bench.inr import run_inr_benchmark
 
     bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, augment)
@@ -651,7 +670,7 @@ def bench_inr(
     results: Path = _ONE_ZOO["results"],
     option: List[str] = _ONE_ZOO["option"],
     device: str = _ONE_ZOO["device"],
-    augment: bool = _ONE_ZOO["augment"],
+    augment: Optional[bool] = _ONE_ZOO["augment"],
 ) -> None:
     """INR frequency regression: train and evaluate each encoder; write results/inr_frequency_<init>.json."""
     _one_zoo("inr_frequency", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device, augment)
@@ -668,7 +687,7 @@ def bench_digit_inr(
     results: Path = _ONE_ZOO["results"],
     option: List[str] = _ONE_ZOO["option"],
     device: str = _ONE_ZOO["device"],
-    augment: bool = _ONE_ZOO["augment"],
+    augment: Optional[bool] = _ONE_ZOO["augment"],
 ) -> None:
     """Digit-INR classification: predict each INR's digit; write results/digit_inr_label_<init>.json."""
     _one_zoo("digit_inr_label", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device, augment)
@@ -693,7 +712,7 @@ def bench_ablation(
     option: List[str] = typer.Option([], "--option", "-o", help="Base encoder option key=value, or NAME.key=value "
                                      "(repeatable); each row changes this base."),
     device: str = _ONE_ZOO["device"],
-    augment: bool = _ONE_ZOO["augment"],
+    augment: Optional[bool] = _ONE_ZOO["augment"],
 ) -> None:
     """SNE's ablations (paper Tables 6-7, Figure 3; lambda sweep): train every row of a study at the
     same epochs and seeds; write results/ablation_<study>_<init>.json."""
@@ -744,7 +763,7 @@ def _zoo_list(values: List[str]) -> list[str]:
 
 def _transfer(benchmark: str, train_zoos: list[str], test_zoos: list[str], target: str, encoders: str, seeds: str,
               epochs: int, runs: Path, results: Path, option: List[str], lr: Optional[float], batch_size: int,
-              device: str, name: Optional[str], augment: bool) -> None:
+              device: str, name: Optional[str], augment: Optional[bool]) -> None:
     from sne.bench.transfer import check_results_name, run_transfer_benchmark
 
     if name is not None:
@@ -787,7 +806,7 @@ def bench_cross_dataset(
     option: List[str] = _TRANSFER["option"],
     device: str = _TRANSFER["device"],
     name: Optional[str] = _TRANSFER["name"],
-    augment: bool = _TRANSFER["augment"],
+    augment: Optional[bool] = _TRANSFER["augment"],
 ) -> None:
     """Train on each zoo, report Kendall's tau of test accuracy on every zoo's test split (results/cross_dataset.json,
     or results/NAME.json with --name)."""
@@ -811,7 +830,7 @@ def bench_cross_arch(
     option: List[str] = _TRANSFER["option"],
     device: str = _TRANSFER["device"],
     name: Optional[str] = _TRANSFER["name"],
-    augment: bool = _TRANSFER["augment"],
+    augment: Optional[bool] = _TRANSFER["augment"],
 ) -> None:
     """Train on each --train zoo, report Kendall's tau on every --test zoo (results/cross_arch.json, or
     results/NAME.json with --name, e.g. --name vit for a small-cnn -> ViT study)."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -68,8 +68,8 @@ def _components() -> list[AblationRow]:
     paper = PAPER_SNE_ABLATION_MSE
     return [
         AblationRow("full", "full SNE", paper=paper["full"]),
-        AblationRow("no-invariance", "without invariance regularisation", train={"invariance_weight": 0.0},
-                    paper=paper["no-invariance"]),
+        AblationRow("no-invariance", "without invariance regularisation or augmentation",
+                    train={"invariance_weight": 0.0, "permutation_augment": False}, paper=paper["no-invariance"]),
         AblationRow("no-type-encoding", "without layer-type encoding", options={"use_type_encoding": False},
                     paper=paper["no-type-encoding"]),
         AblationRow("no-level-encoding", "without layer-level encoding", options={"use_level_encoding": False},
@@ -100,7 +100,9 @@ def _chunk_sizes() -> list[AblationRow]:
 
 
 def _invariance() -> list[AblationRow]:
-    rows = [AblationRow(f"lambda-{w:g}", f"lambda {w:g}", train={"invariance_weight": w}) for w in (0, 0.3, 1, 3, 10)]
+    # The regulariser alone: without augmentation, whatever the encoder's training defaults.
+    rows = [AblationRow(f"lambda-{w:g}", f"lambda {w:g}", train={"invariance_weight": w, "permutation_augment": False})
+            for w in (0, 0.3, 1, 3, 10)]
     return rows + [
         AblationRow("augment", "permutation augmentation, lambda 0",
                     train={"invariance_weight": 0.0, "permutation_augment": True}),
@@ -269,11 +271,15 @@ def _row_configs(rows: Sequence[AblationRow], runs: BenchRuns, zoo: Zoo, target:
         if row.fraction is not None:
             fields["max_train"] = max(2, math.ceil(row.fraction * available))
         changed = {k: v for k, v in options.items() if base_options.get(k, SNE_DEFAULT_OPTIONS.get(k)) != v}
-        changed.update({k: fields[k] for k in base_fields if fields[k] != base_fields[k]})
-        changed.update({k: v for k, v in row.train.items() if k not in base_fields and v != getattr(_DEFAULT_CONFIG, k)})
+        # Training fields as the run will have them (the encoder's training defaults filled in),
+        # named where they differ from the base's, or from the shared defaults where the base sets none.
+        trained = asdict(TrainConfig.for_encoder(row.encoder, seed=0, **fields))
+        reference = {**asdict(_DEFAULT_CONFIG), **base_fields}
+        named = sorted({*base_fields, *row.train, "permutation_augment"})
+        changed.update({k: trained[k] for k in named if trained[k] != reference[k]})
         run_name = row.encoder + options_tag(changed)
         resolved = {**SNE_DEFAULT_OPTIONS, **options} if row.encoder == "sne" else options
-        identity = json.dumps([row.encoder, resolved, fields], sort_keys=True, default=str)
+        identity = json.dumps([row.encoder, resolved, trained], sort_keys=True, default=str)
         if identity in seen:
             skipped.append({"row": row.name, "label": row.label, "same_as": seen[identity]})
             continue

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from sne.encoders import options_for_encoder
+from sne.encoders import get_encoder_class, options_for_encoder
 from sne.errors import SneError
 from sne.train.run import TrainConfig
 
@@ -51,7 +51,11 @@ class BenchRuns:
     def run_name(self, encoder: str) -> str:
         """``encoder`` plus the options and training switches given for it: runs of other options never
         share a directory."""
-        return encoder + options_tag({**self.options_for(encoder), **training_switches(self.train_options)})
+        return encoder + options_tag({**self.options_for(encoder), **training_switches(self.resolved_train_options(encoder))})
+
+    def resolved_train_options(self, encoder: str) -> dict[str, Any]:
+        """The training settings given, over ``encoder``'s training defaults for its options."""
+        return {**get_encoder_class(encoder).train_defaults(self.options_for(encoder)), **self.train_options}
 
     def train_config(self, encoder: str, zoo: str | Path, target: str, seed: int, **fields: Any) -> TrainConfig:
         """The run's :class:`~sne.train.run.TrainConfig` (``fields`` are further config fields)."""
@@ -61,11 +65,21 @@ class BenchRuns:
         )
 
 
-def training_switches(fields: dict) -> dict:
+def training_switches(fields: dict, defaults: dict | None = None) -> dict:
     """The training switches in ``fields`` (TrainConfig fields, or a results row) that make a
-    configuration of its own, as a run name spells them: permutation augmentation, when on. A row
-    written before a switch existed had it off."""
-    return {"augment_permutations": True} if fields.get("permutation_augment") else {}
+    configuration of its own, where they differ from ``defaults`` (None: every switch off, as run
+    names spell them): permutation augmentation. A row written before a switch existed had it off."""
+    on = bool(fields.get("permutation_augment"))
+    return {} if on == bool((defaults or {}).get("permutation_augment")) else {"augment_permutations": on}
+
+
+def _row_train_defaults(entry: dict) -> dict:
+    """The training defaults of a results row's encoder for the options it was given, as of this
+    release (none for an encoder it no longer has)."""
+    try:
+        return get_encoder_class(entry["encoder"]).train_defaults(dict(entry.get("encoder_options_given") or {}))
+    except (KeyError, SneError):
+        return {}
 
 
 def options_tag(options: dict) -> str:
@@ -75,21 +89,22 @@ def options_tag(options: dict) -> str:
 
 
 def options_apart_from_defaults(entry: dict) -> dict:
-    """A results row's encoder options that differ from the encoder's current defaults: those given,
-    and, for a row written before rows recorded every option (no ``encoder_options_resolved``), the
-    defaults of that time where they have changed since (``Encoder.defaults_of_older_configs``).
-    So a row keeps meaning the encoder it measured when a default changes."""
-    from sne.encoders import get_encoder_class
-
+    """A results row's encoder options that differ from the encoder's current defaults
+    (``Encoder.options_baseline``): those given, and those it resolved to (``encoder_options_resolved``)
+    or, for a row written before rows recorded them, the defaults of that time where they have
+    changed since (``Encoder.defaults_of_older_configs``). So a row keeps meaning the encoder it
+    measured when a default changes."""
     given = dict(entry.get("encoder_options_given") or {})
     try:
         cls = get_encoder_class(entry["encoder"])
     except (KeyError, SneError):  # a row naming no encoder, or one this release no longer has: as given
         return given
-    if "encoder_options_resolved" not in entry:
+    baseline = cls.options_baseline(given)
+    if "encoder_options_resolved" in entry:
+        given.update({k: v for k, v in entry["encoder_options_resolved"].items() if k in baseline})
+    else:
         given = {**cls.defaults_of_older_configs, **given}
-    defaults = getattr(cls, "default_options", {})
-    return {k: v for k, v in given.items() if k not in defaults or defaults[k] != v}
+    return {k: v for k, v in given.items() if k not in baseline or baseline[k] != v}
 
 
 def configuration_name(entry: dict) -> str:
@@ -106,8 +121,9 @@ def configuration_label(encoder: str, options: dict | None) -> str:
 
 def configuration_options(entry: dict) -> dict:
     """A results row's encoder options apart from the defaults (:func:`options_apart_from_defaults`)
-    and its training switches (:func:`training_switches`): what makes its configuration."""
-    return {**options_apart_from_defaults(entry), **training_switches(entry)}
+    and its training switches apart from its encoder's training defaults (:func:`training_switches`):
+    what makes its configuration."""
+    return {**options_apart_from_defaults(entry), **training_switches(entry, _row_train_defaults(entry))}
 
 
 def options_key(entry: dict) -> str:

@@ -58,6 +58,18 @@ class Encoder(nn.Module):
         self.options = dict(options)
 
     @classmethod
+    def train_defaults(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The training settings (TrainConfig fields) this encoder, built with ``options``, takes
+        unless the user sets them: :attr:`default_train_options`, unless a subclass says otherwise."""
+        return dict(cls.default_train_options)
+
+    @classmethod
+    def options_baseline(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """What an encoder built with ``options`` is described against (only options that differ
+        from it are named): :attr:`default_options`, unless a subclass says otherwise."""
+        return dict(cls.default_options)
+
+    @classmethod
     def architecture_of(cls, record: NetworkRecord) -> Architecture:
         """The ``architecture`` to build this encoder with for networks like ``record``."""
         return record.architecture

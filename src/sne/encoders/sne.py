@@ -94,6 +94,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"part_window": None, "chunk_hidden": None, "standardize_layers": False, "batch_norm": False},
 }
 
+#: Training settings of a preset (TrainConfig fields), under those the user sets: the paper trains
+#: without permutation augmentation.
+PRESET_TRAINING: dict[str, dict[str, Any]] = {"paper": {"permutation_augment": False}}
+
 #: Most kernel dimensions of any layer kind (conv3d); tap coordinates are zero-padded to it.
 MAX_KERNEL_DIMS = max(KIND_BY_WEIGHT_NDIM) - 2
 #: Levels whose layer statistics are normalised with fitted training statistics (deeper: raw).
@@ -301,16 +305,25 @@ class SNEEncoder(Encoder):
     weight_outputs = True
     default_options = DEFAULT_OPTIONS
 
+    @classmethod
+    def train_defaults(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """:attr:`default_train_options`, under those of the preset in ``options`` (:data:`PRESET_TRAINING`)."""
+        return {**cls.default_train_options, **PRESET_TRAINING.get(options.get("preset"), {})}
+
+    @classmethod
+    def options_baseline(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The defaults, under those of the preset in ``options``: a paper-preset row names only
+        what it changes from the paper."""
+        return {**DEFAULT_OPTIONS, **PRESETS.get(options.get("preset"), {})}
+
     def __init__(self, *, architecture: Architecture | None = None, **options: Any) -> None:
         preset = options.pop("preset", None)
-        if preset is not None:
-            if preset not in PRESETS:
-                raise SneError(f"unknown SNE preset {preset!r} (presets: {', '.join(PRESETS)})")
-            options = {**PRESETS[preset], **options}
+        if preset is not None and preset not in PRESETS:
+            raise SneError(f"unknown SNE preset {preset!r} (presets: {', '.join(PRESETS)})")
         unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
         if unknown:
             raise SneError(f"unknown SNE option(s) {', '.join(unknown)} (known: {', '.join(DEFAULT_OPTIONS)})")
-        resolved = {**DEFAULT_OPTIONS, **options}
+        resolved = {**self.options_baseline({"preset": preset}), **options}
         _validate(resolved)
         super().__init__(architecture=architecture, **resolved)
         hidden, heads, depth, norm = resolved["hidden"], resolved["heads"], resolved["num_sab"], resolved["layer_norm"]

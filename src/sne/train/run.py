@@ -83,11 +83,13 @@ class TrainConfig:
 
     @classmethod
     def for_encoder(cls, encoder: str, **fields: Any) -> "TrainConfig":
-        """A config where fields given as ``None`` take the encoder's ``default_train_options``,
-        then the shared defaults; :class:`SneError` for an unknown encoder."""
+        """A config where fields given as ``None`` take the encoder's training defaults
+        (:meth:`~sne.encoders.base.Encoder.train_defaults` for its options), then the shared
+        defaults; :class:`SneError` for an unknown encoder."""
         from sne.encoders import get_encoder_class
 
-        chosen = {k: v for k, v in get_encoder_class(encoder).default_train_options.items() if fields.get(k) is None}
+        defaults = get_encoder_class(encoder).train_defaults(fields.get("encoder_options") or {})
+        chosen = {k: v for k, v in defaults.items() if fields.get(k) is None}
         chosen.update({k: v for k, v in fields.items() if v is not None})
         return cls(encoder=encoder, **chosen)
 
@@ -129,25 +131,28 @@ def _build_predictor(config: TrainConfig, target: Target, encoder_config: dict |
 
 class _EpochBatches(torch.utils.data.Dataset):
     """One epoch's batches; each item is prepared (and permuted) on its own, so workers can do it.
-    ``augment``: each network is replaced by a random equivalent permutation of itself; ``permute``:
-    a further one of each is appended (the invariance regulariser's pairs).
+    ``augmentable``: per training network, whether it is replaced by a random equivalent permutation
+    of itself (None: none is); ``permute``: a further one of each is appended (the invariance
+    regulariser's pairs).
     With ``world`` processes, process ``rank`` takes every ``world``-th network of each batch."""
 
     def __init__(self, prepare, records, batches: list[torch.Tensor], seeds: list[int], permute: bool,
-                 rank: int = 0, world: int = 1, augment: bool = False):
+                 rank: int = 0, world: int = 1, augmentable: Sequence[bool] | None = None):
         self.prepare, self.records, self.batches, self.seeds, self.permute = prepare, records, batches, seeds, permute
-        self.rank, self.world, self.augment = rank, world, augment
+        self.rank, self.world, self.augmentable = rank, world, augmentable
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, index: int):
-        members = [self.records[i] for i in self.batches[index].tolist()]
+        chosen = self.batches[index].tolist()
+        members = [self.records[i] for i in chosen]
         mine = slice(self.rank, None, self.world)
-        if self.augment:
+        if self.augmentable is not None:
             # A stream of its own: the regulariser's copies below are drawn as without augmentation.
             augmenting = torch.Generator().manual_seed(derive_seed(self.seeds[index], "train/augment"))
-            members = [random_equivalent_permutation(r, augmenting) for r in members]
+            members = [random_equivalent_permutation(r, augmenting) if self.augmentable[i] else r
+                       for i, r in zip(chosen, members)]
         permuted = []
         if self.permute:
             # Functionally-equivalent copies go in the same batch: one forward pass serves both.
@@ -229,7 +234,7 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True, log_dir
     train_records = zoo.records(train_ids)
     val_records = zoo.records(val_ids)
     check_zoo_architectures(zoo, config.encoder, [*train_records, *val_records])
-    if config.invariance_weight > 0 or config.permutation_augment:
+    if config.invariance_weight > 0:
         check_permutable(zoo, train_records)
 
     device = distributed.local_device(resolve_device(config.device))
@@ -279,11 +284,12 @@ def check_zoo_architectures(zoo: Zoo, encoder: str, records: Sequence[NetworkRec
 
 
 def check_permutable(zoo: Zoo, records: Sequence[NetworkRecord]) -> None:
-    """Refuse, in one line, invariance training on networks whose symmetries are unknown."""
+    """Refuse, in one line, the invariance regulariser on networks whose symmetries are unknown
+    (augmentation trains those as they are)."""
     unknown = next((r for r in records if not supports_permutation(r)), None)
     if unknown is not None:
         raise SneError(f"the zoo at {zoo.path} holds networks whose neuron symmetries are unknown ({unknown.source}): "
-                       "the invariance regulariser and permutation augmentation cannot permute them")
+                       "the invariance regulariser cannot permute them")
 
 
 def zoo_manifest_summary(zoo: Zoo) -> dict:
@@ -358,6 +364,8 @@ def train_epochs(
         forward = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
     n_params = sum(p.numel() for p in encoder.parameters())
+    # Networks whose symmetries are unknown (a bare state_dict of a non-chain) train as they are.
+    augmentable = [supports_permutation(r) for r in train_records] if config.permutation_augment else None
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
     scalars = ScalarLog(log_dir, first_epoch=state["epoch"] + 1) if log_dir is not None and main else None
     with Progress(*columns, disable=not (progress and main), transient=False) as bar:
@@ -365,7 +373,8 @@ def train_epochs(
         for epoch in range(state["epoch"], config.epochs):
             started = time.perf_counter()
             train_loss, train_reg = _train_epoch(
-                forward, optimizer, config, epoch, train_records, prepare, batch_loss, device, bar, rank, world
+                forward, optimizer, config, epoch, train_records, prepare, batch_loss, device, bar, rank, world,
+                augmentable,
             )
             scheduler.step()
             val_loss = validation_loss()
@@ -398,13 +407,15 @@ def train_epochs(
         "train_seconds": state["train_seconds"],
         "encoder_parameters": n_params,
         "encoder_options_resolved": dict(encoder.options),
+        "train_networks": len(train_records),
+        "augmented_networks": None if augmentable is None else sum(augmentable),
         "hardware": hardware_description(device),
         "processes": world,
     }
 
 
 def _train_epoch(model, optimizer, config, epoch, records, prepare, batch_loss, device, bar, rank=0, world=1,
-                 ) -> tuple[float, float]:
+                 augmentable=None) -> tuple[float, float]:
     model.train()
     # Dropout draws from torch's global generator: seeded per epoch, so a resumed run draws what an
     # uninterrupted one did (the state it had after the previous epoch is in no checkpoint).
@@ -418,7 +429,7 @@ def _train_epoch(model, optimizer, config, epoch, records, prepare, batch_loss, 
     seeds = [int(np.random.SeedSequence([config.seed, epoch, i]).generate_state(1)[0]) for i in range(len(batches))]
     permute = config.invariance_weight > 0
     loader = torch.utils.data.DataLoader(
-        _EpochBatches(prepare, records, batches, seeds, permute, rank, world, config.permutation_augment),
+        _EpochBatches(prepare, records, batches, seeds, permute, rank, world, augmentable),
         batch_size=None, shuffle=False, num_workers=config.num_workers,
     )
     task = bar.add_task("  batches", total=len(batches))

@@ -1,0 +1,111 @@
+"""An encoder's training defaults (permutation augmentation as a default of SNE's, off under the
+paper preset): how configs, the CLI, benchmark run names and results rows resolve and name them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import run_cli
+from sne.bench.ablation import _row_configs, study_rows
+from sne.bench.runs import BenchRuns, configuration_options, options_apart_from_defaults
+from sne.encoders.sne import DEFAULT_OPTIONS, PRESETS, SNEEncoder
+from sne.train.run import TrainConfig, _EpochBatches
+from sne.weights import record_from_module
+
+TINY = ["-o", "sne.hidden=16", "-o", "sne.heads=2", "-o", "sne.num_sab=1", "-o", "sne.out_dim=8"]
+
+
+@pytest.fixture
+def augmenting_sne(monkeypatch):
+    """SNE as if augmentation were its training default."""
+    monkeypatch.setattr(SNEEncoder, "default_train_options", {"permutation_augment": True})
+
+
+def test_training_defaults_apply_unless_set_and_the_paper_preset_trains_without_augmentation(augmenting_sne):
+    config = TrainConfig.for_encoder
+    assert config("sne", zoo="z", target="t").permutation_augment is True
+    assert config("sne", zoo="z", target="t", permutation_augment=None).permutation_augment is True
+    assert config("sne", zoo="z", target="t", permutation_augment=False).permutation_augment is False
+    assert config("sne", zoo="z", target="t", encoder_options={"preset": "paper"}).permutation_augment is False
+    assert config("sne", zoo="z", target="t", encoder_options={"preset": "paper"},
+                  permutation_augment=True).permutation_augment is True
+    assert config("mlp", zoo="z", target="t").permutation_augment is False
+
+
+def test_the_cli_flag_turns_a_default_augmentation_off_and_encoders_lists_it(augmenting_sne, shared_sine_zoo,
+                                                                             tmp_path, capsys):
+    common = ["train", "--zoo", str(shared_sine_zoo.path), "--target", "frequency", "--epochs", "1", "--max-train",
+              "20", "--device", "cpu", "-o", "hidden=16", "-o", "heads=2", "-o", "num_sab=1", "-o", "out_dim=8"]
+    for name, extra, expected in (("default", [], True), ("off", ["--no-augment-permutations"], False)):
+        code, _, err = run_cli([*common, "--out", str(tmp_path / name), *extra], capsys)
+        assert code == 0, err
+        assert json.loads((tmp_path / name / "config.json").read_text())["permutation_augment"] is expected
+    code, out, _ = run_cli(["encoders"], capsys)
+    sne_lines = out.split("\nsne: ")[1].splitlines()
+    assert code == 0 and "  training defaults: --augment-permutations" in sne_lines
+
+
+def test_rows_name_training_switches_apart_from_their_encoders_defaults(augmenting_sne):
+    row = {"encoder": "sne", "encoder_options_given": {}}
+    assert configuration_options({**row, "permutation_augment": True}) == {}
+    assert configuration_options({**row, "permutation_augment": False}) == {"augment_permutations": False}
+    assert configuration_options(row) == {"augment_permutations": False}  # written before the switch: off
+    paper = {"encoder": "sne", "encoder_options_given": {"preset": "paper"}, "permutation_augment": False}
+    assert configuration_options(paper) == {"preset": "paper"}
+    assert configuration_options({**paper, "permutation_augment": True}) == {"preset": "paper",
+                                                                            "augment_permutations": True}
+
+
+def test_run_directories_spell_augmentation_whatever_the_defaults(augmenting_sne, tmp_path):
+    def runs(**train_options):
+        return BenchRuns(encoders=["sne", "mlp"], seeds=[0], epochs=1, runs_dir=tmp_path, results_dir=tmp_path,
+                         device="cpu", train_options=train_options)
+
+    assert runs().run_name("sne") == "sne_augment_permutations-true"
+    assert runs(permutation_augment=False).run_name("sne") == "sne"
+    assert runs().run_name("mlp") == "mlp"
+    assert runs(permutation_augment=True).run_name("mlp") == "mlp_augment_permutations-true"
+
+
+def test_rows_keep_meaning_the_options_they_resolved_to_when_a_default_changes(monkeypatch):
+    then = dict(DEFAULT_OPTIONS)
+    monkeypatch.setitem(DEFAULT_OPTIONS, "chunk_hidden", 32)
+    monkeypatch.setitem(DEFAULT_OPTIONS, "use_source_features", True)
+    old_default = {"encoder": "sne", "encoder_options_given": {}, "encoder_options_resolved": then}
+    assert options_apart_from_defaults(old_default) == {"chunk_hidden": None, "use_source_features": False}
+    new_default = {**old_default, "encoder_options_resolved": dict(DEFAULT_OPTIONS)}
+    assert options_apart_from_defaults(new_default) == {}
+    paper = {"encoder": "sne", "encoder_options_given": {"preset": "paper", "heads": 2},
+             "encoder_options_resolved": {**DEFAULT_OPTIONS, **PRESETS["paper"], "heads": 2}}
+    assert options_apart_from_defaults(paper) == {"preset": "paper", "heads": 2}
+    # An encoder that publishes no defaults is named by the options given, not by all it resolved to.
+    peer = {"encoder": "ng_gnn", "encoder_options_given": {"hidden": 8}, "encoder_options_resolved": {"hidden": 8,
+                                                                                                     "layers": 3}}
+    assert options_apart_from_defaults(peer) == {"hidden": 8}
+
+
+def test_augmentation_trains_networks_of_unknown_symmetries_as_they_are():
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2)).double() for _ in range(2)]
+    records = [record_from_module(m, torch.randn(4, 3, dtype=torch.float64)) for m in models]
+    batches = [torch.tensor([0, 1])]
+    permuted, kept = _EpochBatches(list, records, batches, seeds=[5], permute=False, augmentable=[True, False])[0][2]
+    assert not permuted.layers[0].weight.equal(records[0].layers[0].weight)
+    assert kept is records[1]
+
+
+def test_ablation_rows_name_runs_by_the_augmentation_they_train_with(augmenting_sne, shared_sine_zoo, tmp_path):
+    runs = BenchRuns(encoders=["sne"], seeds=[0], epochs=1, runs_dir=tmp_path, results_dir=tmp_path, device="cpu")
+    names = {}
+    for study in ("components", "invariance"):
+        rows = study_rows(study, ["full", "no-invariance"] if study == "components" else ["lambda-0", "augment"])
+        configs, skipped = _row_configs(rows, runs, shared_sine_zoo, "frequency", 0.0, 30)
+        names.update({row.name: name for row, _, name in configs})
+        names.update({entry["row"]: names[entry["same_as"]] for entry in skipped})
+    # Full SNE trains with its default augmentation, so it is the invariance study's augmentation row.
+    assert names["full"] == names["augment"] == "sne_permutation_augment-true"
+    assert names["no-invariance"] == names["lambda-0"] == "sne"
