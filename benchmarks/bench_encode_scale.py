@@ -44,9 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 MLP_WIDTHS = {"1e4": 70, "1e5": 280, "1e6": 960, "1e7": 3130, "2.5e7": 4960}
 #: Real architectures, encoded after the MLP curve (bench_record.py builds the same two).
 ARCHITECTURES = ("resnet18", "vit_s16")
-#: name:options of the encoders measured (sne's options as on the command line).
-DEFAULT_CONFIGS = ["sne:", "sne-first-release:part_window=null", "sne-chunk_hidden=32:chunk_hidden=32",
-                   "ng_gnn:", "ng_t:"]
+#: SNE's earlier defaults where today's differ: the chunk stage at full width, no neuron features.
+SNE_PREVIOUS_DEFAULT = "chunk_hidden=null,use_source_features=false,use_own_neuron_features=false"
+#: name:options of the encoders measured (sne's options as on the command line): SNE at today's
+#: defaults, at the earlier ones, and as first released (the earlier ones with one set per part).
+DEFAULT_CONFIGS = ["sne:", f"sne-previous-default:{SNE_PREVIOUS_DEFAULT}",
+                   f"sne-first-release:part_window=null,{SNE_PREVIOUS_DEFAULT}", "ng_gnn:", "ng_t:"]
 
 
 def parse_config(text: str) -> tuple[str, str, dict]:

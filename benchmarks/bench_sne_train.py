@@ -4,9 +4,8 @@ Two network shapes with random weights: (a) sine-INR SIRENs 1->32->32->1, (b) sm
 (3 x Conv2d(16, 3x3) from 1 channel + Linear(16, 10)). Each shape runs in a fresh process so that
 the peak memory of the training steps (CPU: growth of ``ru_maxrss`` from before the first step; CUDA:
 ``torch.cuda.max_memory_allocated``) is its own. Every configuration (``--config NAME:key=value,...``;
-by default the paper's stage as the first release ran it, today's defaults, and a narrower chunk
-stage) is measured in the same run, so their ratios compare like with like. Results go to
-``results/bench_sne_train.json``.
+by default today's defaults, the earlier ones and the first release's) is measured in the same run,
+so their ratios compare like with like. Results go to ``results/bench_sne_train.json``.
 
     python benchmarks/bench_sne_train.py --steps 10 --threads 1
 """
@@ -60,9 +59,12 @@ def random_records(shapes: list[tuple[int, ...]], count: int, seed: int) -> list
     ]
 
 
-#: Configurations measured unless --config says otherwise: the first release's (one set per part),
-#: today's defaults, and the chunk stage at half width.
-DEFAULT_CONFIGS = ["first-release:part_window=null", "default:", "chunk_hidden=32:chunk_hidden=32"]
+#: The earlier defaults where today's differ: the chunk stage at full width, no neuron features.
+PREVIOUS_DEFAULT = "chunk_hidden=null,use_source_features=false,use_own_neuron_features=false"
+#: Configurations measured unless --config says otherwise: today's defaults, the earlier ones, and
+#: the first release's (the earlier ones with one set per part).
+DEFAULT_CONFIGS = ["default:", f"previous-default:{PREVIOUS_DEFAULT}",
+                   f"first-release:part_window=null,{PREVIOUS_DEFAULT}"]
 
 
 def parse_config(text: str) -> tuple[str, dict]:

@@ -85,10 +85,11 @@ VARIANT_NOTES = {
     "shuffle-incoming": [
         "Every neuron's incoming weights are shuffled among its inputs (`sne.weights.shuffle_incoming`): each "
         "neuron keeps its set of weights, and which neuron of the previous layer each weight comes from is "
-        "lost. That is exactly what SNE's chunks see with default options (rows as sets; "
-        "`test_blind_to_which_neuron_a_weight_comes_from`), so default SNE reads the same input from both zoos "
-        "and its rows on the source zoo hold here too. An encoder that gets worse here was using the "
-        "cross-layer link that default SNE never receives.",
+        "lost. That is exactly what SNE's chunks see without neuron features (rows as sets; "
+        "`test_blind_to_which_neuron_a_weight_comes_from`), so SNE without them (`use_source_features=false, "
+        "use_own_neuron_features=false`, the earlier default) reads the same input from both zoos and its rows "
+        "on the source zoo hold here too. An encoder that gets worse here was using the cross-layer link, "
+        "which SNE's default source features give it.",
         "",
     ],
 }
@@ -414,14 +415,15 @@ def encode_scale_section(path: Path, data: dict) -> list[str]:
         lines += ["", f"time(1e7) / time(1e6), linear cost being 10: {'; '.join(ratios)}."]
     lines += [
         "",
-        "What the configurations are. `sne` pools a layer part's chunk codes in windows of `part_window` (64)",
-        "chunks, level by level; `sne-first-release` is the paper's stage, one set per part, whose attention",
-        "grows with the square of a layer's size. Where no part has more than 64 chunks the two are the same",
-        "function (tested in train and eval mode), and every zoo behind the INR and CNN tables here has at most",
-        "40 chunks per part (tested), so those tables hold for the default as they are. `chunk_hidden=32` runs",
-        "the element and chunk stages, nearly all of SNE's FLOPs, at width 32; it is not the default: its",
-        "accuracy is in the INR table's `sne (chunk_hidden=32)` row where that run exists, and on the CNN",
-        "tables it has not been measured.",
+        "What the configurations are. `sne` is SNE's defaults: a layer part's chunk codes pooled in windows",
+        "of `part_window` (64) chunks, level by level, the element and chunk stages (nearly all of SNE's",
+        "FLOPs) at width `chunk_hidden` 32, and source- and own-neuron features for every weight.",
+        "`sne-previous-default` is the earlier default: the chunk stage at full width (`chunk_hidden=null`),",
+        "no neuron features. `sne-first-release` is that with the paper's part stage, one set per part",
+        "(`part_window=null`), whose attention grows with the square of a layer's size. Where no part has more",
+        "than 64 chunks the two part stages are the same function (tested in train and eval mode), and every",
+        "zoo behind the INR and CNN tables here has at most 40 chunks per part (tested), so `part_window`",
+        "changes none of those tables.",
     ]
     return lines + [""]
 
@@ -815,12 +817,15 @@ def render() -> str:
         "(`batch_norm`). The initialisation protocol of the zoo decides how hard the task is (GUIDE",
         "section 4): independent initialisation, what networks in the wild have, is the headline.",
         "",
-        "**Rows with options.** A row labelled `encoder (option=value)` was trained with those encoder",
-        "options given (`-o encoder.option=value`); an unlabelled row uses the encoder's defaults. Two SNE",
-        "options, off by default because the paper's SNE has no such input, give it what its row-as-set",
-        "chunks drop (`sne.encoders.chunking`): `use_source_features`, the features of the neuron each",
-        "weight comes from (the link between layers, which the equivariant encoders read from the weights'",
-        "positions), and `use_input_positions`, which input each first-layer weight reads (an INR's x or y).",
+        "**Rows with options.** A row labelled `encoder (option=value)` differs from the encoder's current",
+        "defaults in those options; an unlabelled row is at the defaults. SNE's defaults give every weight",
+        "the features of the neuron it comes from (`use_source_features`, the link between layers its",
+        "row-as-set chunks drop) and of its own neuron (`use_own_neuron_features`: its bias and how strongly",
+        "the next layer reads it), train on a fresh functionally-equivalent permutation of every network each",
+        "epoch (`augment_permutations`) and run the chunk stage at width 32 (`chunk_hidden`). A row labelled",
+        "`augment_permutations=false, chunk_hidden=null, use_own_neuron_features=false, use_source_features=false`",
+        "is the earlier default, `preset=paper` the paper's configuration; `use_input_positions` (which input a",
+        "first-layer weight reads) stays off.",
         "",
     ]
     lines += standing_section(results)

@@ -70,8 +70,10 @@ def test_chunk_size_study_trains_each_row_reports_invariance_and_resumes(shared_
 
 
 def test_a_row_equal_to_full_is_not_trained_twice(shared_sine_zoo, tmp_path, capsys):
+    # A base without invariance regularisation or augmentation: the no-invariance row is the full row.
     code, _, _ = run_cli(["bench", "ablation", "--zoo", str(shared_sine_zoo.path), "--study", "components",
                           "--rows", "full,no-invariance", "--epochs", "1", "--max-train", "30",
+                          "--invariance-weight", "0", "--no-augment-permutations",
                           "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--device", "cpu",
                           *TINY], capsys)
     assert code == 0
@@ -139,8 +141,10 @@ def test_invariance_training_refuses_networks_without_known_symmetries(tmp_path,
 
 
 def test_studies_share_the_runs_they_have_in_common(shared_sine_zoo, tmp_path, capsys):
+    # A base without augmentation: full SNE is then the invariance study's lambda-0 row.
     common = ["bench", "ablation", "--zoo", str(shared_sine_zoo.path), "--epochs", "1", "--max-train", "30",
-              "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--device", "cpu", *TINY]
+              "--no-augment-permutations", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+              "--device", "cpu", *TINY]
     assert run_cli([*common, "--study", "invariance", "--rows", "lambda-0,augment"], capsys)[0] == 0
     runs = sorted(p.relative_to(tmp_path) for p in (tmp_path / "runs").glob("*/*"))
     assert [p.name for p in runs] == ["sne_permutation_augment-true_seed0", "sne_seed0"]

@@ -46,10 +46,16 @@ def test_rows_keep_naming_the_encoder_they_measured_when_a_default_changes(monke
     from sne.bench.runs import configuration_name, options_key
     from sne.encoders import sne as sne_module
 
+    # Then: the chunk stage at full width by default, no default changed yet; rows trained as SNE
+    # trains by default (training switches are tests/test_training_defaults.py's).
+    monkeypatch.setitem(sne_module.DEFAULT_OPTIONS, "chunk_hidden", None)
+    monkeypatch.setattr(sne_module.SNEEncoder, "defaults_of_older_configs", {})
+    monkeypatch.setattr(sne_module.SNEEncoder, "default_train_options", {})
     old_row = {"encoder": "sne", "encoder_options_given": {}}  # written before rows recorded every option
     narrow = {"encoder": "sne", "encoder_options_given": {"chunk_hidden": 32},
               "encoder_options_resolved": {**sne_module.DEFAULT_OPTIONS, "chunk_hidden": 32}}
     assert [configuration_name(r) for r in (old_row, narrow)] == ["sne", "sne_chunk_hidden-32"]
+    # Now: a release narrows the chunk stage by default.
     monkeypatch.setitem(sne_module.DEFAULT_OPTIONS, "chunk_hidden", 32)
     monkeypatch.setattr(sne_module.SNEEncoder, "defaults_of_older_configs", {"chunk_hidden": None})
     new_row = {"encoder": "sne", "encoder_options_given": {},

@@ -33,6 +33,10 @@ from sne.weights.trace import record_from_module
 ALL_FAMILIES = [*FAMILIES.items(), *HELD_OUT_VARIANTS]
 NAMES = [name for name, _ in ALL_FAMILIES]
 SMALL_SNE = {"hidden": 16}  # otherwise the default options
+#: The first release's SNE where later defaults differ: one set per layer part, the chunk stage at
+#: full width, no neuron features.
+FIRST_RELEASE_SNE = {"part_window": None, "chunk_hidden": None, "use_source_features": False,
+                     "use_own_neuron_features": False}
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +242,7 @@ def test_chain_chunks_are_the_first_release_layout():
 def test_chain_context_is_the_first_release_encoding():
     """Type at its index, level at 8 + level, on the same sinusoidal axis (the first release's)."""
     torch.manual_seed(0)
-    encoder = SNEEncoder(hidden=16, standardize_layers=False).double()
+    encoder = SNEEncoder(hidden=16, standardize_layers=False, **FIRST_RELEASE_SNE).double()
     batch = encoder.prepare([chain_cnn()])
     context = encoder._chunk_context(batch, torch.float64, 0, len(batch.chunk_type))
     expected = sinusoidal_encoding(batch.chunk_type, 16, dtype=torch.float64) + sinusoidal_encoding(
@@ -248,7 +252,7 @@ def test_chain_context_is_the_first_release_encoding():
 
 def test_first_release_checkpoints_load_and_give_the_same_codes_for_chains():
     torch.manual_seed(0)
-    encoder = SNEEncoder(hidden=16).double()
+    encoder = SNEEncoder(hidden=16, **FIRST_RELEASE_SNE).double()
     chains = [chain_mlp([2, 8, 1]), chain_cnn(), chain_mlp([3, 40, 40, 2], seed=1)]
     encoder.fit_input_statistics(chains)
     expected = encoder.eval()(encoder.prepare(chains))
@@ -258,7 +262,7 @@ def test_first_release_checkpoints_load_and_give_the_same_codes_for_chains():
     old["stats_std"] = old["stats_std"][:, :FIRST_RELEASE_CHUNK_TYPES].clone()
     del old["merge_tokens"]
     torch.manual_seed(1)
-    loaded = SNEEncoder(hidden=16).double()
+    loaded = SNEEncoder(hidden=16, **FIRST_RELEASE_SNE).double()
     loaded.load_state_dict(old)  # strict
     torch.testing.assert_close(loaded.eval()(loaded.prepare(chains)), expected, atol=0, rtol=0)
     assert (loaded.stats_std[:, FIRST_RELEASE_CHUNK_TYPES:] == 1).all()

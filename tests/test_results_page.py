@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+from sne.encoders.sne import DEFAULT_OPTIONS, SNEEncoder
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -17,10 +19,20 @@ def test_results_page_is_regenerated_from_the_result_files():
     assert (ROOT / "docs" / "RESULTS.md").read_text() == page().render(), "run `make results` and commit"
 
 
+def _at_todays_defaults(encoder, options):
+    """What a row trained at today's defaults records beside the options given: for SNE, the options
+    it resolved to and its training default (rows are named apart from the current defaults)."""
+    if encoder != "sne":
+        return {}
+    return {"encoder_options_resolved": {**DEFAULT_OPTIONS, **options},
+            "permutation_augment": SNEEncoder.train_defaults(options).get("permutation_augment", False)}
+
+
 def _transfer_row(encoder, options, seed, taus, epochs=15):
     return {"encoder": encoder, "encoder_options_given": options, "seed": seed, "train_zoo": "home",
             "encoder_parameters": 1000, "train_seconds": 60.0, "hardware": {"device": "cpu", "threads": 1}, "epochs": epochs,
-            "evaluations": {zoo: {"kendall_tau": tau, "normalized_mse": 1 - tau} for zoo, tau in taus.items()}}
+            "evaluations": {zoo: {"kendall_tau": tau, "normalized_mse": 1 - tau} for zoo, tau in taus.items()},
+            **_at_todays_defaults(encoder, options)}
 
 
 def test_a_study_with_one_training_zoo_is_one_table_with_the_drop_from_home():
@@ -42,7 +54,7 @@ def test_a_study_with_one_training_zoo_is_one_table_with_the_drop_from_home():
 
 def _inr_row(encoder, options, seed, nmse, weight=0.0, epochs=50):
     return {"encoder": encoder, "encoder_options_given": options, "train_seed": seed, "invariance_weight": weight,
-            "epochs": epochs, "metrics": {"normalized_mse": nmse}}
+            "epochs": epochs, "metrics": {"normalized_mse": nmse}, **_at_todays_defaults(encoder, options)}
 
 
 def test_where_sne_stands_lists_each_sne_configuration_beside_the_best_other_encoder(tmp_path, monkeypatch):
@@ -53,9 +65,12 @@ def test_where_sne_stands_lists_each_sne_configuration_beside_the_best_other_enc
     inr = {"zoo": zoo, "entries": [
         _inr_row("sne", {}, 0, 0.6), _inr_row("sne", {}, 1, 0.4), _inr_row("sne", {}, 0, 0.1, weight=1.0),
         _inr_row("ng_gnn", {}, 0, 0.05), _inr_row("statnn", {}, 0, 0.7)]}
+    # An ablation row apart from today's defaults in an option and in its training.
+    augments = SNEEncoder.train_defaults({}).get("permutation_augment", False)
     ablation = {"zoo": zoo, "entries": [
-        {**_inr_row("sne", {}, 0, 0.2, epochs=30), "encoder_options_used": {"use_source_features": True},
-         "train_networks": 6, "fraction": None, "permutation_augment": True},
+        {**_inr_row("sne", {"use_input_positions": True}, 0, 0.2, epochs=30),
+         "encoder_options_used": {"use_input_positions": True}, "train_networks": 6, "fraction": None,
+         "permutation_augment": not augments},
         {**_inr_row("sne", {}, 0, 0.9, epochs=30), "encoder_options_used": {}, "train_networks": 3, "fraction": 0.5}]}
     cross = {"entries": [_transfer_row("sne", {}, 0, {"home": 0.6, "far": 0.4}),
                          _transfer_row("deepsets", {}, 0, {"home": 0.5, "far": 0.1})]}
@@ -69,6 +84,6 @@ def test_where_sne_stands_lists_each_sne_configuration_beside_the_best_other_enc
     assert rows[0] == "| configuration | INR frequency, normalised MSE | cross-dataset, mean tau |"
     # Seeds averaged, the lambda-1 row and the half-data row left out, epochs named.
     assert rows[1] == "| sne | 0.500 ± 0.10 (50 ep, 2 seeds) | 0.500 (15 ep, 1 seed) |"
-    assert rows[2].startswith("| sne (augment_permutations=true, use_source_features=true) | 0.200 (30 ep, 1 seed) | "
-                              "not run |")
+    assert rows[2].startswith(f"| sne (augment_permutations={json.dumps(not augments)}, use_input_positions=true) | "
+                              "0.200 (30 ep, 1 seed) | not run |")
     assert rows[3] == "| best other encoder | ng_gnn: 0.050 (50 ep, 1 seed) | deepsets: 0.300 (15 ep, 1 seed) |"

@@ -90,6 +90,8 @@ def test_a_run_is_not_resumed_with_an_encoder_whose_defaults_changed(shared_sine
     config = TrainConfig(zoo=str(shared_sine_zoo.path), target="frequency", encoder="sne",
                          encoder_options={"hidden": 16, "heads": 2, "out_dim": 8}, epochs=2, batch_size=32,
                          head_hidden=[16], seed=0, device="cpu")
+    # A release whose default runs the chunk stage at full width.
+    monkeypatch.setitem(sne_module.DEFAULT_OPTIONS, "chunk_hidden", None)
     fit_killed_in_second_epoch(config, tmp_path / "run", monkeypatch)
     # A run made before an option existed (its checkpoint lacks the option) resumes: the option then
     # takes its default, which is what such runs were built with.

@@ -16,6 +16,8 @@ from sne.weights.record import Layer, NetworkRecord, make_layer
 
 SMALL = {"hidden": 16, "heads": 2, "num_sab": 1, "out_dim": 8}
 SWITCHES = [name for name in DEFAULT_OPTIONS if name.startswith("use_")]
+#: SNE given no features of the neurons a weight links (what the paper's row-as-set chunks see).
+NO_NEURON_FEATURES = {"use_source_features": False, "use_own_neuron_features": False}
 
 
 def mlp(widths: list[int], generator: torch.Generator, scale: float = 1.0, dtype=torch.float32) -> NetworkRecord:
@@ -301,14 +303,15 @@ def test_learns_the_weight_scale_of_random_mlps():
 
 def test_blind_to_which_neuron_a_weight_comes_from():
     """What SNE's row-as-set encoding costs: shuffling each neuron's incoming weights among its inputs
-    (a different function, see sne.weights.shuffle_incoming) leaves its code of a SIREN unchanged."""
+    (a different function, see sne.weights.shuffle_incoming) leaves its code of a SIREN unchanged
+    when no neuron features are given."""
     from sne.weights import shuffle_incoming
 
     g = torch.Generator().manual_seed(2)
     records = [mlp([1, 32, 32, 1], g, dtype=torch.float64) for _ in range(3)]
     shuffled = [shuffle_incoming(r, torch.Generator().manual_seed(i)) for i, r in enumerate(records)]
     assert all(not torch.equal(a.layers[1].weight, b.layers[1].weight) for a, b in zip(records, shuffled))
-    encoder = SNEEncoder(**SMALL).double()
+    encoder = SNEEncoder(**SMALL, **NO_NEURON_FEATURES).double()
     torch.testing.assert_close(encode(encoder, shuffled), encode(encoder, records), atol=1e-9, rtol=0)
 
 
@@ -320,7 +323,8 @@ def test_source_features_see_which_neuron_a_weight_comes_from():
     records = [mlp([1, 32, 32, 1], g, dtype=torch.float64) for _ in range(3)]
     shuffled = [shuffle_incoming(r, torch.Generator().manual_seed(i)) for i, r in enumerate(records)]
     torch.manual_seed(0)
-    encoder = SNEEncoder(**SMALL, use_source_features=True).double()
+    # Own-neuron features see the shuffle too (it changes how the next layer reads each neuron): off.
+    encoder = SNEEncoder(**SMALL, use_source_features=True, use_own_neuron_features=False).double()
     # Untrained, eval-mode codes differ little between networks (see SetPool), hence the small bound.
     assert not torch.allclose(encode(encoder, shuffled), encode(encoder, records), atol=1e-9, rtol=0)
 
@@ -382,13 +386,15 @@ def test_own_neuron_features_keep_sne_invariant_to_hidden_permutations():
                 for r in records]
     unordered = dict(use_chunk_index_encoding=False, use_row_slot_encoding=False)
     torch.manual_seed(0)
-    encoder = SNEEncoder(**SMALL, **unordered, use_own_neuron_features=True).double().eval()
+    # Source features see the rewiring below too (they move with the inputs read): off.
+    encoder = SNEEncoder(**SMALL, **unordered, use_own_neuron_features=True,
+                         use_source_features=False).double().eval()
     torch.testing.assert_close(encode(encoder, permuted), encode(encoder, records), atol=1e-9, rtol=0)
     # The last layer reading its inputs in another order (another function): plain SNE sees the same
     # sets of values, SNE with own-neuron features sees which neurons are read how strongly.
     rewired = [r.with_layers([*r.layers[:2], r.layers[2].with_tensors(weight=r.layers[2].weight.flip(1))])
                for r in records]
-    plain = SNEEncoder(**SMALL, **unordered).double().eval()
+    plain = SNEEncoder(**SMALL, **unordered, **NO_NEURON_FEATURES).double().eval()
     torch.testing.assert_close(encode(plain, rewired), encode(plain, records), atol=1e-9, rtol=0)
     assert not torch.allclose(encode(encoder, rewired), encode(encoder, records), atol=1e-9, rtol=0)
 
@@ -502,9 +508,9 @@ def _chunk_codes(encoder: SNEEncoder, records: list[NetworkRecord]) -> torch.Ten
 
 
 def test_source_codes_see_which_neuron_a_weight_comes_from_and_move_with_it():
-    """With neuron order unencoded (one SIREN row per chunk, no chunk-index or row-slot encoding),
-    SNE is exactly invariant to neuron permutations and blind to shuffled incoming weights; learned
-    source codes keep the invariance and see the shuffle."""
+    """With neuron order unencoded (one SIREN row per chunk, no chunk-index or row-slot encoding) and
+    no neuron features, SNE is exactly invariant to neuron permutations and blind to shuffled
+    incoming weights; learned source codes keep the invariance and see the shuffle."""
     from sne.weights import random_equivalent_permutation, shuffle_incoming
 
     g = torch.Generator().manual_seed(2)
@@ -514,7 +520,7 @@ def test_source_codes_see_which_neuron_a_weight_comes_from_and_move_with_it():
     for rounds in (0, 1, 2):
         torch.manual_seed(0)
         encoder = SNEEncoder(**SMALL, chunk_size=32, source_code_rounds=rounds, use_chunk_index_encoding=False,
-                             use_row_slot_encoding=False).double().eval()
+                             use_row_slot_encoding=False, **NO_NEURON_FEATURES).double().eval()
         codes = _chunk_codes(encoder, records)
         moved = _chunk_codes(encoder, permuted)
         torch.testing.assert_close(moved.sort(0).values, codes.sort(0).values, rtol=0, atol=1e-12)

@@ -21,7 +21,7 @@ TINY = ["-o", "sne.hidden=16", "-o", "sne.heads=2", "-o", "sne.num_sab=1", "-o",
 
 @pytest.fixture
 def augmenting_sne(monkeypatch):
-    """SNE as if augmentation were its training default."""
+    """SNE with augmentation as its training default, pinned whatever default SNE ships."""
     monkeypatch.setattr(SNEEncoder, "default_train_options", {"permutation_augment": True})
 
 
@@ -50,14 +50,20 @@ def test_the_cli_flag_turns_a_default_augmentation_off_and_encoders_lists_it(aug
 
 
 def test_rows_name_training_switches_apart_from_their_encoders_defaults(augmenting_sne):
-    row = {"encoder": "sne", "encoder_options_given": {}}
+    # Rows at today's encoder options, so that only their training switches name them.
+    row = {"encoder": "sne", "encoder_options_given": {}, "encoder_options_resolved": dict(DEFAULT_OPTIONS)}
     assert configuration_options({**row, "permutation_augment": True}) == {}
     assert configuration_options({**row, "permutation_augment": False}) == {"augment_permutations": False}
     assert configuration_options(row) == {"augment_permutations": False}  # written before the switch: off
-    paper = {"encoder": "sne", "encoder_options_given": {"preset": "paper"}, "permutation_augment": False}
+    paper = {"encoder": "sne", "encoder_options_given": {"preset": "paper"},
+             "encoder_options_resolved": {**DEFAULT_OPTIONS, **PRESETS["paper"]}, "permutation_augment": False}
     assert configuration_options(paper) == {"preset": "paper"}
     assert configuration_options({**paper, "permutation_augment": True}) == {"preset": "paper",
                                                                             "augment_permutations": True}
+    # An encoder that does not augment by default is named when it does.
+    peer = {"encoder": "mlp", "encoder_options_given": {}}
+    assert configuration_options({**peer, "permutation_augment": False}) == {}
+    assert configuration_options({**peer, "permutation_augment": True}) == {"augment_permutations": True}
 
 
 def test_run_directories_spell_augmentation_whatever_the_defaults(augmenting_sne, tmp_path):
@@ -72,13 +78,21 @@ def test_run_directories_spell_augmentation_whatever_the_defaults(augmenting_sne
 
 
 def test_rows_keep_meaning_the_options_they_resolved_to_when_a_default_changes(monkeypatch):
-    then = dict(DEFAULT_OPTIONS)
-    monkeypatch.setitem(DEFAULT_OPTIONS, "chunk_hidden", 32)
-    monkeypatch.setitem(DEFAULT_OPTIONS, "use_source_features", True)
+    def defaults(chunk_hidden, source_features):
+        monkeypatch.setitem(DEFAULT_OPTIONS, "chunk_hidden", chunk_hidden)
+        monkeypatch.setitem(DEFAULT_OPTIONS, "use_source_features", source_features)
+        return dict(DEFAULT_OPTIONS)
+
+    then = defaults(None, False)
+    now = defaults(32, True)
     old_default = {"encoder": "sne", "encoder_options_given": {}, "encoder_options_resolved": then}
+    new_default = {**old_default, "encoder_options_resolved": now}
     assert options_apart_from_defaults(old_default) == {"chunk_hidden": None, "use_source_features": False}
-    new_default = {**old_default, "encoder_options_resolved": dict(DEFAULT_OPTIONS)}
     assert options_apart_from_defaults(new_default) == {}
+    # The other way round: a row at the later defaults read where the earlier ones hold.
+    defaults(None, False)
+    assert options_apart_from_defaults(old_default) == {}
+    assert options_apart_from_defaults(new_default) == {"chunk_hidden": 32, "use_source_features": True}
     paper = {"encoder": "sne", "encoder_options_given": {"preset": "paper", "heads": 2},
              "encoder_options_resolved": {**DEFAULT_OPTIONS, **PRESETS["paper"], "heads": 2}}
     assert options_apart_from_defaults(paper) == {"preset": "paper", "heads": 2}
@@ -86,6 +100,18 @@ def test_rows_keep_meaning_the_options_they_resolved_to_when_a_default_changes(m
     peer = {"encoder": "ng_gnn", "encoder_options_given": {"hidden": 8}, "encoder_options_resolved": {"hidden": 8,
                                                                                                      "layers": 3}}
     assert options_apart_from_defaults(peer) == {"hidden": 8}
+
+
+def test_a_row_that_resolved_its_options_before_one_existed_reads_it_at_its_earlier_default(monkeypatch):
+    """Rows recorded every option before use_own_neuron_features existed: such a row was trained
+    without own-neuron features, whatever the default is now."""
+    monkeypatch.setattr(SNEEncoder, "defaults_of_older_configs", {"use_own_neuron_features": False})
+    monkeypatch.setitem(DEFAULT_OPTIONS, "use_own_neuron_features", False)
+    resolved = {k: v for k, v in DEFAULT_OPTIONS.items() if k != "use_own_neuron_features"}
+    row = {"encoder": "sne", "encoder_options_given": {}, "encoder_options_resolved": resolved}
+    assert options_apart_from_defaults(row) == {}
+    monkeypatch.setitem(DEFAULT_OPTIONS, "use_own_neuron_features", True)
+    assert options_apart_from_defaults(row) == {"use_own_neuron_features": False}
 
 
 def test_augmentation_trains_networks_of_unknown_symmetries_as_they_are():

@@ -10,10 +10,18 @@ from conftest import run_cli
 from sne.bench.results import write_merged
 from sne.bench.transfer import summarize
 from sne.encoders import options_for_encoder
+from sne.encoders.sne import DEFAULT_OPTIONS, SNEEncoder
 from sne.errors import SneError
 from sne.zoo import generate_zoo
 
 SMALL_SNE = ["-o", "hidden=16", "-o", "heads=2", "-o", "out_dim=8", "-o", "num_sab=1"]
+
+
+@pytest.fixture
+def sne_trains_unaugmented(monkeypatch):
+    """SNE without augmentation as its training default, pinned whatever default SNE ships: run
+    directories spell augmentation as a run has it, results rows name it apart from the default."""
+    monkeypatch.setattr(SNEEncoder, "default_train_options", {})
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +31,8 @@ def second_zoo(tmp_path_factory):
                         progress=False)
 
 
-def test_cross_dataset_writes_a_full_table_plots_and_resumes(shared_sine_zoo, second_zoo, tmp_path, capsys):
+def test_cross_dataset_writes_a_full_table_plots_and_resumes(sne_trains_unaugmented, shared_sine_zoo, second_zoo,
+                                                             tmp_path, capsys):
     zoos = f"{shared_sine_zoo.path},{second_zoo.path}"
     common = ["--encoders", "sne", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
               "--device", "cpu", "--epochs", "2", "--batch-size", "16", *SMALL_SNE]
@@ -103,22 +112,26 @@ def test_scoped_encoder_options_reach_only_their_encoder():
 
 
 def test_summary_keeps_an_encoder_with_options_apart_from_its_defaults():
+    # Rows trained at today's defaults, one of them given an option apart from them.
+    trained = {"train_zoo": "a", "encoder_options_resolved": dict(DEFAULT_OPTIONS),
+               "permutation_augment": SNEEncoder.train_defaults({}).get("permutation_augment", False)}
     entries = [
-        {"encoder": "sne", "train_zoo": "a", "evaluations": {"a": {"kendall_tau": 0.5}}},
-        {"encoder": "sne", "encoder_options_given": {"use_source_features": True}, "train_zoo": "a",
+        {"encoder": "sne", **trained, "evaluations": {"a": {"kendall_tau": 0.5}}},
+        {"encoder": "sne", **trained, "encoder_options_given": {"use_input_positions": True},
+         "encoder_options_resolved": {**DEFAULT_OPTIONS, "use_input_positions": True},
          "evaluations": {"a": {"kendall_tau": 0.9}}},
     ]
     summary = summarize(entries)
-    assert set(summary) == {"sne", "sne_use_source_features-true"}
+    assert set(summary) == {"sne", "sne_use_input_positions-true"}
     assert summary["sne"]["a"]["average"] == pytest.approx(0.5)
-    assert summary["sne_use_source_features-true"]["a"]["average"] == pytest.approx(0.9)
+    assert summary["sne_use_input_positions-true"]["a"]["average"] == pytest.approx(0.9)
 
 
-def test_augmented_runs_are_a_configuration_of_their_own(shared_sine_zoo, tmp_path, capsys):
+def test_augmented_runs_are_a_configuration_of_their_own(sne_trains_unaugmented, shared_sine_zoo, tmp_path, capsys):
     common = ["--zoos", str(shared_sine_zoo.path), "--target", "frequency", "--encoders", "sne", "--runs",
               str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--device", "cpu", "--epochs", "1",
               "--batch-size", "16", *SMALL_SNE]
-    for extra in ([], ["--augment-permutations"]):
+    for extra in (["--no-augment-permutations"], ["--augment-permutations"]):
         code, _, err = run_cli(["bench", "cross-dataset", *common, *extra], capsys)
         assert code == 0, err
     result = json.loads((tmp_path / "results" / "cross_dataset.json").read_text())
@@ -131,11 +144,18 @@ def test_augmented_runs_are_a_configuration_of_their_own(shared_sine_zoo, tmp_pa
         assert config["permutation_augment"] == (name == augmented)
 
 
-def test_rows_written_before_the_augmentation_switch_read_as_unaugmented():
+def test_rows_written_before_the_augmentation_switch_read_as_unaugmented(monkeypatch):
     from sne.bench.runs import configuration_name, options_key
 
+    # How such rows read options that changed default since is tests/test_bench_results.py's.
+    monkeypatch.setattr(SNEEncoder, "defaults_of_older_configs", {})
     old_row = {"encoder": "sne", "encoder_options_given": {"hidden": 16}}
     plain = {**old_row, "permutation_augment": False}
     augmented = {**old_row, "permutation_augment": True}
-    assert options_key(old_row) == options_key(plain) != options_key(augmented)
-    assert configuration_name(augmented) == "sne_augment_permutations-true_hidden-16"
+    for training_defaults, names in (
+        ({}, ["sne_hidden-16", "sne_augment_permutations-true_hidden-16"]),
+        ({"permutation_augment": True}, ["sne_augment_permutations-false_hidden-16", "sne_hidden-16"]),
+    ):
+        monkeypatch.setattr(SNEEncoder, "default_train_options", training_defaults)
+        assert options_key(old_row) == options_key(plain) != options_key(augmented)
+        assert [configuration_name(r) for r in (old_row, augmented)] == names

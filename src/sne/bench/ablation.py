@@ -11,7 +11,8 @@ Studies (:data:`STUDIES`):
 
 - ``components``: full SNE, then one part removed per row (the paper's Table 6), then the parts we
   added switched off or on (layer standardisation, batch norm after pooling, chunk-index and
-  row-slot encodings, source features, input positions).
+  row-slot encodings, source and own-neuron features, input positions, the chunk stage's width,
+  canonical order, learned source codes); a row equal to the base is listed, not trained again.
 - ``chunk-size``: chunk sizes 4, 8, 16, 32 and 64 (Table 7).
 - ``invariance``: the logit-invariance weight lambda at 0, 0.3, 1, 3 and 10, and permutation
   augmentation alone and with lambda 1.
@@ -89,6 +90,11 @@ def _components() -> list[AblationRow]:
         AblationRow("own-neuron-features", "ours: with own-neuron features", options={"use_own_neuron_features": True}),
         AblationRow("neuron-features", "ours: with source and own-neuron features",
                     options={"use_source_features": True, "use_own_neuron_features": True}),
+        AblationRow("no-source-features", "ours: without source features", options={"use_source_features": False}),
+        AblationRow("no-own-neuron-features", "ours: without own-neuron features",
+                    options={"use_own_neuron_features": False}),
+        AblationRow("full-width-chunks", "ours: chunk stage at the full width (chunk_hidden=null)",
+                    options={"chunk_hidden": None}),
         AblationRow("canonical-order", "ours: with canonical neuron order", options={"canonical_order": True}),
         AblationRow("source-codes", "ours: with learned source codes (2 rounds)", options={"source_code_rounds": 2}),
     ]

@@ -91,19 +91,18 @@ def options_tag(options: dict) -> str:
 def options_apart_from_defaults(entry: dict) -> dict:
     """A results row's encoder options that differ from the encoder's current defaults
     (``Encoder.options_baseline``): those given, and those it resolved to (``encoder_options_resolved``)
-    or, for a row written before rows recorded them, the defaults of that time where they have
-    changed since (``Encoder.defaults_of_older_configs``). So a row keeps meaning the encoder it
-    measured when a default changes."""
+    or, for an option it did not record (a row written before rows recorded them, or before the
+    option existed), the default of that time where it has changed since
+    (``Encoder.defaults_of_older_configs``). So a row keeps meaning the encoder it measured when a
+    default changes."""
     given = dict(entry.get("encoder_options_given") or {})
     try:
         cls = get_encoder_class(entry["encoder"])
     except (KeyError, SneError):  # a row naming no encoder, or one this release no longer has: as given
         return given
     baseline = cls.options_baseline(given)
-    if "encoder_options_resolved" in entry:
-        given.update({k: v for k, v in entry["encoder_options_resolved"].items() if k in baseline})
-    else:
-        given = {**cls.defaults_of_older_configs, **given}
+    resolved = {k: v for k, v in (entry.get("encoder_options_resolved") or {}).items() if k in baseline}
+    given = {**cls.defaults_of_older_configs, **given, **resolved}
     return {k: v for k, v in given.items() if k not in baseline or baseline[k] != v}
 
 

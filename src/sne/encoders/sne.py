@@ -61,7 +61,8 @@ from sne.weights.batch import with_parameter_values
 from sne.weights.permute import canonicalize_hidden
 from sne.weights.record import KIND_BY_WEIGHT_NDIM, NetworkRecord
 
-#: Options and their defaults (the paper's settings, but part_window; chunk_micro_batch=None: no micro-batching).
+#: Options and their defaults (chunk_micro_batch=None: no micro-batching); the paper's settings are
+#: ``preset=paper`` (:data:`PRESETS`).
 DEFAULT_OPTIONS: dict[str, Any] = {
     "chunk_size": 32,
     "hidden": 64,
@@ -75,14 +76,14 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "use_row_slot_encoding": True,
     "use_set_functions": True,
     "use_hierarchy": True,
-    "use_source_features": False,
+    "use_source_features": True,
     "use_input_positions": False,
-    "use_own_neuron_features": False,
+    "use_own_neuron_features": True,
     "standardize_layers": True,
     "batch_norm": True,
     "chunk_micro_batch": None,
     "part_window": 64,
-    "chunk_hidden": None,
+    "chunk_hidden": 32,
     "canonical_order": False,
     "source_code_rounds": 0,
 }
@@ -91,7 +92,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 #: describes it, for reproducing its numbers: one set per layer part, the chunk stage at full width,
 #: raw weights (no layer standardisation) and no batch norm after pooling.
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"part_window": None, "chunk_hidden": None, "standardize_layers": False, "batch_norm": False},
+    "paper": {"part_window": None, "chunk_hidden": None, "standardize_layers": False, "batch_norm": False,
+              "use_source_features": False, "use_own_neuron_features": False},
 }
 
 #: Training settings of a preset (TrainConfig fields), under those the user sets: the paper trains
@@ -264,13 +266,14 @@ class SNEEncoder(Encoder):
     ``use_level_encoding``, ``use_chunk_index_encoding``, ``use_row_slot_encoding``,
     ``use_set_functions`` (off: per-element MLPs and mean pooling instead of SABs and PMA),
     ``use_hierarchy`` (off: all chunk codes of a network form one set for the network encoder).
-    ``use_source_features`` (off by default, as in the paper): every weight also carries features
+    ``use_source_features`` (on by default; off in the paper): every weight also carries features
     of the neuron it comes from (:mod:`sne.encoders.chunking`, "Source neurons"), the cross-layer
     link that a row-as-set encoding otherwise loses. ``use_input_positions`` (off by default, as in
     the paper): every first-layer weight also carries its input's coordinate (:mod:`sne.encoders.chunking`,
-    "Input positions"), so the inputs of a 2-D INR are told apart. ``use_own_neuron_features`` (off by
-    default): every weight and bias also carries features of the neuron it belongs to as the next
-    layer reads it (:mod:`sne.encoders.chunking`, "Own neurons"), the link in the other direction.
+    "Input positions"), so the inputs of a 2-D INR are told apart. ``use_own_neuron_features`` (on by
+    default; off in the paper): every weight and bias also carries features of the neuron it belongs
+    to as the next layer reads it (:mod:`sne.encoders.chunking`, "Own neurons"), the link in the other
+    direction.
     Non-chain records: source features and input positions are given where they are defined
     (see :mod:`sne.encoders.chunking`) and are zeros elsewhere, which in residual and attention
     networks is most layers.
@@ -284,9 +287,10 @@ class SNEEncoder(Encoder):
     runs, so micro-batching changes neither codes nor gradients nor running statistics.
     ``part_window``: chunks pooled together in the part stage (:meth:`_part_codes`); ``None`` is the
     paper's stage, one set per part, whose cost grows with the square of a layer's size.
-    ``chunk_hidden``: width of the element and chunk stages (``None``: ``hidden``, the paper's), with
-    heads of the other stages' width; their codes are projected to ``hidden`` after the chunk pool. That stage runs once per
-    ``chunk_size`` parameters and costs nearly all of SNE's FLOPs, so halving it quarters them.
+    ``chunk_hidden``: width of the element and chunk stages (by default 32, half of ``hidden``;
+    ``None``: ``hidden``, the paper's), with heads of the other stages' width; their codes are
+    projected to ``hidden`` after the chunk pool. That stage runs once per ``chunk_size`` parameters
+    and costs nearly all of SNE's FLOPs, so halving it quarters them.
     ``canonical_order``: encode every plain chain in canonical neuron order
     (:func:`sne.weights.canonicalize_hidden`: each hidden layer's neurons sorted by the norm of their
     parameters), so all functionally-equivalent permutations of a chain get the same code, and the
@@ -304,6 +308,8 @@ class SNEEncoder(Encoder):
 
     weight_outputs = True
     default_options = DEFAULT_OPTIONS
+    default_train_options = {"permutation_augment": True}
+    defaults_of_older_configs = {"chunk_hidden": None, "use_source_features": False, "use_own_neuron_features": False}
 
     @classmethod
     def train_defaults(cls, options: dict[str, Any]) -> dict[str, Any]:
