@@ -529,3 +529,46 @@ def test_source_codes_see_which_neuron_a_weight_comes_from_and_move_with_it():
         with torch.no_grad():
             torch.testing.assert_close(encoder(encoder.plan(records)), encoder(encoder.prepare(records)),
                                        rtol=0, atol=1e-12)
+
+
+# --- layer statistics of levels no training network had ------------------------------------------
+
+
+def test_unseen_levels_take_the_nearest_fitted_levels_statistics_per_type():
+    from sne.encoders.sne import fill_unseen_levels
+
+    mean, std = torch.zeros(8, 3, 2), torch.ones(8, 3, 2)
+    for level, value in ((1, 1.0), (3, 3.0), (4, 4.0)):  # type 0 fitted at levels 1, 3, 4
+        mean[level, 0], std[level, 0] = value, 10 * value
+    mean[0, 1], std[0, 1] = -1.0, 0.5  # type 1 at level 0 only; type 2 never
+    filled_mean, filled_std = fill_unseen_levels(mean, std)
+    # Level 0 -> 1; 2 is as near to 1 as to 3 and takes the deeper; 5..7 -> 4.
+    assert filled_mean[:, 0, 0].tolist() == [1.0, 1.0, 3.0, 3.0, 4.0, 4.0, 4.0, 4.0]
+    assert filled_std[:, 0, 1].tolist() == [10.0, 10.0, 30.0, 30.0, 40.0, 40.0, 40.0, 40.0]
+    assert filled_mean[:, 1, 0].tolist() == [-1.0] * 8 and filled_std[:, 1, 0].tolist() == [0.5] * 8
+    assert filled_mean[:, 2].eq(0).all() and filled_std[:, 2].eq(1).all()  # never seen: read raw
+    again = fill_unseen_levels(filled_mean, filled_std)
+    assert again[0].equal(filled_mean) and again[1].equal(filled_std)  # idempotent: loading a filled table
+
+
+def test_a_network_deeper_than_the_training_networks_reads_its_extra_layers_like_their_nearest():
+    g = torch.Generator().manual_seed(4)
+    encoder = SNEEncoder(**SMALL).double()
+    encoder.fit_input_statistics([mlp([4, 8, 8, 3], g, dtype=torch.float64) for _ in range(6)])
+    deep = mlp([4, 8, 8, 8, 8, 3], g, dtype=torch.float64)
+    batch = encoder.prepare([deep])
+    normalized = encoder._normalized_part_stats(batch, 0, batch.chunk_type.shape[0])
+    raw = batch.part_stats[batch.chunk_part]
+    for level in (3, 4):  # the training networks' last level is 2
+        at, last = batch.chunk_level == level, batch.chunk_level == 2
+        for kind in batch.chunk_type[at].unique():
+            reference = encoder.stats_mean[2, kind], encoder.stats_std[2, kind]
+            rows = at & (batch.chunk_type == kind)
+            assert (last & (batch.chunk_type == kind)).any()
+            torch.testing.assert_close(normalized[rows], (raw[rows] - reference[0]) / reference[1], rtol=0, atol=0)
+    # A checkpoint written before the fill (unseen levels still the identity) loads filled.
+    state = {name: tensor.clone() for name, tensor in encoder.state_dict().items()}
+    state["stats_mean"][3:], state["stats_std"][3:] = 0.0, 1.0
+    fresh = SNEEncoder(**SMALL).double()
+    fresh.load_state_dict(state)
+    assert fresh.stats_mean.equal(encoder.stats_mean) and fresh.stats_std.equal(encoder.stats_std)

@@ -102,7 +102,7 @@ PRESET_TRAINING: dict[str, dict[str, Any]] = {"paper": {"permutation_augment": F
 
 #: Most kernel dimensions of any layer kind (conv3d); tap coordinates are zero-padded to it.
 MAX_KERNEL_DIMS = max(KIND_BY_WEIGHT_NDIM) - 2
-#: Levels whose layer statistics are normalised with fitted training statistics (deeper: raw).
+#: Levels in the layer-statistics tables (deeper levels read the deepest: see fill_unseen_levels).
 MAX_NORMALIZED_LEVELS = 128
 #: Floor of a fitted statistic's spread across networks: coarser than common.STD_FLOOR, because the
 #: statistics are (mean, log std) of whole parts, and a near-constant one carries no signal worth 1e6x.
@@ -115,6 +115,26 @@ INFERENCE_CHUNKS = 128
 TRAINING_CHUNKS = 128
 #: Windows of the part stage encoded at a time (:meth:`SNEEncoder._part_codes`).
 WINDOW_RUN = 256
+
+
+def fill_unseen_levels(mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer-statistics tables ``(levels, chunk types, 2)`` in which every level no training network
+    had takes, per chunk type, the statistics of the nearest level one had (the deeper on a tie).
+
+    A network deeper than the training networks (another architecture) has its extra layers'
+    statistics standardised like those of the training networks' nearest layers of the same type
+    instead of read raw, far outside what the encoder was trained on. An entry counts as unfitted
+    while it is the identity (mean 0, std 1 in both statistics); a type no training network had stays
+    the identity. Fitted entries are unchanged, so networks like the training networks encode as before."""
+    fitted = ((mean != 0) | (std != 1)).any(-1)  # (levels, types)
+    levels = torch.arange(mean.shape[0], device=mean.device)
+    # Twice the distance, less one for the deeper of two equally near levels.
+    cost = 2 * (levels[:, None] - levels[None, :]).abs() - (levels[None, :] > levels[:, None]).long()
+    cost = torch.where(fitted.T[:, None, :], cost[None], cost.new_tensor(4 * mean.shape[0]))  # (types, level, source)
+    source = cost.argmin(-1).T  # (levels, types)
+    types = torch.arange(mean.shape[1], device=mean.device)
+    known = fitted.any(0)[None, :, None]
+    return torch.where(known, mean[source, types], mean), torch.where(known, std[source, types], std)
 
 
 def tap_features(coordinates: torch.Tensor) -> torch.Tensor:
@@ -376,7 +396,8 @@ class SNEEncoder(Encoder):
                               error_msgs) -> None:
         """Read checkpoints of the first release too: their chunk-type statistics cover its eight
         types (the new types get the identity, as before fitting) and they have no merge tokens
-        (this encoder's initial ones are kept: chains, all that release read, use none)."""
+        (this encoder's initial ones are kept: chains, all that release read, use none). Levels
+        their training networks lacked are filled as :func:`fill_unseen_levels` says."""
         if prefix + "readout.weight" in state_dict:
             for name, fill in (("stats_mean", 0.0), ("stats_std", 1.0)):
                 old = state_dict.get(prefix + name)
@@ -386,6 +407,10 @@ class SNEEncoder(Encoder):
                     new[:, : old.shape[1]] = old
                     state_dict[prefix + name] = new
             state_dict.setdefault(prefix + "merge_tokens", self.merge_tokens.detach().clone())
+        mean, std = state_dict.get(prefix + "stats_mean"), state_dict.get(prefix + "stats_std")
+        if isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor) and mean.shape == std.shape == self.stats_mean.shape:
+            # Checkpoints from before the fill read unseen levels raw; they load as if fitted today.
+            state_dict[prefix + "stats_mean"], state_dict[prefix + "stats_std"] = fill_unseen_levels(mean, std)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
@@ -412,6 +437,8 @@ class SNEEncoder(Encoder):
     def fit_input_statistics(self, records: Sequence[NetworkRecord]) -> None:
         if self.part_scale is None:
             return
+        self.stats_mean.zero_()
+        self.stats_std.fill_(1.0)
         stats_by_key: dict[tuple[int, int], list[torch.Tensor]] = {}
         for record in records:
             for layer in record.layers:
@@ -422,14 +449,16 @@ class SNEEncoder(Encoder):
             mean, std = mean_std(torch.stack(stats), dim=0, floor=STATS_STD_FLOOR)
             self.stats_mean[level, kind] = mean.to(self.stats_mean.dtype)
             self.stats_std[level, kind] = std.to(self.stats_std.dtype)
+        filled_mean, filled_std = fill_unseen_levels(self.stats_mean, self.stats_std)
+        self.stats_mean.copy_(filled_mean)
+        self.stats_std.copy_(filled_std)
 
     def _normalized_part_stats(self, batch: ChunkBatch, first: int, last: int) -> torch.Tensor:
         stats = batch.part_stats[batch.chunk_part[first:last]]
         kinds, levels = batch.chunk_type[first:last], batch.chunk_level[first:last]
-        fitted = levels < MAX_NORMALIZED_LEVELS
+        # Deeper levels than the tables hold read the deepest, which holds the nearest fitted level's.
         levels = levels.clamp_max(MAX_NORMALIZED_LEVELS - 1)
-        mean = torch.where(fitted[:, None], self.stats_mean[levels, kinds], 0.0)
-        std = torch.where(fitted[:, None], self.stats_std[levels, kinds], 1.0)
+        mean, std = self.stats_mean[levels, kinds], self.stats_std[levels, kinds]
         return (stats - mean.to(stats.dtype)) / std.to(stats.dtype)
 
     def _in_encoded_order(self, records: Sequence[NetworkRecord]) -> Sequence[NetworkRecord]:
