@@ -159,3 +159,38 @@ def test_rows_written_before_the_augmentation_switch_read_as_unaugmented(monkeyp
         monkeypatch.setattr(SNEEncoder, "default_train_options", training_defaults)
         assert options_key(old_row) == options_key(plain) != options_key(augmented)
         assert [configuration_name(r) for r in (old_row, augmented)] == names
+
+
+def test_rows_are_evaluated_again_from_their_saved_runs(shared_sine_zoo, second_zoo, tmp_path, capsys):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    results = tmp_path / "results"
+    code, _, err = run_cli(["bench", "cross-arch", "--train", str(shared_sine_zoo.path), "--test", str(second_zoo.path),
+                            "--target", "frequency", "--encoders", "sne", "--seeds", "0,1", "--epochs", "1",
+                            "--batch-size", "16", "--runs", str(tmp_path / "runs"), "--results", str(results),
+                            "--device", "cpu", *SMALL_SNE], capsys)
+    assert code == 0, err
+    path = results / "cross_arch.json"
+    measured = json.loads(path.read_text())
+    tampered = json.loads(path.read_text())
+    for entry in tampered["entries"]:
+        for cell in entry["evaluations"].values():
+            cell["kendall_tau"] = 99.0
+    path.write_text(json.dumps(tampered))
+    gone = next(e["run"] for e in measured["entries"] if e["seed"] == 1)
+    shutil.rmtree(gone)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "reevaluate_transfer.py"
+    done = subprocess.run([sys.executable, str(script), str(path), "--encoders", "sne", "--no-plots"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"run gone, row left as it was: {gone}" in done.stdout
+    after = {e["seed"]: e for e in json.loads(path.read_text())["entries"]}
+    before = {e["seed"]: e for e in measured["entries"]}
+    assert after[0]["evaluations"] == before[0]["evaluations"] and "reevaluate_transfer.py" in after[0]["reevaluated_by"]
+    assert all(cell["kendall_tau"] == 99.0 for cell in after[1]["evaluations"].values()) and "reevaluated_by" not in after[1]
+    path.write_text("{not json")
+    done = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and str(path) in done.stderr

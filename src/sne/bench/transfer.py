@@ -13,6 +13,7 @@ CNNs -> ViTs), so one study never takes over another's file.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -187,6 +188,41 @@ def run_transfer_benchmark(
     return write_merged(path, result, _same_data,
                         lambda e: (e["encoder"], options_key(e), e["seed"], e["train_zoo"]),
                         finish=lambda merged: {**merged, "summary": summarize(merged["entries"])})
+
+
+def reevaluate_transfer(path: str | Path, encoders: Sequence[str], device: str, command: str,
+                        plots: bool = True) -> tuple[Path, list[str]]:
+    """Evaluate again, from their saved runs, the rows of ``encoders`` in the transfer results file
+    ``path`` on its test zoos, after a change to inference that leaves training as it was (each row
+    then names ``command`` in ``reevaluated_by``); return the path and the runs that are gone, whose
+    rows are left as they were."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        header = {k: v for k, v in data.items() if k not in ("entries", "commands", "summary")}
+        tests = _open_unique([zoo["path"] for zoo in data["test_zoos"]])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SneError(f"{path}: not a transfer benchmark's results ({type(error).__name__}: {error})") from None
+    redone, gone = [], []
+    for entry in data["entries"]:
+        if entry["encoder"] not in encoders or "cannot_train" in entry:
+            continue
+        run_dir = Path(entry["run"])
+        if not (run_dir / "best.pt").exists():
+            gone.append(str(run_dir))
+            continue
+        fresh = {**entry, "evaluations": _evaluate_everywhere(run_dir, tests, device), "reevaluated_by": command,
+                 "zoo_digests": {**entry.get("zoo_digests", {}), **{zoo_label(z): targets_digest(z) for z in tests}}}
+        if plots and entry.get("plots", {}).get("scatter"):
+            stem = Path(entry["plots"]["scatter"].removesuffix("_scatter.png"))
+            caption = (f"train zoo {entry['train_zoo']}; test splits of {', '.join(zoo_label(z) for z in tests)}; "
+                       f"{entry['encoder']}, seed {entry['seed']}, {entry['epochs']} epochs; re-evaluated by: {command}")
+            fresh["plots"] = _plots(run_dir, entry["train_zoo"], tests, device, stem, caption)
+        redone.append(fresh)
+    path = write_merged(path, {**header, "command": command, "entries": redone}, _same_data,
+                        lambda e: (e["encoder"], options_key(e), e["seed"], e["train_zoo"]),
+                        finish=lambda merged: {**merged, "summary": summarize(merged["entries"])})
+    return path, gone
 
 
 def _cannot_train(encoder: str, runs: BenchRuns, config, seed: int, train_label: str, reason: str,
