@@ -719,8 +719,9 @@ STANDING_TABLES = (
 
 def _standing_scores(name: str, data: dict, labels: dict[str, str]) -> dict[str, list[tuple[float, int, int]]]:
     """Per configuration (:func:`configuration_name`, labelled in ``labels``): (score, epochs, train
-    seed) of every run of a standing table's file; the lambda-0 rows on all training networks of the
-    INR ablation studies join the INR table's (at other epochs, so each cell says its epochs)."""
+    seed) of every run of a standing table's file (CNN tables: of every seed trained on all of the
+    configuration's training zoos); the lambda-0 rows on all training networks of the INR ablation
+    studies join the INR table's (at other epochs, so each cell says its epochs)."""
     scores: dict[str, list[tuple[float, int, int]]] = {}
     if name.startswith(("inr_frequency", "ablation_")):
         for entry in data["entries"]:
@@ -734,12 +735,16 @@ def _standing_scores(name: str, data: dict, labels: dict[str, str]) -> dict[str,
             scores.setdefault(configuration_name(entry), []).append(
                 (entry["metrics"]["normalized_mse"], entry["epochs"], entry["train_seed"]))
         return scores
-    for configuration, table in summarize(data["entries"]).items():
+    # Per seed, the mean over training zoos of each row's mean tau: the spread is over seeds, as on INR.
+    for configuration in dict.fromkeys(configuration_name(e) for e in data["entries"]):
         rows = [e for e in data["entries"] if configuration_name(e) == configuration and not e.get("cannot_train")]
-        averages = [row["average"] for row in table.values() if row["average"] is not None]
-        if rows and len(averages) == len(table):
-            labels.setdefault(configuration, _encoder_label(rows[0]))
-            scores[configuration] = [(statistics.fmean(averages), rows[0]["epochs"], -1)]
+        train_zoos = {e["train_zoo"] for e in data["entries"] if configuration_name(e) == configuration}
+        for seed in sorted({e["seed"] for e in rows}):
+            table = summarize([e for e in rows if e["seed"] == seed])[configuration]
+            averages = [row["average"] for row in table.values() if row["average"] is not None]
+            if len(averages) == len(train_zoos):
+                labels.setdefault(configuration, _encoder_label(rows[0]))
+                scores.setdefault(configuration, []).append((statistics.fmean(averages), rows[0]["epochs"], seed))
     return scores
 
 
