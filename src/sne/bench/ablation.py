@@ -34,6 +34,7 @@ import numpy as np
 from sne.bench.paper import PAPER_SNE_ABLATION_MSE, PAPER_SNE_CHUNK_SIZE_MSE
 from sne.bench.results import check_mergeable, write_merged, zoo_identity, zoo_summary
 from sne.bench.runs import BenchRuns, options_tag
+from sne.encoders import get_encoder_class
 from sne.encoders.sne import DEFAULT_OPTIONS as SNE_DEFAULT_OPTIONS
 from sne.errors import SneError
 from sne.plots import error_curves
@@ -284,7 +285,8 @@ def _row_configs(rows: Sequence[AblationRow], runs: BenchRuns, zoo: Zoo, target:
         named = sorted({*base_fields, *row.train, "permutation_augment"})
         changed.update({k: trained[k] for k in named if trained[k] != reference[k]})
         run_name = row.encoder + options_tag(changed)
-        resolved = {**SNE_DEFAULT_OPTIONS, **options} if row.encoder == "sne" else options
+        # As the encoder will resolve them (a preset's options included), so equal rows are found equal.
+        resolved = {**get_encoder_class(row.encoder).options_baseline(options), **options}
         identity = json.dumps([row.encoder, resolved, trained], sort_keys=True, default=str)
         if identity in seen:
             skipped.append({"row": row.name, "label": row.label, "same_as": seen[identity]})
