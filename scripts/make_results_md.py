@@ -638,6 +638,8 @@ ABLATION_STUDIES = {
     "chunk-size": ("SNE by chunk size (the paper's Table 7)", "Each row changes the chunk size of the base configuration."),
     "invariance": ("The logit-invariance regulariser at work: lambda sweep and permutation augmentation",
                    "Each row changes how the base configuration is trained to be invariant to neuron permutations."),
+    "training": ("How SNE is trained: learning rate, schedule and warm-up",
+                 "Each row trains the base configuration with its own learning rate and schedule, for the same epochs."),
     "data-fraction": ("Test error against the fraction of training networks (the paper's Figure 3)",
                       "Each row trains an encoder on the first fraction of the training networks."),
 }
@@ -678,7 +680,9 @@ def ablation_section(path: Path, data: dict) -> list[str]:
         lines += [
             "",
             f"**Base: {setting['epochs']} epochs, encoder options {options}, lambda {_fmt(setting['invariance_weight'])}, "
-            f"training networks {setting['max_train'] or 'all'}.**",
+            f"training networks {setting['max_train'] or 'all'}"
+            + "".join(f", {k.replace('_', ' ')} {json.dumps(v)}" for k, v in sorted(setting.get("train_options", {}).items()))
+            + ".**",
             "",
             "| row | encoder | training networks | seeds | best epochs | test normalised MSE | Kendall tau | "
             "permutation change | invariance loss | paper | train time |",

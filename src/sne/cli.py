@@ -228,6 +228,10 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     batch_size: int = typer.Option(64, "--batch-size"),
     lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default: the encoder's, else 1e-3)."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="Learning-rate schedule: multistep (x0.1 at 60% "
+                                           "and 85% of the epochs) or cosine (default: the encoder's, else multistep)."),
+    warmup_epochs: Optional[float] = typer.Option(None, "--warmup-epochs", help="Raise the learning rate linearly "
+                                                  "over this many epochs (default: the encoder's, else 0)."),
     invariance_weight: float = typer.Option(0.0, "--invariance-weight", help="Lambda of the logit-invariance regulariser."),
     augment_permutations: Optional[bool] = typer.Option(
         None, "--augment-permutations/--no-augment-permutations",
@@ -256,7 +260,8 @@ def train(
         options = {"preset": preset, **options}
     config = TrainConfig.for_encoder(
         encoder, zoo=str(zoo), target=target, encoder_options=options, epochs=epochs,
-        batch_size=batch_size, lr=lr, invariance_weight=invariance_weight, permutation_augment=augment_permutations,
+        batch_size=batch_size, lr=lr, schedule=schedule, warmup_epochs=warmup_epochs,
+        invariance_weight=invariance_weight, permutation_augment=augment_permutations,
         seed=seed, device=device, num_workers=workers, max_train=max_train, precision=precision, command=_command_line(),
     )
     summary = fit(config, out, log_dir=log_dir)
@@ -696,7 +701,7 @@ def bench_digit_inr(
 @bench_app.command("ablation")
 def bench_ablation(
     zoo: Path = typer.Option(..., "--zoo", help="An INR zoo (the paper's ablations use sine INRs)."),
-    study: str = typer.Option(..., "--study", help="components, chunk-size, invariance or data-fraction."),
+    study: str = typer.Option(..., "--study", help="components, chunk-size, invariance, training or data-fraction."),
     rows: str = typer.Option("", "--rows", help="Comma-separated rows of the study to run (default: all)."),
     encoders: str = typer.Option("", "--encoders", help="data-fraction only: comma-separated encoders "
                                  "(default sne,dwsnet,nft,ng_gnn)."),

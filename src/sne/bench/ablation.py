@@ -18,6 +18,8 @@ Studies (:data:`STUDIES`):
   augmentation alone and with lambda 1.
 - ``data-fraction``: test error against the fraction of training networks used, for SNE and its
   peers (Figure 3), with a plot.
+- ``training``: how SNE is trained: learning rate, schedule (multi-step or cosine, with and
+  without warm-up).
 """
 
 from __future__ import annotations
@@ -118,6 +120,21 @@ def _invariance() -> list[AblationRow]:
     ]
 
 
+def _training() -> list[AblationRow]:
+    # Rows name everything they set, so that each means the same whatever the encoder's defaults.
+    multistep = {"schedule": "multistep", "warmup_epochs": 0.0}
+    cosine = {"schedule": "cosine", "warmup_epochs": 1.0}
+    return [
+        AblationRow("multistep", "lr 1e-3, x0.1 at 60% and 85% of the epochs", train={**multistep, "lr": 1e-3}),
+        AblationRow("multistep-lr-3e-4", "lr 3e-4, x0.1 at 60% and 85%", train={**multistep, "lr": 3e-4}),
+        AblationRow("multistep-warmup", "lr 1e-3, 1 warm-up epoch, x0.1 at 60% and 85%",
+                    train={**multistep, "lr": 1e-3, "warmup_epochs": 1.0}),
+        AblationRow("cosine", "lr 1e-3, 1 warm-up epoch, cosine decay", train={**cosine, "lr": 1e-3}),
+        AblationRow("cosine-lr-3e-3", "lr 3e-3, 1 warm-up epoch, cosine decay", train={**cosine, "lr": 3e-3}),
+        AblationRow("cosine-lr-3e-4", "lr 3e-4, 1 warm-up epoch, cosine decay", train={**cosine, "lr": 3e-4}),
+    ]
+
+
 def _data_fraction(encoders: Sequence[str], fractions: Sequence[float]) -> list[AblationRow]:
     for fraction in fractions:
         if not 0 < fraction <= 1:
@@ -131,6 +148,7 @@ STUDIES = {
     "components": _components,
     "chunk-size": _chunk_sizes,
     "invariance": _invariance,
+    "training": _training,
     "data-fraction": lambda: _data_fraction(DATA_FRACTION_ENCODERS, DATA_FRACTIONS),
 }
 

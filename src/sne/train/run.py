@@ -46,6 +46,8 @@ DEFAULT_HEAD_HIDDEN = {"regression": [512], "unit_interval": [1000, 1000], "clas
 
 #: Training precisions (TrainConfig.precision).
 PRECISIONS = ("float32", "bfloat16")
+#: Learning-rate schedules (TrainConfig.schedule).
+SCHEDULES = ("multistep", "cosine")
 #: Config fields that may change between a run and its resumption without changing its result.
 _RESUMABLE_FIELDS = {"device", "num_workers"}
 
@@ -60,9 +62,14 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
+    #: "multistep": lr times ``gamma`` at each of ``milestones``; "cosine": lr decays along a half
+    #: cosine to 0 over the epochs after the warm-up.
+    schedule: str = "multistep"
     #: MultiStepLR milestones as fractions of ``epochs``.
     milestones: list[float] = field(default_factory=lambda: [0.6, 0.85])
     gamma: float = 0.1
+    #: Raise the lr linearly from 0 over this many epochs (fractions allowed), step by step.
+    warmup_epochs: float = 0.0
     #: Clip the gradient norm to this value (None: no clipping); guards against loss spikes.
     grad_clip: float | None = 1.0
     #: lambda of the logit-invariance regulariser (0 disables it).
@@ -211,6 +218,10 @@ def check_train_config(config: TrainConfig) -> None:
         raise SneError(f"invariance weight must be >= 0, got {config.invariance_weight}")
     if config.epochs < 1 or config.batch_size < 1:
         raise SneError("epochs and batch size must be at least 1")
+    if config.schedule not in SCHEDULES:
+        raise SneError(f"unknown schedule '{config.schedule}' (use {' or '.join(SCHEDULES)})")
+    if not 0 <= config.warmup_epochs < config.epochs:
+        raise SneError(f"warm-up must be at least 0 and shorter than the {config.epochs} epochs, got {config.warmup_epochs:g}")
     if config.precision not in PRECISIONS:
         raise SneError(f"unknown precision '{config.precision}' (use {' or '.join(PRECISIONS)})")
     if config.precision == "bfloat16" and resolve_device(config.device).type != "cuda":
@@ -329,8 +340,7 @@ def train_epochs(
         raise SneError("this training runs in one process; start it without torchrun")
     main = rank == 0
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    milestones = sorted({max(1, round(f * config.epochs)) for f in config.milestones})
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.gamma)
+    scheduler, per_step = _lr_schedule(optimizer, config, len(_epoch_batches(torch.arange(len(train_records)), config, world)))
 
     state: dict[str, Any] = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": -1, "history": [], "train_seconds": 0.0}
     last_path = run_dir / "last.pt"
@@ -373,10 +383,11 @@ def train_epochs(
         for epoch in range(state["epoch"], config.epochs):
             started = time.perf_counter()
             train_loss, train_reg = _train_epoch(
-                forward, optimizer, config, epoch, train_records, prepare, batch_loss, device, bar, rank, world,
-                augmentable,
+                forward, optimizer, scheduler if per_step else None, config, epoch, train_records, prepare, batch_loss,
+                device, bar, rank, world, augmentable,
             )
-            scheduler.step()
+            if not per_step:
+                scheduler.step()
             val_loss = validation_loss()
             state["train_seconds"] += time.perf_counter() - started
             entry = {"epoch": epoch + 1, "train_loss": train_loss, "invariance_loss": train_reg, "val_loss": val_loss,
@@ -414,18 +425,44 @@ def train_epochs(
     }
 
 
-def _train_epoch(model, optimizer, config, epoch, records, prepare, batch_loss, device, bar, rank=0, world=1,
+def _lr_schedule(optimizer, config: TrainConfig, steps_per_epoch: int):
+    """``config``'s learning-rate schedule, and whether it steps after every batch (else every epoch)."""
+    milestones = sorted({max(1, round(f * config.epochs)) for f in config.milestones})
+    if config.schedule == "multistep" and not config.warmup_epochs:
+        # Stepped per epoch, as before warm-up and cosine existed, so that those runs resume.
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.gamma), False
+    total = config.epochs * steps_per_epoch
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    milestone_steps = [m * steps_per_epoch for m in milestones]
+
+    def factor(step: int) -> float:
+        scale = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        if config.schedule == "cosine":
+            progress = min(1.0, max(0, step - warmup) / max(1, total - warmup))
+            return scale * 0.5 * (1 + math.cos(math.pi * progress))
+        return scale * config.gamma ** sum(step >= m for m in milestone_steps)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
+
+
+def _epoch_batches(order: torch.Tensor, config: TrainConfig, world: int) -> list[torch.Tensor]:
+    """``order`` cut into the epoch's batches."""
+    batches = list(order.split(config.batch_size))
+    if len(batches) > 1 and len(batches[-1]) < max(2, world):
+        # A batch of one network cannot be batch-normalised (and every process needs one network);
+        # it trains in another epoch's order.
+        batches.pop()
+    return batches
+
+
+def _train_epoch(model, optimizer, scheduler, config, epoch, records, prepare, batch_loss, device, bar, rank=0, world=1,
                  augmentable=None) -> tuple[float, float]:
     model.train()
     # Dropout draws from torch's global generator: seeded per epoch, so a resumed run draws what an
     # uninterrupted one did (the state it had after the previous epoch is in no checkpoint).
     torch.manual_seed(derive_seed(config.seed, "train/global", epoch))
     order = torch.randperm(len(records), generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
-    batches = list(order.split(config.batch_size))
-    if len(batches) > 1 and len(batches[-1]) < max(2, world):
-        # A batch of one network cannot be batch-normalised (and every process needs one network);
-        # it trains in another epoch's order.
-        batches.pop()
+    batches = _epoch_batches(order, config, world)
     seeds = [int(np.random.SeedSequence([config.seed, epoch, i]).generate_state(1)[0]) for i in range(len(batches))]
     permute = config.invariance_weight > 0
     loader = torch.utils.data.DataLoader(
@@ -448,6 +485,8 @@ def _train_epoch(model, optimizer, config, epoch, records, prepare, batch_loss, 
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         total_loss += task_loss.item() * len(indices)
         total_reg += reg.item() * len(indices)
         bar.advance(task)
