@@ -88,6 +88,8 @@ def _components() -> list[AblationRow]:
         AblationRow("no-chunk-index-encoding", "ours: without chunk-index encoding",
                     options={"use_chunk_index_encoding": False}),
         AblationRow("no-row-slot-encoding", "ours: without row-slot encoding", options={"use_row_slot_encoding": False}),
+        AblationRow("no-order-encodings", "ours: without chunk-index and row-slot encodings (no neuron order read)",
+                    options={"use_chunk_index_encoding": False, "use_row_slot_encoding": False}),
         AblationRow("source-features", "ours: with source features", options={"use_source_features": True}),
         AblationRow("input-positions", "ours: with input positions", options={"use_input_positions": True}),
         AblationRow("own-neuron-features", "ours: with own-neuron features", options={"use_own_neuron_features": True}),
