@@ -12,7 +12,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from sne.bench.ablation import study_rows  # noqa: E402
 from sne.bench.paper import compare_ordering  # noqa: E402
-from sne.bench.results import zoo_identity  # noqa: E402
+from sne.bench.results import label_of, zoo_identity  # noqa: E402
 from sne.bench.transfer import summarize  # noqa: E402
 from sne.bench.runs import (  # noqa: E402
     configuration_label,
@@ -259,7 +259,8 @@ def zoos_section(files: list[tuple[Path, dict]]) -> list[str]:
         link = f"[png](../{plot.relative_to(ROOT)})" if plot.exists() else "n/a"
         splits = data["splits"]
         lines.append(
-            f"| {data['recipe']}/{data['dataset']} | {data['n']} ({splits['train']}/{splits['val']}/{splits['test']}) | "
+            f"| {label_of(data['recipe'], data.get('options') or {'dataset': data['dataset']}, Path(data['path']).name)} | "
+            f"{data['n']} ({splits['train']}/{splits['val']}/{splits['test']}) | "
             f"{data['diverged']} | " + " / ".join(_fmt(acc[k], 2) for k in ("min", "q25", "median", "q75", "max"))
             + f" | {_fmt(acc['fraction_at_chance'], 2)} | {_fmt(gap.get('median'), 2)} | {link} | "
             f"`{data.get('command')}` |"

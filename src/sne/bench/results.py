@@ -26,9 +26,13 @@ LABELLED_OPTIONS = ("kernel", "input_range", "init_gain", "views")
 def zoo_label(zoo: Zoo) -> str:
     """A short name for a zoo in tables: ``recipe/dataset`` (or the directory name), plus the
     options of :data:`LABELLED_OPTIONS` it was made with (``small-cnn/digits kernel=7``)."""
-    options = zoo.manifest.get("options") or {}
+    return label_of(zoo.manifest.get("recipe"), zoo.manifest.get("options") or {}, zoo.path.name)
+
+
+def label_of(recipe: str | None, options: dict, directory: str) -> str:
+    """:func:`zoo_label` from a zoo's recipe, recipe options and directory name."""
     dataset = options.get("dataset")
-    label = f"{zoo.manifest.get('recipe')}/{dataset}" if dataset else zoo.path.name
+    label = f"{recipe}/{dataset}" if dataset else directory
     return " ".join([label, *(f"{key}={options[key]}" for key in LABELLED_OPTIONS if key in options)])
 
 
