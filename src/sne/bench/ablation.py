@@ -102,6 +102,9 @@ def _components() -> list[AblationRow]:
                     options={"chunk_hidden": None}),
         AblationRow("canonical-order", "ours: with canonical neuron order", options={"canonical_order": True}),
         AblationRow("source-codes", "ours: with learned source codes (2 rounds)", options={"source_code_rounds": 2}),
+        AblationRow("unordered-source-codes", "ours: with learned source codes (2 rounds), without chunk-index and "
+                    "row-slot encodings", options={"source_code_rounds": 2, "use_chunk_index_encoding": False,
+                                                   "use_row_slot_encoding": False}),
     ]
 
 
