@@ -572,7 +572,8 @@ class SNEEncoder(Encoder):
                 pooled = self.part_pool.norm_like(first_level, pooled)
             window_part = item_part[starts]
             finished = counts[window_part] <= window
-            result[window_part[finished]] = pooled[finished]
+            # Under autocast the pooled codes may come out in another dtype than the chunk codes.
+            result[window_part[finished]] = pooled[finished].to(result.dtype)
             if bool(finished.all()):
                 return result
             item_part, position = window_part[~finished], (position[starts] // window)[~finished]
