@@ -24,6 +24,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
@@ -33,8 +34,9 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from sne.bench.environment import cpu_model  # noqa: E402
-from sne.cli import parse_options  # noqa: E402
+from sne.cli import format_options, parse_options  # noqa: E402
 from sne.encoders import build_encoder  # noqa: E402
+from sne.encoders.sne import SNEEncoder  # noqa: E402
 from sne.errors import SneError, one_line  # noqa: E402
 from sne.io_utils import write_json_atomic  # noqa: E402
 from sne.weights.record import NetworkRecord, make_layer  # noqa: E402
@@ -44,8 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MLP_WIDTHS = {"1e4": 70, "1e5": 280, "1e6": 960, "1e7": 3130, "2.5e7": 4960}
 #: Real architectures, encoded after the MLP curve (bench_record.py builds the same two).
 ARCHITECTURES = ("resnet18", "vit_s16")
-#: SNE's earlier defaults where today's differ: the chunk stage at full width, no neuron features.
-SNE_PREVIOUS_DEFAULT = "chunk_hidden=null,use_source_features=false,use_own_neuron_features=false"
+#: The earlier defaults where today's differ (the chunk stage at full width, no neuron features,
+#: neuron order encoded): the options a config written before each change resolves to.
+SNE_PREVIOUS_DEFAULT = ",".join(format_options(SNEEncoder.defaults_of_older_configs))
 #: name:options of the encoders measured (sne's options as on the command line): SNE at today's
 #: defaults, at the earlier ones, and as first released (the earlier ones with one set per part).
 DEFAULT_CONFIGS = ["sne:", f"sne-previous-default:{SNE_PREVIOUS_DEFAULT}",
@@ -85,6 +88,7 @@ def encode_once(config: str, size: str, threads: int) -> dict:
              "network_parameters": record.num_parameters}
     try:
         encoder = build_encoder(name, architecture=record.architecture, **options).eval()
+        entry["options_resolved"] = dict(encoder.options)
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         started = time.perf_counter()
         with torch.no_grad():
@@ -96,6 +100,18 @@ def encode_once(config: str, size: str, threads: int) -> dict:
             / 2**10, "finite": bool(torch.isfinite(code).all())}
 
 
+def merged_rows(earlier: list[dict], measured: list[dict]) -> list[dict]:
+    """``earlier`` with each configuration in ``measured`` replaced by its new rows, in place;
+    configurations new to the file come last."""
+    new = {}
+    for row in measured:
+        new.setdefault(row["config"], []).append(row)
+    rows = []
+    for config in dict.fromkeys([*(row["config"] for row in earlier), *new]):
+        rows += new.get(config) or [row for row in earlier if row["config"] == config]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -104,6 +120,9 @@ def main() -> None:
                         help=f"LABEL:key=value,... (repeatable; default {DEFAULT_CONFIGS})")
     parser.add_argument("--sizes", default=",".join([*MLP_WIDTHS, *ARCHITECTURES]))
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench_encode_scale.json")
+    parser.add_argument("--keep-other-configs", action="store_true",
+                        help="replace only the rows of the configurations measured in an existing --out; "
+                             "rows keep the load average they were measured at")
     args = parser.parse_args()
 
     load_before = os.getloadavg()
@@ -115,6 +134,7 @@ def main() -> None:
             if stopped is not None and size in MLP_WIDTHS:
                 continue  # larger MLPs only cost more; the real architectures are still tried
             # A fresh process per measurement: ru_maxrss never decreases.
+            load = os.getloadavg()[0]
             with context.Pool(1, maxtasksperchild=1) as pool:
                 pending = pool.apply_async(encode_once, (config, size, args.threads))
                 try:
@@ -124,11 +144,16 @@ def main() -> None:
                     row = {"config": label, "encoder": name, "options_given": options, "size": size,
                            "stopped": f"more than {args.timeout:.0f} s"}
                     pool.terminate()
-            rows.append(row)
+            rows.append({**row, "load_average_1min_before": load})
             stopped = row.get("stopped") or stopped
             done = (f"{row['seconds']:.2f} s, +{row['peak_growth_mb']:.0f} MB" if "seconds" in row
                     else f"stopped: {row['stopped']}")
             print(f"{row['config']:>22} {size:>9}: {done}", flush=True)
+    commands = ["python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])]
+    if args.keep_other_configs and args.out.exists():
+        earlier = json.loads(args.out.read_text())
+        rows = merged_rows(earlier["rows"], rows)
+        commands = [*earlier.get("commands", [earlier["command"]]), *commands]
     report = {
         "benchmark": "encode_scale",
         "device": "cpu",
@@ -141,7 +166,8 @@ def main() -> None:
         "timeout_s": args.timeout,
         "method": "one network per call, eval mode, no grad, fresh process per row; seconds and growth of "
                   "ru_maxrss over prepare_inference + forward, after the record and the encoder exist",
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "command": commands[-1],
+        "commands": commands,
         "rows": rows,
     }
     write_json_atomic(args.out, report)

@@ -29,7 +29,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from sne.bench.environment import cpu_model  # noqa: E402
-from sne.cli import parse_options
+from sne.cli import format_options, parse_options
 from sne.encoders import batch_to
 from sne.encoders.sne import SNEEncoder
 from sne.io_utils import write_json_atomic
@@ -59,8 +59,9 @@ def random_records(shapes: list[tuple[int, ...]], count: int, seed: int) -> list
     ]
 
 
-#: The earlier defaults where today's differ: the chunk stage at full width, no neuron features.
-PREVIOUS_DEFAULT = "chunk_hidden=null,use_source_features=false,use_own_neuron_features=false"
+#: The earlier defaults where today's differ (the chunk stage at full width, no neuron features,
+#: neuron order encoded): the options a config written before each change resolves to.
+PREVIOUS_DEFAULT = ",".join(format_options(SNEEncoder.defaults_of_older_configs))
 #: Configurations measured unless --config says otherwise: today's defaults, the earlier ones, and
 #: the first release's (the earlier ones with one set per part).
 DEFAULT_CONFIGS = ["default:", f"previous-default:{PREVIOUS_DEFAULT}",

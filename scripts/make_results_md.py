@@ -391,22 +391,24 @@ def encode_scale_section(path: Path, data: dict) -> list[str]:
     lines = [
         "## Encoding one network as it grows (time and peak memory)",
         "",
-        f"Source: `{path.relative_to(ROOT)}` (`make bench`: `{data['command']}`); {data['device']} ({data['cpu']}), "
+        f"Source: `{path.relative_to(ROOT)}` (`make bench`: "
+        f"{'; '.join(f'`{c}`' for c in data.get('commands', [data['command']]))}); {data['device']} ({data['cpu']}), "
         f"torch {data['torch']}, {data['threads']} thread(s), OMP_WAIT_POLICY={data['omp_wait_policy']}, load "
         f"average {', '.join(_fmt(v) for v in data['load_average_before'])} before and "
-        f"{', '.join(_fmt(v) for v in data['load_average_after'])} after (other work on the machine slows rows). "
+        f"{', '.join(_fmt(v) for v in data['load_average_after'])} after the last command (other work on the "
+        f"machine slows rows; the load column gives each row's own where it was recorded). "
         f"Method: {data['method']}. A configuration stops at its first size that fails or takes more than "
         f"{data['timeout_s']:.0f} s.",
         "",
-        "| configuration | options changed | network | parameters | seconds | peak memory growth (MB) | stopped |",
-        "|---|---|---|---|---|---|---|",
+        "| configuration | options changed | network | parameters | seconds | peak memory growth (MB) | stopped | load (1 min) before |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     seconds = {}
     for r in data["rows"]:
         given = r.get("options_given")
         lines.append(f"| {r['config']} | `{json.dumps(given) if given else '{}'}` | {r['size']} | "
                      f"{format(r['network_parameters'], ',') if 'network_parameters' in r else 'n/a'} | {_fmt(r.get('seconds'))} | "
-                     f"{_fmt(r.get('peak_growth_mb'))} | {r.get('stopped', '')} |")
+                     f"{_fmt(r.get('peak_growth_mb'))} | {r.get('stopped', '')} | {_fmt(r.get('load_average_1min_before'))} |")
         if "seconds" in r:
             seconds[r["config"], r["size"]] = r["seconds"]
     ratios = [f"{config}: {_fmt(seconds[config, '1e7'] / seconds[config, '1e6'])}"

@@ -218,6 +218,11 @@ def parse_options(pairs: List[str]) -> dict:
     return options
 
 
+def format_options(options: dict) -> list[str]:
+    """The ``key=value`` strings that :func:`parse_options` reads back as ``options``."""
+    return [f"{key}={json.dumps(value)}" for key, value in options.items()]
+
+
 @app.command()
 def train(
     zoo: Path = typer.Option(..., "--zoo", help="Zoo directory made by 'sne zoo generate'."),

@@ -1,0 +1,36 @@
+"""Helpers of the benchmark scripts in benchmarks/ (their measurements run in `make bench`, not here)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from sne.cli import format_options, parse_options
+from sne.encoders.sne import SNEEncoder
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_remeasuring_one_configuration_replaces_its_rows_in_place_and_keeps_the_others():
+    merged = _script("bench_encode_scale").merged_rows
+    earlier = [{"config": "sne", "size": "1e4", "seconds": 1.0}, {"config": "sne", "size": "1e5", "seconds": 2.0},
+               {"config": "ng_gnn", "size": "1e4", "seconds": 3.0}]
+    measured = [{"config": "sne", "size": "1e4", "seconds": 0.5}, {"config": "new", "size": "1e4", "seconds": 4.0}]
+    assert merged(earlier, measured) == [measured[0], earlier[2], measured[1]]
+    assert merged(earlier, []) == earlier
+
+
+def test_the_earlier_sne_defaults_the_benchmarks_measure_are_those_old_configs_resolve_to():
+    for name, prefix in (("bench_encode_scale", "sne-previous-default:"), ("bench_sne_train", "previous-default:")):
+        configs = _script(name).DEFAULT_CONFIGS
+        text = next(c for c in configs if c.startswith(prefix))[len(prefix):]
+        assert parse_options(text.split(",")) == SNEEncoder.defaults_of_older_configs
+    options = {"a": None, "b": True, "c": 0.5, "d": "text"}
+    assert parse_options(format_options(options)) == options
