@@ -399,6 +399,32 @@ def test_own_neuron_features_keep_sne_invariant_to_hidden_permutations():
     assert not torch.allclose(encode(encoder, rewired), encode(encoder, records), atol=1e-9, rtol=0)
 
 
+def test_default_sne_is_exactly_invariant_to_hidden_permutations_and_the_paper_preset_is_not():
+    """Default SNE encodes no neuron order (no chunk-index or row-slot encoding): a SIREN and a
+    CNN encode alike under any permutation of their hidden neurons and channels, with every default
+    feature on (source and own-neuron features move with their neurons), where every chunk holds
+    one neuron's incoming elements or a whole layer part (here: widths of one chunk, 32)."""
+    from sne.weights import permute_hidden
+
+    g = torch.Generator().manual_seed(9)
+    sirens = [mlp([1, 32, 32, 1], g, dtype=torch.float64) for _ in range(2)]
+    cnns = [convnet([(32, 1, 3, 3), (32, 32, 3, 3), (32, 32, 3, 3), (10, 32)], g, dtype=torch.float64)
+            for _ in range(2)]
+    records = sirens + cnns
+
+    def permuted(record: NetworkRecord) -> NetworkRecord:
+        hidden = [len(layer.weight) for layer in record.layers[:-1]]
+        return permute_hidden(record, [*(torch.randperm(n, generator=g) for n in hidden), None])
+
+    others = [permuted(r) for r in records]
+    torch.manual_seed(0)
+    default = SNEEncoder(**SMALL, chunk_size=32).double().eval()
+    torch.testing.assert_close(encode(default, others), encode(default, records), atol=1e-9, rtol=0)
+    paper = SNEEncoder(**SMALL, chunk_size=32, preset="paper").double().eval()
+    # Untrained, the order encodings move codes by ~1e-7; float64 rounding is ~1e-16.
+    assert (encode(paper, others) - encode(paper, records)).abs().max() > 1e-9
+
+
 def swap_first_layer_inputs(record: NetworkRecord) -> NetworkRecord:
     """A 2-input network with its inputs swapped in the first layer (a different function)."""
     first = record.layers[0]

@@ -47,11 +47,13 @@ into ``ceil(row_length / c)`` chunks of its own (the last one padded).
 ``[4 5 6 | 1 2 3]`` look alike, and so do ``[1 2 | 3 4]`` and ``[1 3 | 2 4]`` (the same values grouped
 into different neurons). The encoder receives, per element, its *row slot* (which row of its
 chunk it belongs to: which elements share a neuron, which the function of the network depends
-on) and, per chunk, its *chunk index* within its part (the order of a layer's neurons). It never
-receives the order of a neuron's incoming elements within a row, the arbitrary order of the
-previous layer's neurons. Neuron order is a symmetry of the network too, which is why both
-encodings can be switched off in :class:`sne.encoders.sne.SNEEncoder`; tap coordinates are not a
-symmetry and are always kept.
+on) and, per chunk, its *chunk index* within its part (the order of a layer's neurons), when
+:class:`sne.encoders.sne.SNEEncoder` asks for them (the paper's preset does; the default does not).
+It never receives the order of a neuron's incoming elements within a row, the arbitrary order of
+the previous layer's neurons. Neuron order is a symmetry of the network too: the default leaves
+both encodings out, so equivalent permutations encode alike (measured: no accuracy lost, see
+docs/RESULTS.md); which elements share a neuron is then told by the own-neuron features. Tap
+coordinates are not a symmetry and are always kept.
 
 **Merge tokens (residual connections and concatenations).** The SNE paper (Appendix D) proposes
 special tokens for residual blocks. Here the data flow of a record says where they belong: a layer

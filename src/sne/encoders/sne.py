@@ -72,8 +72,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "layer_norm": False,
     "use_type_encoding": True,
     "use_level_encoding": True,
-    "use_chunk_index_encoding": True,
-    "use_row_slot_encoding": True,
+    "use_chunk_index_encoding": False,
+    "use_row_slot_encoding": False,
     "use_set_functions": True,
     "use_hierarchy": True,
     "use_source_features": True,
@@ -93,7 +93,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 #: raw weights (no layer standardisation) and no batch norm after pooling.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"part_window": None, "chunk_hidden": None, "standardize_layers": False, "batch_norm": False,
-              "use_source_features": False, "use_own_neuron_features": False},
+              "use_source_features": False, "use_own_neuron_features": False,
+              "use_chunk_index_encoding": True, "use_row_slot_encoding": True},
 }
 
 #: Training settings of a preset (TrainConfig fields), under those the user sets: the paper trains
@@ -282,10 +283,15 @@ class SNEEncoder(Encoder):
 
     Options (see :data:`DEFAULT_OPTIONS`): ``chunk_size`` elements per chunk; ``hidden`` width of
     every set block; ``heads`` attention heads; ``num_sab`` SABs per stage; ``out_dim`` size of z;
-    ``layer_norm`` in the set blocks. Ablation switches, all on by default: ``use_type_encoding``,
-    ``use_level_encoding``, ``use_chunk_index_encoding``, ``use_row_slot_encoding``,
-    ``use_set_functions`` (off: per-element MLPs and mean pooling instead of SABs and PMA),
-    ``use_hierarchy`` (off: all chunk codes of a network form one set for the network encoder).
+    ``layer_norm`` in the set blocks. Ablation switches, on by default: ``use_type_encoding``,
+    ``use_level_encoding``, ``use_set_functions`` (off: per-element MLPs and mean pooling instead of
+    SABs and PMA), ``use_hierarchy`` (off: all chunk codes of a network form one set for the network
+    encoder). ``use_chunk_index_encoding`` and ``use_row_slot_encoding`` (off by default, on in the
+    paper) encode neuron order, which a neuron permutation changes and the network's function does
+    not: without them SNE is exactly invariant to hidden-neuron permutations where every chunk holds
+    one neuron's incoming elements or a whole layer part, and every part fits one ``part_window``
+    (a SIREN of width ``chunk_size``); elsewhere which neurons share a chunk or window still follows
+    their order, so invariance is approximate.
     ``use_source_features`` (on by default; off in the paper): every weight also carries features
     of the neuron it comes from (:mod:`sne.encoders.chunking`, "Source neurons"), the cross-layer
     link that a row-as-set encoding otherwise loses. ``use_input_positions`` (off by default, as in
@@ -329,7 +335,8 @@ class SNEEncoder(Encoder):
     weight_outputs = True
     default_options = DEFAULT_OPTIONS
     default_train_options = {"permutation_augment": True}
-    defaults_of_older_configs = {"chunk_hidden": None, "use_source_features": False, "use_own_neuron_features": False}
+    defaults_of_older_configs = {"chunk_hidden": None, "use_source_features": False, "use_own_neuron_features": False,
+                                 "use_chunk_index_encoding": True, "use_row_slot_encoding": True}
 
     @classmethod
     def train_defaults(cls, options: dict[str, Any]) -> dict[str, Any]:
