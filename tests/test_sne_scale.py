@@ -218,3 +218,42 @@ def test_the_zoos_behind_the_tables_have_no_part_longer_than_a_window(recipe):
         for layer in layers))
     longest = pad_chunk([record], DEFAULT_OPTIONS["chunk_size"]).part_mask.shape[1]
     assert longest <= DEFAULT_OPTIONS["part_window"]
+
+
+def _mapped_file(address: int) -> str | None:
+    """The file mapped at ``address`` in this process (Linux /proc/self/maps), else None."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            low, high = (int(x, 16) for x in fields[0].split("-"))
+            if low <= address < high:
+                return fields[5] if len(fields) > 5 else None
+    return None
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="needs /proc/self/maps (Linux)")
+def test_a_safetensors_checkpoint_is_encoded_from_the_mapped_file_not_from_copies(tmp_path):
+    """Weights stay where safetensors maps them (pages read as the encoder reaches them) through
+    the record and SNE's plan: no float64 or other copy of the network is made up front."""
+    from torch import nn
+
+    from sne.weights import load_record, save_state_dict_file
+
+    path = tmp_path / "net.safetensors"
+    save_state_dict_file(nn.Sequential(nn.Linear(64, 300), nn.Tanh(), nn.Linear(300, 10)).state_dict(), path)
+    plan = SNEEncoder(**SMALL).plan([load_record(path)])
+    assert len(plan.parts) == 4
+    for placed in plan.parts:
+        assert _mapped_file(placed.part.taps.data_ptr()) == str(path.resolve())
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_large_parts_are_standardised_block_by_block_as_at_once(monkeypatch, unbiased):
+    from sne.encoders import common
+
+    values = torch.randn(1000, 37, generator=torch.Generator().manual_seed(0)) * 5 + 3
+    at_once = common.mean_std(values, unbiased=unbiased)
+    monkeypatch.setattr(common, "BLOCKWISE_ELEMENTS", 999)
+    blocks = common.mean_std(values, unbiased=unbiased)
+    torch.testing.assert_close(blocks, at_once, atol=1e-12, rtol=0)
+    assert common.mean_std(torch.full((5000,), 2.0))[1] == common.STD_FLOOR

@@ -345,7 +345,7 @@ class LayerPart(NamedTuple):
     part: int  #: index of the part in its layer (WEIGHT_PART and BIAS_PART for linear / conv layers)
     type: int  #: index into CHUNK_TYPES
     kernel: tuple[int, ...]
-    taps: torch.Tensor  #: (rows * row_length, taps) in float64
+    taps: torch.Tensor  #: (rows * row_length, taps) in the layer's dtype; standardise in float64
     row_length: int
     mean: torch.Tensor  #: mean of all values
     std: torch.Tensor  #: standard deviation of all values (common.mean_std: floored)
@@ -465,7 +465,8 @@ def layer_parts(layer: Layer, source: str) -> list[LayerPart]:
     typed.sort(key=lambda entry: entry[0])  # stable: tensors of one type keep the layer's order
     parts = []
     for index, (part_type, name, taps, rows, row_length, kernel) in enumerate(typed):
-        taps = taps.to(torch.float64)
+        # Kept in the record's dtype (a view of its tensor, file-mapped for a safetensors checkpoint):
+        # a float64 copy of every part would be twice a float32 network's size, for the whole encode.
         mean, std = mean_std(taps, unbiased=False)
         parts.append(LayerPart(index, part_type, kernel, taps, row_length, mean, std, rows, name))
     return parts
@@ -575,7 +576,8 @@ def own_neuron_features(record: NetworkRecord) -> list[torch.Tensor | None]:
 def _standardised(layer: Layer, source: str) -> list[torch.Tensor]:
     """A plain layer's parts standardised as the chunks standardise them (layer_parts: each part's
     own mean and std), each ``(out_features, -1)``: weight, then bias."""
-    return [((part.taps - part.mean) / part.std).reshape(layer.out_features, -1) for part in layer_parts(layer, source)]
+    return [((part.taps.double() - part.mean) / part.std).reshape(layer.out_features, -1)
+            for part in layer_parts(layer, source)]
 
 
 def neuron_ids(record: NetworkRecord, first: int) -> tuple[list[int], list[torch.Tensor | None]]:
@@ -662,7 +664,7 @@ class ChunkPlan:
             slot = layout.slot + (placed.first_chunk - first) * c
             taps = part.taps[e0:e1]
             if self.standardize:
-                taps = (taps - part.mean) / part.std
+                taps = (taps.double() - part.mean) / part.std
             group = groups.setdefault(part.kernel, {"taps": [], "slots": [], "sources": [], "positions": [],
                                                     "own_features": [], "own": [], "source_ids": []})
             group["taps"].append(taps.to(self.dtype))

@@ -108,6 +108,21 @@ def build_mlp(in_dim: int, hidden: Sequence[int], out_dim: int, dropout: float =
 STD_FLOOR = 1e-6
 
 
+#: Entries above which :func:`mean_std` over all entries reads ``values`` block by block: a float64
+#: copy of a whole large layer would cost twice its float32 size at once.
+BLOCKWISE_ELEMENTS = 1 << 22
+
+
+def _blockwise_mean_std(values: torch.Tensor, unbiased: bool, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`mean_std` over all entries, two passes over float64 blocks of BLOCKWISE_ELEMENTS."""
+    flat = values.reshape(-1)
+    blocks = [flat[i : i + BLOCKWISE_ELEMENTS] for i in range(0, flat.numel(), BLOCKWISE_ELEMENTS)]
+    mean = sum(block.to(torch.float64).sum() for block in blocks) / flat.numel()
+    squares = sum((block.to(torch.float64) - mean).square().sum() for block in blocks)
+    std = (squares / (flat.numel() - (1 if unbiased else 0))).sqrt()
+    return mean, std.clamp_min(floor)
+
+
 def mean_std(
     values: torch.Tensor, dim: int | None = None, unbiased: bool = True, floor: float = STD_FLOOR
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,6 +130,8 @@ def mean_std(
     float64, over axis ``dim`` or over all entries. The deviation is floored at ``floor``, so a
     constant input standardises to 0 instead of infinity; a sample standard deviation
     (``unbiased``) of a single value is 1 (nothing to scale by)."""
+    if dim is None and values.numel() > BLOCKWISE_ELEMENTS:
+        return _blockwise_mean_std(values, unbiased, floor)
     values = values.to(torch.float64)
     count = values.numel() if dim is None else values.shape[dim]
     mean = values.mean() if dim is None else values.mean(dim)
