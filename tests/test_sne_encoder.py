@@ -486,10 +486,35 @@ def test_canonical_order_gives_every_equivalent_permutation_of_a_chain_the_same_
     torch.manual_seed(0)
     plain = SNEEncoder(**SMALL).double().eval()
     assert not torch.allclose(encode(plain, permuted), encode(plain, records), rtol=0, atol=1e-9)
-    with pytest.raises(SneError, match="canonical_order off"):
-        canonical.make_weight_head()
     with pytest.raises(SneError, match="canonical_order must be true or false"):
         SNEEncoder(canonical_order=1)
+
+
+def test_canonical_order_gives_weight_outputs_in_each_networks_own_order():
+    """Outputs are computed in canonical order and put back: a permuted network's outputs are the
+    original's outputs permuted the same way (equivariance), for chains; other records as they are."""
+    from sne.weights import permute_hidden
+
+    g = torch.Generator().manual_seed(11)
+    records = [mlp([2, 12, 9, 3], g, dtype=torch.float64),
+               convnet([(6, 1, 3, 3), (5, 6, 3, 3), (4, 5)], g, dtype=torch.float64)]
+    perms = [[torch.randperm(12, generator=g), torch.randperm(9, generator=g), None],
+             [torch.randperm(6, generator=g), torch.randperm(5, generator=g), None]]
+    permuted = [permute_hidden(r, p) for r, p in zip(records, perms)]
+    torch.manual_seed(0)
+    canonical = SNEEncoder(**SMALL, canonical_order=True).double().eval()
+    canonical.make_weight_head()
+    with torch.no_grad():  # the head starts at zero (the identity edit): give it values to compare
+        for parameter in canonical.weight_head.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=g, dtype=torch.float64))
+        outputs = canonical.forward_weights(canonical.prepare_weights(records))
+        outputs_of_permuted = canonical.forward_weights(canonical.prepare_weights(permuted))
+    for out, out_permuted, perm in zip(outputs, outputs_of_permuted, perms):
+        expected = permute_hidden(out, perm)
+        for layer, other in zip(out_permuted.layers, expected.layers):
+            torch.testing.assert_close(layer.weight, other.weight, rtol=0, atol=1e-12)
+            torch.testing.assert_close(layer.bias, other.bias, rtol=0, atol=1e-12)
+    assert any(not torch.equal(a.weight, b.weight) for a, b in zip(outputs[0].layers, outputs_of_permuted[0].layers))
 
 
 def test_the_paper_preset_is_the_papers_configuration_and_options_beside_it_win():

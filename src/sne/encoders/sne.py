@@ -58,7 +58,7 @@ from sne.encoders.positional import coordinate_encoding, sinusoidal_encoding
 from sne.encoders.set_blocks import PMA, SAB, ResidualFF, masked_mean
 from sne.errors import SneError
 from sne.weights.batch import with_parameter_values
-from sne.weights.permute import canonicalize_hidden
+from sne.weights.permute import canonical_permutations, canonicalize_hidden, permute_hidden
 from sne.weights.record import KIND_BY_WEIGHT_NDIM, NetworkRecord
 
 #: Options and their defaults (chunk_micro_batch=None: no micro-batching); the paper's settings are
@@ -321,7 +321,7 @@ class SNEEncoder(Encoder):
     (:func:`sne.weights.canonicalize_hidden`: each hidden layer's neurons sorted by the norm of their
     parameters), so all functionally-equivalent permutations of a chain get the same code, and the
     chunk-index encoding says a neuron's rank instead of an arbitrary place. Networks that are not
-    plain chains are encoded as they are. No weight-space outputs: they would come out in canonical order.
+    plain chains are encoded as they are. Weight-space outputs are put back in each network's own order.
     Inference (:meth:`plan`) encodes :data:`INFERENCE_CHUNKS` chunks at a time whatever the options.
     ``source_code_rounds``: rounds of learned links between layers (0: none, as in the paper). In
     each round every neuron of a plain linear or convolution layer gets a code, the mean of its
@@ -591,9 +591,6 @@ class SNEEncoder(Encoder):
     # --- weight-space outputs -------------------------------------------------------------------
 
     def build_weight_head(self) -> nn.Module:
-        if self.options["canonical_order"]:
-            raise SneError("SNE's weight-space outputs need canonical_order off: with it, outputs would come out "
-                           "in canonical neuron order, not the network's own")
         return ElementDecoder(self.hidden, self.chunk_width)
 
     def weight_values(self, batch: ChunkBatch, records: Sequence[NetworkRecord]) -> list[NetworkRecord]:
@@ -610,7 +607,10 @@ class SNEEncoder(Encoder):
                 # Elements came in standardised by their part's std: go back to weight units.
                 values = values * batch.part_stats[batch.chunk_part[chunk], 1].exp().to(values.dtype).unsqueeze(1)
             decoded.append(values)
-        return place_elements(decoded, records)
+        networks = place_elements(decoded, records)
+        if self.options["canonical_order"]:  # values came in canonical order: back to each network's own
+            networks = [_from_canonical(values, record) for values, record in zip(networks, records)]
+        return networks
 
     def _chunk_codes(
         self, batch: ChunkBatch | ChunkPlan, dtype: torch.dtype, keep_elements: bool = False
@@ -765,6 +765,15 @@ def _canonical(record: NetworkRecord) -> NetworkRecord:
         return canonicalize_hidden(record)
     except SneError:  # not a plain chain: no canonical order is defined for it
         return record
+
+
+def _from_canonical(values: NetworkRecord, record: NetworkRecord) -> NetworkRecord:
+    """``values``, laid out like ``_canonical(record)``, in ``record``'s own neuron order."""
+    try:
+        order = canonical_permutations(record)
+    except SneError:  # encoded as it is
+        return values
+    return permute_hidden(values, [None if perm is None else torch.argsort(perm) for perm in order])
 
 
 def chunk_heads_for(options: dict[str, Any]) -> int:
