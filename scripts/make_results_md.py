@@ -80,6 +80,26 @@ def inr_section(path: Path, data: dict) -> list[str]:
     return lines + _ordering_lines(data)
 
 
+#: What a named transfer study tests, under its heading (sne bench ... --name NAME).
+STUDY_NOTES = {
+    "recipe_shift": [
+        "In a zoo made with `input_range=r` a network reads u = x r / pi instead of x / pi, so one that fits "
+        "sin(a x) computes sin((a pi / r) u): in its own input units its frequency is 1/r of what the default "
+        "recipe gives for the same a. The weights alone do not state r, so on `sine-shift-range` an encoder "
+        "can still rank networks (tau) while its normalised MSE mostly measures the shift.",
+    ],
+    "unseen_kernels": [
+        "Trained on small CNNs with 3x3 kernels, tested on the same recipe with 7x7 kernels (`kernel=7`), a "
+        "kernel size no training network had (the SNE paper's claim: SNE reads any kernel size). Neural Graphs "
+        "pads kernels to a maximum size fixed before training (`max_kernel_size`, 5 by default): where it "
+        "cannot read the 7x7 zoo its cell says so.",
+    ],
+    "reverse_cross_arch": [
+        "Trained on the CNN-s zoos, tested on the small-CNN zoos: the cross-architecture table the other way "
+        "round (SNE paper, appendix F.2).",
+    ],
+}
+
 #: What a derived zoo's transform means for the comparison (sne zoo derive --transform ...).
 VARIANT_NOTES = {
     "shuffle-incoming": [
@@ -524,7 +544,8 @@ def transfer_section(path: Path, data: dict) -> list[str]:
     lines = [f"## {title} (target `{data['target']}`, {scores} on test splits)", "",
              f"Source: `{path.relative_to(ROOT)}`. Commands: "
              f"{'; '.join(f'`{c}`' for c in data.get('commands', [data['command']]))}. Seeds: "
-             f"{', '.join(map(str, data['seeds']))}; {data['epochs']} epochs.", "", "Zoos:", ""]
+             f"{', '.join(map(str, data['seeds']))}; {data['epochs']} epochs.", "",
+             *(line for note in STUDY_NOTES.get(name, []) for line in (note, "")), "Zoos:", ""]
     for zoo in {z["label"]: z for z in data["train_zoos"] + data["test_zoos"]}.values():
         lines.append(f"- `{zoo['label']}`: {zoo['n']} networks, {zoo['splits']['train']}/{zoo['splits']['val']}/"
                      f"{zoo['splits']['test']} train/val/test, {zoo['excluded']} excluded (diverged); "
