@@ -51,9 +51,11 @@ on) and, per chunk, its *chunk index* within its part (the order of a layer's ne
 :class:`sne.encoders.sne.SNEEncoder` asks for them (the paper's preset does; the default does not).
 It never receives the order of a neuron's incoming elements within a row, the arbitrary order of
 the previous layer's neurons. Neuron order is a symmetry of the network too: the default leaves
-both encodings out, so equivalent permutations encode alike (measured: no accuracy lost, see
-docs/RESULTS.md); which elements share a neuron is then told by the own-neuron features. Tap
-coordinates are not a symmetry and are always kept.
+both encodings out, so equivalent permutations encode alike wherever packing does not depend on
+neuron order (docs/RESULTS.md: better on cross-architecture transfer, level on cross-dataset, within
+the seed spread on INRs); which elements share a neuron is then told by the own-neuron features, and
+``canonical_order`` makes the packing itself independent of the order for chains. Tap coordinates
+are not a symmetry and are always kept.
 
 **Merge tokens (residual connections and concatenations).** The SNE paper (Appendix D) proposes
 special tokens for residual blocks. Here the data flow of a record says where they belong: a layer
