@@ -629,12 +629,12 @@ def _one_training_zoo_lines(data: dict, tests: list[str], mse: dict, generations
              "|---|" + "---|" * (len(tests) + 3 + (home and bool(others)))]
     table = summarize(data["entries"])
 
-    def reads_all(configuration: str) -> bool:
-        return all(table[configuration][train]["tau"].get(t) for t in tests)
+    def zoos_read(configuration: str) -> int:
+        return sum(bool(table[configuration][train]["tau"].get(t)) for t in tests)
 
     # An average over only the zoos an encoder can read would rank it above those that read them all.
-    order = sorted(table, key=lambda c: (not reads_all(c), -(table[c][train]["average"]
-                                                              if table[c][train]["average"] is not None else -2)))
+    order = sorted(table, key=lambda c: (zoos_read(c) < len(tests), -(table[c][train]["average"]
+                                                                       if table[c][train]["average"] is not None else -2)))
     notes = []
     for configuration in order:
         row = table[configuration][train]
@@ -652,7 +652,7 @@ def _one_training_zoo_lines(data: dict, tests: list[str], mse: dict, generations
             scored = [row["tau"][t]["mean"] for t in others if row["tau"].get(t)]
             drop = (f" {_fmt(row['tau'][train]['mean'] - statistics.fmean(scored))} |"
                     if scored and row["tau"].get(train) else " n/a |")
-        read = sum(bool(row["tau"].get(t)) for t in tests)
+        read = zoos_read(configuration)
         average = f"**{_fmt(row['average'])}**" if read == len(tests) else f"n/a (reads {read} of {len(tests)})"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {average} |{drop} "
                      f"{entry['encoder_parameters']:,} | {_fmt(entry['train_seconds'] / 60)} min |")
