@@ -58,7 +58,7 @@ from sne.encoders.positional import coordinate_encoding, sinusoidal_encoding
 from sne.encoders.set_blocks import PMA, SAB, ResidualFF, masked_mean
 from sne.errors import SneError
 from sne.weights.batch import with_parameter_values
-from sne.weights.permute import canonical_permutations, canonicalize_hidden, permute_hidden
+from sne.weights.permute import canonical_permutations, permute_hidden
 from sne.weights.record import KIND_BY_WEIGHT_NDIM, NetworkRecord
 
 #: Options and their defaults (chunk_micro_batch=None: no micro-batching); the paper's settings are
@@ -759,19 +759,25 @@ def place_elements(decoded: list[torch.Tensor], records: Sequence[NetworkRecord]
     return networks
 
 
+def _canonical_order(record: NetworkRecord) -> list[torch.Tensor | None] | None:
+    """The permutations that put ``record`` in canonical neuron order, ``None`` if it is not a
+    plain chain (no canonical order is defined for it: it is encoded as it is)."""
+    try:
+        return canonical_permutations(record)
+    except SneError:
+        return None
+
+
 def _canonical(record: NetworkRecord) -> NetworkRecord:
     """``record`` in canonical neuron order if it is a plain chain, else as it is."""
-    try:
-        return canonicalize_hidden(record)
-    except SneError:  # not a plain chain: no canonical order is defined for it
-        return record
+    order = _canonical_order(record)
+    return record if order is None else permute_hidden(record, order)
 
 
 def _from_canonical(values: NetworkRecord, record: NetworkRecord) -> NetworkRecord:
     """``values``, laid out like ``_canonical(record)``, in ``record``'s own neuron order."""
-    try:
-        order = canonical_permutations(record)
-    except SneError:  # encoded as it is
+    order = _canonical_order(record)
+    if order is None:
         return values
     return permute_hidden(values, [None if perm is None else torch.argsort(perm) for perm in order])
 
