@@ -623,3 +623,21 @@ def test_a_network_deeper_than_the_training_networks_reads_its_extra_layers_like
     fresh = SNEEncoder(**SMALL).double()
     fresh.load_state_dict(state)
     assert fresh.stats_mean.equal(encoder.stats_mean) and fresh.stats_std.equal(encoder.stats_std)
+
+
+def test_self_attention_with_one_fused_projection_equals_attention_to_a_copy():
+    """A SAB projects queries, keys and values in one matmul; attending to an equal copy of the set
+    takes the separate projections: both must give the same outputs on real elements, and gradients."""
+    from sne.encoders.set_blocks import SAB
+
+    torch.manual_seed(0)
+    block = SAB(16, 4).double()
+    x = torch.randn(5, 7, 16, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(5, 7) > 0.3
+    mask[:, 0] = True
+    fused = block(x, mask)
+    separate = block.mab(x, x.clone(), mask)
+    assert torch.allclose(fused[mask], separate[mask], rtol=0, atol=1e-12)
+    grads = [torch.autograd.grad(out[mask].sum(), [x, block.mab.k.weight]) for out in (fused, separate)]
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10)

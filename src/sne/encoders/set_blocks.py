@@ -51,7 +51,12 @@ class MAB(nn.Module):
         return x.view(batch, size, self.heads, dim // self.heads).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        q, k, v = self._split_heads(self.q(x)), self._split_heads(self.k(y)), self._split_heads(self.v(y))
+        if y is x:  # self-attention: one projection for queries, keys and values (fewer, larger matmuls)
+            weight = torch.cat([self.q.weight, self.k.weight, self.v.weight])
+            bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+            q, k, v = map(self._split_heads, F.linear(x, weight, bias).chunk(3, dim=-1))
+        else:
+            q, k, v = self._split_heads(self.q(x)), self._split_heads(self.k(y)), self._split_heads(self.v(y))
         # (batch, 1, 1, keys) broadcasts over heads and queries; True = may be attended to.
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
