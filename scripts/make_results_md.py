@@ -94,6 +94,19 @@ STUDY_NOTES = {
         "pads kernels to a maximum size fixed before training (`max_kernel_size`, 5 by default): where it "
         "cannot read the 7x7 zoo its cell says so.",
     ],
+    "transformer_transfer": [
+        "Trained on the four small-CNN zoos (convolutions and linear layers only), tested on the ViT zoo: "
+        "patch embedding, class token, positional embedding, attention, LayerNorm and residual blocks, none of "
+        "which any training network had (the SNE paper, section 4.2, reports Kendall tau 0.33-0.46 for SNE "
+        "against about 0.19 for DeepSets on its transformer zoo). An encoder reads a ViT as the same kind of "
+        "record as a CNN; what it makes of layer kinds it never saw is the test.",
+    ],
+    "wild_park": [
+        "Trained and tested on one zoo of CNNs of mixed architectures (2-8 convolutions, 4-64 channels, "
+        "kernels 3/5/7, with and without residual connections; the Neural Graphs paper's CNN Wild Park). "
+        "Neural Graphs reads 7x7 kernels with `max_kernel_size=7`; encoders of one fixed architecture refuse "
+        "the zoo, and their rows say so.",
+    ],
     "reverse_cross_arch": [
         "Trained on the CNN-s zoos, tested on the small-CNN zoos: the cross-architecture table the other way "
         "round (SNE paper, appendix F.2).",
