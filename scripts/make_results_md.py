@@ -99,7 +99,9 @@ STUDY_NOTES = {
         "patch embedding, class token, positional embedding, attention, LayerNorm and residual blocks, none of "
         "which any training network had (the SNE paper, section 4.2, reports Kendall tau 0.33-0.46 for SNE "
         "against about 0.19 for DeepSets on its transformer zoo). An encoder reads a ViT as the same kind of "
-        "record as a CNN; what it makes of layer kinds it never saw is the test.",
+        "record as a CNN; what it makes of layer kinds it never saw is the test. The ViTs embed patches with "
+        "4x4, 7x7 and 14x14 convolutions: Neural Graphs, which pads kernels to a size fixed before training "
+        "(5 by default, and then refuses this zoo), is trained here with `max_kernel_size=14`.",
     ],
     "wild_park": [
         "Trained and tested on one zoo of CNNs of mixed architectures (2-8 convolutions, 4-64 channels, "
