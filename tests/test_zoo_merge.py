@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from sne.errors import SneError
 from sne.zoo import Zoo, generate_zoo, write_records_zoo
 from sne.zoo.merge import merge_zoos
+from sne.zoo.summary import zoo_summary
 from sne.zoo.sine_inr import SineInr
 from conftest import run_cli
 from test_record_structure import assert_same_record
@@ -47,7 +48,7 @@ def assert_identical_zoos(a: Zoo, b: Zoo) -> None:
         else:
             pd.testing.assert_frame_equal(pd.read_parquet(a.path / "shards" / name), pd.read_parquet(b.path / "shards" / name))
     pd.testing.assert_frame_equal(a.metadata, b.metadata)
-    how = {"command", "created", "completed", "merged_from"}
+    how = {"command", "created", "completed", "merged_from", "part_commands"}
     assert {k: v for k, v in a.manifest.items() if k not in how} == {k: v for k, v in b.manifest.items() if k not in how}
 
 
@@ -70,6 +71,11 @@ def test_parts_merge_into_the_zoo_one_process_makes(whole, tmp_path, capsys):
     joined = Zoo.open(tmp_path / "joined")
     assert_identical_zoos(joined, whole)
     assert joined.manifest["merged_from"] == [str(p) for p in parts] and "part" not in joined.manifest
+    # how the zoo was made: each part's generate command (in part order), then the merge
+    commands = joined.manifest["part_commands"]
+    assert commands[0] == "test" and "--shard 2/3" in commands[1] and commands[2] == "test"
+    made_by = zoo_summary(joined)["command"].split(" && ")
+    assert made_by[:3] == commands and made_by[3].startswith("sne zoo merge")
     for a, b in zip(joined.records(range(N)), whole.records(range(N))):
         assert_same_record(a, b)
 

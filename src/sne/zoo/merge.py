@@ -4,8 +4,8 @@ Two cases, told apart by the sources' manifests:
 
 - **Parts** of one ``sne zoo generate ... --shard K/N`` run (every source says ``part``): all N
   parts, of identical settings, are joined into exactly the zoo one process would have made: the
-  same shard files, ids, splits and manifest, but for ``command``, timestamps and ``merged_from``
-  (the parts' paths).
+  same shard files, ids, splits and manifest, but for ``command``, timestamps, ``merged_from``
+  (the parts' paths) and ``part_commands`` (the commands that generated them).
 - **Complete zoos**, of any recipes and architectures: networks are renumbered in the order the
   zoos are given (source k's network i gets id ``offset_k + i``), each keeps its split (the merged
   zoo's ``split_method`` is ``given``), and rows gain ``source_zoo`` (index into the manifest's
@@ -99,6 +99,7 @@ def _join_parts(paths: list[Path], manifests: list[dict[str, Any]], out: Path, c
     manifest.update(
         command=command, created=min(str(m.get("created")) for m in manifests), completed=None, complete=False,
         merged_from=[str(by_index[i]) for i in range(count)],
+        part_commands=[manifests[paths.index(by_index[i])].get("command", "") for i in range(count)],
     )
 
     def fill(staging: Path) -> None:

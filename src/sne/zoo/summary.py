@@ -38,7 +38,9 @@ def zoo_summary(zoo: Zoo) -> dict[str, Any]:
         "diverged": int((meta["split"] == EXCLUDED).sum()),
         "seed": zoo.manifest.get("seed"),
         "options": zoo.manifest.get("options"),
-        "command": zoo.manifest.get("command"),
+        # a zoo joined from --shard parts was made by the parts' commands, then the merge
+        "command": " && ".join(c for c in [*zoo.manifest.get("part_commands", []), zoo.manifest.get("command")] if c)
+        or None,
         "targets": {},
     }
     if zoo.manifest.get("excluded"):
