@@ -76,7 +76,7 @@ def merge_zoos(sources: Sequence[str | Path], out: str | Path, *, command: str =
 def _join_parts(paths: list[Path], manifests: list[dict[str, Any]], out: Path, command: str) -> Zoo:
     first = manifests[0]
     count = first["part"]["count"]
-    by_index: dict[int, Path] = {}
+    by_index: dict[int, tuple[Path, dict[str, Any]]] = {}
     for path, manifest in zip(paths, manifests):
         for key in (*_IDENTITY_KEYS, "architectures", "targets"):
             if manifest.get(key) != first.get(key):
@@ -85,11 +85,11 @@ def _join_parts(paths: list[Path], manifests: list[dict[str, Any]], out: Path, c
         if part["count"] != count:
             raise SneError(f"{path} is part {part['index'] + 1} of {part['count']}, {paths[0]} one of {count}")
         if part["index"] in by_index:
-            raise SneError(f"part {part['index'] + 1} of {count} is given twice: {by_index[part['index']]} and {path}")
+            raise SneError(f"part {part['index'] + 1} of {count} is given twice: {by_index[part['index']][0]} and {path}")
         if not manifest["complete"]:
             raise SneError(f"{path} (part {part['index'] + 1} of {count}) is incomplete; run its generate command "
                            f"again to finish it: {manifest.get('command') or 'sne zoo generate ... --shard'}")
-        by_index[part["index"]] = path
+        by_index[part["index"]] = path, manifest
     missing = [i + 1 for i in range(count) if i not in by_index]
     if missing:
         raise SneError(f"part {missing[0]} of {count} is missing ({len(by_index)} of {count} parts given); "
@@ -98,13 +98,13 @@ def _join_parts(paths: list[Path], manifests: list[dict[str, Any]], out: Path, c
     manifest = {key: value for key, value in first.items() if key != "part"}
     manifest.update(
         command=command, created=min(str(m.get("created")) for m in manifests), completed=None, complete=False,
-        merged_from=[str(by_index[i]) for i in range(count)],
-        part_commands=[manifests[paths.index(by_index[i])].get("command", "") for i in range(count)],
+        merged_from=[str(by_index[i][0]) for i in range(count)],
+        part_commands=[by_index[i][1].get("command", "") for i in range(count)],
     )
 
     def fill(staging: Path) -> None:
         for index in range(count):
-            root = by_index[index]
+            root = by_index[index][0]
             for shard in part_shards(n, shard_size, index, count):
                 if not _shard_is_complete(root, shard, _shard_ids(shard, n, shard_size), first["architectures"]):
                     raise SneError(f"{_shard_paths(root, shard)[0]} (or its parquet) is missing or corrupt; "
