@@ -58,7 +58,7 @@ def zoo_summary(zoo: Zoo) -> dict:
         "recipe": zoo.manifest.get("recipe"),
         "options": zoo.manifest.get("options"),
         "seed": zoo.manifest.get("seed"),
-        "command": zoo.manifest.get("command"),
+        "command": zoo.command,
         "targets_digest": targets_digest(zoo),
     }
 

@@ -173,7 +173,7 @@ def run_transfer_benchmark(
                 }
                 if runs.plots:
                     stem = runs.results_dir / "plots" / f"{name}_{runs.run_name(encoder)}_seed{seed}_{_safe(train_label)}"
-                    caption = (f"train zoo {train_label} ({train_zoo.manifest.get('command')}); test splits of "
+                    caption = (f"train zoo {train_label} ({train_zoo.command}); test splits of "
                                f"{', '.join(zoo_label(z) for z in tests)}; {encoder}, seed {seed}, {epochs} epochs; "
                                f"{entry['hardware']['device']}, {entry['hardware']['threads']} thread(s); "
                                f"command: {command}")

@@ -52,7 +52,7 @@ def derive_zoo(source: str | Path, out: str | Path, transform: str, seed: int = 
     return write_zoo(
         out, recipe=manifest["recipe"], options={**manifest["options"], "variant": transform, "variant_seed": seed},
         architecture=zoo.architecture, targets=manifest["targets"],
-        dataset={**manifest.get("dataset", {}), "derived_from": {"path": str(zoo.path), "command": manifest.get("command")}},
+        dataset={**manifest.get("dataset", {}), "derived_from": {"path": str(zoo.path), "command": zoo.command}},
         tensors={key: torch.stack(values) for key, values in stacked.items()}, rows=rows, seed=manifest["seed"],
         command=command, split_fractions=manifest["split_fractions"], shard_size=manifest["shard_size"],
     )

@@ -1145,6 +1145,12 @@ class Zoo:
     def targets(self) -> dict[str, dict[str, Any]]:
         return self.manifest["targets"]
 
+    @property
+    def command(self) -> str | None:
+        """The command(s) that made the zoo: for one joined from ``--shard`` parts, the parts' generate
+        commands, then the merge."""
+        return " && ".join(c for c in [*self.manifest.get("part_commands", []), self.manifest.get("command")] if c) or None
+
     def split_ids(self, split: str) -> np.ndarray:
         """Ids of ``split`` ("train", "val" or "test"), ascending."""
         if split not in SPLITS:

@@ -23,12 +23,6 @@ def _spread(values: np.ndarray) -> dict[str, float]:
     }
 
 
-def zoo_command(zoo: Zoo) -> str | None:
-    """The command(s) that made ``zoo``: a zoo joined from --shard parts was made by the parts' commands, then
-    the merge."""
-    return " && ".join(c for c in [*zoo.manifest.get("part_commands", []), zoo.manifest.get("command")] if c) or None
-
-
 def zoo_summary(zoo: Zoo) -> dict[str, Any]:
     """A JSON summary: recipe, dataset, split counts, diverged count, and per-target statistics
     over the networks in a split (class targets: count per class name)."""
@@ -44,7 +38,7 @@ def zoo_summary(zoo: Zoo) -> dict[str, Any]:
         "diverged": int((meta["split"] == EXCLUDED).sum()),
         "seed": zoo.manifest.get("seed"),
         "options": zoo.manifest.get("options"),
-        "command": zoo_command(zoo),
+        "command": zoo.command,
         "targets": {},
     }
     if zoo.manifest.get("excluded"):
@@ -121,6 +115,6 @@ def accuracy_histogram(zoo: Zoo, path: str | Path, target: str = "test_accuracy"
     where = f" on {dataset}" if dataset else ""
     ax.set_title(f"{zoo.manifest['recipe']}{where}: {len(zoo)} networks, {diverged} diverged", fontsize=10)
     ax.legend(fontsize=8)
-    add_caption(fig, f"zoo {zoo.path.name}, seed {zoo.manifest.get('seed')}; command: {zoo_command(zoo)}")
+    add_caption(fig, f"zoo {zoo.path.name}, seed {zoo.manifest.get('seed')}; command: {zoo.command}")
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return save_figure(fig, path)
