@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from sne.encoders import get_encoder_class, options_for_encoder
 from sne.errors import SneError
-from sne.train.run import TrainConfig
+from sne.train.run import TrainConfig, hardware_description, resolve_device
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,21 @@ class BenchRuns:
     def resolved_train_options(self, encoder: str) -> dict[str, Any]:
         """The training settings given, over ``encoder``'s training defaults for its options."""
         return {**get_encoder_class(encoder).train_defaults(self.options_for(encoder)), **self.train_options}
+
+    def trained_run_fields(self, encoder: str, run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+        """What every results entry says of one trained run: encoder, options, run directory, size,
+        epochs and training time (from its training ``summary``), and the hardware it ran on."""
+        return {
+            "encoder": encoder,
+            "encoder_options_given": self.options_for(encoder),
+            "encoder_options_resolved": summary["encoder_options_resolved"],
+            "run": str(run_dir),
+            "encoder_parameters": summary["encoder_parameters"],
+            "epochs": summary["epochs"],
+            "best_epoch": summary["best_epoch"],
+            "train_seconds": summary["train_seconds"],
+            "hardware": hardware_description(resolve_device(self.device)),
+        }
 
     def train_config(self, encoder: str, zoo: str | Path, target: str, seed: int, **fields: Any) -> TrainConfig:
         """The run's :class:`~sne.train.run.TrainConfig` (``fields`` are further config fields)."""

@@ -41,7 +41,6 @@ from sne.errors import SneError
 from sne.train.run import (
     TrainConfig,
     check_train_config,
-    hardware_description,
     load_checkpoint,
     resolve_device,
     train_epochs,
@@ -270,16 +269,8 @@ def run_style_edit_benchmark(zoo_path: str | Path, runs: BenchRuns) -> Path:
             edited = edited_renders(editor, test, config.batch_size)
             errors = mse_per_network(edited, test.targets)
             entry = {
-                "encoder": encoder,
-                "encoder_options_given": runs.options_for(encoder),
-                "encoder_options_resolved": summary["encoder_options_resolved"],
+                **runs.trained_run_fields(encoder, run_dir, summary),
                 "train_seed": seed,
-                "run": str(run_dir),
-                "encoder_parameters": summary["encoder_parameters"],
-                "epochs": summary["epochs"],
-                "best_epoch": summary["best_epoch"],
-                "train_seconds": summary["train_seconds"],
-                "hardware": hardware_description(resolve_device(device)),
                 "metrics": {
                     "test_mse": float(errors.mean()),
                     "test_mse_std": float(errors.std()),

@@ -156,18 +156,10 @@ def run_transfer_benchmark(
                                                  [train_zoo, *tests]))
                     continue
                 entry = {
-                    "encoder": encoder,
-                    "encoder_options_given": runs.options_for(encoder),
-                    "encoder_options_resolved": summary["encoder_options_resolved"],
+                    **runs.trained_run_fields(encoder, run_dir, summary),
                     "permutation_augment": config.permutation_augment,
                     "seed": seed,
                     "train_zoo": train_label,
-                    "run": str(run_dir),
-                    "encoder_parameters": summary["encoder_parameters"],
-                    "epochs": summary["epochs"],
-                    "best_epoch": summary["best_epoch"],
-                    "train_seconds": summary["train_seconds"],
-                    "hardware": hardware_description(resolve_device(device)),
                     "evaluations": _evaluate_everywhere(run_dir, tests, device),
                     "zoo_digests": {zoo_label(z): targets_digest(z) for z in [train_zoo, *tests]},
                 }
