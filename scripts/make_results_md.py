@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from sne.bench.ablation import study_rows  # noqa: E402
 from sne.bench.paper import compare_ordering  # noqa: E402
 from sne.bench.results import label_of, zoo_identity  # noqa: E402
-from sne.bench.transfer import summarize  # noqa: E402
+from sne.bench.transfer import REFERENCE_STATISTICS, summarize  # noqa: E402
 from sne.bench.runs import (  # noqa: E402
     configuration_label,
     configuration_name,
@@ -565,6 +565,7 @@ def transfer_section(path: Path, data: dict) -> list[str]:
         lines.append(f"- `{zoo['label']}`: {zoo['n']} networks, {zoo['splits']['train']}/{zoo['splits']['val']}/"
                      f"{zoo['splits']['test']} train/val/test, {zoo['excluded']} excluded (diverged); "
                      f"`{zoo['command']}`")
+    lines += _reference_lines(data)
     tests = [z["label"] for z in data["test_zoos"]]
     by_run = {(configuration_name(e), e["train_zoo"]): e for e in data["entries"]}
     generations = _zoo_generations(data["entries"])
@@ -609,6 +610,22 @@ def transfer_section(path: Path, data: dict) -> list[str]:
     lines += ["", "The paper's numbers (different zoos, so only the ordering and margins carry over): "
               + "; ".join(f"{k}: " + ", ".join(f"{a} {b}" for a, b in v.items()) for k, v in data["paper"].items())
               + ".", ""]
+    return lines
+
+
+def _reference_lines(data: dict) -> list[str]:
+    """The table of training-free reference statistics (``references``), if the file has them."""
+    references = data.get("references")
+    if not references:
+        return []
+    labels = list(references)
+    lines = ["", f"**Training-free references.** Kendall's tau between `{data['target']}` and one number read off "
+             "each network's weights, on each zoo's test split; nothing is trained. A statistic whose sign is "
+             "the same on every zoo transfers as it is: an encoder that ranks a test zoo below it has not "
+             "learned what this number already says.", "",
+             "| statistic | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for statistic, meaning in REFERENCE_STATISTICS.items():
+        lines.append(f"| {meaning} | " + " | ".join(_fmt(references[label].get(statistic)) for label in labels) + " |")
     return lines
 
 

@@ -4,6 +4,8 @@
 was; rows whose run directory is gone are left as they were and listed.
 
     python scripts/reevaluate_transfer.py results/cross_arch.json --encoders sne --device cpu
+
+The training-free reference statistics of its zoos are computed again too; with --references-only, nothing else.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ def main() -> int:
     parser.add_argument("--encoders", default="sne", help="comma-separated encoder names")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-plots", action="store_true", help="keep the rows' plots as they were")
+    parser.add_argument("--references-only", action="store_true",
+                        help="only compute the zoos' training-free reference statistics again")
     args = parser.parse_args()
     command = "python " + shlex.join(["scripts/reevaluate_transfer.py", *sys.argv[1:]])
     try:
-        path, gone = reevaluate_transfer(args.results, args.encoders.split(","), args.device, command,
+        path, gone = reevaluate_transfer(args.results, [] if args.references_only else args.encoders.split(","), args.device, command,
                                          plots=not args.no_plots)
     except SneError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_cli
 from sne.bench.results import write_merged
-from sne.bench.transfer import summarize
+from sne.bench.transfer import REFERENCE_STATISTICS, statistic_references, summarize
 from sne.encoders import options_for_encoder
 from sne.encoders.sne import DEFAULT_OPTIONS, SNEEncoder
 from sne.errors import SneError
@@ -45,6 +45,8 @@ def test_cross_dataset_writes_a_full_table_plots_and_resumes(sne_trains_unaugmen
     result = json.loads(path.read_text())
     labels = [z["label"] for z in result["test_zoos"]]
     assert labels == ["shared", "independent"]
+    assert set(result["references"]) == set(labels)
+    assert all(set(r) == set(REFERENCE_STATISTICS) for r in result["references"].values())
     # Runs and table rows are named by encoder and the options given, so variants never mix.
     name = "sne_heads-2_hidden-16_num_sab-1_out_dim-8"
     table = result["summary"][name]
@@ -180,6 +182,7 @@ def test_rows_are_evaluated_again_from_their_saved_runs(shared_sine_zoo, second_
     for entry in tampered["entries"]:
         for cell in entry["evaluations"].values():
             cell["kendall_tau"] = 99.0
+    tampered["references"] = {}
     path.write_text(json.dumps(tampered))
     gone = next(e["run"] for e in measured["entries"] if e["seed"] == 1)
     shutil.rmtree(gone)
@@ -196,7 +199,28 @@ def test_rows_are_evaluated_again_from_their_saved_runs(shared_sine_zoo, second_
     for zoo, cell in before[0]["evaluations"].items():
         assert after[0]["evaluations"][zoo] == pytest.approx(cell, rel=1e-5, abs=1e-6)
     assert "reevaluate_transfer.py" in after[0]["reevaluated_by"]
+    assert json.loads(path.read_text())["references"] == measured["references"]
     assert all(cell["kendall_tau"] == 99.0 for cell in after[1]["evaluations"].values()) and "reevaluated_by" not in after[1]
     path.write_text("{not json")
     done = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and str(path) in done.stderr
+
+
+def test_reference_statistics_are_the_taus_of_one_number_read_off_the_weights(shared_sine_zoo):
+    from scipy.stats import kendalltau
+
+    ids = shared_sine_zoo.split_ids("test")
+    records = shared_sine_zoo.records(ids)
+    truth = shared_sine_zoo.metadata.set_index("id").loc[ids, "frequency"].to_numpy()
+    # A SIREN is a chain: its output layer is its last.
+    output_norm = [float(r.layers[-1].weight.double().norm()) for r in records]
+    largest = [max(float(t.abs().max()) for layer in r.layers for t in (layer.weight, layer.bias) if t is not None)
+               for r in records]
+    references = statistic_references([shared_sine_zoo], "frequency", batch=7)["shared"]
+    assert references["output_weight_norm"] == pytest.approx(kendalltau(output_norm, truth).statistic, abs=1e-12)
+    assert references["largest_weight"] == pytest.approx(kendalltau(largest, truth).statistic, abs=1e-12)
+    # A target that does not vary ranks nothing: no tau, not NaN in a JSON file.
+    constant = shared_sine_zoo.metadata.assign(frequency=1.0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(shared_sine_zoo, "metadata", constant)
+        assert statistic_references([shared_sine_zoo], "frequency")["shared"] == dict.fromkeys(REFERENCE_STATISTICS)

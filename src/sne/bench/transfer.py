@@ -47,6 +47,11 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
 
+def _each_zoo_once(*groups: Sequence[Zoo]) -> list[Zoo]:
+    """The zoos of ``groups``, each label once (a cross-dataset table's training zoos are its test zoos)."""
+    return list({zoo_label(z): z for group in groups for z in group}.values())
+
+
 def _open_unique(paths: Sequence[str | Path]) -> list[Zoo]:
     zoos = [Zoo.open(p) for p in paths]
     labels = [zoo_label(z) for z in zoos]
@@ -105,6 +110,41 @@ def _plots(run_dir: Path, train_label: str, test_zoos: list[Zoo], device: str, s
     return out
 
 
+#: Training-free statistics of a network's weights that a table sets beside the encoders: how far one
+#: number read off the weights ranks the test networks (their sign can be checked on every zoo alike).
+REFERENCE_STATISTICS = {
+    "output_weight_norm": "norm of the output layer's weights (the deepest level's layers)",
+    "largest_weight": "largest absolute weight or bias",
+}
+
+
+def _reference_values(record) -> dict[str, float]:
+    deepest = max(layer.level for layer in record.layers)
+    output = [layer.weight for layer in record.layers if layer.level == deepest]
+    tensors = [t for layer in record.layers for t in (layer.weight, layer.bias) if t is not None]
+    return {"output_weight_norm": float(sum(w.double().square().sum() for w in output) ** 0.5),
+            "largest_weight": float(max(t.abs().max() for t in tensors))}
+
+
+def statistic_references(zoos: Sequence[Zoo], target: str, batch: int = 100) -> dict[str, dict[str, float | None]]:
+    """Per zoo label, per :data:`REFERENCE_STATISTICS` name: Kendall's tau between the statistic and
+    ``target`` over the zoo's test split (``None`` where either is constant)."""
+    from scipy.stats import kendalltau
+
+    references = {}
+    for zoo in zoos:
+        ids = zoo.split_ids("test")
+        values: dict[str, list[float]] = {name: [] for name in REFERENCE_STATISTICS}
+        for first in range(0, len(ids), batch):  # a batch of records at a time: large zoos stay in bounds
+            for record in zoo.records(ids[first:first + batch]):
+                for name, value in _reference_values(record).items():
+                    values[name].append(value)
+        truth = zoo.metadata.set_index("id").loc[ids, target].to_numpy(dtype=np.float64)
+        taus = {name: kendalltau(v, truth).statistic for name, v in values.items()}
+        references[zoo_label(zoo)] = {name: None if not np.isfinite(t) else float(t) for name, t in taus.items()}
+    return references
+
+
 def run_transfer_benchmark(
     benchmark: str,
     train_zoos: Sequence[str | Path],
@@ -135,6 +175,7 @@ def run_transfer_benchmark(
         "encoders": list(runs.encoders),
         "train_zoos": [zoo_summary(z) for z in trains],
         "test_zoos": [zoo_summary(z) for z in tests],
+        "references": statistic_references(_each_zoo_once(trains, tests), target),
     }
     # Refused before any training, not after hours of it (write_merged checks again under its lock).
     check_mergeable(path, described, _same_data)
@@ -186,13 +227,15 @@ def reevaluate_transfer(path: str | Path, encoders: Sequence[str], device: str, 
                         plots: bool = True) -> tuple[Path, list[str]]:
     """Evaluate again, from their saved runs, the rows of ``encoders`` in the transfer results file
     ``path`` on its test zoos, after a change to inference that leaves training as it was (each row
-    then names ``command`` in ``reevaluated_by``); return the path and the runs that are gone, whose
-    rows are left as they were."""
+    then names ``command`` in ``reevaluated_by``), and compute its :func:`statistic_references` again;
+    return the path and the runs that are gone, whose rows are left as they were."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
         header = {k: v for k, v in data.items() if k not in ("entries", "commands", "summary")}
+        trains = _open_unique([zoo["path"] for zoo in data["train_zoos"]])
         tests = _open_unique([zoo["path"] for zoo in data["test_zoos"]])
+        header["references"] = statistic_references(_each_zoo_once(trains, tests), data["target"])
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise SneError(f"{path}: not a transfer benchmark's results ({type(error).__name__}: {error})") from None
     redone, gone = [], []
