@@ -156,8 +156,10 @@ def test_output_shape_for_mixed_architectures():
 @pytest.mark.parametrize(
     "options",
     [{}, {"use_hierarchy": False}, {"use_set_functions": False}, {"chunk_micro_batch": 3}, {"layer_norm": True},
-     {"source_code_rounds": 2, "chunk_micro_batch": 3}],
-    ids=["default", "flat", "no-sets", "micro-batch", "layer-norm", "source-codes"],
+     {"source_code_rounds": 2, "chunk_micro_batch": 3}, {"level_origin": "output"},
+     {"level_origin": "output", "use_hierarchy": False}],
+    ids=["default", "flat", "no-sets", "micro-batch", "layer-norm", "source-codes", "levels-from-output",
+         "levels-from-output-flat"],
 )
 def test_code_does_not_depend_on_batch_composition(options):
     """A network's code is the same alone and beside a larger network of another architecture."""
@@ -211,7 +213,8 @@ def test_gradients_reach_every_parameter(options):
 
 
 @pytest.mark.parametrize("options", [{}, {"use_source_features": True, "use_input_positions": True,
-                                          "use_own_neuron_features": True}, {"source_code_rounds": 2}])
+                                          "use_own_neuron_features": True}, {"source_code_rounds": 2},
+                                     {"level_origin": "output"}])
 def test_micro_batching_gives_the_same_codes_and_gradients(options):
     torch.manual_seed(0)
     # float64: summation order differs between the two paths, and float32 gradients differ by more
@@ -265,6 +268,8 @@ def test_bad_options_and_inputs_are_user_errors():
         SNEEncoder(hidden=10, heads=4)
     with pytest.raises(SneError, match="true or false"):
         SNEEncoder(use_hierarchy="no")
+    with pytest.raises(SneError, match="level_origin must be one of input, output, got 'top'"):
+        SNEEncoder(level_origin="top")
     encoder = SNEEncoder(**SMALL)
     with pytest.raises(SneError, match="empty batch"):
         encoder.prepare([])
@@ -641,3 +646,29 @@ def test_self_attention_with_one_fused_projection_equals_attention_to_a_copy():
     grads = [torch.autograd.grad(out[mask].sum(), [x, block.mab.k.weight]) for out in (fused, separate)]
     for a, b in zip(*grads):
         assert torch.allclose(a, b, rtol=0, atol=1e-10)
+
+
+def test_levels_counted_from_the_output_align_networks_of_different_depths():
+    g = torch.Generator().manual_seed(5)
+    shallow = [mlp([4, 8, 3], g, dtype=torch.float64) for _ in range(6)]
+    deep = mlp([4, 8, 8, 8, 3], g, dtype=torch.float64)
+    from_input = SNEEncoder(**SMALL).double()
+    encoder = SNEEncoder(**SMALL, level_origin="output").double()
+    encoder.fit_input_statistics(shallow)
+    batch = encoder.prepare([shallow[0], deep])
+    chunks, layers, _ = encoder._levels(batch)
+    assert batch.layer_level.tolist() == [0, 1, 0, 1, 2, 3] and layers.tolist() == [1, 0, 3, 2, 1, 0]
+    assert all(a.equal(b) for a, b in zip(from_input._levels(batch), (batch.chunk_level, batch.layer_level,
+                                                                       batch.token_level)))
+    network = batch.chunk_network_slot // batch.network_chunk_mask.shape[1]
+    torch.testing.assert_close(chunks, torch.tensor([1, 3])[network] - batch.chunk_level, rtol=0, atol=0)
+    # The deep network's output layer is standardised with the statistics of the shallow networks'
+    # output layers, its first layer with those of their first layers (the nearest fitted level).
+    normalized = encoder._normalized_part_stats(batch, 0, batch.chunk_type.shape[0])
+    raw = batch.part_stats[batch.chunk_part]
+    for deep_level, fitted_level in ((3, 0), (0, 1)):
+        rows = (network == 1) & (batch.chunk_level == deep_level)
+        kinds = batch.chunk_type[rows]
+        reference = encoder.stats_mean[fitted_level, kinds], encoder.stats_std[fitted_level, kinds]
+        torch.testing.assert_close(normalized[rows], (raw[rows] - reference[0]) / reference[1], rtol=0, atol=0)
+        assert reference[1].ne(1).all()  # fitted, not the identity

@@ -86,7 +86,11 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "chunk_hidden": 32,
     "canonical_order": False,
     "source_code_rounds": 0,
+    "level_origin": "input",
 }
+
+#: Where layer levels count from (option ``level_origin``).
+LEVEL_ORIGINS = ("input", "output")
 
 #: Named sets of options (``preset=NAME``; options given beside it win). ``paper``: SNE as the paper
 #: describes it, for reproducing its numbers: one set per layer part, the chunk stage at full width,
@@ -329,6 +333,10 @@ class SNEEncoder(Encoder):
     weight adds the code of the neuron its input comes from (:mod:`sne.encoders.chunking`, "Neuron
     links") before the chunk encoder; a round sees the previous round's codes, so ``r`` rounds reach
     ``r`` layers back. Ids move with the weights, so the links survive any neuron permutation.
+    ``level_origin``: where layer levels count from, for the level encoding and the layer-statistics
+    tables: ``"input"`` (the paper: a network's first layer is level 0) or ``"output"`` (its deepest
+    layer is level 0), so that the output layers of networks of different depths read alike, as
+    a 4-layer CNN's and a 40-layer ViT's heads do not when counted from the input.
     ``preset``: a name in :data:`PRESETS` whose options apply under those given (``preset=paper``).
     """
 
@@ -448,10 +456,12 @@ class SNEEncoder(Encoder):
         self.stats_std.fill_(1.0)
         stats_by_key: dict[tuple[int, int], list[torch.Tensor]] = {}
         for record in records:
+            deepest = max(layer.level for layer in record.layers)
             for layer in record.layers:
-                if layer.level < MAX_NORMALIZED_LEVELS:
+                level = deepest - layer.level if self.options["level_origin"] == "output" else layer.level
+                if level < MAX_NORMALIZED_LEVELS:
                     for part in layer_parts(layer, record.source):
-                        stats_by_key.setdefault((layer.level, part.type), []).append(part.stats)
+                        stats_by_key.setdefault((level, part.type), []).append(part.stats)
         for (level, kind), stats in stats_by_key.items():
             mean, std = mean_std(torch.stack(stats), dim=0, floor=STATS_STD_FLOOR)
             self.stats_mean[level, kind] = mean.to(self.stats_mean.dtype)
@@ -462,7 +472,7 @@ class SNEEncoder(Encoder):
 
     def _normalized_part_stats(self, batch: ChunkBatch, first: int, last: int) -> torch.Tensor:
         stats = batch.part_stats[batch.chunk_part[first:last]]
-        kinds, levels = batch.chunk_type[first:last], batch.chunk_level[first:last]
+        kinds, levels = batch.chunk_type[first:last], self._levels(batch)[0][first:last]
         # Deeper levels than the tables hold read the deepest, which holds the nearest fitted level's.
         levels = levels.clamp_max(MAX_NORMALIZED_LEVELS - 1)
         mean, std = self.stats_mean[levels, kinds], self.stats_std[levels, kinds]
@@ -517,17 +527,28 @@ class SNEEncoder(Encoder):
             layer_sets = _gather_sets(members, slots, batch.layer_mask)
             layers = self.merge_pool(self.merge_stack(layer_sets, batch.layer_mask), batch.layer_mask)
             if opts["use_level_encoding"]:
-                layers = layers + self._encode(batch.layer_level, dtype)
+                layers = layers + self._encode(self._levels(batch)[1], dtype)
             sets, mask = _gather_sets(layers, batch.layer_network_slot, batch.network_mask), batch.network_mask
         else:
             # Without the hierarchy the tokens join the network's chunk codes, with their layer's level.
             if opts["use_level_encoding"]:
-                tokens = tokens + self._encode(batch.token_level + LEVEL_POSITION_OFFSET, dtype)
+                tokens = tokens + self._encode(self._levels(batch)[2] + LEVEL_POSITION_OFFSET, dtype)
             members = torch.cat([codes, tokens])
             slots = torch.cat([batch.chunk_network_slot, batch.token_network_slot])
             sets = _gather_sets(members, slots, batch.network_chunk_mask)
             mask = batch.network_chunk_mask
         return self.network_pool(self.network_stack(sets, mask), mask), elements
+
+    def _levels(self, batch: ChunkBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Levels of the batch's chunks, layers and merge tokens, counted as ``level_origin`` says."""
+        if self.options["level_origin"] == "input":
+            return batch.chunk_level, batch.layer_level, batch.token_level
+        layer_network = batch.layer_network_slot // batch.network_mask.shape[1]
+        deepest = torch.zeros(batch.network_mask.shape[0], dtype=batch.layer_level.dtype, device=layer_network.device)
+        deepest = deepest.scatter_reduce(0, layer_network, batch.layer_level, "amax", include_self=False)
+        width = batch.network_chunk_mask.shape[1]
+        return (deepest[batch.chunk_network_slot // width] - batch.chunk_level, deepest[layer_network] - batch.layer_level,
+                deepest[batch.token_network_slot // width] - batch.token_level)
 
     def _encode(self, positions: torch.Tensor, dtype: torch.dtype, width: int | None = None) -> torch.Tensor:
         return sinusoidal_encoding(positions, width or self.hidden, dtype=dtype)
@@ -712,7 +733,7 @@ class SNEEncoder(Encoder):
 
     def _chunk_context(self, batch: ChunkBatch, dtype: torch.dtype, first: int, last: int) -> torch.Tensor:
         """Layer-type plus layer-level encoding of chunks ``first:last``, (last - first, hidden)."""
-        kinds, levels = batch.chunk_type[first:last], batch.chunk_level[first:last]
+        kinds, levels = batch.chunk_type[first:last], self._levels(batch)[0][first:last]
         width = self.chunk_width
         context = torch.zeros(last - first, width, dtype=dtype, device=kinds.device)
         if self.options["use_type_encoding"]:
@@ -805,6 +826,8 @@ def _validate(options: dict[str, Any]) -> None:
     for name in ("chunk_micro_batch", "part_window", "chunk_hidden"):
         if options[name] is not None:
             positive_int(name)
+    if options["level_origin"] not in LEVEL_ORIGINS:
+        raise SneError(f"SNE option level_origin must be one of {', '.join(LEVEL_ORIGINS)}, got {options['level_origin']!r}")
     if options["chunk_hidden"] is not None and options["chunk_hidden"] % chunk_heads_for(options):
         raise SneError(f"SNE option chunk_hidden ({options['chunk_hidden']}) must be divisible by its heads "
                        f"({chunk_heads_for(options)}: heads x chunk_hidden / hidden)")
