@@ -472,7 +472,7 @@ class SNEEncoder(Encoder):
 
     def _normalized_part_stats(self, batch: ChunkBatch, first: int, last: int) -> torch.Tensor:
         stats = batch.part_stats[batch.chunk_part[first:last]]
-        kinds, levels = batch.chunk_type[first:last], self._levels(batch)[0][first:last]
+        kinds, levels = batch.chunk_type[first:last], self._levels(batch, first, last)[0]
         # Deeper levels than the tables hold read the deepest, which holds the nearest fitted level's.
         levels = levels.clamp_max(MAX_NORMALIZED_LEVELS - 1)
         mean, std = self.stats_mean[levels, kinds], self.stats_std[levels, kinds]
@@ -539,16 +539,19 @@ class SNEEncoder(Encoder):
             mask = batch.network_chunk_mask
         return self.network_pool(self.network_stack(sets, mask), mask), elements
 
-    def _levels(self, batch: ChunkBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Levels of the batch's chunks, layers and merge tokens, counted as ``level_origin`` says."""
+    def _levels(self, batch: ChunkBatch, first: int = 0, last: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Levels of chunks ``first:last``, of all layers and of all merge tokens of the batch, counted
+        as ``level_origin`` says (each run of chunks reads its own slice: the cost stays linear)."""
+        chunks = slice(first, last)
         if self.options["level_origin"] == "input":
-            return batch.chunk_level, batch.layer_level, batch.token_level
+            return batch.chunk_level[chunks], batch.layer_level, batch.token_level
         layer_network = batch.layer_network_slot // batch.network_mask.shape[1]
         deepest = torch.zeros(batch.network_mask.shape[0], dtype=batch.layer_level.dtype, device=layer_network.device)
         deepest = deepest.scatter_reduce(0, layer_network, batch.layer_level, "amax", include_self=False)
         width = batch.network_chunk_mask.shape[1]
-        return (deepest[batch.chunk_network_slot // width] - batch.chunk_level, deepest[layer_network] - batch.layer_level,
-                deepest[batch.token_network_slot // width] - batch.token_level)
+        return (deepest[batch.chunk_network_slot[chunks] // width] - batch.chunk_level[chunks],
+                deepest[layer_network] - batch.layer_level, deepest[batch.token_network_slot // width] - batch.token_level)
 
     def _encode(self, positions: torch.Tensor, dtype: torch.dtype, width: int | None = None) -> torch.Tensor:
         return sinusoidal_encoding(positions, width or self.hidden, dtype=dtype)
@@ -733,7 +736,7 @@ class SNEEncoder(Encoder):
 
     def _chunk_context(self, batch: ChunkBatch, dtype: torch.dtype, first: int, last: int) -> torch.Tensor:
         """Layer-type plus layer-level encoding of chunks ``first:last``, (last - first, hidden)."""
-        kinds, levels = batch.chunk_type[first:last], self._levels(batch)[0][first:last]
+        kinds, levels = batch.chunk_type[first:last], self._levels(batch, first, last)[0]
         width = self.chunk_width
         context = torch.zeros(last - first, width, dtype=dtype, device=kinds.device)
         if self.options["use_type_encoding"]:
