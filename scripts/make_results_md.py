@@ -285,9 +285,11 @@ def zoos_section(files: list[tuple[Path, dict]]) -> list[str]:
              "'at chance' is the fraction below 0.15. Sources: `results/zoo_*.json` (`sne zoo info`).", "",
              "| zoo | networks (train/val/test) | diverged | test accuracy min / q25 / median / q75 / max | at chance | "
              "median generalization gap | histogram | command |", "|---|---|---|---|---|---|---|---|"]
+    inr_zoos = []
     for path, data in files:
         if "test_accuracy" not in data["targets"]:
-            continue  # an INR zoo: its networks have no accuracy (its benchmark's section describes it)
+            inr_zoos.append(data)  # no accuracy: their own table
+            continue
         acc = data["targets"]["test_accuracy"]
         gap = data["targets"].get("generalization_gap", {})
         plot = ROOT / "results" / "plots" / f"{path.stem}_accuracy.png"
@@ -300,6 +302,18 @@ def zoos_section(files: list[tuple[Path, dict]]) -> list[str]:
             + f" | {_fmt(acc['fraction_at_chance'], 2)} | {_fmt(gap.get('median'), 2)} | {link} | "
             f"`{data.get('command')}` |"
         )
+    if inr_zoos:
+        lines += ["", "INR zoos: how well the networks fit their signals (over the networks in a split; a zoo with "
+                  "several views fits each image several times from independent initialisations).", "",
+                  "| zoo | networks (train/val/test) | targets | fit MSE min / median / max | PSNR (dB) min / median / "
+                  "max | command |", "|---|---|---|---|---|---|"]
+        for data in inr_zoos:
+            splits, fit = data["splits"], data.get("fit", {})
+            spread = [" / ".join(_fmt(fit[c][k], digits) for k in ("min", "median", "max")) if c in fit else "n/a"
+                      for c, digits in (("fit_mse", 3), ("psnr", 1))]
+            lines.append(f"| {Path(data['path']).name} | {data['n']} ({splits['train']}/{splits['val']}/"
+                         f"{splits['test']}) | {', '.join(data['targets'])} | {spread[0]} | {spread[1]} | "
+                         f"`{data.get('command')}` |")
     return lines + [""]
 
 

@@ -141,6 +141,14 @@ def test_cli_generates_and_trains_on_labels(tmp_path, capsys):
     assert zoo.manifest["recipe"] == "digit-inr" and zoo.manifest["options"]["steps"] == 20
     assert [layer["weight_shape"] for layer in zoo.architecture] == [[32, 2], [32, 32], [1, 32]]
     assert zoo.manifest["dataset"]["name"] == "digits"
+    # zoo info says how well the INRs fit their images, over the networks in a split.
+    code, printed, err = run_cli(["zoo", "info", str(out), "--json"], capsys)
+    assert code == 0, err
+    fit = json.loads(printed)["fit"]
+    kept = zoo.metadata[zoo.metadata["split"] != "excluded"]
+    for column in ("fit_mse", "psnr"):
+        assert fit[column]["median"] == pytest.approx(float(kept[column].median()))
+        assert fit[column]["min"] == pytest.approx(float(kept[column].min()))
     # The class-target path of training and evaluation, end to end.
     run = tmp_path / "run"
     code, _, err = run_cli(["train", "--zoo", str(out), "--target", "label", "--out", str(run), "--epochs", "1",

@@ -15,6 +15,10 @@ from sne.zoo.format import EXCLUDED, SPLITS, Zoo
 CHANCE_MARGIN = 0.05
 
 
+#: Per-network fit quality columns of INR recipes, summarised when a zoo has them.
+FIT_COLUMNS = ("fit_mse", "psnr")
+
+
 def _spread(values: np.ndarray) -> dict[str, float]:
     quartiles = np.quantile(values, [0.0, 0.25, 0.5, 0.75, 1.0])
     return {
@@ -60,6 +64,11 @@ def zoo_summary(zoo: Zoo) -> dict[str, Any]:
             entry["fraction_at_chance"] = float((values < chance + CHANCE_MARGIN).mean())
             entry["chance_threshold"] = chance + CHANCE_MARGIN
         summary["targets"][name] = entry
+    # How well an INR zoo's networks fit their signals (the recipes record it per network).
+    fit = {column: _spread(kept[column].to_numpy(dtype=np.float64)) for column in FIT_COLUMNS
+           if column in kept and len(kept)}
+    if fit:
+        summary["fit"] = fit
     return summary
 
 
