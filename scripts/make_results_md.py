@@ -613,6 +613,10 @@ def transfer_section(path: Path, data: dict) -> list[str]:
                 cells = ["cannot train"] * len(tests)
             time_cell = "n/a" if run["train_seconds"] is None else f"{_fmt(run['train_seconds'] / 60)} min"
             lines.append(f"| {train_label} | " + " | ".join(cells) + f" | **{_fmt(row['average'])}** | {time_cell} |")
+        refusals = sorted({f"{test}: {evaluation['error']}" for e in rows if not e.get("cannot_train")
+                           for test, evaluation in e["evaluations"].items() if "error" in evaluation})
+        if refusals:
+            lines += ["", "Cannot read: " + "; ".join(refusals) + "."]
         plots = [e["plots"] for e in data["entries"] if configuration_name(e) == configuration and e.get("plots")]
         links = [f"[{Path(p[k]).stem}](../{Path(p[k]).relative_to(ROOT) if Path(p[k]).is_absolute() else p[k]})"
                  for p in plots for k in ("scatter", "embedding") if k in p]
