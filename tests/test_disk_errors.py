@@ -180,3 +180,19 @@ def test_files_and_zoos_get_the_modes_open_would_give(tmp_path):
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "zoo").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "zoo" / "manifest.json").stat().st_mode) == 0o644
+
+
+def test_a_file_name_too_long_for_the_file_system_is_shortened_not_refused(tmp_path):
+    from sne.io_utils import MAX_NAME_BYTES, bounded_path
+    from sne.plots import plt, save_figure
+
+    # Plot names are built from runs' options: with enough of them a name passes the 255-byte limit.
+    long = tmp_path / ("sne_" + "option-value_" * 25 + "seed0_small-cnn-digits-affine_scatter.png")
+    assert len(long.name.encode()) > MAX_NAME_BYTES
+    fig, _ = plt.subplots()
+    written = save_figure(fig, long)
+    assert written.is_file() and written.parent == tmp_path and written.suffix == ".png"
+    assert len(written.name.encode()) <= MAX_NAME_BYTES and written.name.startswith("sne_option-value_")
+    assert written == bounded_path(long) != bounded_path(long.with_name(long.name.replace("scatter", "tsne")))
+    assert bounded_path(tmp_path / "short.png") == tmp_path / "short.png"
+    assert [p.name for p in tmp_path.iterdir()] == [written.name]  # no temporary left behind

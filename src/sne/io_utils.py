@@ -19,6 +19,26 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+#: Longest file name most file systems take, in bytes.
+MAX_NAME_BYTES = 255
+
+
+def bounded_path(path: str | os.PathLike, limit: int = MAX_NAME_BYTES) -> Path:
+    """``path``, or where its file name is longer than ``limit`` bytes (names built from many options),
+    the same path with the name's stem cut and a hash of the whole name added: distinct names stay
+    distinct, and a name that fits is kept as it is."""
+    import hashlib
+
+    path = Path(path)
+    name = path.name
+    if len(name.encode()) <= limit:
+        return path
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    keep = limit - len(path.suffix.encode()) - len(digest) - 1
+    stem = path.stem.encode()[:keep].decode(errors="ignore")
+    return path.with_name(f"{stem}-{digest}{path.suffix}")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's directory; rename it to ``path`` only on success.
@@ -33,7 +53,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # The temporary name repeats only the start of the target's: a name near the file-system limit
+        # (255 bytes) must still get a temporary file.
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
     except OSError as error:
         raise SneError(f"{path}: cannot write there ({_reason(error)})") from None
     os.close(fd)

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sne.io_utils import atomic_path  # noqa: E402
+from sne.io_utils import atomic_path, bounded_path  # noqa: E402
 
 
 def scatter_predictions(
@@ -110,8 +110,9 @@ def error_curves(curves: dict[str, tuple[list[float], list[float], list[float]]]
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Write ``fig`` atomically (format from the suffix) and close it; PNGs get a 256-colour palette."""
-    path = Path(path)
+    """Write ``fig`` atomically (format from the suffix) and close it; PNGs get a 256-colour palette.
+    Returns where it went: ``path``, with its name shortened if too long for a file system (:func:`bounded_path`)."""
+    path = bounded_path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
         if path.suffix.lower() == ".png":
