@@ -16,6 +16,7 @@ from sne.bench.paper import PAPER_INR_FREQUENCY_MSE
 from sne.bench.results import check_mergeable, write_merged, zoo_identity, zoo_summary
 from sne.bench.runs import BenchRuns, options_key
 from sne.errors import SneError
+from sne.io_utils import bounded_path
 from sne.train.evaluate import evaluate_run
 from sne.train.run import fit
 from sne.zoo import Zoo
@@ -52,7 +53,7 @@ def run_inr_benchmark(
     for encoder in runs.encoders:
         for weight in invariance_weights:
             for seed in runs.seeds:
-                run_dir = runs.runs_dir / f"{runs.run_name(encoder)}_lambda{weight:g}_seed{seed}"
+                run_dir = bounded_path(runs.runs_dir / f"{runs.run_name(encoder)}_lambda{weight:g}_seed{seed}")
                 config = runs.train_config(encoder, zoo.path, target, seed, invariance_weight=weight)
                 started = time.perf_counter()
                 fit(config, run_dir)

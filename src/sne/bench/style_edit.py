@@ -38,6 +38,7 @@ from sne.data.images import IMAGE_SIZE
 from sne.encoders import batch_to, build_encoder, build_encoder_from_config, get_encoder_class
 from sne.encoders.base import Encoder, weight_output_encoder_names
 from sne.errors import SneError
+from sne.io_utils import bounded_path
 from sne.train.run import (
     TrainConfig,
     check_train_config,
@@ -261,7 +262,7 @@ def run_style_edit_benchmark(zoo_path: str | Path, runs: BenchRuns) -> Path:
     entries = []
     for encoder in runs.encoders:
         for seed in runs.seeds:
-            run_dir = runs.runs_dir / f"{runs.run_name(encoder)}_seed{seed}"
+            run_dir = bounded_path(runs.runs_dir / f"{runs.run_name(encoder)}_seed{seed}")
             config = runs.train_config(encoder, zoo.path, EDIT_TARGET, seed)
             started = time.perf_counter()
             summary = train_editor(config, run_dir, splits=splits)

@@ -23,6 +23,7 @@ import numpy as np
 
 from sne.bench.paper import PAPER_CROSS_ARCH_TAU, PAPER_CROSS_DATASET_TAU
 from sne.errors import CannotRead, SneError
+from sne.io_utils import bounded_path
 from sne.bench.results import check_mergeable, targets_digest, write_merged, zoo_identity, zoo_label, zoo_summary
 from sne.bench.runs import BenchRuns, configuration_name, options_key
 from sne.plots import scatter_grid, embedding_map
@@ -185,7 +186,7 @@ def run_transfer_benchmark(
             for train_zoo in trains:
                 train_label = zoo_label(train_zoo)
                 # Keyed by what is trained, not by benchmark: cross-arch reuses cross-dataset's runs.
-                run_dir = runs.runs_dir / _safe(target) / f"{runs.run_name(encoder)}_seed{seed}" / _safe(train_label)
+                run_dir = bounded_path(runs.runs_dir / _safe(target) / f"{runs.run_name(encoder)}_seed{seed}") / _safe(train_label)
                 config = runs.train_config(encoder, train_zoo.path, target, seed)
                 started = time.perf_counter()
                 try:
