@@ -39,9 +39,10 @@ zoo wild-park wild-park "${WILD_N:-2000}" --device "$DEVICE"
 zoo small-cnn-digits-k7 small-cnn "${KERNEL_N:-1000}" --dataset digits -o epochs=8 -o kernel=7 --device "$DEVICE"
 zoo "digit-inr-views${VIEWS:-10}" digit-inr "${DIGIT_N:-1797}" -o "views=${VIEWS:-10}" --init independent --device "$DEVICE"
 
-# The ViTs embed patches with 4x4, 7x7 and 14x14 convolutions: Neural Graphs is told its largest kernel
-# before training (with its default of 5 it refuses the zoo at the first 14x14 patch embedding).
+# The ViTs embed patches with 4x4, 7x7 and 14x14 convolutions and the deepest have 40 layers: Neural Graphs
+# is told its largest kernel and most layers before training (its defaults, 5 and 32, refuse the zoo).
 $SNE bench cross-arch --train "$SMALL" --test "$Z/vit" --encoders sne,deepsets,ng_gnn -o ng_gnn.max_kernel_size=14 \
+  -o ng_gnn.max_layers=64 \
   --name transformer_transfer "${common[@]}"
 $SNE bench cross-arch --train "$Z/small-cnn-digits" --test "$Z/small-cnn-digits,$Z/small-cnn-digits-k7" \
   --encoders sne,deepsets,ng_gnn,ng_t,statnn --name unseen_kernels "${common[@]}"

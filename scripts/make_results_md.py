@@ -100,8 +100,9 @@ STUDY_NOTES = {
         "which any training network had (the SNE paper, section 4.2, reports Kendall tau 0.33-0.46 for SNE "
         "against about 0.19 for DeepSets on its transformer zoo). An encoder reads a ViT as the same kind of "
         "record as a CNN; what it makes of layer kinds it never saw is the test. The ViTs embed patches with "
-        "4x4, 7x7 and 14x14 convolutions: Neural Graphs, which pads kernels to a size fixed before training "
-        "(5 by default, and then refuses this zoo), is trained here with `max_kernel_size=14`.",
+        "4x4, 7x7 and 14x14 convolutions, and the deepest have 40 layers: Neural Graphs, which pads kernels to a "
+        "size and numbers layers up to a count both fixed before training (5 and 32 by default), refuses this "
+        "zoo unless trained with `max_kernel_size=14` and `max_layers` of 40 or more (its rows say which).",
     ],
     "wild_park": [
         "Trained and tested on one zoo of CNNs of mixed architectures (2-8 convolutions, 4-64 channels, "
