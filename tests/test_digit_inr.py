@@ -202,3 +202,20 @@ def test_a_multi_view_zoo_gets_its_own_results_file_and_section(tmp_path, capsys
     module.ROOT = tmp_path
     section = "\n".join(module.digit_inr_section(results / "digit_inr_label_shared_views2.json", data))
     assert "2 views per image" in section and "2 per digits image" in section
+
+
+def test_a_multi_view_zoo_reports_progress_in_images():
+    from sne.zoo.recipes import FitProgress
+
+    class Count(FitProgress):
+        def __init__(self) -> None:
+            self.done = []
+
+        def group_done(self, networks: int) -> None:
+            self.done.append(networks)
+
+    # The zoo's bar counts images (--n): 3 images of 4 views are 12 INRs fitted in groups of 5.
+    options = RECIPE.resolve_options({"views": 4, "steps": 2, "group_size": 5})
+    count = Count()
+    shard = RECIPE.generate_rows(np.arange(3), 0, options, count, {})
+    assert len(shard.rows) == 12 and sum(count.done) == 3 and all(0 <= n <= 2 for n in count.done)

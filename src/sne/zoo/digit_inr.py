@@ -28,7 +28,7 @@ import torch
 from sne.data import ImageDataset, dataset_names, load_dataset
 from sne.data.images import IMAGE_SIZE
 from sne.errors import SneError
-from sne.zoo.recipes import FitProgress, Recipe, Shard, check_options, derive_seed, register_recipe
+from sne.zoo.recipes import FitProgress, Recipe, RowsToUnits, Shard, check_options, derive_seed, register_recipe
 from sne.zoo.siren import FIT_OPTIONS, fit_groups, resolve_fit_options, siren_architecture
 
 # 200 Adam steps at lr 2e-3 fit all 1797 digits images to PSNR > 38 dB (median 50) in ~5 s per 100
@@ -134,7 +134,8 @@ class DigitInr(Recipe):
 
         views = options.get("views", 1)
         ids = (np.asarray(slots, dtype=np.int64)[:, None] * views + np.arange(views)).reshape(-1)
-        shard = self.generate_shard(ids, seed, options, progress)
+        # The zoo's bar counts images (--n); the fit reports INRs.
+        shard = self.generate_shard(ids, seed, options, RowsToUnits(progress, views))
         return ModuleShard(shard.rows, {0: shard.tensors}, np.zeros(len(ids), dtype=np.int64))
 
     def generate_shard(

@@ -44,6 +44,27 @@ class FitProgress:
         """The current group of ``networks`` is trained."""
 
 
+class RowsToUnits(FitProgress):
+    """Passes on ``inner`` progress counted in rows as progress in units of ``rows_per_unit`` rows (the
+    images of a zoo of several INRs per image, whose bar counts images), carrying remainders over."""
+
+    def __init__(self, inner: FitProgress, rows_per_unit: int) -> None:
+        self.inner, self.rows_per_unit = inner, rows_per_unit
+        self.rows = self.units = 0
+
+    def group_started(self, networks: int, steps: int) -> None:
+        self.inner.group_started(networks, steps)
+
+    def step_done(self) -> None:
+        self.inner.step_done()
+
+    def group_done(self, networks: int) -> None:
+        self.rows += networks
+        units = self.rows // self.rows_per_unit - self.units
+        self.units += units
+        self.inner.group_done(units)
+
+
 class Recipe(ABC):
     """One way of making a zoo. Subclasses register themselves with :func:`register_recipe`.
 
