@@ -13,6 +13,28 @@ from sne.train.targets import Target
 from sne.weights.record import NetworkRecord
 
 
+#: Most network parameters encoded in one inference batch: a batch of 64 ViTs of 50k parameters each
+#: took Neural Graphs (14x14 kernels) past 22 GB; this bounds every encoder's batch by what it reads.
+INFERENCE_PARAMETERS = 500_000
+
+
+def inference_batches(records: Sequence[NetworkRecord], batch_size: int,
+                      max_parameters: int | None = None) -> list[slice]:
+    """Consecutive slices of ``records``, each of at most ``batch_size`` networks and, unless one
+    network alone has more, ``max_parameters`` (default :data:`INFERENCE_PARAMETERS`) parameters."""
+    max_parameters = INFERENCE_PARAMETERS if max_parameters is None else max_parameters
+    slices, start, total = [], 0, 0
+    for i, record in enumerate(records):
+        size = record.num_parameters
+        if i > start and (i - start == batch_size or total + size > max_parameters):
+            slices.append(slice(start, i))
+            start, total = i, 0
+        total += size
+    if start < len(records):
+        slices.append(slice(start, len(records)))
+    return slices
+
+
 class Predictor(nn.Module):
     """``encoder`` maps networks to codes ``z``; ``head`` maps ``z`` to the target's raw outputs."""
 
@@ -35,8 +57,8 @@ class Predictor(nn.Module):
         self.eval()
         try:
             out = [
-                fn(batch_to(self.encoder.prepare_inference(records[i : i + batch_size]), self.device)).float().cpu()
-                for i in range(0, len(records), batch_size)
+                fn(batch_to(self.encoder.prepare_inference(records[part]), self.device)).float().cpu()
+                for part in inference_batches(records, batch_size)
             ]
         finally:
             self.train(was_training)
