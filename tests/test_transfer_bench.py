@@ -224,3 +224,24 @@ def test_reference_statistics_are_the_taus_of_one_number_read_off_the_weights(sh
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(shared_sine_zoo, "metadata", constant)
         assert statistic_references([shared_sine_zoo], "frequency")["shared"] == dict.fromkeys(REFERENCE_STATISTICS)
+
+
+def test_a_capped_training_split_is_a_configuration_of_its_own(sne_trains_unaugmented, shared_sine_zoo, tmp_path,
+                                                                capsys):
+    common = ["--zoos", str(shared_sine_zoo.path), "--target", "frequency", "--encoders", "sne", "--runs",
+              str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--device", "cpu", "--epochs", "1",
+              "--batch-size", "16", *SMALL_SNE]
+    code, _, err = run_cli(["bench", "cross-dataset", *common, "--max-train", "1"], capsys)
+    assert code == 2 and "--max-train must be at least 2, got 1" in err
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
+    for extra in ([], ["--max-train", "10"]):
+        code, _, err = run_cli(["bench", "cross-dataset", *common, *extra], capsys)
+        assert code == 0, err
+    result = json.loads((tmp_path / "results" / "cross_dataset.json").read_text())
+    whole, capped = "sne_heads-2_hidden-16_num_sab-1_out_dim-8", "sne_heads-2_hidden-16_max_train-10_num_sab-1_out_dim-8"
+    assert set(result["summary"]) == {whole, capped}
+    assert sorted((e["max_train"] or 0) for e in result["entries"]) == [0, 10]
+    config = json.loads((tmp_path / "runs" / "frequency" / f"{capped}_seed0" / "shared" / "config.json").read_text())
+    assert config["max_train"] == 10
+    trained = {e["max_train"]: e["train_networks"] for e in result["entries"]}
+    assert trained == {None: len(shared_sine_zoo.split_ids("train")), 10: 10}

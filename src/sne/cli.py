@@ -773,13 +773,15 @@ def _zoo_list(values: List[str]) -> list[str]:
 
 def _transfer(benchmark: str, train_zoos: list[str], test_zoos: list[str], target: str, encoders: str, seeds: str,
               epochs: int, runs: Path, results: Path, option: List[str], lr: Optional[float], batch_size: int,
-              device: str, name: Optional[str], augment: Optional[bool]) -> None:
+              device: str, name: Optional[str], augment: Optional[bool], max_train: Optional[int]) -> None:
     from sne.bench.transfer import check_results_name, run_transfer_benchmark
 
     if name is not None:
         check_results_name(name)  # before the encoders are checked and any zoo is opened
+    if max_train is not None and max_train < 2:
+        raise SneError(f"--max-train must be at least 2, got {max_train}")
     bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, augment, lr=lr,
-                             batch_size=batch_size)
+                             batch_size=batch_size, max_train=max_train)
     path = run_transfer_benchmark(benchmark, train_zoos, test_zoos, bench_runs, target=target, name=name)
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
 
@@ -799,6 +801,8 @@ _TRANSFER = {
     "name": typer.Option(None, "--name", help="Write the rows to <results>/NAME.json, a transfer study of its own "
                          "(default: the benchmark's file)."),
     "augment": _ONE_ZOO["augment"],
+    "max_train": typer.Option(None, "--max-train", help="Train on only the first N networks of each training zoo's "
+                              "train split (rows and runs are named by it); validation and test splits stay whole."),
 }
 
 
@@ -817,12 +821,13 @@ def bench_cross_dataset(
     device: str = _TRANSFER["device"],
     name: Optional[str] = _TRANSFER["name"],
     augment: Optional[bool] = _TRANSFER["augment"],
+    max_train: Optional[int] = _TRANSFER["max_train"],
 ) -> None:
     """Train on each zoo, report Kendall's tau of test accuracy on every zoo's test split (results/cross_dataset.json,
     or results/NAME.json with --name)."""
     zoo_paths = _zoo_list(zoos)
     _transfer("cross_dataset", zoo_paths, zoo_paths, target, encoders, seeds, epochs, runs, results, option, lr, batch_size, device,
-              name, augment)
+              name, augment, max_train)
 
 
 @bench_app.command("cross-arch")
@@ -841,11 +846,12 @@ def bench_cross_arch(
     device: str = _TRANSFER["device"],
     name: Optional[str] = _TRANSFER["name"],
     augment: Optional[bool] = _TRANSFER["augment"],
+    max_train: Optional[int] = _TRANSFER["max_train"],
 ) -> None:
     """Train on each --train zoo, report Kendall's tau on every --test zoo (results/cross_arch.json, or
     results/NAME.json with --name, e.g. --name vit for a small-cnn -> ViT study)."""
     _transfer("cross_arch", _zoo_list(train), _zoo_list(test), target, encoders, seeds, epochs, runs, results, option, lr,
-              batch_size, device, name, augment)
+              batch_size, device, name, augment, max_train)
 
 
 def main() -> None:

@@ -59,7 +59,7 @@ class BenchRuns:
 
     def trained_run_fields(self, encoder: str, run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
         """What every results entry says of one trained run: encoder, options, run directory, size,
-        epochs and training time (from its training ``summary``), and the hardware it ran on."""
+        epochs, training networks and training time (from its training ``summary``), and the hardware it ran on."""
         return {
             "encoder": encoder,
             "encoder_options_given": self.options_for(encoder),
@@ -67,6 +67,7 @@ class BenchRuns:
             "run": str(run_dir),
             "encoder_parameters": summary["encoder_parameters"],
             "epochs": summary["epochs"],
+            "train_networks": summary.get("train_networks"),
             "best_epoch": summary["best_epoch"],
             "train_seconds": summary["train_seconds"],
             "hardware": hardware_description(resolve_device(self.device)),
@@ -81,11 +82,15 @@ class BenchRuns:
 
 
 def training_switches(fields: dict, defaults: dict | None = None) -> dict:
-    """The training switches in ``fields`` (TrainConfig fields, or a results row) that make a
-    configuration of its own, where they differ from ``defaults`` (None: every switch off, as run
-    names spell them): permutation augmentation. A row written before a switch existed had it off."""
+    """The training settings in ``fields`` (TrainConfig fields, or a results row) that make a
+    configuration of its own: permutation augmentation where it differs from ``defaults`` (None:
+    off, as run names spell it), and a cap on the training networks (``max_train``) where one was
+    set. A row written before a switch existed had it off."""
     on = bool(fields.get("permutation_augment"))
-    return {} if on == bool((defaults or {}).get("permutation_augment")) else {"augment_permutations": on}
+    switches = {} if on == bool((defaults or {}).get("permutation_augment")) else {"augment_permutations": on}
+    if fields.get("max_train") is not None:
+        switches["max_train"] = fields["max_train"]
+    return switches
 
 
 def _row_train_defaults(entry: dict) -> dict:

@@ -200,6 +200,7 @@ def run_transfer_benchmark(
                 entry = {
                     **runs.trained_run_fields(encoder, run_dir, summary),
                     "permutation_augment": config.permutation_augment,
+                    "max_train": config.max_train,
                     "seed": seed,
                     "train_zoo": train_label,
                     "evaluations": _evaluate_everywhere(run_dir, tests, device),
@@ -268,6 +269,7 @@ def _cannot_train(encoder: str, runs: BenchRuns, config, seed: int, train_label:
         "encoder": encoder,
         "encoder_options_given": runs.options_for(encoder),
         "permutation_augment": config.permutation_augment,
+        "max_train": config.max_train,
         "seed": seed,
         "train_zoo": train_label,
         "cannot_train": reason,
