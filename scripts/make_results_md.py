@@ -108,7 +108,9 @@ STUDY_NOTES = {
         "Trained and tested on one zoo of CNNs of mixed architectures (2-8 convolutions, 4-64 channels, "
         "kernels 3/5/7, with and without residual connections; the Neural Graphs paper's CNN Wild Park). "
         "Neural Graphs reads 7x7 kernels with `max_kernel_size=7`; encoders of one fixed architecture refuse "
-        "the zoo, and their rows say so.",
+        "the zoo, and their rows say so. A row labelled `max_train=N` trained on the first N networks of the "
+        "train split only (a CPU budget: NG-GNN, NG-T and DeepSets train at about 3 of these networks per second "
+        "on one thread); validation and test splits are whole.",
     ],
     "reverse_cross_arch": [
         "Trained on the CNN-s zoos, tested on the small-CNN zoos: the cross-architecture table the other way "
