@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -142,6 +143,16 @@ def mean_std(
 
 
 @torch.no_grad()
+def quantiles(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """``torch.quantile(values, levels)`` (linear interpolation) for tensors of any size:
+    ``torch.quantile`` refuses more than 2**24 elements, which one zoo's weights at one position
+    or one large layer pass."""
+    if values.numel() <= 2**24:
+        return torch.quantile(values, levels.to(values.dtype))
+    found = np.quantile(values.detach().cpu().numpy(), levels.detach().cpu().double().numpy())
+    return torch.from_numpy(np.asarray(found)).to(device=values.device, dtype=values.dtype)
+
+
 def fit_standardization(mean: torch.Tensor, std: torch.Tensor, values: torch.Tensor) -> None:
     """Set buffers ``mean``/``std`` in place to the column statistics of ``values`` (rows: training networks)."""
     fitted_mean, fitted_std = mean_std(values, dim=0)

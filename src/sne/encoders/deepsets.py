@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from sne.encoders.base import Architecture, Encoder, register_encoder
-from sne.encoders.common import build_mlp, mean_std, check_positive_int, check_widths, resolve_options
+from sne.encoders.common import build_mlp, mean_std, check_positive_int, check_widths, quantiles, resolve_options
 from sne.encoders.positional import sinusoidal_encoding
 from sne.errors import SneError
 from sne.weights.record import NetworkRecord
@@ -148,7 +148,7 @@ class DeepSetsEncoder(Encoder):
                 self.value_mean[position], self.value_std[position] = mean_std(selected)
                 selected = (selected - self.value_mean[position].double()) / self.value_std[position].double()
             if self.options["reference"]:
-                self.reference_values[position] = torch.quantile(selected, quantile_levels)
+                self.reference_values[position] = quantiles(selected, quantile_levels)
 
     def prepare(self, records: Sequence[NetworkRecord]) -> ElementBatch:
         if not records:

@@ -28,6 +28,7 @@ from sne.encoders.base import Architecture, Encoder, register_encoder
 from sne.encoders.chunking import CHAIN_KINDS
 from sne.encoders.common import (
     build_mlp,
+    quantiles,
     check_fixed_architecture,
     check_positive_int,
     check_widths,
@@ -52,8 +53,8 @@ def tensor_statistics(values: torch.Tensor) -> torch.Tensor:
     values = values.reshape(-1).to(torch.float64)
     if not values.numel():
         return values.new_zeros(STATS_PER_TENSOR)
-    quantiles = torch.quantile(values, torch.tensor(QUANTILES, dtype=torch.float64))
-    return torch.cat([values.mean().view(1), values.var(correction=0).view(1), quantiles])
+    found = quantiles(values, torch.tensor(QUANTILES, dtype=torch.float64))
+    return torch.cat([values.mean().view(1), values.var(correction=0).view(1), found])
 
 
 def _read(kind: str, name: str) -> bool:
