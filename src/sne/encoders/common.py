@@ -142,7 +142,6 @@ def mean_std(
     return mean, std.clamp_min(floor)
 
 
-@torch.no_grad()
 def quantiles(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     """``torch.quantile(values, levels)`` (linear interpolation) for tensors of any size:
     ``torch.quantile`` refuses more than 2**24 elements, which one zoo's weights at one position
@@ -153,6 +152,7 @@ def quantiles(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.asarray(found)).to(device=values.device, dtype=values.dtype)
 
 
+@torch.no_grad()
 def fit_standardization(mean: torch.Tensor, std: torch.Tensor, values: torch.Tensor) -> None:
     """Set buffers ``mean``/``std`` in place to the column statistics of ``values`` (rows: training networks)."""
     fitted_mean, fitted_std = mean_std(values, dim=0)
