@@ -145,3 +145,12 @@ def test_unknown_target_and_encoder_names(shared_zoo, tmp_path, capsys):
                             "--out", str(out)], capsys)
     assert code == 2 and "nope" in err and "sne" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "1", "-3"])
+def test_too_few_training_networks_are_refused_before_anything_is_written(value, shared_zoo, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_cli(["train", "--zoo", str(shared_zoo.path), "--target", "frequency", "--max-train", value,
+                            "--out", str(out), "--device", "cpu"], capsys)
+    assert code == 2 and f"--max-train must be at least 2, got {value}" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()

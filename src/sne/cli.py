@@ -775,11 +775,11 @@ def _transfer(benchmark: str, train_zoos: list[str], test_zoos: list[str], targe
               epochs: int, runs: Path, results: Path, option: List[str], lr: Optional[float], batch_size: int,
               device: str, name: Optional[str], augment: Optional[bool], max_train: Optional[int]) -> None:
     from sne.bench.transfer import check_results_name, run_transfer_benchmark
+    from sne.train.run import check_max_train
 
     if name is not None:
         check_results_name(name)  # before the encoders are checked and any zoo is opened
-    if max_train is not None and max_train < 2:
-        raise SneError(f"--max-train must be at least 2, got {max_train}")
+    check_max_train(max_train)
     bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, augment, lr=lr,
                              batch_size=batch_size, max_train=max_train)
     path = run_transfer_benchmark(benchmark, train_zoos, test_zoos, bench_runs, target=target, name=name)

@@ -41,7 +41,7 @@ from sne.encoders.sne import DEFAULT_OPTIONS as SNE_DEFAULT_OPTIONS
 from sne.errors import SneError
 from sne.plots import error_curves
 from sne.train.evaluate import evaluate_run
-from sne.train.run import TrainConfig, fit
+from sne.train.run import TrainConfig, check_max_train, fit
 from sne.zoo import Zoo
 
 
@@ -200,9 +200,8 @@ def run_ablation(
     if target not in zoo.targets:
         raise SneError(f"the zoo at {zoo.path} has no target '{target}' (targets: {', '.join(zoo.targets)})")
     available = len(zoo.split_ids("train"))
+    check_max_train(max_train)
     if max_train is not None:
-        if max_train < 2:
-            raise SneError(f"--max-train must be at least 2, got {max_train}")
         available = min(available, max_train)
     init = zoo.manifest.get("options", {}).get("init", "unknown")
     path = runs.results_dir / f"ablation_{study}_{init}.json"

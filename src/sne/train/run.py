@@ -212,8 +212,16 @@ def _check_resumed_encoder(run_dir: Path, saved: dict | None, mine: dict | None)
                        "those options given (-o), or use another --out")
 
 
+def check_max_train(max_train: int | None) -> None:
+    """:class:`SneError` unless ``max_train`` is None (all networks) or at least 2: targets are standardised
+    over the training networks, and one network has no spread."""
+    if max_train is not None and max_train < 2:
+        raise SneError(f"--max-train must be at least 2, got {max_train}")
+
+
 def check_train_config(config: TrainConfig) -> None:
     """:class:`SneError` for settings no training can run with."""
+    check_max_train(config.max_train)
     if config.invariance_weight < 0:
         raise SneError(f"invariance weight must be >= 0, got {config.invariance_weight}")
     if config.epochs < 1 or config.batch_size < 1:
