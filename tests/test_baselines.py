@@ -99,6 +99,27 @@ def test_deepsets_takes_mixed_architectures_in_one_batch():
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
 
 
+def test_deepsets_in_element_blocks_gives_the_codes_and_gradients_of_one_block(monkeypatch):
+    import sne.encoders.deepsets as deepsets
+
+    records = [*inr_records(3, dtype=torch.float64), siren([3, 7, 2], torch.Generator().manual_seed(1), torch.float64)]
+    encoder = fitted("deepsets", records, dtype=torch.float64).train()
+
+    def codes_and_gradients(block: int):
+        monkeypatch.setattr(deepsets, "ELEMENT_BLOCK", block)
+        encoder.zero_grad()
+        torch.manual_seed(0)
+        z = encoder(encoder.prepare(records))
+        (z * torch.linspace(-1, 1, z.numel(), dtype=z.dtype).view_as(z)).sum().backward()
+        return z.detach(), {n: p.grad.clone() for n, p in encoder.named_parameters()}
+
+    whole, whole_grads = codes_and_gradients(2**30)
+    blocked, blocked_grads = codes_and_gradients(97)  # cuts networks and positions mid-tensor
+    torch.testing.assert_close(blocked, whole, rtol=1e-10, atol=1e-12)
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(blocked_grads[name], grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
 @pytest.mark.parametrize("name", BASELINES)
 def test_config_round_trip_gives_identical_codes(name):
     records = inr_records(6)

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from sne.encoders.base import Architecture, Encoder, register_encoder
 from sne.encoders.common import build_mlp, mean_std, check_positive_int, check_widths, quantiles, resolve_options
@@ -58,6 +59,9 @@ POOLINGS = ("mean", "sum")
 MAX_FITTED_POSITIONS = 256
 #: Size of each position's reference set (evenly spaced quantiles of the training values).
 REFERENCE_QUANTILES = 32
+#: Elements whose phi codes are computed (and, in training, checkpointed) together: bounds the memory
+#: of a batch by this block (~0.5 GB of activations at the default widths), not by the networks' size.
+ELEMENT_BLOCK = 2**19
 
 
 @dataclass
@@ -177,6 +181,12 @@ class DeepSetsEncoder(Encoder):
             features = torch.cat([features, position_codes], dim=-1)
         return self.phi(features)
 
+    def _pool_phi(self, values: torch.Tensor, position: torch.Tensor, network: torch.Tensor,
+                  table: torch.Tensor | None, pooled: torch.Tensor) -> torch.Tensor:
+        """``pooled`` plus the phi codes of these elements summed per network."""
+        codes = self._phi(values, None if table is None else table[position])
+        return pooled.index_add(0, network, codes)
+
     def forward(self, batch: ElementBatch) -> torch.Tensor:
         dtype = self.value_mean.dtype
         num_positions = int(batch.position.max()) + 1
@@ -190,12 +200,23 @@ class DeepSetsEncoder(Encoder):
         if self.options["layer_features"]:
             positions = torch.arange(num_positions, device=values.device)
             table = sinusoidal_encoding(positions, self.options["position_dim"], dtype=dtype)
-        elements = self._phi(values, None if table is None else table[batch.position])
+        pooled = values.new_zeros(len(batch.counts), self.phi[-1].out_features)
+        # Blocks of elements, checkpointed in training: a batch of large networks (tens of millions of
+        # weights) would otherwise keep every element's phi activations for the backward pass.
+        blocks = range(0, len(values), ELEMENT_BLOCK)
+        checkpointed = torch.is_grad_enabled() and len(blocks) > 1
+        for start in blocks:
+            part = slice(start, start + ELEMENT_BLOCK)
+            args = (values[part], batch.position[part], batch.network[part], table, pooled)
+            pooled = checkpoint(self._pool_phi, *args, use_reentrant=False) if checkpointed else self._pool_phi(*args)
         if self.options["reference"]:
             reference = self.reference_values[fitted_index] * fitted.unsqueeze(-1)
             codes = table.unsqueeze(1).expand(-1, REFERENCE_QUANTILES, -1) if table is not None else None
-            elements = elements - self._phi(reference, codes).mean(1)[batch.position]
-        pooled = elements.new_zeros(len(batch.counts), elements.shape[-1]).index_add_(0, batch.network, elements)
+            reference_codes = self._phi(reference, codes).mean(1)
+            # Subtracting each element's reference code before pooling = subtracting their sum after it.
+            per_position = torch.zeros(len(batch.counts), num_positions, dtype=torch.long, device=values.device)
+            per_position.index_put_((batch.network, batch.position), torch.ones_like(batch.network), accumulate=True)
+            pooled = pooled - per_position.to(pooled.dtype) @ reference_codes
         if self.options["pooling"] == "mean":
             pooled = pooled / batch.counts.unsqueeze(-1).to(pooled.dtype)
         return self.rho(self.norm(pooled))
