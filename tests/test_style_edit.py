@@ -302,7 +302,7 @@ def test_cli_runs_end_to_end_and_merges_results(digit_zoo, tmp_path, capsys, mon
     spec.loader.exec_module(page)
     monkeypatch.setattr(page, "ROOT", tmp_path)
     text = "\n".join(page.style_edit_section(path, data))
-    assert "| no edit (render of the INR as fitted) |" in text and "| ng_gnn (hidden=16, num_layers=1) | 0 |" in text
+    assert "| no edit (render of the INR as fitted) |" in text and "| ng_gnn (batch_size=8, hidden=16, num_layers=1) | 0 |" in text
 
     import sne.bench.style_edit
 

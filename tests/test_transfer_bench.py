@@ -48,7 +48,7 @@ def test_cross_dataset_writes_a_full_table_plots_and_resumes(sne_trains_unaugmen
     assert set(result["references"]) == set(labels)
     assert all(set(r) == set(REFERENCE_STATISTICS) for r in result["references"].values())
     # Runs and table rows are named by encoder and the options given, so variants never mix.
-    name = "sne_heads-2_hidden-16_num_sab-1_out_dim-8"
+    name = "sne_batch_size-16_heads-2_hidden-16_num_sab-1_out_dim-8"
     table = result["summary"][name]
     assert set(table) == set(labels)
     for row in table.values():
@@ -137,8 +137,8 @@ def test_augmented_runs_are_a_configuration_of_their_own(sne_trains_unaugmented,
         code, _, err = run_cli(["bench", "cross-dataset", *common, *extra], capsys)
         assert code == 0, err
     result = json.loads((tmp_path / "results" / "cross_dataset.json").read_text())
-    plain = "sne_heads-2_hidden-16_num_sab-1_out_dim-8"
-    augmented = "sne_augment_permutations-true_heads-2_hidden-16_num_sab-1_out_dim-8"
+    plain = "sne_batch_size-16_heads-2_hidden-16_num_sab-1_out_dim-8"
+    augmented = "sne_augment_permutations-true_batch_size-16_heads-2_hidden-16_num_sab-1_out_dim-8"
     assert set(result["summary"]) == {plain, augmented}
     assert sorted(e["permutation_augment"] for e in result["entries"]) == [False, True]
     for name in (plain, augmented):
@@ -226,22 +226,29 @@ def test_reference_statistics_are_the_taus_of_one_number_read_off_the_weights(sh
         assert statistic_references([shared_sine_zoo], "frequency")["shared"] == dict.fromkeys(REFERENCE_STATISTICS)
 
 
-def test_a_capped_training_split_is_a_configuration_of_its_own(sne_trains_unaugmented, shared_sine_zoo, tmp_path,
-                                                                capsys):
+def test_a_capped_training_split_and_a_learning_rate_are_configurations_of_their_own(
+        sne_trains_unaugmented, shared_sine_zoo, tmp_path, capsys):
     common = ["--zoos", str(shared_sine_zoo.path), "--target", "frequency", "--encoders", "sne", "--runs",
               str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--device", "cpu", "--epochs", "1",
               "--batch-size", "16", *SMALL_SNE]
     code, _, err = run_cli(["bench", "cross-dataset", *common, "--max-train", "1"], capsys)
     assert code == 2 and "--max-train must be at least 2, got 1" in err
     assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
-    for extra in ([], ["--max-train", "10"]):
+    for extra in ([], ["--max-train", "10"], ["--lr", "0.003"]):
         code, _, err = run_cli(["bench", "cross-dataset", *common, *extra], capsys)
         assert code == 0, err
     result = json.loads((tmp_path / "results" / "cross_dataset.json").read_text())
-    whole, capped = "sne_heads-2_hidden-16_num_sab-1_out_dim-8", "sne_heads-2_hidden-16_max_train-10_num_sab-1_out_dim-8"
-    assert set(result["summary"]) == {whole, capped}
-    assert sorted((e["max_train"] or 0) for e in result["entries"]) == [0, 10]
+    # Named where they differ from SNE's defaults: the batch size here, the cap and the rate.
+    whole = "sne_batch_size-16_heads-2_hidden-16_num_sab-1_out_dim-8"
+    capped = "sne_batch_size-16_heads-2_hidden-16_max_train-10_num_sab-1_out_dim-8"
+    faster = "sne_batch_size-16_heads-2_hidden-16_lr-0.003_num_sab-1_out_dim-8"
+    assert set(result["summary"]) == {whole, capped, faster}
+    assert sorted((e["max_train"] or 0) for e in result["entries"]) == [0, 0, 10]
+    assert sorted(e["lr"] for e in result["entries"]) == [0.001, 0.001, 0.003]
+    assert {e["batch_size"] for e in result["entries"]} == {16}
     config = json.loads((tmp_path / "runs" / "frequency" / f"{capped}_seed0" / "shared" / "config.json").read_text())
     assert config["max_train"] == 10
+    config = json.loads((tmp_path / "runs" / "frequency" / f"{faster}_seed0" / "shared" / "config.json").read_text())
+    assert config["lr"] == 0.003
     trained = {e["max_train"]: e["train_networks"] for e in result["entries"]}
     assert trained == {None: len(shared_sine_zoo.split_ids("train")), 10: 10}

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Sequence
 
 from sne.encoders import get_encoder_class, options_for_encoder
 from sne.errors import SneError
 from sne.train.run import TrainConfig, hardware_description, resolve_device
+
+_TRAIN_CONFIG_DEFAULTS = {f.name: f.default for f in dataclass_fields(TrainConfig)}
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,11 @@ class BenchRuns:
 
     def run_name(self, encoder: str) -> str:
         """``encoder`` plus the options and training switches given for it: runs of other options never
-        share a directory."""
-        return encoder + options_tag({**self.options_for(encoder), **training_switches(self.resolved_train_options(encoder))})
+        share a directory. (Augmentation is named where on, whatever the encoder's default, as run
+        directories always named it.)"""
+        defaults = {**get_encoder_class(encoder).train_defaults(self.options_for(encoder)), "permutation_augment": False}
+        switches = training_switches(self.resolved_train_options(encoder), defaults)
+        return encoder + options_tag({**self.options_for(encoder), **switches})
 
     def resolved_train_options(self, encoder: str) -> dict[str, Any]:
         """The training settings given, over ``encoder``'s training defaults for its options."""
@@ -68,6 +73,7 @@ class BenchRuns:
             "encoder_parameters": summary["encoder_parameters"],
             "epochs": summary["epochs"],
             "train_networks": summary.get("train_networks"),
+            **{name: getattr(self.train_config(encoder, "", "", 0), name) for name in TUNED_TRAINING},
             "best_epoch": summary["best_epoch"],
             "train_seconds": summary["train_seconds"],
             "hardware": hardware_description(resolve_device(self.device)),
@@ -81,15 +87,24 @@ class BenchRuns:
         )
 
 
+#: Training settings that name a configuration where they differ from the encoder's defaults.
+TUNED_TRAINING = ("lr", "batch_size")
+
+
 def training_switches(fields: dict, defaults: dict | None = None) -> dict:
     """The training settings in ``fields`` (TrainConfig fields, or a results row) that make a
     configuration of its own: permutation augmentation where it differs from ``defaults`` (None:
-    off, as run names spell it), and a cap on the training networks (``max_train``) where one was
-    set. A row written before a switch existed had it off."""
+    off, as run names spell it), a cap on the training networks (``max_train``) where one was
+    set, and the learning rate and batch size where they differ from ``defaults``' (or, not there,
+    TrainConfig's). A row written before a switch existed had it off, or at its default."""
     on = bool(fields.get("permutation_augment"))
     switches = {} if on == bool((defaults or {}).get("permutation_augment")) else {"augment_permutations": on}
     if fields.get("max_train") is not None:
         switches["max_train"] = fields["max_train"]
+    for name in TUNED_TRAINING:
+        default = (defaults or {}).get(name, _TRAIN_CONFIG_DEFAULTS[name])
+        if fields.get(name) is not None and fields[name] != default:
+            switches[name] = fields[name]
     return switches
 
 
