@@ -672,3 +672,36 @@ def test_levels_counted_from_the_output_align_networks_of_different_depths():
         reference = encoder.stats_mean[fitted_level, kinds], encoder.stats_std[fitted_level, kinds]
         torch.testing.assert_close(normalized[rows], (raw[rows] - reference[0]) / reference[1], rtol=0, atol=0)
         assert reference[1].ne(1).all()  # fitted, not the identity
+
+
+def test_activation_encoding_tells_activations_apart_and_keeps_invariance():
+    from dataclasses import replace as replaced
+
+    from sne.weights import permute_hidden
+    from sne.weights.record import ACTIVATION_INDEX
+
+    g = torch.Generator().manual_seed(11)
+    relu = [mlp([1, 32, 32, 1], g, dtype=torch.float64) for _ in range(2)]
+    relu = [r.with_layers([replaced(layer, activation=a) for layer, a in zip(r.layers, ("relu", "relu", "identity"))])
+            for r in relu]
+    tanh = [r.with_layers([replaced(layer, activation=a) for layer, a in zip(r.layers, ("tanh", "tanh", "identity"))])
+            for r in relu]
+    # Unknown (None) and unlisted names have indices of their own.
+    odd = relu[0].with_layers([replaced(relu[0].layers[0], activation=None),
+                               replaced(relu[0].layers[1], activation="swish_7"), relu[0].layers[2]])
+    torch.manual_seed(0)
+    encoder = SNEEncoder(**SMALL, use_activation_encoding=True).double().eval()
+    batch = encoder.prepare([odd])
+    chunk_layer = batch.chunk_level
+    assert batch.chunk_activation[chunk_layer == 0].eq(ACTIVATION_INDEX["unknown"]).all()
+    assert batch.chunk_activation[chunk_layer == 1].eq(ACTIVATION_INDEX["other"]).all()
+    assert batch.chunk_activation[chunk_layer == 2].eq(ACTIVATION_INDEX["identity"]).all()
+    # Blind without the option; with it, the same weights under another activation encode apart.
+    torch.manual_seed(0)
+    blind = SNEEncoder(**SMALL).double().eval()
+    torch.testing.assert_close(encode(blind, tanh), encode(blind, relu), atol=1e-12, rtol=0)
+    assert (encode(encoder, tanh) - encode(encoder, relu)).abs().amax(1).gt(1e-6).all()
+    # Still exactly invariant to permutations of hidden neurons (activations move with nothing).
+    permuted = [permute_hidden(r, [torch.randperm(32, generator=g), torch.randperm(32, generator=g), None])
+                for r in relu]
+    torch.testing.assert_close(encode(encoder, permuted), encode(encoder, relu), atol=1e-9, rtol=0)

@@ -132,6 +132,7 @@ from sne.weights.record import (
     TRANSPOSED_KINDS,
     Layer,
     NetworkRecord,
+    activation_index,
 )
 
 #: Index of the weight and bias part of a linear or convolution layer (the first release's parts).
@@ -273,6 +274,7 @@ class ChunkBatch:
     element_mask: torch.Tensor  #: (N, c) True for real elements
     row_slot: torch.Tensor  #: (N, c) row of its chunk each element belongs to
     chunk_type: torch.Tensor  #: (N,) index into CHUNK_TYPES
+    chunk_activation: torch.Tensor  #: (N,) index into ACTIVATIONS of the chunk's layer's activation
     chunk_level: torch.Tensor  #: (N,) level of the chunk's layer
     chunk_index: torch.Tensor  #: (N,) index of the chunk within its part
     chunk_part_slot: torch.Tensor  #: (N,) slot in (P, C)
@@ -737,6 +739,7 @@ def plan_chunks(
         raise SneError("cannot encode an empty batch of networks")
     placed_parts: list[PlacedPart] = []
     part_type, part_level, part_network, part_lengths, part_layer, part_index = [], [], [], [], [], []
+    part_activation = []
     token_kind, token_layer, token_index, token_network = [], [], [], []
     layer_level, layer_size, layers_per_network, part_stats = [], [], [], []
     num_chunks = num_neurons = 0
@@ -767,6 +770,7 @@ def plan_chunks(
                 ))
                 part_stats.append(part.stats)
                 part_type.append(part.type)
+                part_activation.append(activation_index(layer.activation))
                 part_level.append(layer.level)
                 part_network.append(network)
                 part_lengths.append(length)
@@ -812,6 +816,7 @@ def plan_chunks(
         element_mask=torch.zeros(0, chunk_size, dtype=torch.bool),
         row_slot=torch.zeros(0, chunk_size, dtype=torch.long),
         chunk_type=torch.tensor(part_type)[chunk_part],
+        chunk_activation=torch.tensor(part_activation)[chunk_part],
         chunk_level=torch.tensor(part_level)[chunk_part],
         chunk_index=chunk_index,
         chunk_part_slot=_slots(chunk_part, chunk_index, lengths),

@@ -59,7 +59,7 @@ from sne.encoders.set_blocks import PMA, SAB, ResidualFF, masked_mean
 from sne.errors import SneError
 from sne.weights.batch import with_parameter_values
 from sne.weights.permute import canonical_permutations, permute_hidden
-from sne.weights.record import KIND_BY_WEIGHT_NDIM, NetworkRecord
+from sne.weights.record import ACTIVATIONS, KIND_BY_WEIGHT_NDIM, NetworkRecord
 
 #: Options and their defaults (chunk_micro_batch=None: no micro-batching); the paper's settings are
 #: ``preset=paper`` (:data:`PRESETS`).
@@ -87,6 +87,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "canonical_order": False,
     "source_code_rounds": 0,
     "level_origin": "input",
+    "use_activation_encoding": False,
 }
 
 #: Where layer levels count from (option ``level_origin``).
@@ -118,6 +119,8 @@ TAP_FREQUENCIES = 4
 #: the memory of encoding a network does not grow with its size beyond its chunk codes.
 INFERENCE_CHUNKS = 128
 TRAINING_CHUNKS = 128
+#: Where the activation codes start on the sinusoidal axis (their initialisation; they are learned).
+ACTIVATION_POSITION_OFFSET = 1024
 #: Windows of the part stage encoded at a time (:meth:`SNEEncoder._part_codes`).
 WINDOW_RUN = 256
 
@@ -337,6 +340,10 @@ class SNEEncoder(Encoder):
     tables: ``"input"`` (the paper: a network's first layer is level 0) or ``"output"`` (its deepest
     layer is level 0), so that the output layers of networks of different depths read alike, as
     a 4-layer CNN's and a 40-layer ViT's heads do not when counted from the input.
+    ``use_activation_encoding`` (off by default, absent in the paper): every chunk's context also
+    gets a learned code of its layer's activation (:data:`~sne.weights.record.ACTIVATIONS`; a record
+    that does not say reads "unknown"), as Neural Graphs' nodes do; the weights of a ReLU and a tanh
+    network can look alike and mean different functions.
     ``preset``: a name in :data:`PRESETS` whose options apply under those given (``preset=paper``).
     """
 
@@ -406,6 +413,10 @@ class SNEEncoder(Encoder):
         # initialised without drawing random numbers, so every other parameter's initialisation,
         # and whatever the caller draws next, stays as it was before they existed.
         self.merge_tokens = nn.Parameter(sinusoidal_encoding(torch.arange(NUM_MERGE_TOKENS), hidden))
+        # Likewise, far along the sinusoidal axis from the type and level codes they are added to.
+        self.activation_codes = nn.Parameter(
+            sinusoidal_encoding(torch.arange(len(ACTIVATIONS)) + ACTIVATION_POSITION_OFFSET, chunk)
+        ) if resolved["use_activation_encoding"] else None
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
@@ -746,6 +757,8 @@ class SNEEncoder(Encoder):
             # types before 0 (chunking.type_positions): were both counted from 0, (type a, level b)
             # and (type b, level a) would add up to the same context.
             context = context + self._encode(levels + LEVEL_POSITION_OFFSET, dtype, width)
+        if self.activation_codes is not None:
+            context = context + self.activation_codes[batch.chunk_activation[first:last]].to(dtype)
         if self.part_scale is not None:
             context = context + self.part_scale(self._normalized_part_stats(batch, first, last))
         return context

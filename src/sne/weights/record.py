@@ -27,6 +27,22 @@ LAYER_KINDS = (
 #: Kinds whose weight maps ``in_features`` inputs to ``out_features`` outputs through its first two axes.
 DENSE_KINDS = (*KIND_BY_WEIGHT_NDIM.values(), *TRANSPOSED_KINDS)
 #: The tensor that plays the weight / bias of each kind (local names, as in the module's state_dict).
+#: Vocabulary of layer activations that encoders embed: "input" marks a network's input (Neural
+#: Graphs' input nodes), "unknown" a layer whose record does not say, "other" a named activation
+#: outside this list.
+ACTIVATIONS = (
+    "input", "unknown", "other", "identity", "relu", "tanh", "sigmoid", "gelu", "silu", "leaky_relu", "elu", "sine",
+)
+ACTIVATION_INDEX = {name: i for i, name in enumerate(ACTIVATIONS)}
+
+
+def activation_index(name: str | None) -> int:
+    """Index of a layer's ``activation`` in :data:`ACTIVATIONS` (None: "unknown"; unlisted: "other")."""
+    if name is None:
+        return ACTIVATION_INDEX["unknown"]
+    return ACTIVATION_INDEX.get(name, ACTIVATION_INDEX["other"])
+
+
 _PRIMARY = {"attention": ("in_proj_weight", "in_proj_bias")}
 
 

@@ -93,21 +93,17 @@ from torch.nn import functional as F
 
 from sne.errors import CannotRead, SneError
 from sne.weights.record import (
+    ACTIVATION_INDEX,
+    ACTIVATIONS,
     KIND_BY_WEIGHT_NDIM,
     LAYER_KINDS,
     NORM_KINDS,
     TRANSPOSED_KINDS,
     InputSlice,
+    activation_index,
     Layer,
     NetworkRecord,
 )
-
-#: Activation vocabulary of node features: "input" marks input nodes, "unknown" a layer whose
-#: record does not say, "other" a named activation outside this list.
-ACTIVATIONS = (
-    "input", "unknown", "other", "identity", "relu", "tanh", "sigmoid", "gelu", "silu", "leaky_relu", "elu", "sine",
-)
-ACTIVATION_INDEX = {name: i for i, name in enumerate(ACTIVATIONS)}
 
 #: Edge types: weights (learned values), fixed edges (residual identities; head membership and
 #: opaque flow, see EDGE_KINDS), and both reversed.
@@ -298,7 +294,7 @@ def build_graph(record: NetworkRecord, spec: GraphSpec, dtype: torch.dtype = tor
     position[:inputs] = torch.arange(inputs)
     position[offsets[-2]:] = torch.arange(widths[-1])
     activation = torch.tensor(
-        [ACTIVATION_INDEX["input"]] + [_activation_index(layer.activation) for layer in layers]
+        [ACTIVATION_INDEX["input"]] + [activation_index(layer.activation) for layer in layers]
     ).repeat_interleave(torch.tensor(widths))
     bias = torch.zeros(num_nodes, dtype=dtype)
     bias_mask = torch.zeros(num_nodes, dtype=torch.bool)
@@ -351,12 +347,6 @@ def _plain_kinds(num_nodes: int, num_edges: int, dtype: torch.dtype) -> dict[str
         "node_bias2_mask": torch.zeros(num_nodes, dtype=torch.bool),
         "edge_kind": torch.zeros(num_edges, dtype=torch.long),
     }
-
-
-def _activation_index(name: str | None) -> int:
-    if name is None:
-        return ACTIVATION_INDEX["unknown"]
-    return ACTIVATION_INDEX.get(name, ACTIVATION_INDEX["other"])
 
 
 def _grouped_pairs(weight: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -460,12 +450,12 @@ class _FlowGraph:
             value = None if value is None else value.to(self.dtype).reshape(count)
             values[name] = torch.zeros(count, dtype=self.dtype) if value is None else value
             values[name + "_mask"] = torch.full((count,), value is not None)
-        activation_index = ACTIVATION_INDEX["input"] if owner < 0 else _activation_index(activation)
+        node_activation = ACTIVATION_INDEX["input"] if owner < 0 else activation_index(activation)
         self.nodes.append({
             "node_role": torch.full((count,), role),
             "node_position": position,
             "node_layer": torch.full((count,), owner + 1),
-            "node_activation": torch.full((count,), activation_index),
+            "node_activation": torch.full((count,), node_activation),
             **values,
             "node_kind": torch.full((count,), kind),
         })
