@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from sne.bench.ablation import study_rows  # noqa: E402
-from sne.bench.paper import compare_ordering  # noqa: E402
+from sne.bench.paper import compare_ordering, published_tau  # noqa: E402
 from sne.bench.results import label_of, zoo_identity  # noqa: E402
 from sne.bench.transfer import REFERENCE_STATISTICS, summarize  # noqa: E402
 from sne.bench.runs import (  # noqa: E402
@@ -591,7 +591,7 @@ def transfer_section(path: Path, data: dict) -> list[str]:
                   "seed; other floating-point rounding, so some networks' accuracies differ). Each configuration "
                   "says which generation it was trained and tested on; compare rows of one generation only."]
     if len(data["train_zoos"]) == 1:
-        return lines + _one_training_zoo_lines(data, tests, mse, generations) + [""]
+        return lines + _one_training_zoo_lines(data, tests, mse, generations) + _published_lines(data, name, regression)
     # Summarised again, not read from the file: rows are named relative to today's defaults.
     for configuration, table in summarize(data["entries"]).items():
         rows = [e for e in data["entries"] if configuration_name(e) == configuration]
@@ -626,12 +626,17 @@ def transfer_section(path: Path, data: dict) -> list[str]:
         if links:
             lines += ["", "Plots (predicted vs true per test zoo; t-SNE of encodings coloured by zoo): "
                       + ", ".join(links) + "."]
-    if regression:  # the paper's taus rank test accuracies: nothing to set beside another target
-        return lines + [""]
-    lines += ["", "The paper's numbers (different zoos, so only the ordering and margins carry over): "
-              + "; ".join(f"{k}: " + ", ".join(f"{a} {b}" for a, b in v.items()) for k, v in data["paper"].items())
-              + ".", ""]
-    return lines
+    return lines + _published_lines(data, name, regression)
+
+
+def _published_lines(data: dict, name: str, regression: bool) -> list[str]:
+    """The published taus of this table (:func:`sne.bench.paper.published_tau`), where there are any."""
+    published = published_tau(data["benchmark"], name)
+    if regression or published is None:  # published taus rank test accuracies: nothing to set beside another target
+        return [""]
+    source, numbers = published
+    return ["", f"Published numbers ({source}; different zoos, so only the ordering and margins carry over): "
+            + "; ".join(f"{k}: " + ", ".join(f"{a} {b}" for a, b in v.items()) for k, v in numbers.items()) + ".", ""]
 
 
 def _reference_lines(data: dict) -> list[str]:

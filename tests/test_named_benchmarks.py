@@ -93,6 +93,22 @@ def test_a_named_transfer_study_gets_its_own_file_merges_and_its_own_section(zoo
     assert "## Transfer study `cnn-s_transfer` (target `test_accuracy`, Kendall's tau on test splits)" in text
     assert "## Cross-architecture accuracy prediction (target `test_accuracy`" in text
     assert "Source: `results/cnn-s_transfer.json`" in text and "normalised MSE" not in text
+    # Published numbers stand under the tables they were published for, not under a study of its own.
+    sections = {part.split("\n", 1)[0]: part for part in text.split("\n## ")}
+    named = next(part for title, part in sections.items() if title.startswith("Transfer study `cnn-s_transfer`"))
+    benchmark = next(part for title, part in sections.items() if title.startswith("Cross-architecture"))
+    assert data["paper"] is None and "Published numbers" not in named
+    assert "Published numbers (the SNE paper, small-CNN to CNN-s" in benchmark
+
+
+def test_published_numbers_belong_to_their_own_study():
+    from sne.bench.paper import PAPER_CROSS_DATASET_TAU, published_tau
+
+    assert published_tau("cross_dataset", "cross_dataset")[1] is PAPER_CROSS_DATASET_TAU
+    source, numbers = published_tau("cross_dataset", "wild_park")
+    assert "Neural Graphs" in source and numbers["ng_t"] == {"wild-park": 0.817}
+    assert published_tau("cross_arch", "transformer_transfer")[1]["sne"] == {"min": 0.33, "max": 0.46}
+    assert published_tau("cross_arch", "my_study") is None
 
 
 def test_a_regression_target_shows_normalised_mse_per_cell(zoos, tmp_path, capsys, monkeypatch):
@@ -109,7 +125,7 @@ def test_a_regression_target_shows_normalised_mse_per_cell(zoos, tmp_path, capsy
         row = next(line for line in text.splitlines() if line.startswith(f"| {entry['train_zoo']} |"))
         for evaluation in entry["evaluations"].values():
             assert f"({page._fmt(evaluation['normalized_mse'])})" in row
-    assert "The paper's numbers" not in text  # its taus rank accuracies
+    assert "Published numbers" not in text  # published taus rank accuracies
 
 
 @pytest.mark.parametrize("name", ["../elsewhere", "a/b", "table.json", "-x", "zoo_small", "two words"])

@@ -47,6 +47,26 @@ PAPER_CROSS_ARCH_TAU = {
     "deepsets": {"min": 0.46, "max": 0.55},
 }
 
+#: Published Kendall's tau of the named transfer studies (GUIDE section 4), with where they come
+#: from: the ViT transfer of the SNE paper (section 4.2; a range over its training zoos) and the CNN
+#: Wild Park of the Neural Graphs paper. Studies without published numbers are absent.
+PAPER_STUDY_TAU = {
+    "transformer_transfer": ("the SNE paper, section 4.2, trained on small-CNN zoos, tested on its ViT zoo",
+                             {"sne": {"min": 0.33, "max": 0.46}, "deepsets": {"approximately": 0.19}}),
+    "wild_park": ("the Neural Graphs paper, CNN Wild Park",
+                  {"ng_t": {"wild-park": 0.817}, "ng_gnn": {"wild-park": 0.804}, "statnn": {"wild-park": 0.719}}),
+}
+
+
+def published_tau(benchmark: str, name: str) -> tuple[str, dict] | None:
+    """(source, numbers by encoder) published for a transfer table: a named study's own (None where
+    none were published), else the SNE paper's for the benchmark."""
+    if name != benchmark:
+        return PAPER_STUDY_TAU.get(name)
+    if benchmark == "cross_dataset":
+        return "the SNE paper, cross-dataset, mean over test zoos by training zoo", PAPER_CROSS_DATASET_TAU
+    return "the SNE paper, small-CNN to CNN-s, range over train/test pairs", PAPER_CROSS_ARCH_TAU
+
 
 def compare_ordering(ours: dict[str, float], paper: dict[str, float]) -> dict:
     """How well our per-encoder errors reproduce the paper's ranking (lower is better in both).

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sne.bench.paper import PAPER_CROSS_ARCH_TAU, PAPER_CROSS_DATASET_TAU
+from sne.bench.paper import published_tau
 from sne.errors import CannotRead, SneError
 from sne.io_utils import bounded_path
 from sne.bench.results import check_mergeable, targets_digest, write_merged, zoo_identity, zoo_label, zoo_summary
@@ -218,7 +218,7 @@ def run_transfer_benchmark(
     result = {
         **described,
         "entries": entries,
-        "paper": PAPER_CROSS_DATASET_TAU if benchmark == "cross_dataset" else PAPER_CROSS_ARCH_TAU,
+        "paper": published_tau(benchmark, name),
     }
     return write_merged(path, result, _same_data,
                         lambda e: (e["encoder"], options_key(e), e["seed"], e["train_zoo"]),
