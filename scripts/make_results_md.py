@@ -607,14 +607,14 @@ def transfer_section(path: Path, data: dict) -> list[str]:
         lines += ["", f"**{_encoder_label(sample)}** ({sample['encoder_parameters']:,} parameters; "
                   f"{_hardware(sample['hardware'])}). Rows: training zoo; columns: test zoo; mean over seeds "
                   f"(± std when more than one).{cell_text}{generation}", "",
-                  "| trained on | " + " | ".join(tests) + " | average | train time |",
+                  "| trained on | " + " | ".join(tests) + " | average | train time (mean per seed) |",
                   "|---|" + "---|" * (len(tests) + 2)]
         for train_label, row in table.items():
             cells = _tau_cells(row, tests, mse, configuration, train_label)
             run = by_run[(configuration, train_label)]
             if run.get("cannot_train"):
                 cells = ["cannot train"] * len(tests)
-            time_cell = "n/a" if run["train_seconds"] is None else f"{_fmt(run['train_seconds'] / 60)} min"
+            time_cell = _train_minutes(rows, train_label)
             lines.append(f"| {train_label} | " + " | ".join(cells) + f" | **{_fmt(row['average'])}** | {time_cell} |")
         refusals = sorted({f"{test}: {evaluation['error']}" for e in rows if not e.get("cannot_train")
                            for test, evaluation in e["evaluations"].items() if "error" in evaluation})
@@ -670,6 +670,12 @@ def _tau_cells(row: dict, tests: list[str], mse: dict, configuration: str, train
     return cells
 
 
+def _train_minutes(rows: list[dict], train_label: str) -> str:
+    """Mean training time over the seeds of one configuration's rows trained on ``train_label``."""
+    seconds = [e["train_seconds"] for e in rows if e["train_zoo"] == train_label and e.get("train_seconds") is not None]
+    return f"{_fmt(statistics.fmean(seconds) / 60)} min" if seconds else "n/a"
+
+
 def _one_training_zoo_lines(data: dict, tests: list[str], mse: dict, generations: dict) -> list[str]:
     """A study with one training zoo (a recipe shift, a transfer to one new architecture): one table,
     a row per configuration, best average first; where the training zoo is also a test zoo, how much
@@ -683,7 +689,7 @@ def _one_training_zoo_lines(data: dict, tests: list[str], mse: dict, generations
                  if home and others else "")
     lines = ["", f"Trained on `{train}`; mean over seeds (± std when more than one).{cell_text}{drop_text}", "",
              "| encoder | " + " | ".join(tests) + " | average |" + (" drop |" if home and others else "")
-             + " parameters | train time |",
+             + " parameters | train time (mean per seed) |",
              "|---|" + "---|" * (len(tests) + 3 + (home and bool(others)))]
     table = summarize(data["entries"])
 
@@ -713,7 +719,8 @@ def _one_training_zoo_lines(data: dict, tests: list[str], mse: dict, generations
         read = zoos_read(configuration)
         average = f"**{_fmt(row['average'])}**" if read == len(tests) else f"n/a (reads {read} of {len(tests)})"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {average} |{drop} "
-                     f"{entry['encoder_parameters']:,} | {_fmt(entry['train_seconds'] / 60)} min |")
+                     f"{entry['encoder_parameters']:,} | "
+                     f"{_train_minutes([e for e in data['entries'] if configuration_name(e) == configuration], train)} |")
     hardware = sorted({_hardware(e["hardware"]) for e in data["entries"]})
     lines += ["", f"Hardware: {'; '.join(hardware)}."]
     if notes:
