@@ -636,7 +636,37 @@ def _published_lines(data: dict, name: str, regression: bool) -> list[str]:
         return [""]
     source, numbers = published
     return ["", f"Published numbers ({source}; different zoos, so only the ordering and margins carry over): "
-            + "; ".join(f"{k}: " + ", ".join(f"{a} {b}" for a, b in v.items()) for k, v in numbers.items()) + ".", ""]
+            + "; ".join(f"{k}: " + ", ".join(f"{a} {b}" for a, b in v.items()) for k, v in numbers.items()) + ".",
+            "", *_transfer_ordering_lines(data, numbers)]
+
+
+#: Options a transfer row may set and still count as its encoder at its defaults in an ordering
+#: check: what reading the zoo needs (Neural Graphs' sizes) and the CPU budget (max_train).
+READING_OPTIONS = {"max_kernel_size", "max_layers", "max_train"}
+
+
+def _transfer_ordering_lines(data: dict, numbers: dict) -> list[str]:
+    """Where the published taus give one number per encoder: our ordering of those encoders (mean
+    average tau over seeds, at their defaults apart from :data:`READING_OPTIONS`) against theirs."""
+    published = {k: next(iter(v.values())) for k, v in numbers.items() if len(v) == 1}
+    ours: dict[str, float] = {}
+    for configuration, table in summarize(data["entries"]).items():
+        entry = next(e for e in data["entries"] if configuration_name(e) == configuration)
+        averages = [row["average"] for row in table.values() if row["average"] is not None]
+        if set(configuration_options(entry)) <= READING_OPTIONS and averages and not entry.get("cannot_train"):
+            ours[entry["encoder"]] = statistics.fmean(averages)
+    # compare_ordering ranks errors (lower is better): a tau ranks the other way.
+    check = compare_ordering({k: -v for k, v in ours.items()}, {k: -v for k, v in published.items()})
+    if check["kendall_tau"] is None:
+        return []
+    here = " > ".join(f"{n} {_fmt(ours[n])}" for n in sorted(check["encoders"], key=lambda n: -ours[n]))
+    there = " > ".join(f"{n} {_fmt(published[n])}" for n in check["encoders"])
+    inverted = ", ".join(f"{a} over {b}" for a, b in check["discordant"])
+    verdict = ("the published ordering holds" if not inverted
+               else f"ordered the other way round here: {inverted}, as published")
+    return [f"Ordering check over the encoders both tables have (at their defaults apart from "
+            f"{', '.join(f'`{o}`' for o in sorted(READING_OPTIONS))}; mean over seeds): here {here}; published "
+            f"{there}: {verdict}.", ""]
 
 
 def _reference_lines(data: dict) -> list[str]:

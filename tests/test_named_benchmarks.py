@@ -134,3 +134,30 @@ def test_bad_names_are_refused_in_one_line(name, tmp_path, capsys):
                             *_common(tmp_path)], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "results name" in err, err
     assert not (tmp_path / "results").exists()
+
+
+def test_a_study_with_published_numbers_checks_their_ordering(zoos, tmp_path, capsys, monkeypatch):
+    import sne.bench.paper
+
+    published = {"statnn": {"zoo": 0.9}, "mlp": {"zoo": 0.1}, "nft": {"zoo": 0.5}}  # nft: not in our table
+    monkeypatch.setitem(sne.bench.paper.PAPER_STUDY_TAU, "ordered", ("a test", published))
+    common = _common(tmp_path)
+    common[common.index("statnn")] = "statnn,mlp"
+    del common[common.index("--batch-size"):common.index("--batch-size") + 2]  # rows at their defaults
+    code, _, err = run_cli(["bench", "cross-dataset", "--zoos", f"{zoos['small-cnn/digits']},{zoos['small-cnn/shapes10']}",
+                            "--name", "ordered", *common], capsys)
+    assert code == 0, err
+    path = tmp_path / "results" / "ordered.json"
+    data = json.loads(path.read_text())
+    text = "\n".join(_page(monkeypatch, tmp_path).transfer_section(path, data))
+    line = next(line for line in text.splitlines() if line.startswith("Ordering check"))
+    ours = {}
+    for encoder in ("statnn", "mlp"):
+        taus = [e["evaluations"][z]["kendall_tau"] for e in data["entries"] if e["encoder"] == encoder
+                for z in e["evaluations"]]
+        ours[encoder] = sum(taus) / len(taus)
+    assert "published statnn 0.900 > mlp 0.100" in line and "nft" not in line
+    if ours["statnn"] > ours["mlp"]:
+        assert line.endswith("the published ordering holds.")
+    else:
+        assert line.endswith("ordered the other way round here: statnn over mlp, as published.")
