@@ -100,5 +100,7 @@ def test_a_benchmark_on_a_mixed_zoo_records_the_encoders_that_cannot_train_and_g
     spec.loader.exec_module(page)
     monkeypatch.setattr(page, "ROOT", tmp_path)
     text = "\n".join(page.transfer_section(path, result))
-    assert "| statnn | cannot train | n/a |" in text and "Cannot train: statnn: the zoo at" in text
-    assert "| deepsets | " in text and "cannot read" not in text
+    # Rows name the batch size, which differs from the encoders' defaults, refused rows too.
+    assert "| statnn (batch_size=4) | cannot train | n/a |" in text
+    assert "Cannot train: statnn (batch_size=4): the zoo at" in text
+    assert "| deepsets (batch_size=4) | " in text and "cannot read" not in text

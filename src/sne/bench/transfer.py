@@ -25,7 +25,7 @@ from sne.bench.paper import published_tau
 from sne.errors import CannotRead, SneError
 from sne.io_utils import bounded_path
 from sne.bench.results import check_mergeable, targets_digest, write_merged, zoo_identity, zoo_label, zoo_summary
-from sne.bench.runs import BenchRuns, configuration_name, options_key
+from sne.bench.runs import TUNED_TRAINING, BenchRuns, configuration_name, options_key
 from sne.plots import scatter_grid, embedding_map
 from sne.train.evaluate import evaluate_run
 from sne.train.run import fit, hardware_description, load_run, resolve_device
@@ -270,6 +270,7 @@ def _cannot_train(encoder: str, runs: BenchRuns, config, seed: int, train_label:
         "encoder_options_given": runs.options_for(encoder),
         "permutation_augment": config.permutation_augment,
         "max_train": config.max_train,
+        **{name: getattr(config, name) for name in TUNED_TRAINING},
         "seed": seed,
         "train_zoo": train_label,
         "cannot_train": reason,
