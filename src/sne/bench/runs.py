@@ -64,7 +64,9 @@ class BenchRuns:
 
     def trained_run_fields(self, encoder: str, run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
         """What every results entry says of one trained run: encoder, options, run directory, size,
-        epochs, training networks and training time (from its training ``summary``), and the hardware it ran on."""
+        epochs, training networks, learning rate and batch size, training time (from its training ``summary``),
+        and the hardware it ran on."""
+        config = self.train_config(encoder, "", "", 0)
         return {
             "encoder": encoder,
             "encoder_options_given": self.options_for(encoder),
@@ -73,7 +75,7 @@ class BenchRuns:
             "encoder_parameters": summary["encoder_parameters"],
             "epochs": summary["epochs"],
             "train_networks": summary.get("train_networks"),
-            **{name: getattr(self.train_config(encoder, "", "", 0), name) for name in TUNED_TRAINING},
+            **{name: getattr(config, name) for name in TUNED_TRAINING},
             "best_epoch": summary["best_epoch"],
             "train_seconds": summary["train_seconds"],
             "hardware": hardware_description(resolve_device(self.device)),

@@ -26,7 +26,6 @@ LAYER_KINDS = (
 )
 #: Kinds whose weight maps ``in_features`` inputs to ``out_features`` outputs through its first two axes.
 DENSE_KINDS = (*KIND_BY_WEIGHT_NDIM.values(), *TRANSPOSED_KINDS)
-#: The tensor that plays the weight / bias of each kind (local names, as in the module's state_dict).
 #: Vocabulary of layer activations that encoders embed: "input" marks a network's input (Neural
 #: Graphs' input nodes), "unknown" a layer whose record does not say, "other" a named activation
 #: outside this list.
@@ -43,6 +42,7 @@ def activation_index(name: str | None) -> int:
     return ACTIVATION_INDEX.get(name, ACTIVATION_INDEX["other"])
 
 
+#: The tensor that plays the weight / bias of each kind (local names, as in the module's state_dict).
 _PRIMARY = {"attention": ("in_proj_weight", "in_proj_bias")}
 
 
