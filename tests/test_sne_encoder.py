@@ -705,3 +705,30 @@ def test_activation_encoding_tells_activations_apart_and_keeps_invariance():
     permuted = [permute_hidden(r, [torch.randperm(32, generator=g), torch.randperm(32, generator=g), None])
                 for r in relu]
     torch.testing.assert_close(encode(encoder, permuted), encode(encoder, relu), atol=1e-9, rtol=0)
+
+
+def test_shape_features_count_what_attention_pooling_cannot():
+    from sne.weights import permute_hidden
+
+    g = torch.Generator().manual_seed(3)
+    # A layer of 8 neurons of 4 inputs is one chunk; the same 8 neurons twice over are two chunks
+    # equal to it, and a bias set holding every value twice: pooled, the two layers read alike.
+    narrow = mlp([4, 8], g, dtype=torch.float64)
+    layer = narrow.layers[0]
+    wide = narrow.with_layers([make_layer("fc0", 0, layer.tensors["weight"].repeat(2, 1), layer.tensors["bias"].repeat(2))])
+    conv = convnet([(6, 3, 5, 5), (2, 6)], g, dtype=torch.float64)
+    batch = SNEEncoder(**SMALL).double().prepare([conv])
+    # Per part: (log fan-in, log rows); the conv weight's 3 inputs of 25 taps, its bias one value per row.
+    torch.testing.assert_close(batch.part_shape.exp(), torch.tensor([[75.0, 6], [1, 6], [6, 2]], dtype=torch.float64))
+    torch.manual_seed(0)
+    blind = SNEEncoder(**SMALL).double().eval()
+    torch.testing.assert_close(encode(blind, [wide]), encode(blind, [narrow]), atol=1e-12, rtol=0)
+    torch.manual_seed(0)
+    counting = SNEEncoder(**SMALL, use_shape_features=True).double().eval()
+    # Untrained codes of different networks differ little (SetPool's docstring), but far above float64 noise.
+    assert (encode(counting, [wide]) - encode(counting, [narrow])).abs().amax().gt(1e-9)
+    # Sizes do not move under a permutation of hidden neurons: still exactly invariant.
+    siren = [mlp([1, 32, 32, 1], g, dtype=torch.float64) for _ in range(2)]
+    permuted = [permute_hidden(r, [torch.randperm(32, generator=g), torch.randperm(32, generator=g), None])
+                for r in siren]
+    torch.testing.assert_close(encode(counting, permuted), encode(counting, siren), atol=1e-9, rtol=0)

@@ -111,6 +111,14 @@ values would drown under the positional encodings. With ``standardize=True`` eac
 are standardised by that part's own mean and standard deviation (:func:`layer_parts`, for every
 kind alike), and the two statistics travel beside them as ``part_stats`` (mean, log std): nothing
 is lost, and every part arrives at unit scale whatever the architecture.
+
+**Shape.** Attention pooling is a weighted mean: it cannot count a layer's neurons or a neuron's
+inputs, and a part's spread means little without them (initialisations scale weights by
+``1 / sqrt(fan-in)``, so in a zoo of many widths the log std says mostly the fan-in, and how far
+training moved it from there only beside the fan-in). Every batch therefore carries
+``part_shape``, each part's (log fan-in, log rows), for the encoder to read when asked
+(:class:`sne.encoders.sne.SNEEncoder`, ``use_shape_features``). They are sizes, not statistics,
+and are never fitted to a zoo: a test architecture of other sizes reads its own.
 """
 
 from __future__ import annotations
@@ -288,6 +296,7 @@ class ChunkBatch:
     network_chunk_mask: torch.Tensor  #: (B, K) a network's chunks, then its merge tokens
     chunk_part: torch.Tensor  #: (N,) part each chunk belongs to
     part_stats: torch.Tensor  #: (P, 2) mean and log standard deviation of each part's raw values
+    part_shape: torch.Tensor  #: (P, 2) log fan-in (row length times kernel taps) and log rows of each part
     token_kind: torch.Tensor  #: (T,) RESIDUAL_TOKEN or CONCAT_TOKEN
     token_layer_slot: torch.Tensor  #: (T,) slot in (L, S), after the layer's parts
     token_level: torch.Tensor  #: (T,) level of the token's layer
@@ -360,6 +369,12 @@ class LayerPart(NamedTuple):
     def stats(self) -> torch.Tensor:
         """(mean, log std), what the encoder is told about a standardised part."""
         return torch.stack([self.mean, self.std.log()])
+
+    @property
+    def shape(self) -> torch.Tensor:
+        """(log fan-in, log rows): a row's values (its elements' kernel taps) and the part's rows,
+        the sizes that attention pooling, a weighted mean, cannot count ("Shape" above)."""
+        return torch.tensor([self.row_length * self.taps.shape[1], self.rows], dtype=torch.float64).log()
 
 
 def _describe(layer: Layer) -> str:
@@ -741,7 +756,7 @@ def plan_chunks(
     part_type, part_level, part_network, part_lengths, part_layer, part_index = [], [], [], [], [], []
     part_activation = []
     token_kind, token_layer, token_index, token_network = [], [], [], []
-    layer_level, layer_size, layers_per_network, part_stats = [], [], [], []
+    layer_level, layer_size, layers_per_network, part_stats, part_shape = [], [], [], [], []
     num_chunks = num_neurons = 0
     for network, record in enumerate(records):
         sources = source_neuron_features(record) if source_features else [None] * len(record.layers)
@@ -769,6 +784,7 @@ def plan_chunks(
                     owners[index] if part.part in (WEIGHT_PART, BIAS_PART) else None,
                 ))
                 part_stats.append(part.stats)
+                part_shape.append(part.shape)
                 part_type.append(part.type)
                 part_activation.append(activation_index(layer.activation))
                 part_level.append(layer.level)
@@ -830,6 +846,7 @@ def plan_chunks(
         network_chunk_mask=_padding_mask(items_per_network),
         chunk_part=chunk_part,
         part_stats=torch.stack(part_stats).to(dtype),
+        part_shape=torch.stack(part_shape).to(dtype),
         token_kind=torch.tensor(token_kind, dtype=torch.long),
         token_layer_slot=token_layer_tensor * width + torch.tensor(token_index, dtype=torch.long),
         token_level=torch.tensor(layer_level)[token_layer_tensor],

@@ -88,6 +88,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "source_code_rounds": 0,
     "level_origin": "input",
     "use_activation_encoding": False,
+    "use_shape_features": False,
 }
 
 #: Where layer levels count from (option ``level_origin``).
@@ -121,6 +122,9 @@ INFERENCE_CHUNKS = 128
 TRAINING_CHUNKS = 128
 #: Where the activation codes start on the sinusoidal axis (their initialisation; they are learned).
 ACTIVATION_POSITION_OFFSET = 1024
+#: Divides the log sizes of ``use_shape_features`` (a fan-in of ~3000 reads 1): raw sizes, never
+#: fitted to a zoo, so that another architecture's sizes read as what they are.
+SHAPE_LOG_SCALE = 8.0
 #: Windows of the part stage encoded at a time (:meth:`SNEEncoder._part_codes`).
 WINDOW_RUN = 256
 
@@ -344,6 +348,9 @@ class SNEEncoder(Encoder):
     gets a learned code of its layer's activation (:data:`~sne.weights.record.ACTIVATIONS`; a record
     that does not say reads "unknown"), as Neural Graphs' nodes do; the weights of a ReLU and a tanh
     network can look alike and mean different functions.
+    ``use_shape_features`` (off by default, absent in the paper): every chunk's context also gets a
+    learned map of its part's log fan-in and log rows (:mod:`sne.encoders.chunking`, "Shape"), the
+    sizes that attention pooling cannot count and against which a part's spread means something.
     ``preset``: a name in :data:`PRESETS` whose options apply under those given (``preset=paper``).
     """
 
@@ -417,6 +424,7 @@ class SNEEncoder(Encoder):
         self.activation_codes = nn.Parameter(
             sinusoidal_encoding(torch.arange(len(ACTIVATIONS)) + ACTIVATION_POSITION_OFFSET, chunk)
         ) if resolved["use_activation_encoding"] else None
+        self.part_shape = nn.Linear(2, chunk) if resolved["use_shape_features"] else None
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
@@ -761,6 +769,8 @@ class SNEEncoder(Encoder):
             context = context + self.activation_codes[batch.chunk_activation[first:last]].to(dtype)
         if self.part_scale is not None:
             context = context + self.part_scale(self._normalized_part_stats(batch, first, last))
+        if self.part_shape is not None:
+            context = context + self.part_shape(batch.part_shape[batch.chunk_part[first:last]] / SHAPE_LOG_SCALE)
         return context
 
 
