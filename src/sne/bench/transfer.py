@@ -199,8 +199,7 @@ def run_transfer_benchmark(
                     continue
                 entry = {
                     **runs.trained_run_fields(encoder, run_dir, summary),
-                    "permutation_augment": config.permutation_augment,
-                    "max_train": config.max_train,
+                    **_training_settings(config),
                     "seed": seed,
                     "train_zoo": train_label,
                     "evaluations": _evaluate_everywhere(run_dir, tests, device),
@@ -262,15 +261,20 @@ def reevaluate_transfer(path: str | Path, encoders: Sequence[str], device: str, 
     return path, gone
 
 
+def _training_settings(config) -> dict:
+    """The training settings a row records, trained or not, so that both are labelled alike
+    (:func:`~sne.bench.runs.training_switches` reads them back)."""
+    return {"permutation_augment": config.permutation_augment, "max_train": config.max_train,
+            **{name: getattr(config, name) for name in TUNED_TRAINING}}
+
+
 def _cannot_train(encoder: str, runs: BenchRuns, config, seed: int, train_label: str, reason: str,
                   zoos: list[Zoo]) -> dict:
     """The row of an encoder that refused its training zoo: every cell says why."""
     return {
         "encoder": encoder,
         "encoder_options_given": runs.options_for(encoder),
-        "permutation_augment": config.permutation_augment,
-        "max_train": config.max_train,
-        **{name: getattr(config, name) for name in TUNED_TRAINING},
+        **_training_settings(config),
         "seed": seed,
         "train_zoo": train_label,
         "cannot_train": reason,
