@@ -324,3 +324,53 @@ def test_sne_refuses_unknown_kinds_and_weight_outputs_of_other_networks_in_one_l
     with pytest.raises(SneError, match=r"layer 'bn1' of kind 'batch_norm'") as error:
         encoder.prepare_weights([records["resnet"]])
     assert "\n" not in str(error.value)
+
+
+class ResidualStream(torch.nn.Module):
+    """Wild Park's residual CNN: every convolution after the first adds its activation to a stream
+    that the next ones and the head read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = torch.nn.ModuleList([torch.nn.Conv2d(1, 4, 3, padding=1),
+                                          *(torch.nn.Conv2d(4, 4, 3, padding=1) for _ in range(2))])
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.convs[0](x))
+        for conv in self.convs[1:]:
+            x = x + torch.relu(conv(x))
+        return self.head(x.mean((2, 3)))
+
+
+def test_residual_features_follow_the_stream_and_keep_invariance():
+    from sne.encoders.chunking import _standardised, own_neuron_features, source_neuron_features
+
+    torch.manual_seed(0)
+    record = record_from_module(ResidualStream(), torch.randn(1, 1, 6, 6), source="stream").to(torch.float64)
+    assert [piece.sources for layer in record.layers[1:] for piece in layer.inputs] == [(0,), (0, 1), (0, 1, 2)]
+    plain, summed = source_neuron_features(record), source_neuron_features(record, through_sums=True)
+    assert [f is None for f in plain] == [True, False, True, True]
+    assert [f is None for f in summed] == [True, False, False, False]
+    torch.testing.assert_close(summed[1], plain[1], rtol=0, atol=0)
+    # The head's input channel j: the mean over the three writers of (bias, rms of incoming weights, 1).
+    writers = []
+    for layer in record.layers[:3]:
+        weight, bias = _standardised(layer, "stream")
+        writers.append(torch.stack([bias.squeeze(1), weight.square().mean(1).sqrt(), torch.ones(4, dtype=torch.float64)], 1))
+    torch.testing.assert_close(summed[3], torch.stack(writers).mean(0), rtol=0, atol=1e-12)
+    # The first convolution is read by every later layer: the rms runs over all their columns.
+    own = own_neuron_features(record, through_sums=True)
+    readers = [_standardised(layer, "stream")[0].reshape(layer.out_features, 4, -1) for layer in record.layers[1:]]
+    squares = sum(columns.square().sum(dim=(0, 2)) for columns in readers)
+    torch.testing.assert_close(own[0][:, 1], (squares / sum(c[:, 0].numel() for c in readers)).sqrt(), rtol=0, atol=1e-12)
+    # The second is read only through sums: its reader is unknown without them.
+    assert own[1][:, 2].eq(1).all() and own_neuron_features(record)[1][:, 2].eq(0).all()
+    # Features move with the stream's permutation: SNE stays exactly invariant.
+    torch.manual_seed(0)
+    encoder = SNEEncoder(**SMALL_SNE, use_residual_features=True).double().eval()
+    with torch.no_grad():
+        z = encoder(encoder.prepare([record, permuted(record)]))
+        blind = SNEEncoder(**SMALL_SNE).double().eval()
+    torch.testing.assert_close(z[0], z[1], atol=1e-9, rtol=0)
+    assert not torch.equal(encoder.prepare([record]).source_features[0], blind.prepare([record]).source_features[0])

@@ -89,6 +89,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "level_origin": "input",
     "use_activation_encoding": False,
     "use_shape_features": False,
+    "use_residual_features": False,
 }
 
 #: Where layer levels count from (option ``level_origin``).
@@ -351,6 +352,8 @@ class SNEEncoder(Encoder):
     ``use_shape_features`` (off by default, absent in the paper): every chunk's context also gets a
     learned map of its part's log fan-in and log rows (:mod:`sne.encoders.chunking`, "Shape"), the
     sizes that attention pooling cannot count and against which a part's spread means something.
+    ``use_residual_features`` (off by default): source and own-neuron features also where a layer
+    reads a residual sum (:mod:`sne.encoders.chunking`, "Residual sums"), where otherwise they are zeros.
     ``preset``: a name in :data:`PRESETS` whose options apply under those given (``preset=paper``).
     """
 
@@ -506,7 +509,7 @@ class SNEEncoder(Encoder):
             self._in_encoded_order(records), self.options["chunk_size"], dtype=self.readout.weight.dtype,
             standardize=self.options["standardize_layers"], source_features=self.options["use_source_features"],
             input_positions=self.options["use_input_positions"], neuron_links=self.options["source_code_rounds"] > 0,
-            own_features=self.options["use_own_neuron_features"],
+            own_features=self.options["use_own_neuron_features"], through_sums=self.options["use_residual_features"],
         )
 
     def plan(self, records: Sequence[NetworkRecord]) -> ChunkPlan:
@@ -517,7 +520,7 @@ class SNEEncoder(Encoder):
             self._in_encoded_order(records), self.options["chunk_size"], dtype=self.readout.weight.dtype,
             standardize=self.options["standardize_layers"], source_features=self.options["use_source_features"],
             input_positions=self.options["use_input_positions"], neuron_links=self.options["source_code_rounds"] > 0,
-            own_features=self.options["use_own_neuron_features"],
+            own_features=self.options["use_own_neuron_features"], through_sums=self.options["use_residual_features"],
         )
 
     prepare_inference = plan
