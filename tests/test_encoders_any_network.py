@@ -357,13 +357,15 @@ def test_residual_features_follow_the_stream_and_keep_invariance():
     writers = []
     for layer in record.layers[:3]:
         weight, bias = _standardised(layer, "stream")
-        writers.append(torch.stack([bias.squeeze(1), weight.square().mean(1).sqrt(), torch.ones(4, dtype=torch.float64)], 1))
+        ones = torch.ones(4, dtype=torch.float64)
+        writers.append(torch.stack([bias.squeeze(1), weight.square().mean(1).sqrt(), ones], 1))
     torch.testing.assert_close(summed[3], torch.stack(writers).mean(0), rtol=0, atol=1e-12)
     # The first convolution is read by every later layer: the rms runs over all their columns.
     own = own_neuron_features(record, through_sums=True)
     readers = [_standardised(layer, "stream")[0].reshape(layer.out_features, 4, -1) for layer in record.layers[1:]]
     squares = sum(columns.square().sum(dim=(0, 2)) for columns in readers)
-    torch.testing.assert_close(own[0][:, 1], (squares / sum(c[:, 0].numel() for c in readers)).sqrt(), rtol=0, atol=1e-12)
+    count = sum(columns[:, 0].numel() for columns in readers)
+    torch.testing.assert_close(own[0][:, 1], (squares / count).sqrt(), rtol=0, atol=1e-12)
     # The second is read only through sums: its reader is unknown without them.
     assert own[1][:, 2].eq(1).all() and own_neuron_features(record)[1][:, 2].eq(0).all()
     # Features move with the stream's permutation: SNE stays exactly invariant.

@@ -715,7 +715,8 @@ def test_shape_features_count_what_attention_pooling_cannot():
     # equal to it, and a bias set holding every value twice: pooled, the two layers read alike.
     narrow = mlp([4, 8], g, dtype=torch.float64)
     layer = narrow.layers[0]
-    wide = narrow.with_layers([make_layer("fc0", 0, layer.tensors["weight"].repeat(2, 1), layer.tensors["bias"].repeat(2))])
+    twice = layer.tensors["weight"].repeat(2, 1), layer.tensors["bias"].repeat(2)
+    wide = narrow.with_layers([make_layer("fc0", 0, *twice)])
     conv = convnet([(6, 3, 5, 5), (2, 6)], g, dtype=torch.float64)
     batch = SNEEncoder(**SMALL).double().prepare([conv])
     # Per part: (log fan-in, log rows); the conv weight's 3 inputs of 25 taps, its bias one value per row.

@@ -91,12 +91,12 @@ reader is known where exactly one layer reads the neuron's layer, as source feat
 reading; elsewhere (the output layer, a layer feeding a skip connection) the last two are zero.
 
 **Residual sums (optional).** Source and own-neuron features stop where a layer reads a sum, yet
-in a residual network that is most layers (in the first 400 test networks of the Wild Park zoo, 28% of the residual networks'
-weights got source features, 1% own-neuron features). A residual stream's channel ``j`` is the sum
-of every writer's neuron ``j``, and one permutation moves all of them together, so with
-``through_sums=True`` a weight reading channel ``j`` gets the mean of the writers' neuron-``j``
-features, and a writer's neuron the rms of the weights of every layer that reads the stream.
-Both move with the stream's permutation, as the plain features move with a layer's.
+in a residual network that is most layers (in the first 400 test networks of the Wild Park zoo,
+28% of the residual networks' weights got source features, 1% own-neuron features). A residual
+stream's channel ``j`` is the sum of every writer's neuron ``j``, and one permutation moves all of
+them together, so with ``through_sums=True`` a weight reading channel ``j`` gets the mean of the
+writers' neuron-``j`` features, and a writer's neuron the rms of the weights of every layer that
+reads the stream. Both move with the stream's permutation, as the plain features move with a layer's.
 
 **Neuron links (optional).** Source features describe a weight's source neuron by fixed
 statistics. With ``neuron_links=True`` the batch instead numbers the output neurons of every plain
