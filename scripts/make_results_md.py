@@ -110,7 +110,12 @@ STUDY_NOTES = {
         "Neural Graphs reads 7x7 kernels with `max_kernel_size=7`; encoders of one fixed architecture refuse "
         "the zoo, and their rows say so. A row labelled `max_train=N` trained on the first N networks of the "
         "train split only (a CPU budget: NG-GNN, NG-T and DeepSets train at about 3 of these networks per second "
-        "on one thread); validation and test splits are whole.",
+        "on one thread); validation and test splits are whole. A row labelled `batch_size=16` trained at batch "
+        "16 instead of 64: four times the Adam steps in the same epochs (five epochs of 1000 networks are 80 "
+        "steps at batch 64). SNE's `use_shape_features` and `use_residual_features` rows add what SNE reads of "
+        "a network, not training: each part's log fan-in and rows (attention pooling, a weighted mean, cannot "
+        "count them), and source and own-neuron features across residual sums, where they are otherwise zeros "
+        "(most weights of a residual network).",
     ],
     "reverse_cross_arch": [
         "Trained on the CNN-s zoos, tested on the small-CNN zoos: the cross-architecture table the other way "
