@@ -564,6 +564,12 @@ def source_neuron_features(record: NetworkRecord, through_sums: bool = False) ->
     layer comes from (a flattened channel feeds a block of inputs), or ``None`` where unknown: given
     for a linear or convolution layer reading exactly one such layer, and with ``through_sums`` a
     sum of such layers, whose neurons' features are averaged (module docstring, "Residual sums")."""
+    @lru_cache(maxsize=None)  # a residual stream's writers are read by every later layer: describe each once
+    def neurons(source: int) -> torch.Tensor:
+        weight, *bias = _standardised(record.layers[source], record.source)
+        bias = bias[0].squeeze(1) if bias else weight.new_zeros(record.layers[source].out_features)
+        return torch.stack([bias, weight.square().mean(1).sqrt(), torch.ones_like(bias)], dim=1)
+
     features: list[torch.Tensor | None] = []
     for index in range(len(record.layers)):
         link = _dense_source(record, index, through_sums)
@@ -571,12 +577,7 @@ def source_neuron_features(record: NetworkRecord, through_sums: bool = False) ->
             features.append(None)
             continue
         sources, block = link
-        neurons = []
-        for source in sources:
-            weight, *bias = _standardised(record.layers[source], record.source)
-            bias = bias[0].squeeze(1) if bias else weight.new_zeros(record.layers[source].out_features)
-            neurons.append(torch.stack([bias, weight.square().mean(1).sqrt(), torch.ones_like(bias)], dim=1))
-        features.append(torch.stack(neurons).mean(0).repeat_interleave(block, dim=0))
+        features.append(torch.stack([neurons(source) for source in sources]).mean(0).repeat_interleave(block, dim=0))
     return features
 
 
@@ -592,6 +593,8 @@ def own_neuron_features(record: NetworkRecord, through_sums: bool = False) -> li
         if link is not None:
             for source in link[0]:
                 readers.setdefault(source, []).append((index, link[1]))
+    # A layer reading a residual stream reads every writer of it: standardise each reader once.
+    standardised_weight = lru_cache(maxsize=None)(lambda reader: _standardised(record.layers[reader], record.source)[0])
     features: list[torch.Tensor | None] = []
     for index, layer in enumerate(record.layers):
         if not _plain_dense(layer):
@@ -604,7 +607,7 @@ def own_neuron_features(record: NetworkRecord, through_sums: bool = False) -> li
         if len(mine) == 1 or (through_sums and mine):
             squares, count = torch.zeros_like(bias), 0
             for reader, block in mine:
-                weight, *_ = _standardised(record.layers[reader], record.source)
+                weight = standardised_weight(reader)
                 # The reader's columns of neuron i are i * block ... (i + 1) * block - 1 (all rows, all taps).
                 columns = weight.reshape(record.layers[reader].out_features, layer.out_features, block, -1)
                 squares, count = squares + columns.square().sum(dim=(0, 2, 3)), count + columns[:, 0].numel()
@@ -781,8 +784,9 @@ def plan_chunks(
     layer_level, layer_size, layers_per_network, part_stats, part_shape = [], [], [], [], []
     num_chunks = num_neurons = 0
     for network, record in enumerate(records):
-        sources = source_neuron_features(record, through_sums) if source_features else [None] * len(record.layers)
-        owners = own_neuron_features(record, through_sums) if own_features else [None] * len(record.layers)
+        none = [None] * len(record.layers)
+        sources = source_neuron_features(record, through_sums) if source_features else none
+        owners = own_neuron_features(record, through_sums) if own_features else none
         if neuron_links:
             first_neurons, source_ids = neuron_ids(record, num_neurons)
             num_neurons += sum(layer.out_features for layer in record.layers if _plain_dense(layer))
