@@ -113,7 +113,6 @@ def arch_from_hf_config(path: str | Path) -> Arch:
         raise SneError(f"{path}: reading a Hugging Face config needs the optional extra: pip install 'sne[hf]'") from None
     try:
         config = AutoConfig.from_pretrained(str(path.parent), local_files_only=True)
-        config.use_cache = False  # a key-value cache is inference state, not part of the network
         model = AutoModel.from_config(config)
     except Exception as exc:
         raise SneError(f"{path}: not a Hugging Face config transformers can build ({one_line(exc)})") from None

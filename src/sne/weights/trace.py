@@ -17,7 +17,7 @@ values with the output projection.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Iterable, NamedTuple
 
 import torch
@@ -779,6 +779,8 @@ class _Tracer:
         if shape is None or any(not isinstance(v, _Value) for v in values):
             return self.unknown(node, shape)
         d %= len(shape)
+        # torch.cat skips 1-D empty tensors of any other rank (an empty key-value cache, say).
+        values = [v for v in values if len(v.shape) == len(shape)]
         layout: Layout = []
         for v in values:
             if d in v.layouts:
@@ -1314,6 +1316,20 @@ def _reshape_groups(before: tuple[int, ...], after: tuple[int, ...]) -> list[tup
 
 
 def _export(module: nn.Module, example_input: Any, source: str) -> torch.export.ExportedProgram:
+    # A Hugging Face model's key-value cache is inference state, not part of the network: traced
+    # with it, the cache's concatenations hide the attention heads' symmetries.
+    config = getattr(module, "config", None)
+    cached = getattr(config, "use_cache", None) is True
+    if cached:
+        config.use_cache = False
+    try:
+        return _export_tensor_outputs(module, example_input, source)
+    finally:
+        if cached:
+            config.use_cache = True
+
+
+def _export_tensor_outputs(module: nn.Module, example_input: Any, source: str) -> torch.export.ExportedProgram:
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     training = module.training
     module.eval()
@@ -1322,10 +1338,46 @@ def _export(module: nn.Module, example_input: Any, source: str) -> torch.export.
     except SneError:
         raise
     except Exception as exc:
-        raise SneError(f"{source}: could not trace {type(module).__name__} on the example input "
-                       f"({one_line(exc)[:300]})") from None
+        failure = exc
     finally:
         module.train(training)
+    # An output torch.export cannot flatten (an object holding tensors, such as a cache): the same forward, returning only its output's tensors, under the
+    # module's own class name-space so every parameter keeps its name.
+    original = type(module)
+    try:
+        module.__class__ = type(original.__name__, (original,), {"forward": _forward_tensors_only})
+        module.eval()
+        return torch.export.export(module, args)
+    except Exception:
+        raise SneError(f"{source}: could not trace {original.__name__} on the example input "
+                       f"({one_line(failure)[:300]})") from None
+    finally:
+        module.__class__ = original
+        module.train(training)
+
+
+def _forward_tensors_only(self: nn.Module, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
+    """The forward of the class ``self`` was made from, keeping only the tensors of its output (in
+    mappings, dataclasses, lists and tuples, in order); other objects, such as a cache, are dropped."""
+    output = super(type(self), self).forward(*args, **kwargs)
+    leaves = _tensor_leaves(output)
+    if not leaves:
+        raise TypeError(f"no tensor in the output {type(output).__name__}")
+    return leaves
+
+
+def _tensor_leaves(output: Any) -> tuple[torch.Tensor, ...]:
+    if isinstance(output, torch.Tensor):
+        return (output,)
+    if isinstance(output, dict):
+        items = output.values()
+    elif is_dataclass(output) and not isinstance(output, type):
+        items = (getattr(output, f.name) for f in fields(output))
+    elif isinstance(output, (list, tuple)):
+        items = output
+    else:
+        return ()
+    return tuple(t for item in items for t in _tensor_leaves(item))
 
 
 def record_from_module(
