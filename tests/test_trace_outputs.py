@@ -90,3 +90,48 @@ def test_hugging_face_causal_lm_is_traced_without_its_cache():
     names = {group.name.split(" of ")[0] for group in record.symmetries}
     assert "heads" in names, names
     _assert_equivalent_under_permutation(model, record, lambda m: m(input_ids=tokens).logits)
+
+
+def test_hugging_face_conv1d_is_a_linear_layer_given_back_as_stored():
+    """GPT-2 stores its projections (in, out) in transformers' Conv1D: the record reads them as
+    linear layers (out, in) and every way back to a state_dict restores the module's layout."""
+    transformers = pytest.importorskip("transformers")
+    from sne.encoders import build_encoder
+    from sne.weights.arch import Arch
+    from sne.weights.record import record_from_structure, record_structure
+
+    config = transformers.GPT2Config(vocab_size=20, n_positions=8, n_embd=16, n_layer=1, n_head=2)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # no constant tensors (norms at 1, biases at 0): nothing to standardise by zero
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.3)
+    tokens = torch.randint(0, 20, (1, 6))
+    record = record_from_module(model, tokens, source="gpt2")
+    c_fc = next(layer for layer in record.layers if layer.name.endswith("mlp.c_fc"))
+    assert c_fc.kind == "linear" and c_fc.attrs["stored_in_out"]
+    assert torch.equal(c_fc.weight, model.transformer.h[0].mlp.c_fc.weight.t())
+    assert (c_fc.in_features, c_fc.out_features) == (16, 64)
+    state = model.state_dict()
+    for again in (record, record_from_structure(record_structure(record), state, "gpt2"),
+                  Arch(model, tokens).record(state, "gpt2")):
+        assert all(torch.equal(again.to_state_dict()[k], state[k]) for k in state)
+        assert all(torch.equal(a.weight, b.weight) for a, b in zip(again.layers, record.layers))
+    structure = record_structure(record)
+    norm = next(layer for layer in structure["layers"] if layer["kind"] == "layer_norm")
+    norm["attrs"]["stored_in_out"] = True
+    with pytest.raises(SneError, match="marked stored_in_out but is no linear layer"):
+        record_from_structure(structure, state, "gpt2")
+    # Symmetries act on the record's layout: the module's function is kept, and so is the code of
+    # an exactly invariant encoder that reads the layers as linear maps (a neural graph refuses a
+    # free (in, out) parameter). SNE reads it too, invariant only where a chunk holds one neuron.
+    _assert_equivalent_under_permutation(model, record, lambda m: m(input_ids=tokens).logits)
+    double = record.to(torch.float64)
+    sne = build_encoder("sne", {"hidden": 16}).double().eval()
+    assert torch.isfinite(sne(sne.prepare([double]))).all()
+    for name, options in (("ng_gnn", {"max_input_neurons": 64}), ("deepsets", {})):
+        torch.manual_seed(0)
+        encoder = build_encoder(name, options).double().eval()
+        with torch.no_grad():
+            z = encoder(encoder.prepare([double, random_equivalent_permutation(double, torch.Generator().manual_seed(1))]))
+        torch.testing.assert_close(z[0], z[1], atol=1e-9, rtol=0)

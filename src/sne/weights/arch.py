@@ -46,13 +46,13 @@ class Arch:
             tensors = {}
             for local, expected in layer.tensors.items():
                 key = layer.key(local)
-                value = state[key]
-                if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(expected.shape):
+                value, stored = state[key], layer.module_layout(local, expected)
+                if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(stored.shape):
                     shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
                     raise SneError(f"{source}: '{key}' has shape {shape}, architecture {self.name} "
-                                   f"expects {tuple(expected.shape)}")
+                                   f"expects {tuple(stored.shape)}")
                 tensors[local] = value.to(expected.dtype)
-            layers.append(replace(layer, tensors=check_tensors(layer.name, tensors, source)))
+            layers.append(replace(layer, tensors=check_tensors(layer.name, tensors, source)).from_module_layout())
         return NetworkRecord(tuple(layers), source=source, symmetries=self.template.symmetries)
 
 

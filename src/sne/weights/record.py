@@ -90,7 +90,9 @@ class Layer:
     order (``weight``, ``bias``, ``running_mean``, ``in_proj_weight``, ``out_proj.weight``, ...); the
     full key of tensor ``t`` is ``name.t`` (just ``t`` for the root module). Layouts are PyTorch's:
     ``(out, in, *kernel)`` for linear and convolution, ``(in, out / groups, *kernel)`` for transposed
-    convolution, ``(num_embeddings, dim)`` for an embedding. ``attrs`` holds what the weights cannot
+    convolution, ``(num_embeddings, dim)`` for an embedding; a linear layer whose module stores its
+    weight ``(in, out)`` (Hugging Face's Conv1D) holds it ``(out, in)`` too, marked by
+    ``attrs["stored_in_out"]``, and :meth:`module_layout` turns it back. ``attrs`` holds what the weights cannot
     tell (stride, padding, groups, heads, eps, ...) when the source knows it. ``activation`` is the
     nonlinearity applied to the output (``"identity"``: none; ``None``: unknown). ``skip_from``
     lists levels whose outputs are added to this layer's input; ``inputs`` is the full data flow
@@ -113,6 +115,17 @@ class Layer:
     def key(self, tensor: str) -> str:
         """The state_dict key of local tensor ``tensor``."""
         return f"{self.name}.{tensor}" if self.name else tensor
+
+    def module_layout(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """Tensor ``name`` of this layer as its module stores it, given as the record holds it, and
+        the other way round (the one difference, ``stored_in_out``, is a transpose)."""
+        return tensor.t().contiguous() if name == "weight" and self.attrs.get("stored_in_out") else tensor
+
+    def from_module_layout(self) -> "Layer":
+        """This layer, made with its tensors as its module stores them, holding them as a record does."""
+        if not self.attrs.get("stored_in_out"):
+            return self
+        return replace(self, tensors={name: self.module_layout(name, t) for name, t in self.tensors.items()})
 
     @property
     def weight(self) -> torch.Tensor:
@@ -231,7 +244,8 @@ class NetworkRecord:
 
     def to_state_dict(self) -> dict[str, torch.Tensor]:
         """Every parameter and buffer under the module's own keys, in the record's order."""
-        return {layer.key(name): tensor for layer in self.layers for name, tensor in layer.tensors.items()}
+        return {layer.key(name): layer.module_layout(name, tensor)
+                for layer in self.layers for name, tensor in layer.tensors.items()}
 
     def with_layers(self, layers: Iterable[Layer]) -> "NetworkRecord":
         return replace(self, layers=tuple(layers))
@@ -324,7 +338,8 @@ def record_structure(record: NetworkRecord) -> dict[str, Any]:
             "kind": layer.kind,
             "level": int(layer.level),
             "tensors": [
-                {"name": name, "shape": [int(s) for s in t.shape], "dtype": str(t.dtype).removeprefix("torch.")}
+                {"name": name, "shape": [int(s) for s in layer.module_layout(name, t).shape],
+                 "dtype": str(t.dtype).removeprefix("torch.")}
                 for name, t in layer.tensors.items()
             ],
             "activation": layer.activation,
@@ -386,7 +401,12 @@ def structure_problem(structure: Any) -> str | None:
             if key in keys:
                 return f"tensor '{key}' appears twice"
             keys.add(key)
-            shapes[-1][spec["name"]] = spec["shape"]
+            # Symmetries name axes as the record holds a tensor: a weight stored (in, out) is turned.
+            turned = spec["name"] == "weight" and layer["attrs"].get("stored_in_out")
+            shapes[-1][spec["name"]] = spec["shape"][::-1] if turned else spec["shape"]
+        if layer["attrs"].get("stored_in_out") and not (
+                layer["kind"] == "linear" and len(shapes[-1].get("weight", ())) == 2):
+            return f"layer '{name}' is marked stored_in_out but is no linear layer with a 2-D weight"
         inputs = layer["inputs"]
         if inputs is not None:
             if not isinstance(inputs, list):
@@ -453,7 +473,7 @@ def record_from_structure(
             None if inputs is None else tuple(
                 InputSlice(s["offset"], s["size"], s["block"], tuple(s["sources"])) for s in inputs
             ),
-        ))
+        ).from_module_layout())
     extra = [key for key in tensors if key not in used]
     if extra:
         raise SneError(f"{source}: tensor '{extra[0]}' is not in the network's structure")

@@ -830,8 +830,9 @@ class _Tracer:
         in_axis, out_axis = wv.param_axes if transposed else wv.param_axes[::-1]
         op = self.use_op(w, "linear")
         self.touch(op)
-        if out_axis == 0:  # stored (out, in), as nn.Linear: a linear layer, whatever module holds it
-            self.used_as.setdefault(op, ("linear", {}))
+        # A linear layer, whatever module holds it: stored (out, in) as nn.Linear, or (in, out) as
+        # Hugging Face's Conv1D (GPT-2), which the record holds (out, in) like any other.
+        self.used_as.setdefault(op, ("linear", {} if out_axis == 0 else {"stored_in_out": True}))
         last = len(x.shape) - 1
         self.flow.setdefault(op, self.read(x, last, op, x.shape[last]))
         if last in x.layouts:
@@ -1424,8 +1425,9 @@ def record_from_module(
                                       tuple(sorted(index[src] if src in index else -1 for src in s.sources)))
                            for s in flow)
         tensors = check_tensors(path or type(module).__name__, locals_[path], source)
-        layers.append(Layer(path, kind, level, tensors, tracer.activation.get(path), (), attrs, inputs))
-    symmetries = _symmetries(tracer, key_op, index, aliases)
+        layers.append(Layer(path, kind, level, tensors, tracer.activation.get(path), (), attrs, inputs).from_module_layout())
+    transposed = {layer.key("weight") for layer in layers if layer.attrs.get("stored_in_out")}
+    symmetries = _symmetries(tracer, key_op, index, aliases, transposed)
     return NetworkRecord(tuple(layers), source=source, symmetries=symmetries)
 
 
@@ -1446,8 +1448,9 @@ def _nested(inside: tuple, outside: tuple) -> bool:
 
 
 def _symmetries(tracer: _Tracer, key_op: dict[str, str], index: dict[str, int],
-                aliases: dict[str, list[str]]) -> tuple[PermutationGroup, ...]:
-    """The free groups of the pass as permutation groups of the record's layers."""
+                aliases: dict[str, list[str]], transposed: set[str]) -> tuple[PermutationGroup, ...]:
+    """The free groups of the pass as permutation groups of the record's layers (axes as the record
+    holds its tensors: swapped for the ``transposed`` keys, weights stored ``(in, out)``)."""
     g = tracer.groups
     opaque = set(tracer.opaque)
     roots = [r for r in range(len(g.size)) if g.find(r) == r and r not in g.parts]
@@ -1480,6 +1483,6 @@ def _symmetries(tracer: _Tracer, key_op: dict[str, str], index: dict[str, int],
             for k in [key, *aliases.get(key, [])]:
                 path = key_op[k]
                 local = k[len(path) + 1:] if path else k
-                members.append(Member(index[path], local, axis, offset, inner))
+                members.append(Member(index[path], local, 1 - axis if k in transposed else axis, offset, inner))
         groups.append(PermutationGroup(g.size[r], tuple(dict.fromkeys(members)), g.names[r]))
     return tuple(groups)

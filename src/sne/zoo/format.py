@@ -179,7 +179,7 @@ def _chain_of_structure(structure: Mapping[str, Any]) -> list[dict[str, Any]] | 
         tensors = {t["name"]: t["shape"] for t in layer["tensors"]}
         if (layer["kind"] not in KIND_BY_WEIGHT_NDIM.values() or set(tensors) - {"weight", "bias"}
                 or "weight" not in tensors or layer["skip_from"] or layer["attrs"].get("groups", 1) != 1
-                or any(s["sources"] != [i - 1] for s in layer["inputs"] or ())):
+                or layer["attrs"].get("stored_in_out") or any(s["sources"] != [i - 1] for s in layer["inputs"] or ())):
             return None
         chain.append({"name": layer["name"], "kind": layer["kind"], "level": layer["level"],
                       "weight_shape": tensors["weight"], "has_bias": "bias" in tensors,
