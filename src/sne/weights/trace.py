@@ -295,6 +295,13 @@ class _Value:
     param: str | None = None  # a parameter or buffer (or a view of one): its state_dict key
     param_axes: tuple[int | None, ...] = ()  # per axis of the value, the parameter's axis (None: not one)
     plain: bool = True  # only layout-keeping operations since its sources (no unknown operation)
+    activated: frozenset = frozenset()  # sources that reach it through an activation
+    bent: frozenset = frozenset()  # sources that reach it through another nonlinear function (pow, erf, ...)
+
+    @property
+    def fresh(self) -> frozenset:
+        """Sources that reach it through linear, value-keeping operations only."""
+        return self.sources - self.activated - self.bent
 
 
 def _shape(node: Any) -> tuple[int, ...] | None:
@@ -314,6 +321,9 @@ _ELEMENTWISE = {
     "clamp", "clamp_min", "clamp_max", "nan_to_num",
     "sign", "lift_fresh_copy", "type_as", "reciprocal", "cos", "logsigmoid", "exp2", "log1p", "expm1",
 }
+#: Elementwise operations that keep a tensor's values (dropout is the identity in eval mode).
+_VALUE_KEEPING = {"dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "clone", "contiguous",
+                  "alias", "detach", "_to_copy", "to", "lift_fresh_copy", "type_as"}
 _POOLING = {
     "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
@@ -352,7 +362,7 @@ class _Tracer:
         self.values: dict[torch.fx.Node, Any] = {}
         self.first_use: dict[str, int] = {}  # operation path -> position of first use
         self.flow: dict[str, tuple[InputSlice, ...]] = {}  # operation path -> inputs (sources are paths)
-        self.activation: dict[str, str] = {}
+        self.activation: dict[str, str | None] = {}  # None: a function of its own, made of several operations
         self.opaque: set[str] = set()  # parameter keys used where the pass cannot follow them
         signature = program.graph_signature
         self.param_key = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
@@ -392,15 +402,25 @@ class _Tracer:
         if value.param is not None:
             self.opaque.add(value.param)
 
-    def note_activation(self, value: _Value, name: str | None) -> None:
-        if name and len(value.sources) == 1:
-            (op,) = value.sources
+    def note_activation(self, value: _Value, name: str) -> None:
+        """Activation ``name`` applied to ``value``: the activation of each operation whose output
+        reaches it unchanged; one that a nonlinear function reached first has a function of its own
+        (GPT-2's tanh-approximated GELU), whose last step names nothing."""
+        for op in value.fresh:
             if op != INPUT and op not in self.activation:
                 self.activation[op] = name
+        self.note_composite(value.bent - value.activated)
+
+    def note_composite(self, ops: Iterable[str]) -> None:
+        """Operations whose output passes through a function written out of several operations
+        (``x * sigmoid(x)``, ``0.5 * x * (1 + erf(x / sqrt(2)))``): their activation is unknown."""
+        for op in ops:
+            if op != INPUT:
+                self.activation[op] = None
 
     def mark_identity(self, value: _Value) -> None:
         """Operations whose outputs reach a layer or the output with no activation on the way."""
-        for src in value.sources:
+        for src in value.fresh:
             if src not in self.activation and src != INPUT:
                 self.activation[src] = "identity"
 
@@ -488,7 +508,7 @@ class _Tracer:
         if handler is not None:
             result = handler(node, shape)
         elif name in _ACTIVATIONS or name in _ELEMENTWISE:
-            result = self.elementwise(node, shape, _ACTIVATIONS.get(name))
+            result = self.elementwise(node, shape, _ACTIVATIONS.get(name), name in _VALUE_KEEPING)
         elif name in _POOLING:
             result = self.pooling(node, shape)
         elif name in _BINARY:
@@ -509,16 +529,20 @@ class _Tracer:
                 sources |= value.sources
         return _Value(shape, sources=sources, plain=False) if shape is not None else None
 
-    def elementwise(self, node, shape, activation: str | None) -> _Value | None:
+    def elementwise(self, node, shape, activation: str | None, keeps_values: bool) -> _Value | None:
         x = self.value(node.args[0])
         if not isinstance(x, _Value) or shape is None:
             return self.unknown(node, shape)
         if x.param is not None:  # a function of a parameter: followed no further
             self.opaque.add(x.param)
             return _Value(shape, sources=x.sources)
+        activated, bent = x.activated, x.bent
         if activation:
             self.note_activation(x, activation)
-        return _Value(shape, dict(x.layouts), x.sources, plain=x.plain)
+            activated = x.sources
+        elif not keeps_values:
+            bent = bent | (x.sources - x.activated)
+        return _Value(shape, dict(x.layouts), x.sources, plain=x.plain, activated=activated, bent=bent)
 
     def pooling(self, node, shape) -> _Value | list | None:
         x = self.value(node.args[0])
@@ -528,7 +552,8 @@ class _Tracer:
             if axis >= 2:
                 self.groups.fix_layout(layout)
         out_shape = shape if shape is not None else _shape_of_first(node)
-        value = _Value(out_shape or (), {a: l for a, l in x.layouts.items() if a < 2}, x.sources, plain=x.plain)
+        value = _Value(out_shape or (), {a: l for a, l in x.layouts.items() if a < 2}, x.sources, plain=x.plain,
+                       activated=x.activated, bent=x.bent)
         if shape is None:  # with indices: (values, indices)
             return [value, _Value(out_shape or (), sources=x.sources)]
         return value
@@ -540,7 +565,16 @@ class _Tracer:
         if any(not isinstance(v, _Value) for v in values):
             return self.unknown(node, shape)
         sources = frozenset().union(*(v.sources for v in values))
-        return _Value(shape, self.line_up(values, shape), sources, plain=all(v.plain for v in values))
+        shaping = values
+        if _op_name(node) not in ("add", "sub", "rsub"):
+            # A product of a layer's output with a function of it (x * sigmoid(x)) is that layer's own
+            # activation; a factor broadcast over the neurons (a norm's 1 / rms) only scales them.
+            full = [v for v in values if v.param is None and v.shape == shape]
+            self.note_composite(op for v in full for w in full if w is not v for op in v.fresh & (w.activated | w.bent))
+            shaping = [v for v in values if v.param is not None or v.shape == shape] or values
+        return _Value(shape, self.line_up(values, shape), sources, plain=all(v.plain for v in values),
+                      activated=frozenset().union(*(v.activated for v in shaping)),
+                      bent=frozenset().union(*(v.bent for v in shaping)))
 
     def merge_layouts(self, layouts: list[Layout]) -> Layout | None:
         """One layout for values that meet entry by entry (an addition): their groups become one,
@@ -605,7 +639,7 @@ class _Tracer:
             if axis in dims:
                 continue  # a sum, mean or maximum over neurons does not depend on their order
             layouts[axis if keep else axis - sum(d < axis for d in dims)] = layout
-        return _Value(shape, layouts, x.sources)
+        return _Value(shape, layouts, x.sources, activated=x.activated, bent=x.bent)
 
     # -- shapes ------------------------------------------------------------------------------------
 
@@ -616,7 +650,7 @@ class _Tracer:
             if a not in axes:
                 self.groups.fix_layout(layout)
         param_axes = tuple(None if a is None else x.param_axes[a] for a in axes) if x.param is not None else ()
-        return _Value(shape, layouts, x.sources, x.param, param_axes, x.plain)
+        return _Value(shape, layouts, x.sources, x.param, param_axes, x.plain, x.activated, x.bent)
 
     def shaped(self, node, shape) -> tuple[_Value, tuple[int, ...]] | None:
         x = self.value(node.args[0])
@@ -770,7 +804,8 @@ class _Tracer:
                 self.groups.fix_layout(x.layouts[a])
             if x.param is not None and any(x.param_axes[a] is not None for a in real_in):
                 self.opaque.add(x.param)
-        return _Value(shape, layouts, x.sources, x.param, tuple(param_axes) if x.param is not None else (), x.plain)
+        return _Value(shape, layouts, x.sources, x.param, tuple(param_axes) if x.param is not None else (), x.plain,
+                      x.activated, x.bent)
 
     def on_cat(self, node, shape):
         tensors = list(node.args[0])
@@ -792,7 +827,9 @@ class _Tracer:
         others = self.line_up(values, shape, skip=d)
         if any(d in v.layouts for v in values):
             others[d] = layout
-        return _Value(shape, others, frozenset().union(*(v.sources for v in values)))
+        return _Value(shape, others, frozenset().union(*(v.sources for v in values)),
+                      activated=frozenset().union(*(v.activated for v in values)),
+                      bent=frozenset().union(*(v.bent for v in values)))
 
     # -- parameterised operations ------------------------------------------------------------------
 
