@@ -21,20 +21,36 @@ from torch import nn
 
 from sne.errors import SneError, one_line
 from sne.weights.record import NetworkRecord, check_tensors
-from sne.weights.trace import record_from_module
+from sne.weights.trace import record_from_module, tied_keys
 
 
 class Arch:
     """A traced architecture: turns state_dicts of that architecture into records."""
 
-    def __init__(self, module: nn.Module, example_input: Any = None, name: str = "") -> None:
+    def __init__(self, module: nn.Module, example_input: Any = None, name: str = "",
+                 from_saved: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> None:
+        """``from_saved`` turns a state_dict in the format its source saves (where that differs from
+        the module's keys) into the module's; :class:`SneError` if it cannot."""
         self.name = name or type(module).__name__
         self.template = record_from_module(module, example_input, source=self.name)
         self.keys = self.template.to_state_dict()
+        self.tied = tied_keys(module)
+        self.from_saved = from_saved
 
     def record(self, state: Mapping[str, torch.Tensor], source: str) -> NetworkRecord:
-        """The record of ``state`` (a state_dict of this architecture); :class:`SneError` naming the
-        first key that is missing, unexpected or of another shape."""
+        """The record of ``state`` (a state_dict of this architecture, or as its source saves it; a
+        tied tensor may be there under one of its keys only); :class:`SneError` naming the first key
+        that is missing, unexpected or of another shape."""
+        state = dict(state)
+        if self.from_saved is not None and set(state) - set(self.keys):
+            try:
+                state = self.from_saved(state)
+            except SneError as error:
+                raise SneError(f"{source}: {one_line(error)}") from None
+        for key in self.keys:
+            twin = next((k for k in self.tied.get(key, ()) if k in state), None)
+            if key not in state and twin is not None:
+                state[key] = state[twin]
         missing = [k for k in self.keys if k not in state]
         unexpected = [k for k in state if k not in self.keys]
         if missing or unexpected:
@@ -108,17 +124,46 @@ def arch_from_hf_config(path: str | Path) -> Arch:
     (optional extra: ``pip install sne[hf]``); traced on a short sequence of token ids."""
     path = Path(path)
     try:
-        from transformers import AutoConfig, AutoModel  # noqa: PLC0415 - optional extra
+        import transformers  # noqa: PLC0415 - optional extra
     except ImportError:
         raise SneError(f"{path}: reading a Hugging Face config needs the optional extra: pip install 'sne[hf]'") from None
     try:
-        config = AutoConfig.from_pretrained(str(path.parent), local_files_only=True)
-        model = AutoModel.from_config(config)
+        config = transformers.AutoConfig.from_pretrained(str(path.parent), local_files_only=True)
+        # The class that saved the weights (its keys: GPT2LMHeadModel's start with 'transformer.'),
+        # as save_pretrained names it; the bare model when the config names none transformers has.
+        named = [getattr(transformers, name, None) for name in getattr(config, "architectures", None) or ()]
+        model_class = next((c for c in named if isinstance(c, type) and issubclass(c, nn.Module)), None)
+        model_class = model_class or type(transformers.AutoModel.from_config(config))
+        model = model_class(config)
     except Exception as exc:
         raise SneError(f"{path}: not a Hugging Face config transformers can build ({one_line(exc)})") from None
-    vocab = int(getattr(config, "vocab_size", 2) or 2)
-    example = torch.randint(0, vocab, (1, 8))
-    return Arch(model.eval(), example, name=str(path))
+
+    def from_saved(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Keys as save_pretrained writes them (which may name older module paths, ViT's among them)
+        -> the module's, through transformers' own conversion; every tensor must be used and set."""
+        bars = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()
+        try:
+            loaded, info = model_class.from_pretrained(None, config=config, state_dict=state, output_loading_info=True)
+        except Exception as exc:
+            raise SneError(f"transformers cannot load it as {model_class.__name__} ({one_line(exc)})") from None
+        finally:
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
+        for problem in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+            keys = sorted(map(str, info.get(problem) or ()))
+            if keys:
+                raise SneError(f"does not fit {model_class.__name__} ({problem.replace('_', ' ')}: {keys[0]}; "
+                               f"{len(keys)} in all)")
+        return loaded.state_dict()
+
+    if getattr(model, "main_input_name", "input_ids") == "pixel_values":
+        size = getattr(config, "image_size", 224)
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        example = torch.randn(1, int(getattr(config, "num_channels", 3)), height, width)
+    else:
+        example = torch.randint(0, int(getattr(config, "vocab_size", 2) or 2), (1, 8))
+    return Arch(model.eval(), example, name=str(path), from_saved=from_saved)
 
 
 def is_hf_config(path: Path) -> bool:

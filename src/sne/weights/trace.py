@@ -1441,7 +1441,7 @@ def record_from_module(
     if example_input is None:
         example_input = guess_example_input(module, source)
     program = _export(module, example_input, source)
-    aliases = _aliases(module)
+    aliases = tied_keys(module)
     tracer = _Tracer(program, specs, key_op, source, aliases)
     tracer.run()
     registered = {path: i for i, path in enumerate(locals_)}
@@ -1468,7 +1468,7 @@ def record_from_module(
     return NetworkRecord(tuple(layers), source=source, symmetries=symmetries)
 
 
-def _aliases(module: nn.Module) -> dict[str, list[str]]:
+def tied_keys(module: nn.Module) -> dict[str, list[str]]:
     """Tied tensors (one tensor under several keys): each key -> the other keys, which must move
     with it (the graph may name the tensor by any of them)."""
     by_tensor: dict[int, list[str]] = {}
