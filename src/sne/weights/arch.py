@@ -121,7 +121,8 @@ def arch_from_spec(spec: str) -> Arch:
 
 def arch_from_hf_config(path: str | Path) -> Arch:
     """The architecture a Hugging Face ``config.json`` describes, built offline with ``transformers``
-    (optional extra: ``pip install sne[hf]``); traced on a short sequence of token ids."""
+    (optional extra: ``pip install sne[hf]``), as the class the config names (the one that saved the
+    weights); traced on a short sequence of token ids, or on an image for an image model."""
     path = Path(path)
     try:
         import transformers  # noqa: PLC0415 - optional extra
@@ -133,8 +134,8 @@ def arch_from_hf_config(path: str | Path) -> Arch:
         # as save_pretrained names it; the bare model when the config names none transformers has.
         named = [getattr(transformers, name, None) for name in getattr(config, "architectures", None) or ()]
         model_class = next((c for c in named if isinstance(c, type) and issubclass(c, nn.Module)), None)
-        model_class = model_class or type(transformers.AutoModel.from_config(config))
-        model = model_class(config)
+        model = model_class(config) if model_class else transformers.AutoModel.from_config(config)
+        model_class = type(model)
     except Exception as exc:
         raise SneError(f"{path}: not a Hugging Face config transformers can build ({one_line(exc)})") from None
 
