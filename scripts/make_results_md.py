@@ -262,8 +262,11 @@ def digit_inr_section(path: Path, data: dict) -> list[str]:
         "28x28 images and tens of thousands of them, not our 1797 8x8 digits, so the ordering is what "
         "compares): " + "; ".join(f"{name} {' / '.join(f'{a:g}' for a in accs)}" for name, accs in published.items())
         + "." if published else "")
+    still = [e for e in data["entries"] if e["best_epoch"] == e["epochs"]]
+    still_line = (f" {len(still)} of {len(data['entries'])} runs had their best validation epoch at their last: "
+                  "they stopped while still improving." if len(still) * 2 > len(data["entries"]) else "")
     return (lines + _seed_spread_lines(data, "accuracy", "Test accuracy", higher_is_better=True)
-            + ["", "Chance is 0.1 (ten classes)." + init_note + published_line, ""])
+            + ["", "Chance is 0.1 (ten classes)." + still_line + init_note + published_line, ""])
 
 
 def style_edit_section(path: Path, data: dict) -> list[str]:
