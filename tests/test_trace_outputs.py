@@ -133,5 +133,6 @@ def test_hugging_face_conv1d_is_a_linear_layer_given_back_as_stored():
         torch.manual_seed(0)
         encoder = build_encoder(name, options).double().eval()
         with torch.no_grad():
-            z = encoder(encoder.prepare([double, random_equivalent_permutation(double, torch.Generator().manual_seed(1))]))
+            twin = random_equivalent_permutation(double, torch.Generator().manual_seed(1))
+            z = encoder(encoder.prepare([double, twin]))
         torch.testing.assert_close(z[0], z[1], atol=1e-9, rtol=0)

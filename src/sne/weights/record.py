@@ -92,8 +92,8 @@ class Layer:
     ``(out, in, *kernel)`` for linear and convolution, ``(in, out / groups, *kernel)`` for transposed
     convolution, ``(num_embeddings, dim)`` for an embedding; a linear layer whose module stores its
     weight ``(in, out)`` (Hugging Face's Conv1D) holds it ``(out, in)`` too, marked by
-    ``attrs["stored_in_out"]``, and :meth:`module_layout` turns it back. ``attrs`` holds what the weights cannot
-    tell (stride, padding, groups, heads, eps, ...) when the source knows it. ``activation`` is the
+    ``attrs["stored_in_out"]``, and :meth:`module_layout` turns it back. ``attrs`` holds what the
+    weights cannot tell (stride, padding, groups, heads, eps, ...) when the source knows it. ``activation`` is the
     nonlinearity applied to the output (``"identity"``: none; ``None``: unknown). ``skip_from``
     lists levels whose outputs are added to this layer's input; ``inputs`` is the full data flow
     into it, when known (see :class:`InputSlice`).
@@ -119,13 +119,14 @@ class Layer:
     def module_layout(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """Tensor ``name`` of this layer as its module stores it, given as the record holds it, and
         the other way round (the one difference, ``stored_in_out``, is a transpose)."""
-        return tensor.t().contiguous() if name == "weight" and self.attrs.get("stored_in_out") else tensor
+        return tensor.t() if name == "weight" and self.attrs.get("stored_in_out") else tensor
 
     def from_module_layout(self) -> "Layer":
         """This layer, made with its tensors as its module stores them, holding them as a record does."""
         if not self.attrs.get("stored_in_out"):
             return self
-        return replace(self, tensors={name: self.module_layout(name, t) for name, t in self.tensors.items()})
+        held = {name: self.module_layout(name, tensor).contiguous() for name, tensor in self.tensors.items()}
+        return replace(self, tensors=held)
 
     @property
     def weight(self) -> torch.Tensor:

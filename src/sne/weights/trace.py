@@ -1379,8 +1379,9 @@ def _export_tensor_outputs(module: nn.Module, example_input: Any, source: str) -
         failure = exc
     finally:
         module.train(training)
-    # An output torch.export cannot flatten (an object holding tensors, such as a cache): the same forward, returning only its output's tensors, under the
-    # module's own class name-space so every parameter keeps its name.
+    # An output torch.export cannot flatten (an object holding tensors, such as a cache): the same
+    # forward, keeping only its output's tensors, in a subclass swapped in for the module's own class,
+    # so that every parameter keeps its name.
     original = type(module)
     try:
         module.__class__ = type(original.__name__, (original,), {"forward": _forward_tensors_only})
@@ -1462,7 +1463,8 @@ def record_from_module(
                                       tuple(sorted(index[src] if src in index else -1 for src in s.sources)))
                            for s in flow)
         tensors = check_tensors(path or type(module).__name__, locals_[path], source)
-        layers.append(Layer(path, kind, level, tensors, tracer.activation.get(path), (), attrs, inputs).from_module_layout())
+        layer = Layer(path, kind, level, tensors, tracer.activation.get(path), (), attrs, inputs)
+        layers.append(layer.from_module_layout())
     transposed = {layer.key("weight") for layer in layers if layer.attrs.get("stored_in_out")}
     symmetries = _symmetries(tracer, key_op, index, aliases, transposed)
     return NetworkRecord(tuple(layers), source=source, symmetries=symmetries)
