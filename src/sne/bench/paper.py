@@ -87,6 +87,7 @@ def compare_ordering(ours: dict[str, float], paper: dict[str, float]) -> dict:
     ]
     return {"encoders": names, "kendall_tau": float(tau), "discordant": discordant}
 
+
 #: Published INR classification test accuracy (%) on MNIST / FashionMNIST / CIFAR10 INRs (GUIDE
 #: section 4, as quoted by later work), by number of INRs fitted per image. Their data is 28x28 MNIST
 #: and the other sets, not our 8x8 digits: they say which ordering to expect, not which numbers.

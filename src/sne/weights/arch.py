@@ -47,9 +47,9 @@ class Arch:
                 state = self.from_saved(state)
             except SneError as error:
                 raise SneError(f"{source}: {one_line(error)}") from None
-        for key in self.keys:
+        for key in (k for k in self.keys if k not in state):
             twin = next((k for k in self.tied.get(key, ()) if k in state), None)
-            if key not in state and twin is not None:
+            if twin is not None:
                 state[key] = state[twin]
         missing = [k for k in self.keys if k not in state]
         unexpected = [k for k in state if k not in self.keys]

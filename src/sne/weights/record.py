@@ -93,10 +93,10 @@ class Layer:
     convolution, ``(num_embeddings, dim)`` for an embedding; a linear layer whose module stores its
     weight ``(in, out)`` (Hugging Face's Conv1D) holds it ``(out, in)`` too, marked by
     ``attrs["stored_in_out"]``, and :meth:`module_layout` turns it back. ``attrs`` holds what the
-    weights cannot tell (stride, padding, groups, heads, eps, ...) when the source knows it. ``activation`` is the
-    nonlinearity applied to the output (``"identity"``: none; ``None``: unknown). ``skip_from``
-    lists levels whose outputs are added to this layer's input; ``inputs`` is the full data flow
-    into it, when known (see :class:`InputSlice`).
+    weights cannot tell (stride, padding, groups, heads, eps, ...) when the source knows it.
+    ``activation`` is the nonlinearity applied to the output (``"identity"``: none; ``None``:
+    unknown). ``skip_from`` lists levels whose outputs are added to this layer's input; ``inputs``
+    is the full data flow into it, when known (see :class:`InputSlice`).
     """
 
     name: str
