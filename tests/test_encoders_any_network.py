@@ -353,12 +353,14 @@ def test_residual_features_follow_the_stream_and_keep_invariance():
     assert [f is None for f in plain] == [True, False, True, True]
     assert [f is None for f in summed] == [True, False, False, False]
     torch.testing.assert_close(summed[1], plain[1], rtol=0, atol=0)
-    # The head's input channel j: the mean over the three writers of (bias, rms of incoming weights, 1).
+    # The head's input channel j: the mean over the three writers of (bias, rms of incoming weights,
+    # 1, log norm of raw incoming weights).
     writers = []
     for layer in record.layers[:3]:
         weight, bias = _standardised(layer, "stream")
         ones = torch.ones(4, dtype=torch.float64)
-        writers.append(torch.stack([bias.squeeze(1), weight.square().mean(1).sqrt(), ones], 1))
+        gain = layer.weight.reshape(4, -1).norm(dim=1).log()
+        writers.append(torch.stack([bias.squeeze(1), weight.square().mean(1).sqrt(), ones, gain], 1))
     torch.testing.assert_close(summed[3], torch.stack(writers).mean(0), rtol=0, atol=1e-12)
     # The first convolution is read by every later layer: the rms runs over all their columns.
     own = own_neuron_features(record, through_sums=True)

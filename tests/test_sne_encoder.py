@@ -404,6 +404,33 @@ def test_own_neuron_features_keep_sne_invariant_to_hidden_permutations():
     assert not torch.allclose(encode(encoder, rewired), encode(encoder, records), atol=1e-9, rtol=0)
 
 
+def test_neuron_gains_are_log_norms_of_raw_weights_and_keep_sne_invariant():
+    """The gain column: a SIREN first-layer neuron's |w| as the next layer's source feature, and the
+    norm of the raw weights reading a neuron as its own feature; SNE reading them stays exactly
+    invariant to hidden permutations."""
+    from sne.encoders.chunking import GAIN_FLOOR, own_neuron_features, source_neuron_features
+    from sne.weights import permute_hidden
+
+    g = torch.Generator().manual_seed(12)
+    net = mlp([1, 32, 32, 1], g, dtype=torch.float64)
+    first, hidden, last = (layer.weight for layer in net.layers)
+    sources, owners = source_neuron_features(net), own_neuron_features(net)
+    torch.testing.assert_close(sources[1][:, 3], first[:, 0].abs().clamp_min(GAIN_FLOOR).log())
+    torch.testing.assert_close(sources[2][:, 3], hidden.norm(dim=1).log())
+    torch.testing.assert_close(owners[1][:, 3], last[0].abs().clamp_min(GAIN_FLOOR).log())
+    torch.testing.assert_close(owners[0][:, 3], hidden.norm(dim=0).log())
+    assert (owners[2][:, 3] == 0).all()  # the output layer has no reader
+
+    records = [mlp([1, 32, 32, 1], g, dtype=torch.float64) for _ in range(3)]
+    permuted = [permute_hidden(r, [torch.randperm(32, generator=g), torch.randperm(32, generator=g), None])
+                for r in records]
+    torch.manual_seed(0)
+    encoder = SNEEncoder(**SMALL, use_neuron_gains=True).double().eval()
+    torch.testing.assert_close(encode(encoder, permuted), encode(encoder, records), atol=1e-9, rtol=0)
+    with pytest.raises(SneError, match="use_neuron_gains"):
+        SNEEncoder(use_neuron_gains=True, use_source_features=False, use_own_neuron_features=False)
+
+
 def test_default_sne_is_exactly_invariant_to_hidden_permutations_and_the_paper_preset_is_not():
     """Default SNE encodes no neuron order (no chunk-index or row-slot encoding): a SIREN and a
     CNN encode alike under any permutation of their hidden neurons and channels, with every default

@@ -12,7 +12,7 @@ Studies (:data:`STUDIES`):
 - ``components``: full SNE, then one part removed per row (the paper's Table 6), then the parts we
   added switched off or on (layer standardisation, batch norm after pooling, chunk-index and
   row-slot encodings, source and own-neuron features, input positions, the chunk stage's width,
-  canonical order, learned source codes); a row equal to the base is listed, not trained again.
+  canonical order, learned source codes, neuron gains); a row equal to the base is listed, not trained again.
 - ``chunk-size``: chunk sizes 4, 8, 16, 32 and 64 (Table 7).
 - ``invariance``: the logit-invariance weight lambda at 0, 0.3, 1, 3 and 10, and permutation
   augmentation alone and with lambda 1.
@@ -105,6 +105,10 @@ def _components() -> list[AblationRow]:
         AblationRow("unordered-source-codes", "ours: with learned source codes (2 rounds), without chunk-index and "
                     "row-slot encodings", options={"source_code_rounds": 2, "use_chunk_index_encoding": False,
                                                    "use_row_slot_encoding": False}),
+        AblationRow("unordered-neuron-gains", "ours: with neuron gains (log norms of raw weights), without "
+                    "chunk-index and row-slot encodings", options={"use_neuron_gains": True,
+                                                                   "use_chunk_index_encoding": False,
+                                                                   "use_row_slot_encoding": False}),
     ]
 
 

@@ -90,6 +90,15 @@ so a chunk of a neuron's incoming weights knows how much that neuron matters dow
 reader is known where exactly one layer reads the neuron's layer, as source features define
 reading; elsewhere (the output layer, a layer feeding a skip connection) the last two are zero.
 
+**Gains.** Both sets of neuron features are computed from standardised weights, which drop each
+network's scale: a SIREN's first-layer weight ``w`` sets its neuron's frequency ``30 |w|``, yet
+standardised by the layer's own spread it reads the same in a network of twice the frequencies.
+The last column of each is therefore a raw-scale one, the log L2 norm of the neuron's raw incoming
+weights (source features: how strongly the source neuron reads its own inputs, ``|w|`` for a
+one-input neuron) or of the raw weights that read it (own-neuron features). Norms, not rms: a row
+of fan-in ``n`` at the usual ``1/sqrt(n)`` initialisation has norm ~1 whatever ``n``, so the
+column reads alike across widths. Encoders read it only when asked (``use_neuron_gains``).
+
 **Residual sums (optional).** Source and own-neuron features stop where a layer reads a sum, yet
 in a residual network that is most layers (in the first 400 test networks of the Wild Park zoo,
 28% of the residual networks' weights got source features, 1% own-neuron features). A residual
@@ -182,11 +191,16 @@ _TYPE_INDEX = {pair: index for index, pair in enumerate(CHUNK_TYPES)}
 RESIDUAL_TOKEN, CONCAT_TOKEN = 0, 1
 NUM_MERGE_TOKENS = 2
 #: Features of an incoming weight's source neuron: standardised bias, rms of standardised incoming
-#: weights, and 1 where the source is known (see "Source neurons" above).
-SOURCE_FEATURES = 3
+#: weights, 1 where the source is known (see "Source neurons" above), and its log gain ("Gains").
+SOURCE_FEATURES = 4
 #: Features of the neuron a weight or bias belongs to: its standardised bias, the rms of the
-#: standardised weights that read it in the next layer, and 1 where that layer is known (see "Own neurons").
-OWN_FEATURES = 3
+#: standardised weights that read it in the next layer, 1 where that layer is known (see "Own
+#: neurons"), and the log norm of those weights ("Gains").
+OWN_FEATURES = 4
+#: Columns of the source and own-neuron features before the gains (what encoders without gains read).
+NEURON_FEATURES_WITHOUT_GAINS = 3
+#: Norms below it read as it in the log gains: a dead neuron's gain is finite.
+GAIN_FLOOR = 1e-4
 #: Features of a first-layer weight's input: its coordinate in [-1, 1], and 1 marking a first-layer
 #: weight (see "Input positions" above).
 INPUT_POSITION_FEATURES = 2
@@ -566,9 +580,11 @@ def source_neuron_features(record: NetworkRecord, through_sums: bool = False) ->
     sum of such layers, whose neurons' features are averaged (module docstring, "Residual sums")."""
     @lru_cache(maxsize=None)  # a residual stream's writers are read by every later layer: describe each once
     def neurons(source: int) -> torch.Tensor:
-        weight, *bias = _standardised(record.layers[source], record.source)
-        bias = bias[0].squeeze(1) if bias else weight.new_zeros(record.layers[source].out_features)
-        return torch.stack([bias, weight.square().mean(1).sqrt(), torch.ones_like(bias)], dim=1)
+        layer = record.layers[source]
+        weight, *bias = _standardised(layer, record.source)
+        bias = bias[0].squeeze(1) if bias else weight.new_zeros(layer.out_features)
+        gain = _raw_rows(layer, record.source).norm(dim=1)
+        return torch.stack([bias, weight.square().mean(1).sqrt(), torch.ones_like(bias), _log_gain(gain)], dim=1)
 
     features: list[torch.Tensor | None] = []
     for index in range(len(record.layers)):
@@ -595,6 +611,7 @@ def own_neuron_features(record: NetworkRecord, through_sums: bool = False) -> li
                 readers.setdefault(source, []).append((index, link[1]))
     # A layer reading a residual stream reads every writer of it: standardise each reader once.
     standardised_weight = lru_cache(maxsize=None)(lambda reader: _standardised(record.layers[reader], record.source)[0])
+    raw_weight = lru_cache(maxsize=None)(lambda reader: _raw_rows(record.layers[reader], record.source))
     features: list[torch.Tensor | None] = []
     for index, layer in enumerate(record.layers):
         if not _plain_dense(layer):
@@ -602,18 +619,29 @@ def own_neuron_features(record: NetworkRecord, through_sums: bool = False) -> li
             continue
         _, *bias = _standardised(layer, record.source)
         bias = bias[0].squeeze(1) if bias else torch.zeros(layer.out_features, dtype=torch.float64)
-        outgoing, known = torch.zeros_like(bias), torch.zeros_like(bias)
+        outgoing, known, gain = torch.zeros_like(bias), torch.zeros_like(bias), torch.zeros_like(bias)
         mine = readers.get(index, [])
         if len(mine) == 1 or (through_sums and mine):
-            squares, count = torch.zeros_like(bias), 0
+            squares, raw_squares, count = torch.zeros_like(bias), torch.zeros_like(bias), 0
             for reader, block in mine:
-                weight = standardised_weight(reader)
                 # The reader's columns of neuron i are i * block ... (i + 1) * block - 1 (all rows, all taps).
-                columns = weight.reshape(record.layers[reader].out_features, layer.out_features, block, -1)
+                shape = (record.layers[reader].out_features, layer.out_features, block, -1)
+                columns = standardised_weight(reader).reshape(shape)
                 squares, count = squares + columns.square().sum(dim=(0, 2, 3)), count + columns[:, 0].numel()
-            outgoing, known = (squares / count).sqrt(), torch.ones_like(bias)
-        features.append(torch.stack([bias, outgoing, known], dim=1))
+                raw_squares = raw_squares + raw_weight(reader).reshape(shape).square().sum(dim=(0, 2, 3))
+            outgoing, known, gain = (squares / count).sqrt(), torch.ones_like(bias), _log_gain(raw_squares.sqrt())
+        features.append(torch.stack([bias, outgoing, known, gain], dim=1))
     return features
+
+
+def _raw_rows(layer: Layer, source: str) -> torch.Tensor:
+    """A plain layer's weight as chunked but not standardised, ``(out_features, -1)`` in float64."""
+    return layer_parts(layer, source)[0].taps.double().reshape(layer.out_features, -1)
+
+
+def _log_gain(norm: torch.Tensor) -> torch.Tensor:
+    """The gain column of the neuron features ("Gains"): log of a norm, floored at :data:`GAIN_FLOOR`."""
+    return norm.clamp_min(GAIN_FLOOR).log()
 
 
 def _standardised(layer: Layer, source: str) -> list[torch.Tensor]:

@@ -42,6 +42,7 @@ from sne.encoders.chunking import (
     CHAIN_KINDS,
     LEVEL_POSITION_OFFSET,
     NUM_CHUNK_TYPES,
+    NEURON_FEATURES_WITHOUT_GAINS,
     NUM_MERGE_TOKENS,
     OWN_FEATURES,
     SOURCE_FEATURES,
@@ -90,6 +91,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "use_activation_encoding": False,
     "use_shape_features": False,
     "use_residual_features": False,
+    "use_neuron_gains": False,
 }
 
 #: Where layer levels count from (option ``level_origin``).
@@ -167,16 +169,20 @@ class ElementEmbedding(nn.Module):
     With ``sources`` the element's source-neuron features ``s`` (see :mod:`sne.encoders.chunking`)
     enter inside the non-linearity, so a weight is read together with the neuron it comes from;
     with ``input_positions`` so does a first-layer weight's input coordinate ``i``, encoded as tap
-    coordinates are; with ``own`` the features ``o`` of the neuron the element belongs to.
+    coordinates are; with ``own`` the features ``o`` of the neuron the element belongs to. Both
+    neuron features include their gain column only with ``gains``.
     """
 
-    def __init__(self, hidden: int, sources: bool = False, input_positions: bool = False, own: bool = False) -> None:
+    def __init__(self, hidden: int, sources: bool = False, input_positions: bool = False, own: bool = False,
+                 gains: bool = False) -> None:
         super().__init__()
+        self.neuron_columns = slice(None) if gains else slice(NEURON_FEATURES_WITHOUT_GAINS)
         self.value = nn.Linear(1, hidden, bias=False)
         self.coordinate = nn.Linear(MAX_KERNEL_DIMS * 2 * TAP_FREQUENCIES, hidden)
-        self.source = nn.Linear(SOURCE_FEATURES, hidden, bias=False) if sources else None
+        neuron_width = len(range(SOURCE_FEATURES)[self.neuron_columns])
+        self.source = nn.Linear(neuron_width, hidden, bias=False) if sources else None
         self.input = nn.Linear(2 * TAP_FREQUENCIES + 1, hidden, bias=False) if input_positions else None
-        self.own = nn.Linear(OWN_FEATURES, hidden, bias=False) if own else None
+        self.own = nn.Linear(len(range(OWN_FEATURES)[self.neuron_columns]), hidden, bias=False) if own else None
         self.out = nn.Linear(hidden, hidden)
 
     def forward(
@@ -191,7 +197,7 @@ class ElementEmbedding(nn.Module):
         if self.source is not None:
             if sources is None:
                 raise SneError("this SNE encoder reads source-neuron features: prepare batches with its prepare()")
-            hidden = hidden + self.source(sources).unsqueeze(1)
+            hidden = hidden + self.source(sources[:, self.neuron_columns]).unsqueeze(1)
         if self.input is not None:
             if input_positions is None:
                 raise SneError("this SNE encoder reads input positions: prepare batches with its prepare()")
@@ -202,7 +208,7 @@ class ElementEmbedding(nn.Module):
         if self.own is not None:
             if own is None:
                 raise SneError("this SNE encoder reads own-neuron features: prepare batches with its prepare()")
-            hidden = hidden + self.own(own).unsqueeze(1)
+            hidden = hidden + self.own(own[:, self.neuron_columns]).unsqueeze(1)
         return self.out(torch.relu(hidden).mean(dim=1))
 
 
@@ -354,6 +360,9 @@ class SNEEncoder(Encoder):
     sizes that attention pooling cannot count and against which a part's spread means something.
     ``use_residual_features`` (off by default): source and own-neuron features also where a layer
     reads a residual sum (:mod:`sne.encoders.chunking`, "Residual sums"), where otherwise they are zeros.
+    ``use_neuron_gains`` (off by default): source and own-neuron features also carry the log norm of
+    the neuron's raw weights (:mod:`sne.encoders.chunking`, "Gains"), the scale that standardising
+    each part removes (a SIREN neuron's frequency).
     ``preset``: a name in :data:`PRESETS` whose options apply under those given (``preset=paper``).
     """
 
@@ -393,7 +402,7 @@ class SNEEncoder(Encoder):
         self.chunk_width = chunk = resolved["chunk_hidden"] or hidden
         self.element_embedding = ElementEmbedding(
             chunk, sources=resolved["use_source_features"], input_positions=resolved["use_input_positions"],
-            own=resolved["use_own_neuron_features"],
+            own=resolved["use_own_neuron_features"], gains=resolved["use_neuron_gains"],
         )
         self.part_scale = nn.Linear(2, chunk) if resolved["standardize_layers"] else None
         # Statistics of part_stats per (level, chunk type) over the training networks: differences
@@ -865,3 +874,6 @@ def _validate(options: dict[str, Any]) -> None:
             value, bool
         ):
             raise SneError(f"SNE option {name} must be true or false, got {value!r}")
+    if options["use_neuron_gains"] and not (options["use_source_features"] or options["use_own_neuron_features"]):
+        raise SneError("SNE option use_neuron_gains adds to the neuron features: it needs use_source_features "
+                       "or use_own_neuron_features")
