@@ -581,10 +581,10 @@ def source_neuron_features(record: NetworkRecord, through_sums: bool = False) ->
     @lru_cache(maxsize=None)  # a residual stream's writers are read by every later layer: describe each once
     def neurons(source: int) -> torch.Tensor:
         layer = record.layers[source]
-        weight, *bias = _standardised(layer, record.source)
+        (weight, *bias), raw = _plain_rows(layer, record.source)
         bias = bias[0].squeeze(1) if bias else weight.new_zeros(layer.out_features)
-        gain = _raw_rows(layer, record.source).norm(dim=1)
-        return torch.stack([bias, weight.square().mean(1).sqrt(), torch.ones_like(bias), _log_gain(gain)], dim=1)
+        return torch.stack([bias, weight.square().mean(1).sqrt(), torch.ones_like(bias), _log_gain(raw.norm(dim=1))],
+                           dim=1)
 
     features: list[torch.Tensor | None] = []
     for index in range(len(record.layers)):
@@ -610,8 +610,7 @@ def own_neuron_features(record: NetworkRecord, through_sums: bool = False) -> li
             for source in link[0]:
                 readers.setdefault(source, []).append((index, link[1]))
     # A layer reading a residual stream reads every writer of it: standardise each reader once.
-    standardised_weight = lru_cache(maxsize=None)(lambda reader: _standardised(record.layers[reader], record.source)[0])
-    raw_weight = lru_cache(maxsize=None)(lambda reader: _raw_rows(record.layers[reader], record.source))
+    rows = lru_cache(maxsize=None)(lambda reader: _plain_rows(record.layers[reader], record.source))
     features: list[torch.Tensor | None] = []
     for index, layer in enumerate(record.layers):
         if not _plain_dense(layer):
@@ -626,17 +625,13 @@ def own_neuron_features(record: NetworkRecord, through_sums: bool = False) -> li
             for reader, block in mine:
                 # The reader's columns of neuron i are i * block ... (i + 1) * block - 1 (all rows, all taps).
                 shape = (record.layers[reader].out_features, layer.out_features, block, -1)
-                columns = standardised_weight(reader).reshape(shape)
+                (standardised, *_), raw = rows(reader)
+                columns = standardised.reshape(shape)
                 squares, count = squares + columns.square().sum(dim=(0, 2, 3)), count + columns[:, 0].numel()
-                raw_squares = raw_squares + raw_weight(reader).reshape(shape).square().sum(dim=(0, 2, 3))
+                raw_squares = raw_squares + raw.reshape(shape).square().sum(dim=(0, 2, 3))
             outgoing, known, gain = (squares / count).sqrt(), torch.ones_like(bias), _log_gain(raw_squares.sqrt())
         features.append(torch.stack([bias, outgoing, known, gain], dim=1))
     return features
-
-
-def _raw_rows(layer: Layer, source: str) -> torch.Tensor:
-    """A plain layer's weight as chunked but not standardised, ``(out_features, -1)`` in float64."""
-    return layer_parts(layer, source)[0].taps.double().reshape(layer.out_features, -1)
 
 
 def _log_gain(norm: torch.Tensor) -> torch.Tensor:
@@ -647,8 +642,15 @@ def _log_gain(norm: torch.Tensor) -> torch.Tensor:
 def _standardised(layer: Layer, source: str) -> list[torch.Tensor]:
     """A plain layer's parts standardised as the chunks standardise them (layer_parts: each part's
     own mean and std), each ``(out_features, -1)``: weight, then bias."""
-    return [((part.taps.double() - part.mean) / part.std).reshape(layer.out_features, -1)
-            for part in layer_parts(layer, source)]
+    return _plain_rows(layer, source)[0]
+
+
+def _plain_rows(layer: Layer, source: str) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """A plain layer's parts standardised as in :func:`_standardised`, and its weight as chunked but
+    not standardised, all ``(out_features, -1)`` in float64: the parts are made once for both."""
+    parts = layer_parts(layer, source)
+    standardised = [((part.taps.double() - part.mean) / part.std).reshape(layer.out_features, -1) for part in parts]
+    return standardised, parts[0].taps.double().reshape(layer.out_features, -1)
 
 
 def neuron_ids(record: NetworkRecord, first: int) -> tuple[list[int], list[torch.Tensor | None]]:
