@@ -250,6 +250,8 @@ def train(
     workers: int = typer.Option(0, "--workers", help="Data-loader worker processes."),
     log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Also write TensorBoard scalars (losses, learning rate per epoch) here; needs pip install 'sne[tb]'."),
     precision: str = typer.Option("float32", "--precision", help="float32, or bfloat16 autocast (GPU only)."),
+    bn_recalibration: int = typer.Option(0, "--bn-recalibration", min=0, help="After every epoch, re-estimate "
+                                         "batch-norm statistics over this many training batches (0: off)."),
 ) -> None:
     """Train an encoder and head to predict a target from weights; select on the val split."""
     from sne.train import TrainConfig, fit
@@ -267,7 +269,8 @@ def train(
         encoder, zoo=str(zoo), target=target, encoder_options=options, epochs=epochs,
         batch_size=batch_size, lr=lr, schedule=schedule, warmup_epochs=warmup_epochs,
         invariance_weight=invariance_weight, permutation_augment=augment_permutations,
-        seed=seed, device=device, num_workers=workers, max_train=max_train, precision=precision, command=_command_line(),
+        seed=seed, device=device, num_workers=workers, max_train=max_train, precision=precision,
+        bn_recalibration=bn_recalibration, command=_command_line(),
     )
     summary = fit(config, out, log_dir=log_dir)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all

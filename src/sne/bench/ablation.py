@@ -12,7 +12,8 @@ Studies (:data:`STUDIES`):
 - ``components``: full SNE, then one part removed per row (the paper's Table 6), then the parts we
   added switched off or on (layer standardisation, batch norm after pooling, chunk-index and
   row-slot encodings, source and own-neuron features, input positions, the chunk stage's width,
-  canonical order, learned source codes, neuron gains); a row equal to the base is listed, not trained again.
+  canonical order, learned source codes, neuron gains, batch-norm statistics re-estimated after
+  every epoch); a row equal to the base is listed, not trained again.
 - ``chunk-size``: chunk sizes 4, 8, 16, 32 and 64 (Table 7).
 - ``invariance``: the logit-invariance weight lambda at 0, 0.3, 1, 3 and 10, and permutation
   augmentation alone and with lambda 1.
@@ -109,6 +110,14 @@ def _components() -> list[AblationRow]:
                     "chunk-index and row-slot encodings", options={"use_neuron_gains": True,
                                                                    "use_chunk_index_encoding": False,
                                                                    "use_row_slot_encoding": False}),
+        AblationRow("unordered-recalibrated", "ours: without chunk-index and row-slot encodings, batch-norm statistics "
+                    "re-estimated after every epoch (16 training batches)",
+                    options={"use_chunk_index_encoding": False, "use_row_slot_encoding": False},
+                    train={"bn_recalibration": 16}),
+        AblationRow("unordered-neuron-gains-recalibrated", "ours: with neuron gains, without chunk-index and row-slot "
+                    "encodings, batch-norm statistics re-estimated after every epoch (16 training batches)",
+                    options={"use_neuron_gains": True, "use_chunk_index_encoding": False,
+                             "use_row_slot_encoding": False}, train={"bn_recalibration": 16}),
     ]
 
 

@@ -83,6 +83,11 @@ class TrainConfig:
     num_workers: int = 0
     #: Use only the first ``max_train`` training networks (None: all).
     max_train: int | None = None
+    #: After every epoch, before validation, re-estimate every batch norm's running statistics as
+    #: the plain average over this many training batches (forward in training mode, no gradients):
+    #: running averages lag a model that moves fast, and the lag is worst where batch norms are
+    #: stacked (SNE has one per stage). 0: keep the running averages.
+    bn_recalibration: int = 0
     #: "float32", or "bfloat16": forward and backward under bfloat16 autocast (GPUs only: on the CPUs
     #: we measured, bfloat16 matmuls ran 7x slower than float32).
     precision: str = "float32"
@@ -230,6 +235,8 @@ def check_train_config(config: TrainConfig) -> None:
         raise SneError(f"unknown schedule '{config.schedule}' (use {' or '.join(SCHEDULES)})")
     if not 0 <= config.warmup_epochs < config.epochs:
         raise SneError(f"warm-up must be at least 0 and shorter than the {config.epochs} epochs, got {config.warmup_epochs:g}")
+    if isinstance(config.bn_recalibration, bool) or not isinstance(config.bn_recalibration, int) or config.bn_recalibration < 0:
+        raise SneError(f"bn_recalibration (batches) must be a non-negative integer, got {config.bn_recalibration!r}")
     if config.precision not in PRECISIONS:
         raise SneError(f"unknown precision '{config.precision}' (use {' or '.join(PRECISIONS)})")
     if config.precision == "bfloat16" and resolve_device(config.device).type != "cuda":
@@ -396,6 +403,8 @@ def train_epochs(
             )
             if not per_step:
                 scheduler.step()
+            if config.bn_recalibration:
+                _recalibrate_batch_norms(model, config, epoch, train_records, prepare, batch_loss, device, rank, world)
             val_loss = validation_loss()
             state["train_seconds"] += time.perf_counter() - started
             entry = {"epoch": epoch + 1, "train_loss": train_loss, "invariance_loss": train_reg, "val_loss": val_loss,
@@ -502,6 +511,30 @@ def _train_epoch(model, optimizer, scheduler, config, epoch, records, prepare, b
     seen = sum(len(b) for b in batches)
     total_loss, total_reg = distributed.sum_over_processes([total_loss, total_reg])
     return total_loss / seen, total_reg / seen
+
+
+@torch.no_grad()
+def _recalibrate_batch_norms(model, config, epoch, records, prepare, batch_loss, device, rank=0, world=1) -> None:
+    """Running statistics of ``model``'s batch norms := the plain average of their statistics over
+    ``config.bn_recalibration`` training batches of a seeded order (``TrainConfig.bn_recalibration``).
+    Under torchrun every process runs its share of the same batches (synchronised batch norms)."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(
+        derive_seed(config.seed, "train/recalibrate", epoch)))
+    batches = _epoch_batches(order, config, world)[: config.bn_recalibration]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    model.train()
+    try:
+        for _, indices, batch in _EpochBatches(prepare, records, batches, [0] * len(batches), False, rank, world):
+            batch_loss(model, indices, batch_to(batch, device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
 
 
 @torch.no_grad()

@@ -1,0 +1,58 @@
+"""Batch-norm statistics re-estimated after every epoch (TrainConfig.bn_recalibration)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from torch import nn
+
+from conftest import run_cli
+from sne.train.run import TrainConfig, _recalibrate_batch_norms
+
+
+def test_recalibration_sets_running_statistics_to_the_average_over_its_batches():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2), nn.BatchNorm1d(2)).double()
+    norms = [model[1], model[4]]
+    for norm in norms:  # stale statistics, as a fast-moving model leaves them
+        norm.running_mean.fill_(5.0)
+        norm.running_var.fill_(9.0)
+    records = list(torch.randn(40, 3, dtype=torch.float64) * 3 + 1)
+    seen: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+    hooks = [norm.register_forward_hook(lambda module, args, out, i=i: seen[i].append(args[0].detach()))
+             for i, norm in enumerate(norms)]
+    config = TrainConfig(zoo="", target="", batch_size=8, bn_recalibration=3, seed=0)
+    _recalibrate_batch_norms(model, config, 0, records, torch.stack,
+                             lambda m, indices, batch: (m(batch).sum(), torch.zeros(())), torch.device("cpu"))
+    for hook in hooks:
+        hook.remove()
+    for i, norm in enumerate(norms):
+        assert len(seen[i]) == 3 and all(len(x) == 8 for x in seen[i])
+        torch.testing.assert_close(norm.running_mean, torch.stack([x.mean(0) for x in seen[i]]).mean(0))
+        torch.testing.assert_close(norm.running_var, torch.stack([x.var(0) for x in seen[i]]).mean(0))
+        assert norm.momentum == 0.1 and norm.num_batches_tracked == 3
+    # Another epoch draws other batches; the same epoch the same ones.
+    first = norms[0].running_mean.clone()
+    _recalibrate_batch_norms(model, config, 0, records, torch.stack,
+                             lambda m, indices, batch: (m(batch).sum(), torch.zeros(())), torch.device("cpu"))
+    torch.testing.assert_close(norms[0].running_mean, first, rtol=0, atol=0)
+    _recalibrate_batch_norms(model, config, 1, records, torch.stack,
+                             lambda m, indices, batch: (m(batch).sum(), torch.zeros(())), torch.device("cpu"))
+    assert not torch.equal(norms[0].running_mean, first)
+
+
+def test_train_recalibrates_every_epoch_and_refuses_a_negative_count(shared_sine_zoo, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--zoo", str(shared_sine_zoo.path), "--target", "frequency", "--out", str(out), "--epochs", "2",
+            "--batch-size", "32", "--device", "cpu", "-o", "hidden=16", "-o", "heads=2", "-o", "chunk_hidden=16",
+            "-o", "out_dim=8"]
+    code, _, err = run_cli([*args, "--bn-recalibration", "-1"], capsys)
+    assert code == 2 and "Traceback" not in err and not out.exists()
+    code, _, err = run_cli([*args, "--bn-recalibration", "2"], capsys)
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["bn_recalibration"] == 2
+    last = torch.load(out / "last.pt", weights_only=True)["model"]
+    # Two batches averaged, after the last epoch: every batch norm counted exactly those.
+    counts = {k: int(v) for k, v in last.items() if k.endswith("num_batches_tracked")}
+    assert counts and set(counts.values()) == {2}
