@@ -56,3 +56,11 @@ def test_train_recalibrates_every_epoch_and_refuses_a_negative_count(shared_sine
     # Two batches averaged, after the last epoch: every batch norm counted exactly those.
     counts = {k: int(v) for k, v in last.items() if k.endswith("num_batches_tracked")}
     assert counts and set(counts.values()) == {2}
+
+
+def test_rows_trained_with_recalibration_are_a_configuration_of_their_own():
+    from sne.bench.runs import configuration_name
+
+    row = {"encoder": "sne", "encoder_options_given": {}, "permutation_augment": True}
+    assert configuration_name(row) == configuration_name({**row, "bn_recalibration": 0}) == "sne"
+    assert configuration_name({**row, "bn_recalibration": 16}) == "sne_bn_recalibration-16"

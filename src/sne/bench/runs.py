@@ -90,15 +90,16 @@ class BenchRuns:
 
 
 #: Training settings that name a configuration where they differ from the encoder's defaults.
-TUNED_TRAINING = ("lr", "batch_size")
+TUNED_TRAINING = ("lr", "batch_size", "bn_recalibration")
 
 
 def training_switches(fields: dict, defaults: dict | None = None) -> dict:
     """The training settings in ``fields`` (TrainConfig fields, or a results row) that make a
     configuration of its own: permutation augmentation where it differs from ``defaults`` (None:
     off, as run names spell it), a cap on the training networks (``max_train``) where one was
-    set, and the learning rate and batch size where they differ from ``defaults``' (or, not there,
-    TrainConfig's). A row written before a switch existed had it off, or at its default."""
+    set, and the learning rate, batch size and batch-norm recalibration where they differ from
+    ``defaults``' (or, not there, TrainConfig's). A row written before a switch existed had it off,
+    or at its default."""
     on = bool(fields.get("permutation_augment"))
     switches = {} if on == bool((defaults or {}).get("permutation_augment")) else {"augment_permutations": on}
     if fields.get("max_train") is not None:
