@@ -60,7 +60,9 @@ def test_train_recalibrates_every_epoch_and_refuses_a_negative_count(shared_sine
 
 def test_rows_trained_with_recalibration_are_a_configuration_of_their_own():
     from sne.bench.runs import configuration_name
+    from sne.encoders.sne import DEFAULT_OPTIONS
 
-    row = {"encoder": "sne", "encoder_options_given": {}, "permutation_augment": True}
+    row = {"encoder": "sne", "encoder_options_given": {}, "encoder_options_resolved": dict(DEFAULT_OPTIONS),
+           "permutation_augment": True}
     assert configuration_name(row) == configuration_name({**row, "bn_recalibration": 0}) == "sne"
     assert configuration_name({**row, "bn_recalibration": 16}) == "sne_bn_recalibration-16"
