@@ -66,3 +66,15 @@ def test_rows_trained_with_recalibration_are_a_configuration_of_their_own():
            "permutation_augment": True}
     assert configuration_name(row) == configuration_name({**row, "bn_recalibration": 0}) == "sne"
     assert configuration_name({**row, "bn_recalibration": 16}) == "sne_bn_recalibration-16"
+
+
+def test_benchmarks_take_the_flag_and_name_their_runs_and_rows_by_it(shared_sine_zoo, tmp_path, capsys):
+    args = ["bench", "inr", "--zoo", str(shared_sine_zoo.path), "--encoders", "deepsets", "--epochs", "1",
+            "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--device", "cpu"]
+    code, _, err = run_cli([*args, "--bn-recalibration", "-1"], capsys)
+    assert code == 2 and "Traceback" not in err and not (tmp_path / "results").exists()
+    code, _, err = run_cli([*args, "--bn-recalibration", "2"], capsys)
+    assert code == 0, err
+    (results,) = (tmp_path / "results").glob("inr_frequency_*.json")
+    (entry,) = json.loads(results.read_text())["entries"]
+    assert entry["bn_recalibration"] == 2 and "bn_recalibration-2" in entry["run"]

@@ -649,6 +649,9 @@ _ONE_ZOO = {
     "augment": typer.Option(None, "--augment-permutations/--no-augment-permutations",
                             help="Train on fresh functionally-equivalent permutations of the networks (default: "
                                  "each encoder's; rows and runs are named by it)."),
+    "bn_recalibration": typer.Option(None, "--bn-recalibration", min=0, help="After every epoch, re-estimate batch-norm statistics over "
+                                     "this many training batches (default: the encoder's, else 0: off; rows and runs "
+                                     "are named by it)."),
 }
 
 
@@ -664,10 +667,12 @@ def _bench_runs(encoders: list[str], seeds: str, epochs: int, runs: Path, result
 
 
 def _one_zoo(benchmark: str, zoo: Path, encoders: str, invariance_weights: str, seeds: str, epochs: int, runs: Path,
-             results: Path, option: List[str], device: str, augment: Optional[bool]) -> None:
+             results: Path, option: List[str], device: str, augment: Optional[bool],
+             bn_recalibration: Optional[int]) -> None:
     from sne.bench.inr import run_inr_benchmark
 
-    bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, augment)
+    bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, augment,
+                             bn_recalibration=bn_recalibration)
     path = run_inr_benchmark(zoo, bench_runs, _csv(invariance_weights, float), benchmark=benchmark)
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
 
@@ -684,9 +689,11 @@ def bench_inr(
     option: List[str] = _ONE_ZOO["option"],
     device: str = _ONE_ZOO["device"],
     augment: Optional[bool] = _ONE_ZOO["augment"],
+    bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
 ) -> None:
     """INR frequency regression: train and evaluate each encoder; write results/inr_frequency_<init>.json."""
-    _one_zoo("inr_frequency", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device, augment)
+    _one_zoo("inr_frequency", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device, augment,
+             bn_recalibration)
 
 
 @bench_app.command("digit-inr")
@@ -701,9 +708,11 @@ def bench_digit_inr(
     option: List[str] = _ONE_ZOO["option"],
     device: str = _ONE_ZOO["device"],
     augment: Optional[bool] = _ONE_ZOO["augment"],
+    bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
 ) -> None:
     """Digit-INR classification: predict each INR's digit; write results/digit_inr_label_<init>.json."""
-    _one_zoo("digit_inr_label", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device, augment)
+    _one_zoo("digit_inr_label", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device, augment,
+             bn_recalibration)
 
 
 @bench_app.command("ablation")
@@ -726,6 +735,7 @@ def bench_ablation(
                                      "(repeatable); each row changes this base."),
     device: str = _ONE_ZOO["device"],
     augment: Optional[bool] = _ONE_ZOO["augment"],
+    bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
 ) -> None:
     """SNE's ablations (paper Tables 6-7, Figure 3; lambda sweep): train every row of a study at the
     same epochs and seeds; write results/ablation_<study>_<init>.json."""
@@ -734,7 +744,7 @@ def bench_ablation(
     chosen = study_rows(study, _csv(rows), _encoder_list(encoders) if encoders.strip() else (),
                         _csv(fractions, float))
     bench_runs = _bench_runs(sorted({row.encoder for row in chosen}), seeds, epochs, runs, results, option, device,
-                             augment)
+                             augment, bn_recalibration=bn_recalibration)
     path = run_ablation(zoo, bench_runs, study, chosen, target=target, base_invariance_weight=invariance_weight,
                         max_train=max_train)
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
@@ -776,7 +786,8 @@ def _zoo_list(values: List[str]) -> list[str]:
 
 def _transfer(benchmark: str, train_zoos: list[str], test_zoos: list[str], target: str, encoders: str, seeds: str,
               epochs: int, runs: Path, results: Path, option: List[str], lr: Optional[float], batch_size: int,
-              device: str, name: Optional[str], augment: Optional[bool], max_train: Optional[int]) -> None:
+              device: str, name: Optional[str], augment: Optional[bool], max_train: Optional[int],
+              bn_recalibration: Optional[int]) -> None:
     from sne.bench.transfer import check_results_name, run_transfer_benchmark
     from sne.train.run import check_max_train
 
@@ -784,7 +795,7 @@ def _transfer(benchmark: str, train_zoos: list[str], test_zoos: list[str], targe
         check_results_name(name)  # before the encoders are checked and any zoo is opened
     check_max_train(max_train)
     bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, augment, lr=lr,
-                             batch_size=batch_size, max_train=max_train)
+                             batch_size=batch_size, max_train=max_train, bn_recalibration=bn_recalibration)
     path = run_transfer_benchmark(benchmark, train_zoos, test_zoos, bench_runs, target=target, name=name)
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
 
@@ -804,6 +815,7 @@ _TRANSFER = {
     "name": typer.Option(None, "--name", help="Write the rows to <results>/NAME.json, a transfer study of its own "
                          "(default: the benchmark's file)."),
     "augment": _ONE_ZOO["augment"],
+    "bn_recalibration": _ONE_ZOO["bn_recalibration"],
     "max_train": typer.Option(None, "--max-train", help="Train on only the first N networks of each training zoo's "
                               "train split (rows and runs are named by it); validation and test splits stay whole."),
 }
@@ -825,12 +837,13 @@ def bench_cross_dataset(
     name: Optional[str] = _TRANSFER["name"],
     augment: Optional[bool] = _TRANSFER["augment"],
     max_train: Optional[int] = _TRANSFER["max_train"],
+    bn_recalibration: Optional[int] = _TRANSFER["bn_recalibration"],
 ) -> None:
     """Train on each zoo, report Kendall's tau of test accuracy on every zoo's test split (results/cross_dataset.json,
     or results/NAME.json with --name)."""
     zoo_paths = _zoo_list(zoos)
     _transfer("cross_dataset", zoo_paths, zoo_paths, target, encoders, seeds, epochs, runs, results, option, lr, batch_size, device,
-              name, augment, max_train)
+              name, augment, max_train, bn_recalibration)
 
 
 @bench_app.command("cross-arch")
@@ -850,11 +863,12 @@ def bench_cross_arch(
     name: Optional[str] = _TRANSFER["name"],
     augment: Optional[bool] = _TRANSFER["augment"],
     max_train: Optional[int] = _TRANSFER["max_train"],
+    bn_recalibration: Optional[int] = _TRANSFER["bn_recalibration"],
 ) -> None:
     """Train on each --train zoo, report Kendall's tau on every --test zoo (results/cross_arch.json, or
     results/NAME.json with --name, e.g. --name vit for a small-cnn -> ViT study)."""
     _transfer("cross_arch", _zoo_list(train), _zoo_list(test), target, encoders, seeds, epochs, runs, results, option, lr,
-              batch_size, device, name, augment, max_train)
+              batch_size, device, name, augment, max_train, bn_recalibration)
 
 
 def main() -> None:

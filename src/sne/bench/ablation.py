@@ -239,7 +239,7 @@ def run_ablation(
                 "study": study, "row": row.name, "label": row.label, "paper": row.paper, "fraction": row.fraction,
                 "train_networks": config.max_train if config.max_train is not None else available,
                 "setting": setting, "encoder_options_used": config.encoder_options,
-                "permutation_augment": config.permutation_augment, "bn_recalibration": config.bn_recalibration,
+                "permutation_augment": config.permutation_augment,
             })
             entries.append(result)
     summary = {
