@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from torch import nn
 
@@ -59,13 +60,42 @@ def test_train_recalibrates_every_epoch_and_refuses_a_negative_count(shared_sine
 
 
 def test_rows_trained_with_recalibration_are_a_configuration_of_their_own():
+    """SNE recalibrates by default: its rows written before the field existed were trained without
+    and say so; an encoder that does not recalibrate by default names it where set."""
     from sne.bench.runs import configuration_name
-    from sne.encoders.sne import DEFAULT_OPTIONS
+    from sne.encoders.sne import DEFAULT_OPTIONS, SNEEncoder
 
+    assert SNEEncoder.train_defaults({})["bn_recalibration"] > 0
+    assert SNEEncoder.train_defaults({"preset": "paper"})["bn_recalibration"] == 0
     row = {"encoder": "sne", "encoder_options_given": {}, "encoder_options_resolved": dict(DEFAULT_OPTIONS),
            "permutation_augment": True}
-    assert configuration_name(row) == configuration_name({**row, "bn_recalibration": 0}) == "sne"
-    assert configuration_name({**row, "bn_recalibration": 16}) == "sne_bn_recalibration-16"
+    assert configuration_name(row) == configuration_name({**row, "bn_recalibration": 0}) == "sne_bn_recalibration-0"
+    assert configuration_name({**row, "bn_recalibration": SNEEncoder.train_defaults({})["bn_recalibration"]}) == "sne"
+    plain = {"encoder": "deepsets", "encoder_options_given": {}, "lr": 3e-3}
+    assert configuration_name(plain) == configuration_name({**plain, "bn_recalibration": 0}) == "deepsets"
+    assert configuration_name({**plain, "bn_recalibration": 16}) == "deepsets_bn_recalibration-16"
+
+
+def test_an_ablation_row_never_averages_seeds_trained_with_and_without_recalibration(shared_sine_zoo, tmp_path):
+    from sne.bench.ablation import _check_same_training, _row_configs, _setting, study_rows
+    from sne.bench.runs import BenchRuns
+    from sne.errors import SneError
+
+    def configs(**train_options):
+        runs = BenchRuns(encoders=["sne"], seeds=[0], epochs=1, runs_dir=tmp_path, results_dir=tmp_path,
+                         device="cpu", train_options=train_options)
+        rows = study_rows("components", ["full"])
+        return _setting(runs, 0.0, None), _row_configs(rows, runs, shared_sine_zoo, "frequency", 0.0, 30)[0]
+
+    setting, default = configs()
+    assert configs(bn_recalibration=0)[0] == setting != configs(bn_recalibration=16)[0]
+    path = tmp_path / "ablation_components_shared.json"
+    # A seed of full SNE in this setting, written before recalibration existed (no field: trained without).
+    path.write_text(json.dumps({"entries": [{"row": "full", "setting": setting, "train_seed": 0}]}))
+    with pytest.raises(SneError, match="bn_recalibration=0 .*--bn-recalibration 0"):
+        _check_same_training(path, setting, default)
+    _check_same_training(path, *configs(bn_recalibration=0))  # more seeds of the same row: fine
+    _check_same_training(path, *configs(bn_recalibration=16))  # a setting of its own: fine
 
 
 def test_benchmarks_take_the_flag_and_name_their_runs_and_rows_by_it(shared_sine_zoo, tmp_path, capsys):

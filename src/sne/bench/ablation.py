@@ -193,9 +193,32 @@ def study_rows(study: str, rows: Sequence[str] = (), encoders: Sequence[str] = (
 
 
 def _setting(runs: BenchRuns, base_weight: float, max_train: int | None) -> dict:
-    """What every row of one invocation shares: rows differ from this base and nothing else."""
+    """What every row of one invocation shares: rows differ from this base and nothing else.
+    ``--bn-recalibration 0`` is the setting without it, as every setting before it existed was."""
+    train_options = {k: v for k, v in runs.train_options.items() if not (k == "bn_recalibration" and v == 0)}
     return {"epochs": runs.epochs, "max_train": max_train, "invariance_weight": base_weight,
-            "encoder_options": dict(runs.encoder_options), "train_options": dict(runs.train_options)}
+            "encoder_options": dict(runs.encoder_options), "train_options": train_options}
+
+
+def _check_same_training(path: Path, setting: dict, configs: list[tuple[AblationRow, dict, str]]) -> None:
+    """Refuse, before any training, a row whose seeds in ``path`` (same setting) were trained with
+    another batch-norm recalibration than this run's: an encoder's training defaults may have
+    changed since, and one row must not average runs trained two ways."""
+    if not path.is_file():
+        return
+    key = json.dumps(setting, sort_keys=True)
+    stored: dict[str, set[int]] = {}
+    for entry in json.loads(path.read_text())["entries"]:
+        if json.dumps(entry["setting"], sort_keys=True) == key:
+            stored.setdefault(entry["row"], set()).add(entry.get("bn_recalibration", 0))
+    for row, fields, _ in configs:
+        trained = TrainConfig.for_encoder(row.encoder, seed=0, **fields).bn_recalibration
+        before = stored.get(row.name, {trained})
+        if before != {trained}:
+            earlier = ", ".join(map(str, sorted(before)))
+            raise SneError(f"{path}: row '{row.name}' of this setting was trained with bn_recalibration={earlier} and "
+                           f"would be trained with {trained} now: give --bn-recalibration {earlier} to add seeds to "
+                           f"it, or --bn-recalibration {trained} for a setting of its own")
 
 
 def run_ablation(
@@ -226,6 +249,7 @@ def run_ablation(
     # common (the components study's full SNE is the invariance study's lambda 0).
     setting_dir = runs.runs_dir / ("base" + _setting_tag(setting))
     configs, skipped = _row_configs(rows, runs, zoo, target, base_invariance_weight, available)
+    _check_same_training(path, setting, configs)
     entries = []
     for row, config_fields, run_name in configs:
         for seed in runs.seeds:

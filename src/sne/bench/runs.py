@@ -106,9 +106,14 @@ def training_switches(fields: dict, defaults: dict | None = None) -> dict:
         switches["max_train"] = fields["max_train"]
     for name in TUNED_TRAINING:
         default = (defaults or {}).get(name, _TRAIN_CONFIG_DEFAULTS[name])
-        if fields.get(name) is not None and fields[name] != default:
-            switches[name] = fields[name]
+        value = fields.get(name, _BEFORE_IT_EXISTED.get(name))
+        if value is not None and value != default:
+            switches[name] = value
     return switches
+
+
+#: What a results row written before a training field existed was trained with.
+_BEFORE_IT_EXISTED = {"bn_recalibration": 0}
 
 
 def _row_train_defaults(entry: dict) -> dict:

@@ -107,8 +107,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 #: Training settings of a preset (TrainConfig fields), under those the user sets: the paper trains
-#: without permutation augmentation.
-PRESET_TRAINING: dict[str, dict[str, Any]] = {"paper": {"permutation_augment": False}}
+#: without permutation augmentation, and with batch norms' running averages as they are.
+PRESET_TRAINING: dict[str, dict[str, Any]] = {"paper": {"permutation_augment": False, "bn_recalibration": 0}}
 
 #: Most kernel dimensions of any layer kind (conv3d); tap coordinates are zero-padded to it.
 MAX_KERNEL_DIMS = max(KIND_BY_WEIGHT_NDIM) - 2
@@ -368,7 +368,9 @@ class SNEEncoder(Encoder):
 
     weight_outputs = True
     default_options = DEFAULT_OPTIONS
-    default_train_options = {"permutation_augment": True}
+    #: Batch norm after every pooling stage makes four stacked running averages that lag the model:
+    #: re-estimated after every epoch (TrainConfig.bn_recalibration) they matched the training loss.
+    default_train_options = {"permutation_augment": True, "bn_recalibration": 16}
     defaults_of_older_configs = {"chunk_hidden": None, "use_source_features": False, "use_own_neuron_features": False,
                                  "use_chunk_index_encoding": True, "use_row_slot_encoding": True}
 
