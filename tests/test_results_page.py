@@ -24,8 +24,10 @@ def _at_todays_defaults(encoder, options):
     it resolved to and its training default (rows are named apart from the current defaults)."""
     if encoder != "sne":
         return {}
+    defaults = SNEEncoder.train_defaults(options)
     return {"encoder_options_resolved": {**DEFAULT_OPTIONS, **options},
-            "permutation_augment": SNEEncoder.train_defaults(options).get("permutation_augment", False)}
+            "permutation_augment": defaults.get("permutation_augment", False),
+            "bn_recalibration": defaults.get("bn_recalibration", 0)}
 
 
 def _transfer_row(encoder, options, seed, taus, epochs=15):
