@@ -235,7 +235,8 @@ def check_train_config(config: TrainConfig) -> None:
         raise SneError(f"unknown schedule '{config.schedule}' (use {' or '.join(SCHEDULES)})")
     if not 0 <= config.warmup_epochs < config.epochs:
         raise SneError(f"warm-up must be at least 0 and shorter than the {config.epochs} epochs, got {config.warmup_epochs:g}")
-    if isinstance(config.bn_recalibration, bool) or not isinstance(config.bn_recalibration, int) or config.bn_recalibration < 0:
+    batches = config.bn_recalibration
+    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 0:
         raise SneError(f"bn_recalibration (batches) must be a non-negative integer, got {config.bn_recalibration!r}")
     if config.precision not in PRECISIONS:
         raise SneError(f"unknown precision '{config.precision}' (use {' or '.join(PRECISIONS)})")
@@ -518,7 +519,8 @@ def _recalibrate_batch_norms(model, config, epoch, records, prepare, batch_loss,
     """Running statistics of ``model``'s batch norms := the plain average of their statistics over
     ``config.bn_recalibration`` training batches of a seeded order (``TrainConfig.bn_recalibration``).
     Under torchrun every process runs its share of the same batches (synchronised batch norms)."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = [m for m in model.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return
     order = torch.randperm(len(records), generator=torch.Generator().manual_seed(
