@@ -179,10 +179,11 @@ class ElementEmbedding(nn.Module):
         self.neuron_columns = slice(None) if gains else slice(NEURON_FEATURES_WITHOUT_GAINS)
         self.value = nn.Linear(1, hidden, bias=False)
         self.coordinate = nn.Linear(MAX_KERNEL_DIMS * 2 * TAP_FREQUENCIES, hidden)
-        neuron_width = len(range(SOURCE_FEATURES)[self.neuron_columns])
-        self.source = nn.Linear(neuron_width, hidden, bias=False) if sources else None
+        self.source = nn.Linear(SOURCE_FEATURES if gains else NEURON_FEATURES_WITHOUT_GAINS, hidden,
+                                bias=False) if sources else None
         self.input = nn.Linear(2 * TAP_FREQUENCIES + 1, hidden, bias=False) if input_positions else None
-        self.own = nn.Linear(len(range(OWN_FEATURES)[self.neuron_columns]), hidden, bias=False) if own else None
+        self.own = nn.Linear(OWN_FEATURES if gains else NEURON_FEATURES_WITHOUT_GAINS, hidden,
+                             bias=False) if own else None
         self.out = nn.Linear(hidden, hidden)
 
     def forward(
