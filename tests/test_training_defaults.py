@@ -36,17 +36,20 @@ def test_training_defaults_apply_unless_set_and_the_paper_preset_trains_without_
     assert config("mlp", zoo="z", target="t").permutation_augment is False
 
 
-def test_the_cli_flag_turns_a_default_augmentation_off_and_encoders_lists_it(augmenting_sne, shared_sine_zoo,
-                                                                             tmp_path, capsys):
+def test_the_cli_flags_turn_training_defaults_off_and_encoders_lists_them(shared_sine_zoo, tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.setattr(SNEEncoder, "default_train_options", {"permutation_augment": True, "bn_recalibration": 2})
     common = ["train", "--zoo", str(shared_sine_zoo.path), "--target", "frequency", "--epochs", "1", "--max-train",
               "20", "--device", "cpu", "-o", "hidden=16", "-o", "heads=2", "-o", "num_sab=1", "-o", "out_dim=8"]
-    for name, extra, expected in (("default", [], True), ("off", ["--no-augment-permutations"], False)):
+    for name, extra, expected in (("default", [], (True, 2)),
+                                  ("off", ["--no-augment-permutations", "--bn-recalibration", "0"], (False, 0))):
         code, _, err = run_cli([*common, "--out", str(tmp_path / name), *extra], capsys)
         assert code == 0, err
-        assert json.loads((tmp_path / name / "config.json").read_text())["permutation_augment"] is expected
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        assert (config["permutation_augment"], config["bn_recalibration"]) == expected
     code, out, _ = run_cli(["encoders"], capsys)
     sne_lines = out.split("\nsne: ")[1].splitlines()
-    assert code == 0 and "  training defaults: --augment-permutations" in sne_lines
+    assert code == 0 and "  training defaults: --augment-permutations --bn-recalibration 2" in sne_lines
 
 
 def test_rows_name_training_switches_apart_from_their_encoders_defaults(augmenting_sne):

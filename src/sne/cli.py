@@ -250,8 +250,9 @@ def train(
     workers: int = typer.Option(0, "--workers", help="Data-loader worker processes."),
     log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Also write TensorBoard scalars (losses, learning rate per epoch) here; needs pip install 'sne[tb]'."),
     precision: str = typer.Option("float32", "--precision", help="float32, or bfloat16 autocast (GPU only)."),
-    bn_recalibration: int = typer.Option(0, "--bn-recalibration", min=0, help="After every epoch, re-estimate "
-                                         "batch-norm statistics over this many training batches (0: off)."),
+    bn_recalibration: Optional[int] = typer.Option(
+        None, "--bn-recalibration", min=0, help="After every epoch, re-estimate batch-norm statistics over this "
+        "many training batches (0: off; default: the encoder's, see 'sne encoders')."),
 ) -> None:
     """Train an encoder and head to predict a target from weights; select on the val split."""
     from sne.train import TrainConfig, fit
