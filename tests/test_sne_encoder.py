@@ -10,6 +10,7 @@ import torch
 
 from sne.encoders import batch_to, build_encoder, build_encoder_from_config
 from sne.encoders.chunking import kernel_coordinates, pad_chunk, row_chunk_layout
+from sne.bench.runs import options_apart_from_defaults
 from sne.encoders.sne import DEFAULT_OPTIONS, SNEEncoder
 from sne.errors import SneError
 from sne.weights.record import Layer, NetworkRecord, make_layer
@@ -760,3 +761,15 @@ def test_shape_features_count_what_attention_pooling_cannot():
     permuted = [permute_hidden(r, [torch.randperm(32, generator=g), torch.randperm(32, generator=g), None])
                 for r in siren]
     torch.testing.assert_close(encode(counting, permuted), encode(counting, siren), atol=1e-9, rtol=0)
+
+
+def test_the_chunk_stage_is_never_wider_than_a_smaller_hidden_by_default():
+    assert SNEEncoder(hidden=8, heads=2).chunk_width == 8
+    assert SNEEncoder(hidden=8, heads=2, chunk_hidden=32).chunk_width == 32  # given: as given
+    assert SNEEncoder().chunk_width == DEFAULT_OPTIONS["chunk_hidden"] < DEFAULT_OPTIONS["hidden"]
+    assert SNEEncoder(hidden=128, heads=4).chunk_width == DEFAULT_OPTIONS["chunk_hidden"]
+    assert SNEEncoder(preset="paper", hidden=16, heads=2).chunk_width == 16  # the paper's: hidden
+    # A row at a small hidden names only the hidden it was given.
+    row = {"encoder": "sne", "encoder_options_given": {"hidden": 16},
+           "encoder_options_resolved": dict(SNEEncoder(hidden=16).options)}
+    assert options_apart_from_defaults(row) == {"hidden": 16}
