@@ -45,9 +45,10 @@ def test_recalibration_sets_running_statistics_to_the_average_over_its_batches()
 
 def test_train_recalibrates_every_epoch_and_refuses_a_negative_count(shared_sine_zoo, tmp_path, capsys):
     out = tmp_path / "run"
+    # With the regulariser, whose permuted copies the loss expects in every batch it sees.
     args = ["train", "--zoo", str(shared_sine_zoo.path), "--target", "frequency", "--out", str(out), "--epochs", "2",
             "--batch-size", "32", "--device", "cpu", "-o", "hidden=16", "-o", "heads=2", "-o", "chunk_hidden=16",
-            "-o", "out_dim=8"]
+            "-o", "out_dim=8", "--invariance-weight", "0.5"]
     code, _, err = run_cli([*args, "--bn-recalibration", "-1"], capsys)
     assert code == 2 and "Traceback" not in err and not out.exists()
     code, _, err = run_cli([*args, "--bn-recalibration", "2"], capsys)

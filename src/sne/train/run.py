@@ -405,7 +405,8 @@ def train_epochs(
             if not per_step:
                 scheduler.step()
             if config.bn_recalibration:
-                _recalibrate_batch_norms(model, config, epoch, train_records, prepare, batch_loss, device, rank, world)
+                _recalibrate_batch_norms(model, config, epoch, train_records, prepare, batch_loss, device, rank, world,
+                                         augmentable)
             val_loss = validation_loss()
             state["train_seconds"] += time.perf_counter() - started
             entry = {"epoch": epoch + 1, "train_loss": train_loss, "invariance_loss": train_reg, "val_loss": val_loss,
@@ -515,10 +516,13 @@ def _train_epoch(model, optimizer, scheduler, config, epoch, records, prepare, b
 
 
 @torch.no_grad()
-def _recalibrate_batch_norms(model, config, epoch, records, prepare, batch_loss, device, rank=0, world=1) -> None:
+def _recalibrate_batch_norms(model, config, epoch, records, prepare, batch_loss, device, rank=0, world=1,
+                             augmentable=None) -> None:
     """Running statistics of ``model``'s batch norms := the plain average of their statistics over
-    ``config.bn_recalibration`` training batches of a seeded order (``TrainConfig.bn_recalibration``).
-    Under torchrun every process runs its share of the same batches (synchronised batch norms)."""
+    ``config.bn_recalibration`` training batches of a seeded order (``TrainConfig.bn_recalibration``),
+    made as training makes them (augmented; with the regulariser's permuted copies, which
+    ``batch_loss`` expects). Under torchrun every process runs its share of the same batches
+    (synchronised batch norms)."""
     norms = [m for m in model.modules()
              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
@@ -532,7 +536,9 @@ def _recalibrate_batch_norms(model, config, epoch, records, prepare, batch_loss,
         m.momentum = None  # cumulative average over the batches below
     model.train()
     try:
-        for _, indices, batch in _EpochBatches(prepare, records, batches, [0] * len(batches), False, rank, world):
+        seeds = [derive_seed(config.seed, "train/recalibrate", epoch, i) for i in range(len(batches))]
+        for _, indices, batch in _EpochBatches(prepare, records, batches, seeds, config.invariance_weight > 0, rank,
+                                               world, augmentable):
             batch_loss(model, indices, batch_to(batch, device))
     finally:
         for m, momentum in zip(norms, momenta):
