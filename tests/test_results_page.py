@@ -3,7 +3,7 @@
 import importlib.util
 from pathlib import Path
 
-from sne.encoders.sne import DEFAULT_OPTIONS, SNEEncoder
+from sne.encoders.sne import SNEEncoder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,7 +25,7 @@ def _at_todays_defaults(encoder, options):
     if encoder != "sne":
         return {}
     defaults = SNEEncoder.train_defaults(options)
-    return {"encoder_options_resolved": {**DEFAULT_OPTIONS, **options},
+    return {"encoder_options_resolved": {**SNEEncoder.options_baseline(options), **options},
             "permutation_augment": defaults.get("permutation_augment", False),
             "bn_recalibration": defaults.get("bn_recalibration", 0)}
 
