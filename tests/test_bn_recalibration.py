@@ -99,6 +99,31 @@ def test_an_ablation_row_never_averages_seeds_trained_with_and_without_recalibra
     _check_same_training(path, *configs(bn_recalibration=16))  # a setting of its own: fine
 
 
+def test_an_ablation_row_never_averages_seeds_of_encoders_built_two_ways(shared_sine_zoo, tmp_path, monkeypatch):
+    from sne.bench.ablation import _check_same_training, _row_configs, _setting, study_rows
+    from sne.bench.runs import BenchRuns
+    from sne.encoders import sne as sne_module
+    from sne.errors import SneError
+
+    runs = BenchRuns(encoders=["sne"], seeds=[0], epochs=1, runs_dir=tmp_path, results_dir=tmp_path, device="cpu",
+                     encoder_options={"hidden": 16})
+    setting = _setting(runs, 0.0, None)
+    configs = _row_configs(study_rows("components", ["full"]), runs, shared_sine_zoo, "frequency", 0.0, 30)[0]
+    resolved = dict(sne_module.SNEEncoder(hidden=16).options)
+    path = tmp_path / "ablation_components_shared.json"
+    seed = {"row": "full", "setting": setting, "train_seed": 0, "bn_recalibration": 16,
+            "encoder_options_used": {"hidden": 16}, "encoder_options_resolved": resolved}
+    path.write_text(json.dumps({"entries": [seed]}))
+    _check_same_training(path, setting, configs)  # built as today's defaults build it: more seeds are fine
+    # A release whose default flips an option: the stored seed was built the other way.
+    monkeypatch.setitem(sne_module.DEFAULT_OPTIONS, "use_type_encoding", False)
+    with pytest.raises(SneError, match=r"row 'full' .*use_type_encoding: true -> false.*-o sne.OPTION=VALUE"):
+        _check_same_training(path, setting, configs)
+    # Seeds that did not record how they were built are not compared.
+    path.write_text(json.dumps({"entries": [{k: v for k, v in seed.items() if k != "encoder_options_resolved"}]}))
+    _check_same_training(path, setting, configs)
+
+
 def test_benchmarks_take_the_flag_and_name_their_runs_and_rows_by_it(shared_sine_zoo, tmp_path, capsys):
     args = ["bench", "inr", "--zoo", str(shared_sine_zoo.path), "--encoders", "deepsets", "--epochs", "1",
             "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--device", "cpu"]

@@ -36,7 +36,7 @@ import numpy as np
 
 from sne.bench.paper import PAPER_SNE_ABLATION_MSE, PAPER_SNE_CHUNK_SIZE_MSE
 from sne.bench.results import check_mergeable, write_merged, zoo_identity, zoo_summary
-from sne.bench.runs import BenchRuns, options_tag
+from sne.bench.runs import BenchRuns, options_apart_from_defaults, options_tag
 from sne.encoders import get_encoder_class
 from sne.encoders.sne import DEFAULT_OPTIONS as SNE_DEFAULT_OPTIONS
 from sne.errors import SneError
@@ -202,15 +202,19 @@ def _setting(runs: BenchRuns, base_weight: float, max_train: int | None) -> dict
 
 def _check_same_training(path: Path, setting: dict, configs: list[tuple[AblationRow, dict, str]]) -> None:
     """Refuse, before any training, a row whose seeds in ``path`` (same setting) were trained with
-    another batch-norm recalibration than this run's: an encoder's training defaults may have
-    changed since, and one row must not average runs trained two ways."""
+    another batch-norm recalibration, or built with other encoder options, than this run's would be:
+    an encoder's defaults may have changed since, and one row must not average runs made two ways.
+    Seeds that did not record their resolved options are not compared."""
     if not path.is_file():
         return
     key = json.dumps(setting, sort_keys=True)
     stored: dict[str, set[int]] = {}
+    built: dict[str, list[dict]] = {}
     for entry in json.loads(path.read_text())["entries"]:
         if json.dumps(entry["setting"], sort_keys=True) == key:
             stored.setdefault(entry["row"], set()).add(entry.get("bn_recalibration", 0))
+            if entry.get("encoder_options_resolved"):
+                built.setdefault(entry["row"], []).append(entry)
     for row, fields, _ in configs:
         trained = TrainConfig.for_encoder(row.encoder, seed=0, **fields).bn_recalibration
         before = stored.get(row.name, {trained})
@@ -219,6 +223,21 @@ def _check_same_training(path: Path, setting: dict, configs: list[tuple[Ablation
             raise SneError(f"{path}: row '{row.name}' of this setting was trained with bn_recalibration={earlier} and "
                            f"would be trained with {trained} now: give --bn-recalibration {earlier} to add seeds to "
                            f"it, or --bn-recalibration {trained} for a setting of its own")
+        given = fields["encoder_options"]
+        cls = get_encoder_class(row.encoder)
+        now = options_apart_from_defaults({"encoder": row.encoder, "encoder_options_given": given,
+                                           "encoder_options_resolved": {**cls.options_baseline(given), **given}})
+        for entry in built.get(row.name, []):
+            earlier = options_apart_from_defaults({"encoder": row.encoder,
+                                                   "encoder_options_given": entry.get("encoder_options_used") or {},
+                                                   "encoder_options_resolved": entry["encoder_options_resolved"]})
+            if earlier != now:
+                differ = ", ".join(f"{k}: {json.dumps(earlier.get(k, cls.default_options.get(k)))} -> "
+                                   f"{json.dumps(now.get(k, cls.default_options.get(k)))}"
+                                   for k in sorted(earlier.keys() | now.keys()) if earlier.get(k) != now.get(k))
+                raise SneError(f"{path}: row '{row.name}' of this setting was built with other {row.encoder} options "
+                               f"than today's defaults give ({differ}), and one row must not average encoders built two "
+                               f"ways: give -o {row.encoder}.OPTION=VALUE for a setting of its own")
 
 
 def run_ablation(
