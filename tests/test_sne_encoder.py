@@ -773,3 +773,5 @@ def test_the_chunk_stage_is_never_wider_than_a_smaller_hidden_by_default():
     row = {"encoder": "sne", "encoder_options_given": {"hidden": 16},
            "encoder_options_resolved": dict(SNEEncoder(hidden=16).options)}
     assert options_apart_from_defaults(row) == {"hidden": 16}
+    # Also where the options given are not recorded (the defaults follow what the row was built with).
+    assert options_apart_from_defaults({**row, "encoder_options_given": {}}) == {"hidden": 16}

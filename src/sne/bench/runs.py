@@ -143,10 +143,13 @@ def options_apart_from_defaults(entry: dict) -> dict:
         cls = get_encoder_class(entry["encoder"])
     except (KeyError, SneError):  # a row naming no encoder, or one this release no longer has: as given
         return given
-    baseline = cls.options_baseline(given)
-    resolved = {k: v for k, v in (entry.get("encoder_options_resolved") or {}).items() if k in baseline}
-    given = {**cls.defaults_of_older_configs, **given, **resolved}
-    return {k: v for k, v in given.items() if k not in baseline or baseline[k] != v}
+    defaults = cls.options_baseline({})
+    resolved = {k: v for k, v in (entry.get("encoder_options_resolved") or {}).items() if k in defaults}
+    built = {**cls.defaults_of_older_configs, **given, **resolved}
+    # Defaults that follow other options (SNE's chunk width follows a smaller hidden) follow the
+    # values the row was built with.
+    baseline = cls.options_baseline(built)
+    return {k: v for k, v in built.items() if k not in baseline or baseline[k] != v}
 
 
 def configuration_name(entry: dict) -> str:
