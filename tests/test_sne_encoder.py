@@ -430,6 +430,10 @@ def test_neuron_gains_are_log_norms_of_raw_weights_and_keep_sne_invariant():
     torch.testing.assert_close(encode(encoder, permuted), encode(encoder, records), atol=1e-9, rtol=0)
     with pytest.raises(SneError, match="use_neuron_gains"):
         SNEEncoder(use_neuron_gains=True, use_source_features=False, use_own_neuron_features=False)
+    # On by default wherever a neuron feature is; off, without an error, where both are.
+    assert SNEEncoder().options["use_neuron_gains"] and SNEEncoder(use_source_features=False).options["use_neuron_gains"]
+    assert not SNEEncoder(use_source_features=False, use_own_neuron_features=False).options["use_neuron_gains"]
+    assert not SNEEncoder(preset="paper").options["use_neuron_gains"]
 
 
 def test_default_sne_is_exactly_invariant_to_hidden_permutations_and_the_paper_preset_is_not():

@@ -106,6 +106,7 @@ def _components() -> list[AblationRow]:
         AblationRow("unordered-source-codes", "ours: with learned source codes (2 rounds), without chunk-index and "
                     "row-slot encodings", options={"source_code_rounds": 2, "use_chunk_index_encoding": False,
                                                    "use_row_slot_encoding": False}),
+        AblationRow("no-neuron-gains", "ours: without neuron gains", options={"use_neuron_gains": False}),
         AblationRow("unordered-neuron-gains", "ours: with neuron gains (log norms of raw weights), without "
                     "chunk-index and row-slot encodings", options={"use_neuron_gains": True,
                                                                    "use_chunk_index_encoding": False,

@@ -97,7 +97,7 @@ The last column of each is therefore a raw-scale one, the log L2 norm of the neu
 weights (source features: how strongly the source neuron reads its own inputs, ``|w|`` for a
 one-input neuron) or of the raw weights that read it (own-neuron features). Norms, not rms: a row
 of fan-in ``n`` at the usual ``1/sqrt(n)`` initialisation has norm ~1 whatever ``n``, so the
-column reads alike across widths. Encoders read it only when asked (``use_neuron_gains``).
+column reads alike across widths. SNE reads it by default (``use_neuron_gains``).
 
 **Residual sums (optional).** Source and own-neuron features stop where a layer reads a sum, yet
 in a residual network that is most layers (in the first 400 test networks of the Wild Park zoo,

@@ -91,7 +91,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "use_activation_encoding": False,
     "use_shape_features": False,
     "use_residual_features": False,
-    "use_neuron_gains": False,
+    "use_neuron_gains": True,
 }
 
 #: Where layer levels count from (option ``level_origin``).
@@ -102,7 +102,7 @@ LEVEL_ORIGINS = ("input", "output")
 #: raw weights (no layer standardisation) and no batch norm after pooling.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"part_window": None, "chunk_hidden": None, "standardize_layers": False, "batch_norm": False,
-              "use_source_features": False, "use_own_neuron_features": False,
+              "use_source_features": False, "use_own_neuron_features": False, "use_neuron_gains": False,
               "use_chunk_index_encoding": True, "use_row_slot_encoding": True},
 }
 
@@ -361,9 +361,9 @@ class SNEEncoder(Encoder):
     sizes that attention pooling cannot count and against which a part's spread means something.
     ``use_residual_features`` (off by default): source and own-neuron features also where a layer
     reads a residual sum (:mod:`sne.encoders.chunking`, "Residual sums"), where otherwise they are zeros.
-    ``use_neuron_gains`` (off by default): source and own-neuron features also carry the log norm of
-    the neuron's raw weights (:mod:`sne.encoders.chunking`, "Gains"), the scale that standardising
-    each part removes (a SIREN neuron's frequency).
+    ``use_neuron_gains`` (on by default, where either neuron feature is): source and own-neuron
+    features also carry the log norm of the neuron's raw weights (:mod:`sne.encoders.chunking`,
+    "Gains"), the scale that standardising each part removes (a SIREN neuron's frequency).
     ``preset``: a name in :data:`PRESETS` whose options apply under those given (``preset=paper``).
     """
 
@@ -373,7 +373,8 @@ class SNEEncoder(Encoder):
     #: re-estimated after every epoch (TrainConfig.bn_recalibration) they matched the training loss.
     default_train_options = {"permutation_augment": True, "bn_recalibration": 16}
     defaults_of_older_configs = {"chunk_hidden": None, "use_source_features": False, "use_own_neuron_features": False,
-                                 "use_chunk_index_encoding": True, "use_row_slot_encoding": True}
+                                 "use_chunk_index_encoding": True, "use_row_slot_encoding": True,
+                                 "use_neuron_gains": False}
 
     @classmethod
     def train_defaults(cls, options: dict[str, Any]) -> dict[str, Any]:
@@ -385,11 +386,14 @@ class SNEEncoder(Encoder):
         """The defaults, under those of the preset in ``options``: a paper-preset row names only
         what it changes from the paper. The chunk stage is never wider than a smaller ``hidden``
         given: its codes are projected to ``hidden``, and at a fixed head width a wider stage only
-        adds heads (hidden 8 with the default 32 ran 16 heads of width 2, 2.5x the time)."""
+        adds heads (hidden 8 with the default 32 ran 16 heads of width 2, 2.5x the time). Neuron
+        gains are off where both neuron features are (they are columns of those)."""
         baseline = {**DEFAULT_OPTIONS, **PRESETS.get(options.get("preset"), {})}
         hidden, chunk = options.get("hidden", baseline["hidden"]), baseline["chunk_hidden"]
         if chunk is not None and isinstance(hidden, int) and 0 < hidden < chunk:
             baseline["chunk_hidden"] = hidden
+        if not any(options.get(name, baseline[name]) for name in ("use_source_features", "use_own_neuron_features")):
+            baseline["use_neuron_gains"] = False
         return baseline
 
     def __init__(self, *, architecture: Architecture | None = None, **options: Any) -> None:
