@@ -226,15 +226,16 @@ def _check_same_training(path: Path, setting: dict, configs: list[tuple[Ablation
                            f"it, or --bn-recalibration {trained} for a setting of its own")
         given = fields["encoder_options"]
         cls = get_encoder_class(row.encoder)
+        resolved = {**cls.options_baseline(given), **given}
         now = options_apart_from_defaults({"encoder": row.encoder, "encoder_options_given": given,
-                                           "encoder_options_resolved": {**cls.options_baseline(given), **given}})
+                                           "encoder_options_resolved": resolved})
         for entry in built.get(row.name, []):
+            then = {**cls.defaults_of_older_configs, **entry["encoder_options_resolved"]}
             earlier = options_apart_from_defaults({"encoder": row.encoder,
                                                    "encoder_options_given": entry.get("encoder_options_used") or {},
-                                                   "encoder_options_resolved": entry["encoder_options_resolved"]})
+                                                   "encoder_options_resolved": then})
             if earlier != now:
-                differ = ", ".join(f"{k}: {json.dumps(earlier.get(k, cls.default_options.get(k)))} -> "
-                                   f"{json.dumps(now.get(k, cls.default_options.get(k)))}"
+                differ = ", ".join(f"{k}: {json.dumps(then.get(k))} -> {json.dumps(resolved.get(k))}"
                                    for k in sorted(earlier.keys() | now.keys()) if earlier.get(k) != now.get(k))
                 raise SneError(f"{path}: row '{row.name}' of this setting was built with other {row.encoder} options "
                                f"than today's defaults give ({differ}), and one row must not average encoders built two "

@@ -333,8 +333,8 @@ class SNEEncoder(Encoder):
     ``part_window``: chunks pooled together in the part stage (:meth:`_part_codes`); ``None`` is the
     paper's stage, one set per part, whose cost grows with the square of a layer's size.
     ``chunk_hidden``: width of the element and chunk stages (by default 32, half of ``hidden``, or
-    ``hidden`` where that is smaller; ``None``: ``hidden``, the paper's), with heads of the other stages' width; their codes are
-    projected to ``hidden`` after the chunk pool. That stage runs once per ``chunk_size`` parameters
+    ``hidden`` where that is smaller; ``None``: ``hidden``, the paper's), with heads of the other
+    stages' width; their codes are projected to ``hidden`` after the chunk pool. That stage runs once per ``chunk_size`` parameters
     and costs nearly all of SNE's FLOPs, so halving it quarters them.
     ``canonical_order``: encode every plain chain in canonical neuron order
     (:func:`sne.weights.canonicalize_hidden`: each hidden layer's neurons sorted by the norm of their
