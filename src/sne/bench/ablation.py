@@ -226,7 +226,7 @@ def _check_same_training(path: Path, setting: dict, configs: list[tuple[Ablation
                            f"it, or --bn-recalibration {trained} for a setting of its own")
         given = fields["encoder_options"]
         cls = get_encoder_class(row.encoder)
-        resolved = {**cls.options_baseline(given), **given}
+        resolved = cls.resolved_options(given)
         now = options_apart_from_defaults({"encoder": row.encoder, "encoder_options_given": given,
                                            "encoder_options_resolved": resolved})
         for entry in built.get(row.name, []):

@@ -70,6 +70,11 @@ class Encoder(nn.Module):
         return dict(cls.default_options)
 
     @classmethod
+    def resolved_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The options given, over the baseline they are described against."""
+        return {**cls.options_baseline(options), **options}
+
+    @classmethod
     def architecture_of(cls, record: NetworkRecord) -> Architecture:
         """The ``architecture`` to build this encoder with for networks like ``record``."""
         return record.architecture

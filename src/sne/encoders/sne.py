@@ -334,8 +334,8 @@ class SNEEncoder(Encoder):
     paper's stage, one set per part, whose cost grows with the square of a layer's size.
     ``chunk_hidden``: width of the element and chunk stages (by default 32, half of ``hidden``, or
     ``hidden`` where that is smaller; ``None``: ``hidden``, the paper's), with heads of the other
-    stages' width; their codes are projected to ``hidden`` after the chunk pool. That stage runs once per ``chunk_size`` parameters
-    and costs nearly all of SNE's FLOPs, so halving it quarters them.
+    stages' width; their codes are projected to ``hidden`` after the chunk pool. That stage runs
+    once per ``chunk_size`` parameters and costs nearly all of SNE's FLOPs, so halving it quarters them.
     ``canonical_order``: encode every plain chain in canonical neuron order
     (:func:`sne.weights.canonicalize_hidden`: each hidden layer's neurons sorted by the norm of their
     parameters), so all functionally-equivalent permutations of a chain get the same code, and the
@@ -403,7 +403,7 @@ class SNEEncoder(Encoder):
         unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
         if unknown:
             raise SneError(f"unknown SNE option(s) {', '.join(unknown)} (known: {', '.join(DEFAULT_OPTIONS)})")
-        resolved = {**self.options_baseline({**options, "preset": preset}), **options}
+        resolved = {k: v for k, v in self.resolved_options({**options, "preset": preset}).items() if k != "preset"}
         _validate(resolved)
         super().__init__(architecture=architecture, **resolved)
         hidden, heads, depth, norm = resolved["hidden"], resolved["heads"], resolved["num_sab"], resolved["layer_norm"]

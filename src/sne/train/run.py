@@ -237,7 +237,7 @@ def check_train_config(config: TrainConfig) -> None:
         raise SneError(f"warm-up must be at least 0 and shorter than the {config.epochs} epochs, got {config.warmup_epochs:g}")
     batches = config.bn_recalibration
     if isinstance(batches, bool) or not isinstance(batches, int) or batches < 0:
-        raise SneError(f"bn_recalibration (batches) must be a non-negative integer, got {config.bn_recalibration!r}")
+        raise SneError(f"bn_recalibration (batches) must be a non-negative integer, got {batches!r}")
     if config.precision not in PRECISIONS:
         raise SneError(f"unknown precision '{config.precision}' (use {' or '.join(PRECISIONS)})")
     if config.precision == "bfloat16" and resolve_device(config.device).type != "cuda":
