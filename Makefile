@@ -48,8 +48,12 @@ lock:
 	rm -rf $(LOCK_VENV)
 	$(MAKE) install
 
+# One pytest worker per core (at most 4; each test file stays on one worker, so its module fixtures are
+# built once). TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Kill anywhere: SIGKILL zoo generation, training and import at SOAK_KILLS random moments each and
 # resume (minutes; not part of `make test`). SOAK_SEED chooses the moments.

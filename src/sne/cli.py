@@ -19,7 +19,8 @@ from sne.errors import SneError, one_line
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learn properties of neural networks from their weights.")
 zoo_app = typer.Typer(no_args_is_help=True, help="Build and inspect model zoos.")
 app.add_typer(zoo_app, name="zoo")
-console = Console(stderr=True)
+# soft_wrap: a path in a message stays on one line in a log (a wrapped path cannot be copied).
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _command_line() -> str:
