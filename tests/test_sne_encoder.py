@@ -436,6 +436,44 @@ def test_neuron_gains_are_log_norms_of_raw_weights_and_keep_sne_invariant():
     assert not SNEEncoder(preset="paper").options["use_neuron_gains"]
 
 
+def test_neuron_means_are_signed_means_of_standardised_weights_and_keep_sne_invariant():
+    """The mean column: a SIREN first-layer neuron's standardised w, with its sign, as the next
+    layer's source feature, and the mean of the standardised weights reading a neuron as its own
+    feature; it flips with the neuron under the odd-activation symmetry; SNE reading it stays exactly
+    invariant to hidden permutations."""
+    from sne.encoders.chunking import MEAN_COLUMN, own_neuron_features, source_neuron_features
+    from sne.weights import permute_hidden
+
+    g = torch.Generator().manual_seed(13)
+    net = mlp([1, 32, 32, 1], g, dtype=torch.float64)
+    first, hidden, last = (layer.weight for layer in net.layers)
+
+    def standardised(w):
+        return (w - w.mean()) / w.std(unbiased=False)
+
+    sources, owners = source_neuron_features(net), own_neuron_features(net)
+    torch.testing.assert_close(sources[1][:, MEAN_COLUMN], standardised(first)[:, 0])
+    torch.testing.assert_close(sources[2][:, MEAN_COLUMN], standardised(hidden).mean(1))
+    torch.testing.assert_close(owners[1][:, MEAN_COLUMN], standardised(last)[0])
+    torch.testing.assert_close(owners[0][:, MEAN_COLUMN], standardised(hidden).mean(0))
+    assert (owners[2][:, MEAN_COLUMN] == 0).all()  # the output layer has no reader
+
+    records = [mlp([1, 32, 32, 1], g, dtype=torch.float64) for _ in range(3)]
+    permuted = [permute_hidden(r, [torch.randperm(32, generator=g), torch.randperm(32, generator=g), None])
+                for r in records]
+    torch.manual_seed(0)
+    encoder = SNEEncoder(**SMALL, use_neuron_means=True).double().eval()
+    torch.testing.assert_close(encode(encoder, permuted), encode(encoder, records), atol=1e-9, rtol=0)
+    # Without gains the mean column is read alone beside the first three.
+    torch.manual_seed(0)
+    gainless = SNEEncoder(**SMALL, use_neuron_means=True, use_neuron_gains=False).double().eval()
+    assert gainless.element_embedding.source.in_features == 4
+    torch.testing.assert_close(encode(gainless, permuted), encode(gainless, records), atol=1e-9, rtol=0)
+    with pytest.raises(SneError, match="use_neuron_means"):
+        SNEEncoder(use_neuron_means=True, use_source_features=False, use_own_neuron_features=False)
+    assert not SNEEncoder(preset="paper").options["use_neuron_means"]
+
+
 def test_default_sne_is_exactly_invariant_to_hidden_permutations_and_the_paper_preset_is_not():
     """Default SNE encodes no neuron order (no chunk-index or row-slot encoding): a SIREN and a
     CNN encode alike under any permutation of their hidden neurons and channels, with every default

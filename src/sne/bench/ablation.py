@@ -107,6 +107,8 @@ def _components() -> list[AblationRow]:
                     "row-slot encodings", options={"source_code_rounds": 2, "use_chunk_index_encoding": False,
                                                    "use_row_slot_encoding": False}),
         AblationRow("no-neuron-gains", "ours: without neuron gains", options={"use_neuron_gains": False}),
+        AblationRow("neuron-means", "ours: with neuron means (signed means of standardised weights)",
+                    options={"use_neuron_means": True}),
         AblationRow("unordered-neuron-gains", "ours: with neuron gains (log norms of raw weights), without "
                     "chunk-index and row-slot encodings", options={"use_neuron_gains": True,
                                                                    "use_chunk_index_encoding": False,

@@ -99,6 +99,15 @@ one-input neuron) or of the raw weights that read it (own-neuron features). Norm
 of fan-in ``n`` at the usual ``1/sqrt(n)`` initialisation has norm ~1 whatever ``n``, so the
 column reads alike across widths. SNE reads it by default (``use_neuron_gains``).
 
+**Means.** The rms columns drop each weight's sign, and with it a neuron's direction: an odd
+activation (sine, tanh) makes ``(w, b, v)`` -> ``(-w, -b, -v)`` a symmetry (incoming weights, bias,
+weights reading the neuron), so a layer-2 weight ``v`` of a SIREN means one function beside a
+source whose ``|w|`` and ``b`` it is given and another beside ``(-w, -b)``: the rms features cannot
+tell them apart, while the phase of each first-layer sine depends on it. One more column after the
+gain, the signed mean of the neuron's standardised incoming weights (source features: ``w`` itself,
+standardised, for a one-input neuron) or of the standardised weights that read it (own-neuron
+features), flips with the neuron as its bias does (``use_neuron_means``).
+
 **Residual sums (optional).** Source and own-neuron features stop where a layer reads a sum, yet
 in a residual network that is most layers (in the first 400 test networks of the Wild Park zoo,
 28% of the residual networks' weights got source features, 1% own-neuron features). A residual
@@ -191,14 +200,17 @@ _TYPE_INDEX = {pair: index for index, pair in enumerate(CHUNK_TYPES)}
 RESIDUAL_TOKEN, CONCAT_TOKEN = 0, 1
 NUM_MERGE_TOKENS = 2
 #: Features of an incoming weight's source neuron: standardised bias, rms of standardised incoming
-#: weights, 1 where the source is known (see "Source neurons" above), and its log gain ("Gains").
-SOURCE_FEATURES = 4
+#: weights, 1 where the source is known (see "Source neurons" above), its log gain ("Gains"), and
+#: the signed mean of its standardised incoming weights ("Means").
+SOURCE_FEATURES = 5
 #: Features of the neuron a weight or bias belongs to: its standardised bias, the rms of the
 #: standardised weights that read it in the next layer, 1 where that layer is known (see "Own
-#: neurons"), and the log norm of those weights ("Gains").
-OWN_FEATURES = 4
+#: neurons"), the log norm of those weights ("Gains") and their signed mean ("Means").
+OWN_FEATURES = 5
 #: Columns of the source and own-neuron features before the gains (what encoders without gains read).
 NEURON_FEATURES_WITHOUT_GAINS = 3
+#: Where the gain and the mean sit among the neuron features.
+GAIN_COLUMN, MEAN_COLUMN = 3, 4
 #: Norms below it read as it in the log gains: a dead neuron's gain is finite.
 GAIN_FLOOR = 1e-4
 #: Features of a first-layer weight's input: its coordinate in [-1, 1], and 1 marking a first-layer
@@ -583,8 +595,8 @@ def source_neuron_features(record: NetworkRecord, through_sums: bool = False) ->
         layer = record.layers[source]
         (weight, *bias), raw = _plain_rows(layer, record.source)
         bias = bias[0].squeeze(1) if bias else weight.new_zeros(layer.out_features)
-        return torch.stack([bias, weight.square().mean(1).sqrt(), torch.ones_like(bias), _log_gain(raw.norm(dim=1))],
-                           dim=1)
+        return torch.stack([bias, weight.square().mean(1).sqrt(), torch.ones_like(bias), _log_gain(raw.norm(dim=1)),
+                            weight.mean(1)], dim=1)
 
     features: list[torch.Tensor | None] = []
     for index in range(len(record.layers)):
@@ -618,19 +630,21 @@ def own_neuron_features(record: NetworkRecord, through_sums: bool = False) -> li
             continue
         _, *bias = _standardised(layer, record.source)
         bias = bias[0].squeeze(1) if bias else torch.zeros(layer.out_features, dtype=torch.float64)
-        outgoing, known, gain = torch.zeros_like(bias), torch.zeros_like(bias), torch.zeros_like(bias)
+        outgoing, known, gain, mean = (torch.zeros_like(bias) for _ in range(4))
         mine = readers.get(index, [])
         if len(mine) == 1 or (through_sums and mine):
-            squares, raw_squares, count = torch.zeros_like(bias), torch.zeros_like(bias), 0
+            sums, squares, raw_squares, count = torch.zeros_like(bias), torch.zeros_like(bias), torch.zeros_like(bias), 0
             for reader, block in mine:
                 # The reader's columns of neuron i are i * block ... (i + 1) * block - 1 (all rows, all taps).
                 shape = (record.layers[reader].out_features, layer.out_features, block, -1)
                 (standardised, *_), raw = rows(reader)
                 columns = standardised.reshape(shape)
-                squares, count = squares + columns.square().sum(dim=(0, 2, 3)), count + columns[:, 0].numel()
+                sums, count = sums + columns.sum(dim=(0, 2, 3)), count + columns[:, 0].numel()
+                squares = squares + columns.square().sum(dim=(0, 2, 3))
                 raw_squares = raw_squares + raw.reshape(shape).square().sum(dim=(0, 2, 3))
             outgoing, known, gain = (squares / count).sqrt(), torch.ones_like(bias), _log_gain(raw_squares.sqrt())
-        features.append(torch.stack([bias, outgoing, known, gain], dim=1))
+            mean = sums / count
+        features.append(torch.stack([bias, outgoing, known, gain, mean], dim=1))
     return features
 
 

@@ -40,12 +40,12 @@ from sne.encoders.base import Architecture, Encoder, WeightBatch, batch_to, regi
 from sne.encoders.common import mean_std
 from sne.encoders.chunking import (
     CHAIN_KINDS,
+    GAIN_COLUMN,
     LEVEL_POSITION_OFFSET,
+    MEAN_COLUMN,
     NUM_CHUNK_TYPES,
     NEURON_FEATURES_WITHOUT_GAINS,
     NUM_MERGE_TOKENS,
-    OWN_FEATURES,
-    SOURCE_FEATURES,
     ChunkBatch,
     ChunkElements,
     ChunkPlan,
@@ -92,6 +92,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "use_shape_features": False,
     "use_residual_features": False,
     "use_neuron_gains": True,
+    "use_neuron_means": False,
 }
 
 #: Where layer levels count from (option ``level_origin``).
@@ -103,7 +104,7 @@ LEVEL_ORIGINS = ("input", "output")
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"part_window": None, "chunk_hidden": None, "standardize_layers": False, "batch_norm": False,
               "use_source_features": False, "use_own_neuron_features": False, "use_neuron_gains": False,
-              "use_chunk_index_encoding": True, "use_row_slot_encoding": True},
+              "use_neuron_means": False, "use_chunk_index_encoding": True, "use_row_slot_encoding": True},
 }
 
 #: Training settings of a preset (TrainConfig fields), under those the user sets: the paper trains
@@ -170,20 +171,21 @@ class ElementEmbedding(nn.Module):
     enter inside the non-linearity, so a weight is read together with the neuron it comes from;
     with ``input_positions`` so does a first-layer weight's input coordinate ``i``, encoded as tap
     coordinates are; with ``own`` the features ``o`` of the neuron the element belongs to. Both
-    neuron features include their gain column only with ``gains``.
+    neuron features include their gain column only with ``gains`` and their mean column only with
+    ``means``.
     """
 
     def __init__(self, hidden: int, sources: bool = False, input_positions: bool = False, own: bool = False,
-                 gains: bool = False) -> None:
+                 gains: bool = False, means: bool = False) -> None:
         super().__init__()
-        self.neuron_columns = slice(None) if gains else slice(NEURON_FEATURES_WITHOUT_GAINS)
+        columns = [*range(NEURON_FEATURES_WITHOUT_GAINS), *[GAIN_COLUMN] * gains, *[MEAN_COLUMN] * means]
+        # A slice where the columns are the first ones (no copy); the gainless mean column needs a list.
+        self.neuron_columns = slice(len(columns)) if columns == list(range(len(columns))) else columns
         self.value = nn.Linear(1, hidden, bias=False)
         self.coordinate = nn.Linear(MAX_KERNEL_DIMS * 2 * TAP_FREQUENCIES, hidden)
-        self.source = nn.Linear(SOURCE_FEATURES if gains else NEURON_FEATURES_WITHOUT_GAINS, hidden,
-                                bias=False) if sources else None
+        self.source = nn.Linear(len(columns), hidden, bias=False) if sources else None
         self.input = nn.Linear(2 * TAP_FREQUENCIES + 1, hidden, bias=False) if input_positions else None
-        self.own = nn.Linear(OWN_FEATURES if gains else NEURON_FEATURES_WITHOUT_GAINS, hidden,
-                             bias=False) if own else None
+        self.own = nn.Linear(len(columns), hidden, bias=False) if own else None
         self.out = nn.Linear(hidden, hidden)
 
     def forward(
@@ -364,6 +366,9 @@ class SNEEncoder(Encoder):
     ``use_neuron_gains`` (on by default, where either neuron feature is): source and own-neuron
     features also carry the log norm of the neuron's raw weights (:mod:`sne.encoders.chunking`,
     "Gains"), the scale that standardising each part removes (a SIREN neuron's frequency).
+    ``use_neuron_means`` (off by default, where either neuron feature is): they also carry the signed
+    mean of the neuron's standardised weights (:mod:`sne.encoders.chunking`, "Means"), the sign that
+    rms features drop (a SIREN neuron's phase).
     ``preset``: a name in :data:`PRESETS` whose options apply under those given (``preset=paper``).
     """
 
@@ -374,7 +379,7 @@ class SNEEncoder(Encoder):
     default_train_options = {"permutation_augment": True, "bn_recalibration": 16}
     defaults_of_older_configs = {"chunk_hidden": None, "use_source_features": False, "use_own_neuron_features": False,
                                  "use_chunk_index_encoding": True, "use_row_slot_encoding": True,
-                                 "use_neuron_gains": False}
+                                 "use_neuron_gains": False, "use_neuron_means": False}
 
     @classmethod
     def train_defaults(cls, options: dict[str, Any]) -> dict[str, Any]:
@@ -387,13 +392,13 @@ class SNEEncoder(Encoder):
         what it changes from the paper. The chunk stage is never wider than a smaller ``hidden``
         given: its codes are projected to ``hidden``, and at a fixed head width a wider stage only
         adds heads (hidden 8 with the default 32 ran 16 heads of width 2, 2.5x the time). Neuron
-        gains are off where both neuron features are (they are columns of those)."""
+        gains and means are off where both neuron features are (they are columns of those)."""
         baseline = {**DEFAULT_OPTIONS, **PRESETS.get(options.get("preset"), {})}
         hidden, chunk = options.get("hidden", baseline["hidden"]), baseline["chunk_hidden"]
         if chunk is not None and isinstance(hidden, int) and 0 < hidden < chunk:
             baseline["chunk_hidden"] = hidden
         if not any(options.get(name, baseline[name]) for name in ("use_source_features", "use_own_neuron_features")):
-            baseline["use_neuron_gains"] = False
+            baseline["use_neuron_gains"] = baseline["use_neuron_means"] = False
         return baseline
 
     def __init__(self, *, architecture: Architecture | None = None, **options: Any) -> None:
@@ -416,6 +421,7 @@ class SNEEncoder(Encoder):
         self.element_embedding = ElementEmbedding(
             chunk, sources=resolved["use_source_features"], input_positions=resolved["use_input_positions"],
             own=resolved["use_own_neuron_features"], gains=resolved["use_neuron_gains"],
+            means=resolved["use_neuron_means"],
         )
         self.part_scale = nn.Linear(2, chunk) if resolved["standardize_layers"] else None
         # Statistics of part_stats per (level, chunk type) over the training networks: differences
@@ -887,6 +893,7 @@ def _validate(options: dict[str, Any]) -> None:
             value, bool
         ):
             raise SneError(f"SNE option {name} must be true or false, got {value!r}")
-    if options["use_neuron_gains"] and not (options["use_source_features"] or options["use_own_neuron_features"]):
-        raise SneError("SNE option use_neuron_gains adds to the neuron features: it needs use_source_features "
-                       "or use_own_neuron_features")
+    for name in ("use_neuron_gains", "use_neuron_means"):
+        if options[name] and not (options["use_source_features"] or options["use_own_neuron_features"]):
+            raise SneError(f"SNE option {name} adds to the neuron features: it needs use_source_features "
+                           "or use_own_neuron_features")
