@@ -817,3 +817,22 @@ def test_the_chunk_stage_is_never_wider_than_a_smaller_hidden_by_default():
     assert options_apart_from_defaults(row) == {"hidden": 16}
     # Also where the options given are not recorded (the defaults follow what the row was built with).
     assert options_apart_from_defaults({**row, "encoder_options_given": {}}) == {"hidden": 16}
+
+
+def test_chunk_sab_sets_the_chunk_stage_depth_alone():
+    from sne.weights import permute_hidden
+
+    deeper = {**SMALL, "num_sab": 2}
+    encoder = SNEEncoder(**deeper, chunk_sab=1)
+    assert len(encoder.chunk_stack_1.blocks) == len(encoder.chunk_stack_2.blocks) == 1
+    assert len(encoder.network_stack.blocks) == len(encoder.part_stack.blocks) == 2
+    assert len(SNEEncoder(**deeper).chunk_stack_1.blocks) == 2  # None: num_sab
+    g = torch.Generator().manual_seed(14)
+    records = [mlp([1, 32, 32, 1], g, dtype=torch.float64) for _ in range(2)]
+    permuted = [permute_hidden(r, [torch.randperm(32, generator=g), torch.randperm(32, generator=g), None])
+                for r in records]
+    encoder = encoder.double().eval()
+    torch.testing.assert_close(encode(encoder, permuted), encode(encoder, records), atol=1e-9, rtol=0)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(SneError, match="chunk_sab"):
+            SNEEncoder(chunk_sab=bad)

@@ -69,6 +69,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "hidden": 64,
     "heads": 4,
     "num_sab": 2,
+    "chunk_sab": None,
     "out_dim": 32,
     "layer_norm": False,
     "use_type_encoding": True,
@@ -338,6 +339,8 @@ class SNEEncoder(Encoder):
     ``hidden`` where that is smaller; ``None``: ``hidden``, the paper's), with heads of the other
     stages' width; their codes are projected to ``hidden`` after the chunk pool. That stage runs
     once per ``chunk_size`` parameters and costs nearly all of SNE's FLOPs, so halving it quarters them.
+    ``chunk_sab``: SABs in each of the chunk stage's two set-to-set steps (``None``: ``num_sab``, the
+    paper's); the other cost knob of that stage, linear in it.
     ``canonical_order``: encode every plain chain in canonical neuron order
     (:func:`sne.weights.canonicalize_hidden`: each hidden layer's neurons sorted by the norm of their
     parameters), so all functionally-equivalent permutations of a chain get the same code, and the
@@ -431,8 +434,9 @@ class SNEEncoder(Encoder):
         self.register_buffer("stats_std", torch.ones(MAX_NORMALIZED_LEVELS, NUM_CHUNK_TYPES, 2))
         # Heads of the same width as elsewhere: attention over 32 elements costs per head, not per width.
         chunk_heads = chunk_heads_for(resolved)
-        self.chunk_stack_1 = SetStack(chunk, chunk_heads, depth, norm, sets)
-        self.chunk_stack_2 = SetStack(chunk, chunk_heads, depth, norm, sets)
+        chunk_depth = depth if resolved["chunk_sab"] is None else resolved["chunk_sab"]
+        self.chunk_stack_1 = SetStack(chunk, chunk_heads, chunk_depth, norm, sets)
+        self.chunk_stack_2 = SetStack(chunk, chunk_heads, chunk_depth, norm, sets)
         self.chunk_pool = SetPool(chunk, chunk_heads, norm, sets, resolved["batch_norm"])
         # Absent at the paper's width, so its checkpoints keep their keys.
         self.chunk_out = nn.Linear(chunk, hidden) if chunk != hidden else None
@@ -875,7 +879,9 @@ def _validate(options: dict[str, Any]) -> None:
 
     for name in ("chunk_size", "hidden", "heads", "out_dim"):
         positive_int(name)
-    for name in ("num_sab", "source_code_rounds"):
+    for name in ("num_sab", "source_code_rounds", "chunk_sab"):
+        if name == "chunk_sab" and options[name] is None:
+            continue
         if isinstance(options[name], bool) or not isinstance(options[name], int) or options[name] < 0:
             raise SneError(f"SNE option {name} must be a non-negative integer, got {options[name]!r}")
     if options["hidden"] % options["heads"]:
