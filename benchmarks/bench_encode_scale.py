@@ -85,7 +85,7 @@ def encode_once(config: str, size: str, threads: int) -> dict:
     label, name, options = parse_config(config)
     record = mlp_record(MLP_WIDTHS[size]) if size in MLP_WIDTHS else architecture_record(size)
     entry = {"config": label, "encoder": name, "options_given": options, "size": size,
-             "network_parameters": record.num_parameters}
+             "network_parameters": record.num_parameters, "cpu": cpu_model()}
     try:
         encoder = build_encoder(name, architecture=record.architecture, **options).eval()
         entry["options_resolved"] = dict(encoder.options)
@@ -142,7 +142,7 @@ def main() -> None:
                 except multiprocessing.TimeoutError:
                     label, name, options = parse_config(config)
                     row = {"config": label, "encoder": name, "options_given": options, "size": size,
-                           "stopped": f"more than {args.timeout:.0f} s"}
+                           "cpu": cpu_model(), "stopped": f"more than {args.timeout:.0f} s"}
                     pool.terminate()
             rows.append({**row, "load_average_1min_before": load})
             stopped = row.get("stopped") or stopped
@@ -152,12 +152,14 @@ def main() -> None:
     commands = ["python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])]
     if args.keep_other_configs and args.out.exists():
         earlier = json.loads(args.out.read_text())
-        rows = merged_rows(earlier["rows"], rows)
+        # Rows kept from an earlier file were measured on its CPU (files before rows said theirs).
+        rows = merged_rows([{"cpu": earlier["cpu"], **row} for row in earlier["rows"]], rows)
         commands = [*earlier.get("commands", [earlier["command"]]), *commands]
+    cpus = list(dict.fromkeys(row["cpu"] for row in rows))
     report = {
         "benchmark": "encode_scale",
         "device": "cpu",
-        "cpu": cpu_model(),
+        "cpu": cpus[0] if len(cpus) == 1 else "; ".join(cpus),
         "torch": torch.__version__,
         "threads": args.threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),

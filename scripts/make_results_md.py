@@ -470,15 +470,17 @@ def encode_scale_section(path: Path, data: dict) -> list[str]:
         f"Method: {data['method']}. A configuration stops at its first size that fails or takes more than "
         f"{data['timeout_s']:.0f} s.",
         "",
-        "| configuration | options changed | network | parameters | seconds | peak memory growth (MB) | stopped | load (1 min) before |",
-        "|---|---|---|---|---|---|---|---|",
+        "| configuration | options changed | network | parameters | seconds | peak memory growth (MB) | stopped | load (1 min) before | CPU |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     seconds = {}
     for r in data["rows"]:
         given = r.get("options_given")
+        # Rows of files written before rows named their CPU were all measured on the file's.
         lines.append(f"| {r['config']} | `{json.dumps(given) if given else '{}'}` | {r['size']} | "
                      f"{format(r['network_parameters'], ',') if 'network_parameters' in r else 'n/a'} | {_fmt(r.get('seconds'))} | "
-                     f"{_fmt(r.get('peak_growth_mb'))} | {r.get('stopped', '')} | {_fmt(r.get('load_average_1min_before'))} |")
+                     f"{_fmt(r.get('peak_growth_mb'))} | {r.get('stopped', '')} | {_fmt(r.get('load_average_1min_before'))} | "
+                     f"{r.get('cpu', data['cpu'])} |")
         if "seconds" in r:
             seconds[r["config"], r["size"]] = r["seconds"]
     ratios = [f"{config}: {_fmt(seconds[config, '1e7'] / seconds[config, '1e6'])}"
@@ -491,7 +493,8 @@ def encode_scale_section(path: Path, data: dict) -> list[str]:
         "What the configurations are. `sne` is SNE's defaults: a layer part's chunk codes pooled in windows",
         "of `part_window` (64) chunks, level by level, the element and chunk stages (nearly all of SNE's",
         "FLOPs) at width `chunk_hidden` 32, source- and own-neuron features for every weight, and no",
-        "encoding of neuron order. `sne-previous-default` is the earlier default: the chunk stage at full width",
+        "encoding of neuron order, as SNE resolved its defaults when the row was measured. Times compare",
+        "only between rows of one CPU (the CPU column). `sne-previous-default` is the earlier default: the chunk stage at full width",
         "(`chunk_hidden=null`), no neuron features, neuron order encoded (chunk index and row slot), as",
         "`SNEEncoder.defaults_of_older_configs` gives it. `sne-first-release` is that with the paper's part stage, one set per part",
         "(`part_window=null`), whose attention grows with the square of a layer's size. Where no part has more",
