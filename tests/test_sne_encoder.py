@@ -60,6 +60,15 @@ def mixed_records(dtype=torch.float32) -> list[NetworkRecord]:
     ]
 
 
+def sirens_and_their_permutations(g: torch.Generator, n: int) -> tuple[list[NetworkRecord], list[NetworkRecord]]:
+    """``n`` float64 MLPs 1 -> 32 -> 32 -> 1 and a random hidden-neuron permutation of each."""
+    from sne.weights import permute_hidden
+
+    records = [mlp([1, 32, 32, 1], g, dtype=torch.float64) for _ in range(n)]
+    return records, [permute_hidden(r, [torch.randperm(32, generator=g), torch.randperm(32, generator=g), None])
+                     for r in records]
+
+
 def encode(encoder: SNEEncoder, records: list[NetworkRecord]) -> torch.Tensor:
     """Codes in eval mode: batch normalisation then uses running statistics, so a network's code
     does not depend on the rest of its batch."""
@@ -384,12 +393,8 @@ def test_own_neuron_features_say_how_much_the_next_layer_reads_a_neuron_and_move
 
 
 def test_own_neuron_features_keep_sne_invariant_to_hidden_permutations():
-    from sne.weights import permute_hidden
-
     g = torch.Generator().manual_seed(6)
-    records = [mlp([1, 32, 32, 1], g, dtype=torch.float64) for _ in range(3)]
-    permuted = [permute_hidden(r, [torch.randperm(32, generator=g), torch.randperm(32, generator=g), None])
-                for r in records]
+    records, permuted = sirens_and_their_permutations(g, 3)
     unordered = dict(use_chunk_index_encoding=False, use_row_slot_encoding=False)
     torch.manual_seed(0)
     # Source features see the rewiring below too (they move with the inputs read): off.
@@ -410,8 +415,6 @@ def test_neuron_gains_are_log_norms_of_raw_weights_and_keep_sne_invariant():
     norm of the raw weights reading a neuron as its own feature; SNE reading them stays exactly
     invariant to hidden permutations."""
     from sne.encoders.chunking import GAIN_FLOOR, own_neuron_features, source_neuron_features
-    from sne.weights import permute_hidden
-
     g = torch.Generator().manual_seed(12)
     net = mlp([1, 32, 32, 1], g, dtype=torch.float64)
     first, hidden, last = (layer.weight for layer in net.layers)
@@ -422,9 +425,7 @@ def test_neuron_gains_are_log_norms_of_raw_weights_and_keep_sne_invariant():
     torch.testing.assert_close(owners[0][:, 3], hidden.norm(dim=0).log())
     assert (owners[2][:, 3] == 0).all()  # the output layer has no reader
 
-    records = [mlp([1, 32, 32, 1], g, dtype=torch.float64) for _ in range(3)]
-    permuted = [permute_hidden(r, [torch.randperm(32, generator=g), torch.randperm(32, generator=g), None])
-                for r in records]
+    records, permuted = sirens_and_their_permutations(g, 3)
     torch.manual_seed(0)
     encoder = SNEEncoder(**SMALL, use_neuron_gains=True).double().eval()
     torch.testing.assert_close(encode(encoder, permuted), encode(encoder, records), atol=1e-9, rtol=0)
@@ -442,8 +443,6 @@ def test_neuron_means_are_signed_means_of_standardised_weights_and_keep_sne_inva
     feature; it flips with the neuron under the odd-activation symmetry; SNE reading it stays exactly
     invariant to hidden permutations."""
     from sne.encoders.chunking import MEAN_COLUMN, own_neuron_features, source_neuron_features
-    from sne.weights import permute_hidden
-
     g = torch.Generator().manual_seed(13)
     net = mlp([1, 32, 32, 1], g, dtype=torch.float64)
     first, hidden, last = (layer.weight for layer in net.layers)
@@ -458,9 +457,7 @@ def test_neuron_means_are_signed_means_of_standardised_weights_and_keep_sne_inva
     torch.testing.assert_close(owners[0][:, MEAN_COLUMN], standardised(hidden).mean(0))
     assert (owners[2][:, MEAN_COLUMN] == 0).all()  # the output layer has no reader
 
-    records = [mlp([1, 32, 32, 1], g, dtype=torch.float64) for _ in range(3)]
-    permuted = [permute_hidden(r, [torch.randperm(32, generator=g), torch.randperm(32, generator=g), None])
-                for r in records]
+    records, permuted = sirens_and_their_permutations(g, 3)
     torch.manual_seed(0)
     encoder = SNEEncoder(**SMALL, use_neuron_means=True).double().eval()
     torch.testing.assert_close(encode(encoder, permuted), encode(encoder, records), atol=1e-9, rtol=0)
@@ -820,17 +817,13 @@ def test_the_chunk_stage_is_never_wider_than_a_smaller_hidden_by_default():
 
 
 def test_chunk_sab_sets_the_chunk_stage_depth_alone():
-    from sne.weights import permute_hidden
-
     deeper = {**SMALL, "num_sab": 2}
     encoder = SNEEncoder(**deeper, chunk_sab=1)
     assert len(encoder.chunk_stack_1.blocks) == len(encoder.chunk_stack_2.blocks) == 1
     assert len(encoder.network_stack.blocks) == len(encoder.part_stack.blocks) == 2
     assert len(SNEEncoder(**deeper).chunk_stack_1.blocks) == 2  # None: num_sab
     g = torch.Generator().manual_seed(14)
-    records = [mlp([1, 32, 32, 1], g, dtype=torch.float64) for _ in range(2)]
-    permuted = [permute_hidden(r, [torch.randperm(32, generator=g), torch.randperm(32, generator=g), None])
-                for r in records]
+    records, permuted = sirens_and_their_permutations(g, 2)
     encoder = encoder.double().eval()
     torch.testing.assert_close(encode(encoder, permuted), encode(encoder, records), atol=1e-9, rtol=0)
     for bad in (-1, 1.5, True):
