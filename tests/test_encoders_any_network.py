@@ -344,7 +344,7 @@ class ResidualStream(torch.nn.Module):
 
 
 def test_residual_features_follow_the_stream_and_keep_invariance():
-    from sne.encoders.chunking import _standardised, own_neuron_features, source_neuron_features
+    from sne.encoders.chunking import RecordParts, own_neuron_features, source_neuron_features
 
     torch.manual_seed(0)
     record = record_from_module(ResidualStream(), torch.randn(1, 1, 6, 6), source="stream").to(torch.float64)
@@ -354,17 +354,19 @@ def test_residual_features_follow_the_stream_and_keep_invariance():
     assert [f is None for f in summed] == [True, False, False, False]
     torch.testing.assert_close(summed[1], plain[1], rtol=0, atol=0)
     # The head's input channel j: the mean over the three writers of (bias, rms of incoming weights,
-    # 1, log norm of raw incoming weights).
+    # 1, log norm of raw incoming weights, mean of incoming weights).
+    memo = RecordParts(record)
     writers = []
-    for layer in record.layers[:3]:
-        weight, bias = _standardised(layer, "stream")
+    for index, layer in enumerate(record.layers[:3]):
+        weight, bias = memo.rows(index)[0]
         ones = torch.ones(4, dtype=torch.float64)
         gain = layer.weight.reshape(4, -1).norm(dim=1).log()
-        writers.append(torch.stack([bias.squeeze(1), weight.square().mean(1).sqrt(), ones, gain], 1))
+        writers.append(torch.stack([bias.squeeze(1), weight.square().mean(1).sqrt(), ones, gain, weight.mean(1)], 1))
     torch.testing.assert_close(summed[3], torch.stack(writers).mean(0), rtol=0, atol=1e-12)
     # The first convolution is read by every later layer: the rms runs over all their columns.
     own = own_neuron_features(record, through_sums=True)
-    readers = [_standardised(layer, "stream")[0].reshape(layer.out_features, 4, -1) for layer in record.layers[1:]]
+    readers = [memo.rows(index)[0][0].reshape(layer.out_features, 4, -1)
+               for index, layer in enumerate(record.layers) if index > 0]
     squares = sum(columns.square().sum(dim=(0, 2)) for columns in readers)
     count = sum(columns[:, 0].numel() for columns in readers)
     torch.testing.assert_close(own[0][:, 1], (squares / count).sqrt(), rtol=0, atol=1e-12)

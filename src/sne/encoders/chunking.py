@@ -585,15 +585,18 @@ def reads_network_input(record: NetworkRecord, index: int) -> bool:
     return all(piece.sources == (-1,) for piece in layer.inputs)
 
 
-def source_neuron_features(record: NetworkRecord, through_sums: bool = False) -> list[torch.Tensor | None]:
+def source_neuron_features(record: NetworkRecord, through_sums: bool = False,
+                           memo: RecordParts | None = None) -> list[torch.Tensor | None]:
     """Per layer, ``(in_features, SOURCE_FEATURES)``: the features of the neuron each input of the
     layer comes from (a flattened channel feeds a block of inputs), or ``None`` where unknown: given
     for a linear or convolution layer reading exactly one such layer, and with ``through_sums`` a
     sum of such layers, whose neurons' features are averaged (module docstring, "Residual sums")."""
+    memo = memo or RecordParts(record)
+
     @lru_cache(maxsize=None)  # a residual stream's writers are read by every later layer: describe each once
     def neurons(source: int) -> torch.Tensor:
         layer = record.layers[source]
-        (weight, *bias), raw = _plain_rows(layer, record.source)
+        (weight, *bias), raw = memo.rows(source)
         bias = bias[0].squeeze(1) if bias else weight.new_zeros(layer.out_features)
         return torch.stack([bias, weight.square().mean(1).sqrt(), torch.ones_like(bias), _log_gain(raw.norm(dim=1)),
                             weight.mean(1)], dim=1)
@@ -609,7 +612,8 @@ def source_neuron_features(record: NetworkRecord, through_sums: bool = False) ->
     return features
 
 
-def own_neuron_features(record: NetworkRecord, through_sums: bool = False) -> list[torch.Tensor | None]:
+def own_neuron_features(record: NetworkRecord, through_sums: bool = False,
+                        memo: RecordParts | None = None) -> list[torch.Tensor | None]:
     """Per layer, ``(out_features, OWN_FEATURES)`` for a plain linear or convolution layer (else
     ``None``): each output neuron's standardised bias, the rms of the standardised weights that read
     it where exactly one layer does (as source features define reading), and 1 there; 0 and 0 where
@@ -621,14 +625,13 @@ def own_neuron_features(record: NetworkRecord, through_sums: bool = False) -> li
         if link is not None:
             for source in link[0]:
                 readers.setdefault(source, []).append((index, link[1]))
-    # A layer reading a residual stream reads every writer of it: standardise each reader once.
-    rows = lru_cache(maxsize=None)(lambda reader: _plain_rows(record.layers[reader], record.source))
+    memo = memo or RecordParts(record)
     features: list[torch.Tensor | None] = []
     for index, layer in enumerate(record.layers):
         if not _plain_dense(layer):
             features.append(None)
             continue
-        _, *bias = _standardised(layer, record.source)
+        _, *bias = memo.rows(index)[0]
         bias = bias[0].squeeze(1) if bias else torch.zeros(layer.out_features, dtype=torch.float64)
         outgoing, known, gain, mean = (torch.zeros_like(bias) for _ in range(4))
         mine = readers.get(index, [])
@@ -637,7 +640,7 @@ def own_neuron_features(record: NetworkRecord, through_sums: bool = False) -> li
             for reader, block in mine:
                 # The reader's columns of neuron i are i * block ... (i + 1) * block - 1 (all rows, all taps).
                 shape = (record.layers[reader].out_features, layer.out_features, block, -1)
-                (standardised, *_), raw = rows(reader)
+                (standardised, *_), raw = memo.rows(reader)
                 columns = standardised.reshape(shape)
                 sums, count = sums + columns.sum(dim=(0, 2, 3)), count + columns[:, 0].numel()
                 squares = squares + columns.square().sum(dim=(0, 2, 3))
@@ -653,18 +656,24 @@ def _log_gain(norm: torch.Tensor) -> torch.Tensor:
     return norm.clamp_min(GAIN_FLOOR).log()
 
 
-def _standardised(layer: Layer, source: str) -> list[torch.Tensor]:
-    """A plain layer's parts standardised as the chunks standardise them (layer_parts: each part's
-    own mean and std), each ``(out_features, -1)``: weight, then bias."""
-    return _plain_rows(layer, source)[0]
+class RecordParts:
+    """The parts of a record's layers (:func:`layer_parts`), each layer's made once however many
+    readers, writers and chunk layouts ask for them; ``rows(index)``: a plain layer's parts
+    standardised as the chunks standardise them (each part's own mean and std), weight then bias,
+    and its weight as chunked but not standardised, all ``(out_features, -1)`` in float64."""
 
+    def __init__(self, record: NetworkRecord) -> None:
+        self.record = record
+        self.parts = lru_cache(maxsize=None)(self._parts)
+        self.rows = lru_cache(maxsize=None)(self._rows)
 
-def _plain_rows(layer: Layer, source: str) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """A plain layer's parts standardised as in :func:`_standardised`, and its weight as chunked but
-    not standardised, all ``(out_features, -1)`` in float64: the parts are made once for both."""
-    parts = layer_parts(layer, source)
-    standardised = [((part.taps.double() - part.mean) / part.std).reshape(layer.out_features, -1) for part in parts]
-    return standardised, parts[0].taps.double().reshape(layer.out_features, -1)
+    def _parts(self, index: int) -> list[LayerPart]:
+        return layer_parts(self.record.layers[index], self.record.source)
+
+    def _rows(self, index: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        out, parts = self.record.layers[index].out_features, self.parts(index)
+        standardised = [((part.taps.double() - part.mean) / part.std).reshape(out, -1) for part in parts]
+        return standardised, parts[0].taps.double().reshape(out, -1)
 
 
 def neuron_ids(record: NetworkRecord, first: int) -> tuple[list[int], list[torch.Tensor | None]]:
@@ -829,8 +838,9 @@ def plan_chunks(
     num_chunks = num_neurons = 0
     for network, record in enumerate(records):
         none = [None] * len(record.layers)
-        sources = source_neuron_features(record, through_sums) if source_features else none
-        owners = own_neuron_features(record, through_sums) if own_features else none
+        memo = RecordParts(record)
+        sources = source_neuron_features(record, through_sums, memo) if source_features else none
+        owners = own_neuron_features(record, through_sums, memo) if own_features else none
         if neuron_links:
             first_neurons, source_ids = neuron_ids(record, num_neurons)
             num_neurons += sum(layer.out_features for layer in record.layers if _plain_dense(layer))
@@ -838,7 +848,7 @@ def plan_chunks(
             first_neurons, source_ids = [-1] * len(record.layers), [None] * len(record.layers)
         first_layer = len(layer_level)
         for index, (layer, layer_sources) in enumerate(zip(record.layers, sources)):
-            parts = layer_parts(layer, record.source)
+            parts = memo.parts(index)
             if not parts:
                 continue
             reads_input = input_positions and _plain_dense(layer) and reads_network_input(record, index)
