@@ -106,7 +106,8 @@ source whose ``|w|`` and ``b`` it is given and another beside ``(-w, -b)``: the 
 tell them apart, while the phase of each first-layer sine depends on it. One more column after the
 gain, the signed mean of the neuron's standardised incoming weights (source features: ``w`` itself,
 standardised, for a one-input neuron) or of the standardised weights that read it (own-neuron
-features), flips with the neuron as its bias does (``use_neuron_means``).
+features), flips with the neuron as its bias does (``use_neuron_means``). Off by default: on the
+INR table it changed nothing beyond seed noise (docs/RESULTS.md, row ``neuron-means``).
 
 **Residual sums (optional).** Source and own-neuron features stop where a layer reads a sum, yet
 in a residual network that is most layers (in the first 400 test networks of the Wild Park zoo,

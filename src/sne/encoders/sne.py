@@ -369,9 +369,9 @@ class SNEEncoder(Encoder):
     ``use_neuron_gains`` (on by default, where either neuron feature is): source and own-neuron
     features also carry the log norm of the neuron's raw weights (:mod:`sne.encoders.chunking`,
     "Gains"), the scale that standardising each part removes (a SIREN neuron's frequency).
-    ``use_neuron_means`` (off by default, where either neuron feature is): they also carry the signed
-    mean of the neuron's standardised weights (:mod:`sne.encoders.chunking`, "Means"), the sign that
-    rms features drop (a SIREN neuron's phase).
+    ``use_neuron_means`` (off by default; needs a neuron feature): they also carry the signed mean of
+    the neuron's standardised weights (:mod:`sne.encoders.chunking`, "Means"), the sign that rms
+    features drop (a SIREN neuron's phase).
     ``preset``: a name in :data:`PRESETS` whose options apply under those given (``preset=paper``).
     """
 
@@ -382,7 +382,7 @@ class SNEEncoder(Encoder):
     default_train_options = {"permutation_augment": True, "bn_recalibration": 16}
     defaults_of_older_configs = {"chunk_hidden": None, "use_source_features": False, "use_own_neuron_features": False,
                                  "use_chunk_index_encoding": True, "use_row_slot_encoding": True,
-                                 "use_neuron_gains": False, "use_neuron_means": False}
+                                 "use_neuron_gains": False}
 
     @classmethod
     def train_defaults(cls, options: dict[str, Any]) -> dict[str, Any]:
