@@ -105,7 +105,7 @@ LEVEL_ORIGINS = ("input", "output")
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"part_window": None, "chunk_hidden": None, "standardize_layers": False, "batch_norm": False,
               "use_source_features": False, "use_own_neuron_features": False, "use_neuron_gains": False,
-              "use_neuron_means": False, "use_chunk_index_encoding": True, "use_row_slot_encoding": True},
+              "use_chunk_index_encoding": True, "use_row_slot_encoding": True},
 }
 
 #: Training settings of a preset (TrainConfig fields), under those the user sets: the paper trains
@@ -395,13 +395,13 @@ class SNEEncoder(Encoder):
         what it changes from the paper. The chunk stage is never wider than a smaller ``hidden``
         given: its codes are projected to ``hidden``, and at a fixed head width a wider stage only
         adds heads (hidden 8 with the default 32 ran 16 heads of width 2, 2.5x the time). Neuron
-        gains and means are off where both neuron features are (they are columns of those)."""
+        gains are off where both neuron features are (they are columns of those)."""
         baseline = {**DEFAULT_OPTIONS, **PRESETS.get(options.get("preset"), {})}
         hidden, chunk = options.get("hidden", baseline["hidden"]), baseline["chunk_hidden"]
         if chunk is not None and isinstance(hidden, int) and 0 < hidden < chunk:
             baseline["chunk_hidden"] = hidden
         if not any(options.get(name, baseline[name]) for name in ("use_source_features", "use_own_neuron_features")):
-            baseline["use_neuron_gains"] = baseline["use_neuron_means"] = False
+            baseline["use_neuron_gains"] = False
         return baseline
 
     def __init__(self, *, architecture: Architecture | None = None, **options: Any) -> None:
