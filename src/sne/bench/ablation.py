@@ -101,6 +101,8 @@ def _components() -> list[AblationRow]:
                     options={"use_own_neuron_features": False}),
         AblationRow("full-width-chunks", "ours: chunk stage at the full width (chunk_hidden=null)",
                     options={"chunk_hidden": None}),
+        AblationRow("full-width-chunk-sab-1", "ours: chunk stage at the full width with one SAB in each set-to-set step "
+                    "(chunk_hidden=null, chunk_sab=1)", options={"chunk_hidden": None, "chunk_sab": 1}),
         AblationRow("canonical-order", "ours: with canonical neuron order", options={"canonical_order": True}),
         AblationRow("source-codes", "ours: with learned source codes (2 rounds)", options={"source_code_rounds": 2}),
         AblationRow("unordered-source-codes", "ours: with learned source codes (2 rounds), without chunk-index and "
