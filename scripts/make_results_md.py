@@ -684,7 +684,7 @@ def _transfer_ordering_lines(data: dict, numbers: dict) -> list[str]:
     there = " > ".join(f"{n} {_fmt(published[n])}" for n in check["encoders"])
     inverted = ", ".join(f"{a} over {b}" for a, b in check["discordant"])
     verdict = ("the published ordering holds" if not inverted
-               else f"ordered the other way round here: {inverted}, as published")
+               else f"reversed here, where the published table has {inverted}")
     return [f"Ordering check over the encoders both tables have (at their defaults apart from "
             f"{', '.join(f'`{o}`' for o in sorted(READING_OPTIONS))}; mean over seeds): here {here}; published "
             f"{there}: {verdict}.", ""]

@@ -160,4 +160,4 @@ def test_a_study_with_published_numbers_checks_their_ordering(zoos, tmp_path, ca
     if ours["statnn"] > ours["mlp"]:
         assert line.endswith("the published ordering holds.")
     else:
-        assert line.endswith("ordered the other way round here: statnn over mlp, as published.")
+        assert line.endswith("reversed here, where the published table has statnn over mlp.")
