@@ -829,3 +829,31 @@ def test_chunk_sab_sets_the_chunk_stage_depth_alone():
     for bad in (-1, 1.5, True):
         with pytest.raises(SneError, match="chunk_sab"):
             SNEEncoder(chunk_sab=bad)
+
+
+def test_a_narrow_chunk_stage_is_projected_to_hidden_without_shrinking_its_codes():
+    torch.manual_seed(3)
+    scaled = SNEEncoder(chunk_hidden=32, hidden=64)
+    torch.manual_seed(3)
+    plain = SNEEncoder(chunk_hidden=32, hidden=64, preserve_chunk_scale=False)
+    # Rescaled, not redrawn: every other parameter starts as it would without the option.
+    for (name, a), (_, b) in zip(scaled.named_parameters(), plain.named_parameters()):
+        if not name.startswith("chunk_out."):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(scaled.chunk_out.weight, plain.chunk_out.weight * 3**0.5)
+    assert not scaled.chunk_out.bias.any()
+    # Batch-normalised chunk codes (unit variance) leave the projection with unit variance, not a third.
+    codes = torch.randn(20000, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert 0.8 < scaled.chunk_out(codes).var(0).mean() < 1.25
+        assert 0.2 < plain.chunk_out(codes).var(0).mean() < 0.45
+    # A row built before the option existed reads it off at width 32, and not at full width, where
+    # there is no projection to initialise.
+    for width, expected in ((32, [False]), (None, [])):
+        resolved = dict(SNEEncoder(chunk_hidden=width).options)
+        del resolved["preserve_chunk_scale"]
+        row = {"encoder": "sne", "encoder_options_given": {"chunk_hidden": width}, "encoder_options_resolved": resolved}
+        assert [v for k, v in options_apart_from_defaults(row).items() if k == "preserve_chunk_scale"] == expected
+    assert SNEEncoder(chunk_hidden=None).chunk_out is None
+    with pytest.raises(SneError, match="preserve_chunk_scale"):
+        SNEEncoder(preserve_chunk_scale=1)

@@ -94,6 +94,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "use_residual_features": False,
     "use_neuron_gains": True,
     "use_neuron_means": False,
+    "preserve_chunk_scale": True,
 }
 
 #: Where layer levels count from (option ``level_origin``).
@@ -372,6 +373,10 @@ class SNEEncoder(Encoder):
     ``use_neuron_means`` (off by default; needs a neuron feature): they also carry the signed mean of
     the neuron's standardised weights (:mod:`sne.encoders.chunking`, "Means"), the sign that rms
     features drop (a SIREN neuron's phase).
+    ``preserve_chunk_scale`` (on by default): where the chunk stage is narrower than ``hidden``, the
+    projection of its batch-normalised codes to ``hidden`` starts variance-preserving. PyTorch's
+    default initialisation of that projection cuts their variance to a third, and SNE at width 32
+    then predicted the mean for hundreds of steps before it learned (docs/RESULTS.md).
     ``preset``: a name in :data:`PRESETS` whose options apply under those given (``preset=paper``).
     """
 
@@ -382,7 +387,7 @@ class SNEEncoder(Encoder):
     default_train_options = {"permutation_augment": True, "bn_recalibration": 16}
     defaults_of_older_configs = {"chunk_hidden": None, "use_source_features": False, "use_own_neuron_features": False,
                                  "use_chunk_index_encoding": True, "use_row_slot_encoding": True,
-                                 "use_neuron_gains": False}
+                                 "use_neuron_gains": False, "preserve_chunk_scale": False}
 
     @classmethod
     def train_defaults(cls, options: dict[str, Any]) -> dict[str, Any]:
@@ -395,13 +400,17 @@ class SNEEncoder(Encoder):
         what it changes from the paper. The chunk stage is never wider than a smaller ``hidden``
         given: its codes are projected to ``hidden``, and at a fixed head width a wider stage only
         adds heads (hidden 8 with the default 32 ran 16 heads of width 2, 2.5x the time). Neuron
-        gains are off where both neuron features are (they are columns of those)."""
+        gains are off where both neuron features are (they are columns of those); a chunk stage at
+        the full width has no projection, so ``preserve_chunk_scale`` means nothing there."""
         baseline = {**DEFAULT_OPTIONS, **PRESETS.get(options.get("preset"), {})}
         hidden, chunk = options.get("hidden", baseline["hidden"]), baseline["chunk_hidden"]
         if chunk is not None and isinstance(hidden, int) and 0 < hidden < chunk:
             baseline["chunk_hidden"] = hidden
         if not any(options.get(name, baseline[name]) for name in ("use_source_features", "use_own_neuron_features")):
             baseline["use_neuron_gains"] = False
+        width = options.get("chunk_hidden", baseline["chunk_hidden"])
+        if width is None or width == hidden:
+            baseline["preserve_chunk_scale"] = options.get("preserve_chunk_scale", baseline["preserve_chunk_scale"])
         return baseline
 
     def __init__(self, *, architecture: Architecture | None = None, **options: Any) -> None:
@@ -440,6 +449,13 @@ class SNEEncoder(Encoder):
         self.chunk_pool = SetPool(chunk, chunk_heads, norm, sets, resolved["batch_norm"])
         # Absent at the paper's width, so its checkpoints keep their keys.
         self.chunk_out = nn.Linear(chunk, hidden) if chunk != hidden else None
+        if self.chunk_out is not None and resolved["preserve_chunk_scale"]:
+            # Rescaled, not redrawn: every other parameter's initialisation stays as it was. PyTorch's
+            # U(-1/sqrt(fan_in), 1/sqrt(fan_in)) has variance 1/(3 fan_in); unit-variance codes keep
+            # their variance through weights of variance 1/fan_in.
+            with torch.no_grad():
+                self.chunk_out.weight.mul_(3**0.5)
+                self.chunk_out.bias.zero_()
         rounds = resolved["source_code_rounds"]
         self.neuron_in = nn.ModuleList(nn.Linear(chunk, chunk) for _ in range(rounds)) if rounds else None
         self.source_out = nn.ModuleList(nn.Linear(chunk, chunk, bias=False) for _ in range(rounds)) if rounds else None
@@ -895,7 +911,8 @@ def _validate(options: dict[str, Any]) -> None:
         raise SneError(f"SNE option chunk_hidden ({options['chunk_hidden']}) must be divisible by its heads "
                        f"({chunk_heads_for(options)}: heads x chunk_hidden / hidden)")
     for name, value in options.items():
-        if (name in ("layer_norm", "standardize_layers", "batch_norm", "canonical_order") or name.startswith("use_")) and not isinstance(
+        if (name in ("layer_norm", "standardize_layers", "batch_norm", "canonical_order", "preserve_chunk_scale")
+                or name.startswith("use_")) and not isinstance(
             value, bool
         ):
             raise SneError(f"SNE option {name} must be true or false, got {value!r}")
