@@ -18,6 +18,7 @@ from sne.bench.runs import (  # noqa: E402
     configuration_label,
     configuration_name,
     configuration_options,
+    options_apart_from_defaults,
     options_key,
 )
 from sne.io_utils import atomic_path  # noqa: E402
@@ -470,14 +471,17 @@ def encode_scale_section(path: Path, data: dict) -> list[str]:
         f"Method: {data['method']}. A configuration stops at its first size that fails or takes more than "
         f"{data['timeout_s']:.0f} s.",
         "",
-        "| configuration | options changed | network | parameters | seconds | peak memory growth (MB) | stopped | load (1 min) before | CPU |",
+        "| configuration | options apart from today's defaults | network | parameters | seconds | peak memory growth (MB) | stopped | load (1 min) before | CPU |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     seconds = {}
     for r in data["rows"]:
-        given = r.get("options_given")
+        # What the row was built with, against today's defaults: a row keeps meaning the encoder it
+        # measured when a default changes (rows without resolved options: as given).
+        changed = options_apart_from_defaults({"encoder": r["encoder"], "encoder_options_given": r.get("options_given"),
+                                               "encoder_options_resolved": r.get("options_resolved")})
         # Rows of files written before rows named their CPU were all measured on the file's.
-        lines.append(f"| {r['config']} | `{json.dumps(given) if given else '{}'}` | {r['size']} | "
+        lines.append(f"| {r['config']} | `{json.dumps(changed, sort_keys=True) if changed else '{}'}` | {r['size']} | "
                      f"{format(r['network_parameters'], ',') if 'network_parameters' in r else 'n/a'} | {_fmt(r.get('seconds'))} | "
                      f"{_fmt(r.get('peak_growth_mb'))} | {r.get('stopped', '')} | {_fmt(r.get('load_average_1min_before'))} | "
                      f"{r.get('cpu', data['cpu'])} |")

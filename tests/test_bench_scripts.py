@@ -34,3 +34,30 @@ def test_the_earlier_sne_defaults_the_benchmarks_measure_are_those_old_configs_r
         assert parse_options(text.split(",")) == SNEEncoder.defaults_of_older_configs
     options = {"a": None, "b": True, "c": 0.5, "d": "text"}
     assert parse_options(format_options(options)) == options
+
+
+def test_the_encode_scale_table_names_what_each_row_was_built_with_against_todays_defaults(monkeypatch):
+    from sne.encoders import sne as sne_module
+
+    spec = importlib.util.spec_from_file_location("make_results_md", ROOT / "scripts" / "make_results_md.py")
+    page = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(page)
+    today = dict(SNEEncoder().options)
+    rows = [{"config": "sne", "encoder": "sne", "options_given": {}, "options_resolved": today, "size": "1e4",
+             "seconds": 1.0},
+            {"config": "sne", "encoder": "sne", "options_given": {}, "options_resolved": {**today, "chunk_sab": 1},
+             "size": "1e5", "seconds": 2.0},
+            {"config": "ng_gnn", "encoder": "ng_gnn", "options_given": {}, "size": "1e4", "seconds": 3.0}]
+    data = {"command": "x", "commands": ["x"], "device": "cpu", "cpu": "a CPU", "torch": "2", "threads": 1, "omp_wait_policy": "PASSIVE",
+            "load_average_before": [0, 0, 0], "load_average_after": [0, 0, 0], "method": "m", "timeout_s": 1,
+            "rows": rows}
+    path = ROOT / "results" / "bench_encode_scale.json"
+
+    def cells():
+        lines = page.encode_scale_section(path, data)
+        return [line.split(" | ")[1] for line in lines if line.startswith("| sne |") or line.startswith("| ng_gnn |")]
+
+    assert cells() == ["`{}`", '`{"chunk_sab": 1}`', "`{}`"]
+    # A default changes: the rows measured before it say what they were built with.
+    monkeypatch.setitem(sne_module.DEFAULT_OPTIONS, "chunk_sab", 1)
+    assert cells() == ['`{"chunk_sab": null}`', "`{}`", "`{}`"]
