@@ -831,11 +831,11 @@ def test_chunk_sab_sets_the_chunk_stage_depth_alone():
             SNEEncoder(chunk_sab=bad)
 
 
-def test_a_narrow_chunk_stage_is_projected_to_hidden_without_shrinking_its_codes():
+def test_preserve_chunk_scale_projects_a_narrow_chunk_stage_to_hidden_without_shrinking_its_codes():
     torch.manual_seed(3)
-    scaled = SNEEncoder(chunk_hidden=32, hidden=64)
+    scaled = SNEEncoder(chunk_hidden=32, hidden=64, preserve_chunk_scale=True)
     torch.manual_seed(3)
-    plain = SNEEncoder(chunk_hidden=32, hidden=64, preserve_chunk_scale=False)
+    plain = SNEEncoder(chunk_hidden=32, hidden=64)
     # Rescaled, not redrawn: every other parameter starts as it would without the option.
     for (name, a), (_, b) in zip(scaled.named_parameters(), plain.named_parameters()):
         if not name.startswith("chunk_out."):
@@ -847,13 +847,12 @@ def test_a_narrow_chunk_stage_is_projected_to_hidden_without_shrinking_its_codes
     with torch.no_grad():
         assert 0.8 < scaled.chunk_out(codes).var(0).mean() < 1.25
         assert 0.2 < plain.chunk_out(codes).var(0).mean() < 0.45
-    # A row built before the option existed reads it off at width 32, and not at full width, where
-    # there is no projection to initialise.
-    for width, expected in ((32, [False]), (None, [])):
-        resolved = dict(SNEEncoder(chunk_hidden=width).options)
-        del resolved["preserve_chunk_scale"]
-        row = {"encoder": "sne", "encoder_options_given": {"chunk_hidden": width}, "encoder_options_resolved": resolved}
+    # Rows name it at width 32, and not at full width, where there is no projection to initialise.
+    for width, expected in ((32, [True]), (None, [])):
+        options = {"chunk_hidden": width, "preserve_chunk_scale": True}
+        row = {"encoder": "sne", "encoder_options_given": options,
+               "encoder_options_resolved": dict(SNEEncoder(**options).options)}
         assert [v for k, v in options_apart_from_defaults(row).items() if k == "preserve_chunk_scale"] == expected
-    assert SNEEncoder(chunk_hidden=None).chunk_out is None
+    assert SNEEncoder(chunk_hidden=None, preserve_chunk_scale=True).chunk_out is None
     with pytest.raises(SneError, match="preserve_chunk_scale"):
         SNEEncoder(preserve_chunk_scale=1)

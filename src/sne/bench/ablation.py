@@ -109,8 +109,8 @@ def _components() -> list[AblationRow]:
                     "row-slot encodings", options={"source_code_rounds": 2, "use_chunk_index_encoding": False,
                                                    "use_row_slot_encoding": False}),
         AblationRow("no-neuron-gains", "ours: without neuron gains", options={"use_neuron_gains": False}),
-        AblationRow("unscaled-chunk-projection", "ours: narrow chunk stage's codes projected to hidden at PyTorch's "
-                    "default initialisation (preserve_chunk_scale=false)", options={"preserve_chunk_scale": False}),
+        AblationRow("preserved-chunk-scale", "ours: narrow chunk stage's codes projected to hidden by a "
+                    "variance-preserving initialisation (preserve_chunk_scale=true)", options={"preserve_chunk_scale": True}),
         AblationRow("chunk-sab-1", "ours: one SAB in each chunk set-to-set step (chunk_sab=1; half the chunk stage)",
                     options={"chunk_sab": 1}),
         AblationRow("neuron-means", "ours: with neuron means (signed means of standardised weights)",

@@ -94,7 +94,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "use_residual_features": False,
     "use_neuron_gains": True,
     "use_neuron_means": False,
-    "preserve_chunk_scale": True,
+    "preserve_chunk_scale": False,
 }
 
 #: Where layer levels count from (option ``level_origin``).
@@ -373,10 +373,10 @@ class SNEEncoder(Encoder):
     ``use_neuron_means`` (off by default; needs a neuron feature): they also carry the signed mean of
     the neuron's standardised weights (:mod:`sne.encoders.chunking`, "Means"), the sign that rms
     features drop (a SIREN neuron's phase).
-    ``preserve_chunk_scale`` (on by default): where the chunk stage is narrower than ``hidden``, the
-    projection of its batch-normalised codes to ``hidden`` starts variance-preserving. PyTorch's
-    default initialisation of that projection cuts their variance to a third, and SNE at width 32
-    then predicted the mean for hundreds of steps before it learned (docs/RESULTS.md).
+    ``preserve_chunk_scale`` (off by default): where the chunk stage is narrower than ``hidden``, the
+    projection of its batch-normalised codes to ``hidden`` starts variance-preserving instead of at
+    PyTorch's default, which cuts their variance to a third. Tried against SNE at width 32 predicting
+    the mean on a small zoo; it did not reliably fix that (docs/RESULTS.md, recipe shift).
     ``preset``: a name in :data:`PRESETS` whose options apply under those given (``preset=paper``).
     """
 
@@ -387,7 +387,7 @@ class SNEEncoder(Encoder):
     default_train_options = {"permutation_augment": True, "bn_recalibration": 16}
     defaults_of_older_configs = {"chunk_hidden": None, "use_source_features": False, "use_own_neuron_features": False,
                                  "use_chunk_index_encoding": True, "use_row_slot_encoding": True,
-                                 "use_neuron_gains": False, "preserve_chunk_scale": False}
+                                 "use_neuron_gains": False}
 
     @classmethod
     def train_defaults(cls, options: dict[str, Any]) -> dict[str, Any]:
