@@ -11,7 +11,7 @@ import torch
 from sne.encoders import batch_to, build_encoder, build_encoder_from_config
 from sne.encoders.chunking import kernel_coordinates, pad_chunk, row_chunk_layout
 from sne.bench.runs import options_apart_from_defaults
-from sne.encoders.sne import DEFAULT_OPTIONS, SNEEncoder
+from sne.encoders.sne import DEFAULT_OPTIONS, PRESETS, SNEEncoder
 from sne.errors import SneError
 from sne.weights.record import Layer, NetworkRecord, make_layer
 
@@ -803,15 +803,19 @@ def test_shape_features_count_what_attention_pooling_cannot():
 
 
 def test_the_chunk_stage_is_never_wider_than_a_smaller_hidden_by_default():
-    assert SNEEncoder(hidden=8, heads=2).chunk_width == 8
+    assert SNEEncoder().chunk_width == DEFAULT_OPTIONS["hidden"]  # the default and the paper's: full width
+    assert SNEEncoder(hidden=128, heads=4).chunk_width == 128
     assert SNEEncoder(hidden=8, heads=2, chunk_hidden=32).chunk_width == 32  # given: as given
-    assert SNEEncoder().chunk_width == DEFAULT_OPTIONS["chunk_hidden"] < DEFAULT_OPTIONS["hidden"]
-    assert SNEEncoder(hidden=128, heads=4).chunk_width == DEFAULT_OPTIONS["chunk_hidden"]
+    fast_width = PRESETS["fast"]["chunk_hidden"]
+    assert SNEEncoder(preset="fast").chunk_width == fast_width < DEFAULT_OPTIONS["hidden"]
+    assert SNEEncoder(preset="fast", hidden=128, heads=4).chunk_width == fast_width
+    assert SNEEncoder(preset="fast", hidden=16, heads=2).chunk_width == 16  # cut to a smaller hidden
     assert SNEEncoder(preset="paper", hidden=16, heads=2).chunk_width == 16  # the paper's: hidden
-    # A row at a small hidden names only the hidden it was given.
-    row = {"encoder": "sne", "encoder_options_given": {"hidden": 16},
-           "encoder_options_resolved": dict(SNEEncoder(hidden=16).options)}
-    assert options_apart_from_defaults(row) == {"hidden": 16}
+    # A row at a small hidden names only the hidden it was given, also under a narrower preset.
+    for preset in ({"preset": "fast"}, {}):
+        row = {"encoder": "sne", "encoder_options_given": {"hidden": 16, **preset},
+               "encoder_options_resolved": dict(SNEEncoder(hidden=16, **preset).options)}
+        assert options_apart_from_defaults(row) == {"hidden": 16, **preset}
     # Also where the options given are not recorded (the defaults follow what the row was built with).
     assert options_apart_from_defaults({**row, "encoder_options_given": {}}) == {"hidden": 16}
 

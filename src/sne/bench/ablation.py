@@ -101,6 +101,9 @@ def _components() -> list[AblationRow]:
                     options={"use_own_neuron_features": False}),
         AblationRow("full-width-chunks", "ours: chunk stage at the full width (chunk_hidden=null)",
                     options={"chunk_hidden": None}),
+        AblationRow("narrow-chunks", "ours: chunk stage at half the width (chunk_hidden=32)", options={"chunk_hidden": 32}),
+        AblationRow("fast", "ours: as preset fast, the chunk stage at half the width and depth (chunk_hidden=32, "
+                    "chunk_sab=1)", options={"chunk_hidden": 32, "chunk_sab": 1}),
         AblationRow("full-width-chunk-sab-1", "ours: chunk stage at the full width with one SAB in each set-to-set step "
                     "(chunk_hidden=null, chunk_sab=1)", options={"chunk_hidden": None, "chunk_sab": 1}),
         AblationRow("canonical-order", "ours: with canonical neuron order", options={"canonical_order": True}),

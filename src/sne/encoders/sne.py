@@ -85,7 +85,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "batch_norm": True,
     "chunk_micro_batch": None,
     "part_window": 64,
-    "chunk_hidden": 32,
+    "chunk_hidden": None,
     "canonical_order": False,
     "source_code_rounds": 0,
     "level_origin": "input",
@@ -101,9 +101,12 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 LEVEL_ORIGINS = ("input", "output")
 
 #: Named sets of options (``preset=NAME``; options given beside it win). ``paper``: SNE as the paper
-#: describes it, for reproducing its numbers: one set per layer part, the chunk stage at full width,
-#: raw weights (no layer standardisation) and no batch norm after pooling.
+#: describes it, for reproducing its numbers: one set per layer part, raw weights (no layer
+#: standardisation), no batch norm after pooling, no neuron features, neuron order encoded.
+#: ``fast``: for large networks, the chunk stage (nearly all of SNE's FLOPs) at half the width and
+#: half the depth, about a sixth of its cost; it learns more slowly on small zoos (docs/RESULTS.md).
 PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {"chunk_hidden": 32, "chunk_sab": 1},
     "paper": {"part_window": None, "chunk_hidden": None, "standardize_layers": False, "batch_norm": False,
               "use_source_features": False, "use_own_neuron_features": False, "use_neuron_gains": False,
               "use_chunk_index_encoding": True, "use_row_slot_encoding": True},
@@ -336,10 +339,11 @@ class SNEEncoder(Encoder):
     runs, so micro-batching changes neither codes nor gradients nor running statistics.
     ``part_window``: chunks pooled together in the part stage (:meth:`_part_codes`); ``None`` is the
     paper's stage, one set per part, whose cost grows with the square of a layer's size.
-    ``chunk_hidden``: width of the element and chunk stages (by default 32, half of ``hidden``, or
-    ``hidden`` where that is smaller; ``None``: ``hidden``, the paper's), with heads of the other
+    ``chunk_hidden``: width of the element and chunk stages (``None``, the default and the paper's:
+    ``hidden``; a preset's width above a smaller ``hidden`` is cut to it), with heads of the other
     stages' width; their codes are projected to ``hidden`` after the chunk pool. That stage runs
-    once per ``chunk_size`` parameters and costs nearly all of SNE's FLOPs, so halving it quarters them.
+    once per ``chunk_size`` parameters and costs nearly all of SNE's FLOPs, so halving it quarters
+    them (``preset=fast``); at width 32 SNE learned far more slowly on small zoos.
     ``chunk_sab``: SABs in each of the chunk stage's two set-to-set steps (``None``: ``num_sab``, the
     paper's); the other cost knob of that stage, linear in it.
     ``canonical_order``: encode every plain chain in canonical neuron order
