@@ -403,7 +403,7 @@ class SNEEncoder(Encoder):
         """The defaults, under those of the preset in ``options``: a paper-preset row names only
         what it changes from the paper. The chunk stage is never wider than a smaller ``hidden``
         given: its codes are projected to ``hidden``, and at a fixed head width a wider stage only
-        adds heads (hidden 8 with the default 32 ran 16 heads of width 2, 2.5x the time). Neuron
+        adds heads (hidden 8 under a stage of width 32 ran 16 heads of width 2, 2.5x the time). Neuron
         gains are off where both neuron features are (they are columns of those); a chunk stage at
         the full width has no projection, so ``preserve_chunk_scale`` means nothing there."""
         baseline = {**DEFAULT_OPTIONS, **PRESETS.get(options.get("preset"), {})}
