@@ -16,7 +16,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 DEMO_DIR ?= demo
 DEMO_N ?= 1000
-DEMO_EPOCHS ?= 30
+DEMO_EPOCHS ?= 15
 # The demo uses the shared-initialisation protocol, where SNE visibly learns within minutes on two
 # CPU cores; the headline, independent initialisation, is in docs/RESULTS.md (scripts/inr_results.sh).
 DEMO_INIT ?= shared
