@@ -11,8 +11,8 @@ from sne.encoders.sne import SNEEncoder
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+def _script(name: str, folder: str = "benchmarks"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -39,9 +39,7 @@ def test_the_earlier_sne_defaults_the_benchmarks_measure_are_those_old_configs_r
 def test_the_encode_scale_table_names_what_each_row_was_built_with_against_todays_defaults(monkeypatch):
     from sne.encoders import sne as sne_module
 
-    spec = importlib.util.spec_from_file_location("make_results_md", ROOT / "scripts" / "make_results_md.py")
-    page = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(page)
+    page = _script("make_results_md", "scripts")
     today = dict(SNEEncoder().options)
     rows = [{"config": "sne", "encoder": "sne", "options_given": {}, "options_resolved": today, "size": "1e4",
              "seconds": 1.0},

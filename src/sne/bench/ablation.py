@@ -38,7 +38,7 @@ from sne.bench.paper import PAPER_SNE_ABLATION_MSE, PAPER_SNE_CHUNK_SIZE_MSE
 from sne.bench.results import check_mergeable, write_merged, zoo_identity, zoo_summary
 from sne.bench.runs import BenchRuns, options_apart_from_defaults, options_tag
 from sne.encoders import get_encoder_class
-from sne.encoders.sne import DEFAULT_OPTIONS as SNE_DEFAULT_OPTIONS
+from sne.encoders.sne import DEFAULT_OPTIONS as SNE_DEFAULT_OPTIONS, PRESETS as SNE_PRESETS
 from sne.errors import SneError
 from sne.plots import error_curves
 from sne.train.evaluate import evaluate_run
@@ -102,8 +102,9 @@ def _components() -> list[AblationRow]:
         AblationRow("full-width-chunks", "ours: chunk stage at the full width (chunk_hidden=null)",
                     options={"chunk_hidden": None}),
         AblationRow("narrow-chunks", "ours: chunk stage at half the width (chunk_hidden=32)", options={"chunk_hidden": 32}),
-        AblationRow("fast", "ours: as preset fast, the chunk stage at half the width and depth (chunk_hidden=32, "
-                    "chunk_sab=1)", options={"chunk_hidden": 32, "chunk_sab": 1}),
+        AblationRow("fast", "ours: as preset fast, the chunk stage at half the width and depth ("
+                    + ", ".join(f"{k}={v}" for k, v in SNE_PRESETS["fast"].items()) + ")",
+                    options=dict(SNE_PRESETS["fast"])),
         AblationRow("full-width-chunk-sab-1", "ours: chunk stage at the full width with one SAB in each set-to-set step "
                     "(chunk_hidden=null, chunk_sab=1)", options={"chunk_hidden": None, "chunk_sab": 1}),
         AblationRow("canonical-order", "ours: with canonical neuron order", options={"canonical_order": True}),
