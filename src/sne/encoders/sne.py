@@ -104,7 +104,8 @@ LEVEL_ORIGINS = ("input", "output")
 #: describes it, for reproducing its numbers: one set per layer part, raw weights (no layer
 #: standardisation), no batch norm after pooling, no neuron features, neuron order encoded.
 #: ``fast``: for large networks, the chunk stage (nearly all of SNE's FLOPs) at half the width and
-#: half the depth, about a sixth of its cost; it learns more slowly on small zoos (docs/RESULTS.md).
+#: half the depth: an eighth of its linear layers' FLOPs, a quarter of its attention's; it learns
+#: more slowly on small zoos (docs/RESULTS.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"chunk_hidden": 32, "chunk_sab": 1},
     "paper": {"part_window": None, "chunk_hidden": None, "standardize_layers": False, "batch_norm": False,
