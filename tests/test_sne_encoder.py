@@ -166,9 +166,9 @@ def test_output_shape_for_mixed_architectures():
 @pytest.mark.parametrize(
     "options",
     [{}, {"use_hierarchy": False}, {"use_set_functions": False}, {"chunk_micro_batch": 3}, {"layer_norm": True},
-     {"source_code_rounds": 2, "chunk_micro_batch": 3}, {"level_origin": "output"},
+     {"layer_norm": "pre"}, {"source_code_rounds": 2, "chunk_micro_batch": 3}, {"level_origin": "output"},
      {"level_origin": "output", "use_hierarchy": False}],
-    ids=["default", "flat", "no-sets", "micro-batch", "layer-norm", "source-codes", "levels-from-output",
+    ids=["default", "flat", "no-sets", "micro-batch", "layer-norm", "pre-layer-norm", "source-codes", "levels-from-output",
          "levels-from-output-flat"],
 )
 def test_code_does_not_depend_on_batch_composition(options):
@@ -697,13 +697,14 @@ def test_a_network_deeper_than_the_training_networks_reads_its_extra_layers_like
     assert fresh.stats_mean.equal(encoder.stats_mean) and fresh.stats_std.equal(encoder.stats_std)
 
 
-def test_self_attention_with_one_fused_projection_equals_attention_to_a_copy():
+@pytest.mark.parametrize("layer_norm", [False, "pre"])
+def test_self_attention_with_one_fused_projection_equals_attention_to_a_copy(layer_norm):
     """A SAB projects queries, keys and values in one matmul; attending to an equal copy of the set
     takes the separate projections: both must give the same outputs on real elements, and gradients."""
     from sne.encoders.set_blocks import SAB
 
     torch.manual_seed(0)
-    block = SAB(16, 4).double()
+    block = SAB(16, 4, layer_norm).double()
     x = torch.randn(5, 7, 16, dtype=torch.float64, requires_grad=True)
     mask = torch.rand(5, 7) > 0.3
     mask[:, 0] = True
@@ -713,6 +714,32 @@ def test_self_attention_with_one_fused_projection_equals_attention_to_a_copy():
     grads = [torch.autograd.grad(out[mask].sum(), [x, block.mab.k.weight]) for out in (fused, separate)]
     for a, b in zip(*grads):
         assert torch.allclose(a, b, rtol=0, atol=1e-10)
+
+
+def test_pre_layer_norm_normalises_branch_inputs_and_leaves_the_residual_stream_alone():
+    """``layer_norm="pre"``: a block adds to its input what its branches make of normalised inputs, so
+    (for one-element sets, where attention returns the value itself) scaling the input by c changes
+    the first branch's output not at all; ``post`` and ``true`` normalise the output itself."""
+    from sne.encoders.set_blocks import SAB
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 1, 16, dtype=torch.float64)
+    pre, post = SAB(16, 4, "pre").double(), SAB(16, 4, True).double()
+    mab = pre.mab
+    mab.norm_attention.eps = 0.0  # LayerNorm's eps is the one thing that sees the scale
+    first_branch = [mab.o(mab.v(mab.norm_attention(c * x))) for c in (1.0, 10.0)]
+    torch.testing.assert_close(first_branch[0], first_branch[1], atol=1e-10, rtol=0)
+    h = x + first_branch[0]
+    torch.testing.assert_close(pre(x), h + mab.ff(mab.norm_ff(h)), atol=1e-12, rtol=0)
+    assert pre(10 * x).abs().mean() > 3 * pre(x).abs().mean()  # the residual stream keeps its scale
+    out = post(10 * x)
+    torch.testing.assert_close(out.mean(-1), torch.zeros_like(out.mean(-1)), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("value", ["middle", 1, None])
+def test_unknown_layer_norm_placement_is_refused_in_one_line(value):
+    with pytest.raises(SneError, match=r"layer_norm must be true, false, 'post' or 'pre'"):
+        SNEEncoder(**SMALL, layer_norm=value)
 
 
 def test_levels_counted_from_the_output_align_networks_of_different_depths():

@@ -107,6 +107,16 @@ def _components() -> list[AblationRow]:
                     options=dict(SNE_PRESETS["fast"])),
         AblationRow("full-width-chunk-sab-1", "ours: chunk stage at the full width with one SAB in each set-to-set step "
                     "(chunk_hidden=null, chunk_sab=1)", options={"chunk_hidden": None, "chunk_sab": 1}),
+        AblationRow("post-layer-norm", "ours: LayerNorm after each residual sum of the set blocks (layer_norm=post, "
+                    "the Set Transformer's)", options={"layer_norm": "post"}),
+        AblationRow("pre-layer-norm", "ours: LayerNorm on the inputs of each set block's branches (layer_norm=pre)",
+                    options={"layer_norm": "pre"}),
+        AblationRow("full-width-pre-layer-norm", "ours: chunk stage at the full width, LayerNorm on the inputs of "
+                    "each set block's branches (chunk_hidden=null, layer_norm=pre)",
+                    options={"chunk_hidden": None, "layer_norm": "pre"}),
+        AblationRow("fast-pre-layer-norm", "ours: as preset fast, LayerNorm on the inputs of each set block's "
+                    "branches (" + ", ".join(f"{k}={v}" for k, v in SNE_PRESETS["fast"].items()) + ", layer_norm=pre)",
+                    options={**SNE_PRESETS["fast"], "layer_norm": "pre"}),
         AblationRow("canonical-order", "ours: with canonical neuron order", options={"canonical_order": True}),
         AblationRow("source-codes", "ours: with learned source codes (2 rounds)", options={"source_code_rounds": 2}),
         AblationRow("unordered-source-codes", "ours: with learned source codes (2 rounds), without chunk-index and "

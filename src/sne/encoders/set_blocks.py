@@ -9,7 +9,10 @@ one real element (a query that sees no key has no defined attention).
     SAB(X)    = MAB(X, X)
     PMA(X)    = MAB(S, rFF(X))           S: k learned seed vectors
 
-LayerNorm after each residual sum is optional and off by default, as in the SNE paper.
+LayerNorm is optional and off by default, as in the SNE paper. ``layer_norm=True`` (or ``"post"``)
+puts it after each residual sum, as the Set Transformer does; ``"pre"`` puts it on each branch's input
+and leaves the residual stream unnormalised, as modern transformers do, because gradients then reach
+the first blocks of a deep stack undiminished (Xiong et al. 2020).
 """
 
 from __future__ import annotations
@@ -17,6 +20,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+def norm_placement(layer_norm: bool | str) -> str | None:
+    """Where a ``layer_norm`` value puts LayerNorm: ``None``, ``"post"`` (also ``True``) or ``"pre"``."""
+    if isinstance(layer_norm, bool):
+        return "post" if layer_norm else None
+    if layer_norm in ("post", "pre"):
+        return layer_norm
+    raise ValueError(f"layer_norm must be true, false, 'post' or 'pre', got {layer_norm!r}")
 
 
 class RowFF(nn.Module):
@@ -33,11 +44,12 @@ class RowFF(nn.Module):
 class MAB(nn.Module):
     """Multihead attention block: queries ``x`` attend to keys/values ``y``."""
 
-    def __init__(self, dim: int, heads: int, layer_norm: bool = False) -> None:
+    def __init__(self, dim: int, heads: int, layer_norm: bool | str = False) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
         self.heads = heads
+        self.norm_first = norm_placement(layer_norm) == "pre"
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
@@ -51,6 +63,9 @@ class MAB(nn.Module):
         return x.view(batch, size, self.heads, dim // self.heads).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        residual = x
+        if self.norm_first:
+            x, y = (self.norm_attention(x),) * 2 if y is x else (self.norm_attention(x), self.norm_attention(y))
         if y is x:  # self-attention: one projection for queries, keys and values (fewer, larger matmuls)
             weight = torch.cat([self.q.weight, self.k.weight, self.v.weight])
             bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
@@ -60,15 +75,17 @@ class MAB(nn.Module):
         # (batch, 1, 1, keys) broadcasts over heads and queries; True = may be attended to.
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        attended = attended.transpose(1, 2).reshape(x.shape)
-        h = self.norm_attention(x + self.o(attended))
+        h = residual + self.o(attended.transpose(1, 2).reshape(residual.shape))
+        if self.norm_first:
+            return h + self.ff(self.norm_ff(h))
+        h = self.norm_attention(h)
         return self.norm_ff(h + self.ff(h))
 
 
 class SAB(nn.Module):
     """Set attention block ``MAB(X, X)``: permutation-equivariant set-to-set map."""
 
-    def __init__(self, dim: int, heads: int, layer_norm: bool = False) -> None:
+    def __init__(self, dim: int, heads: int, layer_norm: bool | str = False) -> None:
         super().__init__()
         self.mab = MAB(dim, heads, layer_norm)
 
@@ -82,7 +99,7 @@ class PMA(nn.Module):
     Returns ``(batch, seeds, dim)``; permutation-invariant in the set's elements.
     """
 
-    def __init__(self, dim: int, heads: int, seeds: int = 1, layer_norm: bool = False) -> None:
+    def __init__(self, dim: int, heads: int, seeds: int = 1, layer_norm: bool | str = False) -> None:
         super().__init__()
         self.seeds = nn.Parameter(torch.empty(seeds, dim))
         nn.init.xavier_uniform_(self.seeds)
@@ -97,13 +114,14 @@ class PMA(nn.Module):
 class ResidualFF(nn.Module):
     """``X + rFF(X)``: the set-function-free stand-in for a SAB (no interaction between elements)."""
 
-    def __init__(self, dim: int, layer_norm: bool = False) -> None:
+    def __init__(self, dim: int, layer_norm: bool | str = False) -> None:
         super().__init__()
         self.ff = RowFF(dim)
+        self.norm_first = norm_placement(layer_norm) == "pre"
         self.norm = nn.LayerNorm(dim) if layer_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.norm(x + self.ff(x))
+        return x + self.ff(self.norm(x)) if self.norm_first else self.norm(x + self.ff(x))
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -56,7 +56,7 @@ from sne.encoders.chunking import (
     type_positions,
 )
 from sne.encoders.positional import coordinate_encoding, sinusoidal_encoding
-from sne.encoders.set_blocks import PMA, SAB, ResidualFF, masked_mean
+from sne.encoders.set_blocks import PMA, SAB, ResidualFF, masked_mean, norm_placement
 from sne.errors import SneError
 from sne.weights.batch import with_parameter_values
 from sne.weights.permute import canonical_permutations, permute_hidden
@@ -249,7 +249,7 @@ class ElementDecoder(nn.Module):
 class SetStack(nn.Module):
     """``depth`` SABs, or with ``set_functions=False`` as many per-element residual MLPs."""
 
-    def __init__(self, hidden: int, heads: int, depth: int, layer_norm: bool, set_functions: bool) -> None:
+    def __init__(self, hidden: int, heads: int, depth: int, layer_norm: bool | str, set_functions: bool) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
             SAB(hidden, heads, layer_norm) if set_functions else ResidualFF(hidden, layer_norm) for _ in range(depth)
@@ -271,7 +271,7 @@ class SetPool(nn.Module):
     normalisation removes the shared part and restores unit spread after every stage.
     """
 
-    def __init__(self, hidden: int, heads: int, layer_norm: bool, set_functions: bool, batch_norm: bool) -> None:
+    def __init__(self, hidden: int, heads: int, layer_norm: bool | str, set_functions: bool, batch_norm: bool) -> None:
         super().__init__()
         self.pma = PMA(hidden, heads, seeds=1, layer_norm=layer_norm) if set_functions else None
         self.norm = nn.BatchNorm1d(hidden) if batch_norm else nn.Identity()
@@ -310,7 +310,8 @@ class SNEEncoder(Encoder):
 
     Options (see :data:`DEFAULT_OPTIONS`): ``chunk_size`` elements per chunk; ``hidden`` width of
     every set block; ``heads`` attention heads; ``num_sab`` SABs per stage; ``out_dim`` size of z;
-    ``layer_norm`` in the set blocks. Ablation switches, on by default: ``use_type_encoding``,
+    ``layer_norm`` in the set blocks (``true``/``post`` after each residual sum, ``pre`` on each
+    branch's input: :mod:`sne.encoders.set_blocks`). Ablation switches, on by default: ``use_type_encoding``,
     ``use_level_encoding``, ``use_set_functions`` (off: per-element MLPs and mean pooling instead of
     SABs and PMA), ``use_hierarchy`` (off: all chunk codes of a network form one set for the network
     encoder). ``use_chunk_index_encoding`` and ``use_row_slot_encoding`` (off by default, on in the
@@ -916,11 +917,15 @@ def _validate(options: dict[str, Any]) -> None:
         raise SneError(f"SNE option chunk_hidden ({options['chunk_hidden']}) must be divisible by its heads "
                        f"({chunk_heads_for(options)}: heads x chunk_hidden / hidden)")
     for name, value in options.items():
-        if (name in ("layer_norm", "standardize_layers", "batch_norm", "canonical_order", "preserve_chunk_scale")
+        if (name in ("standardize_layers", "batch_norm", "canonical_order", "preserve_chunk_scale")
                 or name.startswith("use_")) and not isinstance(
             value, bool
         ):
             raise SneError(f"SNE option {name} must be true or false, got {value!r}")
+    try:
+        norm_placement(options["layer_norm"])
+    except ValueError as error:
+        raise SneError(f"SNE option {error}") from None
     for name in ("use_neuron_gains", "use_neuron_means"):
         if options[name] and not (options["use_source_features"] or options["use_own_neuron_features"]):
             raise SneError(f"SNE option {name} adds to the neuron features: it needs use_source_features "
