@@ -80,6 +80,20 @@ def test_run_directories_spell_augmentation_whatever_the_defaults(augmenting_sne
     assert runs(permutation_augment=True).run_name("mlp") == "mlp_augment_permutations-true"
 
 
+def test_plots_of_configurations_that_differ_only_in_a_default_of_their_time_get_their_own_names(tmp_path):
+    runs = BenchRuns(encoders=["sne"], seeds=[0], epochs=1, runs_dir=tmp_path, results_dir=tmp_path, device="cpu")
+    then, now = ({"encoder_options_resolved": {**DEFAULT_OPTIONS, "chunk_hidden": width}} for width in (32, None))
+    assert runs.run_name("sne") == "sne_augment_permutations-true"  # the same run name for both
+    name = runs.plot_name("sne", 0, then)
+    assert name.startswith("sne_augment_permutations-true_seed0_") and name == runs.plot_name("sne", 0, dict(then))
+    assert name != runs.plot_name("sne", 0, now)
+    elsewhere = BenchRuns(encoders=["sne"], seeds=[0], epochs=1, runs_dir=tmp_path / "a", results_dir=tmp_path,
+                          device="cuda", command="another command line")
+    assert elsewhere.plot_name("sne", 0, then) == name  # where and how it was launched is not the configuration
+    longer = BenchRuns(encoders=["sne"], seeds=[0], epochs=2, runs_dir=tmp_path, results_dir=tmp_path, device="cpu")
+    assert longer.plot_name("sne", 0, then) != name
+
+
 def test_rows_keep_meaning_the_options_they_resolved_to_when_a_default_changes(monkeypatch):
     def defaults(chunk_hidden, source_features):
         monkeypatch.setitem(DEFAULT_OPTIONS, "chunk_hidden", chunk_hidden)

@@ -7,9 +7,10 @@ runs the same way.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from dataclasses import dataclass, field, fields as dataclass_fields
+from dataclasses import asdict, dataclass, field, fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -58,6 +59,17 @@ class BenchRuns:
         switches = training_switches(self.resolved_train_options(encoder), defaults)
         return encoder + options_tag({**self.options_for(encoder), **switches})
 
+    def plot_name(self, encoder: str, seed: int, summary: dict[str, Any]) -> str:
+        """:meth:`run_name` and seed, then 8 hex digits of what the run was built with (its resolved
+        encoder options, from its training ``summary``, and training settings): two configurations
+        whose given options coincide because a default changed between them never overwrite each
+        other's plots in results/."""
+        built = {name: value for name, value in asdict(self.train_config(encoder, "", "", seed)).items()
+                 if name not in _NOT_CONFIGURATION}
+        built["encoder_options"] = summary["encoder_options_resolved"]
+        digest = hashlib.sha256(json.dumps(built, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        return f"{self.run_name(encoder)}_seed{seed}_{digest}"
+
     def resolved_train_options(self, encoder: str) -> dict[str, Any]:
         """The training settings given, over ``encoder``'s training defaults for its options."""
         return {**get_encoder_class(encoder).train_defaults(self.options_for(encoder)), **self.train_options}
@@ -88,6 +100,9 @@ class BenchRuns:
             seed=seed, device=self.device, command=self.command, **{**self.train_options, **fields},
         )
 
+
+#: TrainConfig fields that say where or how a run was launched, or that a plot is named by already.
+_NOT_CONFIGURATION = ("zoo", "target", "device", "num_workers", "command", "seed", "encoder_options")
 
 #: Training settings that name a configuration where they differ from the encoder's defaults.
 TUNED_TRAINING = ("lr", "batch_size", "bn_recalibration")

@@ -290,7 +290,7 @@ def run_style_edit_benchmark(zoo_path: str | Path, runs: BenchRuns) -> Path:
                            f"{entry['hardware']['threads']} thread(s); command: {command}")
                 title = (f"dilation edit by {encoder}: test MSE {entry['metrics']['test_mse']:.4f} "
                          f"(no edit {entry['metrics']['no_edit_test_mse']:.4f})")
-                path = runs.results_dir / "plots" / f"{BENCHMARK}_{init}_{runs.run_name(encoder)}_seed{seed}.png"
+                path = runs.results_dir / "plots" / f"{BENCHMARK}_{init}_{runs.plot_name(encoder, seed, summary)}.png"
                 entry["plot"] = str(plot_edits(originals[shown], edited[shown], test.targets[shown], path, title,
                                                caption))
             entry["wall_seconds_this_invocation"] = time.perf_counter() - started

@@ -206,7 +206,7 @@ def run_transfer_benchmark(
                     "zoo_digests": {zoo_label(z): targets_digest(z) for z in [train_zoo, *tests]},
                 }
                 if runs.plots:
-                    stem = runs.results_dir / "plots" / f"{name}_{runs.run_name(encoder)}_seed{seed}_{_safe(train_label)}"
+                    stem = runs.results_dir / "plots" / f"{name}_{runs.plot_name(encoder, seed, summary)}_{_safe(train_label)}"
                     caption = (f"train zoo {train_label} ({train_zoo.command}); test splits of "
                                f"{', '.join(zoo_label(z) for z in tests)}; {encoder}, seed {seed}, {epochs} epochs; "
                                f"{entry['hardware']['device']}, {entry['hardware']['threads']} thread(s); "
