@@ -24,6 +24,17 @@ def test_zoos_with_other_recipe_options_are_other_data(change):
     assert zoo_identity(_summary()) != zoo_identity({**_summary(), "seed": 1})
 
 
+def test_a_zoo_imported_from_another_directory_is_the_same_data_and_other_files_are_not():
+    def imported(directory: str, digest: str) -> dict:
+        return {"recipe": "folder-import", "n": 200, "seed": 0, "targets_digest": digest,
+                "options": {"source": f"{directory}/foreign", "targets": f"{directory}/foreign/targets.csv", "arch": None}}
+
+    assert zoo_identity(imported("/work/main/runs/s4", "e96a")) == zoo_identity(imported("/home/u/data", "e96a"))
+    assert zoo_identity(imported("/work/main/runs/s4", "e96a")) != zoo_identity(imported("/work/main/runs/s4", "0cf6"))
+    # A generated zoo is told apart by its recipe's options, not by its targets (see the test below).
+    assert zoo_identity({**_summary(), "targets_digest": "a"}) == zoo_identity({**_summary(), "targets_digest": "b"})
+
+
 def test_same_ranking_has_tau_one_and_no_discordant_pairs():
     paper = {"a": 0.1, "b": 0.5, "c": 0.9}
     check = compare_ordering({"a": 1.0, "b": 2.0, "c": 3.0, "extra": 0.0}, paper)

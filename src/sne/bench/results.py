@@ -70,11 +70,20 @@ def zoo_summary(zoo: Zoo) -> dict:
 EXECUTION_OPTIONS = ("device", "compile", "group_size")
 
 
+#: Options of an imported zoo that say where its files were, not what they hold.
+LOCATION_OPTIONS = ("source", "targets", "splits")
+
+
 def zoo_identity(summary: dict) -> tuple:
     """What makes two zoo summaries the same data wherever and however the zoo was made: recipe,
-    options other than :data:`EXECUTION_OPTIONS`, n and seed."""
-    options = {k: v for k, v in (summary.get("options") or {}).items() if k not in EXECUTION_OPTIONS}
-    return tuple(json.dumps(v, sort_keys=True) for v in (summary.get("recipe"), options, summary.get("n"), summary.get("seed")))
+    options other than :data:`EXECUTION_OPTIONS`, n and seed; for an imported zoo, the digest of its
+    targets in place of the paths it was imported from (:data:`LOCATION_OPTIONS`), so the same
+    files imported from another directory or machine are the same data."""
+    given = summary.get("options") or {}
+    options = {k: v for k, v in given.items() if k not in EXECUTION_OPTIONS + LOCATION_OPTIONS}
+    content = summary.get("targets_digest") if any(k in given for k in LOCATION_OPTIONS) else None
+    return tuple(json.dumps(v, sort_keys=True)
+                 for v in (summary.get("recipe"), options, summary.get("n"), summary.get("seed"), content))
 
 
 def check_mergeable(path: Path, result: dict, data_key: Callable[[dict], object]) -> None:
