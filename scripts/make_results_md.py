@@ -998,6 +998,9 @@ def render() -> str:
         "`augment_permutations=false, use_chunk_index_encoding=true, use_own_neuron_features=false,",
         "use_row_slot_encoding=true, use_source_features=false` is the first default, `preset=paper` the",
         "paper's configuration; `use_input_positions` (which input a first-layer weight reads) stays off.",
+        "Set blocks have no LayerNorm by default, as in the paper; a row labelled `layer_norm=\"pre\"` put one",
+        "on the inputs of every attention and feed-forward branch (pre-norm, as the Neural Graphs encoders do),",
+        "`layer_norm=true` one after each residual sum (the Set Transformer's placement).",
         "",
     ]
     lines += standing_section(results)
