@@ -89,6 +89,13 @@ STUDY_NOTES = {
         "recipe gives for the same a. The weights alone do not state r, so on `sine-shift-range` an encoder "
         "can still rank networks (tau) while its normalised MSE mostly measures the shift.",
     ],
+    "recipe_shift_mixed": [
+        "The recipe-shift table's test zoos, for an encoder trained on a mix of recipes (issue 15's fair "
+        "means): `sine-mixed` is the in-recipe zoo merged with four of the shifted ones (steps, gain, lr, all), "
+        "so those recipes were seen in training, never their test networks; `sine-shift-range` and "
+        "`sine-foreign` stay unseen recipes. The mixed zoo has three times the in-recipe zoo's training "
+        "networks (1800 against 600), so a gain over `recipe_shift` mixes both causes.",
+    ],
     "unseen_kernels": [
         "Trained on small CNNs with 3x3 kernels, tested on the same recipe with 7x7 kernels (`kernel=7`), a "
         "kernel size no training network had (the SNE paper's claim: SNE reads any kernel size). Neural Graphs "
