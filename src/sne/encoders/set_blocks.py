@@ -11,8 +11,8 @@ one real element (a query that sees no key has no defined attention).
 
 LayerNorm is optional and off by default, as in the SNE paper. ``layer_norm=True`` (or ``"post"``)
 puts it after each residual sum, as the Set Transformer does; ``"pre"`` puts it on each branch's input
-and leaves the residual stream unnormalised, as modern transformers do, because gradients then reach
-the first blocks of a deep stack undiminished (Xiong et al. 2020).
+and leaves the residual stream unnormalised, as most transformers now do: their gradients at
+initialisation stay well-behaved without a learning-rate warm-up (Xiong et al. 2020).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 
 def norm_placement(layer_norm: bool | str) -> str | None:
     """Where a ``layer_norm`` value puts LayerNorm: ``None``, ``"post"`` (also ``True``) or ``"pre"``."""
