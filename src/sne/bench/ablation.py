@@ -69,6 +69,10 @@ DATA_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 DATA_FRACTION_ENCODERS = ("sne", "dwsnet", "nft", "ng_gnn")
 
 
+#: Preset fast's options as its rows' labels spell them.
+_FAST_LABEL = ", ".join(f"{k}={v}" for k, v in SNE_PRESETS["fast"].items())
+
+
 def _components() -> list[AblationRow]:
     paper = PAPER_SNE_ABLATION_MSE
     return [
@@ -103,7 +107,7 @@ def _components() -> list[AblationRow]:
                     options={"chunk_hidden": None}),
         AblationRow("narrow-chunks", "ours: chunk stage at half the width (chunk_hidden=32)", options={"chunk_hidden": 32}),
         AblationRow("fast", "ours: as preset fast, the chunk stage at half the width and depth ("
-                    + ", ".join(f"{k}={v}" for k, v in SNE_PRESETS["fast"].items()) + ")",
+                    + _FAST_LABEL + ")",
                     options=dict(SNE_PRESETS["fast"])),
         AblationRow("full-width-chunk-sab-1", "ours: chunk stage at the full width with one SAB in each set-to-set step "
                     "(chunk_hidden=null, chunk_sab=1)", options={"chunk_hidden": None, "chunk_sab": 1}),
@@ -115,7 +119,7 @@ def _components() -> list[AblationRow]:
                     "each set block's branches (chunk_hidden=null, layer_norm=pre)",
                     options={"chunk_hidden": None, "layer_norm": "pre"}),
         AblationRow("fast-pre-layer-norm", "ours: as preset fast, LayerNorm on the inputs of each set block's "
-                    "branches (" + ", ".join(f"{k}={v}" for k, v in SNE_PRESETS["fast"].items()) + ", layer_norm=pre)",
+                    "branches (" + _FAST_LABEL + ", layer_norm=pre)",
                     options={**SNE_PRESETS["fast"], "layer_norm": "pre"}),
         AblationRow("canonical-order", "ours: with canonical neuron order", options={"canonical_order": True}),
         AblationRow("source-codes", "ours: with learned source codes (2 rounds)", options={"source_code_rounds": 2}),
