@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from conftest import run_cli
+from sne.bench import ablation
 from sne.bench.ablation import STUDIES, study_rows
 from sne.encoders import build_encoder
 from sne.errors import SneError
@@ -83,12 +84,18 @@ def test_a_row_equal_to_full_is_not_trained_twice(shared_sine_zoo, tmp_path, cap
                                      "same_as": "full"}]
 
 
-def test_data_fraction_study_scales_training_networks_and_plots(shared_sine_zoo, tmp_path, capsys):
-    code, _, _ = run_cli(["bench", "ablation", "--zoo", str(shared_sine_zoo.path), "--study", "data-fraction",
-                          "--encoders", "statnn", "--fractions", "0.25,1", "--epochs", "1", "--seeds", "0,1",
-                          "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--device", "cpu"],
-                         capsys)
-    assert code == 0
+def test_data_fraction_study_scales_training_networks_and_plots(shared_sine_zoo, tmp_path, capsys, monkeypatch):
+    captions = []
+    plot = ablation.error_curves
+    monkeypatch.setattr(ablation, "error_curves", lambda *args: captions.append(args[-1]) or plot(*args))
+    for encoder, fractions in (("statnn", "0.25,1"), ("mlp", "1")):
+        code, _, _ = run_cli(["bench", "ablation", "--zoo", str(shared_sine_zoo.path), "--study", "data-fraction",
+                              "--encoders", encoder, "--fractions", fractions, "--epochs", "1", "--seeds", "0,1",
+                              "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--device",
+                              "cpu"], capsys)
+        assert code == 0
+    # One plot of both invocations' rows, whose caption names both commands.
+    assert "--encoders statnn" in captions[-1] and "--encoders mlp" in captions[-1]
     data = json.loads((tmp_path / "results" / "ablation_data-fraction_shared.json").read_text())
     train = len(shared_sine_zoo.split_ids("train"))
     networks = {e["row"]: e["train_networks"] for e in data["entries"]}

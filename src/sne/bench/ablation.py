@@ -345,9 +345,11 @@ def plot_data_fraction(results: dict, plots_dir: Path) -> list[Path]:
                 std.append(row[metric]["std"])
         setting = group["setting"]
         seeds = sorted({seed for row in group["rows"] for seed in row["seeds"]})
+        # Rows of one plot are often trained by several invocations (one per encoder): name them all.
+        commands = list(dict.fromkeys(e["train_command"] for e in results["entries"] if e.get("setting") == setting))
         caption = (f"{zoo['recipe']} zoo {zoo['label']} (n={zoo['n']}, seed {zoo['seed']}, init {init}), test split; "
                    f"{setting['epochs']} epochs, seeds {','.join(map(str, seeds))}; mean +- std over seeds; "
-                   f"command: {results['command']}")
+                   f"commands: {'; '.join(commands or [results['command']])}")
         path = error_curves(curves, plots_dir / f"ablation_data-fraction_{init}_{number}.png",
                             f"Test {metric.replace('_', ' ')} against training networks", "training networks",
                             f"test {metric.replace('_', ' ')}", caption)
