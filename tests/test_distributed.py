@@ -61,7 +61,11 @@ def test_two_processes_train_what_one_trains_and_resume_alike(shared_sine_zoo, t
     assert one.returncode == 0, one.stderr
     two = train(zoo, tmp_path / "two", 2)
     assert two.returncode == 0, two.stderr[-3000:]
-    assert " ".join((two.stdout + two.stderr).split()).count("trained 2 epochs") == 1  # rank 0 speaks for all
+    said = " ".join((two.stdout + two.stderr).split())
+    assert said.count("trained 2 epochs") == 1  # rank 0 speaks for all
+    # Each process steps through every batch with its share of it: the steps of one process.
+    steps = "(8 Adam steps, 4 an epoch)"
+    assert steps in said and steps in " ".join((one.stdout + one.stderr).split())
     assert_same_run(tmp_path / "one", tmp_path / "two")
 
     # Resume across a change of process count: two processes killed after their first epoch, then one.

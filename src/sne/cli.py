@@ -278,7 +278,8 @@ def train(
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
         return
     console.print(
-        f"trained {summary['epochs']} epochs in {summary['train_seconds']:.0f} s; best val loss "
+        f"trained {summary['epochs']} epochs ({summary['epochs'] * summary['steps_per_epoch']} Adam steps, "
+        f"{summary['steps_per_epoch']} an epoch) in {summary['train_seconds']:.0f} s; best val loss "
         f"{summary['best_val_loss']:.4g} at epoch {summary['best_epoch']}; run in [bold]{escape(str(out))}[/bold]"
         + (f", TensorBoard scalars in [bold]{escape(str(log_dir))}[/bold]" if log_dir is not None else "")
     )

@@ -356,7 +356,8 @@ def train_epochs(
         raise SneError("this training runs in one process; start it without torchrun")
     main = rank == 0
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler, per_step = _lr_schedule(optimizer, config, len(_epoch_batches(torch.arange(len(train_records)), config, world)))
+    steps_per_epoch = len(_epoch_batches(torch.arange(len(train_records)), config, world))
+    scheduler, per_step = _lr_schedule(optimizer, config, steps_per_epoch)
 
     state: dict[str, Any] = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": -1, "history": [], "train_seconds": 0.0}
     last_path = run_dir / "last.pt"
@@ -438,6 +439,9 @@ def train_epochs(
         "encoder_parameters": n_params,
         "encoder_options_resolved": dict(encoder.options),
         "train_networks": len(train_records),
+        # What an encoder's progress depends on, more than epochs: SNE leaves its initial plateau
+        # after a number of Adam steps, not of epochs (docs/RESULTS.md, "How SNE is trained").
+        "steps_per_epoch": steps_per_epoch,
         "augmented_networks": None if augmentable is None else sum(augmentable),
         "hardware": hardware_description(device),
         "processes": world,
