@@ -439,8 +439,8 @@ def train_epochs(
         "encoder_parameters": n_params,
         "encoder_options_resolved": dict(encoder.options),
         "train_networks": len(train_records),
-        # What an encoder's progress depends on, more than epochs: SNE leaves its initial plateau
-        # after a number of Adam steps, not of epochs (docs/RESULTS.md, "How SNE is trained").
+        # An epoch of 600 networks is 10 steps at batch 64, of 3000 is 47: epochs of different zoos
+        # are different amounts of training, and the step count says how much.
         "steps_per_epoch": steps_per_epoch,
         "augmented_networks": None if augmentable is None else sum(augmentable),
         "hardware": hardware_description(device),
