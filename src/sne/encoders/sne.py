@@ -105,7 +105,8 @@ LEVEL_ORIGINS = ("input", "output")
 #: standardisation), no batch norm after pooling, no neuron features, neuron order encoded.
 #: ``fast``: for large networks, the chunk stage (nearly all of SNE's FLOPs) at half the width and
 #: half the depth: an eighth of its linear layers' FLOPs, a quarter of its attention's; on small
-#: zoos it may not learn at all (600 INRs: all seven runs at width 32 near the mean predictor).
+#: zoos it may not learn at all (600 INRs: every run at width 32 near the mean predictor after 30
+#: epochs, and one trained for 150 hardly learned).
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"chunk_hidden": 32, "chunk_sab": 1},
     "paper": {"part_window": None, "chunk_hidden": None, "standardize_layers": False, "batch_norm": False,
@@ -345,7 +346,8 @@ class SNEEncoder(Encoder):
     ``hidden``; a preset's width above a smaller ``hidden`` is cut to it), with heads of the other
     stages' width; their codes are projected to ``hidden`` after the chunk pool. That stage runs
     once per ``chunk_size`` parameters and costs nearly all of SNE's FLOPs, so halving it quarters
-    them (``preset=fast``); at width 32 SNE did not learn on a 600-network zoo (it does on 3000).
+    them (``preset=fast``); at width 32 SNE did not learn on 600-network zoos in 30 epochs (it does
+    on 3000), and more epochs did not reliably make it.
     ``chunk_sab``: SABs in each of the chunk stage's two set-to-set steps (``None``: ``num_sab``, the
     paper's); the other cost knob of that stage, linear in it.
     ``canonical_order``: encode every plain chain in canonical neuron order
