@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -32,10 +33,20 @@ def scatter_predictions(
     return save_figure(fig, path, dpi=120)
 
 
+CAPTION_POINTS = 6
+
+
+def caption_lines(fig, caption: str) -> list[str]:
+    """``caption`` wrapped to the width of ``fig`` in small print (about half a point-size per character)."""
+    if not caption:
+        return []
+    return textwrap.wrap(caption, width=max(20, int(fig.get_figwidth() * 72 / (0.55 * CAPTION_POINTS))))
+
+
 def add_caption(fig, caption: str) -> None:
     """Small print under a figure: the data, seed, hardware and command that made it."""
     if caption:
-        fig.text(0.01, 0.01, caption, fontsize=6, va="bottom", wrap=True)
+        fig.text(0.01, 0.01, "\n".join(caption_lines(fig, caption)), fontsize=CAPTION_POINTS, va="bottom")
 
 
 def scatter_grid(panels: list[tuple[str, np.ndarray, np.ndarray]], path: str | Path, title: str, caption: str = "") -> Path:
@@ -103,9 +114,14 @@ def error_curves(curves: dict[str, tuple[list[float], list[float], list[float]]]
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    add_caption(fig, caption)
     if caption:
-        fig.subplots_adjust(bottom=0.24)
+        # Grown by the caption's height, so that a caption of many commands stays clear of the axis.
+        lines = len(caption_lines(fig, caption))
+        caption_inches = lines * CAPTION_POINTS * 1.3 / 72 + 0.1
+        axis_inches = 4.6 * 0.12
+        fig.set_figheight(4.6 + caption_inches)
+        fig.subplots_adjust(bottom=(caption_inches + axis_inches) / fig.get_figheight())
+    add_caption(fig, caption)
     return save_figure(fig, path, dpi=120)
 
 
