@@ -43,10 +43,13 @@ def caption_lines(fig, caption: str) -> list[str]:
     return textwrap.wrap(caption, width=max(20, int(fig.get_figwidth() * 72 / (0.55 * CAPTION_POINTS))))
 
 
-def add_caption(fig, caption: str) -> None:
-    """Small print under a figure: the data, seed, hardware and command that made it."""
-    if caption:
-        fig.text(0.01, 0.01, "\n".join(caption_lines(fig, caption)), fontsize=CAPTION_POINTS, va="bottom")
+def add_caption(fig, caption: str) -> float:
+    """Small print under a figure: the data, seed, hardware and command that made it. Returns the
+    height it takes, in inches (0 without a caption)."""
+    lines = caption_lines(fig, caption)
+    if lines:
+        fig.text(0.01, 0.01, "\n".join(lines), fontsize=CAPTION_POINTS, va="bottom")
+    return len(lines) * CAPTION_POINTS * 1.3 / 72 + 0.1 if lines else 0.0
 
 
 def scatter_grid(panels: list[tuple[str, np.ndarray, np.ndarray]], path: str | Path, title: str, caption: str = "") -> Path:
@@ -114,14 +117,12 @@ def error_curves(curves: dict[str, tuple[list[float], list[float], list[float]]]
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    if caption:
+    plot_height = fig.get_figheight()
+    caption_inches = add_caption(fig, caption)
+    if caption_inches:
         # Grown by the caption's height, so that a caption of many commands stays clear of the axis.
-        lines = len(caption_lines(fig, caption))
-        caption_inches = lines * CAPTION_POINTS * 1.3 / 72 + 0.1
-        axis_inches = 4.6 * 0.12
-        fig.set_figheight(4.6 + caption_inches)
-        fig.subplots_adjust(bottom=(caption_inches + axis_inches) / fig.get_figheight())
-    add_caption(fig, caption)
+        fig.set_figheight(plot_height + caption_inches)
+        fig.subplots_adjust(bottom=(caption_inches + 0.12 * plot_height) / fig.get_figheight())
     return save_figure(fig, path, dpi=120)
 
 
