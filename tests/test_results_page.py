@@ -77,17 +77,22 @@ def test_where_sne_stands_lists_each_sne_configuration_beside_the_best_other_enc
     cross = {"entries": [_transfer_row("sne", {}, 0, {"home": 0.6, "far": 0.4}),
                          _transfer_row("sne", {}, 1, {"home": 0.8, "far": 0.6}),
                          _transfer_row("deepsets", {}, 0, {"home": 0.5, "far": 0.1})]}
+    # The recipe-shift study: one training zoo, so a seed's score is its row's mean over the test zoos.
+    shift = {"entries": [_transfer_row("sne", {}, 0, {"home": 0.7, "far": 0.1}, epochs=30)]}
     for name, data in (("inr_frequency_independent", inr), ("ablation_invariance_independent", ablation),
-                       ("cross_dataset", cross)):
+                       ("cross_dataset", cross), ("recipe_shift", shift)):
         (tmp_path / "results" / f"{name}.json").write_text(json.dumps(data))
     module = page()
     monkeypatch.setattr(module, "ROOT", tmp_path)
     rows = [line for line in module.standing_section(sorted((tmp_path / "results").glob("*.json")))
             if line.startswith("| ")]
-    assert rows[0] == "| configuration | INR frequency, normalised MSE | cross-dataset, mean tau |"
+    assert rows[0] == ("| configuration | INR frequency, normalised MSE | cross-dataset, mean tau | "
+                       "recipe shift (600 training INRs), mean tau over its test zoos |")
     # Seeds averaged (CNN tables too: per seed over training zoos), the lambda-1 row and the half-data
     # row left out, epochs named.
-    assert rows[1] == "| sne | 0.500 ± 0.10 (50 ep, 2 seeds) | 0.600 ± 0.10 (15 ep, 2 seeds) |"
+    assert rows[1] == ("| sne | 0.500 ± 0.10 (50 ep, 2 seeds) | 0.600 ± 0.10 (15 ep, 2 seeds) | "
+                       "0.400 (30 ep, 1 seed) |")
     assert rows[2].startswith(f"| sne (augment_permutations={json.dumps(not augments)}, use_input_positions=true) | "
-                              "0.200 (30 ep, 1 seed) | not run |")
-    assert rows[3] == "| best other encoder | ng_gnn: 0.050 (50 ep, 1 seed) | deepsets: 0.300 (15 ep, 1 seed) |"
+                              "0.200 (30 ep, 1 seed) | not run | not run |")
+    assert rows[3] == ("| best other encoder | ng_gnn: 0.050 (50 ep, 1 seed) | deepsets: 0.300 (15 ep, 1 seed) | "
+                       "n/a |")
