@@ -378,6 +378,10 @@ def test_corrupt_files(tmp_path, label, needle):
         ({"state_dict": {"a.weight": torch.ones(1, 1)}, "model_state_dict": {}}, "ambiguous checkpoint"),
         ({"fc.weight": torch.tensor([[float("inf")]])}, "layer 'fc' has non-finite values"),
         ({"fc.weight": torch.ones(2, 2), "fc.bias": torch.ones(5)}, "layer 'fc' has a bias of shape (5,)"),
+        # GPT-2's Conv1D keeps its weight as (inputs, outputs): its file alone is not a torch.nn chain.
+        ({"c_fc.weight": torch.ones(4, 8), "c_fc.bias": torch.ones(8)},
+         "has a bias of shape (8,) that does not fit its weight of shape (4, 8) (a weight kept as (inputs, "
+         "outputs)?); pass --arch FILE.py:FACTORY"),
         (nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)).state_dict(), "unknown layer type for '1'"),
     ],
 )

@@ -100,6 +100,15 @@ def _check_layer_entries(name: str, parts: dict[str, torch.Tensor], source: str)
             f"{source}: unknown layer type for '{name}' (a normalisation? 1-D weight of shape "
             f"{tuple(weight.shape)} without running statistics); pass --arch FILE.py:FACTORY"
         )
+    bias = parts.get("bias")
+    if bias is not None and tuple(bias.shape) != tuple(weight.shape[:1]):
+        # Not a torch.nn layout: weights kept as (inputs, outputs), as GPT-2's Conv1D and TensorFlow
+        # dense layers do, or a transposed convolution's (inputs, outputs / groups, ...).
+        stored = (" (a weight kept as (inputs, outputs)?)" if bias.dim() == 1 and weight.dim() >= 2
+                  and bias.shape[0] == weight.shape[1] else "")
+        raise SneError(f"{source}: layer '{name}' has a bias of shape {tuple(bias.shape)} that does not fit its "
+                       f"weight of shape {tuple(weight.shape)}{stored}; pass --arch FILE.py:FACTORY, or keep a "
+                       f"Hugging Face model's config.json beside its weights")
 
 
 def _batch_norm(name: str, level: int, parts: dict[str, torch.Tensor], activation, source: str) -> Layer:
