@@ -26,7 +26,7 @@ from sne.weights import (
     record_from_state_dict,
     save_state_dict_file,
 )
-from sne.weights.arch import arch_from_spec
+from sne.weights.arch import Arch, arch_from_spec
 from sne.weights.permute import symmetry_groups
 
 ALL = [*families.FAMILIES.items(), *families.HELD_OUT_VARIANTS, *families.MORE_WIRINGS]
@@ -193,6 +193,25 @@ def test_cli_refusals_are_one_line(tiny_run, tmp_path, capsys):
                                   "--out", str(tmp_path / "z.npy")], capsys)
         assert code == 2 and len((out + err).strip().splitlines()) == 1, (bad, out, err)
     assert not (tmp_path / "z.npy").exists()
+
+
+def test_checkpoints_of_wrapped_modules_fit_their_architecture(tmp_path):
+    """Keys saved through DistributedDataParallel (``module.``), torch.compile (``_orig_mod.``) or a
+    Lightning module (``model.``) read as the bare module's; a prefix that is part of no wrapper's
+    job (the keys do not fit once peeled) is still refused."""
+    module, example = families.resnet()
+    arch = Arch(module, example)
+    state = module.state_dict()
+    reference = arch.record(state, "bare").to_state_dict()
+    for prefix in ("module.", "module._orig_mod.", "model."):
+        record = arch.record({prefix + key: value for key, value in state.items()}, prefix)
+        assert record.to_state_dict().keys() == reference.keys()
+        assert all(torch.equal(record.to_state_dict()[k], reference[k]) for k in reference)
+    with pytest.raises(SneError, match=r"^other: does not fit architecture .*missing key"):
+        arch.record({"backbone." + key: value for key, value in list(state.items())[1:]}, "other")
+    # A training checkpoint that keeps the weights under 'model' (torchvision's reference scripts).
+    torch.save({"model": {"module." + key: value for key, value in state.items()}, "epoch": 3}, tmp_path / "c.pt")
+    assert load_record(tmp_path / "c.pt", arch).to_state_dict().keys() == reference.keys()
 
 
 def test_a_factory_without_example_input_guesses_one(tmp_path):

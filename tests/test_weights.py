@@ -290,7 +290,7 @@ def test_save_views_and_shared_tensors(tmp_path):
     assert_state_equal(load_state_dict_file(tmp_path / "v.safetensors"), state)
 
 
-@pytest.mark.parametrize("key", ["state_dict", "model_state_dict"])
+@pytest.mark.parametrize("key", ["state_dict", "model_state_dict", "model"])
 def test_load_training_checkpoint(tmp_path, key):
     state = mlp().state_dict()
     path = tmp_path / "train.ckpt"

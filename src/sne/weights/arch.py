@@ -24,6 +24,21 @@ from sne.weights.record import NetworkRecord, check_tensors
 from sne.weights.trace import record_from_module, tied_keys
 
 
+def unwrapped(state: dict[str, Any], keys: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` without the prefixes that wrappers put before every key (``module.`` from
+    DistributedDataParallel, ``_orig_mod.`` from torch.compile, ``model.`` from a Lightning module):
+    of ``state`` and its versions with one, two, ... leading key components peeled (while all keys
+    share them), the first with the most keys of ``keys``."""
+    best, common = state, len(state.keys() & keys.keys())
+    while state and not best.keys() <= keys.keys():
+        if len({key.partition(".")[0] for key in state}) != 1 or not all("." in key for key in state):
+            break
+        state = {key.partition(".")[2]: value for key, value in state.items()}
+        if len(state.keys() & keys.keys()) > common:
+            best, common = state, len(state.keys() & keys.keys())
+    return best
+
+
 class Arch:
     """A traced architecture: turns state_dicts of that architecture into records."""
 
@@ -41,7 +56,7 @@ class Arch:
         """The record of ``state`` (a state_dict of this architecture, or as its source saves it; a
         tied tensor may be there under one of its keys only); :class:`SneError` naming the first key
         that is missing, unexpected or of another shape."""
-        state = dict(state)
+        state = unwrapped(dict(state), self.keys)
         if self.from_saved is not None and set(state) - set(self.keys):
             try:
                 state = self.from_saved(state)

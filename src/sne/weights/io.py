@@ -36,7 +36,7 @@ _KEY_ORDER = "sne.key_order"
 _STRUCTURE = "sne.structure"
 
 # The entries of a training checkpoint that may hold the model's state_dict.
-_NESTED_STATE_KEYS = ("state_dict", "model_state_dict")
+_NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model")
 
 
 def record_from_state_dict(
@@ -152,9 +152,10 @@ def _check_follows(previous: Layer, layer: Layer, source: str) -> None:
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state_dict from ``.safetensors``, or from a PyTorch file (.pt/.pth/.bin/.ckpt) unpickled safely.
 
-    A training checkpoint whose ``state_dict`` or ``model_state_dict`` entry holds the state_dict is
-    accepted too. Raises :class:`SneError` naming the file for anything else. A safetensors file
-    keeps the order :func:`save_state_dict_file` recorded, or else the order of its own header.
+    A training checkpoint whose ``state_dict``, ``model_state_dict`` or ``model`` entry holds the
+    state_dict is accepted too. Raises :class:`SneError` naming the file for anything else. A
+    safetensors file keeps the order :func:`save_state_dict_file` recorded, or else the order of its
+    own header.
 
     A damaged file never allocates more than its own size suggests: a safetensors header is checked
     against the file (every tensor inside it, its size that of its dtype and shape) before any tensor
@@ -415,7 +416,7 @@ def _as_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
         raise SneError(f"{path}: holds a {type(obj).__name__}, not a state_dict (a dict of tensors)")
     nested = [key for key in _NESTED_STATE_KEYS if isinstance(obj.get(key), Mapping)]
     if len(nested) > 1:
-        raise SneError(f"{path}: ambiguous checkpoint with both 'state_dict' and 'model_state_dict' entries")
+        raise SneError(f"{path}: ambiguous checkpoint with {' and '.join(repr(k) for k in nested)} entries")
     if nested:
         obj = obj[nested[0]]
     for key, value in obj.items():
@@ -424,7 +425,7 @@ def _as_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
         if not isinstance(value, torch.Tensor):
             raise SneError(
                 f"{path}: entry '{key}' is a {type(value).__name__}, not a tensor (expected a state_dict, "
-                f"or a checkpoint with a 'state_dict' or 'model_state_dict' entry)"
+                f"or a checkpoint with a {', '.join(repr(k) for k in _NESTED_STATE_KEYS)} entry)"
             )
     return dict(obj)
 
