@@ -74,3 +74,27 @@ def test_cli_predicts_on_hugging_face_checkpoints(tiny_sne_run, tmp_path, capsys
     assert code == 0, err
     codes = np.load(tmp_path / "z.npy")
     assert codes.shape[0] == 2 and np.isfinite(codes).all()
+
+
+def test_a_model_directory_single_or_sharded_reads_as_its_weights_file(tiny_sne_run, tmp_path, capsys):
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=30, n_positions=8, n_embd=16,
+                                                                 n_layer=2, n_head=2)).eval()
+    single = _saved(model, tmp_path / "single").parent
+    sharded = tmp_path / "sharded"
+    model.save_pretrained(sharded, max_shard_size="20KB")
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (sharded / "model.safetensors.index.json").is_file()
+    read = network_reader()
+    _same(read(sharded), read(single / "model.safetensors"))
+    _same(read(single), read(single / "model.safetensors"))
+    code, out, err = run_cli(["predict", str(tiny_sne_run), str(single), str(sharded), "--device", "cpu"], capsys)
+    assert code == 0, err
+    first, second = (line.split("\t") for line in out.strip().splitlines())
+    assert first[0] == str(single) and second[0] == str(sharded) and first[1:] == second[1:]
+    # A shard gone, or no weights at all: one line naming what is missing, exit code 2.
+    shards[-1].unlink()
+    (tmp_path / "empty").mkdir()
+    for broken, needle in ((sharded, shards[-1].name), (tmp_path / "empty", "a directory without model.safetensors")):
+        code, out, err = run_cli(["predict", str(tiny_sne_run), str(broken), "--device", "cpu"], capsys)
+        message = (out + err).strip()
+        assert code == 2 and needle in message and len(message.splitlines()) == 1, message

@@ -407,5 +407,6 @@ def test_missing_file_and_directory(tmp_path):
         load_record(tmp_path / "absent.pt")
     with pytest.raises(SneError, match=r"absent\.safetensors: no such file"):
         load_state_dict_file(tmp_path / "absent.safetensors")
-    with pytest.raises(SneError, match="not a file"):
+    # A directory is read only as a model directory (model.safetensors or a shard index inside).
+    with pytest.raises(SneError, match="a directory without model.safetensors or model.safetensors.index.json"):
         load_state_dict_file(tmp_path)

@@ -153,7 +153,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state_dict from ``.safetensors``, or from a PyTorch file (.pt/.pth/.bin/.ckpt) unpickled safely.
 
     A training checkpoint whose ``state_dict``, ``model_state_dict`` or ``model`` entry holds the
-    state_dict is accepted too. Raises :class:`SneError` naming the file for anything else. A
+    state_dict is accepted too, and so is a model directory as Hugging Face's ``save_pretrained``
+    writes it (``model.safetensors``, or shards and their ``model.safetensors.index.json``). Raises :class:`SneError` naming the file for anything else. A
     safetensors file keeps the order :func:`save_state_dict_file` recorded, or else the order of its
     own header.
 
@@ -164,9 +165,41 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     try:
-        return _load_state_dict_file(path)
+        return _load_model_directory(path) if path.is_dir() else _load_state_dict_file(path)
     except SneError as error:
         raise _one_line_error(error) from None
+
+
+#: What a Hugging Face model directory keeps its weights in: one file, or shards listed by an index.
+_DIRECTORY_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+def _load_model_directory(path: Path) -> dict[str, torch.Tensor]:
+    """The state_dict of a model directory as ``save_pretrained`` writes it: ``model.safetensors``,
+    or the shards ``model.safetensors.index.json`` maps every key to (each key read from its shard)."""
+    single, index = (path / name for name in _DIRECTORY_WEIGHTS)
+    if single.is_file():
+        return _load_state_dict_file(single)
+    if not index.is_file():
+        raise SneError(f"{path}: a directory without {' or '.join(_DIRECTORY_WEIGHTS)}; name a checkpoint file")
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        if not (isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())):
+            raise TypeError("weight_map is not an object of file names")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SneError(f"{index}: not a readable shard index ({one_line(exc)})") from None
+    state: dict[str, torch.Tensor] = {}
+    for shard in dict.fromkeys(weight_map.values()):
+        shard_path = path / shard
+        if Path(shard).name != shard or shard_path.suffix != ".safetensors":
+            raise SneError(f"{index}: shard {shard!r} is not a safetensors file beside the index")
+        tensors = _load_state_dict_file(shard_path)
+        wanted = [key for key, owner in weight_map.items() if owner == shard]
+        missing = [key for key in wanted if key not in tensors]
+        if missing:
+            raise SneError(f"{shard_path}: lacks '{missing[0]}', which {index.name} puts there")
+        state.update((key, tensors[key]) for key in wanted)
+    return state
 
 
 def _one_line_error(error: SneError) -> SneError:
