@@ -325,6 +325,18 @@ def test_embed_writes_the_readable_files_in_order(small_run, mixed_files, tmp_pa
     # No readable file: nothing is written.
     code, _, err = run_cli(["embed", str(small_run), str(files[1]), "--out", str(tmp_path / "none.npy")], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "none.npy").exists()
+    # A .csv names each row's file: the rows of the .npy, beside the files that could be read.
+    code, _, err = run_cli(["embed", str(small_run), *map(str, files), "--out", str(tmp_path / "codes.csv"),
+                            "--device", "cpu", "--batch-size", "2"], capsys)
+    assert code == 2
+    table = pd.read_csv(tmp_path / "codes.csv")
+    assert list(table.columns) == ["file", *(f"z{i}" for i in range(8))]
+    assert table["file"].tolist() == [str(path) for path in good]
+    np.testing.assert_allclose(table.iloc[:, 1:].to_numpy(), codes, rtol=1e-6, atol=1e-7)
+    # Another suffix is refused before any work, in one line.
+    code, out, err = run_cli(["embed", str(small_run), *map(str, good), "--out", str(tmp_path / "codes.txt")], capsys)
+    assert code == 2 and ".npy or a .csv" in out + err and len((out + err).strip().splitlines()) == 1
+    assert not (tmp_path / "codes.txt").exists()
 
 
 def test_predict_names_classes_with_probabilities(small_run, shared_sine_zoo, mixed_files, tmp_path, capsys):

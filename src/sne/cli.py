@@ -504,37 +504,49 @@ def predict(
 @app.command()
 def embed(
     run: Path = typer.Argument(..., help="Run directory made by 'sne train'."),
-    files: List[Path] = typer.Argument(..., help="Checkpoint files: safetensors or PyTorch state_dicts."),
-    out: Path = typer.Option(..., "--out", help="Output .npy file of shape (files, encoding size)."),
+    files: List[Path] = typer.Argument(..., help="Checkpoint files (safetensors or PyTorch state_dicts) or "
+                                        "Hugging Face model directories."),
+    out: Path = typer.Option(..., "--out", help="Output file: .npy, an array of shape (files, encoding size); "
+                             ".csv, a table with a 'file' column and one column z0, z1, ... per dimension."),
     arch: Optional[str] = typer.Option(None, "--arch", help=_ARCH_HELP),
     device: str = typer.Option("auto", "--device"),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Networks per forward pass."),
     micro_batch: Optional[int] = typer.Option(None, "--micro-batch", min=1, help="SNE: chunks (of 32 parameters) "
                                               "encoded at a time; memory grows with it (default 128)."),
 ) -> None:
-    """Write the encoder's code z for each checkpoint file to a .npy array, one row per file in the
-    order given.
+    """Write the encoder's code z for each checkpoint file to a .npy array or a .csv table, one row
+    per file in the order given.
 
-    A file that cannot be read is reported on its own line (stderr) and gets no row: the array then
-    holds the codes of the other files, still in the order given, and the command exits with code 2.
-    Nothing is written when no file can be read.
+    A file that cannot be read is reported on its own line (stderr) and gets no row: the output then
+    holds the codes of the other files, still in the order given (a .csv names each row's file), and
+    the command exits with code 2. Nothing is written when no file can be read.
     """
     import numpy as np
 
     from sne.io_utils import atomic_path
     from sne.train import load_run
 
+    if out.suffix not in (".npy", ".csv"):
+        raise SneError(f"--out {out}: name a .npy or a .csv file")
     trained = load_run(run, device=device)
     _set_micro_batch(trained.predictor.encoder, micro_batch)
     predictor = trained.predictor
     failures: list = []
-    rows = [row for _, row in _each_file(files, arch, predictor.encoder, batch_size,
-                                         lambda records: predictor.embed(records, len(records)), failures)]
+    read = list(_each_file(files, arch, predictor.encoder, batch_size,
+                           lambda records: predictor.embed(records, len(records)), failures))
+    rows = [row for _, row in read]
     if rows:
         codes = np.stack(rows)
         with atomic_path(out) as tmp:
-            with open(tmp, "wb") as handle:
-                np.save(handle, codes)
+            if out.suffix == ".csv":
+                import pandas as pd
+
+                table = pd.DataFrame(codes, columns=[f"z{i}" for i in range(codes.shape[1])])
+                table.insert(0, "file", [str(path) for path, _ in read])
+                table.to_csv(tmp, index=False, float_format="%.9g")
+            else:
+                with open(tmp, "wb") as handle:
+                    np.save(handle, codes)
         console.print(f"{codes.shape[0]} encodings of size {codes.shape[1]} written to [bold]{escape(str(out))}[/bold]",
                       highlight=False)
     _finish(files, failures, f"{out} holds the codes of the other {len(rows)}, in the order given"
