@@ -795,7 +795,13 @@ def _one_training_zoo_lines(data: dict, tests: list[str], mse: dict, generations
 ABLATION_STUDIES = {
     "components": ("SNE ablations: what each part buys (the paper's Table 6, and our additions)",
                    "Each row removes (or, for our optional inputs, adds) one part of the base configuration."),
-    "chunk-size": ("SNE by chunk size (the paper's Table 7)", "Each row changes the chunk size of the base configuration."),
+    "chunk-size": ("SNE by chunk size (the paper's Table 7)",
+                   "Each row changes the chunk size of the base configuration. Chunks never mix part of one row (a "
+                   "neuron's incoming weights) with another row: a row longer than a chunk is cut in pieces by input "
+                   "order, and a chunk larger than a row holds several whole rows in neuron order. Only where a "
+                   "chunk holds exactly one row, or a whole layer part, is the set of chunks the same for every "
+                   "equivalent permutation of a network; the sine INRs' hidden rows are 32 long, so the "
+                   "permutation-change column measures what other sizes cost in invariance."),
     "invariance": ("The logit-invariance regulariser at work: lambda sweep and permutation augmentation",
                    "Each row changes how the base configuration is trained to be invariant to neuron permutations."),
     "training": ("How SNE is trained: learning rate, schedule and warm-up",
