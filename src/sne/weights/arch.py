@@ -192,8 +192,8 @@ def is_hf_config(path: Path) -> bool:
 def network_reader(arch: str | None = None) -> Callable[[str | Path], NetworkRecord]:
     """``read(path) -> record`` for checkpoint files: with ``arch`` (an ``--arch`` value) every file is
     read with that architecture; without it, a Hugging Face ``config.json`` beside a file (or in a
-    model directory) builds that file's architecture (once per config), and otherwise the file's own structure is read
-    (:func:`sne.weights.io.load_record`). A wrong ``arch`` fails here, before any file is read;
+    model directory) builds that file's architecture (once per config), and otherwise the file's own
+    structure is read (:func:`sne.weights.io.load_record`). A wrong ``arch`` fails here, before any file is read;
     ``read`` raises a one-line :class:`SneError` naming the file."""
     from sne.weights.io import load_record  # noqa: PLC0415 - io refers back to this module
 

@@ -154,9 +154,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     A training checkpoint whose ``state_dict``, ``model_state_dict`` or ``model`` entry holds the
     state_dict is accepted too, and so is a model directory as Hugging Face's ``save_pretrained``
-    writes it (``model.safetensors``, or shards and their ``model.safetensors.index.json``). Raises :class:`SneError` naming the file for anything else. A
-    safetensors file keeps the order :func:`save_state_dict_file` recorded, or else the order of its
-    own header.
+    writes it (``model.safetensors``, or shards and their ``model.safetensors.index.json``). Raises
+    :class:`SneError` naming the file for anything else. A safetensors file keeps the order
+    :func:`save_state_dict_file` recorded, or else the order of its own header.
 
     A damaged file never allocates more than its own size suggests: a safetensors header is checked
     against the file (every tensor inside it, its size that of its dtype and shape) before any tensor
