@@ -316,8 +316,8 @@ class SNEEncoder(Encoder):
     3000 training INRs and the worse on 600, three seeds each, docs/RESULTS.md). Ablation switches,
     on by default: ``use_type_encoding``, ``use_level_encoding``, ``use_set_functions`` (off:
     per-element MLPs and mean pooling instead of SABs and PMA), ``use_hierarchy`` (off: all chunk
-    codes of a network form one set for the network encoder). ``use_chunk_index_encoding`` and ``use_row_slot_encoding`` (off by default, on in the
-    paper) encode neuron order, which a neuron permutation changes and the network's function does
+    codes of a network form one set for the network encoder). ``use_chunk_index_encoding`` and
+    ``use_row_slot_encoding`` (off by default, on in the paper) encode neuron order, which a neuron permutation changes and the network's function does
     not: without them SNE is exactly invariant to hidden-neuron permutations where every chunk holds
     one neuron's incoming elements or a whole layer part, and every part fits one ``part_window``
     (a SIREN of width ``chunk_size``); elsewhere which neurons share a chunk or window still follows
