@@ -312,16 +312,16 @@ class SNEEncoder(Encoder):
     Options (see :data:`DEFAULT_OPTIONS`): ``chunk_size`` elements per chunk; ``hidden`` width of
     every set block; ``heads`` attention heads; ``num_sab`` SABs per stage; ``out_dim`` size of z;
     ``layer_norm`` in the set blocks (``true``/``post`` after each residual sum, ``pre`` on each
-    branch's input: :mod:`sne.encoders.set_blocks`; off by default: ``pre`` was the better SNE on
-    3000 training INRs and the worse on 600, three seeds each, docs/RESULTS.md). Ablation switches,
-    on by default: ``use_type_encoding``, ``use_level_encoding``, ``use_set_functions`` (off:
-    per-element MLPs and mean pooling instead of SABs and PMA), ``use_hierarchy`` (off: all chunk
-    codes of a network form one set for the network encoder). ``use_chunk_index_encoding`` and
-    ``use_row_slot_encoding`` (off by default, on in the paper) encode neuron order, which a neuron permutation changes and the network's function does
-    not: without them SNE is exactly invariant to hidden-neuron permutations where every chunk holds
-    one neuron's incoming elements or a whole layer part, and every part fits one ``part_window``
-    (a SIREN of width ``chunk_size``); elsewhere which neurons share a chunk or window still follows
-    their order, so invariance is approximate.
+    branch's input: :mod:`sne.encoders.set_blocks`; off by default: ``pre`` was the better SNE on 3000
+    training INRs and the worse on 600, three seeds each, docs/RESULTS.md). Ablation switches, on by
+    default: ``use_type_encoding``, ``use_level_encoding``, ``use_set_functions`` (off: per-element MLPs
+    and mean pooling instead of SABs and PMA), ``use_hierarchy`` (off: all chunk codes of a network form
+    one set for the network encoder). ``use_chunk_index_encoding`` and ``use_row_slot_encoding`` (off by
+    default, on in the paper) encode neuron order, which a neuron permutation changes and the network's
+    function does not: without them SNE is exactly invariant to hidden-neuron permutations where every
+    chunk holds one neuron's incoming elements or a whole layer part, and every part fits one
+    ``part_window`` (a SIREN of width ``chunk_size``); elsewhere which neurons share a chunk or window
+    still follows their order, so invariance is approximate.
     ``use_source_features`` (on by default; off in the paper): every weight also carries features
     of the neuron it comes from (:mod:`sne.encoders.chunking`, "Source neurons"), the cross-layer
     link that a row-as-set encoding otherwise loses. ``use_input_positions`` (off by default, as in
