@@ -188,13 +188,15 @@ def _load_model_directory(path: Path) -> dict[str, torch.Tensor]:
             raise TypeError("weight_map is not an object of file names")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SneError(f"{index}: not a readable shard index ({one_line(exc)})") from None
+    keys_of: dict[str, list[str]] = {}
+    for key, shard in weight_map.items():
+        keys_of.setdefault(shard, []).append(key)
     state: dict[str, torch.Tensor] = {}
-    for shard in dict.fromkeys(weight_map.values()):
+    for shard, wanted in keys_of.items():
         shard_path = path / shard
         if Path(shard).name != shard or shard_path.suffix != ".safetensors":
             raise SneError(f"{index}: shard {shard!r} is not a safetensors file beside the index")
         tensors = _load_state_dict_file(shard_path)
-        wanted = [key for key, owner in weight_map.items() if owner == shard]
         missing = [key for key in wanted if key not in tensors]
         if missing:
             raise SneError(f"{shard_path}: lacks '{missing[0]}', which {index.name} puts there")
