@@ -210,7 +210,8 @@ def test_each_ablation_builds_and_runs(switch):
 @pytest.mark.parametrize(
     "options",
     [{}, {"use_hierarchy": False}, {"use_set_functions": False}, {"use_source_features": True},
-     {"use_input_positions": True}, {"use_own_neuron_features": True}, {"source_code_rounds": 2}],
+     {"use_input_positions": True}, {"use_own_neuron_features": True}, {"source_code_rounds": 2},
+     {"pool_seeds": 3, "pool_statistics": True}],
 )
 def test_gradients_reach_every_parameter(options):
     """Every parameter but the merge tokens, which chains do not use (tests/test_encoders_any_network.py)."""
@@ -495,6 +496,41 @@ def test_default_sne_is_exactly_invariant_to_hidden_permutations_and_the_paper_p
     paper = SNEEncoder(**SMALL, chunk_size=32, preset="paper").double().eval()
     # Untrained, the order encodings move codes by ~1e-7; float64 rounding is ~1e-16.
     assert (encode(paper, others) - encode(paper, records)).abs().max() > 1e-9
+
+
+@pytest.mark.parametrize("options", [{"pool_seeds": 3}, {"pool_statistics": True}])
+def test_richer_pooling_keeps_default_sne_exactly_invariant(options):
+    """Several PMA seeds and set statistics pool sets, so equivalent permutations still encode alike."""
+    from sne.weights import permute_hidden
+
+    g = torch.Generator().manual_seed(21)
+    records = [mlp([1, 32, 32, 1], g, dtype=torch.float64) for _ in range(3)]
+    others = [permute_hidden(r, [torch.randperm(32, generator=g), torch.randperm(32, generator=g), None])
+              for r in records]
+    torch.manual_seed(0)
+    encoder = SNEEncoder(**SMALL, chunk_size=32, **options).double().eval()
+    codes = encode(encoder, records)
+    torch.testing.assert_close(encode(encoder, others), codes, atol=1e-9, rtol=0)
+    torch.manual_seed(0)
+    plain = SNEEncoder(**SMALL, chunk_size=32).double().eval()
+    assert not torch.allclose(encode(plain, records), codes)
+    with pytest.raises(SneError, match="pool_seeds"):
+        SNEEncoder(pool_seeds=0)
+    with pytest.raises(SneError, match="pool_statistics"):
+        SNEEncoder(pool_statistics="yes")
+
+
+def test_set_statistics_ignore_padding_whatever_it_holds():
+    from sne.encoders.set_blocks import set_statistics
+
+    g = torch.Generator().manual_seed(2)
+    sets = [torch.randn(n, 3, generator=g, dtype=torch.float64) for n in (1, 4, 7)]
+    padded = torch.full((3, 7, 3), float("nan"), dtype=torch.float64)
+    mask = torch.zeros(3, 7, dtype=torch.bool)
+    for i, x in enumerate(sets):
+        padded[i, : len(x)], mask[i, : len(x)] = x, True
+    expected = torch.stack([torch.cat([x.mean(0), x.amax(0), x.amin(0), x.std(0, unbiased=False)]) for x in sets])
+    torch.testing.assert_close(set_statistics(padded, mask), expected, atol=1e-6, rtol=0)
 
 
 def swap_first_layer_inputs(record: NetworkRecord) -> NetworkRecord:

@@ -131,6 +131,10 @@ def _components() -> list[AblationRow]:
                     "variance-preserving initialisation (preserve_chunk_scale=true)", options={"preserve_chunk_scale": True}),
         AblationRow("chunk-sab-1", "ours: one SAB in each chunk set-to-set step (chunk_sab=1; half the chunk stage)",
                     options={"chunk_sab": 1}),
+        AblationRow("pool-seeds-4", "ours: four PMA seeds in every pooling stage, merged by a linear map (pool_seeds=4)",
+                    options={"pool_seeds": 4}),
+        AblationRow("pool-statistics", "ours: every pooling stage also takes its set's mean, max, min and standard "
+                    "deviation (pool_statistics=true)", options={"pool_statistics": True}),
         AblationRow("neuron-means", "ours: with neuron means (signed means of standardised weights)",
                     options={"use_neuron_means": True}),
         AblationRow("unordered-neuron-gains", "ours: with neuron gains (log norms of raw weights), without "

@@ -130,3 +130,23 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.unsqueeze(-1)
     # masked_fill, not a product: padded rows may hold anything, even non-finite values.
     return x.masked_fill(~mask, 0.0).sum(dim=1) / mask.sum(dim=1).to(x.dtype)
+
+
+#: What :func:`set_statistics` returns, in order.
+SET_STATISTICS = ("mean", "max", "min", "std")
+
+
+def set_statistics(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean, max, min and standard deviation of ``x`` (batch, size, dim) over the real elements of
+    each set, concatenated -> (batch, 4 dim): the aggregators of principal neighbourhood aggregation
+    (Corso et al. 2020). Attention pooling is a weighted mean: extremes and spread it reaches only
+    through sharp, learned weights."""
+    real = mask.unsqueeze(-1)
+    mean = masked_mean(x, mask)
+    centred = (x - mean.unsqueeze(1)).masked_fill(~real, 0.0)
+    variance = centred.square().sum(dim=1) / real.sum(dim=1).to(x.dtype)
+    # Clamped, so the square root's gradient stays finite on one-element sets (variance 0).
+    std = variance.clamp_min(1e-12).sqrt()
+    largest = x.masked_fill(~real, float("-inf")).amax(dim=1)
+    smallest = x.masked_fill(~real, float("inf")).amin(dim=1)
+    return torch.cat([mean, largest, smallest, std], dim=-1)

@@ -56,7 +56,7 @@ from sne.encoders.chunking import (
     type_positions,
 )
 from sne.encoders.positional import coordinate_encoding, sinusoidal_encoding
-from sne.encoders.set_blocks import PMA, SAB, ResidualFF, masked_mean, norm_placement
+from sne.encoders.set_blocks import PMA, SAB, SET_STATISTICS, ResidualFF, masked_mean, norm_placement, set_statistics
 from sne.errors import SneError
 from sne.weights.batch import with_parameter_values
 from sne.weights.permute import canonical_permutations, permute_hidden
@@ -95,6 +95,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "use_neuron_gains": True,
     "use_neuron_means": False,
     "preserve_chunk_scale": False,
+    "pool_seeds": 1,
+    "pool_statistics": False,
 }
 
 #: Where layer levels count from (option ``level_origin``).
@@ -272,9 +274,14 @@ class SetPool(nn.Module):
     normalisation removes the shared part and restores unit spread after every stage.
     """
 
-    def __init__(self, hidden: int, heads: int, layer_norm: bool | str, set_functions: bool, batch_norm: bool) -> None:
+    def __init__(self, hidden: int, heads: int, layer_norm: bool | str, set_functions: bool, batch_norm: bool,
+                 seeds: int = 1, statistics: bool = False) -> None:
         super().__init__()
-        self.pma = PMA(hidden, heads, seeds=1, layer_norm=layer_norm) if set_functions else None
+        self.pma = PMA(hidden, heads, seeds=seeds, layer_norm=layer_norm) if set_functions else None
+        # Absent at one seed and no statistics, so checkpoints of that configuration keep their keys.
+        pieces = (seeds if set_functions else 1) + (len(SET_STATISTICS) if statistics else 0)
+        self.merge = nn.Linear(pieces * hidden, hidden) if pieces > 1 else None
+        self.statistics = statistics
         self.norm = nn.BatchNorm1d(hidden) if batch_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -296,7 +303,10 @@ class SetPool(nn.Module):
     def pool(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The pooled codes before batch normalisation: a run of sets pooled apart, then normalised
         together, gives exactly the codes and statistics of one call."""
-        return masked_mean(x, mask) if self.pma is None else self.pma(x, mask).squeeze(1)
+        pooled = masked_mean(x, mask) if self.pma is None else self.pma(x, mask).flatten(1)
+        if self.statistics:
+            pooled = torch.cat([pooled, set_statistics(x, mask)], dim=-1)
+        return pooled if self.merge is None else self.merge(pooled)
 
 
 def _gather_sets(values: torch.Tensor, slot: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -386,6 +396,11 @@ class SNEEncoder(Encoder):
     projection of its batch-normalised codes to ``hidden`` starts variance-preserving instead of at
     PyTorch's default, which cuts their variance to a third. Tried against SNE at width 32 predicting
     the mean on a small zoo; it did not reliably fix that (docs/RESULTS.md, recipe shift).
+    ``pool_seeds`` (1 by default, as in the paper): learned seeds of every stage's PMA; with more
+    than one, each seed pools the set its own way and a linear map merges their outputs.
+    ``pool_statistics`` (off by default): every stage's pooled code also gets the mean, max, min and
+    standard deviation of its set (:func:`~sne.encoders.set_blocks.set_statistics`, the aggregators
+    Neural Graphs' PNA layers use), merged with the PMA's output by a linear map.
     ``preset``: a name in :data:`PRESETS` whose options apply under those given (``preset=paper``).
     """
 
@@ -453,9 +468,10 @@ class SNEEncoder(Encoder):
         # Heads of the same width as elsewhere: attention over 32 elements costs per head, not per width.
         chunk_heads = chunk_heads_for(resolved)
         chunk_depth = depth if resolved["chunk_sab"] is None else resolved["chunk_sab"]
+        pooling = (resolved["pool_seeds"], resolved["pool_statistics"])
         self.chunk_stack_1 = SetStack(chunk, chunk_heads, chunk_depth, norm, sets)
         self.chunk_stack_2 = SetStack(chunk, chunk_heads, chunk_depth, norm, sets)
-        self.chunk_pool = SetPool(chunk, chunk_heads, norm, sets, resolved["batch_norm"])
+        self.chunk_pool = SetPool(chunk, chunk_heads, norm, sets, resolved["batch_norm"], *pooling)
         # Absent at the paper's width, so its checkpoints keep their keys.
         self.chunk_out = nn.Linear(chunk, hidden) if chunk != hidden else None
         if self.chunk_out is not None and resolved["preserve_chunk_scale"]:
@@ -470,11 +486,11 @@ class SNEEncoder(Encoder):
         self.source_out = nn.ModuleList(nn.Linear(chunk, chunk, bias=False) for _ in range(rounds)) if rounds else None
         if resolved["use_hierarchy"]:
             self.part_stack = SetStack(hidden, heads, depth, norm, sets)
-            self.part_pool = SetPool(hidden, heads, norm, sets, resolved["batch_norm"])
+            self.part_pool = SetPool(hidden, heads, norm, sets, resolved["batch_norm"], *pooling)
             self.merge_stack = SetStack(hidden, heads, 1, norm, sets)
-            self.merge_pool = SetPool(hidden, heads, norm, sets, resolved["batch_norm"])
+            self.merge_pool = SetPool(hidden, heads, norm, sets, resolved["batch_norm"], *pooling)
         self.network_stack = SetStack(hidden, heads, depth, norm, sets)
-        self.network_pool = SetPool(hidden, heads, norm, sets, resolved["batch_norm"])
+        self.network_pool = SetPool(hidden, heads, norm, sets, resolved["batch_norm"], *pooling)
         self.readout = nn.Linear(hidden, self.out_dim)
         # Learned merge tokens (residual sum, concatenation; sne.encoders.chunking, "Merge tokens"),
         # initialised without drawing random numbers, so every other parameter's initialisation,
@@ -902,7 +918,7 @@ def _validate(options: dict[str, Any]) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SneError(f"SNE option {name} must be a positive integer, got {value!r}")
 
-    for name in ("chunk_size", "hidden", "heads", "out_dim"):
+    for name in ("chunk_size", "hidden", "heads", "out_dim", "pool_seeds"):
         positive_int(name)
     for name in ("num_sab", "source_code_rounds", "chunk_sab"):
         if name == "chunk_sab" and options[name] is None:
@@ -920,7 +936,7 @@ def _validate(options: dict[str, Any]) -> None:
         raise SneError(f"SNE option chunk_hidden ({options['chunk_hidden']}) must be divisible by its heads "
                        f"({chunk_heads_for(options)}: heads x chunk_hidden / hidden)")
     for name, value in options.items():
-        if (name in ("standardize_layers", "batch_norm", "canonical_order", "preserve_chunk_scale")
+        if (name in ("standardize_layers", "batch_norm", "canonical_order", "preserve_chunk_scale", "pool_statistics")
                 or name.startswith("use_")) and not isinstance(
             value, bool
         ):
