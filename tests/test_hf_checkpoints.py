@@ -98,3 +98,38 @@ def test_a_model_directory_single_or_sharded_reads_as_its_weights_file(tiny_sne_
         code, out, err = run_cli(["predict", str(tiny_sne_run), str(broken), "--device", "cpu"], capsys)
         message = (out + err).strip()
         assert code == 2 and needle in message and len(message.splitlines()) == 1, message
+
+
+def test_a_folder_of_model_directories_imports_as_a_zoo(tmp_path, capsys):
+    """Each listed directory is one network (its shards and config.json are its own, not unlisted
+    checkpoints); the zoo's records are what reading each directory gives; a listed directory
+    without weights is refused in one line, and nothing is written."""
+    config = transformers.GPT2Config(vocab_size=30, n_positions=8, n_embd=16, n_layer=2, n_head=2)
+    root = tmp_path / "models"
+    names = ["a", "b", "c"]
+    for i, name in enumerate(names):
+        torch.manual_seed(i)
+        model = transformers.GPT2LMHeadModel(config).eval()
+        model.save_pretrained(root / name, **({"max_shard_size": "20KB"} if name == "b" else {}))
+    assert (root / "b" / "model.safetensors.index.json").is_file()
+    table = tmp_path / "targets.csv"
+    table.write_text("file,score\n" + "".join(f"{name},{0.1 * (i + 1)}\n" for i, name in enumerate(names)))
+    code, out, err = run_cli(["zoo", "import", "folder", str(root), "--targets", str(table),
+                              "--out", str(tmp_path / "zoo")], capsys)
+    assert code == 0, err
+    from sne.zoo import Zoo
+    zoo = Zoo.open(tmp_path / "zoo")
+    read = network_reader()
+    order = list(zoo.metadata["file"])
+    assert sorted(order) == names
+    for name, record in zip(order, zoo.records(zoo.metadata["id"].to_numpy())):
+        _same(record, read(root / name))
+
+    (root / "empty").mkdir()
+    (root / "empty" / "notes.txt").write_text("no weights here")
+    table.write_text(table.read_text() + "empty,0.5\n")
+    code, out, err = run_cli(["zoo", "import", "folder", str(root), "--targets", str(table),
+                              "--out", str(tmp_path / "zoo2")], capsys)
+    message = (out + err).strip()
+    assert code == 2 and "a directory without model.safetensors" in message and len(message.splitlines()) == 1
+    assert not (tmp_path / "zoo2").exists()

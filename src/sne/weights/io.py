@@ -171,17 +171,17 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 #: What a Hugging Face model directory keeps its weights in: one file, or shards listed by an index.
-_DIRECTORY_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+MODEL_DIRECTORY_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 
 
 def _load_model_directory(path: Path) -> dict[str, torch.Tensor]:
     """The state_dict of a model directory as ``save_pretrained`` writes it: ``model.safetensors``,
     or the shards ``model.safetensors.index.json`` maps every key to (each key read from its shard)."""
-    single, index = (path / name for name in _DIRECTORY_WEIGHTS)
+    single, index = (path / name for name in MODEL_DIRECTORY_WEIGHTS)
     if single.is_file():
         return _load_state_dict_file(single)
     if not index.is_file():
-        raise SneError(f"{path}: a directory without {' or '.join(_DIRECTORY_WEIGHTS)}; name a checkpoint file")
+        raise SneError(f"{path}: a directory without {' or '.join(MODEL_DIRECTORY_WEIGHTS)}; name a checkpoint file")
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
         if not (isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())):

@@ -1,12 +1,15 @@
 """Your own zoo: a folder of checkpoints plus a CSV table, in and out.
 
     DIR/<any path>.safetensors | .pt | .pth | .bin | .ckpt    one network per file (a state_dict)
+    DIR/<any path>/      or one per model directory, as Hugging Face's ``save_pretrained`` writes
+                         it: model.safetensors (or shards and their model.safetensors.index.json),
+                         with its config.json
     TABLE.csv     file (path relative to DIR), target columns, optional split (train / val / test)
     TABLE.json    optional, beside TABLE.csv: {"targets": {name: {"kind": ..., "classes": [...]}}}
                   names the target columns and their kinds exactly (``sne zoo export`` writes it);
                   the other columns are then kept as hyper-parameters
 
-``sne zoo import folder DIR --targets TABLE.csv`` reads every file the table lists: through
+``sne zoo import folder DIR --targets TABLE.csv`` reads every file or model directory the table lists: through
 ``--arch``, a Hugging Face ``config.json`` beside it, its own kept structure (files that ``sne zoo
 export`` wrote) or, where names and shapes leave no doubt, its bare state_dict. Architectures may
 differ between files. Without TABLE.json every column but ``file`` and ``split`` is a target; its
@@ -34,7 +37,7 @@ import pandas as pd
 from sne.errors import SneError, one_line
 from sne.io_utils import atomic_path, staged_directory, write_json_atomic
 from sne.weights.arch import network_reader
-from sne.weights.io import save_record_file
+from sne.weights.io import MODEL_DIRECTORY_WEIGHTS, save_record_file
 from sne.zoo.format import DIVERGED, EXCLUDED, Zoo
 from sne.zoo.importing import ImportedZoo, check_split_names, infer_targets, read_table, write_imported
 
@@ -73,8 +76,11 @@ def parse_folder(directory: str | Path, targets: str | Path, *, arch: str | None
         if path in seen:
             raise SneError(f"{table_path}: rows {seen[path] + 1} and {row + 1} both list {path}")
         seen[path] = row
+    listed = {f.resolve() for f in files}
+    model_directories = [f.resolve() for f in files if f.is_dir()]
     unlisted = sorted(p for p in directory.rglob("*") if p.suffix in CHECKPOINT_SUFFIXES and p.is_file()
-                      and p.resolve() not in {f.resolve() for f in files})
+                      and p.resolve() not in listed
+                      and not any(p.resolve().is_relative_to(d) for d in model_directories))
     if unlisted:
         raise SneError(f"{unlisted[0]}: a checkpoint under {directory} that {table_path} does not list "
                        f"({len(unlisted)} such files); list it or move it out")
@@ -93,16 +99,28 @@ def parse_folder(directory: str | Path, targets: str | Path, *, arch: str | None
     sidecar = table_path.with_suffix(".json")
     return ImportedZoo(RECIPE, options, None, rows, target_specs, dataset, splits=splits,
                        load=lambda ids: [read(files[i]) for i in ids],
-                       files=[*files, table_path, *([sidecar] if sidecar.is_file() else [])])
+                       files=[*(part for path in files for part in _source_files(path)), table_path,
+                              *([sidecar] if sidecar.is_file() else [])])
 
 
 def _listed_file(directory: Path, value: Any, table: Path, row: int) -> Path:
     if not isinstance(value, str) or not value.strip():
         raise SneError(f"{table}: row {row + 1} has no file name")
     path = directory / value.strip()
+    if path.is_dir():
+        if not any((path / name).is_file() for name in MODEL_DIRECTORY_WEIGHTS):
+            raise SneError(f"{path}: listed in row {row + 1} of {table}, a directory without "
+                           f"{' or '.join(MODEL_DIRECTORY_WEIGHTS)} (list checkpoint files, or model directories)")
+        return path
     if not path.is_file():
         raise SneError(f"{path}: listed in row {row + 1} of {table}, but there is no such file")
     return path
+
+
+def _source_files(path: Path) -> list[Path]:
+    """The files whose stats identify a listed checkpoint: itself, or everything in its model
+    directory (weights rewritten in place change their own modification time, not the directory's)."""
+    return sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
 
 
 def _sidecar_targets(path: Path) -> dict[str, dict] | None:
