@@ -135,6 +135,8 @@ def _components() -> list[AblationRow]:
                     options={"pool_seeds": 4}),
         AblationRow("pool-statistics", "ours: every pooling stage also takes its set's mean, max, min and standard "
                     "deviation (pool_statistics=true)", options={"pool_statistics": True}),
+        AblationRow("no-pool-statistics", "ours: pooling by attention alone, without the set's mean, max, min and "
+                    "standard deviation (pool_statistics=false)", options={"pool_statistics": False}),
         AblationRow("neuron-means", "ours: with neuron means (signed means of standardised weights)",
                     options={"use_neuron_means": True}),
         AblationRow("unordered-neuron-gains", "ours: with neuron gains (log norms of raw weights), without "

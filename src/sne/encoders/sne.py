@@ -96,7 +96,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "use_neuron_means": False,
     "preserve_chunk_scale": False,
     "pool_seeds": 1,
-    "pool_statistics": False,
+    "pool_statistics": True,
 }
 
 #: Where layer levels count from (option ``level_origin``).
@@ -113,7 +113,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"chunk_hidden": 32, "chunk_sab": 1},
     "paper": {"part_window": None, "chunk_hidden": None, "standardize_layers": False, "batch_norm": False,
               "use_source_features": False, "use_own_neuron_features": False, "use_neuron_gains": False,
-              "use_chunk_index_encoding": True, "use_row_slot_encoding": True},
+              "use_chunk_index_encoding": True, "use_row_slot_encoding": True, "pool_statistics": False},
 }
 
 #: Training settings of a preset (TrainConfig fields), under those the user sets: the paper trains
@@ -265,7 +265,9 @@ class SetStack(nn.Module):
 
 
 class SetPool(nn.Module):
-    """Set -> vector: PMA with one seed, or with ``set_functions=False`` the masked mean.
+    """Set -> vector: PMA (``seeds`` learned queries), or with ``set_functions=False`` the masked
+    mean; with ``statistics`` also the set's mean, max, min and standard deviation. Where that makes
+    more than one vector, a linear map merges them.
 
     With ``batch_norm`` the pooled codes are batch-normalised across the batch's sets. Pooling
     averages, and what all networks share (positional encodings, PMA seeds) dwarfs what sets them
@@ -398,9 +400,11 @@ class SNEEncoder(Encoder):
     the mean on a small zoo; it did not reliably fix that (docs/RESULTS.md, recipe shift).
     ``pool_seeds`` (1 by default, as in the paper): learned seeds of every stage's PMA; with more
     than one, each seed pools the set its own way and a linear map merges their outputs.
-    ``pool_statistics`` (off by default): every stage's pooled code also gets the mean, max, min and
-    standard deviation of its set (:func:`~sne.encoders.set_blocks.set_statistics`, the aggregators
-    Neural Graphs' PNA layers use), merged with the PMA's output by a linear map.
+    ``pool_statistics`` (on by default; absent in the paper): every stage's pooled code also gets the
+    mean, max, min and standard deviation of its set (:func:`~sne.encoders.set_blocks.set_statistics`,
+    the aggregators of Neural Graphs' PNA layers), merged with the PMA's output by a linear map.
+    Attention pooling is a weighted mean, and extremes and spread were what it missed: on 1000
+    training INRs (20 epochs) they cut SNE's test error from 0.231 to 0.142 (docs/RESULTS.md).
     ``preset``: a name in :data:`PRESETS` whose options apply under those given (``preset=paper``).
     """
 
@@ -411,7 +415,7 @@ class SNEEncoder(Encoder):
     default_train_options = {"permutation_augment": True, "bn_recalibration": 16}
     defaults_of_older_configs = {"chunk_hidden": None, "use_source_features": False, "use_own_neuron_features": False,
                                  "use_chunk_index_encoding": True, "use_row_slot_encoding": True,
-                                 "use_neuron_gains": False}
+                                 "use_neuron_gains": False, "pool_statistics": False}
 
     @classmethod
     def train_defaults(cls, options: dict[str, Any]) -> dict[str, Any]:
