@@ -15,6 +15,7 @@ from sne.bench.paper import PUBLISHED_INR_CLASSIFICATION_ACCURACY, compare_order
 from sne.bench.results import label_of, zoo_identity  # noqa: E402
 from sne.bench.transfer import REFERENCE_STATISTICS, summarize  # noqa: E402
 from sne.bench.runs import (  # noqa: E402
+    built_otherwise,
     configuration_label,
     configuration_name,
     configuration_options,
@@ -857,11 +858,12 @@ def ablation_section(path: Path, data: dict) -> list[str]:
             "permutation change | invariance loss | paper | train time |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
+        key = json.dumps(setting, sort_keys=True)
         for row in rows:
             seconds = row.get("train_seconds", {}).get("mean")
             quality = _mean_std(row, "normalized_mse") if "normalized_mse" in row else _mean_std(row, "accuracy")
             lines.append(
-                f"| {row['label']} | {row['encoder']} | {row.get('train_networks')} | "
+                f"| {row['label']}{_built_note(entries, key, row['row'])} | {row['encoder']} | {row.get('train_networks')} | "
                 f"{','.join(map(str, row['seeds']))} | {','.join(map(str, row['best_epochs']))} | {quality} | "
                 f"{_mean_std(row, 'kendall_tau')} | {_mean_std(row, 'permutation_mean_abs_change')} | "
                 f"{_mean_std(row, 'permutation_invariance_loss')} | {_fmt(row.get('paper'))} | "
@@ -880,6 +882,18 @@ def ablation_section(path: Path, data: dict) -> list[str]:
         lines += ["", "Plots (captions state data, seeds, epochs and command): "
                   + ", ".join(f"[{p.stem}](../{p.relative_to(ROOT)})" for p in plots) + "."]
     return lines + [""]
+
+
+def _built_note(entries: list[dict], setting_key: str, row: str) -> str:
+    """Where the encoders of an ablation row were built with a default that has changed since: the
+    options today's code would build otherwise, so the row is not read as today's configuration."""
+    notes = set()
+    for entry in entries:
+        if entry["row"] == row and json.dumps(entry["setting"], sort_keys=True) == setting_key:
+            otherwise = built_otherwise(entry, entry.get("encoder_options_used") or {})
+            if otherwise and entry.get("encoder_options_resolved"):
+                notes.add(", ".join(f"{k}={json.dumps(v)}" for k, v in otherwise.items()))
+    return f" (built with {'; '.join(sorted(notes))})" if notes else ""
 
 
 #: The three tables SNE is asked to lead (issue 15), as (file, title, lower is better).

@@ -96,3 +96,31 @@ def test_where_sne_stands_lists_each_sne_configuration_beside_the_best_other_enc
                               "0.200 (30 ep, 1 seed) | not run | not run |")
     assert rows[3] == ("| best other encoder | ng_gnn: 0.050 (50 ep, 1 seed) | deepsets: 0.300 (15 ep, 1 seed) | "
                        "n/a |")
+
+
+def test_an_ablation_row_built_before_a_default_changed_says_what_it_was_built_with(monkeypatch):
+    """A row's base says "defaults", and the defaults move: a row whose encoders today's code would
+    build otherwise names the options it was built with; a row built as today's code builds is plain."""
+    from sne.encoders import sne as sne_module
+
+    resolved = SNEEncoder.resolved_options({})
+    older = {k: v for k, v in resolved.items() if k != "use_neuron_gains"}  # recorded before the option existed
+    monkeypatch.setattr(sne_module.SNEEncoder, "defaults_of_older_configs", {"use_neuron_gains": False})
+    setting = {"epochs": 2, "max_train": None, "invariance_weight": 0.0, "encoder_options": {}, "train_options": {}}
+
+    def entry(row, resolved_options):
+        return {"row": row, "label": row, "encoder": "sne", "setting": setting, "encoder_options_used": {},
+                "encoder_options_resolved": resolved_options, "train_seed": 0, "metrics": {"normalized_mse": 0.5},
+                "hardware": {"device": "cpu", "torch": "x", "threads": 1}}
+
+    entries = [entry("old", older), entry("new", resolved)]
+    zoo = {"recipe": "sine-inr", "seed": 0, "n": 10, "splits": {"train": 6, "val": 2, "test": 2}, "command": "c"}
+    data = {"study": "components", "init": "independent", "target": "frequency", "zoo": zoo, "command": "c",
+            "entries": entries, "summary": [{"setting": setting, "rows": [
+                {"row": r, "label": r, "encoder": "sne", "seeds": [0], "best_epochs": [1],
+                 "normalized_mse": {"mean": 0.5, "std": 0.0}} for r in ("old", "new")]}]}
+    module = page()
+    rows = [line for line in module.ablation_section(module.ROOT / "results" / "x.json", data)
+            if line.startswith("| old") or line.startswith("| new")]
+    assert rows[0].startswith("| old (built with use_neuron_gains=false) | sne |")
+    assert rows[1].startswith("| new | sne |")

@@ -36,7 +36,7 @@ import numpy as np
 
 from sne.bench.paper import PAPER_SNE_ABLATION_MSE, PAPER_SNE_CHUNK_SIZE_MSE
 from sne.bench.results import check_mergeable, write_merged, zoo_identity, zoo_summary
-from sne.bench.runs import BenchRuns, options_apart_from_defaults, options_tag
+from sne.bench.runs import BenchRuns, built_otherwise, options_tag
 from sne.encoders import get_encoder_class
 from sne.encoders.sne import DEFAULT_OPTIONS as SNE_DEFAULT_OPTIONS, PRESETS as SNE_PRESETS
 from sne.errors import SneError
@@ -257,18 +257,11 @@ def _check_same_training(path: Path, setting: dict, configs: list[tuple[Ablation
                            f"would be trained with {trained} now: give --bn-recalibration {earlier} to add seeds to "
                            f"it, or --bn-recalibration {trained} for a setting of its own")
         given = fields["encoder_options"]
-        cls = get_encoder_class(row.encoder)
-        resolved = cls.resolved_options(given)
-        now = options_apart_from_defaults({"encoder": row.encoder, "encoder_options_given": given,
-                                           "encoder_options_resolved": resolved})
+        resolved = get_encoder_class(row.encoder).resolved_options(given)
         for entry in built.get(row.name, []):
-            then = {**cls.defaults_of_older_configs, **entry["encoder_options_resolved"]}
-            earlier = options_apart_from_defaults({"encoder": row.encoder,
-                                                   "encoder_options_given": entry.get("encoder_options_used") or {},
-                                                   "encoder_options_resolved": then})
-            if earlier != now:
-                differ = ", ".join(f"{k}: {json.dumps(then.get(k))} -> {json.dumps(resolved.get(k))}"
-                                   for k in sorted(earlier.keys() | now.keys()) if earlier.get(k) != now.get(k))
+            otherwise = built_otherwise(entry, entry.get("encoder_options_used") or {})
+            if otherwise:
+                differ = ", ".join(f"{k}: {json.dumps(v)} -> {json.dumps(resolved.get(k))}" for k, v in otherwise.items())
                 raise SneError(f"{path}: row '{row.name}' of this setting was built with other {row.encoder} options "
                                f"than today's defaults give ({differ}), and one row must not average encoders built two "
                                f"ways: give -o {row.encoder}.OPTION=VALUE for a setting of its own")

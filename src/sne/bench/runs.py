@@ -173,6 +173,20 @@ def configuration_name(entry: dict) -> str:
     return entry["encoder"] + options_tag(configuration_options(entry))
 
 
+def built_otherwise(entry: dict, given: dict) -> dict:
+    """Options a results row's encoder was built with where today's code, given the options ``given``,
+    builds another value: {option: the row's value}. Empty when a default has not changed under it."""
+    try:
+        cls = get_encoder_class(entry["encoder"])
+    except (KeyError, SneError):
+        return {}
+    now = options_apart_from_defaults({"encoder": entry["encoder"], "encoder_options_given": given,
+                                       "encoder_options_resolved": cls.resolved_options(given)})
+    then = options_apart_from_defaults({**entry, "encoder_options_given": given})
+    baseline = cls.options_baseline({})
+    return {k: then.get(k, baseline.get(k)) for k in sorted(then.keys() | now.keys()) if then.get(k) != now.get(k)}
+
+
 def configuration_label(encoder: str, options: dict | None) -> str:
     """An encoder with the options given, for people: ``sne (use_source_features=true)``."""
     given = ", ".join(f"{key}={json.dumps(value)}" for key, value in sorted((options or {}).items()))
