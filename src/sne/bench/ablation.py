@@ -259,7 +259,7 @@ def _check_same_training(path: Path, setting: dict, configs: list[tuple[Ablation
         given = fields["encoder_options"]
         resolved = get_encoder_class(row.encoder).resolved_options(given)
         for entry in built.get(row.name, []):
-            otherwise = built_otherwise(entry, entry.get("encoder_options_used") or {})
+            otherwise = built_otherwise({**entry, "encoder": row.encoder}, entry.get("encoder_options_used") or {})
             if otherwise:
                 differ = ", ".join(f"{k}: {json.dumps(v)} -> {json.dumps(resolved.get(k))}" for k, v in otherwise.items())
                 raise SneError(f"{path}: row '{row.name}' of this setting was built with other {row.encoder} options "

@@ -106,9 +106,9 @@ LEVEL_ORIGINS = ("input", "output")
 #: describes it, for reproducing its numbers: one set per layer part, raw weights (no layer
 #: standardisation), no batch norm after pooling, no neuron features, neuron order encoded.
 #: ``fast``: for large networks, the chunk stage (nearly all of SNE's FLOPs) at half the width and
-#: half the depth: an eighth of its linear layers' FLOPs, a quarter of its attention's; on small
-#: zoos it may not learn at all (600 INRs: every run at width 32 near the mean predictor after 30
-#: epochs, and one trained for 150 hardly learned).
+#: half the depth: an eighth of its linear layers' FLOPs, a quarter of its attention's. Pooling by
+#: attention alone it did not learn on small zoos (600 INRs: every run at width 32 near the mean
+#: predictor after 30 epochs); with the default pool statistics it did (one seed, docs/RESULTS.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"chunk_hidden": 32, "chunk_sab": 1},
     "paper": {"part_window": None, "chunk_hidden": None, "standardize_layers": False, "batch_norm": False,
@@ -324,8 +324,9 @@ class SNEEncoder(Encoder):
     Options (see :data:`DEFAULT_OPTIONS`): ``chunk_size`` elements per chunk; ``hidden`` width of
     every set block; ``heads`` attention heads; ``num_sab`` SABs per stage; ``out_dim`` size of z;
     ``layer_norm`` in the set blocks (``true``/``post`` after each residual sum, ``pre`` on each
-    branch's input: :mod:`sne.encoders.set_blocks`; off by default: ``pre`` was the better SNE on 3000
-    training INRs and the worse on 600, three seeds each, docs/RESULTS.md). Ablation switches, on by
+    branch's input: :mod:`sne.encoders.set_blocks`; off by default: pooling by attention alone,
+    ``pre`` was the better SNE on 3000 training INRs and the worse on 600, three seeds each,
+    docs/RESULTS.md). Ablation switches, on by
     default: ``use_type_encoding``, ``use_level_encoding``, ``use_set_functions`` (off: per-element MLPs
     and mean pooling instead of SABs and PMA), ``use_hierarchy`` (off: all chunk codes of a network form
     one set for the network encoder). ``use_chunk_index_encoding`` and ``use_row_slot_encoding`` (off by
@@ -359,8 +360,8 @@ class SNEEncoder(Encoder):
     ``hidden``; a preset's width above a smaller ``hidden`` is cut to it), with heads of the other
     stages' width; their codes are projected to ``hidden`` after the chunk pool. That stage runs
     once per ``chunk_size`` parameters and costs nearly all of SNE's FLOPs, so halving it quarters
-    them (``preset=fast``); at width 32 SNE did not learn on 600-network zoos in 30 epochs (it does
-    on 3000), and more epochs did not reliably make it.
+    them (``preset=fast``); at width 32 and pooling by attention alone SNE did not learn on 600-network
+    zoos in 30 epochs (it does on 3000); with ``pool_statistics`` it did (one seed).
     ``chunk_sab``: SABs in each of the chunk stage's two set-to-set steps (``None``: ``num_sab``, the
     paper's); the other cost knob of that stage, linear in it.
     ``canonical_order``: encode every plain chain in canonical neuron order
