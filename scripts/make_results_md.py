@@ -891,7 +891,7 @@ def _built_note(entries: list[dict], setting_key: str, row: str) -> str:
     for entry in entries:
         if entry["row"] == row and json.dumps(entry["setting"], sort_keys=True) == setting_key:
             otherwise = built_otherwise(entry, entry.get("encoder_options_used") or {})
-            if otherwise and entry.get("encoder_options_resolved"):
+            if otherwise:
                 notes.add(", ".join(f"{k}={json.dumps(v)}" for k, v in otherwise.items()))
     return f" (built with {'; '.join(sorted(notes))})" if notes else ""
 

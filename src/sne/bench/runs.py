@@ -175,7 +175,10 @@ def configuration_name(entry: dict) -> str:
 
 def built_otherwise(entry: dict, given: dict) -> dict:
     """Options a results row's encoder was built with where today's code, given the options ``given``,
-    builds another value: {option: the row's value}. Empty when a default has not changed under it."""
+    builds another value: {option: the row's value}. Empty when a default has not changed under it, and
+    for a row that did not record the options it resolved to (it cannot be told)."""
+    if not entry.get("encoder_options_resolved"):
+        return {}
     try:
         cls = get_encoder_class(entry["encoder"])
     except (KeyError, SneError):
