@@ -59,13 +59,19 @@ def test_a_plan_gives_the_batch_run_by_run(options):
 
 
 @pytest.mark.parametrize("options", [{}, {"use_source_features": True, "use_input_positions": True,
-                                          "use_own_neuron_features": True}])
+                                          "use_own_neuron_features": True},
+                                     {"chunk_hidden": 8}, {"batch_norm": False}, {"pool_statistics": False}])
 def test_streaming_inference_gives_the_codes_of_one_batch(options):
     torch.manual_seed(0)
     encoder = SNEEncoder(**SMALL, **WIDE, **options).double()
     records = mixed_records(torch.float64)
     one_batch = encoder.train()(encoder.prepare(records))  # fills running statistics with something
     del one_batch
+    with torch.no_grad():  # and batch norms' affine maps, which start as the identity
+        for norm in encoder.modules():
+            if isinstance(norm, torch.nn.BatchNorm1d):
+                norm.weight.uniform_(0.5, 1.5)
+                norm.bias.normal_()
     expected = codes(encoder, encoder.prepare(records))
     with torch.no_grad():
         streamed = codes(encoder, batch_to(encoder.plan(records), "cpu"))

@@ -754,6 +754,8 @@ class SNEEncoder(Encoder):
         if step is None:
             step = TRAINING_CHUNKS if torch.is_grad_enabled() else INFERENCE_CHUNKS
         neurons = self._neuron_codes(batch, dtype, step) if self.neuron_in is not None else None
+        if not (self.training or torch.is_grad_enabled() or keep_elements):
+            return self._chunk_codes_streamed(batch, index, dtype, step, neurons), None
         codes, elements = [], []
         for first, last, run in self._runs(batch, step):
             args = (run, index, dtype, first, last, keep_elements, neurons)
@@ -767,6 +769,22 @@ class SNEEncoder(Encoder):
         if self.chunk_out is not None:
             codes = self.chunk_out(codes)
         return codes, torch.cat(elements) if keep_elements else None
+
+    def _chunk_codes_streamed(self, batch: ChunkBatch | ChunkPlan, index: ChunkBatch, dtype: torch.dtype, step: int,
+                              neurons: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`_chunk_codes` in eval mode without gradients: batch normalisation then applies running
+        statistics, element by element, so each run's codes are normalised and projected as they come
+        and written into one buffer. A network's chunk codes exist once (a list of runs, their
+        concatenation, the normalised copy and its projection held up to four copies)."""
+        codes = None
+        for first, last, run in self._runs(batch, step):
+            chunk_codes = self.chunk_pool.norm(self._encode_chunk_range(run, index, dtype, first, last, False, neurons)[0])
+            if self.chunk_out is not None:
+                chunk_codes = self.chunk_out(chunk_codes)
+            if codes is None:
+                codes = chunk_codes.new_empty(len(index.chunk_type), chunk_codes.shape[1])
+            codes[first:last] = chunk_codes
+        return codes
 
     def _runs(self, batch: ChunkBatch | ChunkPlan, step: int):
         """``(first, last, elements)`` of every run of ``step`` chunks, on the batch's device."""
