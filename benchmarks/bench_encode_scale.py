@@ -50,9 +50,9 @@ ARCHITECTURES = ("resnet18", "vit_s16")
 #: neuron order encoded): the options a config written before each change resolves to.
 SNE_PREVIOUS_DEFAULT = ",".join(format_options(SNEEncoder.defaults_of_older_configs))
 #: name:options of the encoders measured (sne's options as on the command line): SNE at today's
-#: defaults, its preset for large networks, at the earlier defaults, and as first released (the
-#: earlier defaults with one set per part).
-DEFAULT_CONFIGS = ["sne:", "sne-fast:preset=fast", f"sne-previous-default:{SNE_PREVIOUS_DEFAULT}",
+#: defaults, with the chunk stage at the paper's width and depth, at the earlier defaults, and as
+#: first released (the earlier defaults with one set per part).
+DEFAULT_CONFIGS = ["sne:", "sne-wide:preset=wide", f"sne-previous-default:{SNE_PREVIOUS_DEFAULT}",
                    f"sne-first-release:part_window=null,{SNE_PREVIOUS_DEFAULT}", "ng_gnn:", "ng_t:"]
 
 

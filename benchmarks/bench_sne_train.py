@@ -4,7 +4,8 @@ Two network shapes with random weights: (a) sine-INR SIRENs 1->32->32->1, (b) sm
 (3 x Conv2d(16, 3x3) from 1 channel + Linear(16, 10)). Each shape runs in a fresh process so that
 the peak memory of the training steps (CPU: growth of ``ru_maxrss`` from before the first step; CUDA:
 ``torch.cuda.max_memory_allocated``) is its own. Every configuration (``--config NAME:key=value,...``;
-by default today's defaults, the earlier ones and the first release's) is measured in the same run,
+by default today's defaults, preset wide, the earlier ones and the first release's) is measured in the
+same run,
 so their ratios compare like with like. Results go to ``results/bench_sne_train.json``.
 
     python benchmarks/bench_sne_train.py --steps 10 --threads 1
@@ -62,9 +63,10 @@ def random_records(shapes: list[tuple[int, ...]], count: int, seed: int) -> list
 #: The earlier defaults where today's differ (the chunk stage at full width, no neuron features,
 #: neuron order encoded): the options a config written before each change resolves to.
 PREVIOUS_DEFAULT = ",".join(format_options(SNEEncoder.defaults_of_older_configs))
-#: Configurations measured unless --config says otherwise: today's defaults, the earlier ones, and
-#: the first release's (the earlier ones with one set per part).
-DEFAULT_CONFIGS = ["default:", f"previous-default:{PREVIOUS_DEFAULT}",
+#: Configurations measured unless --config says otherwise: today's defaults, with the chunk stage at
+#: the paper's width and depth, the earlier defaults, and the first release's (the earlier ones with
+#: one set per part).
+DEFAULT_CONFIGS = ["default:", "wide:preset=wide", f"previous-default:{PREVIOUS_DEFAULT}",
                    f"first-release:part_window=null,{PREVIOUS_DEFAULT}"]
 
 

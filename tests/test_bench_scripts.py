@@ -43,7 +43,7 @@ def test_the_encode_scale_table_names_what_each_row_was_built_with_against_today
     today = dict(SNEEncoder().options)
     rows = [{"config": "sne", "encoder": "sne", "options_given": {}, "options_resolved": today, "size": "1e4",
              "seconds": 1.0},
-            {"config": "sne", "encoder": "sne", "options_given": {}, "options_resolved": {**today, "chunk_sab": 1},
+            {"config": "sne", "encoder": "sne", "options_given": {}, "options_resolved": {**today, "chunk_sab": 2},
              "size": "1e5", "seconds": 2.0},
             {"config": "ng_gnn", "encoder": "ng_gnn", "options_given": {}, "size": "1e4", "seconds": 3.0}]
     data = {"command": "x", "commands": ["x"], "device": "cpu", "cpu": "a CPU", "torch": "2", "threads": 1, "omp_wait_policy": "PASSIVE",
@@ -55,7 +55,7 @@ def test_the_encode_scale_table_names_what_each_row_was_built_with_against_today
         lines = page.encode_scale_section(path, data)
         return [line.split(" | ")[1] for line in lines if line.startswith("| sne |") or line.startswith("| ng_gnn |")]
 
-    assert cells() == ["`{}`", '`{"chunk_sab": 1}`', "`{}`"]
+    assert cells() == ["`{}`", '`{"chunk_sab": 2}`', "`{}`"]
     # A default changes: the rows measured before it say what they were built with.
-    monkeypatch.setitem(sne_module.DEFAULT_OPTIONS, "chunk_sab", 1)
-    assert cells() == ['`{"chunk_sab": null}`', "`{}`", "`{}`"]
+    monkeypatch.setitem(sne_module.DEFAULT_OPTIONS, "chunk_sab", 2)
+    assert cells() == ['`{"chunk_sab": 1}`', "`{}`", "`{}`"]

@@ -868,14 +868,16 @@ def test_shape_features_count_what_attention_pooling_cannot():
 
 
 def test_the_chunk_stage_is_never_wider_than_a_smaller_hidden_by_default():
-    assert SNEEncoder().chunk_width == DEFAULT_OPTIONS["hidden"]  # the default and the paper's: full width
-    assert SNEEncoder(hidden=128, heads=4).chunk_width == 128
+    narrow = DEFAULT_OPTIONS["chunk_hidden"]
+    assert SNEEncoder().chunk_width == narrow < DEFAULT_OPTIONS["hidden"]  # the default: narrower
+    assert SNEEncoder(hidden=128, heads=4).chunk_width == narrow
+    assert SNEEncoder(hidden=16, heads=2).chunk_width == 16  # cut to a smaller hidden
     assert SNEEncoder(hidden=8, heads=2, chunk_hidden=32).chunk_width == 32  # given: as given
-    fast_width = PRESETS["fast"]["chunk_hidden"]
-    assert SNEEncoder(preset="fast").chunk_width == fast_width < DEFAULT_OPTIONS["hidden"]
-    assert SNEEncoder(preset="fast", hidden=128, heads=4).chunk_width == fast_width
-    assert SNEEncoder(preset="fast", hidden=16, heads=2).chunk_width == 16  # cut to a smaller hidden
-    assert SNEEncoder(preset="paper", hidden=16, heads=2).chunk_width == 16  # the paper's: hidden
+    assert PRESETS["fast"]["chunk_hidden"] == narrow
+    assert SNEEncoder(preset="fast", hidden=16, heads=2).chunk_width == 16
+    for preset in ("wide", "paper"):  # the paper's width: hidden
+        assert SNEEncoder(preset=preset, hidden=16, heads=2).chunk_width == 16
+        assert SNEEncoder(preset=preset, hidden=128, heads=4).chunk_width == 128
     # A row at a small hidden names only the hidden it was given, also under a narrower preset.
     for preset in ({"preset": "fast"}, {}):
         row = {"encoder": "sne", "encoder_options_given": {"hidden": 16, **preset},
@@ -890,7 +892,9 @@ def test_chunk_sab_sets_the_chunk_stage_depth_alone():
     encoder = SNEEncoder(**deeper, chunk_sab=1)
     assert len(encoder.chunk_stack_1.blocks) == len(encoder.chunk_stack_2.blocks) == 1
     assert len(encoder.network_stack.blocks) == len(encoder.part_stack.blocks) == 2
-    assert len(SNEEncoder(**deeper).chunk_stack_1.blocks) == 2  # None: num_sab
+    assert len(SNEEncoder(**deeper, chunk_sab=None).chunk_stack_1.blocks) == 2  # None: num_sab
+    assert len(SNEEncoder(**deeper, preset="wide").chunk_stack_1.blocks) == 2
+    assert len(SNEEncoder(**deeper).chunk_stack_1.blocks) == DEFAULT_OPTIONS["chunk_sab"] == 1
     g = torch.Generator().manual_seed(14)
     records, permuted = sirens_and_their_permutations(g, 2)
     encoder = encoder.double().eval()

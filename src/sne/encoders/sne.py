@@ -69,7 +69,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "hidden": 64,
     "heads": 4,
     "num_sab": 2,
-    "chunk_sab": None,
+    "chunk_sab": 1,
     "out_dim": 32,
     "layer_norm": False,
     "use_type_encoding": True,
@@ -85,7 +85,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "batch_norm": True,
     "chunk_micro_batch": None,
     "part_window": 64,
-    "chunk_hidden": None,
+    "chunk_hidden": 32,
     "canonical_order": False,
     "source_code_rounds": 0,
     "level_origin": "input",
@@ -105,13 +105,15 @@ LEVEL_ORIGINS = ("input", "output")
 #: Named sets of options (``preset=NAME``; options given beside it win). ``paper``: SNE as the paper
 #: describes it, for reproducing its numbers: one set per layer part, raw weights (no layer
 #: standardisation), no batch norm after pooling, no neuron features, neuron order encoded.
-#: ``fast``: for large networks, the chunk stage (nearly all of SNE's FLOPs) at half the width and
-#: half the depth: an eighth of its linear layers' FLOPs, a quarter of its attention's. Pooling by
-#: attention alone it did not learn on small zoos (600 INRs: every run at width 32 near the mean
-#: predictor after 30 epochs); with the default pool statistics it did (one seed, docs/RESULTS.md).
+#: ``wide``: the chunk stage (nearly all of SNE's FLOPs) at the full width and depth, as the paper
+#: has it: several times the defaults' training and encoding time, for a little more accuracy on
+#: small zoos (docs/RESULTS.md, "Where SNE stands"). ``fast``: the defaults' chunk stage, half the
+#: width and depth of ``wide`` (the defaults since 2026-12-02; the name keeps older commands' meaning).
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"chunk_hidden": 32, "chunk_sab": 1},
-    "paper": {"part_window": None, "chunk_hidden": None, "standardize_layers": False, "batch_norm": False,
+    "wide": {"chunk_hidden": None, "chunk_sab": None},
+    "paper": {"part_window": None, "chunk_hidden": None, "chunk_sab": None, "standardize_layers": False,
+              "batch_norm": False,
               "use_source_features": False, "use_own_neuron_features": False, "use_neuron_gains": False,
               "use_chunk_index_encoding": True, "use_row_slot_encoding": True, "pool_statistics": False},
 }
@@ -356,14 +358,15 @@ class SNEEncoder(Encoder):
     runs, so micro-batching changes neither codes nor gradients nor running statistics.
     ``part_window``: chunks pooled together in the part stage (:meth:`_part_codes`); ``None`` is the
     paper's stage, one set per part, whose cost grows with the square of a layer's size.
-    ``chunk_hidden``: width of the element and chunk stages (``None``, the default and the paper's:
-    ``hidden``; a preset's width above a smaller ``hidden`` is cut to it), with heads of the other
+    ``chunk_hidden``: width of the element and chunk stages (32 by default; ``None``, the paper's:
+    ``hidden``; a width above a smaller ``hidden`` given is cut to it), with heads of the other
     stages' width; their codes are projected to ``hidden`` after the chunk pool. That stage runs
-    once per ``chunk_size`` parameters and costs nearly all of SNE's FLOPs, so halving it quarters
-    them (``preset=fast``); at width 32 and pooling by attention alone SNE did not learn on 600-network
-    zoos in 30 epochs (it does on 3000); with ``pool_statistics`` it did (one seed).
-    ``chunk_sab``: SABs in each of the chunk stage's two set-to-set steps (``None``: ``num_sab``, the
-    paper's); the other cost knob of that stage, linear in it.
+    once per ``chunk_size`` parameters and costs nearly all of SNE's FLOPs, so halving its width
+    quarters them. At width 32 and pooling by attention alone SNE did not learn on 600-network zoos
+    in 30 epochs (it did on 3000); with ``pool_statistics`` it does.
+    ``chunk_sab``: SABs in each of the chunk stage's two set-to-set steps (1 by default; ``None``:
+    ``num_sab``, the paper's); the other cost knob of that stage, linear in it. ``preset=wide`` sets
+    both as the paper has them.
     ``canonical_order``: encode every plain chain in canonical neuron order
     (:func:`sne.weights.canonicalize_hidden`: each hidden layer's neurons sorted by the norm of their
     parameters), so all functionally-equivalent permutations of a chain get the same code, and the
@@ -414,8 +417,9 @@ class SNEEncoder(Encoder):
     #: Batch norm after every pooling stage makes four stacked running averages that lag the model:
     #: re-estimated after every epoch (TrainConfig.bn_recalibration) they matched the training loss.
     default_train_options = {"permutation_augment": True, "bn_recalibration": 16}
-    defaults_of_older_configs = {"chunk_hidden": None, "use_source_features": False, "use_own_neuron_features": False,
-                                 "use_chunk_index_encoding": True, "use_row_slot_encoding": True,
+    defaults_of_older_configs = {"chunk_hidden": None, "chunk_sab": None, "use_source_features": False,
+                                 "use_own_neuron_features": False, "use_chunk_index_encoding": True,
+                                 "use_row_slot_encoding": True,
                                  "use_neuron_gains": False, "pool_statistics": False}
 
     @classmethod
