@@ -76,6 +76,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_neural_graph_memory.py
 	$(PY) benchmarks/bench_record.py
 	$(PY) benchmarks/bench_encode_scale.py
+	$(PY) benchmarks/bench_embed_cli.py
 	$(PY) benchmarks/bench_ddp.py
 
 results: $(STAMP)

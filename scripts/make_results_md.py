@@ -520,6 +520,28 @@ def encode_scale_section(path: Path, data: dict) -> list[str]:
     return lines + [""]
 
 
+def embed_cli_section(path: Path, data: dict) -> list[str]:
+    changed = options_apart_from_defaults({"encoder": data["encoder"], "encoder_options_given": data["encoder_options_given"],
+                                           "encoder_options_resolved": data.get("encoder_options_resolved")})
+    built = f"SNE built with {json.dumps(changed, sort_keys=True)} apart from today's defaults" if changed else \
+        "SNE at today's defaults"
+    lines = [
+        "## `sne embed` on real-size checkpoints (whole command)",
+        "",
+        f"Source: `{path.relative_to(ROOT)}` (`make bench`: `{data['command']}`); {data['device']} ({data['cpu']}), "
+        f"torch {data['torch']}, {data['threads']} thread(s), OMP_WAIT_POLICY={data['omp_wait_policy']}; {built}. "
+        f"Method: {data['method']}",
+        "",
+        "| network | parameters | seconds (whole process) | peak resident memory (MB) | exit code |",
+        "|---|---|---|---|---|",
+    ]
+    for r in data["networks"]:
+        error = f" ({r['error']})" if r.get("error") else ""
+        lines.append(f"| {r['network']} | {r['parameters']:,} | {_fmt(r['seconds'])} | {r['peak_rss_mb']:,} | "
+                     f"{r['exit_code']}{error} |")
+    return lines + [""]
+
+
 def ddp_section(path: Path, data: dict) -> list[str]:
     zoo = data["zoo"]
     lines = [
@@ -553,6 +575,8 @@ def bench_section(path: Path, data: dict) -> list[str]:
         return encode_scale_section(path, data)
     if data.get("benchmark") == "ddp":
         return ddp_section(path, data)
+    if data.get("benchmark") == "embed_cli":
+        return embed_cli_section(path, data)
     if "stacked" in str(data.get("benchmark", "")):
         return cnn_zoo_section(path, data)
     return [f"## `{path.stem}`", "", f"Source: `{path.relative_to(ROOT)}`.", "", "```json",

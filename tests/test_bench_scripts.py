@@ -59,3 +59,23 @@ def test_the_encode_scale_table_names_what_each_row_was_built_with_against_today
     # A default changes: the rows measured before it say what they were built with.
     monkeypatch.setitem(sne_module.DEFAULT_OPTIONS, "chunk_sab", 2)
     assert cells() == ['`{"chunk_sab": 1}`', "`{}`", "`{}`"]
+
+
+def test_the_embed_command_table_says_what_sne_was_built_with_and_why_a_network_failed(monkeypatch):
+    from sne.encoders import sne as sne_module
+
+    page = _script("make_results_md", "scripts")
+    today = dict(SNEEncoder().options)
+    data = {"benchmark": "embed_cli", "method": "m", "command": "python benchmarks/bench_embed_cli.py", "device": "cpu",
+            "cpu": "a CPU", "torch": "2", "threads": 1, "omp_wait_policy": "PASSIVE", "encoder": "sne",
+            "encoder_options_given": {}, "encoder_options_resolved": today,
+            "networks": [{"network": "resnet18", "parameters": 11173962, "exit_code": 0, "seconds": 5.0,
+                          "peak_rss_mb": 900},
+                         {"network": "vit_s16", "parameters": 21669514, "exit_code": 2, "seconds": 3.0,
+                          "peak_rss_mb": 400, "error": "x.safetensors: bad"}]}
+    text = "\n".join(page.bench_section(ROOT / "results" / "bench_embed_cli.json", data))
+    assert "SNE at today's defaults" in text
+    assert "| resnet18 | 11,173,962 | 5.000 | 900 | 0 |" in text
+    assert "2 (x.safetensors: bad)" in text
+    monkeypatch.setitem(sne_module.DEFAULT_OPTIONS, "chunk_sab", 2)
+    assert 'built with {"chunk_sab": 1}' in "\n".join(page.bench_section(ROOT / "results" / "x.json", data))
