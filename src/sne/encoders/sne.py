@@ -1,8 +1,9 @@
 """SNE, the Set-based Neural network Encoder (Andreis et al.): reference implementation.
 
     taps -> tap MLP, mean over a kernel's taps                       -> elements (+ row slot enc)
-    pad-chunk (sne.encoders.chunking)                                -> chunks (N, c, h)
-    chunk encoder:   2 SAB -> + type enc + level enc -> 2 SAB -> PMA   -> chunk codes (N, h)
+    pad-chunk (sne.encoders.chunking)                                -> chunks (N, c, h_c)
+    chunk encoder:   SABs -> + type enc + level enc -> SABs -> PMA     -> chunk codes (N, h_c) -> (N, h)
+                     (1 SAB each and h_c = h/2 by default; the paper: 2 and h)
     layer encoder:   + chunk index enc -> SAB stack -> PMA per window  -> part codes
                      of part_window chunks, level by level (paper: per part)
                      SAB -> PMA over a layer's part codes + merge tokens -> layer codes
