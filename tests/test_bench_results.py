@@ -111,3 +111,23 @@ def test_zoos_of_one_recipe_and_dataset_made_with_other_options_have_other_label
     assert zoo_label(zoo()) == "small-cnn/digits"
     assert zoo_label(zoo(kernel=7)) == "small-cnn/digits kernel=7"
     assert zoo_label(zoo(views=10, epochs=8)) == "small-cnn/digits views=10"
+
+
+def test_a_preset_that_became_the_defaults_names_no_option_and_one_that_did_not_still_does(monkeypatch):
+    from sne.bench.runs import configuration_name
+    from sne.encoders import sne as sne_module
+
+    recorded = {"encoder": "sne", "encoder_options_given": {"preset": "fast", "pool_statistics": False},
+                "encoder_options_resolved": {**sne_module.DEFAULT_OPTIONS, **sne_module.PRESETS["fast"],
+                                             "pool_statistics": False}}
+    unrecorded = {"encoder": "sne", "encoder_options_given": {"preset": "fast"}}  # before rows recorded options
+    wide = {"encoder": "sne", "encoder_options_given": {"preset": "wide"}}
+    monkeypatch.setattr(sne_module.SNEEncoder, "defaults_of_older_configs", {"chunk_hidden": None, "chunk_sab": None})
+    monkeypatch.setattr(sne_module.SNEEncoder, "default_train_options", {})
+    # Today fast is the defaults' chunk stage: its rows are the defaults', also those that recorded nothing.
+    assert [configuration_name(r) for r in (recorded, unrecorded)] == ["sne_pool_statistics-false", "sne"]
+    assert configuration_name(wide) == "sne_preset-wide"
+    # Were the defaults wide again, fast would name itself.
+    monkeypatch.setitem(sne_module.DEFAULT_OPTIONS, "chunk_hidden", None)
+    monkeypatch.setitem(sne_module.DEFAULT_OPTIONS, "chunk_sab", None)
+    assert configuration_name(unrecorded) == "sne_preset-fast"

@@ -878,11 +878,11 @@ def test_the_chunk_stage_is_never_wider_than_a_smaller_hidden_by_default():
     for preset in ("wide", "paper"):  # the paper's width: hidden
         assert SNEEncoder(preset=preset, hidden=16, heads=2).chunk_width == 16
         assert SNEEncoder(preset=preset, hidden=128, heads=4).chunk_width == 128
-    # A row at a small hidden names only the hidden it was given, also under a narrower preset.
-    for preset in ({"preset": "fast"}, {}):
+    # A row at a small hidden names only the hidden it was given (and a preset other than the defaults).
+    for preset, named in (({"preset": "fast"}, {}), ({"preset": "wide"}, {"preset": "wide"}), ({}, {})):
         row = {"encoder": "sne", "encoder_options_given": {"hidden": 16, **preset},
                "encoder_options_resolved": dict(SNEEncoder(hidden=16, **preset).options)}
-        assert options_apart_from_defaults(row) == {"hidden": 16, **preset}
+        assert options_apart_from_defaults(row) == {"hidden": 16, **named}
     # Also where the options given are not recorded (the defaults follow what the row was built with).
     assert options_apart_from_defaults({**row, "encoder_options_given": {}}) == {"hidden": 16}
 

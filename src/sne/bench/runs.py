@@ -159,6 +159,13 @@ def options_apart_from_defaults(entry: dict) -> dict:
     except (KeyError, SneError):  # a row naming no encoder, or one this release no longer has: as given
         return given
     defaults = cls.options_baseline({})
+    preset = given.get("preset")
+    if preset in cls.presets:
+        # A preset stands for its options (also in rows that recorded no resolved ones); one of today's
+        # defaults (SNE's fast, since it became them) is not named at all.
+        given = {**cls.presets[preset], **given}
+        if cls.options_baseline({"preset": preset}) == defaults:
+            del given["preset"]
     resolved = {k: v for k, v in (entry.get("encoder_options_resolved") or {}).items() if k in defaults}
     built = {**cls.defaults_of_older_configs, **given, **resolved}
     # Defaults that follow other options (SNE's chunk width follows a smaller hidden) follow the

@@ -47,6 +47,8 @@ class Encoder(nn.Module):
     #: Options whose default changed: their value before, for saved configs that predate the option
     #: (configs record every option since, so only those lack it).
     defaults_of_older_configs: ClassVar[dict[str, Any]] = {}
+    #: Named sets of options (``preset=NAME``), for encoders that have them.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
     #: The options' defaults, where the encoder keeps them in one place (results rows name only
     #: the options that differ from these).
     default_options: ClassVar[dict[str, Any]] = {}

@@ -415,6 +415,7 @@ class SNEEncoder(Encoder):
 
     weight_outputs = True
     default_options = DEFAULT_OPTIONS
+    presets = PRESETS
     #: Batch norm after every pooling stage makes four stacked running averages that lag the model:
     #: re-estimated after every epoch (TrainConfig.bn_recalibration) they matched the training loss.
     default_train_options = {"permutation_augment": True, "bn_recalibration": 16}
