@@ -107,15 +107,15 @@ LEVEL_ORIGINS = ("input", "output")
 #: describes it, for reproducing its numbers: one set per layer part, raw weights (no layer
 #: standardisation), no batch norm after pooling, no neuron features, neuron order encoded.
 #: ``wide``: the chunk stage (nearly all of SNE's FLOPs) at the full width and depth, as the paper
-#: has it: several times the defaults' training and encoding time, for a little more accuracy on
-#: small zoos (docs/RESULTS.md, "Where SNE stands"). ``fast``: the defaults' chunk stage, half the
-#: width and depth of ``wide`` (the defaults since 2026-12-02; the name keeps older commands' meaning).
+#: has it: about 3x the defaults' training and encoding time, for more accuracy on small zoos (600
+#: INRs: in-recipe tau 0.68 against 0.59; 3000 INRs: normalised MSE 0.089 against 0.095; docs/RESULTS.md).
+#: ``fast``: the defaults' chunk stage (since 2026-12-02; the name keeps older commands' meaning).
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"chunk_hidden": 32, "chunk_sab": 1},
     "wide": {"chunk_hidden": None, "chunk_sab": None},
     "paper": {"part_window": None, "chunk_hidden": None, "chunk_sab": None, "standardize_layers": False,
-              "batch_norm": False,
-              "use_source_features": False, "use_own_neuron_features": False, "use_neuron_gains": False,
+              "batch_norm": False, "use_source_features": False, "use_own_neuron_features": False,
+              "use_neuron_gains": False,
               "use_chunk_index_encoding": True, "use_row_slot_encoding": True, "pool_statistics": False},
 }
 
