@@ -15,7 +15,7 @@ from sne.bench import ablation
 from sne.bench.ablation import STUDIES, study_rows
 from sne.encoders import build_encoder
 from sne.errors import SneError
-from sne.train.run import TrainConfig, _EpochBatches
+from sne.train.run import TrainConfig, _Augmentation, _EpochBatches
 from sne.weights import record_from_module
 
 TINY = ["-o", "hidden=16", "-o", "heads=2", "-o", "out_dim=8"]
@@ -116,20 +116,28 @@ def test_augmentation_trains_on_equivalent_networks_drawn_per_batch():
     inputs = torch.randn(16, 3, dtype=torch.float64)
     records = [record_from_module(m, inputs) for m in models]
     batches = [torch.tensor([0, 1]), torch.tensor([2, 3])]
-    augmented = _EpochBatches(list, records, batches, seeds=[11, 12], permute=False, augmentable=[True] * 4)
+    permuting = _Augmentation(permutable=[True] * 4)
+    flipping = _Augmentation(permutable=[True] * 4, flippable=[True] * 4)
+    augmented = _EpochBatches(list, records, batches, seeds=[11, 12], permute=False, augment=permuting)
+    flipped = _EpochBatches(list, records, batches, seeds=[11, 12], permute=False, augment=flipping)
     plain = _EpochBatches(list, records, batches, seeds=[11, 12], permute=False)
     for index, batch in enumerate(batches):
         _, _, members = augmented[index]
         assert augmented[index][2][0].layers[0].weight.equal(members[0].layers[0].weight)  # seeded: drawn again alike
-        for position, record in zip(batch.tolist(), members):
+        _, _, signed = flipped[index]
+        for position, record, flipped_record in zip(batch.tolist(), members, signed):
             assert not record.layers[0].weight.equal(records[position].layers[0].weight)
-            twin = copy.deepcopy(models[position])
-            twin.load_state_dict(record.to_state_dict(), strict=True)
-            with torch.no_grad():
-                torch.testing.assert_close(twin(inputs), models[position](inputs), rtol=1e-10, atol=1e-10)
+            # Sign flips draw from a stream of their own: the permutation drawn is the same.
+            assert flipped_record.layers[0].weight.abs().equal(record.layers[0].weight.abs())
+            assert not flipped_record.layers[0].weight.equal(record.layers[0].weight)
+            for equivalent in (record, flipped_record):
+                twin = copy.deepcopy(models[position])
+                twin.load_state_dict(equivalent.to_state_dict(), strict=True)
+                with torch.no_grad():
+                    torch.testing.assert_close(twin(inputs), models[position](inputs), rtol=1e-10, atol=1e-10)
         assert all(a is b for a, b in zip(plain[index][2], [records[i] for i in batch.tolist()]))
     # With the regulariser too, each augmented network is followed by a further equivalent copy.
-    both = _EpochBatches(list, records, batches, seeds=[11, 12], permute=True, augmentable=[True] * 4)
+    both = _EpochBatches(list, records, batches, seeds=[11, 12], permute=True, augment=permuting)
     members = both[0][2]
     assert len(members) == 4 and not members[0].layers[0].weight.equal(members[2].layers[0].weight)
 

@@ -15,14 +15,19 @@ from sne.errors import SneError
 from sne.weights.record import NetworkRecord, make_layer
 from sne.weights import (
     canonicalize_hidden,
+    flip_signs,
     permute_hidden,
     random_equivalent_permutation,
     random_permutations,
+    random_sign_flips,
     record_from_module,
     record_from_state_dict,
     shuffle_incoming,
+    sign_flip_groups,
     supports_permutation,
+    supports_sign_flips,
 )
+from sne.zoo.siren import Siren
 
 
 def assert_equivalent(model: nn.Module, inputs: torch.Tensor, seed: int = 0) -> None:
@@ -218,3 +223,55 @@ def test_shuffle_incoming_keeps_each_neurons_weights_and_changes_the_function():
     inputs = torch.randn(4, 2, 9, 9, dtype=torch.float64)
     with torch.no_grad():
         assert (twin(inputs) - model(inputs)).abs().max() > 1e-3
+
+
+@settings(max_examples=15, deadline=None)
+@RANDOM_MLPS
+def test_random_sign_flips_keep_the_function(widths, bias, seed):
+    model = random_tanh_mlp(widths, bias, seed)
+    record = record_from_module(model)
+    assert len(sign_flip_groups(record)) == len(widths) - 1  # every hidden layer of a tanh MLP
+    flipped = random_sign_flips(record, torch.Generator().manual_seed(seed))
+    assert_same_function(model, flipped, torch.randn(8, widths[0], dtype=torch.float64))
+    both = random_sign_flips(random_equivalent_permutation(record, torch.Generator().manual_seed(seed)),
+                             torch.Generator().manual_seed(seed + 1))
+    assert_same_function(model, both, torch.randn(8, widths[0], dtype=torch.float64))
+
+
+def test_sign_flips_of_a_siren_keep_its_function_and_change_its_weights():
+    torch.manual_seed(0)
+    model = Siren().double()
+    inputs = torch.linspace(-1, 1, 50, dtype=torch.float64).unsqueeze(1)
+    record = record_from_module(model, inputs)
+    assert [l.activation for l in record.layers] == ["sine", "sine", "identity"]
+    flipped = random_sign_flips(record, torch.Generator().manual_seed(0))
+    assert_same_function(model, flipped, inputs)
+    assert not torch.equal(flipped.layers[0].weight, record.layers[0].weight)
+    torch.testing.assert_close(flipped.layers[0].weight.abs(), record.layers[0].weight.abs(), rtol=0, atol=0)
+    assert torch.equal(flipped.layers[2].bias, record.layers[2].bias)  # the output is never flipped
+
+
+def test_explicit_sign_flip_negates_a_row_its_bias_and_the_next_column():
+    record = record_from_module(nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)).double())
+    flipped = flip_signs(record, [torch.tensor([1, -1, 1])])
+    assert torch.equal(flipped.layers[0].weight[1], -record.layers[0].weight[1])
+    assert torch.equal(flipped.layers[0].bias[1], -record.layers[0].bias[1])
+    assert torch.equal(flipped.layers[1].weight[:, 1], -record.layers[1].weight[:, 1])
+    assert torch.equal(flipped.layers[0].weight[[0, 2]], record.layers[0].weight[[0, 2]])
+    with pytest.raises(SneError, match="signs for outputs of '0' are not 3 values of \\+1 or -1"):
+        flip_signs(record, [torch.tensor([1, 0, 1])])
+    with pytest.raises(SneError, match="2 sign vectors given for 1 flippable layers"):
+        flip_signs(record, [torch.ones(3), torch.ones(3)])
+
+
+def test_only_odd_activations_of_linear_chains_flip():
+    relu = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    record = record_from_module(relu)
+    assert [g.size for g in sign_flip_groups(record)] == [4] and "'2'" in sign_flip_groups(record)[0].name
+    assert supports_sign_flips(record)
+    # Max pooling between convolutions is not odd, and a record may not say it is there.
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 25, 2))
+    assert not supports_sign_flips(record_from_module(conv, torch.randn(1, 1, 7, 7)))
+    bare = record_from_state_dict(nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1)).state_dict())
+    assert not supports_sign_flips(bare)  # activations unknown
+    assert random_sign_flips(bare, torch.Generator()) is bare

@@ -13,7 +13,7 @@ from conftest import run_cli
 from sne.bench.ablation import _row_configs, study_rows
 from sne.bench.runs import BenchRuns, configuration_options, options_apart_from_defaults
 from sne.encoders.sne import DEFAULT_OPTIONS, PRESETS, SNEEncoder
-from sne.train.run import TrainConfig, _EpochBatches
+from sne.train.run import TrainConfig, _Augmentation, _EpochBatches
 from sne.weights import record_from_module
 
 TINY = ["-o", "sne.hidden=16", "-o", "sne.heads=2", "-o", "sne.num_sab=1", "-o", "sne.out_dim=8"]
@@ -136,7 +136,7 @@ def test_augmentation_trains_networks_of_unknown_symmetries_as_they_are():
     models = [nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2)).double() for _ in range(2)]
     records = [record_from_module(m, torch.randn(4, 3, dtype=torch.float64)) for m in models]
     batches = [torch.tensor([0, 1])]
-    permuted, kept = _EpochBatches(list, records, batches, seeds=[5], permute=False, augmentable=[True, False])[0][2]
+    permuted, kept = _EpochBatches(list, records, batches, seeds=[5], permute=False, augment=_Augmentation(permutable=[True, False]))[0][2]
     assert not permuted.layers[0].weight.equal(records[0].layers[0].weight)
     assert kept is records[1]
 

@@ -15,8 +15,8 @@ Studies (:data:`STUDIES`):
   canonical order, learned source codes, neuron gains, batch-norm statistics re-estimated after
   every epoch); a row equal to the base is listed, not trained again.
 - ``chunk-size``: chunk sizes 4, 8, 16, 32 and 64 (Table 7).
-- ``invariance``: the logit-invariance weight lambda at 0, 0.3, 1, 3 and 10, and permutation
-  augmentation alone and with lambda 1.
+- ``invariance``: the logit-invariance weight lambda at 0, 0.3, 1, 3 and 10, permutation
+  augmentation alone and with lambda 1, and with sign flips of neurons whose activation is odd.
 - ``data-fraction``: test error against the fraction of training networks used, for SNE and its
   peers (Figure 3), with a plot.
 - ``training``: how SNE is trained: learning rate, schedule (multi-step or cosine, with and
@@ -168,6 +168,9 @@ def _invariance() -> list[AblationRow]:
                     train={"invariance_weight": 0.0, "permutation_augment": True}),
         AblationRow("augment-lambda-1", "permutation augmentation, lambda 1",
                     train={"invariance_weight": 1.0, "permutation_augment": True}),
+        AblationRow("augment-sign-flips", "permutation augmentation and sign flips of neurons with odd "
+                    "activations, lambda 0",
+                    train={"invariance_weight": 0.0, "permutation_augment": True, "sign_flip_augment": True}),
     ]
 
 
@@ -310,6 +313,7 @@ def run_ablation(
                 "train_networks": config.max_train if config.max_train is not None else available,
                 "setting": setting, "encoder_options_used": config.encoder_options,
                 "permutation_augment": config.permutation_augment,
+                "sign_flip_augment": config.sign_flip_augment,
             })
             entries.append(result)
     summary = {

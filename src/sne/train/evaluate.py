@@ -84,6 +84,7 @@ def evaluate_run(
         "encoder_options_resolved": run.predictor.encoder.options,
         "invariance_weight": config.invariance_weight,
         "permutation_augment": config.permutation_augment,
+        "sign_flip_augment": config.sign_flip_augment,
         "bn_recalibration": config.bn_recalibration,
         "train_seed": config.seed,
         "epochs": config.epochs,

@@ -35,7 +35,12 @@ from sne.train import distributed
 from sne.train.predictor import Predictor
 from sne.train.scalars import ScalarLog
 from sne.train.targets import Target, build_head, resolve_target
-from sne.weights.permute import random_equivalent_permutation, supports_permutation
+from sne.weights.permute import (
+    random_equivalent_permutation,
+    random_sign_flips,
+    supports_permutation,
+    supports_sign_flips,
+)
 from sne.weights.record import NetworkRecord
 from sne.zoo import Zoo
 from sne.zoo.recipes import derive_seed
@@ -77,6 +82,10 @@ class TrainConfig:
     #: Train every epoch on a fresh random functionally-equivalent permutation of each network
     #: (permutation augmentation), so that the encoder learns the symmetry from the data.
     permutation_augment: bool = False
+    #: Also flip, every epoch, the sign of each hidden neuron with probability 1/2 where its
+    #: activation is odd (sine, tanh: :func:`~sne.weights.permute.random_sign_flips`), a symmetry
+    #: that neuron permutations do not cover.
+    sign_flip_augment: bool = False
     head_hidden: list[int] | None = None
     seed: int = 0
     device: str = "auto"
@@ -141,30 +150,52 @@ def _build_predictor(config: TrainConfig, target: Target, encoder_config: dict |
     return Predictor(encoder, head, target)
 
 
+@dataclass(frozen=True)
+class _Augmentation:
+    """Which training networks are replaced, every epoch, by a random functionally-equivalent copy
+    of themselves: one with its neurons permuted (``permutable``) and one with signs flipped
+    (``flippable``), one flag per network (None: none is)."""
+
+    permutable: Sequence[bool] | None = None
+    flippable: Sequence[bool] | None = None
+
+    @classmethod
+    def of(cls, config: TrainConfig, records: Sequence) -> "_Augmentation":
+        # Networks whose symmetries are unknown (a bare state_dict of a non-chain) train as they are.
+        return cls([supports_permutation(r) for r in records] if config.permutation_augment else None,
+                   [supports_sign_flips(r) for r in records] if config.sign_flip_augment else None)
+
+    def __call__(self, members: list, chosen: Sequence[int], seed: int) -> list:
+        # Streams of their own: the regulariser's copies are drawn as without augmentation, and
+        # the permutations as without sign flips.
+        if self.permutable is not None:
+            generator = torch.Generator().manual_seed(derive_seed(seed, "train/augment"))
+            members = [random_equivalent_permutation(r, generator) if self.permutable[i] else r
+                       for i, r in zip(chosen, members)]
+        if self.flippable is not None:
+            generator = torch.Generator().manual_seed(derive_seed(seed, "train/sign-flips"))
+            members = [random_sign_flips(r, generator) if self.flippable[i] else r for i, r in zip(chosen, members)]
+        return members
+
+
 class _EpochBatches(torch.utils.data.Dataset):
-    """One epoch's batches; each item is prepared (and permuted) on its own, so workers can do it.
-    ``augmentable``: per training network, whether it is replaced by a random equivalent permutation
-    of itself (None: none is); ``permute``: a further one of each is appended (the invariance
+    """One epoch's batches; each item is prepared (and augmented) on its own, so workers can do it.
+    ``permute``: a functionally-equivalent permutation of each network is appended (the invariance
     regulariser's pairs).
     With ``world`` processes, process ``rank`` takes every ``world``-th network of each batch."""
 
     def __init__(self, prepare, records, batches: list[torch.Tensor], seeds: list[int], permute: bool,
-                 rank: int = 0, world: int = 1, augmentable: Sequence[bool] | None = None):
+                 rank: int = 0, world: int = 1, augment: _Augmentation = _Augmentation()):
         self.prepare, self.records, self.batches, self.seeds, self.permute = prepare, records, batches, seeds, permute
-        self.rank, self.world, self.augmentable = rank, world, augmentable
+        self.rank, self.world, self.augment = rank, world, augment
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, index: int):
         chosen = self.batches[index].tolist()
-        members = [self.records[i] for i in chosen]
+        members = self.augment([self.records[i] for i in chosen], chosen, self.seeds[index])
         mine = slice(self.rank, None, self.world)
-        if self.augmentable is not None:
-            # A stream of its own: the regulariser's copies below are drawn as without augmentation.
-            augmenting = torch.Generator().manual_seed(derive_seed(self.seeds[index], "train/augment"))
-            members = [random_equivalent_permutation(r, augmenting) if self.augmentable[i] else r
-                       for i, r in zip(chosen, members)]
         permuted = []
         if self.permute:
             # Functionally-equivalent copies go in the same batch: one forward pass serves both.
@@ -391,8 +422,7 @@ def train_epochs(
         forward = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
     n_params = sum(p.numel() for p in encoder.parameters())
-    # Networks whose symmetries are unknown (a bare state_dict of a non-chain) train as they are.
-    augmentable = [supports_permutation(r) for r in train_records] if config.permutation_augment else None
+    augment = _Augmentation.of(config, train_records)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
     scalars = ScalarLog(log_dir, first_epoch=state["epoch"] + 1) if log_dir is not None and main else None
     with Progress(*columns, disable=not (progress and main), transient=False) as bar:
@@ -401,13 +431,13 @@ def train_epochs(
             started = time.perf_counter()
             train_loss, train_reg = _train_epoch(
                 forward, optimizer, scheduler if per_step else None, config, epoch, train_records, prepare, batch_loss,
-                device, bar, rank, world, augmentable,
+                device, bar, rank, world, augment,
             )
             if not per_step:
                 scheduler.step()
             if config.bn_recalibration:
                 _recalibrate_batch_norms(model, config, epoch, train_records, prepare, batch_loss, device, rank, world,
-                                         augmentable)
+                                         augment)
             val_loss = validation_loss()
             state["train_seconds"] += time.perf_counter() - started
             entry = {"epoch": epoch + 1, "train_loss": train_loss, "invariance_loss": train_reg, "val_loss": val_loss,
@@ -442,7 +472,8 @@ def train_epochs(
         # An epoch of 600 networks is 10 steps at batch 64, of 3000 is 47: epochs of different zoos
         # are different amounts of training, and the step count says how much.
         "steps_per_epoch": steps_per_epoch,
-        "augmented_networks": None if augmentable is None else sum(augmentable),
+        "augmented_networks": None if augment.permutable is None else sum(augment.permutable),
+        "sign_flipped_networks": None if augment.flippable is None else sum(augment.flippable),
         "hardware": hardware_description(device),
         "processes": world,
     }
@@ -479,7 +510,7 @@ def _epoch_batches(order: torch.Tensor, config: TrainConfig, world: int) -> list
 
 
 def _train_epoch(model, optimizer, scheduler, config, epoch, records, prepare, batch_loss, device, bar, rank=0, world=1,
-                 augmentable=None) -> tuple[float, float]:
+                 augment=_Augmentation()) -> tuple[float, float]:
     model.train()
     # Dropout draws from torch's global generator: seeded per epoch, so a resumed run draws what an
     # uninterrupted one did (the state it had after the previous epoch is in no checkpoint).
@@ -489,7 +520,7 @@ def _train_epoch(model, optimizer, scheduler, config, epoch, records, prepare, b
     seeds = [int(np.random.SeedSequence([config.seed, epoch, i]).generate_state(1)[0]) for i in range(len(batches))]
     permute = config.invariance_weight > 0
     loader = torch.utils.data.DataLoader(
-        _EpochBatches(prepare, records, batches, seeds, permute, rank, world, augmentable),
+        _EpochBatches(prepare, records, batches, seeds, permute, rank, world, augment),
         batch_size=None, shuffle=False, num_workers=config.num_workers,
     )
     task = bar.add_task("  batches", total=len(batches))
@@ -521,7 +552,7 @@ def _train_epoch(model, optimizer, scheduler, config, epoch, records, prepare, b
 
 @torch.no_grad()
 def _recalibrate_batch_norms(model, config, epoch, records, prepare, batch_loss, device, rank=0, world=1,
-                             augmentable=None) -> None:
+                             augment=_Augmentation()) -> None:
     """Running statistics of ``model``'s batch norms := the plain average of their statistics over
     ``config.bn_recalibration`` training batches of a seeded order (``TrainConfig.bn_recalibration``),
     made as training makes them (augmented; with the regulariser's permuted copies, which
@@ -542,7 +573,7 @@ def _recalibrate_batch_norms(model, config, epoch, records, prepare, batch_loss,
     try:
         seeds = [derive_seed(config.seed, "train/recalibrate", epoch, i) for i in range(len(batches))]
         for _, indices, batch in _EpochBatches(prepare, records, batches, seeds, config.invariance_weight > 0, rank,
-                                               world, augmentable):
+                                               world, augment):
             batch_loss(model, indices, batch_to(batch, device))
     finally:
         for m, momentum in zip(norms, momenta):

@@ -11,11 +11,15 @@ from sne.weights.trace import record_from_module
 from sne.weights.permute import (
     canonical_permutations,
     canonicalize_hidden,
+    flip_signs,
     permute_hidden,
     random_equivalent_permutation,
     random_permutations,
+    random_sign_flips,
     shuffle_incoming,
+    sign_flip_groups,
     supports_permutation,
+    supports_sign_flips,
 )
 from sne.weights.record import LAYER_KINDS, Layer, NetworkRecord, make_layer
 
@@ -26,16 +30,20 @@ __all__ = [
     "StackedWeights",
     "canonical_permutations",
     "canonicalize_hidden",
+    "flip_signs",
     "load_record",
     "load_state_dict_file",
     "make_layer",
     "permute_hidden",
     "random_equivalent_permutation",
     "random_permutations",
+    "random_sign_flips",
     "record_from_module",
     "record_from_state_dict",
     "save_state_dict_file",
     "shuffle_incoming",
+    "sign_flip_groups",
     "supports_permutation",
+    "supports_sign_flips",
     "with_parameter_values",
 ]

@@ -6,6 +6,9 @@ normalisation statistics, residual streams, attention heads, ...; :mod:`sne.weig
 chain of dense layers needs none: permuting the outputs of layer i (rows of its weight and bias) and,
 identically, the inputs of layer i+1 leaves its function unchanged, because activations, pooling
 and flattening act on each neuron or channel alike.
+
+Where a hidden neuron's activation is odd (f(-x) = -f(x): sine, tanh), negating its incoming
+weights, its bias and its outgoing weights is a further equivalence (:func:`random_sign_flips`).
 """
 
 from __future__ import annotations
@@ -155,6 +158,54 @@ def random_equivalent_permutation(record: NetworkRecord, generator: torch.Genera
     gets a uniformly random permutation."""
     groups = symmetry_groups(record)
     return apply_permutations(record, groups, [torch.randperm(g.size, generator=generator) for g in groups])
+
+
+#: Activations f with f(-x) = -f(x): a neuron followed by one may have its sign flipped.
+ODD_ACTIVATIONS = frozenset({"sine", "tanh"})
+
+
+def sign_flip_groups(record: NetworkRecord) -> tuple[PermutationGroup, ...]:
+    """The hidden layers whose neurons' signs can be flipped without changing the function: in a
+    chain of linear layers (an MLP or INR; convolutions are left out, since max pooling between them
+    is not odd and a record may not say whether it is there), every hidden layer whose activation is
+    known and odd. Each group's members are that layer's rows and bias and the next layer's columns."""
+    if not record.is_chain or any(layer.kind != "linear" for layer in record.layers):
+        return ()
+    return tuple(group for layer, group in zip(record.layers, chain_groups(record))
+                 if layer.activation in ODD_ACTIVATIONS)
+
+
+def supports_sign_flips(record: NetworkRecord) -> bool:
+    """Whether some hidden neuron of ``record`` can have its sign flipped (:func:`sign_flip_groups`)."""
+    return bool(sign_flip_groups(record))
+
+
+def flip_signs(record: NetworkRecord, signs: Sequence[torch.Tensor]) -> NetworkRecord:
+    """Multiply every member of ``sign_flip_groups(record)[g]`` by ``signs[g]`` (one +1 or -1 per neuron)."""
+    groups = sign_flip_groups(record)
+    if len(signs) != len(groups):
+        raise SneError(f"{record.source}: {len(signs)} sign vectors given for {len(groups)} flippable layers")
+    tensors = [dict(layer.tensors) for layer in record.layers]
+    for group, sign in zip(groups, signs):
+        if sign.shape != (group.size,) or not bool(((sign == 1) | (sign == -1)).all()):
+            raise SneError(f"{record.source}: the signs for {group.name} are not {group.size} values of +1 or -1")
+        for member in group.members:
+            tensor = tensors[member.layer][member.tensor]
+            factor = torch.ones(tensor.shape[member.axis], dtype=tensor.dtype, device=tensor.device)
+            factor[member.offset : member.offset + group.size * member.inner] = sign.to(tensor).repeat_interleave(member.inner)
+            shape = [1] * tensor.dim()
+            shape[member.axis] = -1
+            tensors[member.layer][member.tensor] = tensor * factor.reshape(shape)
+    return record.with_layers(replace(layer, tensors=t) for layer, t in zip(record.layers, tensors))
+
+
+def random_sign_flips(record: NetworkRecord, generator: torch.Generator) -> NetworkRecord:
+    """A functionally-equivalent copy of ``record`` in which each neuron of :func:`sign_flip_groups`
+    has its sign flipped with probability 1/2 (``record`` itself where there is none)."""
+    groups = sign_flip_groups(record)
+    if not groups:
+        return record
+    return flip_signs(record, [torch.randint(0, 2, (g.size,), generator=generator) * 2 - 1 for g in groups])
 
 
 def canonical_permutations(record: NetworkRecord) -> list[torch.Tensor | None]:
