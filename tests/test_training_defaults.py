@@ -38,18 +38,21 @@ def test_training_defaults_apply_unless_set_and_the_paper_preset_trains_without_
 
 def test_the_cli_flags_turn_training_defaults_off_and_encoders_lists_them(shared_sine_zoo, tmp_path, capsys,
                                                                           monkeypatch):
-    monkeypatch.setattr(SNEEncoder, "default_train_options", {"permutation_augment": True, "bn_recalibration": 2})
+    monkeypatch.setattr(SNEEncoder, "default_train_options",
+                        {"permutation_augment": True, "bn_recalibration": 2, "sign_flip_augment": True})
     common = ["train", "--zoo", str(shared_sine_zoo.path), "--target", "frequency", "--epochs", "1", "--max-train",
               "20", "--device", "cpu", "-o", "hidden=16", "-o", "heads=2", "-o", "num_sab=1", "-o", "out_dim=8"]
-    for name, extra, expected in (("default", [], (True, 2)),
-                                  ("off", ["--no-augment-permutations", "--bn-recalibration", "0"], (False, 0))):
+    for name, extra, expected in (("default", [], (True, 2, True)),
+                                  ("off", ["--no-augment-permutations", "--bn-recalibration", "0",
+                                           "--no-augment-sign-flips"], (False, 0, False))):
         code, _, err = run_cli([*common, "--out", str(tmp_path / name), *extra], capsys)
         assert code == 0, err
         config = json.loads((tmp_path / name / "config.json").read_text())
-        assert (config["permutation_augment"], config["bn_recalibration"]) == expected
+        assert (config["permutation_augment"], config["bn_recalibration"], config["sign_flip_augment"]) == expected
     code, out, _ = run_cli(["encoders"], capsys)
     sne_lines = out.split("\nsne: ")[1].splitlines()
-    assert code == 0 and "  training defaults: --augment-permutations --bn-recalibration 2" in sne_lines
+    assert code == 0 and ("  training defaults: --augment-permutations --bn-recalibration 2 --augment-sign-flips"
+                          in sne_lines)
 
 
 def test_rows_name_training_switches_apart_from_their_encoders_defaults(augmenting_sne):
@@ -58,6 +61,8 @@ def test_rows_name_training_switches_apart_from_their_encoders_defaults(augmenti
     assert configuration_options({**row, "permutation_augment": True}) == {}
     assert configuration_options({**row, "permutation_augment": False}) == {"augment_permutations": False}
     assert configuration_options(row) == {"augment_permutations": False}  # written before the switch: off
+    assert configuration_options({**row, "permutation_augment": True, "sign_flip_augment": True}) == {
+        "sign_flip_augment": True}
     paper = {"encoder": "sne", "encoder_options_given": {"preset": "paper"},
              "encoder_options_resolved": {**DEFAULT_OPTIONS, **PRESETS["paper"]}, "permutation_augment": False}
     assert configuration_options(paper) == {"preset": "paper"}

@@ -243,6 +243,10 @@ def train(
         None, "--augment-permutations/--no-augment-permutations",
         help="Train on a fresh random functionally-equivalent permutation of every network each epoch "
              "(default: the encoder's; see 'sne encoders')."),
+    augment_sign_flips: Optional[bool] = typer.Option(
+        None, "--augment-sign-flips/--no-augment-sign-flips",
+        help="Also flip the signs of random hidden neurons whose activation is odd (sine, tanh) each epoch, "
+             "another functional equivalence (default: the encoder's; see 'sne encoders')."),
     option: List[str] = typer.Option([], "--option", "-o", help="Encoder option key=value (repeatable)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="SNE only: a named set of options, e.g. paper "
                                          "(the paper's configuration); -o options win over it."),
@@ -271,7 +275,7 @@ def train(
         encoder, zoo=str(zoo), target=target, encoder_options=options, epochs=epochs,
         batch_size=batch_size, lr=lr, schedule=schedule, warmup_epochs=warmup_epochs,
         invariance_weight=invariance_weight, permutation_augment=augment_permutations,
-        seed=seed, device=device, num_workers=workers, max_train=max_train, precision=precision,
+        sign_flip_augment=augment_sign_flips, seed=seed, device=device, num_workers=workers, max_train=max_train, precision=precision,
         bn_recalibration=bn_recalibration, command=_command_line(),
     )
     summary = fit(config, out, log_dir=log_dir)
@@ -617,7 +621,7 @@ def encoders(
 
 
 #: TrainConfig fields whose command-line flag is not the field's name.
-_TRAIN_FLAG_NAMES = {"permutation_augment": "augment-permutations"}
+_TRAIN_FLAG_NAMES = {"permutation_augment": "augment-permutations", "sign_flip_augment": "augment-sign-flips"}
 
 
 def _train_flag(field: str, value: Any) -> str:
@@ -664,6 +668,9 @@ _ONE_ZOO = {
     "augment": typer.Option(None, "--augment-permutations/--no-augment-permutations",
                             help="Train on fresh functionally-equivalent permutations of the networks (default: "
                                  "each encoder's; rows and runs are named by it)."),
+    "sign_flips": typer.Option(None, "--augment-sign-flips/--no-augment-sign-flips",
+                               help="Also flip the signs of random hidden neurons whose activation is odd (sine, "
+                                    "tanh) every epoch (default: each encoder's; rows and runs are named by it)."),
     "bn_recalibration": typer.Option(None, "--bn-recalibration", min=0, help="After every epoch, re-estimate batch-norm statistics over "
                                      "this many training batches (default: the encoder's, else 0: off; rows and runs "
                                      "are named by it)."),
@@ -683,11 +690,11 @@ def _bench_runs(encoders: list[str], seeds: str, epochs: int, runs: Path, result
 
 def _one_zoo(benchmark: str, zoo: Path, encoders: str, invariance_weights: str, seeds: str, epochs: int, runs: Path,
              results: Path, option: List[str], device: str, augment: Optional[bool],
-             bn_recalibration: Optional[int]) -> None:
+             bn_recalibration: Optional[int], sign_flips: Optional[bool]) -> None:
     from sne.bench.inr import run_inr_benchmark
 
     bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, augment,
-                             bn_recalibration=bn_recalibration)
+                             bn_recalibration=bn_recalibration, sign_flip_augment=sign_flips)
     path = run_inr_benchmark(zoo, bench_runs, _csv(invariance_weights, float), benchmark=benchmark)
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
 
@@ -704,11 +711,12 @@ def bench_inr(
     option: List[str] = _ONE_ZOO["option"],
     device: str = _ONE_ZOO["device"],
     augment: Optional[bool] = _ONE_ZOO["augment"],
+    sign_flips: Optional[bool] = _ONE_ZOO["sign_flips"],
     bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
 ) -> None:
     """INR frequency regression: train and evaluate each encoder; write results/inr_frequency_<init>.json."""
     _one_zoo("inr_frequency", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device, augment,
-             bn_recalibration)
+             bn_recalibration, sign_flips)
 
 
 @bench_app.command("digit-inr")
@@ -723,11 +731,12 @@ def bench_digit_inr(
     option: List[str] = _ONE_ZOO["option"],
     device: str = _ONE_ZOO["device"],
     augment: Optional[bool] = _ONE_ZOO["augment"],
+    sign_flips: Optional[bool] = _ONE_ZOO["sign_flips"],
     bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
 ) -> None:
     """Digit-INR classification: predict each INR's digit; write results/digit_inr_label_<init>.json."""
     _one_zoo("digit_inr_label", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device, augment,
-             bn_recalibration)
+             bn_recalibration, sign_flips)
 
 
 @bench_app.command("ablation")
@@ -750,6 +759,7 @@ def bench_ablation(
                                      "(repeatable); each row changes this base."),
     device: str = _ONE_ZOO["device"],
     augment: Optional[bool] = _ONE_ZOO["augment"],
+    sign_flips: Optional[bool] = _ONE_ZOO["sign_flips"],
     bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
 ) -> None:
     """SNE's ablations (paper Tables 6-7, Figure 3; lambda sweep): train every row of a study at the
@@ -759,7 +769,7 @@ def bench_ablation(
     chosen = study_rows(study, _csv(rows), _encoder_list(encoders) if encoders.strip() else (),
                         _csv(fractions, float))
     bench_runs = _bench_runs(sorted({row.encoder for row in chosen}), seeds, epochs, runs, results, option, device,
-                             augment, bn_recalibration=bn_recalibration)
+                             augment, bn_recalibration=bn_recalibration, sign_flip_augment=sign_flips)
     path = run_ablation(zoo, bench_runs, study, chosen, target=target, base_invariance_weight=invariance_weight,
                         max_train=max_train)
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
@@ -802,7 +812,7 @@ def _zoo_list(values: List[str]) -> list[str]:
 def _transfer(benchmark: str, train_zoos: list[str], test_zoos: list[str], target: str, encoders: str, seeds: str,
               epochs: int, runs: Path, results: Path, option: List[str], lr: Optional[float], batch_size: int,
               device: str, name: Optional[str], augment: Optional[bool], max_train: Optional[int],
-              bn_recalibration: Optional[int]) -> None:
+              bn_recalibration: Optional[int], sign_flips: Optional[bool]) -> None:
     from sne.bench.transfer import check_results_name, run_transfer_benchmark
     from sne.train.run import check_max_train
 
@@ -810,7 +820,8 @@ def _transfer(benchmark: str, train_zoos: list[str], test_zoos: list[str], targe
         check_results_name(name)  # before the encoders are checked and any zoo is opened
     check_max_train(max_train)
     bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, augment, lr=lr,
-                             batch_size=batch_size, max_train=max_train, bn_recalibration=bn_recalibration)
+                             batch_size=batch_size, max_train=max_train, bn_recalibration=bn_recalibration,
+                             sign_flip_augment=sign_flips)
     path = run_transfer_benchmark(benchmark, train_zoos, test_zoos, bench_runs, target=target, name=name)
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
 
@@ -830,6 +841,7 @@ _TRANSFER = {
     "name": typer.Option(None, "--name", help="Write the rows to <results>/NAME.json, a transfer study of its own "
                          "(default: the benchmark's file)."),
     "augment": _ONE_ZOO["augment"],
+    "sign_flips": _ONE_ZOO["sign_flips"],
     "bn_recalibration": _ONE_ZOO["bn_recalibration"],
     "max_train": typer.Option(None, "--max-train", help="Train on only the first N networks of each training zoo's "
                               "train split (rows and runs are named by it); validation and test splits stay whole."),
@@ -851,6 +863,7 @@ def bench_cross_dataset(
     device: str = _TRANSFER["device"],
     name: Optional[str] = _TRANSFER["name"],
     augment: Optional[bool] = _TRANSFER["augment"],
+    sign_flips: Optional[bool] = _TRANSFER["sign_flips"],
     max_train: Optional[int] = _TRANSFER["max_train"],
     bn_recalibration: Optional[int] = _TRANSFER["bn_recalibration"],
 ) -> None:
@@ -858,7 +871,7 @@ def bench_cross_dataset(
     or results/NAME.json with --name)."""
     zoo_paths = _zoo_list(zoos)
     _transfer("cross_dataset", zoo_paths, zoo_paths, target, encoders, seeds, epochs, runs, results, option, lr, batch_size, device,
-              name, augment, max_train, bn_recalibration)
+              name, augment, max_train, bn_recalibration, sign_flips)
 
 
 @bench_app.command("cross-arch")
@@ -877,13 +890,14 @@ def bench_cross_arch(
     device: str = _TRANSFER["device"],
     name: Optional[str] = _TRANSFER["name"],
     augment: Optional[bool] = _TRANSFER["augment"],
+    sign_flips: Optional[bool] = _TRANSFER["sign_flips"],
     max_train: Optional[int] = _TRANSFER["max_train"],
     bn_recalibration: Optional[int] = _TRANSFER["bn_recalibration"],
 ) -> None:
     """Train on each --train zoo, report Kendall's tau on every --test zoo (results/cross_arch.json, or
     results/NAME.json with --name, e.g. --name vit for a small-cnn -> ViT study)."""
     _transfer("cross_arch", _zoo_list(train), _zoo_list(test), target, encoders, seeds, epochs, runs, results, option, lr,
-              batch_size, device, name, augment, max_train, bn_recalibration)
+              batch_size, device, name, augment, max_train, bn_recalibration, sign_flips)
 
 
 def main() -> None:

@@ -105,14 +105,14 @@ class BenchRuns:
 _NOT_CONFIGURATION = ("zoo", "target", "device", "num_workers", "command", "seed", "encoder_options")
 
 #: Training settings that name a configuration where they differ from the encoder's defaults.
-TUNED_TRAINING = ("lr", "batch_size", "bn_recalibration")
+TUNED_TRAINING = ("lr", "batch_size", "bn_recalibration", "sign_flip_augment")
 
 
 def training_switches(fields: dict, defaults: dict | None = None) -> dict:
     """The training settings in ``fields`` (TrainConfig fields, or a results row) that make a
     configuration of its own: permutation augmentation where it differs from ``defaults`` (None:
     off, as run names spell it), a cap on the training networks (``max_train``) where one was
-    set, and the learning rate, batch size and batch-norm recalibration where they differ from
+    set, and the learning rate, batch size, batch-norm recalibration and sign-flip augmentation where they differ from
     ``defaults``' (or, not there, TrainConfig's). A row written before a switch existed had it off,
     or at its default."""
     on = bool(fields.get("permutation_augment"))
@@ -128,7 +128,7 @@ def training_switches(fields: dict, defaults: dict | None = None) -> dict:
 
 
 #: What a results row written before a training field existed was trained with.
-_BEFORE_IT_EXISTED = {"bn_recalibration": 0}
+_BEFORE_IT_EXISTED = {"bn_recalibration": 0, "sign_flip_augment": False}
 
 
 def _row_train_defaults(entry: dict) -> dict:
