@@ -829,8 +829,15 @@ ABLATION_STUDIES = {
                    "chunk holds exactly one row, or a whole layer part, is the set of chunks the same for every "
                    "equivalent permutation of a network; the sine INRs' hidden rows are 32 long, so the "
                    "permutation-change column measures what other sizes cost in invariance."),
-    "invariance": ("The logit-invariance regulariser at work: lambda sweep and permutation augmentation",
-                   "Each row changes how the base configuration is trained to be invariant to neuron permutations."),
+    "invariance": ("The logit-invariance regulariser at work: lambda sweep, permutation augmentation and sign flips",
+                   "Each row changes how the base configuration is trained to be invariant to neuron permutations. "
+                   "The lambda rows train without augmentation, so the regulariser alone teaches the invariance; "
+                   "where the base reads no neuron order (today's defaults) SNE is invariant by construction on "
+                   "these INRs and the regulariser has nothing to act on, so the sweep runs on a base that reads "
+                   "it (chunk-index and row-slot encodings on, as in the paper). Sign flips: a hidden neuron "
+                   "followed by an odd activation (sine, tanh) computes the same function with its incoming "
+                   "weights, bias and outgoing weights negated, a symmetry neuron permutations do not cover "
+                   "(the one ScaleGMN builds in); the row trains on random such flips every epoch."),
     "training": ("How SNE is trained: learning rate, schedule and warm-up",
                  "Each row trains the base configuration with its own learning rate and schedule, for the same epochs. "
                  "A base with few training networks and many epochs asks whether a small zoo or a small budget of "

@@ -258,3 +258,12 @@ def _digits():
     from sne.data import load_dataset
 
     return load_dataset("digits")
+
+
+def test_sign_flip_augmentation_says_it_cannot_flip_convolutions(tiny_zoos, tmp_path, capsys):
+    code, out, err = run_cli(["train", "--zoo", str(tiny_zoos["small-cnn"].path), "--target", "test_accuracy",
+                              "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "run"), "--augment-sign-flips",
+                              "-o", "hidden=16", "-o", "heads=2", "-o", "num_sab=1", "-o", "out_dim=8"], capsys)
+    assert code == 0, err
+    networks = len(tiny_zoos["small-cnn"].split_ids("train"))
+    assert f"sign-flip augmentation flipped 0 of {networks} training networks" in " ".join((out + err).split())

@@ -292,6 +292,10 @@ def train(
         console.print(f"permutation augmentation permuted {augmented} of {networks} training networks; the others' "
                       "neuron symmetries are unknown (bare state_dicts of networks that are not plain chains), so "
                       "they trained as they are")
+    flipped = summary.get("sign_flipped_networks")
+    if augment_sign_flips and flipped is not None and flipped < networks:
+        console.print(f"sign-flip augmentation flipped {flipped} of {networks} training networks; signs are flipped "
+                      "only in chains of linear layers whose hidden activations are recorded and odd (sine, tanh)")
 
 
 @app.command()
