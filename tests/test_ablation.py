@@ -162,7 +162,9 @@ def test_studies_share_the_runs_they_have_in_common(shared_sine_zoo, tmp_path, c
               "--device", "cpu", *TINY]
     assert run_cli([*common, "--study", "invariance", "--rows", "lambda-0,augment"], capsys)[0] == 0
     runs = sorted(p.relative_to(tmp_path) for p in (tmp_path / "runs").glob("*/*"))
-    assert [p.name for p in runs] == ["sne_permutation_augment-true_seed0", "sne_seed0"]
+    # Augmentation is spelled where on, whatever the defaults (sign flips are SNE's default).
+    assert [p.name for p in runs] == ["sne_permutation_augment-true_sign_flip_augment-true_seed0",
+                                      "sne_sign_flip_augment-true_seed0"]
     assert run_cli([*common, "--study", "components", "--rows", "full"], capsys)[0] == 0
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "runs").glob("*/*")) == runs
     full = json.loads((tmp_path / "results" / "ablation_components_shared.json").read_text())["entries"][0]

@@ -117,7 +117,8 @@ def test_summary_keeps_an_encoder_with_options_apart_from_its_defaults():
     # Rows trained at today's defaults, one of them given an option apart from them.
     trained = {"train_zoo": "a", "encoder_options_resolved": dict(DEFAULT_OPTIONS),
                "permutation_augment": SNEEncoder.train_defaults({}).get("permutation_augment", False),
-               "bn_recalibration": SNEEncoder.train_defaults({}).get("bn_recalibration", 0)}
+               "bn_recalibration": SNEEncoder.train_defaults({}).get("bn_recalibration", 0),
+               "sign_flip_augment": SNEEncoder.train_defaults({}).get("sign_flip_augment", False)}
     entries = [
         {"encoder": "sne", **trained, "evaluations": {"a": {"kendall_tau": 0.5}}},
         {"encoder": "sne", **trained, "encoder_options_given": {"use_input_positions": True},

@@ -236,29 +236,37 @@ def _setting(runs: BenchRuns, base_weight: float, max_train: int | None) -> dict
             "encoder_options": dict(runs.encoder_options), "train_options": train_options}
 
 
+#: Training settings whose defaults have changed, as rows trained before they existed had them.
+_CHANGED_TRAINING = {"bn_recalibration": 0, "sign_flip_augment": False}
+
+
 def _check_same_training(path: Path, setting: dict, configs: list[tuple[AblationRow, dict, str]]) -> None:
     """Refuse, before any training, a row whose seeds in ``path`` (same setting) were trained with
-    another batch-norm recalibration, or built with other encoder options, than this run's would be:
-    an encoder's defaults may have changed since, and one row must not average runs made two ways.
-    Seeds that did not record their resolved options are not compared."""
+    another batch-norm recalibration or sign-flip augmentation, or built with other encoder options,
+    than this run's would be: an encoder's defaults may have changed since, and one row must not
+    average runs made two ways. Seeds that did not record their resolved options are not compared."""
     if not path.is_file():
         return
     key = json.dumps(setting, sort_keys=True)
-    stored: dict[str, set[int]] = {}
+    stored: dict[tuple[str, str], set] = {}
     built: dict[str, list[dict]] = {}
     for entry in json.loads(path.read_text())["entries"]:
         if json.dumps(entry["setting"], sort_keys=True) == key:
-            stored.setdefault(entry["row"], set()).add(entry.get("bn_recalibration", 0))
+            for name, before in _CHANGED_TRAINING.items():
+                stored.setdefault((entry["row"], name), set()).add(entry.get(name, before))
             if entry.get("encoder_options_resolved"):
                 built.setdefault(entry["row"], []).append(entry)
     for row, fields, _ in configs:
-        trained = TrainConfig.for_encoder(row.encoder, seed=0, **fields).bn_recalibration
-        before = stored.get(row.name, {trained})
-        if before != {trained}:
-            earlier = ", ".join(map(str, sorted(before)))
-            raise SneError(f"{path}: row '{row.name}' of this setting was trained with bn_recalibration={earlier} and "
-                           f"would be trained with {trained} now: give --bn-recalibration {earlier} to add seeds to "
-                           f"it, or --bn-recalibration {trained} for a setting of its own")
+        config = TrainConfig.for_encoder(row.encoder, seed=0, **fields)
+        for name in _CHANGED_TRAINING:
+            trained = getattr(config, name)
+            before = stored.get((row.name, name), {trained})
+            if before != {trained}:
+                earlier = ", ".join(map(str, sorted(before)))
+                flag = "--" + {"sign_flip_augment": "augment-sign-flips"}.get(name, name.replace("_", "-"))
+                raise SneError(f"{path}: row '{row.name}' of this setting was trained with {name}={earlier} and "
+                               f"would be trained with {trained} now: give {_flag_text(flag, earlier)} to add seeds "
+                               f"to it, or {_flag_text(flag, trained)} for a setting of its own")
         given = fields["encoder_options"]
         resolved = get_encoder_class(row.encoder).resolved_options(given)
         for entry in built.get(row.name, []):
@@ -393,7 +401,7 @@ def _row_configs(rows: Sequence[AblationRow], runs: BenchRuns, zoo: Zoo, target:
         # named where they differ from the base's, or from the shared defaults where the base sets none.
         trained = asdict(TrainConfig.for_encoder(row.encoder, seed=0, **fields))
         reference = {**asdict(_DEFAULT_CONFIG), **base_fields}
-        named = sorted({*base_fields, *row.train, "permutation_augment"})
+        named = sorted({*base_fields, *row.train, "permutation_augment", "sign_flip_augment"})
         changed.update({k: trained[k] for k in named if trained[k] != reference[k]})
         run_name = row.encoder + options_tag(changed)
         # As the encoder will resolve them (a preset's options included), so equal rows are found equal.
@@ -408,6 +416,13 @@ def _row_configs(rows: Sequence[AblationRow], runs: BenchRuns, zoo: Zoo, target:
 
 
 _DEFAULT_CONFIG = TrainConfig(zoo="", target="")
+
+
+def _flag_text(flag: str, value) -> str:
+    """``--bn-recalibration 0``; a switch as ``--augment-sign-flips`` or ``--no-augment-sign-flips``."""
+    if isinstance(value, bool) or value in ("True", "False"):
+        return flag if value in (True, "True") else "--no-" + flag[2:]
+    return f"{flag} {value}"
 
 
 def entry_identity(entry: dict) -> tuple:
