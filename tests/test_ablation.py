@@ -74,7 +74,7 @@ def test_a_row_equal_to_full_is_not_trained_twice(shared_sine_zoo, tmp_path, cap
     # A base without invariance regularisation or augmentation: the no-invariance row is the full row.
     code, _, _ = run_cli(["bench", "ablation", "--zoo", str(shared_sine_zoo.path), "--study", "components",
                           "--rows", "full,no-invariance", "--epochs", "1", "--max-train", "30",
-                          "--invariance-weight", "0", "--no-augment-permutations",
+                          "--invariance-weight", "0", "--no-augment-permutations", "--no-augment-sign-flips",
                           "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--device", "cpu",
                           *TINY], capsys)
     assert code == 0
@@ -158,13 +158,11 @@ def test_invariance_training_refuses_networks_without_known_symmetries(tmp_path,
 def test_studies_share_the_runs_they_have_in_common(shared_sine_zoo, tmp_path, capsys):
     # A base without augmentation: full SNE is then the invariance study's lambda-0 row.
     common = ["bench", "ablation", "--zoo", str(shared_sine_zoo.path), "--epochs", "1", "--max-train", "30",
-              "--no-augment-permutations", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+              "--no-augment-permutations", "--no-augment-sign-flips", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
               "--device", "cpu", *TINY]
     assert run_cli([*common, "--study", "invariance", "--rows", "lambda-0,augment"], capsys)[0] == 0
     runs = sorted(p.relative_to(tmp_path) for p in (tmp_path / "runs").glob("*/*"))
-    # Augmentation is spelled where on, whatever the defaults (sign flips are SNE's default).
-    assert [p.name for p in runs] == ["sne_permutation_augment-true_sign_flip_augment-true_seed0",
-                                      "sne_sign_flip_augment-true_seed0"]
+    assert [p.name for p in runs] == ["sne_permutation_augment-true_seed0", "sne_seed0"]
     assert run_cli([*common, "--study", "components", "--rows", "full"], capsys)[0] == 0
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "runs").glob("*/*")) == runs
     full = json.loads((tmp_path / "results" / "ablation_components_shared.json").read_text())["entries"][0]
@@ -195,3 +193,20 @@ def test_a_results_file_on_another_zoo_is_refused_before_any_training(shared_sin
     assert code == 2 and "other zoos" in err and "Traceback" not in err
     assert (results / "ablation_chunk-size_shared.json").read_bytes() == before
     assert not (tmp_path / "runs").exists()
+
+
+def test_run_directories_spell_augmentation_where_it_is_on(shared_sine_zoo, tmp_path):
+    from sne.bench.ablation import _row_configs, study_rows
+    from sne.bench.runs import BenchRuns
+
+    def names(rows, **train_options):
+        runs = BenchRuns(encoders=["sne"], seeds=[0], epochs=1, runs_dir=tmp_path, results_dir=tmp_path, device="cpu",
+                         train_options=train_options)
+        return [name for _, _, name in _row_configs(study_rows("invariance", rows), runs, shared_sine_zoo,
+                                                    "frequency", 0.0, 30)[0]]
+
+    # SNE's defaults augment with both; the lambda rows train without either, whatever the defaults.
+    assert names(["augment-sign-flips", "lambda-0", "augment"]) == [  # in the study's order
+        "sne", "sne_permutation_augment-true", "sne_permutation_augment-true_sign_flip_augment-true"]
+    assert names(["augment-sign-flips"], sign_flip_augment=False) == [
+        "sne_permutation_augment-true_sign_flip_augment-true"]

@@ -78,7 +78,8 @@ def _components() -> list[AblationRow]:
     return [
         AblationRow("full", "full SNE", paper=paper["full"]),
         AblationRow("no-invariance", "without invariance regularisation or augmentation",
-                    train={"invariance_weight": 0.0, "permutation_augment": False}, paper=paper["no-invariance"]),
+                    train={"invariance_weight": 0.0, "permutation_augment": False, "sign_flip_augment": False},
+                    paper=paper["no-invariance"]),
         AblationRow("no-type-encoding", "without layer-type encoding", options={"use_type_encoding": False},
                     paper=paper["no-type-encoding"]),
         AblationRow("no-level-encoding", "without layer-level encoding", options={"use_level_encoding": False},
@@ -161,13 +162,14 @@ def _chunk_sizes() -> list[AblationRow]:
 
 def _invariance() -> list[AblationRow]:
     # The regulariser alone: without augmentation, whatever the encoder's training defaults.
-    rows = [AblationRow(f"lambda-{w:g}", f"lambda {w:g}", train={"invariance_weight": w, "permutation_augment": False})
+    plain = {"permutation_augment": False, "sign_flip_augment": False}
+    rows = [AblationRow(f"lambda-{w:g}", f"lambda {w:g}", train={"invariance_weight": w, **plain})
             for w in (0, 0.3, 1, 3, 10)]
     return rows + [
         AblationRow("augment", "permutation augmentation, lambda 0",
-                    train={"invariance_weight": 0.0, "permutation_augment": True}),
+                    train={**plain, "invariance_weight": 0.0, "permutation_augment": True}),
         AblationRow("augment-lambda-1", "permutation augmentation, lambda 1",
-                    train={"invariance_weight": 1.0, "permutation_augment": True}),
+                    train={**plain, "invariance_weight": 1.0, "permutation_augment": True}),
         AblationRow("augment-sign-flips", "permutation augmentation and sign flips of neurons with odd "
                     "activations, lambda 0",
                     train={"invariance_weight": 0.0, "permutation_augment": True, "sign_flip_augment": True}),
