@@ -27,7 +27,8 @@ def _at_todays_defaults(encoder, options):
     defaults = SNEEncoder.train_defaults(options)
     return {"encoder_options_resolved": {**SNEEncoder.options_baseline(options), **options},
             "permutation_augment": defaults.get("permutation_augment", False),
-            "bn_recalibration": defaults.get("bn_recalibration", 0)}
+            "bn_recalibration": defaults.get("bn_recalibration", 0),
+            "sign_flip_augment": defaults.get("sign_flip_augment", False)}
 
 
 def _transfer_row(encoder, options, seed, taus, epochs=15):
