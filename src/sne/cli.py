@@ -275,8 +275,8 @@ def train(
         encoder, zoo=str(zoo), target=target, encoder_options=options, epochs=epochs,
         batch_size=batch_size, lr=lr, schedule=schedule, warmup_epochs=warmup_epochs,
         invariance_weight=invariance_weight, permutation_augment=augment_permutations,
-        sign_flip_augment=augment_sign_flips, seed=seed, device=device, num_workers=workers, max_train=max_train, precision=precision,
-        bn_recalibration=bn_recalibration, command=_command_line(),
+        sign_flip_augment=augment_sign_flips, seed=seed, device=device, num_workers=workers, max_train=max_train,
+        precision=precision, bn_recalibration=bn_recalibration, command=_command_line(),
     )
     summary = fit(config, out, log_dir=log_dir)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
@@ -612,6 +612,8 @@ def encoders(
     as_json: bool = typer.Option(False, "--json", help="Print the list as JSON on stdout."),
 ) -> None:
     """List the registered encoders: what each reads, its options (-o key=value) with their defaults."""
+    from sne.train.run import train_flag
+
     described = encoder_descriptions()
     if as_json:
         print(json.dumps(described, indent=2))
@@ -621,19 +623,7 @@ def encoders(
         options = " ".join(f"{key}={_option_text(value)}" for key, value in entry["options"].items())
         print(f"  options: {options or '(none)'}")
         if entry["train_defaults"]:
-            print("  training defaults: " + " ".join(_train_flag(k, v) for k, v in entry["train_defaults"].items()))
-
-
-#: TrainConfig fields whose command-line flag is not the field's name.
-_TRAIN_FLAG_NAMES = {"permutation_augment": "augment-permutations", "sign_flip_augment": "augment-sign-flips"}
-
-
-def _train_flag(field: str, value: Any) -> str:
-    """A training default as the flag that sets it: ``--lr 0.003``, ``--augment-permutations``."""
-    flag = _TRAIN_FLAG_NAMES.get(field, field.replace("_", "-"))
-    if isinstance(value, bool):
-        return f"--{flag}" if value else f"--no-{flag}"
-    return f"--{flag} {value}"
+            print("  training defaults: " + " ".join(train_flag(k, v) for k, v in entry["train_defaults"].items()))
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Run the paper's benchmarks; results go to results/*.json.")

@@ -42,7 +42,7 @@ from sne.encoders.sne import DEFAULT_OPTIONS as SNE_DEFAULT_OPTIONS, PRESETS as 
 from sne.errors import SneError
 from sne.plots import error_curves
 from sne.train.evaluate import evaluate_run
-from sne.train.run import TrainConfig, check_max_train, fit
+from sne.train.run import TrainConfig, check_max_train, fit, train_flag
 from sne.zoo import Zoo
 
 
@@ -265,10 +265,10 @@ def _check_same_training(path: Path, setting: dict, configs: list[tuple[Ablation
             before = stored.get((row.name, name), {trained})
             if before != {trained}:
                 earlier = ", ".join(map(str, sorted(before)))
-                flag = "--" + {"sign_flip_augment": "augment-sign-flips"}.get(name, name.replace("_", "-"))
+                flags = " or ".join(train_flag(name, value) for value in sorted(before))
                 raise SneError(f"{path}: row '{row.name}' of this setting was trained with {name}={earlier} and "
-                               f"would be trained with {trained} now: give {_flag_text(flag, earlier)} to add seeds "
-                               f"to it, or {_flag_text(flag, trained)} for a setting of its own")
+                               f"would be trained with {trained} now: give {flags} to add seeds to it, or "
+                               f"{train_flag(name, trained)} for a setting of its own")
         given = fields["encoder_options"]
         resolved = get_encoder_class(row.encoder).resolved_options(given)
         for entry in built.get(row.name, []):
@@ -418,13 +418,6 @@ def _row_configs(rows: Sequence[AblationRow], runs: BenchRuns, zoo: Zoo, target:
 
 
 _DEFAULT_CONFIG = TrainConfig(zoo="", target="")
-
-
-def _flag_text(flag: str, value) -> str:
-    """``--bn-recalibration 0``; a switch as ``--augment-sign-flips`` or ``--no-augment-sign-flips``."""
-    if isinstance(value, bool) or value in ("True", "False"):
-        return flag if value in (True, "True") else "--no-" + flag[2:]
-    return f"{flag} {value}"
 
 
 def entry_identity(entry: dict) -> tuple:

@@ -115,6 +115,18 @@ class TrainConfig:
         return cls(encoder=encoder, **chosen)
 
 
+#: TrainConfig fields whose command-line flag is not the field's name.
+TRAIN_FLAG_NAMES = {"permutation_augment": "augment-permutations", "sign_flip_augment": "augment-sign-flips"}
+
+
+def train_flag(field: str, value: Any) -> str:
+    """A training default as the flag that sets it: ``--lr 0.003``, ``--augment-permutations``."""
+    flag = TRAIN_FLAG_NAMES.get(field, field.replace("_", "-"))
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {value}"
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
