@@ -16,7 +16,8 @@ Studies (:data:`STUDIES`):
   every epoch); a row equal to the base is listed, not trained again.
 - ``chunk-size``: chunk sizes 4, 8, 16, 32 and 64 (Table 7).
 - ``invariance``: the logit-invariance weight lambda at 0, 0.3, 1, 3 and 10, permutation
-  augmentation alone and with lambda 1, and with sign flips of neurons whose activation is odd.
+  augmentation alone and with lambda 1, and with sign flips of neurons whose activation is odd
+  (alone, and with lambda 1, whose copies are then flipped too).
 - ``data-fraction``: test error against the fraction of training networks used, for SNE and its
   peers (Figure 3), with a plot.
 - ``training``: how SNE is trained: learning rate, schedule (multi-step or cosine, with and
@@ -173,6 +174,9 @@ def _invariance() -> list[AblationRow]:
         AblationRow("augment-sign-flips", "permutation augmentation and sign flips of neurons with odd "
                     "activations, lambda 0",
                     train={"invariance_weight": 0.0, "permutation_augment": True, "sign_flip_augment": True}),
+        AblationRow("augment-sign-flips-lambda-1", "permutation augmentation and sign flips, lambda 1 (the "
+                    "regulariser's copies flipped too)",
+                    train={"invariance_weight": 1.0, "permutation_augment": True, "sign_flip_augment": True}),
     ]
 
 

@@ -77,7 +77,9 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     #: Clip the gradient norm to this value (None: no clipping); guards against loss spikes.
     grad_clip: float | None = 1.0
-    #: lambda of the logit-invariance regulariser (0 disables it).
+    #: lambda of the logit-invariance regulariser (0 disables it): the distance between the outputs
+    #: for a network and for a random functionally-equivalent copy of it (its neurons permuted, and
+    #: signs flipped as well where ``sign_flip_augment`` flips them).
     invariance_weight: float = 0.0
     #: Train every epoch on a fresh random functionally-equivalent permutation of each network
     #: (permutation augmentation), so that the encoder learns the symmetry from the data.
@@ -192,8 +194,8 @@ class _Augmentation:
 
 class _EpochBatches(torch.utils.data.Dataset):
     """One epoch's batches; each item is prepared (and augmented) on its own, so workers can do it.
-    ``permute``: a functionally-equivalent permutation of each network is appended (the invariance
-    regulariser's pairs).
+    ``permute``: a functionally-equivalent copy of each network is appended (the invariance
+    regulariser's pairs): a random permutation, with random sign flips where ``augment`` flips signs.
     With ``world`` processes, process ``rank`` takes every ``world``-th network of each batch."""
 
     def __init__(self, prepare, records, batches: list[torch.Tensor], seeds: list[int], permute: bool,
@@ -214,6 +216,13 @@ class _EpochBatches(torch.utils.data.Dataset):
             # Drawn for the whole batch on every process, so each network gets the copy it gets alone.
             generator = torch.Generator().manual_seed(self.seeds[index])
             permuted = [random_equivalent_permutation(r, generator) for r in members]
+            if self.augment.flippable is not None:
+                # A run that flips signs asks its encoder to be invariant to flips too, and for an
+                # encoder invariant to permutations by construction (default SNE) that is all the
+                # regulariser can act on. A stream of its own: the permutations are drawn as without.
+                flips = torch.Generator().manual_seed(derive_seed(self.seeds[index], "train/regulariser-flips"))
+                permuted = [random_sign_flips(r, flips) if self.augment.flippable[i] else r
+                            for i, r in zip(chosen, permuted)]
         return self.batches[index], self.batches[index][mine], self.prepare(members[mine] + permuted[mine])
 
 
@@ -386,7 +395,7 @@ def train_epochs(
     ``config.epochs`` epochs, or resume it from ``run_dir``; return the run's summary.
 
     Adam and the multi-step schedule of ``config``; batches in a seeded order per epoch, prepared
-    by ``prepare`` (with random equivalent permutations appended when ``config.invariance_weight``
+    by ``prepare`` (with random functionally-equivalent copies appended when ``config.invariance_weight``
     > 0); ``batch_loss(model, indices, batch on device)`` gives (task loss, regulariser), means over
     the batch, computed by calling ``model`` (under torchrun, its DistributedDataParallel wrapper:
     pass ``processes=True`` where ``batch_loss`` does so; :mod:`sne.train.distributed`), and the step
