@@ -69,12 +69,16 @@ def test_rows_trained_with_recalibration_are_a_configuration_of_their_own():
     assert SNEEncoder.train_defaults({})["bn_recalibration"] > 0
     assert SNEEncoder.train_defaults({"preset": "paper"})["bn_recalibration"] == 0
     row = {"encoder": "sne", "encoder_options_given": {}, "encoder_options_resolved": dict(DEFAULT_OPTIONS),
-           "permutation_augment": True, "sign_flip_augment": True}
+           "permutation_augment": True, "sign_flip_augment": True, "test_time_flips": 16}
     assert configuration_name(row) == configuration_name({**row, "bn_recalibration": 0}) == "sne_bn_recalibration-0"
     # Likewise sign flips, on by default since 2026-12-03.
     before_flips = {k: v for k, v in row.items() if k != "sign_flip_augment"}
     assert configuration_name({**before_flips, "bn_recalibration": 16}) == "sne_sign_flip_augment-false"
     assert configuration_name({**row, "bn_recalibration": SNEEncoder.train_defaults({})["bn_recalibration"]}) == "sne"
+    # And test-time flips (2026-12-03): rows with flips evaluated before them were evaluated without.
+    before_averaging = {k: v for k, v in row.items() if k != "test_time_flips"}
+    assert configuration_name({**before_averaging, "bn_recalibration": 16}) == "sne_test_time_flips-0"
+    assert configuration_name({**before_flips, "bn_recalibration": 16, "test_time_flips": 0}) == "sne_sign_flip_augment-false"
     plain = {"encoder": "deepsets", "encoder_options_given": {}, "lr": 3e-3}
     assert configuration_name(plain) == configuration_name({**plain, "bn_recalibration": 0}) == "deepsets"
     assert configuration_name({**plain, "bn_recalibration": 16}) == "deepsets_bn_recalibration-16"
@@ -96,7 +100,7 @@ def test_an_ablation_row_never_averages_seeds_trained_with_and_without_recalibra
     path = tmp_path / "ablation_components_shared.json"
     # A seed of full SNE in this setting, written before recalibration existed (no field: trained without).
     path.write_text(json.dumps({"entries": [{"row": "full", "setting": setting, "train_seed": 0,
-                                             "sign_flip_augment": True}]}))
+                                             "sign_flip_augment": True, "test_time_flips": 16}]}))
     with pytest.raises(SneError, match="bn_recalibration=0 .*--bn-recalibration 0"):
         _check_same_training(path, setting, default)
     _check_same_training(path, *configs(bn_recalibration=0))  # more seeds of the same row: fine
@@ -116,7 +120,7 @@ def test_an_ablation_row_never_averages_seeds_of_encoders_built_two_ways(shared_
     resolved = dict(sne_module.SNEEncoder(hidden=16).options)
     path = tmp_path / "ablation_components_shared.json"
     seed = {"row": "full", "setting": setting, "train_seed": 0, "bn_recalibration": 16, "sign_flip_augment": True,
-            "encoder_options_used": {"hidden": 16}, "encoder_options_resolved": resolved}
+            "test_time_flips": 16, "encoder_options_used": {"hidden": 16}, "encoder_options_resolved": resolved}
     path.write_text(json.dumps({"entries": [{k: v for k, v in seed.items() if k != "sign_flip_augment"}]}))
     # Trained before sign flips existed, so without them.
     with pytest.raises(SneError, match=r"sign_flip_augment=False .*give --no-augment-sign-flips to add seeds"):

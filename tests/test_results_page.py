@@ -28,7 +28,8 @@ def _at_todays_defaults(encoder, options):
     return {"encoder_options_resolved": {**SNEEncoder.options_baseline(options), **options},
             "permutation_augment": defaults.get("permutation_augment", False),
             "bn_recalibration": defaults.get("bn_recalibration", 0),
-            "sign_flip_augment": defaults.get("sign_flip_augment", False)}
+            "sign_flip_augment": defaults.get("sign_flip_augment", False),
+            "test_time_flips": defaults.get("test_time_flips", 0)}
 
 
 def _transfer_row(encoder, options, seed, taus, epochs=15):

@@ -118,7 +118,8 @@ def test_summary_keeps_an_encoder_with_options_apart_from_its_defaults():
     trained = {"train_zoo": "a", "encoder_options_resolved": dict(DEFAULT_OPTIONS),
                "permutation_augment": SNEEncoder.train_defaults({}).get("permutation_augment", False),
                "bn_recalibration": SNEEncoder.train_defaults({}).get("bn_recalibration", 0),
-               "sign_flip_augment": SNEEncoder.train_defaults({}).get("sign_flip_augment", False)}
+               "sign_flip_augment": SNEEncoder.train_defaults({}).get("sign_flip_augment", False),
+               "test_time_flips": SNEEncoder.train_defaults({}).get("test_time_flips", 0)}
     entries = [
         {"encoder": "sne", **trained, "evaluations": {"a": {"kendall_tau": 0.5}}},
         {"encoder": "sne", **trained, "encoder_options_given": {"use_input_positions": True},

@@ -247,6 +247,10 @@ def train(
         None, "--augment-sign-flips/--no-augment-sign-flips",
         help="Also flip the signs of random hidden neurons whose activation is odd (sine, tanh) each epoch, "
              "another functional equivalence (default: the encoder's; see 'sne encoders')."),
+    test_time_flips: Optional[int] = typer.Option(
+        None, "--test-time-flips", min=0,
+        help="When the run evaluates and predicts, average each prediction over the network and this many random "
+             "sign-flipped copies of it (needs sign flips in training; default: the encoder's, 0 without them)."),
     option: List[str] = typer.Option([], "--option", "-o", help="Encoder option key=value (repeatable)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="SNE only: a named set of options, e.g. paper "
                                          "(the paper's configuration); -o options win over it."),
@@ -275,7 +279,7 @@ def train(
         encoder, zoo=str(zoo), target=target, encoder_options=options, epochs=epochs,
         batch_size=batch_size, lr=lr, schedule=schedule, warmup_epochs=warmup_epochs,
         invariance_weight=invariance_weight, permutation_augment=augment_permutations,
-        sign_flip_augment=augment_sign_flips, seed=seed, device=device, num_workers=workers, max_train=max_train,
+        sign_flip_augment=augment_sign_flips, test_time_flips=test_time_flips, seed=seed, device=device, num_workers=workers, max_train=max_train,
         precision=precision, bn_recalibration=bn_recalibration, command=_command_line(),
     )
     summary = fit(config, out, log_dir=log_dir)
@@ -298,6 +302,12 @@ def train(
                       "only in chains of linear layers whose hidden activations are recorded and odd (sine, tanh)")
 
 
+#: ``--test-time-flips`` of the commands that load a trained run.
+_TEST_TIME_FLIPS = typer.Option(None, "--test-time-flips", min=0, help="Average each prediction over the network and "
+                                "this many random sign-flipped copies of it (default: the run's setting; only for "
+                                "runs trained on sign flips).")
+
+
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="Run directory made by 'sne train'."),
@@ -306,11 +316,12 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, "--out", help="JSON output (default RUN/eval.json)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     device: str = typer.Option("auto", "--device"),
+    test_time_flips: Optional[int] = _TEST_TIME_FLIPS,
 ) -> None:
     """Test-split metrics (MSE, normalised MSE, R^2, Kendall's tau) and a predicted-vs-true plot."""
     from sne.train.evaluate import evaluate_run
 
-    result = evaluate_run(run, zoo, split=split, device=device, out=out)
+    result = evaluate_run(run, zoo, split=split, device=device, out=out, test_time_flips=test_time_flips)
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -467,6 +478,7 @@ def predict(
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Networks per forward pass."),
     micro_batch: Optional[int] = typer.Option(None, "--micro-batch", min=1, help="SNE: chunks (of 32 parameters) "
                                               "encoded at a time; memory grows with it (default 128)."),
+    test_time_flips: Optional[int] = _TEST_TIME_FLIPS,
 ) -> None:
     """Print the predicted target for each checkpoint file, one line per file (tab-separated: file,
     target, value; class targets: file, target, class, probability).
@@ -478,7 +490,7 @@ def predict(
 
     from sne.train import load_run
 
-    trained = load_run(run, device=device)
+    trained = load_run(run, device=device, test_time_flips=test_time_flips)
     _set_micro_batch(trained.predictor.encoder, micro_batch)
     predictor, target = trained.predictor, trained.target
     failures: list = []
@@ -665,6 +677,9 @@ _ONE_ZOO = {
     "sign_flips": typer.Option(None, "--augment-sign-flips/--no-augment-sign-flips",
                                help="Also flip the signs of random hidden neurons whose activation is odd (sine, "
                                     "tanh) every epoch (default: each encoder's; rows and runs are named by it)."),
+    "test_time_flips": typer.Option(None, "--test-time-flips", min=0, help="Average each prediction over the "
+                                    "network and this many random sign-flipped copies of it, for runs trained on "
+                                    "sign flips (default: the encoder's; runs are shared, rows named by it)."),
     "bn_recalibration": typer.Option(None, "--bn-recalibration", min=0, help="After every epoch, re-estimate batch-norm statistics over "
                                      "this many training batches (default: the encoder's, else 0: off; rows and runs "
                                      "are named by it)."),
@@ -684,11 +699,12 @@ def _bench_runs(encoders: list[str], seeds: str, epochs: int, runs: Path, result
 
 def _one_zoo(benchmark: str, zoo: Path, encoders: str, invariance_weights: str, seeds: str, epochs: int, runs: Path,
              results: Path, option: List[str], device: str, augment: Optional[bool],
-             bn_recalibration: Optional[int], sign_flips: Optional[bool]) -> None:
+             bn_recalibration: Optional[int], sign_flips: Optional[bool], test_time_flips: Optional[int]) -> None:
     from sne.bench.inr import run_inr_benchmark
 
     bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, augment,
-                             bn_recalibration=bn_recalibration, sign_flip_augment=sign_flips)
+                             bn_recalibration=bn_recalibration, sign_flip_augment=sign_flips,
+                             test_time_flips=test_time_flips)
     path = run_inr_benchmark(zoo, bench_runs, _csv(invariance_weights, float), benchmark=benchmark)
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
 
@@ -706,11 +722,12 @@ def bench_inr(
     device: str = _ONE_ZOO["device"],
     augment: Optional[bool] = _ONE_ZOO["augment"],
     sign_flips: Optional[bool] = _ONE_ZOO["sign_flips"],
+    test_time_flips: Optional[int] = _ONE_ZOO["test_time_flips"],
     bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
 ) -> None:
     """INR frequency regression: train and evaluate each encoder; write results/inr_frequency_<init>.json."""
     _one_zoo("inr_frequency", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device, augment,
-             bn_recalibration, sign_flips)
+             bn_recalibration, sign_flips, test_time_flips)
 
 
 @bench_app.command("digit-inr")
@@ -726,11 +743,12 @@ def bench_digit_inr(
     device: str = _ONE_ZOO["device"],
     augment: Optional[bool] = _ONE_ZOO["augment"],
     sign_flips: Optional[bool] = _ONE_ZOO["sign_flips"],
+    test_time_flips: Optional[int] = _ONE_ZOO["test_time_flips"],
     bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
 ) -> None:
     """Digit-INR classification: predict each INR's digit; write results/digit_inr_label_<init>.json."""
     _one_zoo("digit_inr_label", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device, augment,
-             bn_recalibration, sign_flips)
+             bn_recalibration, sign_flips, test_time_flips)
 
 
 @bench_app.command("ablation")
@@ -754,6 +772,7 @@ def bench_ablation(
     device: str = _ONE_ZOO["device"],
     augment: Optional[bool] = _ONE_ZOO["augment"],
     sign_flips: Optional[bool] = _ONE_ZOO["sign_flips"],
+    test_time_flips: Optional[int] = _ONE_ZOO["test_time_flips"],
     bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
 ) -> None:
     """SNE's ablations (paper Tables 6-7, Figure 3; lambda sweep): train every row of a study at the
@@ -763,7 +782,8 @@ def bench_ablation(
     chosen = study_rows(study, _csv(rows), _encoder_list(encoders) if encoders.strip() else (),
                         _csv(fractions, float))
     bench_runs = _bench_runs(sorted({row.encoder for row in chosen}), seeds, epochs, runs, results, option, device,
-                             augment, bn_recalibration=bn_recalibration, sign_flip_augment=sign_flips)
+                             augment, bn_recalibration=bn_recalibration, sign_flip_augment=sign_flips,
+                             test_time_flips=test_time_flips)
     path = run_ablation(zoo, bench_runs, study, chosen, target=target, base_invariance_weight=invariance_weight,
                         max_train=max_train)
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")

@@ -17,7 +17,8 @@ Studies (:data:`STUDIES`):
 - ``chunk-size``: chunk sizes 4, 8, 16, 32 and 64 (Table 7).
 - ``invariance``: the logit-invariance weight lambda at 0, 0.3, 1, 3 and 10, permutation
   augmentation alone and with lambda 1, and with sign flips of neurons whose activation is odd
-  (alone, and with lambda 1, whose copies are then flipped too).
+  (alone, and with lambda 1, whose copies are then flipped too), each evaluated as it is and with
+  predictions averaged over sign-flipped copies (rows that share their runs).
 - ``data-fraction``: test error against the fraction of training networks used, for SNE and its
   peers (Figure 3), with a plot.
 - ``training``: how SNE is trained: learning rate, schedule (multi-step or cosine, with and
@@ -173,10 +174,20 @@ def _invariance() -> list[AblationRow]:
                     train={**plain, "invariance_weight": 1.0, "permutation_augment": True}),
         AblationRow("augment-sign-flips", "permutation augmentation and sign flips of neurons with odd "
                     "activations, lambda 0",
-                    train={"invariance_weight": 0.0, "permutation_augment": True, "sign_flip_augment": True}),
+                    train={"invariance_weight": 0.0, "permutation_augment": True, "sign_flip_augment": True,
+                           "test_time_flips": 0}),
+        AblationRow("augment-sign-flips-averaged", "as augment-sign-flips (the same runs), predictions averaged "
+                    "over 16 sign-flipped copies of each network",
+                    train={"invariance_weight": 0.0, "permutation_augment": True, "sign_flip_augment": True,
+                           "test_time_flips": 16}),
         AblationRow("augment-sign-flips-lambda-1", "permutation augmentation and sign flips, lambda 1 (the "
                     "regulariser's copies flipped too)",
-                    train={"invariance_weight": 1.0, "permutation_augment": True, "sign_flip_augment": True}),
+                    train={"invariance_weight": 1.0, "permutation_augment": True, "sign_flip_augment": True,
+                           "test_time_flips": 0}),
+        AblationRow("augment-sign-flips-lambda-1-averaged", "as augment-sign-flips-lambda-1 (the same runs), "
+                    "predictions averaged over 16 sign-flipped copies of each network",
+                    train={"invariance_weight": 1.0, "permutation_augment": True, "sign_flip_augment": True,
+                           "test_time_flips": 16}),
     ]
 
 
@@ -243,7 +254,7 @@ def _setting(runs: BenchRuns, base_weight: float, max_train: int | None) -> dict
 
 
 #: Training settings whose defaults have changed, as rows trained before they existed had them.
-_CHANGED_TRAINING = {"bn_recalibration": 0, "sign_flip_augment": False}
+_CHANGED_TRAINING = {"bn_recalibration": 0, "sign_flip_augment": False, "test_time_flips": 0}
 
 
 def _check_same_training(path: Path, setting: dict, configs: list[tuple[AblationRow, dict, str]]) -> None:
@@ -320,7 +331,7 @@ def run_ablation(
             config = TrainConfig.for_encoder(row.encoder, seed=seed, **config_fields)
             started = time.perf_counter()
             fit(config, run_dir)
-            result = evaluate_run(run_dir, device=runs.device, plot=runs.plots)
+            result = evaluate_run(run_dir, device=runs.device, plot=runs.plots, test_time_flips=config.test_time_flips)
             result.update({
                 "wall_seconds_this_invocation": time.perf_counter() - started,
                 "study": study, "row": row.name, "label": row.label, "paper": row.paper, "fraction": row.fraction,
@@ -407,7 +418,8 @@ def _row_configs(rows: Sequence[AblationRow], runs: BenchRuns, zoo: Zoo, target:
         # named where they differ from the base's, or from the shared defaults where the base sets none.
         trained = asdict(TrainConfig.for_encoder(row.encoder, seed=0, **fields))
         reference = {**asdict(_DEFAULT_CONFIG), **base_fields}
-        named = sorted({*base_fields, *row.train, "permutation_augment", "sign_flip_augment"})
+        # Test-time flips change the evaluation, not the training: rows that differ only there share a run.
+        named = sorted({*base_fields, *row.train, "permutation_augment", "sign_flip_augment"} - {"test_time_flips"})
         changed.update({k: trained[k] for k in named if trained[k] != reference[k]})
         run_name = row.encoder + options_tag(changed)
         # As the encoder will resolve them (a preset's options included), so equal rows are found equal.

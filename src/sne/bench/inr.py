@@ -57,7 +57,7 @@ def run_inr_benchmark(
                 config = runs.train_config(encoder, zoo.path, target, seed, invariance_weight=weight)
                 started = time.perf_counter()
                 fit(config, run_dir)
-                result = evaluate_run(run_dir, device=runs.device)
+                result = evaluate_run(run_dir, device=runs.device, test_time_flips=config.test_time_flips)
                 result["wall_seconds_this_invocation"] = time.perf_counter() - started
                 result["encoder_options_given"] = runs.options_for(encoder)
                 entries.append(result)

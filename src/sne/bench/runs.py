@@ -57,6 +57,7 @@ class BenchRuns:
         directories always named it.)"""
         defaults = {**get_encoder_class(encoder).train_defaults(self.options_for(encoder)), "permutation_augment": False}
         switches = training_switches(self.resolved_train_options(encoder), defaults)
+        switches.pop("test_time_flips", None)  # an evaluation setting: runs that differ only there are one run
         return encoder + options_tag({**self.options_for(encoder), **switches})
 
     def plot_name(self, encoder: str, seed: int, summary: dict[str, Any]) -> str:
@@ -105,14 +106,14 @@ class BenchRuns:
 _NOT_CONFIGURATION = ("zoo", "target", "device", "num_workers", "command", "seed", "encoder_options")
 
 #: Training settings that name a configuration where they differ from the encoder's defaults.
-TUNED_TRAINING = ("lr", "batch_size", "bn_recalibration", "sign_flip_augment")
+TUNED_TRAINING = ("lr", "batch_size", "bn_recalibration", "sign_flip_augment", "test_time_flips")
 
 
 def training_switches(fields: dict, defaults: dict | None = None) -> dict:
     """The training settings in ``fields`` (TrainConfig fields, or a results row) that make a
     configuration of its own: permutation augmentation where it differs from ``defaults`` (None:
     off, as run names spell it), a cap on the training networks (``max_train``) where one was
-    set, and the learning rate, batch size, batch-norm recalibration and sign-flip augmentation where they differ from
+    set, and the learning rate, batch size, batch-norm recalibration, sign-flip augmentation and test-time flips where they differ from
     ``defaults``' (or, not there, TrainConfig's). A row written before a switch existed had it off,
     or at its default."""
     on = bool(fields.get("permutation_augment"))
@@ -122,13 +123,15 @@ def training_switches(fields: dict, defaults: dict | None = None) -> dict:
     for name in TUNED_TRAINING:
         default = (defaults or {}).get(name, _TRAIN_CONFIG_DEFAULTS[name])
         value = fields.get(name, _BEFORE_IT_EXISTED.get(name))
+        if name == "test_time_flips" and not fields.get("sign_flip_augment", _BEFORE_IT_EXISTED["sign_flip_augment"]):
+            continue  # averaging over flips follows training on them (TrainConfig.for_encoder): no flips says it
         if value is not None and value != default:
             switches[name] = value
     return switches
 
 
 #: What a results row written before a training field existed was trained with.
-_BEFORE_IT_EXISTED = {"bn_recalibration": 0, "sign_flip_augment": False}
+_BEFORE_IT_EXISTED = {"bn_recalibration": 0, "sign_flip_augment": False, "test_time_flips": 0}
 
 
 def _row_train_defaults(entry: dict) -> dict:

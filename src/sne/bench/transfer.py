@@ -62,13 +62,15 @@ def _open_unique(paths: Sequence[str | Path]) -> list[Zoo]:
     return zoos
 
 
-def _evaluate_everywhere(run_dir: Path, test_zoos: list[Zoo], device: str) -> dict:
-    """Kendall's tau and friends of one trained run on the test split of every test zoo."""
+def _evaluate_everywhere(run_dir: Path, test_zoos: list[Zoo], device: str, test_time_flips: int | None) -> dict:
+    """Kendall's tau and friends of one trained run on the test split of every test zoo, predicted
+    with ``test_time_flips`` sign-flipped copies per network (None: the run's setting)."""
     evaluations = {}
     for zoo in test_zoos:
         label = zoo_label(zoo)
         try:
-            result = evaluate_run(run_dir, zoo.path, device=device, out=run_dir / f"eval_{_safe(label)}.json", plot=False)
+            result = evaluate_run(run_dir, zoo.path, device=device, out=run_dir / f"eval_{_safe(label)}.json", plot=False,
+                                  test_time_flips=test_time_flips)
         except SneError as error:
             # A fixed-architecture encoder cannot read another architecture: a real limitation, so record it.
             evaluations[label] = {"error": str(error)}
@@ -85,9 +87,10 @@ def _evaluate_everywhere(run_dir: Path, test_zoos: list[Zoo], device: str) -> di
 
 
 def _plots(run_dir: Path, train_label: str, test_zoos: list[Zoo], device: str, stem: Path, caption: str,
-           max_per_zoo: int = 300) -> dict:
-    """One predicted-vs-true panel per test zoo and a 2-D map of the encodings coloured by zoo."""
-    run = load_run(run_dir, device=device)
+           test_time_flips: int | None, max_per_zoo: int = 300) -> dict:
+    """One predicted-vs-true panel per test zoo (predicted as :func:`_evaluate_everywhere` does) and a
+    2-D map of the encodings coloured by zoo."""
+    run = load_run(run_dir, device=device, test_time_flips=test_time_flips)
     panels, codes, groups = [], [], []
     for zoo in test_zoos:
         ids = zoo.split_ids("test")
@@ -202,7 +205,7 @@ def run_transfer_benchmark(
                     **_training_settings(config),
                     "seed": seed,
                     "train_zoo": train_label,
-                    "evaluations": _evaluate_everywhere(run_dir, tests, device),
+                    "evaluations": _evaluate_everywhere(run_dir, tests, device, config.test_time_flips),
                     "zoo_digests": {zoo_label(z): targets_digest(z) for z in [train_zoo, *tests]},
                 }
                 if runs.plots:
@@ -211,7 +214,7 @@ def run_transfer_benchmark(
                                f"{', '.join(zoo_label(z) for z in tests)}; {encoder}, seed {seed}, {epochs} epochs; "
                                f"{entry['hardware']['device']}, {entry['hardware']['threads']} thread(s); "
                                f"command: {command}")
-                    entry["plots"] = _plots(run_dir, train_label, tests, device, stem, caption)
+                    entry["plots"] = _plots(run_dir, train_label, tests, device, stem, caption, config.test_time_flips)
                 entry["wall_seconds_this_invocation"] = time.perf_counter() - started
                 entries.append(entry)
     result = {
@@ -247,13 +250,15 @@ def reevaluate_transfer(path: str | Path, encoders: Sequence[str], device: str, 
         if not (run_dir / "best.pt").exists():
             gone.append(str(run_dir))
             continue
-        fresh = {**entry, "evaluations": _evaluate_everywhere(run_dir, tests, device), "reevaluated_by": command,
+        fresh = {**entry, "evaluations": _evaluate_everywhere(run_dir, tests, device, entry.get("test_time_flips")),
+                 "reevaluated_by": command,
                  "zoo_digests": {**entry.get("zoo_digests", {}), **{zoo_label(z): targets_digest(z) for z in tests}}}
         if plots and entry.get("plots", {}).get("scatter"):
             stem = Path(entry["plots"]["scatter"].removesuffix("_scatter.png"))
             caption = (f"train zoo {entry['train_zoo']}; test splits of {', '.join(zoo_label(z) for z in tests)}; "
                        f"{entry['encoder']}, seed {entry['seed']}, {entry['epochs']} epochs; re-evaluated by: {command}")
-            fresh["plots"] = _plots(run_dir, entry["train_zoo"], tests, device, stem, caption)
+            fresh["plots"] = _plots(run_dir, entry["train_zoo"], tests, device, stem, caption,
+                                    entry.get("test_time_flips"))
         redone.append(fresh)
     path = write_merged(path, {**header, "command": command, "entries": redone}, _same_data,
                         lambda e: (e["encoder"], options_key(e), e["seed"], e["train_zoo"]),

@@ -122,7 +122,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: Training settings of a preset (TrainConfig fields), under those the user sets: the paper trains
 #: without augmentation, and with batch norms' running averages as they are.
 PRESET_TRAINING: dict[str, dict[str, Any]] = {
-    "paper": {"permutation_augment": False, "sign_flip_augment": False, "bn_recalibration": 0},
+    "paper": {"permutation_augment": False, "sign_flip_augment": False, "bn_recalibration": 0, "test_time_flips": 0},
 }
 
 #: Most kernel dimensions of any layer kind (conv3d); tap coordinates are zero-padded to it.
@@ -422,7 +422,8 @@ class SNEEncoder(Encoder):
     #: re-estimated after every epoch (TrainConfig.bn_recalibration) they matched the training loss.
     #: Sign flips of neurons with odd activations (a no-op elsewhere) cut the INR table's error from
     #: 0.095 to 0.077 (three seeds) and raised the 600-INR recipe shift's in-recipe tau from 0.59 to 0.71 (docs/RESULTS.md).
-    default_train_options = {"permutation_augment": True, "bn_recalibration": 16, "sign_flip_augment": True}
+    default_train_options = {"permutation_augment": True, "bn_recalibration": 16, "sign_flip_augment": True,
+                             "test_time_flips": 16}
     defaults_of_older_configs = {"chunk_hidden": None, "chunk_sab": None, "use_source_features": False,
                                  "use_own_neuron_features": False, "use_chunk_index_encoding": True,
                                  "use_row_slot_encoding": True,

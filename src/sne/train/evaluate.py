@@ -12,7 +12,12 @@ from sne.io_utils import write_json_atomic
 from sne.plots import scatter_predictions
 from sne.train.metrics import classification_metrics, regression_metrics
 from sne.train.run import check_zoo_architectures, hardware_description, load_run
-from sne.weights.permute import random_equivalent_permutation, supports_permutation
+from sne.weights.permute import (
+    random_equivalent_permutation,
+    random_sign_flips,
+    supports_permutation,
+    supports_sign_flips,
+)
 from sne.zoo import Zoo
 
 
@@ -20,27 +25,44 @@ from sne.zoo import Zoo
 SENSITIVITY_PERMUTATIONS = 5
 
 
-def permutation_sensitivity(predictor, records, seed: int = 0, batch_size: int = 64,
-                            permutations: int = SENSITIVITY_PERMUTATIONS) -> dict | None:
-    """How much predictions change when every network is replaced by random functionally-equivalent
-    permutations of itself (all 0 for an exactly invariant encoder), over ``permutations`` draws per
-    network: the mean and largest absolute change in the target's units, and ``invariance_loss``,
-    the logit-invariance regulariser's distance (mean squared difference of the raw head outputs) on
-    these networks. ``None`` where the records' symmetries are unknown."""
-    if not all(supports_permutation(r) for r in records):
-        return None
+def _sensitivity(predictor, records, copy, seed: int, batch_size: int, copies: int) -> dict:
+    """How much the model's own outputs (one pass, no test-time averaging) change when every network
+    is replaced by ``copy(network, generator)``, over ``copies`` draws per network: the mean and
+    largest absolute change in the target's units, and ``invariance_loss``, the logit-invariance
+    regulariser's distance (mean squared difference of the raw head outputs)."""
     generator = torch.Generator().manual_seed(seed)
-    outputs = predictor.outputs(records, batch_size)
+    outputs = predictor.outputs(records, batch_size, test_time_flips=0)
     before = predictor.target.decode(outputs).numpy().astype(np.float64)
     changes, squared = [], []
-    for _ in range(permutations):
-        permuted = predictor.outputs([random_equivalent_permutation(r, generator) for r in records], batch_size)
-        after = predictor.target.decode(permuted).numpy().astype(np.float64)
+    for _ in range(copies):
+        changed = predictor.outputs([copy(r, generator) for r in records], batch_size, test_time_flips=0)
+        after = predictor.target.decode(changed).numpy().astype(np.float64)
         changes.append(np.abs(after - before))
-        squared.append(float(((permuted.double() - outputs.double()) ** 2).mean()))
+        squared.append(float(((changed.double() - outputs.double()) ** 2).mean()))
     change = np.stack(changes)
     return {"mean_abs_change": float(change.mean()), "max_abs_change": float(change.max()),
-            "invariance_loss": float(np.mean(squared)), "permutations": permutations, "seed": seed}
+            "invariance_loss": float(np.mean(squared)), "seed": seed}
+
+
+def permutation_sensitivity(predictor, records, seed: int = 0, batch_size: int = 64,
+                            permutations: int = SENSITIVITY_PERMUTATIONS) -> dict | None:
+    """How much the model's outputs change when every network is replaced by random
+    functionally-equivalent permutations of itself (all 0 for an exactly invariant encoder), over
+    ``permutations`` draws per network (:func:`_sensitivity`). ``None`` where the records'
+    symmetries are unknown."""
+    if not all(supports_permutation(r) for r in records):
+        return None
+    return {**_sensitivity(predictor, records, random_equivalent_permutation, seed, batch_size, permutations),
+            "permutations": permutations}
+
+
+def sign_flip_sensitivity(predictor, records, seed: int = 0, batch_size: int = 64,
+                          flips: int = SENSITIVITY_PERMUTATIONS) -> dict | None:
+    """As :func:`permutation_sensitivity`, for random sign flips of neurons whose activation is odd;
+    ``None`` unless every network has such neurons."""
+    if not records or not all(supports_sign_flips(r) for r in records):
+        return None
+    return {**_sensitivity(predictor, records, random_sign_flips, seed, batch_size, flips), "flips": flips}
 
 
 def _train_seconds(run_dir: Path) -> float | None:
@@ -55,9 +77,11 @@ def evaluate_run(
     device: str = "auto",
     out: str | Path | None = None,
     plot: bool = True,
+    test_time_flips: int | None = None,
 ) -> dict:
-    """Evaluate ``run_dir`` on ``split`` of its own zoo (or ``zoo_path``); write JSON and a plot."""
-    run = load_run(run_dir, device=device)
+    """Evaluate ``run_dir`` on ``split`` of its own zoo (or ``zoo_path``), with ``test_time_flips``
+    sign-flipped copies per network (None: the run's setting); write JSON and a plot."""
+    run = load_run(run_dir, device=device, test_time_flips=test_time_flips)
     config = run.config
     zoo = Zoo.open(zoo_path or config.zoo)
     ids = zoo.split_ids(split)
@@ -86,12 +110,14 @@ def evaluate_run(
         "permutation_augment": config.permutation_augment,
         "sign_flip_augment": config.sign_flip_augment,
         "bn_recalibration": config.bn_recalibration,
+        "test_time_flips": run.predictor.test_time_flips,
         "train_seed": config.seed,
         "epochs": config.epochs,
         "best_epoch": run.meta.get("epoch"),
         "train_seconds": _train_seconds(run.path),
         "metrics": metrics,
         "permutation_sensitivity": permutation_sensitivity(run.predictor, records),
+        "sign_flip_sensitivity": sign_flip_sensitivity(run.predictor, records),
         "hardware": hardware_description(run.predictor.device),
         "train_command": config.command,
     }

@@ -10,6 +10,7 @@ from torch import nn
 
 from sne.encoders import Encoder, batch_to
 from sne.train.targets import Target
+from sne.weights.permute import random_sign_flips, supports_sign_flips
 from sne.weights.record import NetworkRecord
 
 
@@ -35,14 +36,22 @@ def inference_batches(records: Sequence[NetworkRecord], batch_size: int,
     return slices
 
 
-class Predictor(nn.Module):
-    """``encoder`` maps networks to codes ``z``; ``head`` maps ``z`` to the target's raw outputs."""
+#: Seed of the sign flips drawn for test-time averaging: each network gets the same copies whatever
+#: else is predicted with it, so a prediction never depends on its batch.
+TEST_TIME_FLIP_SEED = 20_240_601
 
-    def __init__(self, encoder: Encoder, head: nn.Module, target: Target) -> None:
+
+class Predictor(nn.Module):
+    """``encoder`` maps networks to codes ``z``; ``head`` maps ``z`` to the target's raw outputs.
+    Outputs are averaged over each network and ``test_time_flips`` random sign-flipped copies of it
+    (:attr:`~sne.train.run.TrainConfig.test_time_flips`)."""
+
+    def __init__(self, encoder: Encoder, head: nn.Module, target: Target, test_time_flips: int = 0) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
         self.target = target
+        self.test_time_flips = test_time_flips
 
     @property
     def device(self) -> torch.device:
@@ -64,10 +73,24 @@ class Predictor(nn.Module):
             self.train(was_training)
         return torch.cat(out) if out else torch.empty(0)
 
-    def outputs(self, records: Sequence[NetworkRecord], batch_size: int = 64) -> torch.Tensor:
-        """Raw head outputs (what the loss sees), in eval mode, on the CPU."""
+    def outputs(self, records: Sequence[NetworkRecord], batch_size: int = 64,
+                test_time_flips: int | None = None) -> torch.Tensor:
+        """Raw head outputs (what the loss sees), in eval mode, on the CPU, averaged over
+        ``test_time_flips`` sign-flipped copies of each network that has flippable neurons (None:
+        :attr:`test_time_flips`)."""
         self.encoder.check_records(records)
-        return self._map_records(records, batch_size, self)
+        outputs = self._map_records(records, batch_size, self)
+        copies = self.test_time_flips if test_time_flips is None else test_time_flips
+        flippable = [i for i, r in enumerate(records) if supports_sign_flips(r)] if copies else []
+        if not flippable:
+            return outputs
+        generators = [torch.Generator().manual_seed(TEST_TIME_FLIP_SEED) for _ in flippable]
+        total = outputs[flippable].double()
+        for _ in range(copies):
+            flipped = [random_sign_flips(records[i], g) for i, g in zip(flippable, generators)]
+            total += self._map_records(flipped, batch_size, self).double()
+        outputs[flippable] = (total / (1 + copies)).to(outputs.dtype)
+        return outputs
 
     def predict(self, records: Sequence[NetworkRecord], batch_size: int = 64) -> np.ndarray:
         """Predictions in the target's own units, one per record."""

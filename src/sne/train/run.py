@@ -54,7 +54,7 @@ PRECISIONS = ("float32", "bfloat16")
 #: Learning-rate schedules (TrainConfig.schedule).
 SCHEDULES = ("multistep", "cosine")
 #: Config fields that may change between a run and its resumption without changing its result.
-_RESUMABLE_FIELDS = {"device", "num_workers"}
+_RESUMABLE_FIELDS = {"device", "num_workers", "test_time_flips"}
 
 
 @dataclass
@@ -88,6 +88,12 @@ class TrainConfig:
     #: activation is odd (sine, tanh: :func:`~sne.weights.permute.random_sign_flips`), a symmetry
     #: that neuron permutations do not cover.
     sign_flip_augment: bool = False
+    #: At evaluation and prediction (not validation), average each network's outputs with those of
+    #: this many random sign-flipped copies of it (:func:`~sne.weights.permute.random_sign_flips`;
+    #: raw outputs, logits for classes): what a model trained on flips was taught about a network,
+    #: asked 1 + N ways. Networks without flippable neurons are predicted once. Only with
+    #: ``sign_flip_augment``: a model never shown flipped networks is not asked about them.
+    test_time_flips: int = 0
     head_hidden: list[int] | None = None
     seed: int = 0
     device: str = "auto"
@@ -114,6 +120,8 @@ class TrainConfig:
         defaults = get_encoder_class(encoder).train_defaults(fields.get("encoder_options") or {})
         chosen = {k: v for k, v in defaults.items() if fields.get(k) is None}
         chosen.update({k: v for k, v in fields.items() if v is not None})
+        if fields.get("test_time_flips") is None and not chosen.get("sign_flip_augment"):
+            chosen["test_time_flips"] = 0  # averaging over flips follows training on them
         return cls(encoder=encoder, **chosen)
 
 
@@ -161,7 +169,7 @@ def _build_predictor(config: TrainConfig, target: Target, encoder_config: dict |
         encoder = build_encoder_from_config(encoder_config)
     hidden = config.head_hidden if config.head_hidden is not None else DEFAULT_HEAD_HIDDEN[target.kind]
     head = build_head(encoder.out_dim, list(hidden), target.output_dim)
-    return Predictor(encoder, head, target)
+    return Predictor(encoder, head, target, test_time_flips=config.test_time_flips)
 
 
 @dataclass(frozen=True)
@@ -290,11 +298,22 @@ def check_train_config(config: TrainConfig) -> None:
     batches = config.bn_recalibration
     if isinstance(batches, bool) or not isinstance(batches, int) or batches < 0:
         raise SneError(f"bn_recalibration (batches) must be a non-negative integer, got {batches!r}")
+    check_test_time_flips(config.test_time_flips, config.sign_flip_augment)
     if config.precision not in PRECISIONS:
         raise SneError(f"unknown precision '{config.precision}' (use {' or '.join(PRECISIONS)})")
     if config.precision == "bfloat16" and resolve_device(config.device).type != "cuda":
         raise SneError("--precision bfloat16 runs on a GPU (--device cuda); on CPUs bfloat16 matmuls measured 7x "
                        "slower than float32 here, so CPU training stays float32")
+
+
+def check_test_time_flips(copies: int, sign_flip_augment: bool) -> None:
+    """:class:`SneError` unless ``copies`` is a count of sign-flipped copies a run trained with
+    ``sign_flip_augment`` (or not) can be asked about (:attr:`TrainConfig.test_time_flips`)."""
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 0:
+        raise SneError(f"test-time flips must be a non-negative integer, got {copies!r}")
+    if copies and not sign_flip_augment:
+        raise SneError(f"--test-time-flips {copies} averages over sign-flipped copies of each network, but this run "
+                       "does not train on sign flips: give --augment-sign-flips, or --test-time-flips 0")
 
 
 def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True, log_dir: str | Path | None = None) -> dict:
@@ -604,7 +623,8 @@ def _recalibrate_batch_norms(model, config, epoch, records, prepare, batch_loss,
 @torch.no_grad()
 def _validation(predictor: Predictor, records, values, batch_size) -> tuple[np.ndarray, float]:
     predictor.eval()
-    outputs = predictor.outputs(records, batch_size)
+    # Model selection reads the model itself: averaging over flipped copies would cost 1 + N passes.
+    outputs = predictor.outputs(records, batch_size, test_time_flips=0)
     loss = float(predictor.target.loss(outputs, values))
     return predictor.target.decode(outputs).numpy(), loss
 
@@ -651,8 +671,10 @@ def as_record(network) -> NetworkRecord:
     raise SneError(f"cannot read a network from a {type(network).__name__}")
 
 
-def load_run(run_dir: str | Path, device: str = "auto", which: str = "best") -> TrainedRun:
-    """Load a run's selected (``best``) or latest (``last``) weights for inference."""
+def load_run(run_dir: str | Path, device: str = "auto", which: str = "best",
+             test_time_flips: int | None = None) -> TrainedRun:
+    """Load a run's selected (``best``) or latest (``last``) weights for inference, predicting with
+    ``test_time_flips`` sign-flipped copies per network (None: the run's own setting)."""
     run_dir = Path(run_dir)
     path = run_dir / f"{which}.pt"
     if not path.exists():
@@ -664,5 +686,8 @@ def load_run(run_dir: str | Path, device: str = "auto", which: str = "best") -> 
     predictor = _build_predictor(config, target, encoder_config, encoder_config.get("architecture"))
     predictor.load_state_dict(checkpoint["model"])
     predictor.to(resolve_device(device)).eval()
+    if test_time_flips is not None:
+        check_test_time_flips(test_time_flips, config.sign_flip_augment)
+        predictor.test_time_flips = test_time_flips
     meta = {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer", "scheduler")}
     return TrainedRun(run_dir, predictor, meta)
