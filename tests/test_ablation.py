@@ -210,3 +210,6 @@ def test_run_directories_spell_augmentation_where_it_is_on(shared_sine_zoo, tmp_
         "sne", "sne_permutation_augment-true", "sne_permutation_augment-true_sign_flip_augment-true"]
     assert names(["augment-sign-flips"], sign_flip_augment=False) == [
         "sne_permutation_augment-true_sign_flip_augment-true"]
+    # Test-time flips change the evaluation only: the rows evaluated both ways share their runs.
+    assert names(["augment-sign-flips", "augment-sign-flips-averaged"]) == [
+        "sne_permutation_augment-true_sign_flip_augment-true"] * 2
