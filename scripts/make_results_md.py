@@ -837,7 +837,10 @@ ABLATION_STUDIES = {
                    "it (chunk-index and row-slot encodings on, as in the paper). Sign flips: a hidden neuron "
                    "followed by an odd activation (sine, tanh) computes the same function with its incoming "
                    "weights, bias and outgoing weights negated, a symmetry neuron permutations do not cover "
-                   "(the one ScaleGMN builds in); the row trains on random such flips every epoch."),
+                   "(the one ScaleGMN builds in); the rows train on random such flips every epoch, and those with "
+                   "lambda 1 ask for the same outputs on a flipped and permuted copy. Rows marked averaged are "
+                   "the same runs, predicting the mean over each network and 16 random sign-flipped copies of "
+                   "it (test-time flips)."),
     "training": ("How SNE is trained: learning rate, schedule and warm-up",
                  "Each row trains the base configuration with its own learning rate and schedule, for the same epochs. "
                  "A base with few training networks and many epochs asks whether a small zoo or a small budget of "
@@ -873,6 +876,8 @@ def ablation_section(path: Path, data: dict) -> list[str]:
         "seeds (no ± with one seed). Permutation change: mean |prediction(net) - prediction(equivalent "
         "permutation)| over the test networks and 5 random permutations each, in target units; invariance loss: "
         "the regulariser's distance (mean squared difference of the raw head outputs) on the same pairs. "
+        "Sign-flip change: as permutation change, for 5 random sign flips of the neurons whose activation is odd "
+        "(n/a: measured only since 2026-12-03). Both read the model's own outputs, not the test-time average. "
         "Paper: the SNE paper's number for the row (unit unstated, most likely standardised targets: compare "
         "with normalised MSE).",
     ]
@@ -888,8 +893,8 @@ def ablation_section(path: Path, data: dict) -> list[str]:
             + ".**",
             "",
             "| row | encoder | training networks | seeds | best epochs | test normalised MSE | Kendall tau | "
-            "permutation change | invariance loss | paper | train time |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "permutation change | invariance loss | sign-flip change | paper | train time |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         key = json.dumps(setting, sort_keys=True)
         for row in rows:
@@ -899,7 +904,8 @@ def ablation_section(path: Path, data: dict) -> list[str]:
                 f"| {row['label']}{_built_note(entries, key, row['row'])} | {row['encoder']} | {row.get('train_networks')} | "
                 f"{','.join(map(str, row['seeds']))} | {','.join(map(str, row['best_epochs']))} | {quality} | "
                 f"{_mean_std(row, 'kendall_tau')} | {_mean_std(row, 'permutation_mean_abs_change')} | "
-                f"{_mean_std(row, 'permutation_invariance_loss')} | {_fmt(row.get('paper'))} | "
+                f"{_mean_std(row, 'permutation_invariance_loss')} | {_mean_std(row, 'sign_flip_mean_abs_change')} | "
+                f"{_fmt(row.get('paper'))} | "
                 f"{_fmt(seconds / 60 if seconds else None)} min |"
             )
         if data["study"] != "data-fraction":
@@ -1061,7 +1067,10 @@ def render() -> str:
         "attention alone, as the paper does), train on a fresh functionally-equivalent permutation of every network each",
         "epoch (`augment_permutations`) with random sign flips of the neurons whose activation is odd (`sign_flip_augment`,",
         "a training setting, from 2026-12-03: sine and tanh neurons of chains of linear layers, so INRs and MLPs; a no-op",
-        "on convolutions; an SNE row labelled `sign_flip_augment=false` was trained without them), run the chunk stage at half the width, 32, with one SAB per set-to-set",
+        "on convolutions; an SNE row labelled `sign_flip_augment=false` was trained without them), predict, where it trains",
+        "on flips, the mean over each network and 16 random sign-flipped copies of it (`test_time_flips`, an evaluation",
+        "setting, from 2026-12-03: the same trained run, asked 17 ways; a row labelled `test_time_flips=0` predicted",
+        "each network once), run the chunk stage at half the width, 32, with one SAB per set-to-set",
         "step (`chunk_hidden`, `chunk_sab`, from 2026-12-02; a row labelled `chunk_hidden=null, chunk_sab=null`",
         "ran it at the full width and depth, as the defaults did before, `preset=wide` does and the paper has it;",
         "one labelled `chunk_hidden=32` alone at half the width and full depth, as the defaults did from",

@@ -461,10 +461,11 @@ def _summarise(merged: dict) -> dict:
                 for metric in SUMMARY_METRICS:
                     if metric in entry["metrics"]:
                         values.setdefault(metric, []).append(entry["metrics"][metric])
-                sensitivity = entry.get("permutation_sensitivity") or {}
-                for metric in ("mean_abs_change", "invariance_loss"):
-                    if metric in sensitivity:
-                        values.setdefault(f"permutation_{metric}", []).append(sensitivity[metric])
+                for symmetry in ("permutation", "sign_flip"):
+                    sensitivity = entry.get(f"{symmetry}_sensitivity") or {}
+                    for metric in ("mean_abs_change", "invariance_loss"):
+                        if metric in sensitivity:
+                            values.setdefault(f"{symmetry}_{metric}", []).append(sensitivity[metric])
                 if entry.get("train_seconds") is not None:
                     values.setdefault("train_seconds", []).append(entry["train_seconds"])
             rows.append({
