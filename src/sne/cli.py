@@ -279,7 +279,8 @@ def train(
         encoder, zoo=str(zoo), target=target, encoder_options=options, epochs=epochs,
         batch_size=batch_size, lr=lr, schedule=schedule, warmup_epochs=warmup_epochs,
         invariance_weight=invariance_weight, permutation_augment=augment_permutations,
-        sign_flip_augment=augment_sign_flips, test_time_flips=test_time_flips, seed=seed, device=device, num_workers=workers, max_train=max_train,
+        sign_flip_augment=augment_sign_flips, test_time_flips=test_time_flips, seed=seed, device=device,
+        num_workers=workers, max_train=max_train,
         precision=precision, bn_recalibration=bn_recalibration, command=_command_line(),
     )
     summary = fit(config, out, log_dir=log_dir)

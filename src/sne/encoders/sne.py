@@ -421,7 +421,8 @@ class SNEEncoder(Encoder):
     #: Batch norm after every pooling stage makes four stacked running averages that lag the model:
     #: re-estimated after every epoch (TrainConfig.bn_recalibration) they matched the training loss.
     #: Sign flips of neurons with odd activations (a no-op elsewhere) cut the INR table's error from
-    #: 0.095 to 0.077 (three seeds) and raised the 600-INR recipe shift's in-recipe tau from 0.59 to 0.71 (docs/RESULTS.md).
+    #: 0.095 to 0.077 (three seeds) and raised the 600-INR recipe shift's in-recipe tau from 0.59 to 0.71 (docs/RESULTS.md);
+    #: averaging each prediction over 16 flipped copies (test_time_flips) took the same runs to 0.065.
     default_train_options = {"permutation_augment": True, "bn_recalibration": 16, "sign_flip_augment": True,
                              "test_time_flips": 16}
     defaults_of_older_configs = {"chunk_hidden": None, "chunk_sab": None, "use_source_features": False,
