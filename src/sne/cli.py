@@ -827,7 +827,7 @@ def _zoo_list(values: List[str]) -> list[str]:
 def _transfer(benchmark: str, train_zoos: list[str], test_zoos: list[str], target: str, encoders: str, seeds: str,
               epochs: int, runs: Path, results: Path, option: List[str], lr: Optional[float], batch_size: int,
               device: str, name: Optional[str], augment: Optional[bool], max_train: Optional[int],
-              bn_recalibration: Optional[int], sign_flips: Optional[bool]) -> None:
+              bn_recalibration: Optional[int], sign_flips: Optional[bool], test_time_flips: Optional[int]) -> None:
     from sne.bench.transfer import check_results_name, run_transfer_benchmark
     from sne.train.run import check_max_train
 
@@ -836,7 +836,7 @@ def _transfer(benchmark: str, train_zoos: list[str], test_zoos: list[str], targe
     check_max_train(max_train)
     bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, augment, lr=lr,
                              batch_size=batch_size, max_train=max_train, bn_recalibration=bn_recalibration,
-                             sign_flip_augment=sign_flips)
+                             sign_flip_augment=sign_flips, test_time_flips=test_time_flips)
     path = run_transfer_benchmark(benchmark, train_zoos, test_zoos, bench_runs, target=target, name=name)
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
 
@@ -857,6 +857,7 @@ _TRANSFER = {
                          "(default: the benchmark's file)."),
     "augment": _ONE_ZOO["augment"],
     "sign_flips": _ONE_ZOO["sign_flips"],
+    "test_time_flips": _ONE_ZOO["test_time_flips"],
     "bn_recalibration": _ONE_ZOO["bn_recalibration"],
     "max_train": typer.Option(None, "--max-train", help="Train on only the first N networks of each training zoo's "
                               "train split (rows and runs are named by it); validation and test splits stay whole."),
@@ -879,6 +880,7 @@ def bench_cross_dataset(
     name: Optional[str] = _TRANSFER["name"],
     augment: Optional[bool] = _TRANSFER["augment"],
     sign_flips: Optional[bool] = _TRANSFER["sign_flips"],
+    test_time_flips: Optional[int] = _TRANSFER["test_time_flips"],
     max_train: Optional[int] = _TRANSFER["max_train"],
     bn_recalibration: Optional[int] = _TRANSFER["bn_recalibration"],
 ) -> None:
@@ -886,7 +888,7 @@ def bench_cross_dataset(
     or results/NAME.json with --name)."""
     zoo_paths = _zoo_list(zoos)
     _transfer("cross_dataset", zoo_paths, zoo_paths, target, encoders, seeds, epochs, runs, results, option, lr, batch_size, device,
-              name, augment, max_train, bn_recalibration, sign_flips)
+              name, augment, max_train, bn_recalibration, sign_flips, test_time_flips)
 
 
 @bench_app.command("cross-arch")
@@ -906,13 +908,14 @@ def bench_cross_arch(
     name: Optional[str] = _TRANSFER["name"],
     augment: Optional[bool] = _TRANSFER["augment"],
     sign_flips: Optional[bool] = _TRANSFER["sign_flips"],
+    test_time_flips: Optional[int] = _TRANSFER["test_time_flips"],
     max_train: Optional[int] = _TRANSFER["max_train"],
     bn_recalibration: Optional[int] = _TRANSFER["bn_recalibration"],
 ) -> None:
     """Train on each --train zoo, report Kendall's tau on every --test zoo (results/cross_arch.json, or
     results/NAME.json with --name, e.g. --name vit for a small-cnn -> ViT study)."""
     _transfer("cross_arch", _zoo_list(train), _zoo_list(test), target, encoders, seeds, epochs, runs, results, option, lr,
-              batch_size, device, name, augment, max_train, bn_recalibration, sign_flips)
+              batch_size, device, name, augment, max_train, bn_recalibration, sign_flips, test_time_flips)
 
 
 def main() -> None:
