@@ -210,6 +210,16 @@ def test_run_directories_spell_augmentation_where_it_is_on(shared_sine_zoo, tmp_
         "sne", "sne_permutation_augment-true", "sne_permutation_augment-true_sign_flip_augment-true"]
     assert names(["augment-sign-flips"], sign_flip_augment=False) == [
         "sne_permutation_augment-true_sign_flip_augment-true"]
-    # Test-time flips change the evaluation only: the rows evaluated both ways share their runs.
+    # Test-time flips change the evaluation only: the rows evaluated both ways share their runs, and so
+    # do settings that differ only there (the base directory names no test-time flips).
     assert names(["augment-sign-flips", "augment-sign-flips-averaged"]) == [
         "sne_permutation_augment-true_sign_flip_augment-true"] * 2
+    from sne.bench.ablation import _setting, _setting_tag
+
+    def base(**train_options):
+        runs = BenchRuns(encoders=["sne"], seeds=[0], epochs=1, runs_dir=tmp_path, results_dir=tmp_path, device="cpu",
+                         train_options=train_options)
+        return _setting(runs, 0.0, None)
+
+    assert base(test_time_flips=4) != base(test_time_flips=0)  # rows of their own
+    assert _setting_tag(base(test_time_flips=4)) == _setting_tag(base(test_time_flips=0)) == _setting_tag(base())

@@ -396,7 +396,8 @@ def _setting_tag(setting: dict) -> str:
     """Run-directory suffix of a setting, so that runs of other base settings never share a directory."""
     parts = {"lambda": setting["invariance_weight"], "max-train": setting["max_train"], "epochs": setting["epochs"],
              **setting["encoder_options"], **setting["train_options"]}
-    return options_tag({k: v for k, v in parts.items() if v is not None})
+    # Test-time flips change the evaluation only: settings that differ there share their runs.
+    return options_tag({k: v for k, v in parts.items() if v is not None and k != "test_time_flips"})
 
 
 def _row_configs(rows: Sequence[AblationRow], runs: BenchRuns, zoo: Zoo, target: str, base_weight: float,
