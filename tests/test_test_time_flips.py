@@ -90,3 +90,5 @@ def test_bad_test_time_flips_get_one_line_and_exit_2(shared_sine_zoo, tiny_sne_r
     result = json.loads(out)
     assert code == 0 and result["test_time_flips"] == 0, err
     assert result["sign_flip_sensitivity"]["mean_abs_change"] > 0 and result["sign_flip_sensitivity"]["flips"] == 5
+    code, out, err = run_cli(["evaluate", str(tmp_path / "run")], capsys)
+    assert code == 0 and "averaged over flipped copies" in out and "1 + 2" in out and "under sign flips" in out, err

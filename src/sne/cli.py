@@ -348,6 +348,12 @@ def _print_evaluation(result: dict) -> None:
         table.add_row(f"mean |change| under permutation ({draws} per network)", f"{sensitivity['mean_abs_change']:.4g}")
         if "invariance_loss" in sensitivity:
             table.add_row("logit-invariance loss", f"{sensitivity['invariance_loss']:.4g}")
+    flips = result.get("sign_flip_sensitivity")
+    if flips:
+        table.add_row(f"mean |change| under sign flips ({flips['flips']} per network, one pass)",
+                      f"{flips['mean_abs_change']:.4g}")
+    if result.get("test_time_flips"):
+        table.add_row("predictions averaged over flipped copies", f"1 + {result['test_time_flips']}")
     out = Console()
     out.print(table)
     if result["target"] == "frequency" and "normalized_mse" in metrics:
