@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -172,23 +172,20 @@ def _invariance() -> list[AblationRow]:
                     train={**plain, "invariance_weight": 0.0, "permutation_augment": True}),
         AblationRow("augment-lambda-1", "permutation augmentation, lambda 1",
                     train={**plain, "invariance_weight": 1.0, "permutation_augment": True}),
-        AblationRow("augment-sign-flips", "permutation augmentation and sign flips of neurons with odd "
-                    "activations, lambda 0",
-                    train={"invariance_weight": 0.0, "permutation_augment": True, "sign_flip_augment": True,
-                           "test_time_flips": 0}),
-        AblationRow("augment-sign-flips-averaged", "as augment-sign-flips (the same runs), predictions averaged "
-                    "over 16 sign-flipped copies of each network",
-                    train={"invariance_weight": 0.0, "permutation_augment": True, "sign_flip_augment": True,
-                           "test_time_flips": 16}),
-        AblationRow("augment-sign-flips-lambda-1", "permutation augmentation and sign flips, lambda 1 (the "
-                    "regulariser's copies flipped too)",
-                    train={"invariance_weight": 1.0, "permutation_augment": True, "sign_flip_augment": True,
-                           "test_time_flips": 0}),
-        AblationRow("augment-sign-flips-lambda-1-averaged", "as augment-sign-flips-lambda-1 (the same runs), "
-                    "predictions averaged over 16 sign-flipped copies of each network",
-                    train={"invariance_weight": 1.0, "permutation_augment": True, "sign_flip_augment": True,
-                           "test_time_flips": 16}),
-    ]
+    ] + [row for name, label, weight in (
+        ("augment-sign-flips", "permutation augmentation and sign flips of neurons with odd activations, lambda 0", 0.0),
+        ("augment-sign-flips-lambda-1", "permutation augmentation and sign flips, lambda 1 (the regulariser's copies "
+         "flipped too)", 1.0),
+    ) for row in _predicted_both_ways(AblationRow(name, label, train={
+        "invariance_weight": weight, "permutation_augment": True, "sign_flip_augment": True}))]
+
+
+def _predicted_both_ways(row: AblationRow, copies: int = 16) -> list[AblationRow]:
+    """``row`` predicting each network once, and ``NAME-averaged`` (the same runs) predicting the
+    mean over it and ``copies`` random sign-flipped copies (TrainConfig.test_time_flips)."""
+    return [replace(row, train={**row.train, "test_time_flips": 0}),
+            replace(row, name=f"{row.name}-averaged", label=f"as {row.name} (the same runs), predictions averaged "
+                    f"over {copies} sign-flipped copies of each network", train={**row.train, "test_time_flips": copies})]
 
 
 def _training() -> list[AblationRow]:
