@@ -44,7 +44,7 @@ from sne.encoders.sne import DEFAULT_OPTIONS as SNE_DEFAULT_OPTIONS, PRESETS as 
 from sne.errors import SneError
 from sne.plots import error_curves
 from sne.train.evaluate import evaluate_run
-from sne.train.run import TrainConfig, check_max_train, fit, train_flag
+from sne.train.run import EVALUATION_FIELDS, TrainConfig, check_max_train, fit, train_flag
 from sne.zoo import Zoo
 
 
@@ -393,8 +393,8 @@ def _setting_tag(setting: dict) -> str:
     """Run-directory suffix of a setting, so that runs of other base settings never share a directory."""
     parts = {"lambda": setting["invariance_weight"], "max-train": setting["max_train"], "epochs": setting["epochs"],
              **setting["encoder_options"], **setting["train_options"]}
-    # Test-time flips change the evaluation only: settings that differ there share their runs.
-    return options_tag({k: v for k, v in parts.items() if v is not None and k != "test_time_flips"})
+    # Settings that differ only in how runs are evaluated share their runs.
+    return options_tag({k: v for k, v in parts.items() if v is not None and k not in EVALUATION_FIELDS})
 
 
 def _row_configs(rows: Sequence[AblationRow], runs: BenchRuns, zoo: Zoo, target: str, base_weight: float,
@@ -416,8 +416,8 @@ def _row_configs(rows: Sequence[AblationRow], runs: BenchRuns, zoo: Zoo, target:
         # named where they differ from the base's, or from the shared defaults where the base sets none.
         trained = asdict(TrainConfig.for_encoder(row.encoder, seed=0, **fields))
         reference = {**asdict(_DEFAULT_CONFIG), **base_fields}
-        # Test-time flips change the evaluation, not the training: rows that differ only there share a run.
-        named = sorted({*base_fields, *row.train, "permutation_augment", "sign_flip_augment"} - {"test_time_flips"})
+        # Rows that differ only in how the run is evaluated share a run.
+        named = sorted({*base_fields, *row.train, "permutation_augment", "sign_flip_augment"} - EVALUATION_FIELDS)
         changed.update({k: trained[k] for k in named if trained[k] != reference[k]})
         run_name = row.encoder + options_tag(changed)
         # As the encoder will resolve them (a preset's options included), so equal rows are found equal.

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from sne.encoders import get_encoder_class, options_for_encoder
 from sne.errors import SneError
-from sne.train.run import TrainConfig, hardware_description, resolve_device
+from sne.train.run import EVALUATION_FIELDS, TrainConfig, hardware_description, resolve_device
 
 _TRAIN_CONFIG_DEFAULTS = {f.name: f.default for f in dataclass_fields(TrainConfig)}
 
@@ -57,7 +57,7 @@ class BenchRuns:
         directories always named it.)"""
         defaults = {**get_encoder_class(encoder).train_defaults(self.options_for(encoder)), "permutation_augment": False}
         switches = training_switches(self.resolved_train_options(encoder), defaults)
-        switches.pop("test_time_flips", None)  # an evaluation setting: runs that differ only there are one run
+        switches = {k: v for k, v in switches.items() if k not in EVALUATION_FIELDS}
         return encoder + options_tag({**self.options_for(encoder), **switches})
 
     def plot_name(self, encoder: str, seed: int, summary: dict[str, Any]) -> str:

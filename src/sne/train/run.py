@@ -53,8 +53,11 @@ DEFAULT_HEAD_HIDDEN = {"regression": [512], "unit_interval": [1000, 1000], "clas
 PRECISIONS = ("float32", "bfloat16")
 #: Learning-rate schedules (TrainConfig.schedule).
 SCHEDULES = ("multistep", "cosine")
+#: Config fields that change how a trained run is evaluated, not how it trains: runs that differ only
+#: there are one run (resumed, named and stored alike), evaluated each way asked.
+EVALUATION_FIELDS = frozenset({"test_time_flips"})
 #: Config fields that may change between a run and its resumption without changing its result.
-_RESUMABLE_FIELDS = {"device", "num_workers", "test_time_flips"}
+_RESUMABLE_FIELDS = {"device", "num_workers", *EVALUATION_FIELDS}
 
 
 @dataclass
@@ -194,10 +197,15 @@ class _Augmentation:
             generator = torch.Generator().manual_seed(derive_seed(seed, "train/augment"))
             members = [random_equivalent_permutation(r, generator) if self.permutable[i] else r
                        for i, r in zip(chosen, members)]
-        if self.flippable is not None:
-            generator = torch.Generator().manual_seed(derive_seed(seed, "train/sign-flips"))
-            members = [random_sign_flips(r, generator) if self.flippable[i] else r for i, r in zip(chosen, members)]
-        return members
+        return self.flip(members, chosen, seed, "train/sign-flips")
+
+    def flip(self, members: list, chosen: Sequence[int], seed: int, stream: str) -> list:
+        """``members`` (the networks ``chosen``) with random sign flips where flippable, drawn from
+        ``stream`` of ``seed``; as they are when this run does not flip signs."""
+        if self.flippable is None:
+            return members
+        generator = torch.Generator().manual_seed(derive_seed(seed, stream))
+        return [random_sign_flips(r, generator) if self.flippable[i] else r for i, r in zip(chosen, members)]
 
 
 class _EpochBatches(torch.utils.data.Dataset):
@@ -224,13 +232,10 @@ class _EpochBatches(torch.utils.data.Dataset):
             # Drawn for the whole batch on every process, so each network gets the copy it gets alone.
             generator = torch.Generator().manual_seed(self.seeds[index])
             permuted = [random_equivalent_permutation(r, generator) for r in members]
-            if self.augment.flippable is not None:
-                # A run that flips signs asks its encoder to be invariant to flips too, and for an
-                # encoder invariant to permutations by construction (default SNE) that is all the
-                # regulariser can act on. A stream of its own: the permutations are drawn as without.
-                flips = torch.Generator().manual_seed(derive_seed(self.seeds[index], "train/regulariser-flips"))
-                permuted = [random_sign_flips(r, flips) if self.augment.flippable[i] else r
-                            for i, r in zip(chosen, permuted)]
+            # A run that flips signs asks its encoder to be invariant to flips too, and for an
+            # encoder invariant to permutations by construction (default SNE) that is all the
+            # regulariser can act on. A stream of its own: the permutations are drawn as without.
+            permuted = self.augment.flip(permuted, chosen, self.seeds[index], "train/regulariser-flips")
         return self.batches[index], self.batches[index][mine], self.prepare(members[mine] + permuted[mine])
 
 
