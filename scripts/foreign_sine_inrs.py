@@ -8,7 +8,10 @@ learning rate and step count. The architecture is the same (1 -> 32 -> 32 -> 1, 
 activations), so encoders of one fixed architecture can read it too.
 
     python scripts/foreign_sine_inrs.py OUT --n 200 --seed 0
-    sne zoo import folder OUT --targets OUT/targets.csv --out zoos/sine-foreign
+    sne zoo import folder OUT --targets OUT/targets.csv --arch scripts/foreign_sine_inrs.py:architecture --out zoos/sine-foreign
+
+The checkpoints are bare state_dicts, which do not say what the activations are; ``--arch`` names the
+module they came from, so the zoo records its sines (what sign flips need) as a user's import would.
 
 Every network is listed in the test split. Fit errors go to the table beside each frequency, so
 a reader can check the networks fit their sines.
@@ -35,10 +38,15 @@ class Sin(nn.Module):
         return torch.sin(self.w0 * x)
 
 
+def architecture() -> tuple[nn.Module, torch.Tensor]:
+    """The network every INR here is, with an example input (the ``--arch`` factory of the import)."""
+    return nn.Sequential(nn.Linear(1, 32), Sin(), nn.Linear(32, 32), Sin(), nn.Linear(32, 1)), torch.zeros(1, 1)
+
+
 def fit_one(frequency: float, generator: torch.Generator, steps: int, lr: float, points: int,
             batch: int) -> tuple[nn.Module, float]:
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-    net = nn.Sequential(nn.Linear(1, 32), Sin(), nn.Linear(32, 32), Sin(), nn.Linear(32, 1))
+    net, _ = architecture()
     x = torch.linspace(0, 2 * math.pi, points + 1)[:-1]
     inputs, targets = (x / math.pi - 1).unsqueeze(1), torch.sin(frequency * x).unsqueeze(1)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
@@ -79,7 +87,7 @@ def main() -> None:
     # The one target; fit_mse stays a column of the zoo's table, not something to predict.
     (args.out / "targets.json").write_text(json.dumps({"targets": {"frequency": {"kind": "regression"}}}))
     print(f"median fit mse {table['fit_mse'].median():.2e}; import with: sne zoo import folder {args.out} "
-          f"--targets {args.out}/targets.csv --out ZOO")
+          f"--targets {args.out}/targets.csv --arch {__file__}:architecture --out ZOO")
 
 
 if __name__ == "__main__":

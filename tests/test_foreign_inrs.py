@@ -31,3 +31,11 @@ def test_foreign_inrs_import_as_a_test_zoo_of_the_recipes_architecture(tmp_path)
     shapes = [tuple(layer.weight.shape) for layer in zoo.records([0])[0].layers]
     recipe = [tuple(layer["weight_shape"]) for layer in get_recipe("sine-inr").architecture({})]
     assert shapes == recipe
+    # A bare state_dict does not say its activations; the script's module, given as --arch, does.
+    assert {layer.activation for layer in zoo.records([0])[0].layers} == {None}
+    traced = tmp_path / "traced"
+    done = subprocess.run([str(SCRIPT), "zoo", "import", "folder", str(folder), "--targets", str(folder / "targets.csv"),
+                           "--arch", f"{ROOT / 'scripts' / 'foreign_sine_inrs.py'}:architecture", "--out", str(traced)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert [layer.activation for layer in Zoo.open(traced).records([0])[0].layers] == ["sine", "sine", "identity"]

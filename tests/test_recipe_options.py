@@ -1,4 +1,4 @@
-"""Recipe options for shifted test zoos: small-cnn's kernel size, sine-inr's input range and initial gain."""
+"""Recipe options for shifted test zoos: small-cnn's kernel size, sine-inr's input range and initial gains."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from sne.zoo.cnn import SMALL_CNN, small_cnn_architecture, train_alone
 from sne.zoo.cnn_nets import ZooCnn
 from sne.zoo.recipes import FitProgress
 from sne.zoo.sine_inr import grid, sine_targets
-from sne.zoo.siren import Siren, initial_parameters
+from sne.zoo.siren import Siren, hidden_gains, initial_parameters
 
 #: Small zoo options per recipe, and each new option at its default value.
 DEFAULT_OF_THE_OPTION = {
     "small-cnn": ({"epochs": 1}, {"kernel": 3}),
-    "sine-inr": ({"steps": 20}, {"input_range": 1, "init_gain": 1}),
+    "sine-inr": ({"steps": 20}, {"input_range": 1, "init_gain": 1, "hidden_gain": 1}),
 }
 
 
@@ -44,7 +44,7 @@ def test_the_option_at_its_default_makes_the_default_zoo_bit_for_bit(recipe, tmp
                         progress=False)
     assert (targets_digest(same), weights_digest(same)) == (targets_digest(zoo), weights_digest(zoo))
     # The default is left out of the options, so existing zoos resume and results files keep merging.
-    assert not {"kernel", "input_range", "init_gain"} & set(zoo.manifest["options"])
+    assert not {"kernel", "input_range", "init_gain", "hidden_gain", "hidden_gain_max"} & set(zoo.manifest["options"])
     assert same.manifest["options"] == zoo.manifest["options"]
 
 
@@ -168,3 +168,41 @@ def test_bad_initial_gains_are_refused_in_one_line(value):
     with pytest.raises(SneError, match="option 'init_gain' must be") as error:
         get_recipe("sine-inr").resolve_options({"init_gain": value})
     assert "\n" not in str(error.value)
+
+
+# -- sine-inr (and digit-inr): hidden_gain, one for all or each network's own -------------------------
+
+
+def test_a_hidden_gain_scales_the_weights_after_the_first_layer_only():
+    plain, scaled = initial_parameters([3, 4]), initial_parameters([3, 4], hidden_gains=[4.0, 0.5])
+    for index, (a, b) in enumerate(zip(plain, scaled)):
+        factor = torch.tensor([4.0, 0.5]).view(2, *[1] * (a.dim() - 1)) if index in (2, 4) else 1.0
+        torch.testing.assert_close(b, factor * a, rtol=1e-6, atol=0)
+
+
+def test_each_network_draws_its_hidden_gain_from_seed_and_id_alone(tmp_path):
+    options = get_recipe("sine-inr").resolve_options({"steps": 150, "hidden_gain": 0.5, "hidden_gain_max": 16})
+    gains = hidden_gains("sine-inr", 0, range(200), options)
+    assert 0.5 <= gains.min() and gains.max() <= 16 and len(set(gains.round(9))) == 200
+    # Log-uniform: as many networks below the geometric middle (~2.83) as above it.
+    assert 70 < (gains < math.sqrt(8)).sum() < 130
+    assert hidden_gains("sine-inr", 0, [7], options)[0] == gains[7] != hidden_gains("sine-inr", 1, [7], options)[0]
+    zoo = generate_zoo("sine-inr", tmp_path / "gains", n=6, seed=0, options={"steps": 150, "hidden_gain": 0.5,
+                       "hidden_gain_max": 16}, command="test", progress=False)
+    assert zoo.metadata["hidden_gain"].tolist() == pytest.approx(gains[:6].tolist())
+    assert zoo_label(zoo) == "gains hidden_gain=0.5 hidden_gain_max=16.0"
+    # The stored initial state is not kept, but the first layer's scale is SIREN's whatever the gain.
+    assert max(_grid_mse(zoo, 1.0)) < 1e-2
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"hidden_gain": 0}, "option 'hidden_gain' must be"),
+    ({"hidden_gain_max": float("inf")}, "option 'hidden_gain_max' must be"),
+    ({"hidden_gain": 2, "hidden_gain_max": 2}, "must exceed 'hidden_gain'"),
+    ({"init": "shared", "hidden_gain_max": 4}, "shared initialisation"),
+])
+def test_bad_hidden_gains_are_refused_in_one_line(options, message):
+    for recipe in ("sine-inr", "digit-inr"):
+        with pytest.raises(SneError, match=message) as error:
+            get_recipe(recipe).resolve_options(options)
+        assert "\n" not in str(error.value)

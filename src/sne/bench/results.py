@@ -20,7 +20,7 @@ from sne.zoo import Zoo
 
 
 #: Recipe options that make zoos of one recipe and dataset other data; a label names them.
-LABELLED_OPTIONS = ("kernel", "input_range", "init_gain", "views")
+LABELLED_OPTIONS = ("kernel", "input_range", "init_gain", "hidden_gain", "hidden_gain_max", "views")
 
 
 def zoo_label(zoo: Zoo) -> str:

@@ -29,7 +29,7 @@ from sne.data import ImageDataset, dataset_names, load_dataset
 from sne.data.images import IMAGE_SIZE
 from sne.errors import SneError
 from sne.zoo.recipes import FitProgress, Recipe, RowsToUnits, Shard, check_options, derive_seed, register_recipe
-from sne.zoo.siren import FIT_OPTIONS, fit_groups, resolve_fit_options, siren_architecture
+from sne.zoo.siren import FIT_OPTIONS, fit_groups, gain_columns, hidden_gains, resolve_fit_options, siren_architecture
 
 # 200 Adam steps at lr 2e-3 fit all 1797 digits images to PSNR > 38 dB (median 50) in ~5 s per 100
 # INRs on one idle CPU thread; lr 3e-3 leaves occasional outliers near 33 dB.
@@ -146,18 +146,19 @@ class DigitInr(Recipe):
         init_seeds = [self.init_seed(seed, int(i), int(r), options, int(i) % views)
                       for i, r in zip(ids, source["repeat"])]
         images = source["images"]
+        gains = hidden_gains(self.name, seed, ids, options)
         tensors, fit_mse = fit_groups(
-            self.name, ids, init_seeds, pixel_grid(), lambda start, stop: images[start:stop], options, progress
+            self.name, ids, init_seeds, pixel_grid(), lambda start, stop: images[start:stop], options, progress, gains
         )
         rows = [
             {
                 "id": int(i), "label": int(label), "image_split": str(split), "image_index": int(index),
                 "init_seed": s, "fit_mse": float(e), "psnr": float(p),
-                **({"image_slot": int(i) // views, "view": int(i) % views} if views > 1 else {}),
+                **({"image_slot": int(i) // views, "view": int(i) % views} if views > 1 else {}), **g,
             }
-            for i, label, split, index, s, e, p in zip(
+            for i, label, split, index, s, e, p, g in zip(
                 ids, source["labels"], source["image_split"], source["image_index"], init_seeds,
-                fit_mse.tolist(), psnr(fit_mse).tolist(),
+                fit_mse.tolist(), psnr(fit_mse).tolist(), gain_columns(gains, options),
             )
         ]
         return Shard(tensors, rows)

@@ -21,6 +21,8 @@ from sne.zoo.siren import (
     FIT_OPTIONS,
     finite_float,
     fit_groups,
+    gain_columns,
+    hidden_gains,
     positive_int,
     resolve_fit_options,
     siren_architecture,
@@ -115,12 +117,13 @@ class SineInr(Recipe):
         frequencies = [self.frequency(seed, int(i), options) for i in ids]
         init_seeds = [self.init_seed(seed, int(i), options) for i in ids]
         inputs = x * options.get("input_range", 1.0) / math.pi  # x * 1.0 is x: default zoos are unchanged
+        gains = hidden_gains(self.name, seed, ids, options)
         tensors, fit_mse = fit_groups(
             self.name, ids, init_seeds, inputs.float(),
-            lambda start, stop: sine_targets(frequencies[start:stop], x), options, progress,
+            lambda start, stop: sine_targets(frequencies[start:stop], x), options, progress, gains,
         )
         rows = [
-            {"id": int(i), "frequency": a, "init_seed": s, "fit_mse": float(e)}
-            for i, a, s, e in zip(ids, frequencies, init_seeds, fit_mse.tolist())
+            {"id": int(i), "frequency": a, "init_seed": s, "fit_mse": float(e), **g}
+            for i, a, s, e, g in zip(ids, frequencies, init_seeds, fit_mse.tolist(), gain_columns(gains, options))
         ]
         return Shard(tensors, rows)

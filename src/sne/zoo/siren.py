@@ -8,6 +8,12 @@ forward pass is a batched matrix product, and the gradient of the sum of per-mod
 errors is computed in closed form (two sine layers are simple enough, and skipping autograd halves
 the time on a CPU). Adam is elementwise, so one Adam over the stacked tensors is exactly one Adam
 per model. The networks of a group share the input points; each has its own targets.
+
+Options ``hidden_gain`` and ``hidden_gain_max`` scale the initial weights after the first layer
+(hidden and output), the part where SIREN's initialisation and PyTorch's ``nn.Linear`` default differ
+most (the default's are ~12 times larger at width 32): one gain for all, or each network's own,
+log-uniform between the two and drawn from (zoo seed, network id), so one zoo holds networks
+started both ways and in between.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import torch
 from torch import nn
 
 from sne.errors import SneError
-from sne.zoo.recipes import FitProgress
+from sne.zoo.recipes import FitProgress, derive_seed
 
 #: Hidden width and the sine frequency factor of the hidden layers.
 HIDDEN = 32
@@ -37,6 +43,8 @@ INIT_MODES = ("independent", "shared")
 FIT_OPTIONS: dict[str, Any] = {
     "init": "independent",
     "init_gain": 1.0,
+    "hidden_gain": 1.0,
+    "hidden_gain_max": None,
     "steps": 500,
     "lr": 1e-3,
     "group_size": None,
@@ -96,27 +104,49 @@ def siren_architecture(in_features: int) -> list[dict[str, Any]]:
     ]
 
 
-def siren_parameters(generator: torch.Generator, in_features: int = 1, gain: float = 1.0) -> list[torch.Tensor]:
+def siren_parameters(generator: torch.Generator, in_features: int = 1, gain: float = 1.0,
+                     hidden_gain: float = 1.0) -> list[torch.Tensor]:
     """One SIREN's initial ``[W0, b0, W1, b1, W2, b2]``, drawn in that order from ``generator``.
 
     Weights follow the SIREN scheme: U(-1/in, 1/in) for the first layer and
     U(-sqrt(6/in)/w0, sqrt(6/in)/w0) after it. Biases keep PyTorch's ``nn.Linear`` default
     U(-1/sqrt(in), 1/sqrt(in)), as the SIREN reference code does. ``gain`` scales every bound
-    (another initialisation than the published one, for recipe-shift test zoos).
+    (another initialisation than the published one, for recipe-shift test zoos); ``hidden_gain``
+    further scales the weights after the first layer.
     """
     params = []
     for level, (fan_in, fan_out) in enumerate(_layer_sizes(in_features)):
-        bound = gain * (1.0 / fan_in if level == 0 else math.sqrt(6.0 / fan_in) / W0)
+        bound = gain * (1.0 / fan_in if level == 0 else hidden_gain * math.sqrt(6.0 / fan_in) / W0)
         params.append(torch.empty(fan_out, fan_in).uniform_(-bound, bound, generator=generator))
         bias_bound = gain / math.sqrt(fan_in)
         params.append(torch.empty(fan_out).uniform_(-bias_bound, bias_bound, generator=generator))
     return params
 
 
-def initial_parameters(init_seeds: Sequence[int], in_features: int = 1, gain: float = 1.0) -> list[torch.Tensor]:
-    """Stacked initial parameters, network ``i`` drawn from a generator seeded with ``init_seeds[i]``."""
-    per_network = [siren_parameters(torch.Generator().manual_seed(int(s)), in_features, gain) for s in init_seeds]
+def initial_parameters(init_seeds: Sequence[int], in_features: int = 1, gain: float = 1.0,
+                       hidden_gains: Sequence[float] | None = None) -> list[torch.Tensor]:
+    """Stacked initial parameters, network ``i`` drawn from a generator seeded with ``init_seeds[i]``
+    (with hidden gain ``hidden_gains[i]``, 1 when not given)."""
+    hidden_gains = [1.0] * len(init_seeds) if hidden_gains is None else hidden_gains
+    per_network = [siren_parameters(torch.Generator().manual_seed(int(s)), in_features, gain, float(h))
+                   for s, h in zip(init_seeds, hidden_gains, strict=True)]
     return [torch.stack(parts) for parts in zip(*per_network)]
+
+
+def hidden_gains(recipe: str, seed: int, ids: Sequence[int], options: Mapping[str, Any]) -> np.ndarray:
+    """The hidden gain of each network ``ids`` of a zoo with ``seed`` and resolved ``options``: the
+    option's one value, or, with ``hidden_gain_max``, log-uniform per network from (seed, id) alone."""
+    low = options.get("hidden_gain", 1.0)
+    if options.get("hidden_gain_max") is None:
+        return np.full(len(ids), low)
+    high = options["hidden_gain_max"]
+    draws = [np.random.default_rng(derive_seed(seed, f"{recipe}/hidden-gain", int(i))).random() for i in ids]
+    return np.exp(np.log(low) + (np.log(high) - np.log(low)) * np.asarray(draws, dtype=np.float64))
+
+
+def gain_columns(gains: np.ndarray, options: Mapping[str, Any]) -> list[dict[str, float]]:
+    """Per-network table columns for ``gains``: ``hidden_gain`` where networks have their own."""
+    return [{"hidden_gain": float(g)} if options.get("hidden_gain_max") is not None else {} for g in gains]
 
 
 def _as_points(inputs: torch.Tensor) -> torch.Tensor:
@@ -215,12 +245,14 @@ def fit_groups(
     targets: Callable[[int, int], torch.Tensor],
     options: Mapping[str, Any],
     progress: FitProgress,
+    gains: Sequence[float] | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Fit the SIRENs of one shard, ``group_size`` at a time; return stacked CPU parameters by
     state-dict key and the final per-network MSEs (float64).
 
     ``targets(start, stop)`` gives the (stop - start, P) targets of networks ``start:stop`` of the
-    shard; ``inputs`` (P, in_features) are shared by all. Non-finite results raise :class:`SneError`.
+    shard; ``inputs`` (P, in_features) are shared by all; ``gains`` are the networks' hidden gains
+    (:func:`hidden_gains`; 1 when not given). Non-finite results raise :class:`SneError`.
     """
     device = torch.device(options["device"])
     inputs = _as_points(inputs).to(device)
@@ -230,7 +262,8 @@ def fit_groups(
     for start in range(0, len(ids), group):
         stop = min(start + group, len(ids))
         params = [p.to(device) for p in initial_parameters(init_seeds[start:stop], inputs.shape[1],
-                                                           options.get("init_gain", 1.0))]
+                                                           options.get("init_gain", 1.0),
+                                                           None if gains is None else gains[start:stop])]
         progress.group_started(stop - start, options["steps"])
         mse = fit_sirens(
             params, inputs, targets(start, stop).to(device), options["steps"], options["lr"], options["compile"],
@@ -292,10 +325,20 @@ def resolve_fit_options(recipe: str, options: Mapping[str, Any]) -> dict[str, An
     if not isinstance(options["compile"], bool):
         raise SneError(f"{recipe} option 'compile' must be true or false, got {options['compile']!r}")
     gain = finite_float(recipe, "init_gain", options["init_gain"], positive=True)
+    hidden_gain = finite_float(recipe, "hidden_gain", options["hidden_gain"], positive=True)
+    gain_max = options["hidden_gain_max"]
+    if gain_max is not None:
+        gain_max = finite_float(recipe, "hidden_gain_max", gain_max, positive=True)
+        if not gain_max > hidden_gain:
+            raise SneError(f"{recipe} option 'hidden_gain_max' ({gain_max:g}) must exceed 'hidden_gain' ({hidden_gain:g})")
+        if options["init"] == "shared":
+            raise SneError(f"{recipe}: networks of a shared initialisation cannot each draw their own 'hidden_gain'")
     return {
         "init": options["init"],
-        # A gain of 1 is left out, so such a zoo has the options (and resumes) as before the option existed.
+        # Gains of 1 are left out, so such a zoo has the options (and resumes) as before the options existed.
         **({"init_gain": gain} if gain != 1.0 else {}),
+        **({"hidden_gain": hidden_gain} if hidden_gain != 1.0 else {}),
+        **({"hidden_gain_max": gain_max} if gain_max is not None else {}),
         "steps": positive_int(recipe, "steps", options["steps"]),
         "lr": finite_float(recipe, "lr", options["lr"], positive=True),
         "group_size": group_size,
