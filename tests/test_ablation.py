@@ -212,8 +212,10 @@ def test_run_directories_spell_augmentation_where_it_is_on(shared_sine_zoo, tmp_
         "sne_permutation_augment-true_sign_flip_augment-true"]
     # Test-time flips change the evaluation only: the rows evaluated both ways share their runs, and so
     # do settings that differ only there (the base directory names no test-time flips).
-    assert names(["augment-sign-flips", "augment-sign-flips-averaged"]) == [
-        "sne_permutation_augment-true_sign_flip_augment-true"] * 2
+    copies = ["augment-sign-flips", "augment-sign-flips-averaged", "augment-sign-flips-averaged-4",
+              "augment-sign-flips-averaged-64"]
+    assert names(copies) == ["sne_permutation_augment-true_sign_flip_augment-true"] * 4
+    assert [row.train["test_time_flips"] for row in study_rows("invariance", copies)] == [0, 16, 4, 64]
     from sne.bench.ablation import _setting, _setting_tag
 
     def base(**train_options):

@@ -172,20 +172,24 @@ def _invariance() -> list[AblationRow]:
                     train={**plain, "invariance_weight": 0.0, "permutation_augment": True}),
         AblationRow("augment-lambda-1", "permutation augmentation, lambda 1",
                     train={**plain, "invariance_weight": 1.0, "permutation_augment": True}),
-    ] + [row for name, label, weight in (
-        ("augment-sign-flips", "permutation augmentation and sign flips of neurons with odd activations, lambda 0", 0.0),
+    ] + [row for name, label, weight, copies in (
+        ("augment-sign-flips", "permutation augmentation and sign flips of neurons with odd activations, lambda 0",
+         0.0, (16, 4, 64)),
         ("augment-sign-flips-lambda-1", "permutation augmentation and sign flips, lambda 1 (the regulariser's copies "
-         "flipped too)", 1.0),
+         "flipped too)", 1.0, (16,)),
     ) for row in _predicted_both_ways(AblationRow(name, label, train={
-        "invariance_weight": weight, "permutation_augment": True, "sign_flip_augment": True}))]
+        "invariance_weight": weight, "permutation_augment": True, "sign_flip_augment": True}), copies)]
 
 
-def _predicted_both_ways(row: AblationRow, copies: int = 16) -> list[AblationRow]:
-    """``row`` predicting each network once, and ``NAME-averaged`` (the same runs) predicting the
-    mean over it and ``copies`` random sign-flipped copies (TrainConfig.test_time_flips)."""
-    return [replace(row, train={**row.train, "test_time_flips": 0}),
-            replace(row, name=f"{row.name}-averaged", label=f"as {row.name} (the same runs), predictions averaged "
-                    f"over {copies} sign-flipped copies of each network", train={**row.train, "test_time_flips": copies})]
+def _predicted_both_ways(row: AblationRow, copies: Sequence[int] = (16,)) -> list[AblationRow]:
+    """``row`` predicting each network once, and (the same runs) predicting the mean over it and N
+    random sign-flipped copies (TrainConfig.test_time_flips) for each N of ``copies``: row
+    ``NAME-averaged`` for the first N (the default's), ``NAME-averaged-N`` for the others."""
+    return [replace(row, train={**row.train, "test_time_flips": 0})] + [
+        replace(row, name=f"{row.name}-averaged" + (f"-{n}" if i else ""),
+                label=f"as {row.name} (the same runs), predictions averaged over {n} sign-flipped copies of each network",
+                train={**row.train, "test_time_flips": n})
+        for i, n in enumerate(copies)]
 
 
 def _training() -> list[AblationRow]:
