@@ -38,7 +38,7 @@ import numpy as np
 
 from sne.bench.paper import PAPER_SNE_ABLATION_MSE, PAPER_SNE_CHUNK_SIZE_MSE
 from sne.bench.results import check_mergeable, write_merged, zoo_identity, zoo_summary
-from sne.bench.runs import BenchRuns, built_otherwise, options_tag
+from sne.bench.runs import BEFORE_IT_EXISTED, BenchRuns, built_otherwise, options_tag
 from sne.encoders import get_encoder_class
 from sne.encoders.sne import DEFAULT_OPTIONS as SNE_DEFAULT_OPTIONS, PRESETS as SNE_PRESETS
 from sne.errors import SneError
@@ -254,10 +254,6 @@ def _setting(runs: BenchRuns, base_weight: float, max_train: int | None) -> dict
             "encoder_options": dict(runs.encoder_options), "train_options": train_options}
 
 
-#: Training settings whose defaults have changed, as rows trained before they existed had them.
-_CHANGED_TRAINING = {"bn_recalibration": 0, "sign_flip_augment": False, "test_time_flips": 0}
-
-
 def _check_same_training(path: Path, setting: dict, configs: list[tuple[AblationRow, dict, str]]) -> None:
     """Refuse, before any training, a row whose seeds in ``path`` (same setting) were trained with
     another batch-norm recalibration or sign-flip augmentation, or built with other encoder options,
@@ -270,13 +266,13 @@ def _check_same_training(path: Path, setting: dict, configs: list[tuple[Ablation
     built: dict[str, list[dict]] = {}
     for entry in json.loads(path.read_text())["entries"]:
         if json.dumps(entry["setting"], sort_keys=True) == key:
-            for name, before in _CHANGED_TRAINING.items():
+            for name, before in BEFORE_IT_EXISTED.items():
                 stored.setdefault((entry["row"], name), set()).add(entry.get(name, before))
             if entry.get("encoder_options_resolved"):
                 built.setdefault(entry["row"], []).append(entry)
     for row, fields, _ in configs:
         config = TrainConfig.for_encoder(row.encoder, seed=0, **fields)
-        for name in _CHANGED_TRAINING:
+        for name in BEFORE_IT_EXISTED:
             trained = getattr(config, name)
             before = stored.get((row.name, name), {trained})
             if before != {trained}:

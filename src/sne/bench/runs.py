@@ -122,16 +122,17 @@ def training_switches(fields: dict, defaults: dict | None = None) -> dict:
         switches["max_train"] = fields["max_train"]
     for name in TUNED_TRAINING:
         default = (defaults or {}).get(name, _TRAIN_CONFIG_DEFAULTS[name])
-        value = fields.get(name, _BEFORE_IT_EXISTED.get(name))
-        if name == "test_time_flips" and not fields.get("sign_flip_augment", _BEFORE_IT_EXISTED["sign_flip_augment"]):
+        value = fields.get(name, BEFORE_IT_EXISTED.get(name))
+        if name == "test_time_flips" and not fields.get("sign_flip_augment", BEFORE_IT_EXISTED["sign_flip_augment"]):
             continue  # averaging over flips follows training on them (TrainConfig.for_encoder): no flips says it
         if value is not None and value != default:
             switches[name] = value
     return switches
 
 
-#: What a results row written before a training field existed was trained with.
-_BEFORE_IT_EXISTED = {"bn_recalibration": 0, "sign_flip_augment": False, "test_time_flips": 0}
+#: What a results row or run written before a training field existed was trained with (the field's
+#: default has changed since).
+BEFORE_IT_EXISTED = {"bn_recalibration": 0, "sign_flip_augment": False, "test_time_flips": 0}
 
 
 def _row_train_defaults(entry: dict) -> dict:

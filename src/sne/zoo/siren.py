@@ -245,14 +245,14 @@ def fit_groups(
     targets: Callable[[int, int], torch.Tensor],
     options: Mapping[str, Any],
     progress: FitProgress,
-    gains: Sequence[float] | None = None,
+    gains: Sequence[float],
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Fit the SIRENs of one shard, ``group_size`` at a time; return stacked CPU parameters by
     state-dict key and the final per-network MSEs (float64).
 
     ``targets(start, stop)`` gives the (stop - start, P) targets of networks ``start:stop`` of the
     shard; ``inputs`` (P, in_features) are shared by all; ``gains`` are the networks' hidden gains
-    (:func:`hidden_gains`; 1 when not given). Non-finite results raise :class:`SneError`.
+    (:func:`hidden_gains`). Non-finite results raise :class:`SneError`.
     """
     device = torch.device(options["device"])
     inputs = _as_points(inputs).to(device)
@@ -262,8 +262,7 @@ def fit_groups(
     for start in range(0, len(ids), group):
         stop = min(start + group, len(ids))
         params = [p.to(device) for p in initial_parameters(init_seeds[start:stop], inputs.shape[1],
-                                                           options.get("init_gain", 1.0),
-                                                           None if gains is None else gains[start:stop])]
+                                                           options.get("init_gain", 1.0), gains[start:stop])]
         progress.group_started(stop - start, options["steps"])
         mse = fit_sirens(
             params, inputs, targets(start, stop).to(device), options["steps"], options["lr"], options["compile"],
