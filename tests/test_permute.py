@@ -14,7 +14,9 @@ from torch import nn
 from sne.errors import SneError
 from sne.weights.record import NetworkRecord, make_layer
 from sne.weights import (
+    canonical_signs,
     canonicalize_hidden,
+    canonicalize_signs,
     flip_signs,
     permute_hidden,
     random_equivalent_permutation,
@@ -249,6 +251,32 @@ def test_sign_flips_of_a_siren_keep_its_function_and_change_its_weights():
     assert not torch.equal(flipped.layers[0].weight, record.layers[0].weight)
     torch.testing.assert_close(flipped.layers[0].weight.abs(), record.layers[0].weight.abs(), rtol=0, atol=0)
     assert torch.equal(flipped.layers[2].bias, record.layers[2].bias)  # the output is never flipped
+
+
+@settings(max_examples=15, deadline=None)
+@RANDOM_MLPS
+def test_canonical_signs_are_shared_by_every_flipped_and_permuted_copy(widths, bias, seed):
+    model = random_tanh_mlp(widths, bias, seed)
+    record = record_from_module(model)
+    canonical = canonicalize_signs(record)
+    inputs = torch.randn(8, widths[0], dtype=torch.float64)
+    assert_same_function(model, canonical, inputs)
+    for layer in canonical.layers[:-1]:  # every hidden neuron's incoming weights: non-negative sum of cubes
+        assert (layer.weight.pow(3).sum(1) >= 0).all()
+    generator = torch.Generator().manual_seed(seed)
+    flipped = random_sign_flips(record, generator)
+    for a, b in zip(canonicalize_signs(flipped).layers, canonical.layers):
+        assert torch.equal(a.weight, b.weight) and (a.bias is None or torch.equal(a.bias, b.bias))
+    # Signs settle per neuron, so permuting first and canonicalising commute.
+    perms = random_permutations(record, generator)
+    for a, b in zip(canonicalize_signs(permute_hidden(flipped, perms)).layers,
+                    permute_hidden(canonical, perms).layers):
+        assert torch.equal(a.weight, b.weight)
+
+
+def test_canonical_signs_leave_networks_without_odd_activations_alone():
+    relu = record_from_module(nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1)))
+    assert canonical_signs(relu) == [] and canonicalize_signs(relu) is relu
 
 
 def test_explicit_sign_flip_negates_a_row_its_bias_and_the_next_column():

@@ -627,6 +627,50 @@ def test_canonical_order_gives_weight_outputs_in_each_networks_own_order():
     assert any(not torch.equal(a.weight, b.weight) for a, b in zip(outputs[0].layers, outputs_of_permuted[0].layers))
 
 
+@pytest.mark.parametrize("order", [False, True])
+def test_canonical_signs_give_every_flipped_copy_the_same_code_and_weight_outputs_in_its_own_signs(order):
+    """Sign-flipped (and, with canonical order, permuted) copies of a SIREN and a tanh MLP: the same
+    functions (test_permute), the same codes; weight outputs come back flipped (and permuted) alike."""
+    from torch import nn
+
+    from sne.weights import flip_signs, permute_hidden, random_permutations, record_from_module, sign_flip_groups
+    from sne.zoo.siren import Siren
+
+    torch.manual_seed(3)
+    inputs = torch.linspace(-1, 1, 20, dtype=torch.float64).unsqueeze(1)
+    records = [record_from_module(Siren().double(), inputs),
+               record_from_module(nn.Sequential(nn.Linear(3, 9), nn.Tanh(), nn.Linear(9, 7), nn.Tanh(),
+                                                nn.Linear(7, 2)).double())]
+    g = torch.Generator().manual_seed(5)
+    signs = [[torch.randint(0, 2, (group.size,), generator=g) * 2 - 1 for group in sign_flip_groups(r)]
+             for r in records]
+    perms = [random_permutations(r, g) if order else [None] * len(r.layers) for r in records]
+
+    def moved(record: NetworkRecord, sign: list[torch.Tensor], perm: list) -> NetworkRecord:
+        return permute_hidden(flip_signs(record, sign), perm)
+
+    copies = [moved(r, s, p) for r, s, p in zip(records, signs, perms)]
+    torch.manual_seed(0)
+    encoder = SNEEncoder(**SMALL, canonical_signs=True, canonical_order=order).double().eval()
+    torch.testing.assert_close(encode(encoder, copies), encode(encoder, records), rtol=0, atol=0)
+    torch.manual_seed(0)
+    plain = SNEEncoder(**SMALL).double().eval()
+    assert not torch.allclose(encode(plain, copies), encode(plain, records), rtol=0, atol=1e-9)
+    encoder.make_weight_head()
+    with torch.no_grad():  # the head starts at zero (the identity edit): give it values to compare
+        for parameter in encoder.weight_head.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=g, dtype=torch.float64))
+        outputs = encoder.forward_weights(encoder.prepare_weights(records))
+        outputs_of_copies = encoder.forward_weights(encoder.prepare_weights(copies))
+    for out, out_copy, sign, perm in zip(outputs, outputs_of_copies, signs, perms):
+        for layer, other in zip(out_copy.layers, moved(out, sign, perm).layers):
+            torch.testing.assert_close(layer.weight, other.weight, rtol=0, atol=1e-12)
+            torch.testing.assert_close(layer.bias, other.bias, rtol=0, atol=1e-12)
+    assert any(not torch.equal(a.weight, b.weight) for a, b in zip(outputs[0].layers, outputs_of_copies[0].layers))
+    with pytest.raises(SneError, match="canonical_signs must be true or false"):
+        SNEEncoder(canonical_signs="yes")
+
+
 def test_the_paper_preset_is_the_papers_configuration_and_options_beside_it_win():
     from sne.encoders.sne import PRESETS
 

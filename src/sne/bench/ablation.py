@@ -18,7 +18,8 @@ Studies (:data:`STUDIES`):
 - ``invariance``: the logit-invariance weight lambda at 0, 0.3, 1, 3 and 10, permutation
   augmentation alone and with lambda 1, and with sign flips of neurons whose activation is odd
   (alone, and with lambda 1, whose copies are then flipped too), each evaluated as it is and with
-  predictions averaged over sign-flipped copies (rows that share their runs).
+  predictions averaged over sign-flipped copies (rows that share their runs), and with those flips
+  removed by canonical signs instead (the SNE option ``canonical_signs``).
 - ``data-fraction``: test error against the fraction of training networks used, for SNE and its
   peers (Figure 3), with a plot.
 - ``training``: how SNE is trained: learning rate, schedule (multi-step or cosine, with and
@@ -178,7 +179,14 @@ def _invariance() -> list[AblationRow]:
         ("augment-sign-flips-lambda-1", "permutation augmentation and sign flips, lambda 1 (the regulariser's copies "
          "flipped too)", 1.0, (16,)),
     ) for row in _predicted_both_ways(AblationRow(name, label, train={
-        "invariance_weight": weight, "permutation_augment": True, "sign_flip_augment": True}), copies)]
+        "invariance_weight": weight, "permutation_augment": True, "sign_flip_augment": True}), copies)] + [
+        # Flips change nothing a canonical-signs encoder sees: neither trained on nor averaged over.
+        AblationRow("canonical-signs", "permutation augmentation, every network in the canonical signs of its "
+                    "neurons with odd activations (exactly invariant to sign flips), lambda 0",
+                    options={"canonical_signs": True},
+                    train={"invariance_weight": 0.0, "permutation_augment": True, "sign_flip_augment": False,
+                           "test_time_flips": 0}),
+    ]
 
 
 def _predicted_both_ways(row: AblationRow, copies: Sequence[int] = (16,)) -> list[AblationRow]:

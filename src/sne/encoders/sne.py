@@ -60,7 +60,7 @@ from sne.encoders.positional import coordinate_encoding, sinusoidal_encoding
 from sne.encoders.set_blocks import PMA, SAB, SET_STATISTICS, ResidualFF, masked_mean, norm_placement, set_statistics
 from sne.errors import SneError
 from sne.weights.batch import with_parameter_values
-from sne.weights.permute import canonical_permutations, permute_hidden
+from sne.weights.permute import canonical_permutations, canonical_signs, flip_signs, permute_hidden, supports_sign_flips
 from sne.weights.record import ACTIVATIONS, KIND_BY_WEIGHT_NDIM, NetworkRecord
 
 #: Options and their defaults (chunk_micro_batch=None: no micro-batching); the paper's settings are
@@ -88,6 +88,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "part_window": 64,
     "chunk_hidden": 32,
     "canonical_order": False,
+    "canonical_signs": False,
     "source_code_rounds": 0,
     "level_origin": "input",
     "use_activation_encoding": False,
@@ -375,6 +376,12 @@ class SNEEncoder(Encoder):
     parameters), so all functionally-equivalent permutations of a chain get the same code, and the
     chunk-index encoding says a neuron's rank instead of an arbitrary place. Networks that are not
     plain chains are encoded as they are. Weight-space outputs are put back in each network's own order.
+    ``canonical_signs`` (off by default, absent in the paper): encode every network with the
+    canonical signs of its neurons whose activation is odd (:func:`sne.weights.canonical_signs`:
+    each such neuron's incoming weights made to have a non-negative sum of cubes), so all its
+    sign-flipped copies get the same code, exactly, where sign-flip training and test-time flips
+    teach and average that invariance approximately. Weight-space outputs are put back in each
+    network's own signs.
     Inference (:meth:`plan`) encodes :data:`INFERENCE_CHUNKS` chunks at a time whatever the options.
     ``source_code_rounds``: rounds of learned links between layers (0: none, as in the paper). In
     each round every neuron of a plain linear or convolution layer gets a code, the mean of its
@@ -567,7 +574,7 @@ class SNEEncoder(Encoder):
         self.stats_mean.zero_()
         self.stats_std.fill_(1.0)
         stats_by_key: dict[tuple[int, int], list[torch.Tensor]] = {}
-        for record in records:
+        for record in self._in_encoded_order(records):  # canonical signs change the parts' means
             deepest = max(layer.level for layer in record.layers)
             for layer in record.layers:
                 level = deepest - layer.level if self.options["level_origin"] == "output" else layer.level
@@ -591,7 +598,11 @@ class SNEEncoder(Encoder):
         return (stats - mean.to(stats.dtype)) / std.to(stats.dtype)
 
     def _in_encoded_order(self, records: Sequence[NetworkRecord]) -> Sequence[NetworkRecord]:
-        return [_canonical(r) for r in records] if self.options["canonical_order"] else records
+        if self.options["canonical_order"]:
+            records = [_canonical(r) for r in records]
+        if self.options["canonical_signs"]:
+            records = [_with_canonical_signs(r) for r in records]
+        return records
 
     def prepare(self, records: Sequence[NetworkRecord]) -> ChunkBatch:
         self.check_records(records)
@@ -744,7 +755,11 @@ class SNEEncoder(Encoder):
                 values = values * batch.part_stats[batch.chunk_part[chunk], 1].exp().to(values.dtype).unsqueeze(1)
             decoded.append(values)
         networks = place_elements(decoded, records)
-        if self.options["canonical_order"]:  # values came in canonical order: back to each network's own
+        # Values came in the encoded form: back to each network's own signs, then its own order.
+        if self.options["canonical_signs"]:
+            ordered = [_canonical(r) for r in records] if self.options["canonical_order"] else records
+            networks = [_with_canonical_signs(values, record) for values, record in zip(networks, ordered)]
+        if self.options["canonical_order"]:
             networks = [_from_canonical(values, record) for values, record in zip(networks, records)]
         return networks
 
@@ -940,6 +955,14 @@ def _from_canonical(values: NetworkRecord, record: NetworkRecord) -> NetworkReco
     return permute_hidden(values, [None if perm is None else torch.argsort(perm) for perm in order])
 
 
+def _with_canonical_signs(values: NetworkRecord, record: NetworkRecord | None = None) -> NetworkRecord:
+    """``values`` flipped by the canonical signs of ``record`` (default: of ``values``): a record in its
+    canonical signs, or, flips being their own inverse, values laid out in the canonical signs of
+    ``record`` back in ``record``'s own. Records without flippable neurons are returned as they are."""
+    record = values if record is None else record
+    return flip_signs(values, canonical_signs(record)) if supports_sign_flips(record) else values
+
+
 def chunk_heads_for(options: dict[str, Any]) -> int:
     """Attention heads of the chunk stage: ``heads`` at the paper's width, else as many as keep the
     other stages' head width."""
@@ -971,7 +994,8 @@ def _validate(options: dict[str, Any]) -> None:
         raise SneError(f"SNE option chunk_hidden ({options['chunk_hidden']}) must be divisible by its heads "
                        f"({chunk_heads_for(options)}: heads x chunk_hidden / hidden)")
     for name, value in options.items():
-        if (name in ("standardize_layers", "batch_norm", "canonical_order", "preserve_chunk_scale", "pool_statistics")
+        if (name in ("standardize_layers", "batch_norm", "canonical_order", "canonical_signs", "preserve_chunk_scale",
+                     "pool_statistics")
                 or name.startswith("use_")) and not isinstance(
             value, bool
         ):

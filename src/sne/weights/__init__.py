@@ -10,7 +10,9 @@ from sne.weights.io import (
 from sne.weights.trace import record_from_module
 from sne.weights.permute import (
     canonical_permutations,
+    canonical_signs,
     canonicalize_hidden,
+    canonicalize_signs,
     flip_signs,
     permute_hidden,
     random_equivalent_permutation,
@@ -29,7 +31,9 @@ __all__ = [
     "NetworkRecord",
     "StackedWeights",
     "canonical_permutations",
+    "canonical_signs",
     "canonicalize_hidden",
+    "canonicalize_signs",
     "flip_signs",
     "load_record",
     "load_state_dict_file",

@@ -208,6 +208,34 @@ def random_sign_flips(record: NetworkRecord, generator: torch.Generator) -> Netw
     return flip_signs(record, [torch.randint(0, 2, (g.size,), generator=generator) * 2 - 1 for g in groups])
 
 
+def canonical_signs(record: NetworkRecord) -> list[torch.Tensor]:
+    """Signs for :func:`flip_signs` that give every neuron of :func:`sign_flip_groups` incoming
+    weights whose cubes sum to a non-negative number.
+
+    Flipping a neuron negates that sum, so every sign-flipped copy of ``record`` gets the same
+    canonical form, exactly (negation is exact in floating point), up to sums of exactly 0 (kept).
+    The cube lets a neuron's largest weights decide and keeps the key continuous in the weights.
+    Layers are settled in order: a neuron's incoming weights carry the signs of the neurons
+    before it, so those are fixed first.
+    """
+    groups = sign_flip_groups(record)
+    signs = [torch.ones(group.size, dtype=torch.long) for group in groups]
+    settled = record
+    for g, group in enumerate(groups):
+        rows = group.members[0]  # the layer's own weight rows (sign_flip_groups: chains of linear layers)
+        weight = settled.layers[rows.layer].tensors[rows.tensor].detach()
+        key = weight.reshape(group.size, -1).double().pow(3).sum(1).cpu()
+        signs[g] = torch.where(key < 0, -1, 1)
+        settled = flip_signs(record, signs)
+    return signs
+
+
+def canonicalize_signs(record: NetworkRecord) -> NetworkRecord:
+    """The functionally-equivalent copy of ``record`` with :func:`canonical_signs` (``record`` itself
+    where no neuron can be flipped)."""
+    return flip_signs(record, canonical_signs(record)) if supports_sign_flips(record) else record
+
+
 def canonical_permutations(record: NetworkRecord) -> list[torch.Tensor | None]:
     """The permutations that sort every hidden layer's neurons by the norm of their parameters.
 
