@@ -239,6 +239,9 @@ def train(
     warmup_epochs: Optional[float] = typer.Option(None, "--warmup-epochs", help="Raise the learning rate linearly "
                                                   "over this many epochs (default: the encoder's, else 0)."),
     invariance_weight: float = typer.Option(0.0, "--invariance-weight", help="Lambda of the logit-invariance regulariser."),
+    invariance_on: str = typer.Option("outputs", "--invariance-on", help="What the regulariser compares for a network "
+                                      "and its equivalent copy: outputs (the paper's) or codes (the network codes, "
+                                      "relative to their spread over the batch)."),
     augment_permutations: Optional[bool] = typer.Option(
         None, "--augment-permutations/--no-augment-permutations",
         help="Train on a fresh random functionally-equivalent permutation of every network each epoch "
@@ -278,7 +281,7 @@ def train(
     config = TrainConfig.for_encoder(
         encoder, zoo=str(zoo), target=target, encoder_options=options, epochs=epochs,
         batch_size=batch_size, lr=lr, schedule=schedule, warmup_epochs=warmup_epochs,
-        invariance_weight=invariance_weight, permutation_augment=augment_permutations,
+        invariance_weight=invariance_weight, invariance_on=invariance_on, permutation_augment=augment_permutations,
         sign_flip_augment=augment_sign_flips, test_time_flips=test_time_flips, seed=seed, device=device,
         num_workers=workers, max_train=max_train,
         precision=precision, bn_recalibration=bn_recalibration, command=_command_line(),

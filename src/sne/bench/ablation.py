@@ -15,7 +15,8 @@ Studies (:data:`STUDIES`):
   canonical order, learned source codes, neuron gains, batch-norm statistics re-estimated after
   every epoch); a row equal to the base is listed, not trained again.
 - ``chunk-size``: chunk sizes 4, 8, 16, 32 and 64 (Table 7).
-- ``invariance``: the logit-invariance weight lambda at 0, 0.3, 1, 3 and 10, permutation
+- ``invariance``: the logit-invariance weight lambda at 0, 0.3, 1, 3 and 10 (and 1 on the network
+  codes instead of the outputs), permutation
   augmentation alone and with lambda 1, and with sign flips of neurons whose activation is odd
   (alone, and with lambda 1, whose copies are then flipped too), each evaluated as it is and with
   predictions averaged over sign-flipped copies (rows that share their runs), and with those flips
@@ -173,6 +174,8 @@ def _invariance() -> list[AblationRow]:
                     train={**plain, "invariance_weight": 0.0, "permutation_augment": True}),
         AblationRow("augment-lambda-1", "permutation augmentation, lambda 1",
                     train={**plain, "invariance_weight": 1.0, "permutation_augment": True}),
+        AblationRow("lambda-1-codes", "lambda 1 on the network codes (their squared distance over their spread "
+                    "in the batch), not the outputs", train={**plain, "invariance_weight": 1.0, "invariance_on": "codes"}),
     ] + [row for name, label, weight, copies in (
         ("augment-sign-flips", "permutation augmentation and sign flips of neurons with odd activations, lambda 0",
          0.0, (16, 4, 64)),

@@ -57,8 +57,11 @@ class Predictor(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def forward(self, batch) -> torch.Tensor:
-        return self.head(self.encoder(batch))
+    def forward(self, batch, with_codes: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Raw head outputs; with ``with_codes`` also the codes ``z`` they were computed from."""
+        codes = self.encoder(batch)
+        outputs = self.head(codes)
+        return (outputs, codes) if with_codes else outputs
 
     @torch.no_grad()
     def _map_records(self, records: Sequence[NetworkRecord], batch_size: int, fn) -> torch.Tensor:

@@ -55,6 +55,8 @@ PRECISIONS = ("float32", "bfloat16")
 SCHEDULES = ("multistep", "cosine")
 #: Config fields that change how a trained run is evaluated, not how it trains: runs that differ only
 #: there are one run (resumed, named and stored alike), evaluated each way asked.
+#: What the invariance regulariser may compare (TrainConfig.invariance_on).
+INVARIANCE_TARGETS = ("outputs", "codes")
 EVALUATION_FIELDS = frozenset({"test_time_flips"})
 #: Config fields that may change between a run and its resumption without changing its result.
 _RESUMABLE_FIELDS = {"device", "num_workers", *EVALUATION_FIELDS}
@@ -84,6 +86,10 @@ class TrainConfig:
     #: for a network and for a random functionally-equivalent copy of it (its neurons permuted, and
     #: signs flipped as well where ``sign_flip_augment`` flips them).
     invariance_weight: float = 0.0
+    #: What the regulariser compares: "outputs" (the head's raw outputs, the paper's logit
+    #: invariance) or "codes" (the network codes z, their mean squared difference divided by the
+    #: codes' variance over the batch, so that shrinking every code does not lower it).
+    invariance_on: str = "outputs"
     #: Train every epoch on a fresh random functionally-equivalent permutation of each network
     #: (permutation augmentation), so that the encoder learns the symmetry from the data.
     permutation_augment: bool = False
@@ -294,6 +300,8 @@ def check_train_config(config: TrainConfig) -> None:
     check_max_train(config.max_train)
     if config.invariance_weight < 0:
         raise SneError(f"invariance weight must be >= 0, got {config.invariance_weight}")
+    if config.invariance_on not in INVARIANCE_TARGETS:
+        raise SneError(f"unknown --invariance-on '{config.invariance_on}' (use {' or '.join(INVARIANCE_TARGETS)})")
     if config.epochs < 1 or config.batch_size < 1:
         raise SneError("epochs and batch size must be at least 1")
     if config.schedule not in SCHEDULES:
@@ -354,11 +362,14 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True, log_dir
     }
 
     def batch_loss(model: torch.nn.Module, indices: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        outputs = model(batch)
+        outputs, codes = model(batch, with_codes=True)
         if config.invariance_weight > 0:
             outputs, permuted_outputs = outputs.chunk(2)
-            # Logit invariance (Moskalev et al. 2023): equivalent networks should get equal outputs.
-            reg = F.mse_loss(permuted_outputs, outputs)
+            if config.invariance_on == "codes":
+                reg = code_distance(*codes.chunk(2))
+            else:
+                # Logit invariance (Moskalev et al. 2023): equivalent networks should get equal outputs.
+                reg = F.mse_loss(permuted_outputs, outputs)
         else:
             reg = torch.zeros((), device=device)
         return predictor.target.loss(outputs, train_values[indices].to(device)), reg
@@ -371,6 +382,14 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True, log_dir
         )
     finally:
         distributed.stop()
+
+
+def code_distance(codes: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance between paired rows of ``codes`` and ``other`` (B, d), divided by the
+    codes' variance over the batch (summed over dimensions): scale-free, so an encoder cannot lower
+    it by shrinking every code, which the head would undo."""
+    spread = codes.var(dim=0, unbiased=False).sum()
+    return (codes - other).square().sum(dim=1).mean() / spread.clamp_min(1e-12)
 
 
 def check_zoo_architectures(zoo: Zoo, encoder: str, records: Sequence[NetworkRecord]) -> None:
