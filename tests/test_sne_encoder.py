@@ -75,6 +75,16 @@ def encode(encoder: SNEEncoder, records: list[NetworkRecord]) -> torch.Tensor:
     return encoder.eval()(encoder.prepare(records))
 
 
+@torch.no_grad()
+def weight_outputs(encoder: SNEEncoder, generator: torch.Generator, *batches: list[NetworkRecord]) -> list:
+    """``encoder``'s weight-space outputs for each list of records, its weight head given random
+    float64 values (it starts at zero, the identity edit, which would compare nothing)."""
+    encoder.make_weight_head()
+    for parameter in encoder.weight_head.parameters():
+        parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=torch.float64))
+    return [encoder.forward_weights(encoder.prepare_weights(records)) for records in batches]
+
+
 def single_layer(weight: torch.Tensor, bias: torch.Tensor | None = None) -> NetworkRecord:
     return NetworkRecord((make_layer("layer", 0, weight, bias),))
 
@@ -613,12 +623,7 @@ def test_canonical_order_gives_weight_outputs_in_each_networks_own_order():
     permuted = [permute_hidden(r, p) for r, p in zip(records, perms)]
     torch.manual_seed(0)
     canonical = SNEEncoder(**SMALL, canonical_order=True).double().eval()
-    canonical.make_weight_head()
-    with torch.no_grad():  # the head starts at zero (the identity edit): give it values to compare
-        for parameter in canonical.weight_head.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=g, dtype=torch.float64))
-        outputs = canonical.forward_weights(canonical.prepare_weights(records))
-        outputs_of_permuted = canonical.forward_weights(canonical.prepare_weights(permuted))
+    outputs, outputs_of_permuted = weight_outputs(canonical, g, records, permuted)
     for out, out_permuted, perm in zip(outputs, outputs_of_permuted, perms):
         expected = permute_hidden(out, perm)
         for layer, other in zip(out_permuted.layers, expected.layers):
@@ -656,12 +661,7 @@ def test_canonical_signs_give_every_flipped_copy_the_same_code_and_weight_output
     torch.manual_seed(0)
     plain = SNEEncoder(**SMALL).double().eval()
     assert not torch.allclose(encode(plain, copies), encode(plain, records), rtol=0, atol=1e-9)
-    encoder.make_weight_head()
-    with torch.no_grad():  # the head starts at zero (the identity edit): give it values to compare
-        for parameter in encoder.weight_head.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=g, dtype=torch.float64))
-        outputs = encoder.forward_weights(encoder.prepare_weights(records))
-        outputs_of_copies = encoder.forward_weights(encoder.prepare_weights(copies))
+    outputs, outputs_of_copies = weight_outputs(encoder, g, records, copies)
     for out, out_copy, sign, perm in zip(outputs, outputs_of_copies, signs, perms):
         for layer, other in zip(out_copy.layers, moved(out, sign, perm).layers):
             torch.testing.assert_close(layer.weight, other.weight, rtol=0, atol=1e-12)
