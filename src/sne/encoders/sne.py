@@ -574,7 +574,7 @@ class SNEEncoder(Encoder):
         self.stats_mean.zero_()
         self.stats_std.fill_(1.0)
         stats_by_key: dict[tuple[int, int], list[torch.Tensor]] = {}
-        for record in self._in_encoded_order(records):  # canonical signs change the parts' means
+        for record in self._in_encoded_form(records):  # canonical signs change the parts' means
             deepest = max(layer.level for layer in record.layers)
             for layer in record.layers:
                 level = deepest - layer.level if self.options["level_origin"] == "output" else layer.level
@@ -597,7 +597,7 @@ class SNEEncoder(Encoder):
         mean, std = self.stats_mean[levels, kinds], self.stats_std[levels, kinds]
         return (stats - mean.to(stats.dtype)) / std.to(stats.dtype)
 
-    def _in_encoded_order(self, records: Sequence[NetworkRecord]) -> Sequence[NetworkRecord]:
+    def _in_encoded_form(self, records: Sequence[NetworkRecord]) -> Sequence[NetworkRecord]:
         if self.options["canonical_order"]:
             records = [_canonical(r) for r in records]
         if self.options["canonical_signs"]:
@@ -607,7 +607,7 @@ class SNEEncoder(Encoder):
     def prepare(self, records: Sequence[NetworkRecord]) -> ChunkBatch:
         self.check_records(records)
         return pad_chunk(
-            self._in_encoded_order(records), self.options["chunk_size"], dtype=self.readout.weight.dtype,
+            self._in_encoded_form(records), self.options["chunk_size"], dtype=self.readout.weight.dtype,
             standardize=self.options["standardize_layers"], source_features=self.options["use_source_features"],
             input_positions=self.options["use_input_positions"], neuron_links=self.options["source_code_rounds"] > 0,
             own_features=self.options["use_own_neuron_features"], through_sums=self.options["use_residual_features"],
@@ -618,7 +618,7 @@ class SNEEncoder(Encoder):
         networks, whose elements never exist all at once (only their chunk codes do)."""
         self.check_records(records)
         return plan_chunks(
-            self._in_encoded_order(records), self.options["chunk_size"], dtype=self.readout.weight.dtype,
+            self._in_encoded_form(records), self.options["chunk_size"], dtype=self.readout.weight.dtype,
             standardize=self.options["standardize_layers"], source_features=self.options["use_source_features"],
             input_positions=self.options["use_input_positions"], neuron_links=self.options["source_code_rounds"] > 0,
             own_features=self.options["use_own_neuron_features"], through_sums=self.options["use_residual_features"],

@@ -53,10 +53,10 @@ DEFAULT_HEAD_HIDDEN = {"regression": [512], "unit_interval": [1000, 1000], "clas
 PRECISIONS = ("float32", "bfloat16")
 #: Learning-rate schedules (TrainConfig.schedule).
 SCHEDULES = ("multistep", "cosine")
-#: Config fields that change how a trained run is evaluated, not how it trains: runs that differ only
-#: there are one run (resumed, named and stored alike), evaluated each way asked.
 #: What the invariance regulariser may compare (TrainConfig.invariance_on).
 INVARIANCE_TARGETS = ("outputs", "codes")
+#: Config fields that change how a trained run is evaluated, not how it trains: runs that differ only
+#: there are one run (resumed, named and stored alike), evaluated each way asked.
 EVALUATION_FIELDS = frozenset({"test_time_flips"})
 #: Config fields that may change between a run and its resumption without changing its result.
 _RESUMABLE_FIELDS = {"device", "num_workers", *EVALUATION_FIELDS}
