@@ -83,21 +83,17 @@ def inr_section(path: Path, data: dict) -> list[str]:
 
 
 #: What a named transfer study tests, under its heading (sne bench ... --name NAME).
+#: Studies made again on zoos regenerated from the original tables' commands (``NAME_rerun`` beside ``NAME.json``).
+_RERUN_NOTE = (
+    "The zoos of the original table made again on 2026-12-03 by its commands (same recipe, options and seeds), "
+    "and today's default SNE trained on them, with the encoders of the original table that could be trained again "
+    "in the time. Their target digests differ from those the original table's later SNE rows recorded (a second "
+    "generation of these zoos, made with other code); the line below says how close the rows trained again on "
+    "these zoos came to the original table's rows of the first generation.")
+
 STUDY_NOTES = {
-    "cross_dataset_rerun": [
-        "The cross-dataset and cross-architecture zoos made again on 2026-12-03 by the commands of the "
-        "original tables (same recipe, options and seeds, so the same hyper-parameters per network), on "
-        "another CPU: floating-point rounding made other networks (their targets digests differ from the "
-        "original tables'), so rows of the original tables are not comparable with these, and the encoders "
-        "compared here were trained again on these zoos, at today's defaults, for the same epochs and seeds.",
-    ],
-    "cross_arch_rerun": [
-        "The cross-dataset and cross-architecture zoos made again on 2026-12-03 by the commands of the "
-        "original tables (same recipe, options and seeds, so the same hyper-parameters per network), on "
-        "another CPU: floating-point rounding made other networks (their targets digests differ from the "
-        "original tables'), so rows of the original tables are not comparable with these, and the encoders "
-        "compared here were trained again on these zoos, at today's defaults, for the same epochs and seeds.",
-    ],
+    "cross_dataset_rerun": [_RERUN_NOTE],
+    "cross_arch_rerun": [_RERUN_NOTE],
     "recipe_shift": [
         "In a zoo made with `input_range=r` a network reads u = x r / pi instead of x / pi, so one that fits "
         "sin(a x) computes sin((a pi / r) u): in its own input units its frequency is 1/r of what the default "
@@ -644,6 +640,40 @@ def _normalized_mse_cells(entries: list[dict]) -> dict[tuple, float]:
     return {key: statistics.fmean(v) for key, v in values.items()}
 
 
+def reproduced_rows(name: str, data: dict) -> list[str]:
+    """For a study made again on regenerated zoos (``NAME_rerun``, beside ``NAME.json``): each encoder
+    other than SNE (whose defaults changed between the two) trained with the same options given and
+    seed on the same training zoo in both files, against its rows of the first zoo generation there
+    (those that recorded no zoo digests), with the largest difference of a tau: which generation the
+    new zoos are."""
+    original_path = ROOT / "results" / f"{name.removesuffix('_rerun')}.json"
+    if not name.endswith("_rerun") or not original_path.is_file():
+        return []
+
+    def key(entry: dict) -> tuple:
+        return (entry["encoder"], json.dumps(entry.get("encoder_options_given") or {}, sort_keys=True), entry["seed"],
+                entry["train_zoo"])
+
+    first = {key(e): e for e in json.loads(original_path.read_text())["entries"]
+             if e["encoder"] != "sne" and not e.get("zoo_digests")}
+    differences: dict[str, list[float]] = {}
+    for entry in data["entries"]:
+        before = first.get(key(entry))
+        if before is not None:
+            differences.setdefault(configuration_name(entry), []).extend(
+                abs(evaluation["kendall_tau"] - before["evaluations"][test]["kendall_tau"])
+                for test, evaluation in entry["evaluations"].items()
+                if test in before["evaluations"] and None not in (evaluation.get("kendall_tau"),
+                                                                  before["evaluations"][test].get("kendall_tau")))
+    if not differences:
+        return ["No encoder of the first generation's rows of "
+                f"`{original_path.relative_to(ROOT)}` was trained again here."]
+    return ["Trained again on these zoos against the first generation's rows of "
+            f"`{original_path.relative_to(ROOT)}` (same encoder, options given, seed and training zoo): "
+            + "; ".join(f"{label} largest tau difference {max(d):.2g} over {len(d)} cells"
+                        for label, d in sorted(differences.items())) + "."]
+
+
 def transfer_section(path: Path, data: dict) -> list[str]:
     """The cross-dataset / cross-architecture tables: Kendall's tau (and, for a regression target,
     normalised MSE), train zoo x test zoo, per encoder. A named study (``--name``) gets its own heading."""
@@ -660,7 +690,8 @@ def transfer_section(path: Path, data: dict) -> list[str]:
              f"Source: `{path.relative_to(ROOT)}`. Commands: "
              f"{'; '.join(f'`{c}`' for c in data.get('commands', [data['command']]))}. Seeds: "
              f"{', '.join(map(str, data['seeds']))}; {data['epochs']} epochs.", "",
-             *(line for note in STUDY_NOTES.get(name, []) for line in (note, "")), "Zoos:", ""]
+             *(line for note in STUDY_NOTES.get(name, []) for line in (note, "")),
+             *(line for note in reproduced_rows(name, data) for line in (note, "")), "Zoos:", ""]
     for zoo in {z["label"]: z for z in data["train_zoos"] + data["test_zoos"]}.values():
         lines.append(f"- `{zoo['label']}`: {zoo['n']} networks, {zoo['splits']['train']}/{zoo['splits']['val']}/"
                      f"{zoo['splits']['test']} train/val/test, {zoo['excluded']} excluded (diverged); "
