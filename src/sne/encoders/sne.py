@@ -60,7 +60,9 @@ from sne.encoders.positional import coordinate_encoding, sinusoidal_encoding
 from sne.encoders.set_blocks import PMA, SAB, SET_STATISTICS, ResidualFF, masked_mean, norm_placement, set_statistics
 from sne.errors import SneError
 from sne.weights.batch import with_parameter_values
-from sne.weights.permute import canonical_permutations, canonical_signs, flip_signs, permute_hidden, supports_sign_flips
+from sne.weights.permute import (
+    canonical_permutations, canonical_signs, canonicalize_signs, flip_signs, permute_hidden, supports_sign_flips,
+)
 from sne.weights.record import ACTIVATIONS, KIND_BY_WEIGHT_NDIM, NetworkRecord
 
 #: Options and their defaults (chunk_micro_batch=None: no micro-batching); the paper's settings are
@@ -601,7 +603,7 @@ class SNEEncoder(Encoder):
         if self.options["canonical_order"]:
             records = [_canonical(r) for r in records]
         if self.options["canonical_signs"]:
-            records = [_with_canonical_signs(r) for r in records]
+            records = [canonicalize_signs(r) for r in records]
         return records
 
     def prepare(self, records: Sequence[NetworkRecord]) -> ChunkBatch:
@@ -758,7 +760,7 @@ class SNEEncoder(Encoder):
         # Values came in the encoded form: back to each network's own signs, then its own order.
         if self.options["canonical_signs"]:
             ordered = [_canonical(r) for r in records] if self.options["canonical_order"] else records
-            networks = [_with_canonical_signs(values, record) for values, record in zip(networks, ordered)]
+            networks = [_out_of_canonical_signs(values, record) for values, record in zip(networks, ordered)]
         if self.options["canonical_order"]:
             networks = [_from_canonical(values, record) for values, record in zip(networks, records)]
         return networks
@@ -955,11 +957,9 @@ def _from_canonical(values: NetworkRecord, record: NetworkRecord) -> NetworkReco
     return permute_hidden(values, [None if perm is None else torch.argsort(perm) for perm in order])
 
 
-def _with_canonical_signs(values: NetworkRecord, record: NetworkRecord | None = None) -> NetworkRecord:
-    """``values`` flipped by the canonical signs of ``record`` (default: of ``values``): a record in its
-    canonical signs, or, flips being their own inverse, values laid out in the canonical signs of
-    ``record`` back in ``record``'s own. Records without flippable neurons are returned as they are."""
-    record = values if record is None else record
+def _out_of_canonical_signs(values: NetworkRecord, record: NetworkRecord) -> NetworkRecord:
+    """``values``, laid out in the canonical signs of ``record``, in ``record``'s own signs (flips are
+    their own inverse). Records without flippable neurons are returned as they are."""
     return flip_signs(values, canonical_signs(record)) if supports_sign_flips(record) else values
 
 

@@ -218,6 +218,17 @@ def canonical_signs(record: NetworkRecord) -> list[torch.Tensor]:
     Layers are settled in order: a neuron's incoming weights carry the signs of the neurons
     before it, so those are fixed first.
     """
+    return _settle_signs(record)[0]
+
+
+def canonicalize_signs(record: NetworkRecord) -> NetworkRecord:
+    """The functionally-equivalent copy of ``record`` with :func:`canonical_signs` (``record`` itself
+    where no neuron can be flipped)."""
+    return _settle_signs(record)[1]
+
+
+def _settle_signs(record: NetworkRecord) -> tuple[list[torch.Tensor], NetworkRecord]:
+    """:func:`canonical_signs` and ``record`` flipped by them, which settling the layers makes anyway."""
     groups = sign_flip_groups(record)
     signs = [torch.ones(group.size, dtype=torch.long) for group in groups]
     settled = record
@@ -227,13 +238,7 @@ def canonical_signs(record: NetworkRecord) -> list[torch.Tensor]:
         key = weight.reshape(group.size, -1).double().pow(3).sum(1).cpu()
         signs[g] = torch.where(key < 0, -1, 1)
         settled = flip_signs(record, signs)
-    return signs
-
-
-def canonicalize_signs(record: NetworkRecord) -> NetworkRecord:
-    """The functionally-equivalent copy of ``record`` with :func:`canonical_signs` (``record`` itself
-    where no neuron can be flipped)."""
-    return flip_signs(record, canonical_signs(record)) if supports_sign_flips(record) else record
+    return signs, settled
 
 
 def canonical_permutations(record: NetworkRecord) -> list[torch.Tensor | None]:
