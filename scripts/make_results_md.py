@@ -91,6 +91,9 @@ _RERUN_NOTE = (
     "generation of these zoos, made with other code); the line below says how close the rows trained again on "
     "these zoos came to the original table's rows of the first generation.")
 
+_REVERSE_NOTE = ("Trained on the CNN-s zoos, tested on the small-CNN zoos: the cross-architecture table the other "
+                 "way round (SNE paper, appendix F.2).")
+
 STUDY_NOTES = {
     "cross_dataset_rerun": [_RERUN_NOTE],
     "cross_arch_rerun": [_RERUN_NOTE],
@@ -145,10 +148,8 @@ STUDY_NOTES = {
         "count them), and source and own-neuron features across residual sums, where they are otherwise zeros "
         "(most weights of a residual network).",
     ],
-    "reverse_cross_arch": [
-        "Trained on the CNN-s zoos, tested on the small-CNN zoos: the cross-architecture table the other way "
-        "round (SNE paper, appendix F.2).",
-    ],
+    "reverse_cross_arch": [_REVERSE_NOTE],
+    "reverse_cross_arch_rerun": [_REVERSE_NOTE, _RERUN_NOTE],
 }
 
 #: What a derived zoo's transform means for the comparison (sne zoo derive --transform ...).
@@ -559,6 +560,34 @@ def embed_cli_section(path: Path, data: dict) -> list[str]:
         lines.append(f"| {r['network']} | {r['parameters']:,} | {_fmt(r['seconds'])} | {r['peak_rss_mb']:,} | "
                      f"{r['exit_code']}{error} |")
     return lines + [""]
+
+
+def inr_function_reference_section(path: Path, data: dict) -> list[str]:
+    lines = [
+        "## What sine INRs compute, against what their weights show (function-space reference)",
+        "",
+        f"Source: `{path.relative_to(ROOT)}`. Command: `{data['command']}`. Method: {data['method']} "
+        f"Sine activations sin({_fmt(data['w0'])} x); {data['points']} points over each network's input domain. "
+        "Nothing is trained.",
+        "",
+        "| zoo | test networks | hidden pre-activation scale (median) | tau, output's spectral peak (runs the "
+        "network) | median abs. error of that peak (cycles) | tau, linearised first-layer frequency (weights only) "
+        "| command |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for z in data["zoos"]:
+        lines.append(f"| {z['label']} | {z['test_networks']} | {_fmt(z['hidden_scale_median'])} | "
+                     f"{_fmt(z['spectral_peak_tau'])} | {_fmt(z['spectral_peak_median_abs_error'])} | "
+                     f"{_fmt(z['linearised_weights_tau'])} | `{z['command']}` |")
+    return lines + [
+        "",
+        "A zoo whose spectral-peak tau is high holds networks that compute their label: an encoder that ranks "
+        "them far lower (the recipe-shift tables) has not learned to read it from their weights. The linearised "
+        "statistic holds only while the hidden layers are near-linear in their weights (a scale near 1, as "
+        "SIREN's initialisation gives); far above it, each hidden neuron mixes many harmonics of the first "
+        "layer's frequencies, and what a weight means depends on all the others.",
+        "",
+    ]
 
 
 def ddp_section(path: Path, data: dict) -> list[str]:
@@ -1165,9 +1194,13 @@ def render() -> str:
             lines += transfer_section(path, data)
     for path in results:
         data = json.loads(path.read_text())
+        if data.get("benchmark") == "inr_function_reference":
+            lines += inr_function_reference_section(path, data)
+    for path in results:
+        data = json.loads(path.read_text())
         if not path.name.startswith("zoo_") and not str(data.get("benchmark", "")).startswith("ablation_") and \
                 data.get("benchmark") not in ("inr_frequency", "digit_inr_label", "style_edit", "cross_dataset",
-                                              "cross_arch"):
+                                              "cross_arch", "inr_function_reference"):
             lines += bench_section(path, data)
     return "\n".join(lines)
 
