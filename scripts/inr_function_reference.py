@@ -122,7 +122,7 @@ def main() -> int:
     write_json_atomic(args.out, {
         "benchmark": "inr_function_reference",
         "command": "python " + shlex.join(["scripts/inr_function_reference.py", *sys.argv[1:]]),
-        "target": args.target, "w0": args.w0, "points": POINTS, "method": __doc__.split("\n\n")[0],
+        "target": args.target, "w0": args.w0, "points": POINTS, "method": " ".join(__doc__.split("\n\n")[0].split()),
         "zoos": rows,
     })
     for row in rows:

@@ -567,7 +567,7 @@ def inr_function_reference_section(path: Path, data: dict) -> list[str]:
         "## What sine INRs compute, against what their weights show (function-space reference)",
         "",
         f"Source: `{path.relative_to(ROOT)}`. Command: `{data['command']}`. Method: {data['method']} "
-        f"Sine activations sin({_fmt(data['w0'])} x); {data['points']} points over each network's input domain. "
+        f"Sine activations sin({data['w0']:g} x); {data['points']} points over each network's input domain. "
         "Nothing is trained.",
         "",
         "| zoo | test networks | hidden pre-activation scale (median) | tau, output's spectral peak (runs the "
