@@ -87,9 +87,9 @@ def inr_section(path: Path, data: dict) -> list[str]:
 _RERUN_NOTE = (
     "The zoos of the original table made again on 2026-12-03 by its commands (same recipe, options and seeds), "
     "and today's default SNE trained on them, with the encoders of the original table that could be trained again "
-    "in the time. Their target digests differ from those the original table's later SNE rows recorded (a second "
-    "generation of these zoos, made with other code); the line below says how close the rows trained again on "
-    "these zoos came to the original table's rows of the first generation.")
+    "in the time. The same commands have made these zoos with two sets of target digests (two generations, made "
+    "with other code); the line below compares the rows trained again here with the original table's and says "
+    "what those were measured on.")
 
 _REVERSE_NOTE = ("Trained on the CNN-s zoos, tested on the small-CNN zoos: the cross-architecture table the other "
                  "way round (SNE paper, appendix F.2).")
@@ -672,9 +672,10 @@ def _normalized_mse_cells(entries: list[dict]) -> dict[tuple, float]:
 def reproduced_rows(name: str, data: dict) -> list[str]:
     """For a study made again on regenerated zoos (``NAME_rerun``, beside ``NAME.json``): each encoder
     other than SNE (whose defaults changed between the two) trained with the same options given and
-    seed on the same training zoo in both files, against its rows of the first zoo generation there
-    (those that recorded no zoo digests), with the largest difference of a tau: which generation the
-    new zoos are."""
+    seed on the same training zoo in both files, against its rows there, with the largest difference
+    of a tau, by what those rows were measured on: zoos of the same targets digests, of other digests,
+    or the first generation, which recorded none. It says which generation the new zoos are, and how
+    far regenerating them moves an encoder."""
     original_path = ROOT / "results" / f"{name.removesuffix('_rerun')}.json"
     if not name.endswith("_rerun") or not original_path.is_file():
         return []
@@ -683,24 +684,30 @@ def reproduced_rows(name: str, data: dict) -> list[str]:
         return (entry["encoder"], json.dumps(entry.get("encoder_options_given") or {}, sort_keys=True), entry["seed"],
                 entry["train_zoo"])
 
-    first = {key(e): e for e in json.loads(original_path.read_text())["entries"]
-             if e["encoder"] != "sne" and not e.get("zoo_digests")}
-    differences: dict[str, list[float]] = {}
+    def measured_on(before: dict, entry: dict, test: str) -> str:
+        if not before.get("zoo_digests"):
+            return "the first generation, no digests recorded"
+        zoos = (entry["train_zoo"], test)
+        same = all(before["zoo_digests"].get(z) == (entry.get("zoo_digests") or {}).get(z) for z in zoos)
+        return "the same zoos" if same else "zoos of other digests"
+
+    original = {key(e): e for e in json.loads(original_path.read_text())["entries"] if e["encoder"] != "sne"}
+    differences: dict[tuple[str, str], list[float]] = {}
     for entry in data["entries"]:
-        before = first.get(key(entry))
-        if before is not None:
-            differences.setdefault(configuration_name(entry), []).extend(
-                abs(evaluation["kendall_tau"] - before["evaluations"][test]["kendall_tau"])
-                for test, evaluation in entry["evaluations"].items()
-                if test in before["evaluations"] and None not in (evaluation.get("kendall_tau"),
-                                                                  before["evaluations"][test].get("kendall_tau")))
+        before = original.get(key(entry))
+        if before is None:
+            continue
+        for test, evaluation in entry["evaluations"].items():
+            earlier = before["evaluations"].get(test) or {}
+            if None not in (evaluation.get("kendall_tau"), earlier.get("kendall_tau")):
+                differences.setdefault((configuration_name(entry), measured_on(before, entry, test)), []).append(
+                    abs(evaluation["kendall_tau"] - earlier["kendall_tau"]))
     if not differences:
-        return ["No encoder of the first generation's rows of "
-                f"`{original_path.relative_to(ROOT)}` was trained again here."]
-    return ["Trained again on these zoos against the first generation's rows of "
+        return [f"No encoder of `{original_path.relative_to(ROOT)}` other than SNE was trained again here."]
+    return ["Trained again on these zoos against the rows of "
             f"`{original_path.relative_to(ROOT)}` (same encoder, options given, seed and training zoo): "
-            + "; ".join(f"{label} largest tau difference {max(d):.2g} over {len(d)} cells"
-                        for label, d in sorted(differences.items())) + "."]
+            + "; ".join(f"{label} (rows on {on}) largest tau difference {max(d):.2g} over {len(d)} cell{'s' * (len(d) != 1)}"
+                        for (label, on), d in sorted(differences.items())) + "."]
 
 
 def transfer_section(path: Path, data: dict) -> list[str]:

@@ -126,3 +126,35 @@ def test_an_ablation_row_built_before_a_default_changed_says_what_it_was_built_w
             if line.startswith("| old") or line.startswith("| new")]
     assert rows[0].startswith("| old (built with use_neuron_gains=false) | sne |")
     assert rows[1].startswith("| new | sne |")
+
+
+def test_a_study_made_again_says_how_far_each_encoder_moved_and_what_its_earlier_rows_were_measured_on(tmp_path,
+                                                                                                      monkeypatch):
+    import json
+
+    module = page()
+    monkeypatch.setattr(module, "ROOT", tmp_path)
+    (tmp_path / "results").mkdir()
+
+    def entry(encoder, seed, taus, digests=None):
+        return {"encoder": encoder, "encoder_options_given": {}, "seed": seed, "train_zoo": "a",
+                "evaluations": {t: {"kendall_tau": v} for t, v in taus.items()},
+                **({"zoo_digests": digests} if digests else {})}
+
+    now = {"a": "1", "b": "2"}
+    original = [entry("statnn", 0, {"a": 0.5, "b": 0.25}),  # first generation: no digests
+                entry("ng_gnn", 0, {"a": 0.5, "b": 0.5}, {"a": "1", "b": "9"}),  # b was another zoo
+                entry("ng_gnn", 1, {"a": 0.5}, now),
+                entry("sne", 0, {"a": 0.0}, now)]
+    (tmp_path / "results" / "study.json").write_text(json.dumps({"entries": original}))
+    rerun = {"entries": [entry("statnn", 0, {"a": 0.5, "b": 0.25}, now), entry("ng_gnn", 0, {"a": 0.625, "b": 0.25}, now),
+                         entry("ng_gnn", 1, {"a": 0.75}, now), entry("sne", 0, {"a": 0.5}, now),
+                         entry("deepsets", 0, {"a": 0.1}, now)]}
+    [line] = module.reproduced_rows("study_rerun", rerun)
+    assert line == ("Trained again on these zoos against the rows of `results/study.json` (same encoder, options given, "
+                    "seed and training zoo): ng_gnn (rows on the same zoos) largest tau difference 0.25 over 2 cells; "
+                    "ng_gnn (rows on zoos of other digests) largest tau difference 0.25 over 1 cell; statnn (rows on "
+                    "the first generation, no digests recorded) largest tau difference 0 over 2 cells.")
+    assert module.reproduced_rows("study", rerun) == []
+    assert module.reproduced_rows("study_rerun", {"entries": [entry("sne", 0, {"a": 0.5}, now)]}) == [
+        "No encoder of `results/study.json` other than SNE was trained again here."]
