@@ -691,7 +691,15 @@ def reproduced_rows(name: str, data: dict) -> list[str]:
         same = all(before["zoo_digests"].get(z) == (entry.get("zoo_digests") or {}).get(z) for z in zoos)
         return "the same zoos" if same else "zoos of other digests"
 
-    original = {key(e): e for e in json.loads(original_path.read_text())["entries"] if e["encoder"] != "sne"}
+    earlier = json.loads(original_path.read_text())
+    missing = []
+    for role, field in (("training", "train_zoos"), ("test", "test_zoos")):
+        here = {zoo["label"] for zoo in data.get(field, [])}
+        labels = [f"`{zoo['label']}`" for zoo in earlier.get(field, []) if zoo["label"] not in here]
+        if labels:
+            missing.append(f"{role} zoo{'s' * (len(labels) != 1)} {', '.join(labels)}")
+    absent = ([f"Of the original table's zoos, not made again here: {'; '.join(missing)}."] if missing else [])
+    original = {key(e): e for e in earlier["entries"] if e["encoder"] != "sne"}
     differences: dict[tuple[str, str], list[float]] = {}
     for entry in data["entries"]:
         before = original.get(key(entry))
@@ -703,8 +711,8 @@ def reproduced_rows(name: str, data: dict) -> list[str]:
                 differences.setdefault((configuration_name(entry), measured_on(before, entry, test)), []).append(
                     abs(evaluation["kendall_tau"] - earlier["kendall_tau"]))
     if not differences:
-        return [f"No encoder of `{original_path.relative_to(ROOT)}` other than SNE was trained again here."]
-    return ["Trained again on these zoos against the rows of "
+        return absent + [f"No encoder of `{original_path.relative_to(ROOT)}` other than SNE was trained again here."]
+    return absent + ["Trained again on these zoos against the rows of "
             f"`{original_path.relative_to(ROOT)}` (same encoder, options given, seed and training zoo): "
             + "; ".join(f"{label} (rows on {on}) largest tau difference {max(d):.2g} over {len(d)} cell{'s' * (len(d) != 1)}"
                         for (label, on), d in sorted(differences.items())) + "."]

@@ -146,15 +146,18 @@ def test_a_study_made_again_says_how_far_each_encoder_moved_and_what_its_earlier
                 entry("ng_gnn", 0, {"a": 0.5, "b": 0.5}, {"a": "1", "b": "9"}),  # b was another zoo
                 entry("ng_gnn", 1, {"a": 0.5}, now),
                 entry("sne", 0, {"a": 0.0}, now)]
-    (tmp_path / "results" / "study.json").write_text(json.dumps({"entries": original}))
+    zoos = {"train_zoos": [{"label": "a"}], "test_zoos": [{"label": "a"}, {"label": "b"}, {"label": "c"}]}
+    (tmp_path / "results" / "study.json").write_text(json.dumps({"entries": original, **zoos}))
     rerun = {"entries": [entry("statnn", 0, {"a": 0.5, "b": 0.25}, now), entry("ng_gnn", 0, {"a": 0.625, "b": 0.25}, now),
                          entry("ng_gnn", 1, {"a": 0.75}, now), entry("sne", 0, {"a": 0.5}, now),
                          entry("deepsets", 0, {"a": 0.1}, now)]}
-    [line] = module.reproduced_rows("study_rerun", rerun)
+    rerun.update({"train_zoos": [{"label": "a"}], "test_zoos": [{"label": "a"}, {"label": "b"}]})
+    absent, line = module.reproduced_rows("study_rerun", rerun)
+    assert absent == "Of the original table's zoos, not made again here: test zoo `c`."
     assert line == ("Trained again on these zoos against the rows of `results/study.json` (same encoder, options given, "
                     "seed and training zoo): ng_gnn (rows on the same zoos) largest tau difference 0.25 over 2 cells; "
                     "ng_gnn (rows on zoos of other digests) largest tau difference 0.25 over 1 cell; statnn (rows on "
                     "the first generation, no digests recorded) largest tau difference 0 over 2 cells.")
     assert module.reproduced_rows("study", rerun) == []
-    assert module.reproduced_rows("study_rerun", {"entries": [entry("sne", 0, {"a": 0.5}, now)]}) == [
+    assert module.reproduced_rows("study_rerun", {"entries": [entry("sne", 0, {"a": 0.5}, now)], **zoos}) == [
         "No encoder of `results/study.json` other than SNE was trained again here."]
