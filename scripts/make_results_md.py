@@ -706,16 +706,16 @@ def reproduced_rows(name: str, data: dict) -> list[str]:
         if before is None:
             continue
         for test, evaluation in entry["evaluations"].items():
-            earlier = before["evaluations"].get(test) or {}
-            if None not in (evaluation.get("kendall_tau"), earlier.get("kendall_tau")):
+            then = before["evaluations"].get(test) or {}
+            if None not in (evaluation.get("kendall_tau"), then.get("kendall_tau")):
                 differences.setdefault((configuration_name(entry), measured_on(before, entry, test)), []).append(
-                    abs(evaluation["kendall_tau"] - earlier["kendall_tau"]))
+                    abs(evaluation["kendall_tau"] - then["kendall_tau"]))
     if not differences:
         return absent + [f"No encoder of `{original_path.relative_to(ROOT)}` other than SNE was trained again here."]
     return absent + ["Trained again on these zoos against the rows of "
             f"`{original_path.relative_to(ROOT)}` (same encoder, options given, seed and training zoo): "
-            + "; ".join(f"{label} (rows on {on}) largest tau difference {max(d):.2g} over {len(d)} cell{'s' * (len(d) != 1)}"
-                        for (label, on), d in sorted(differences.items())) + "."]
+            + "; ".join(f"{label} (rows on {on}) largest tau difference {max(d):.2g} over {len(d)} "
+                        f"cell{'s' * (len(d) != 1)}" for (label, on), d in sorted(differences.items())) + "."]
 
 
 def transfer_section(path: Path, data: dict) -> list[str]:
