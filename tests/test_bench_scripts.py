@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from sne.cli import format_options, parse_options
 from sne.encoders.sne import SNEEncoder
+from project_scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _script(name: str, folder: str = "benchmarks"):
-    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"{folder}/{name}.py")
 
 
 def test_remeasuring_one_configuration_replaces_its_rows_in_place_and_keeps_the_others():

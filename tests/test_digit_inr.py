@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from sne.zoo import Zoo, generate_zoo
 from sne.data.images import IMAGE_SIZE as SIDE
 from sne.zoo.digit_inr import DigitInr, pixel_grid, source_images
 from sne.zoo.siren import Siren, initial_parameters, loss_and_grads, siren_forward
+from project_scripts import load_script
 
 RECIPE = DigitInr()
 DIGITS = load_dataset("digits")
@@ -179,8 +179,6 @@ def test_cli_rejects_bad_options(tmp_path, capsys):
 
 
 def test_a_multi_view_zoo_gets_its_own_results_file_and_section(tmp_path, capsys):
-    import importlib.util
-
     out = tmp_path / "views"
     code, _, err = run_cli(["zoo", "generate", "digit-inr", "--n", "8", "-o", "views=2", "--out", str(out),
                             "--steps", "5", "--init", "shared"], capsys)
@@ -195,10 +193,7 @@ def test_a_multi_view_zoo_gets_its_own_results_file_and_section(tmp_path, capsys
     assert code == 0, err
     assert json.loads((results / "digit_inr_label_shared.json").read_text()) == single
     data = json.loads((results / "digit_inr_label_shared_views2.json").read_text())
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("make_results_md", root / "scripts" / "make_results_md.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("scripts/make_results_md.py")
     module.ROOT = tmp_path
     section = "\n".join(module.digit_inr_section(results / "digit_inr_label_shared_views2.json", data))
     assert "2 views per image" in section and "2 per digits image" in section

@@ -16,6 +16,7 @@ from sne.errors import SneError
 from sne.weights import record_from_module
 from sne.zoo.format import write_records_zoo
 from sne.zoo.siren import Siren
+from project_scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "inr_function_reference.py"
@@ -23,12 +24,7 @@ TARGETS = {"frequency": {"kind": "regression"}}
 
 
 def _script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("inr_function_reference", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/inr_function_reference.py")
 
 
 def _siren_of(cycles: float, generator: torch.Generator, input_range: float) -> Siren:

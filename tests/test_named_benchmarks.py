@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,8 +9,7 @@ import pytest
 
 from conftest import run_cli
 from sne.zoo import generate_zoo
-
-ROOT = Path(__file__).resolve().parent.parent
+from project_scripts import load_script
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +31,7 @@ def _common(tmp_path: Path) -> list[str]:
 
 def _page(monkeypatch, root: Path):
     """scripts/make_results_md.py, reading ``root``/results."""
-    spec = importlib.util.spec_from_file_location("make_results_md", ROOT / "scripts" / "make_results_md.py")
-    page = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(page)
+    page = load_script("scripts/make_results_md.py")
     monkeypatch.setattr(page, "ROOT", root)
     return page
 

@@ -1,18 +1,15 @@
 """docs/RESULTS.md is generated from results/*.json: it must match what the generator writes now."""
 
-import importlib.util
 from pathlib import Path
 
 from sne.encoders.sne import SNEEncoder
+from project_scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def page():
-    spec = importlib.util.spec_from_file_location("make_results_md", ROOT / "scripts" / "make_results_md.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/make_results_md.py")
 
 
 def test_results_page_is_regenerated_from_the_result_files():

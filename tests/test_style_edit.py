@@ -4,7 +4,6 @@ render and the dilation targets, learning through the shared loop, and the CLI e
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -46,6 +45,7 @@ from sne.zoo.digit_inr import source_images as recipe_source_images
 from test_equivariant_baselines import CNN, CNN_1D, network
 from test_neural_graphs import flatten_cnn, mlp
 from test_sne_encoder import mixed_records
+from project_scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 EQUIVARIANT = ["ng_gnn", "ng_t", "dwsnet", "nfn_np", "nfn_hnp", "nft"]
@@ -297,9 +297,7 @@ def test_cli_runs_end_to_end_and_merges_results(digit_zoo, tmp_path, capsys, mon
         assert metrics["relative_to_no_edit"] == pytest.approx(metrics["test_mse"] / metrics["no_edit_test_mse"])
         assert entry["epochs"] == 2 and entry["hardware"]["device"] == "cpu" and Path(entry["plot"]).stat().st_size
     # The results page renders the file.
-    spec = importlib.util.spec_from_file_location("make_results_md", ROOT / "scripts" / "make_results_md.py")
-    page = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(page)
+    page = load_script("scripts/make_results_md.py")
     monkeypatch.setattr(page, "ROOT", tmp_path)
     text = "\n".join(page.style_edit_section(path, data))
     assert "| no edit (render of the INR as fitted) |" in text and "| ng_gnn (batch_size=8, hidden=16, num_layers=1) | 0 |" in text

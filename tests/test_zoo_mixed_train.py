@@ -17,6 +17,7 @@ from torch import nn
 from network_families import resnet
 from sne.weights.trace import record_from_module
 from sne.zoo import Zoo, write_records_zoo
+from project_scripts import load_script
 
 SCRIPT = Path(sys.executable).parent / "sne"
 pytestmark = pytest.mark.skipif(not SCRIPT.exists(), reason="the console script is not installed")
@@ -78,8 +79,6 @@ def test_a_fixed_architecture_encoder_is_refused_in_one_line(mixed_zoo, tmp_path
 
 def test_a_benchmark_on_a_mixed_zoo_records_the_encoders_that_cannot_train_and_goes_on(mixed_zoo, tmp_path,
                                                                                        monkeypatch):
-    import importlib.util
-
     done = sne("bench", "cross-dataset", "--zoos", str(mixed_zoo), "--target", "score", "--encoders",
                "statnn,deepsets,nfn_np", "--name", "mixed", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
                "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"))
@@ -94,10 +93,7 @@ def test_a_benchmark_on_a_mixed_zoo_records_the_encoders_that_cannot_train_and_g
     assert "cannot_train" not in rows["deepsets"]
     assert -1 <= next(iter(rows["deepsets"]["evaluations"].values()))["kendall_tau"] <= 1
     # The results page shows both kinds of row.
-    spec = importlib.util.spec_from_file_location("make_results_md", Path(__file__).resolve().parent.parent
-                                                  / "scripts" / "make_results_md.py")
-    page = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(page)
+    page = load_script("scripts/make_results_md.py")
     monkeypatch.setattr(page, "ROOT", tmp_path)
     text = "\n".join(page.transfer_section(path, result))
     # Rows name the batch size, which differs from the encoders' defaults, refused rows too.
