@@ -30,6 +30,7 @@ from sne.errors import SneError
 from sne.io_utils import write_json_atomic
 from sne.weights import NetworkRecord
 from sne.zoo import Zoo
+from sne.zoo.siren import W0
 
 #: Grid points over the input domain; the labels (at most a few tens of cycles) sit far below its Nyquist.
 POINTS = 4096
@@ -110,7 +111,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("zoos", nargs="+", type=Path)
     parser.add_argument("--target", default="frequency")
-    parser.add_argument("--w0", type=float, default=30.0, help="the sine activations' frequency factor")
+    parser.add_argument("--w0", type=float, default=W0, help="the sine activations' frequency factor (default: SIREN's)")
     parser.add_argument("--out", type=Path, default=Path("results/inr_function_reference.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
