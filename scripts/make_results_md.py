@@ -94,6 +94,16 @@ _RERUN_NOTE = (
 _REVERSE_NOTE = ("Trained on the CNN-s zoos, tested on the small-CNN zoos: the cross-architecture table the other "
                  "way round (SNE paper, appendix F.2).")
 
+_TRANSFORMER_NOTE = (
+    "Trained on the four small-CNN zoos (convolutions and linear layers only), tested on the ViT zoo: "
+    "patch embedding, class token, positional embedding, attention, LayerNorm and residual blocks, none of "
+    "which any training network had (the SNE paper, section 4.2, reports Kendall tau 0.33-0.46 for SNE "
+    "against about 0.19 for DeepSets on its transformer zoo). An encoder reads a ViT as the same kind of "
+    "record as a CNN; what it makes of layer kinds it never saw is the test. The ViTs embed patches with "
+    "4x4, 7x7 and 14x14 convolutions, and the deepest have 40 layers: Neural Graphs, which pads kernels to a "
+    "size and numbers layers up to a count both fixed before training (5 and 32 by default), refuses this "
+    "zoo unless trained with `max_kernel_size=14` and `max_layers` of 40 or more (its rows say which).")
+
 STUDY_NOTES = {
     "cross_dataset_rerun": [_RERUN_NOTE],
     "cross_arch_rerun": [_RERUN_NOTE],
@@ -125,16 +135,8 @@ STUDY_NOTES = {
         "pads kernels to a maximum size fixed before training (`max_kernel_size`, 5 by default): where it "
         "cannot read the 7x7 zoo its cell says so.",
     ],
-    "transformer_transfer": [
-        "Trained on the four small-CNN zoos (convolutions and linear layers only), tested on the ViT zoo: "
-        "patch embedding, class token, positional embedding, attention, LayerNorm and residual blocks, none of "
-        "which any training network had (the SNE paper, section 4.2, reports Kendall tau 0.33-0.46 for SNE "
-        "against about 0.19 for DeepSets on its transformer zoo). An encoder reads a ViT as the same kind of "
-        "record as a CNN; what it makes of layer kinds it never saw is the test. The ViTs embed patches with "
-        "4x4, 7x7 and 14x14 convolutions, and the deepest have 40 layers: Neural Graphs, which pads kernels to a "
-        "size and numbers layers up to a count both fixed before training (5 and 32 by default), refuses this "
-        "zoo unless trained with `max_kernel_size=14` and `max_layers` of 40 or more (its rows say which).",
-    ],
+    "transformer_transfer": [_TRANSFORMER_NOTE],
+    "transformer_transfer_rerun": [_TRANSFORMER_NOTE, _RERUN_NOTE],
     "wild_park": [
         "Trained and tested on one zoo of CNNs of mixed architectures (2-8 convolutions, 4-64 channels, "
         "kernels 3/5/7, with and without residual connections; the Neural Graphs paper's CNN Wild Park). "

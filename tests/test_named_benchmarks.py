@@ -105,6 +105,10 @@ def test_published_numbers_belong_to_their_own_study():
     assert "Neural Graphs" in source and numbers["ng_t"] == {"wild-park": 0.817}
     assert published_tau("cross_arch", "transformer_transfer")[1]["sne"] == {"min": 0.33, "max": 0.46}
     assert published_tau("cross_arch", "my_study") is None
+    # A study made again on regenerated zoos is still that study.
+    assert published_tau("cross_arch", "transformer_transfer_rerun") == published_tau("cross_arch", "transformer_transfer")
+    assert published_tau("cross_dataset", "cross_dataset_rerun")[1] is PAPER_CROSS_DATASET_TAU
+    assert published_tau("cross_arch", "my_study_rerun") is None
 
 
 def test_a_regression_target_shows_normalised_mse_per_cell(zoos, tmp_path, capsys, monkeypatch):

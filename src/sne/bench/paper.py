@@ -60,9 +60,11 @@ PAPER_STUDY_TAU = {
 
 def published_tau(benchmark: str, name: str) -> tuple[str, dict] | None:
     """(source, numbers by encoder) published for a transfer table: a named study's own (None where
-    none were published), else the SNE paper's for the benchmark."""
-    if name != benchmark:
-        return PAPER_STUDY_TAU.get(name)
+    none were published; a study made again on regenerated zoos, ``NAME_rerun``, has NAME's), else the
+    SNE paper's for the benchmark."""
+    study = name.removesuffix("_rerun")
+    if study != benchmark:
+        return PAPER_STUDY_TAU.get(study)
     if benchmark == "cross_dataset":
         return "the SNE paper, cross-dataset, mean over test zoos by training zoo", PAPER_CROSS_DATASET_TAU
     return "the SNE paper, small-CNN to CNN-s, range over train/test pairs", PAPER_CROSS_ARCH_TAU
