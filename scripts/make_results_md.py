@@ -91,22 +91,7 @@ _RERUN_NOTE = (
     "with other code); the line below compares the rows trained again here with the original table's and says "
     "what those were measured on.")
 
-_REVERSE_NOTE = ("Trained on the CNN-s zoos, tested on the small-CNN zoos: the cross-architecture table the other "
-                 "way round (SNE paper, appendix F.2).")
-
-_TRANSFORMER_NOTE = (
-    "Trained on the four small-CNN zoos (convolutions and linear layers only), tested on the ViT zoo: "
-    "patch embedding, class token, positional embedding, attention, LayerNorm and residual blocks, none of "
-    "which any training network had (the SNE paper, section 4.2, reports Kendall tau 0.33-0.46 for SNE "
-    "against about 0.19 for DeepSets on its transformer zoo). An encoder reads a ViT as the same kind of "
-    "record as a CNN; what it makes of layer kinds it never saw is the test. The ViTs embed patches with "
-    "4x4, 7x7 and 14x14 convolutions, and the deepest have 40 layers: Neural Graphs, which pads kernels to a "
-    "size and numbers layers up to a count both fixed before training (5 and 32 by default), refuses this "
-    "zoo unless trained with `max_kernel_size=14` and `max_layers` of 40 or more (its rows say which).")
-
 STUDY_NOTES = {
-    "cross_dataset_rerun": [_RERUN_NOTE],
-    "cross_arch_rerun": [_RERUN_NOTE],
     "recipe_shift": [
         "In a zoo made with `input_range=r` a network reads u = x r / pi instead of x / pi, so one that fits "
         "sin(a x) computes sin((a pi / r) u): in its own input units its frequency is 1/r of what the default "
@@ -135,8 +120,16 @@ STUDY_NOTES = {
         "pads kernels to a maximum size fixed before training (`max_kernel_size`, 5 by default): where it "
         "cannot read the 7x7 zoo its cell says so.",
     ],
-    "transformer_transfer": [_TRANSFORMER_NOTE],
-    "transformer_transfer_rerun": [_TRANSFORMER_NOTE, _RERUN_NOTE],
+    "transformer_transfer": [
+        "Trained on the four small-CNN zoos (convolutions and linear layers only), tested on the ViT zoo: "
+        "patch embedding, class token, positional embedding, attention, LayerNorm and residual blocks, none of "
+        "which any training network had (the SNE paper, section 4.2, reports Kendall tau 0.33-0.46 for SNE "
+        "against about 0.19 for DeepSets on its transformer zoo). An encoder reads a ViT as the same kind of "
+        "record as a CNN; what it makes of layer kinds it never saw is the test. The ViTs embed patches with "
+        "4x4, 7x7 and 14x14 convolutions, and the deepest have 40 layers: Neural Graphs, which pads kernels to a "
+        "size and numbers layers up to a count both fixed before training (5 and 32 by default), refuses this "
+        "zoo unless trained with `max_kernel_size=14` and `max_layers` of 40 or more (its rows say which).",
+    ],
     "wild_park": [
         "Trained and tested on one zoo of CNNs of mixed architectures (2-8 convolutions, 4-64 channels, "
         "kernels 3/5/7, with and without residual connections; the Neural Graphs paper's CNN Wild Park). "
@@ -150,9 +143,19 @@ STUDY_NOTES = {
         "count them), and source and own-neuron features across residual sums, where they are otherwise zeros "
         "(most weights of a residual network).",
     ],
-    "reverse_cross_arch": [_REVERSE_NOTE],
-    "reverse_cross_arch_rerun": [_REVERSE_NOTE, _RERUN_NOTE],
+    "reverse_cross_arch": [
+        "Trained on the CNN-s zoos, tested on the small-CNN zoos: the cross-architecture table the other way "
+        "round (SNE paper, appendix F.2).",
+    ],
 }
+
+
+def study_notes(name: str) -> list[str]:
+    """The notes under a named study's heading; a study made again on regenerated zoos (``NAME_rerun``)
+    has NAME's, then what making it again means."""
+    study = name.removesuffix("_rerun")
+    return STUDY_NOTES.get(study, []) + ([_RERUN_NOTE] if study != name else [])
+
 
 #: What a derived zoo's transform means for the comparison (sne zoo derive --transform ...).
 VARIANT_NOTES = {
@@ -736,7 +739,7 @@ def transfer_section(path: Path, data: dict) -> list[str]:
              f"Source: `{path.relative_to(ROOT)}`. Commands: "
              f"{'; '.join(f'`{c}`' for c in data.get('commands', [data['command']]))}. Seeds: "
              f"{', '.join(map(str, data['seeds']))}; {data['epochs']} epochs.", "",
-             *(line for note in STUDY_NOTES.get(name, []) for line in (note, "")),
+             *(line for note in study_notes(name) for line in (note, "")),
              *(line for note in reproduced_rows(name, data) for line in (note, "")), "Zoos:", ""]
     for zoo in {z["label"]: z for z in data["train_zoos"] + data["test_zoos"]}.values():
         lines.append(f"- `{zoo['label']}`: {zoo['n']} networks, {zoo['splits']['train']}/{zoo['splits']['val']}/"
