@@ -225,3 +225,15 @@ def test_run_directories_spell_augmentation_where_it_is_on(shared_sine_zoo, tmp_
 
     assert base(test_time_flips=4) != base(test_time_flips=0)  # rows of their own
     assert _setting_tag(base(test_time_flips=4)) == _setting_tag(base(test_time_flips=0)) == _setting_tag(base())
+
+
+def test_batch_size_rows_train_at_their_batch_size_in_runs_of_their_own(shared_sine_zoo, tmp_path, capsys):
+    args = ["bench", "ablation", "--zoo", str(shared_sine_zoo.path), "--study", "training",
+            "--rows", "multistep,multistep-batch-16", "--epochs", "1", "--max-train", "40",
+            "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--device", "cpu", *TINY]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    configs = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("config.json")}
+    assert sorted(c["batch_size"] for c in configs.values()) == [16, 64]
+    (batch16,) = [name for name, c in configs.items() if c["batch_size"] == 16]
+    assert "batch_size-16" in batch16

@@ -24,7 +24,7 @@ Studies (:data:`STUDIES`):
 - ``data-fraction``: test error against the fraction of training networks used, for SNE and its
   peers (Figure 3), with a plot.
 - ``training``: how SNE is trained: learning rate, schedule (multi-step or cosine, with and
-  without warm-up).
+  without warm-up), batch size (more steps in the same epochs).
 """
 
 from __future__ import annotations
@@ -215,6 +215,9 @@ def _training() -> list[AblationRow]:
         AblationRow("cosine", "lr 1e-3, 1 warm-up epoch, cosine decay", train={**cosine, "lr": 1e-3}),
         AblationRow("cosine-lr-3e-3", "lr 3e-3, 1 warm-up epoch, cosine decay", train={**cosine, "lr": 3e-3}),
         AblationRow("cosine-lr-3e-4", "lr 3e-4, 1 warm-up epoch, cosine decay", train={**cosine, "lr": 3e-4}),
+        # Same epochs, more Adam steps: an epoch at batch B is one step per B networks.
+        *(AblationRow(f"multistep-batch-{size}", f"lr 1e-3, x0.1 at 60% and 85%, batch {size} ({64 // size}x the "
+                      "steps of batch 64)", train={**multistep, "lr": 1e-3, "batch_size": size}) for size in (32, 16)),
     ]
 
 
