@@ -723,6 +723,12 @@ def reproduced_rows(name: str, data: dict) -> list[str]:
                         f"cell{'s' * (len(d) != 1)}" for (label, on), d in sorted(differences.items())) + "."]
 
 
+def _seeds_and_epochs(entries: list[dict]) -> str:
+    """Every seed and epoch count among a study's rows (the file's own ``seeds`` are its last command's)."""
+    seeds, epochs = sorted({e["seed"] for e in entries}), sorted({e["epochs"] for e in entries})
+    return f"Seeds: {', '.join(map(str, seeds))}; epochs: {', '.join(map(str, epochs))}."
+
+
 def transfer_section(path: Path, data: dict) -> list[str]:
     """The cross-dataset / cross-architecture tables: Kendall's tau (and, for a regression target,
     normalised MSE), train zoo x test zoo, per encoder. A named study (``--name``) gets its own heading."""
@@ -737,8 +743,8 @@ def transfer_section(path: Path, data: dict) -> list[str]:
     scores = "Kendall's tau and normalised MSE" if regression else "Kendall's tau"
     lines = [f"## {title} (target `{data['target']}`, {scores} on test splits)", "",
              f"Source: `{path.relative_to(ROOT)}`. Commands: "
-             f"{'; '.join(f'`{c}`' for c in data.get('commands', [data['command']]))}. Seeds: "
-             f"{', '.join(map(str, data['seeds']))}; {data['epochs']} epochs.", "",
+             f"{'; '.join(f'`{c}`' for c in data.get('commands', [data['command']]))}. {_seeds_and_epochs(data['entries'])}",
+             "",
              *(line for note in study_notes(name) for line in (note, "")),
              *(line for note in reproduced_rows(name, data) for line in (note, "")), "Zoos:", ""]
     for zoo in {z["label"]: z for z in data["train_zoos"] + data["test_zoos"]}.values():

@@ -53,6 +53,12 @@ def test_a_study_with_one_training_zoo_is_one_table_with_the_drop_from_home():
     assert rows[2].startswith("| statnn | 0.600 (0.400) | 0.500 (0.500) | 0.300 (0.700) | **0.467** | 0.200 |")
 
 
+def test_a_study_names_the_seeds_and_epochs_of_all_its_rows_not_its_last_command():
+    entries = [_transfer_row("sne", {}, 1, {"home": 0.5}), _transfer_row("sne", {}, 0, {"home": 0.5}, epochs=5),
+               _transfer_row("statnn", {}, 1, {"home": 0.5})]
+    assert page()._seeds_and_epochs(entries) == "Seeds: 0, 1; epochs: 5, 15."
+
+
 def _inr_row(encoder, options, seed, nmse, weight=0.0, epochs=50):
     return {"encoder": encoder, "encoder_options_given": options, "train_seed": seed, "invariance_weight": weight,
             "epochs": epochs, "metrics": {"normalized_mse": nmse}, **_at_todays_defaults(encoder, options)}
