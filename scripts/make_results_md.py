@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from sne.bench.ablation import study_rows  # noqa: E402
-from sne.bench.paper import PUBLISHED_INR_CLASSIFICATION_ACCURACY, compare_ordering, published_tau  # noqa: E402
+from sne.bench.paper import (  # noqa: E402
+    PUBLISHED_INR_CLASSIFICATION_ACCURACY, compare_ordering, published_tau, rerun_of)
 from sne.bench.results import label_of, zoo_identity  # noqa: E402
 from sne.bench.transfer import REFERENCE_STATISTICS, summarize  # noqa: E402
 from sne.bench.runs import (  # noqa: E402
@@ -151,10 +152,10 @@ STUDY_NOTES = {
 
 
 def study_notes(name: str) -> list[str]:
-    """The notes under a named study's heading; a study made again on regenerated zoos (``NAME_rerun``)
-    has NAME's, then what making it again means."""
-    study = name.removesuffix("_rerun")
-    return STUDY_NOTES.get(study, []) + ([_RERUN_NOTE] if study != name else [])
+    """The notes under a named study's heading; a study made again on regenerated zoos
+    (:func:`~sne.bench.paper.rerun_of`) has the original's, then what making it again means."""
+    original = rerun_of(name)
+    return STUDY_NOTES.get(original or name, []) + ([_RERUN_NOTE] if original else [])
 
 
 #: What a derived zoo's transform means for the comparison (sne zoo derive --transform ...).
@@ -681,8 +682,9 @@ def reproduced_rows(name: str, data: dict) -> list[str]:
     of a tau, by what those rows were measured on: zoos of the same targets digests, of other digests,
     or the first generation, which recorded none. It says which generation the new zoos are, and how
     far regenerating them moves an encoder."""
-    original_path = ROOT / "results" / f"{name.removesuffix('_rerun')}.json"
-    if not name.endswith("_rerun") or not original_path.is_file():
+    original = rerun_of(name)
+    original_path = ROOT / "results" / f"{original}.json"
+    if not original or not original_path.is_file():
         return []
 
     def key(entry: dict) -> tuple:

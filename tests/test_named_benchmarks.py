@@ -98,7 +98,7 @@ def test_a_named_transfer_study_gets_its_own_file_merges_and_its_own_section(zoo
 
 
 def test_published_numbers_belong_to_their_own_study():
-    from sne.bench.paper import PAPER_CROSS_DATASET_TAU, published_tau
+    from sne.bench.paper import PAPER_CROSS_DATASET_TAU, published_tau, rerun_of
 
     assert published_tau("cross_dataset", "cross_dataset")[1] is PAPER_CROSS_DATASET_TAU
     source, numbers = published_tau("cross_dataset", "wild_park")
@@ -109,6 +109,7 @@ def test_published_numbers_belong_to_their_own_study():
     assert published_tau("cross_arch", "transformer_transfer_rerun") == published_tau("cross_arch", "transformer_transfer")
     assert published_tau("cross_dataset", "cross_dataset_rerun")[1] is PAPER_CROSS_DATASET_TAU
     assert published_tau("cross_arch", "my_study_rerun") is None
+    assert rerun_of("cross_dataset_rerun") == "cross_dataset" and rerun_of("rerun_study") is None
 
 
 def test_a_regression_target_shows_normalised_mse_per_cell(zoos, tmp_path, capsys, monkeypatch):

@@ -58,11 +58,16 @@ PAPER_STUDY_TAU = {
 }
 
 
+def rerun_of(name: str) -> str | None:
+    """The study that study ``name`` makes again on regenerated zoos (``NAME_rerun`` remakes NAME), else None."""
+    return name.removesuffix("_rerun") if name.endswith("_rerun") else None
+
+
 def published_tau(benchmark: str, name: str) -> tuple[str, dict] | None:
     """(source, numbers by encoder) published for a transfer table: a named study's own (None where
-    none were published; a study made again on regenerated zoos, ``NAME_rerun``, has NAME's), else the
-    SNE paper's for the benchmark."""
-    study = name.removesuffix("_rerun")
+    none were published; a study made again on regenerated zoos has the original's, :func:`rerun_of`),
+    else the SNE paper's for the benchmark."""
+    study = rerun_of(name) or name
     if study != benchmark:
         return PAPER_STUDY_TAU.get(study)
     if benchmark == "cross_dataset":
