@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from sne.allocator import keep_large_blocks_in_heap
 from sne.errors import SneError, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learn properties of neural networks from their weights.")
@@ -928,6 +929,7 @@ def bench_cross_arch(
 
 
 def main() -> None:
+    keep_large_blocks_in_heap()
     try:
         # Outside standalone mode click returns (not raises) the code of a typer.Exit.
         code = app(standalone_mode=False)
