@@ -24,6 +24,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from sne.allocator import keep_large_blocks_in_heap  # noqa: E402
 from sne.data import load_dataset  # noqa: E402
 from sne.bench.environment import cpu_model  # noqa: E402
 from sne.io_utils import write_json_atomic  # noqa: E402
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/bench_cnn_zoo.json"))
     args = parser.parse_args()
 
+    heap_kept = keep_large_blocks_in_heap()  # as under the command line that users run
     load_dataset(args.dataset)  # loading is not training: keep it out of the timings
     runs = []
     for name in args.recipes.split(","):
@@ -128,7 +130,8 @@ def main() -> None:
         "batch_size": args.batch_size,
         "runs": runs,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        # glibc returns large freed buffers to the OS by default; these keep them (~25% faster here).
+        # glibc returns large freed buffers to the OS unless told otherwise (sne.allocator; or the user's MALLOC_*).
+        "large_blocks_kept_in_heap": heap_kept,
         "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
         "malloc_trim_threshold": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
         "torch_version": torch.__version__,

@@ -12,8 +12,6 @@ SNE=${SNE:-sne}
 OUT=${OUT:-zoos}
 EPOCHS=${EPOCHS:-8}
 export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1
-# glibc otherwise returns the large per-step buffers to the OS and faults them in again every step.
-export MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736
 zoo() {  # recipe dataset n
   $SNE zoo generate "$1" --dataset "$2" --n "$3" --seed 0 -o epochs="$EPOCHS" --out "$OUT/$1-$2"
   mkdir -p results/plots
