@@ -12,6 +12,7 @@ from sne.bench.transfer import REFERENCE_STATISTICS, statistic_references, summa
 from sne.encoders import options_for_encoder
 from sne.encoders.sne import DEFAULT_OPTIONS, SNEEncoder
 from sne.errors import SneError
+from sne.train.evaluate import evaluate_run
 from sne.zoo import generate_zoo
 
 SMALL_SNE = ["-o", "hidden=16", "-o", "heads=2", "-o", "out_dim=8", "-o", "num_sab=1"]
@@ -59,6 +60,12 @@ def test_cross_dataset_writes_a_full_table_plots_and_resumes(sne_trains_unaugmen
         assert entry["epochs"] == 2
         for kind in ("scatter", "embedding"):
             assert (tmp_path / "results" / "plots").joinpath(entry["plots"][kind].split("/")[-1]).is_file()
+    # Transfer tables rank and score: the sensitivities, most of an evaluation's time, are not measured.
+    run_dir = tmp_path / "runs" / "frequency" / f"{name}_seed0" / "shared"
+    written = json.loads((run_dir / "eval_independent.json").read_text())
+    assert written["permutation_sensitivity"] is None and written["sign_flip_sensitivity"] is None
+    full = evaluate_run(run_dir, second_zoo.path, device="cpu", out=tmp_path / "full.json", plot=False)
+    assert full["permutation_sensitivity"]["permutations"] == 5 and full["metrics"] == written["metrics"]
     # Re-running resumes the finished runs instead of training again.
     history = tmp_path / "runs" / "frequency" / f"{name}_seed0" / "shared" / "history.json"
     before = history.stat().st_mtime_ns

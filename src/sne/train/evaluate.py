@@ -78,9 +78,12 @@ def evaluate_run(
     out: str | Path | None = None,
     plot: bool = True,
     test_time_flips: int | None = None,
+    sensitivity: bool = True,
 ) -> dict:
     """Evaluate ``run_dir`` on ``split`` of its own zoo (or ``zoo_path``), with ``test_time_flips``
-    sign-flipped copies per network (None: the run's setting); write JSON and a plot."""
+    sign-flipped copies per network (None: the run's setting); write JSON and a plot. Without
+    ``sensitivity``, the permutation and sign-flip sensitivities (five more passes over the
+    networks each, most of the time an evaluation takes) are not measured: recorded as None."""
     run = load_run(run_dir, device=device, test_time_flips=test_time_flips)
     config = run.config
     zoo = Zoo.open(zoo_path or config.zoo)
@@ -116,8 +119,8 @@ def evaluate_run(
         "best_epoch": run.meta.get("epoch"),
         "train_seconds": _train_seconds(run.path),
         "metrics": metrics,
-        "permutation_sensitivity": permutation_sensitivity(run.predictor, records),
-        "sign_flip_sensitivity": sign_flip_sensitivity(run.predictor, records),
+        "permutation_sensitivity": permutation_sensitivity(run.predictor, records) if sensitivity else None,
+        "sign_flip_sensitivity": sign_flip_sensitivity(run.predictor, records) if sensitivity else None,
         "hardware": hardware_description(run.predictor.device),
         "train_command": config.command,
     }
