@@ -817,9 +817,12 @@ READING_OPTIONS = {"max_kernel_size", "max_layers", "max_train"}
 
 
 def _transfer_ordering_lines(data: dict, numbers: dict) -> list[str]:
-    """Where the published taus give one number per encoder: our ordering of those encoders (mean
-    average tau over seeds, at their defaults apart from :data:`READING_OPTIONS`) against theirs."""
+    """Where the published taus give one number or a range (``min``, ``max``: ordered by its middle) per
+    encoder: our ordering of those encoders (mean average tau over seeds, at their defaults apart from
+    :data:`READING_OPTIONS`) against theirs, and whether ours fall inside each published range."""
+    ranges = {k: (v["min"], v["max"]) for k, v in numbers.items() if set(v) == {"min", "max"}}
     published = {k: next(iter(v.values())) for k, v in numbers.items() if len(v) == 1}
+    published.update({k: (low + high) / 2 for k, (low, high) in ranges.items()})
     ours: dict[str, float] = {}
     for configuration, table in summarize(data["entries"]).items():
         entry = next(e for e in data["entries"] if configuration_name(e) == configuration)
@@ -831,13 +834,17 @@ def _transfer_ordering_lines(data: dict, numbers: dict) -> list[str]:
     if check["kendall_tau"] is None:
         return []
     here = " > ".join(f"{n} {_fmt(ours[n])}" for n in sorted(check["encoders"], key=lambda n: -ours[n]))
-    there = " > ".join(f"{n} {_fmt(published[n])}" for n in check["encoders"])
+    there = " > ".join(f"{n} " + (f"{_fmt(ranges[n][0])}-{_fmt(ranges[n][1])}" if n in ranges else _fmt(published[n]))
+                       for n in check["encoders"])
     inverted = ", ".join(f"{a} over {b}" for a, b in check["discordant"])
     verdict = ("the published ordering holds" if not inverted
                else f"reversed here, where the published table has {inverted}")
+    where = {n: "below" if ours[n] < low else "above" if ours[n] > high else "inside"
+             for n, (low, high) in ranges.items() if n in check["encoders"]}
+    magnitudes = "".join(f" Our {n} is {side} its published range." for n, side in where.items())
     return [f"Ordering check over the encoders both tables have (at their defaults apart from "
             f"{', '.join(f'`{o}`' for o in sorted(READING_OPTIONS))}; mean over seeds): here {here}; published "
-            f"{there}: {verdict}.", ""]
+            f"{there}: {verdict}.{magnitudes}", ""]
 
 
 def _reference_lines(data: dict) -> list[str]:

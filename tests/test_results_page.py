@@ -59,6 +59,15 @@ def test_a_study_names_the_seeds_and_epochs_of_all_its_rows_not_its_last_command
     assert page()._seeds_and_epochs(entries) == "Seeds: 0, 1; epochs: 5, 15."
 
 
+def test_a_published_range_orders_by_its_middle_and_says_where_ours_falls():
+    entries = [_transfer_row("sne", {}, seed, {"vit": tau}) for seed, tau in ((0, 0.05), (1, 0.09))]
+    entries.append(_transfer_row("deepsets", {}, 0, {"vit": -0.1}))
+    numbers = {"sne": {"min": 0.33, "max": 0.46}, "deepsets": {"approximately": 0.19}}
+    (line, _) = page()._transfer_ordering_lines({"entries": entries}, numbers)
+    assert "here sne 0.070 > deepsets -0.100; published sne 0.330-0.460 > deepsets 0.190" in line
+    assert line.endswith("the published ordering holds. Our sne is below its published range.")
+
+
 def _inr_row(encoder, options, seed, nmse, weight=0.0, epochs=50):
     return {"encoder": encoder, "encoder_options_given": options, "train_seed": seed, "invariance_weight": weight,
             "epochs": epochs, "metrics": {"normalized_mse": nmse}, **_at_todays_defaults(encoder, options)}
