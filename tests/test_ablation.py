@@ -13,6 +13,7 @@ from torch import nn
 from conftest import run_cli
 from sne.bench import ablation
 from sne.bench.ablation import STUDIES, study_rows
+from sne.bench.runs import configuration_name
 from sne.encoders import build_encoder
 from sne.errors import SneError
 from sne.train.run import TrainConfig, _Augmentation, _EpochBatches
@@ -237,3 +238,8 @@ def test_batch_size_rows_train_at_their_batch_size_in_runs_of_their_own(shared_s
     assert sorted(c["batch_size"] for c in configs.values()) == [16, 64]
     (batch16,) = [name for name, c in configs.items() if c["batch_size"] == 16]
     assert "batch_size-16" in batch16
+    # Their rows are named apart from the default configuration (the results page's labels).
+    entries = json.loads((tmp_path / "results" / "ablation_training_shared.json").read_text())["entries"]
+    names = {e["row"]: configuration_name(e) for e in entries}
+    assert names["multistep"] == "sne_heads-2_hidden-16_out_dim-8"
+    assert names["multistep-batch-16"] == "sne_batch_size-16_heads-2_hidden-16_out_dim-8"

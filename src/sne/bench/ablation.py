@@ -350,6 +350,8 @@ def run_ablation(
                 "setting": setting, "encoder_options_used": config.encoder_options,
                 "permutation_augment": config.permutation_augment,
                 "sign_flip_augment": config.sign_flip_augment,
+                # Rows are named apart from the defaults by these too (sne.bench.runs.training_switches).
+                "lr": config.lr, "batch_size": config.batch_size,
             })
             entries.append(result)
     summary = {
