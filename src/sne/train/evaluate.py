@@ -82,7 +82,7 @@ def evaluate_run(
 ) -> dict:
     """Evaluate ``run_dir`` on ``split`` of its own zoo (or ``zoo_path``), with ``test_time_flips``
     sign-flipped copies per network (None: the run's setting); write JSON and a plot. Without
-    ``sensitivity``, the permutation and sign-flip sensitivities (five more passes over the
+    ``sensitivity``, the permutation and sign-flip sensitivities (six more passes over the
     networks each, most of the time an evaluation takes) are not measured: recorded as None."""
     run = load_run(run_dir, device=device, test_time_flips=test_time_flips)
     config = run.config
