@@ -226,6 +226,9 @@ def test_run_directories_spell_augmentation_where_it_is_on(shared_sine_zoo, tmp_
 
     assert base(test_time_flips=4) != base(test_time_flips=0)  # rows of their own
     assert _setting_tag(base(test_time_flips=4)) == _setting_tag(base(test_time_flips=0)) == _setting_tag(base())
+    # Every setting before the batch size could be named trained at 64: giving 64 is that setting.
+    assert base(batch_size=64) == base() != base(batch_size=16)
+    assert _setting_tag(base(batch_size=64)) == _setting_tag(base()) != _setting_tag(base(batch_size=16))
 
 
 def test_batch_size_rows_train_at_their_batch_size_in_runs_of_their_own(shared_sine_zoo, tmp_path, capsys):

@@ -85,6 +85,50 @@ def test_run_directories_spell_augmentation_whatever_the_defaults(augmenting_sne
     assert runs(permutation_augment=True).run_name("mlp") == "mlp_augment_permutations-true"
 
 
+@pytest.fixture
+def small_batch_sne(monkeypatch):
+    """SNE with a batch size of its own as its training default."""
+    monkeypatch.setattr(SNEEncoder, "default_train_options", {"batch_size": 16})
+
+
+def test_a_batch_size_default_trains_unless_set_and_leaves_run_directories_their_meaning(small_batch_sne, tmp_path):
+    config = TrainConfig.for_encoder
+    assert config("sne", zoo="z", target="t").batch_size == 16
+    assert config("sne", zoo="z", target="t", batch_size=64).batch_size == 64
+    assert config("sne", zoo="z", target="t", encoder_options={"preset": "paper"}).batch_size == 64  # the paper's
+    assert config("mlp", zoo="z", target="t").batch_size == 64
+
+    def runs(**train_options):
+        return BenchRuns(encoders=["sne", "mlp"], seeds=[0], epochs=1, runs_dir=tmp_path, results_dir=tmp_path,
+                         device="cpu", train_options=train_options)
+
+    # Directories name the batch size against 64, whatever the default: a run made at 64 under an
+    # older default keeps its directory, and that directory keeps its meaning.
+    assert runs().run_name("sne") == "sne_batch_size-16"
+    assert runs(batch_size=64).run_name("sne") == "sne"
+    assert runs(batch_size=16).run_name("mlp") == "mlp_batch_size-16"
+    # Rows are named against the default; a row that did not record its batch size was trained at 64.
+    row = {"encoder": "sne", "encoder_options_given": {}, "encoder_options_resolved": dict(DEFAULT_OPTIONS),
+           "permutation_augment": False}
+    assert configuration_options({**row, "batch_size": 16}) == {}
+    assert configuration_options({**row, "batch_size": 64}) == {"batch_size": 64}
+    assert configuration_options(row) == {"batch_size": 64}
+
+
+def test_the_training_commands_take_the_encoders_batch_size_unless_given(small_batch_sne, shared_sine_zoo, tmp_path,
+                                                                         capsys):
+    common = ["train", "--zoo", str(shared_sine_zoo.path), "--target", "frequency", "--epochs", "1", "--max-train",
+              "20", "--device", "cpu", "-o", "hidden=16", "-o", "heads=2", "-o", "num_sab=1", "-o", "out_dim=8"]
+    for name, extra, expected in (("default", [], 16), ("given", ["--batch-size", "8"], 8)):
+        code, _, err = run_cli([*common, "--out", str(tmp_path / name), *extra], capsys)
+        assert code == 0, err
+        assert json.loads((tmp_path / name / "config.json").read_text())["batch_size"] == expected
+    code, _, err = run_cli([*common, "--out", str(tmp_path / "zero"), "--batch-size", "0"], capsys)
+    assert code == 2 and "--batch-size" in err and not (tmp_path / "zero").exists()
+    code, out, _ = run_cli(["encoders"], capsys)
+    assert code == 0 and "  training defaults: --batch-size 16" in out.split("\nsne: ")[1].splitlines()
+
+
 def test_plots_of_configurations_that_differ_only_in_a_default_of_their_time_get_their_own_names(tmp_path):
     runs = BenchRuns(encoders=["sne"], seeds=[0], epochs=1, runs_dir=tmp_path, results_dir=tmp_path, device="cpu")
     then, now = ({"encoder_options_resolved": {**DEFAULT_OPTIONS, "chunk_hidden": width}} for width in (32, None))

@@ -225,6 +225,11 @@ def format_options(options: dict) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in options.items()]
 
 
+#: --batch-size of the commands that train: unset, each encoder trains at its own (see 'sne encoders').
+_TRAIN_BATCH_SIZE = typer.Option(None, "--batch-size", min=1,
+                                 help="Networks per Adam step (default: the encoder's, else 64).")
+
+
 @app.command()
 def train(
     zoo: Path = typer.Option(..., "--zoo", help="Zoo directory made by 'sne zoo generate'."),
@@ -233,7 +238,7 @@ def train(
     encoder: str = typer.Option("sne", "--encoder", help="Encoder name (see 'sne encoders')."),
     epochs: int = typer.Option(100, "--epochs"),
     seed: int = typer.Option(0, "--seed"),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    batch_size: Optional[int] = _TRAIN_BATCH_SIZE,
     lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default: the encoder's, else 1e-3)."),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="Learning-rate schedule: multistep (x0.1 at 60% "
                                            "and 85% of the epochs) or cosine (default: the encoder's, else multistep)."),
@@ -691,6 +696,7 @@ _ONE_ZOO = {
     "test_time_flips": typer.Option(None, "--test-time-flips", min=0, help="Average each prediction over the "
                                     "network and this many random sign-flipped copies of it, for runs trained on "
                                     "sign flips (default: the encoder's; runs are shared, rows named by it)."),
+    "batch_size": _TRAIN_BATCH_SIZE,
     "bn_recalibration": typer.Option(None, "--bn-recalibration", min=0, help="After every epoch, re-estimate batch-norm statistics over "
                                      "this many training batches (default: the encoder's, else 0: off; rows and runs "
                                      "are named by it)."),
@@ -709,12 +715,12 @@ def _bench_runs(encoders: list[str], seeds: str, epochs: int, runs: Path, result
 
 
 def _one_zoo(benchmark: str, zoo: Path, encoders: str, invariance_weights: str, seeds: str, epochs: int, runs: Path,
-             results: Path, option: List[str], device: str, augment: Optional[bool],
+             results: Path, option: List[str], device: str, augment: Optional[bool], batch_size: Optional[int],
              bn_recalibration: Optional[int], sign_flips: Optional[bool], test_time_flips: Optional[int]) -> None:
     from sne.bench.inr import run_inr_benchmark
 
     bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, augment,
-                             bn_recalibration=bn_recalibration, sign_flip_augment=sign_flips,
+                             batch_size=batch_size, bn_recalibration=bn_recalibration, sign_flip_augment=sign_flips,
                              test_time_flips=test_time_flips)
     path = run_inr_benchmark(zoo, bench_runs, _csv(invariance_weights, float), benchmark=benchmark)
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
@@ -732,13 +738,14 @@ def bench_inr(
     option: List[str] = _ONE_ZOO["option"],
     device: str = _ONE_ZOO["device"],
     augment: Optional[bool] = _ONE_ZOO["augment"],
+    batch_size: Optional[int] = _ONE_ZOO["batch_size"],
     sign_flips: Optional[bool] = _ONE_ZOO["sign_flips"],
     test_time_flips: Optional[int] = _ONE_ZOO["test_time_flips"],
     bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
 ) -> None:
     """INR frequency regression: train and evaluate each encoder; write results/inr_frequency_<init>.json."""
     _one_zoo("inr_frequency", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device, augment,
-             bn_recalibration, sign_flips, test_time_flips)
+             batch_size, bn_recalibration, sign_flips, test_time_flips)
 
 
 @bench_app.command("digit-inr")
@@ -753,13 +760,14 @@ def bench_digit_inr(
     option: List[str] = _ONE_ZOO["option"],
     device: str = _ONE_ZOO["device"],
     augment: Optional[bool] = _ONE_ZOO["augment"],
+    batch_size: Optional[int] = _ONE_ZOO["batch_size"],
     sign_flips: Optional[bool] = _ONE_ZOO["sign_flips"],
     test_time_flips: Optional[int] = _ONE_ZOO["test_time_flips"],
     bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
 ) -> None:
     """Digit-INR classification: predict each INR's digit; write results/digit_inr_label_<init>.json."""
     _one_zoo("digit_inr_label", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device, augment,
-             bn_recalibration, sign_flips, test_time_flips)
+             batch_size, bn_recalibration, sign_flips, test_time_flips)
 
 
 @bench_app.command("ablation")
@@ -782,6 +790,7 @@ def bench_ablation(
                                      "(repeatable); each row changes this base."),
     device: str = _ONE_ZOO["device"],
     augment: Optional[bool] = _ONE_ZOO["augment"],
+    batch_size: Optional[int] = _ONE_ZOO["batch_size"],
     sign_flips: Optional[bool] = _ONE_ZOO["sign_flips"],
     test_time_flips: Optional[int] = _ONE_ZOO["test_time_flips"],
     bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
@@ -793,8 +802,8 @@ def bench_ablation(
     chosen = study_rows(study, _csv(rows), _encoder_list(encoders) if encoders.strip() else (),
                         _csv(fractions, float))
     bench_runs = _bench_runs(sorted({row.encoder for row in chosen}), seeds, epochs, runs, results, option, device,
-                             augment, bn_recalibration=bn_recalibration, sign_flip_augment=sign_flips,
-                             test_time_flips=test_time_flips)
+                             augment, batch_size=batch_size, bn_recalibration=bn_recalibration,
+                             sign_flip_augment=sign_flips, test_time_flips=test_time_flips)
     path = run_ablation(zoo, bench_runs, study, chosen, target=target, base_invariance_weight=invariance_weight,
                         max_train=max_train)
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
@@ -808,7 +817,7 @@ def bench_style_edit(
     seeds: str = _ONE_ZOO["seeds"],
     epochs: int = _ONE_ZOO["epochs"],
     lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default: the encoder's, else 1e-3)."),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    batch_size: Optional[int] = _TRAIN_BATCH_SIZE,
     runs: Path = typer.Option(Path("runs/style-edit"), "--runs", help="Where the runs are kept (resumable)."),
     results: Path = _ONE_ZOO["results"],
     option: List[str] = _ONE_ZOO["option"],
@@ -835,7 +844,7 @@ def _zoo_list(values: List[str]) -> list[str]:
 
 
 def _transfer(benchmark: str, train_zoos: list[str], test_zoos: list[str], target: str, encoders: str, seeds: str,
-              epochs: int, runs: Path, results: Path, option: List[str], lr: Optional[float], batch_size: int,
+              epochs: int, runs: Path, results: Path, option: List[str], lr: Optional[float], batch_size: Optional[int],
               device: str, name: Optional[str], augment: Optional[bool], max_train: Optional[int],
               bn_recalibration: Optional[int], sign_flips: Optional[bool], test_time_flips: Optional[int]) -> None:
     from sne.bench.transfer import check_results_name, run_transfer_benchmark
@@ -858,7 +867,7 @@ _TRANSFER = {
     "seeds": typer.Option("0", "--seeds"),
     "epochs": typer.Option(30, "--epochs"),
     "lr": typer.Option(None, "--lr", help="Adam learning rate (default: the encoder's, else 1e-3)."),
-    "batch_size": typer.Option(64, "--batch-size"),
+    "batch_size": _TRAIN_BATCH_SIZE,
     "runs": typer.Option(Path("runs"), "--runs", help="Where the runs are kept (resumable)."),
     "results": typer.Option(Path("results"), "--results"),
     "option": typer.Option([], "--option", "-o", help=_ENCODER_OPTION_HELP),
@@ -882,7 +891,7 @@ def bench_cross_dataset(
     seeds: str = _TRANSFER["seeds"],
     epochs: int = _TRANSFER["epochs"],
     lr: Optional[float] = _TRANSFER["lr"],
-    batch_size: int = _TRANSFER["batch_size"],
+    batch_size: Optional[int] = _TRANSFER["batch_size"],
     runs: Path = _TRANSFER["runs"],
     results: Path = _TRANSFER["results"],
     option: List[str] = _TRANSFER["option"],
@@ -910,7 +919,7 @@ def bench_cross_arch(
     seeds: str = _TRANSFER["seeds"],
     epochs: int = _TRANSFER["epochs"],
     lr: Optional[float] = _TRANSFER["lr"],
-    batch_size: int = _TRANSFER["batch_size"],
+    batch_size: Optional[int] = _TRANSFER["batch_size"],
     runs: Path = _TRANSFER["runs"],
     results: Path = _TRANSFER["results"],
     option: List[str] = _TRANSFER["option"],

@@ -205,8 +205,8 @@ def _predicted_both_ways(row: AblationRow, copies: Sequence[int] = (16,)) -> lis
 
 def _training() -> list[AblationRow]:
     # Rows name everything they set, so that each means the same whatever the encoder's defaults.
-    multistep = {"schedule": "multistep", "warmup_epochs": 0.0}
-    cosine = {"schedule": "cosine", "warmup_epochs": 1.0}
+    multistep = {"schedule": "multistep", "warmup_epochs": 0.0, "batch_size": 64}
+    cosine = {"schedule": "cosine", "warmup_epochs": 1.0, "batch_size": 64}
     return [
         AblationRow("multistep", "lr 1e-3, x0.1 at 60% and 85% of the epochs", train={**multistep, "lr": 1e-3}),
         AblationRow("multistep-lr-3e-4", "lr 3e-4, x0.1 at 60% and 85%", train={**multistep, "lr": 3e-4}),
@@ -262,15 +262,20 @@ def study_rows(study: str, rows: Sequence[str] = (), encoders: Sequence[str] = (
 
 def _setting(runs: BenchRuns, base_weight: float, max_train: int | None) -> dict:
     """What every row of one invocation shares: rows differ from this base and nothing else.
-    ``--bn-recalibration 0`` is the setting without it, as every setting before it existed was."""
-    train_options = {k: v for k, v in runs.train_options.items() if not (k == "bn_recalibration" and v == 0)}
+    ``--bn-recalibration 0`` is the setting without it, as every setting before it existed was, and
+    ``--batch-size 64`` the setting that names none, as every setting before it could be named was."""
+    train_options = {k: v for k, v in runs.train_options.items() if (k, v) not in _UNNAMED_IN_SETTINGS}
     return {"epochs": runs.epochs, "max_train": max_train, "invariance_weight": base_weight,
             "encoder_options": dict(runs.encoder_options), "train_options": train_options}
 
 
+#: Training options a setting does not name: what every setting written before the option was had.
+_UNNAMED_IN_SETTINGS = {("bn_recalibration", 0), ("batch_size", 64)}
+
+
 def _check_same_training(path: Path, setting: dict, configs: list[tuple[AblationRow, dict, str]]) -> None:
     """Refuse, before any training, a row whose seeds in ``path`` (same setting) were trained with
-    another batch-norm recalibration or sign-flip augmentation, or built with other encoder options,
+    another batch size, batch-norm recalibration or sign-flip augmentation, or built with other encoder options,
     than this run's would be: an encoder's defaults may have changed since, and one row must not
     average runs made two ways. Seeds that did not record their resolved options are not compared."""
     if not path.is_file():

@@ -125,7 +125,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: Training settings of a preset (TrainConfig fields), under those the user sets: the paper trains
 #: without augmentation, and with batch norms' running averages as they are.
 PRESET_TRAINING: dict[str, dict[str, Any]] = {
-    "paper": {"permutation_augment": False, "sign_flip_augment": False, "bn_recalibration": 0, "test_time_flips": 0},
+    "paper": {"permutation_augment": False, "sign_flip_augment": False, "bn_recalibration": 0, "test_time_flips": 0,
+              "batch_size": 64},
 }
 
 #: Most kernel dimensions of any layer kind (conv3d); tap coordinates are zero-padded to it.
