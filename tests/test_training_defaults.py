@@ -200,3 +200,13 @@ def test_ablation_rows_name_runs_by_the_augmentation_they_train_with(augmenting_
     # Full SNE trains with its default augmentation, so it is the invariance study's augmentation row.
     assert names["full"] == names["augment"] == "sne_permutation_augment-true"
     assert names["no-invariance"] == names["lambda-0"] == "sne"
+
+
+def test_every_evaluation_records_the_training_settings_that_name_a_configuration(tiny_sne_run, tmp_path):
+    from sne.bench.runs import TUNED_TRAINING
+    from sne.train.evaluate import evaluate_run
+
+    result = evaluate_run(tiny_sne_run, device="cpu", out=tmp_path / "eval.json", plot=False, sensitivity=False)
+    config = json.loads((tiny_sne_run / "config.json").read_text())
+    # A row that did not record one would read as trained at its value of long ago (BEFORE_IT_EXISTED).
+    assert {name: result[name] for name in TUNED_TRAINING} == {name: config[name] for name in TUNED_TRAINING}

@@ -40,7 +40,7 @@ import numpy as np
 
 from sne.bench.paper import PAPER_SNE_ABLATION_MSE, PAPER_SNE_CHUNK_SIZE_MSE
 from sne.bench.results import check_mergeable, write_merged, zoo_identity, zoo_summary
-from sne.bench.runs import BEFORE_IT_EXISTED, TUNED_TRAINING, BenchRuns, built_otherwise, options_tag
+from sne.bench.runs import BEFORE_IT_EXISTED, BenchRuns, built_otherwise, options_tag
 from sne.encoders import get_encoder_class
 from sne.encoders.sne import DEFAULT_OPTIONS as SNE_DEFAULT_OPTIONS, PRESETS as SNE_PRESETS
 from sne.errors import SneError
@@ -356,9 +356,6 @@ def run_ablation(
                 "permutation_augment": config.permutation_augment,
                 "sign_flip_augment": config.sign_flip_augment,
             })
-            # Rows are named apart from the defaults by every tuned training setting (training_switches):
-            # those the evaluation does not record already (lr, batch size) come from the config.
-            result.update({name: getattr(config, name) for name in TUNED_TRAINING if name not in result})
             entries.append(result)
     summary = {
         "benchmark": f"ablation_{study}",

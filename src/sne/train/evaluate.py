@@ -110,6 +110,8 @@ def evaluate_run(
         # Every option the encoder was built with, defaults included: defaults may change between releases.
         "encoder_options_resolved": run.predictor.encoder.options,
         "invariance_weight": config.invariance_weight,
+        "lr": config.lr,
+        "batch_size": config.batch_size,
         "permutation_augment": config.permutation_augment,
         "sign_flip_augment": config.sign_flip_augment,
         "bn_recalibration": config.bn_recalibration,
