@@ -73,3 +73,13 @@ def fit_killed_in_second_epoch(config, out, monkeypatch) -> None:
     with pytest.raises(KeyboardInterrupt):
         fit(config, out, progress=False)
     monkeypatch.setattr(run_module, "_validation", real_validation)
+
+
+def trained_at_defaults(encoder: str, options: dict | None = None) -> dict:
+    """The training settings a results row records for a run of ``encoder`` (with ``options``) trained
+    at its defaults: augmentation and every setting that names a configuration apart from them."""
+    from sne.bench.runs import TUNED_TRAINING
+    from sne.train.run import TrainConfig
+
+    config = TrainConfig.for_encoder(encoder, zoo="", target="", encoder_options=options or {})
+    return {name: getattr(config, name) for name in ("permutation_augment", *TUNED_TRAINING)}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import run_cli
+from conftest import run_cli, trained_at_defaults
 from sne.train.run import TrainConfig, _recalibrate_batch_norms
 
 
@@ -69,7 +69,8 @@ def test_rows_trained_with_recalibration_are_a_configuration_of_their_own():
     assert SNEEncoder.train_defaults({})["bn_recalibration"] > 0
     assert SNEEncoder.train_defaults({"preset": "paper"})["bn_recalibration"] == 0
     row = {"encoder": "sne", "encoder_options_given": {}, "encoder_options_resolved": dict(DEFAULT_OPTIONS),
-           "permutation_augment": True, "sign_flip_augment": True, "test_time_flips": 16}
+           "permutation_augment": True, "sign_flip_augment": True, "test_time_flips": 16,
+           "batch_size": trained_at_defaults("sne")["batch_size"]}
     assert configuration_name(row) == configuration_name({**row, "bn_recalibration": 0}) == "sne_bn_recalibration-0"
     # Likewise sign flips, on by default since 2026-12-03.
     before_flips = {k: v for k, v in row.items() if k != "sign_flip_augment"}
@@ -100,7 +101,8 @@ def test_an_ablation_row_never_averages_seeds_trained_with_and_without_recalibra
     path = tmp_path / "ablation_components_shared.json"
     # A seed of full SNE in this setting, written before recalibration existed (no field: trained without).
     path.write_text(json.dumps({"entries": [{"row": "full", "setting": setting, "train_seed": 0,
-                                             "sign_flip_augment": True, "test_time_flips": 16}]}))
+                                             "sign_flip_augment": True, "test_time_flips": 16,
+                                             "batch_size": trained_at_defaults("sne")["batch_size"]}]}))
     with pytest.raises(SneError, match="bn_recalibration=0 .*--bn-recalibration 0"):
         _check_same_training(path, setting, default)
     _check_same_training(path, *configs(bn_recalibration=0))  # more seeds of the same row: fine
@@ -120,7 +122,8 @@ def test_an_ablation_row_never_averages_seeds_of_encoders_built_two_ways(shared_
     resolved = dict(sne_module.SNEEncoder(hidden=16).options)
     path = tmp_path / "ablation_components_shared.json"
     seed = {"row": "full", "setting": setting, "train_seed": 0, "bn_recalibration": 16, "sign_flip_augment": True,
-            "test_time_flips": 16, "encoder_options_used": {"hidden": 16}, "encoder_options_resolved": resolved}
+            "test_time_flips": 16, "batch_size": trained_at_defaults("sne")["batch_size"],
+            "encoder_options_used": {"hidden": 16}, "encoder_options_resolved": resolved}
     path.write_text(json.dumps({"entries": [{k: v for k, v in seed.items() if k != "sign_flip_augment"}]}))
     # Trained before sign flips existed, so without them.
     with pytest.raises(SneError, match=r"sign_flip_augment=False .*give --no-augment-sign-flips to add seeds"):

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from conftest import trained_at_defaults
 from sne.encoders.sne import SNEEncoder
 from project_scripts import load_script
 
@@ -21,12 +22,8 @@ def _at_todays_defaults(encoder, options):
     it resolved to and its training default (rows are named apart from the current defaults)."""
     if encoder != "sne":
         return {}
-    defaults = SNEEncoder.train_defaults(options)
     return {"encoder_options_resolved": {**SNEEncoder.options_baseline(options), **options},
-            "permutation_augment": defaults.get("permutation_augment", False),
-            "bn_recalibration": defaults.get("bn_recalibration", 0),
-            "sign_flip_augment": defaults.get("sign_flip_augment", False),
-            "test_time_flips": defaults.get("test_time_flips", 0)}
+            **trained_at_defaults(encoder, options)}
 
 
 def _transfer_row(encoder, options, seed, taus, epochs=15):

@@ -129,6 +129,26 @@ def test_the_training_commands_take_the_encoders_batch_size_unless_given(small_b
     assert code == 0 and "  training defaults: --batch-size 16" in out.split("\nsne: ")[1].splitlines()
 
 
+def test_an_ablation_row_never_averages_seeds_trained_at_two_batch_sizes(small_batch_sne, shared_sine_zoo, tmp_path):
+    from sne.bench.ablation import _check_same_training, _setting
+    from sne.errors import SneError
+
+    def configs(**train_options):
+        runs = BenchRuns(encoders=["sne"], seeds=[0], epochs=1, runs_dir=tmp_path, results_dir=tmp_path,
+                         device="cpu", train_options=train_options)
+        rows = study_rows("components", ["full"])
+        return _setting(runs, 0.0, None), _row_configs(rows, runs, shared_sine_zoo, "frequency", 0.0, 30)[0]
+
+    setting, default = configs()
+    path = tmp_path / "ablation_components_shared.json"
+    # A seed written before rows recorded their batch size: trained at 64.
+    path.write_text(json.dumps({"entries": [{"row": "full", "setting": setting, "train_seed": 0}]}))
+    with pytest.raises(SneError, match="batch_size=64 and would be trained with 16 now: give --batch-size 64"):
+        _check_same_training(path, setting, default)
+    _check_same_training(path, *configs(batch_size=64))  # more seeds of the same row: fine
+    _check_same_training(path, *configs(batch_size=16))  # a setting of its own: fine
+
+
 def test_plots_of_configurations_that_differ_only_in_a_default_of_their_time_get_their_own_names(tmp_path):
     runs = BenchRuns(encoders=["sne"], seeds=[0], epochs=1, runs_dir=tmp_path, results_dir=tmp_path, device="cpu")
     then, now = ({"encoder_options_resolved": {**DEFAULT_OPTIONS, "chunk_hidden": width}} for width in (32, None))

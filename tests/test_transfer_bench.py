@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, trained_at_defaults
 from sne.bench.results import write_merged
 from sne.bench.transfer import REFERENCE_STATISTICS, statistic_references, summarize
 from sne.encoders import options_for_encoder
@@ -122,11 +122,7 @@ def test_scoped_encoder_options_reach_only_their_encoder():
 
 def test_summary_keeps_an_encoder_with_options_apart_from_its_defaults():
     # Rows trained at today's defaults, one of them given an option apart from them.
-    trained = {"train_zoo": "a", "encoder_options_resolved": dict(DEFAULT_OPTIONS),
-               "permutation_augment": SNEEncoder.train_defaults({}).get("permutation_augment", False),
-               "bn_recalibration": SNEEncoder.train_defaults({}).get("bn_recalibration", 0),
-               "sign_flip_augment": SNEEncoder.train_defaults({}).get("sign_flip_augment", False),
-               "test_time_flips": SNEEncoder.train_defaults({}).get("test_time_flips", 0)}
+    trained = {"train_zoo": "a", "encoder_options_resolved": dict(DEFAULT_OPTIONS), **trained_at_defaults("sne")}
     entries = [
         {"encoder": "sne", **trained, "evaluations": {"a": {"kendall_tau": 0.5}}},
         {"encoder": "sne", **trained, "encoder_options_given": {"use_input_positions": True},
