@@ -244,5 +244,6 @@ def test_batch_size_rows_train_at_their_batch_size_in_runs_of_their_own(shared_s
     # Their rows are named apart from the default configuration (the results page's labels).
     entries = json.loads((tmp_path / "results" / "ablation_training_shared.json").read_text())["entries"]
     names = {e["row"]: configuration_name(e) for e in entries}
-    assert names["multistep"] == "sne_heads-2_hidden-16_out_dim-8"
-    assert names["multistep-batch-16"] == "sne_batch_size-16_heads-2_hidden-16_out_dim-8"
+    # SNE trains at batch 16 by default: the row at 64 names its batch size, the row at 16 does not.
+    assert names["multistep"] == "sne_batch_size-64_heads-2_hidden-16_out_dim-8"
+    assert names["multistep-batch-16"] == "sne_heads-2_hidden-16_out_dim-8"
