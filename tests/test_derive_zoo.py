@@ -69,3 +69,17 @@ def test_encoder_options_make_their_own_run_and_row(shared_sine_zoo, tmp_path, c
                                                                       "statnn_lambda0_seed0"]
     rows = json.loads((tmp_path / "results" / "inr_frequency_shared.json").read_text())["entries"]
     assert sorted(json.dumps(r["encoder_options_given"]) for r in rows) == ['{"hidden": [16]}', "{}"]
+
+
+def test_a_longer_run_of_a_configuration_is_a_row_beside_the_shorter_one(shared_sine_zoo, tmp_path, capsys):
+    def bench(epochs: int, runs: str) -> list[dict]:
+        args = ["bench", "inr", "--zoo", str(shared_sine_zoo.path), "--encoders", "statnn", "--epochs", str(epochs),
+                "--runs", str(tmp_path / runs), "--results", str(tmp_path / "results"), "--device", "cpu"]
+        code, _, err = run_cli(args, capsys)
+        assert code == 0, err
+        return json.loads((tmp_path / "results" / "inr_frequency_shared.json").read_text())["entries"]
+
+    bench(1, "runs-1")
+    assert sorted(r["epochs"] for r in bench(2, "runs-2")) == [1, 2]
+    # Measuring the same epochs again replaces that row only.
+    assert sorted(r["epochs"] for r in bench(1, "runs-1")) == [1, 2]

@@ -74,5 +74,6 @@ def run_inr_benchmark(
 
 
 def entry_identity(entry: dict) -> tuple:
-    """Rows of one results file differ by encoder, options given, lambda and seed."""
-    return entry["encoder"], options_key(entry), entry["invariance_weight"], entry["train_seed"]
+    """Rows of one results file differ by encoder, options given, lambda, seed and epochs (a longer
+    run of a configuration is a row beside the shorter one, not its replacement)."""
+    return entry["encoder"], options_key(entry), entry["invariance_weight"], entry["train_seed"], entry["epochs"]
