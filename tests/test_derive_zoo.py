@@ -80,6 +80,13 @@ def test_a_longer_run_of_a_configuration_is_a_row_beside_the_shorter_one(shared_
         return json.loads((tmp_path / "results" / "inr_frequency_shared.json").read_text())["entries"]
 
     bench(1, "runs-1")
+    before = (tmp_path / "results" / "inr_frequency_shared.json").read_bytes()
+    # Other epochs in the same run directory: refused, saying which flag takes another, nothing written.
+    args = ["bench", "inr", "--zoo", str(shared_sine_zoo.path), "--encoders", "statnn", "--epochs", "2",
+            "--runs", str(tmp_path / "runs-1"), "--results", str(tmp_path / "results"), "--device", "cpu"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "epochs: 1 -> 2" in err and "sne bench --runs" in err and "Traceback" not in err
+    assert (tmp_path / "results" / "inr_frequency_shared.json").read_bytes() == before
     assert sorted(r["epochs"] for r in bench(2, "runs-2")) == [1, 2]
     # Measuring the same epochs again replaces that row only.
     assert sorted(r["epochs"] for r in bench(1, "runs-1")) == [1, 2]

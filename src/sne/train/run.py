@@ -58,6 +58,8 @@ INVARIANCE_TARGETS = ("outputs", "codes")
 #: Config fields that change how a trained run is evaluated, not how it trains: runs that differ only
 #: there are one run (resumed, named and stored alike), evaluated each way asked.
 EVALUATION_FIELDS = frozenset({"test_time_flips"})
+#: Where each command takes the directory of its runs (named in refusals to resume a run).
+RUN_DIRECTORY_FLAGS = "sne train --out, sne bench --runs"
 #: Config fields that may change between a run and its resumption without changing its result.
 _RESUMABLE_FIELDS = {"device", "num_workers", *EVALUATION_FIELDS}
 
@@ -267,7 +269,8 @@ def _check_resume(run_dir: Path, config: TrainConfig) -> None:
     changed = [k for k in mine if k not in _RESUMABLE_FIELDS | {"command"} and saved.get(k, defaults[k]) != mine[k]]
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {mine[k]!r}" for k in changed)
-        raise SneError(f"{run_dir} holds a run with a different configuration ({details}); use another --out")
+        raise SneError(f"{run_dir} holds a run with a different configuration ({details}); "
+                       f"train into another directory ({RUN_DIRECTORY_FLAGS})")
 
 
 def _check_resumed_encoder(run_dir: Path, saved: dict | None, mine: dict | None) -> None:
@@ -285,7 +288,7 @@ def _check_resumed_encoder(run_dir: Path, saved: dict | None, mine: dict | None)
         changed = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
                             if old.get(k) != new.get(k)) or "architecture"
         raise SneError(f"{run_dir} holds a run whose encoder was built otherwise ({changed}); resume it with "
-                       "those options given (-o), or use another --out")
+                       f"those options given (-o), or train into another directory ({RUN_DIRECTORY_FLAGS})")
 
 
 def check_max_train(max_train: int | None) -> None:
