@@ -247,3 +247,17 @@ def test_batch_size_rows_train_at_their_batch_size_in_runs_of_their_own(shared_s
     # SNE trains at batch 16 by default: the row at 64 names its batch size, the row at 16 does not.
     assert names["multistep"] == "sne_batch_size-64_heads-2_hidden-16_out_dim-8"
     assert names["multistep-batch-16"] == "sne_heads-2_hidden-16_out_dim-8"
+
+
+def test_training_rows_that_differ_in_schedule_alone_train_in_runs_of_their_own(shared_sine_zoo, tmp_path):
+    from sne.bench.ablation import _row_configs
+    from sne.bench.runs import BenchRuns
+
+    runs = BenchRuns(encoders=["sne"], seeds=[0], epochs=1, runs_dir=tmp_path, results_dir=tmp_path, device="cpu")
+    configs, skipped = _row_configs(study_rows("training"), runs, shared_sine_zoo, "frequency", 0.0, 30)
+    assert not skipped
+    names = {row.name: name for row, _, name in configs}
+    assert len(set(names.values())) == len(names)
+    assert "milestones" in names["multistep-batch-16-late-cuts"] and "schedule-cosine" in names["cosine-batch-16"]
+    late = next(fields for row, fields, _ in configs if row.name == "multistep-batch-16-late-cuts")
+    assert TrainConfig.for_encoder("sne", seed=0, **late).milestones == [0.8, 0.95]
