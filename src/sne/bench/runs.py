@@ -10,15 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields as dataclass_fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from sne.encoders import get_encoder_class, options_for_encoder
 from sne.errors import SneError
-from sne.train.run import EVALUATION_FIELDS, TrainConfig, hardware_description, resolve_device
+from sne.train.run import EVALUATION_FIELDS, TUNED_TRAINING, TrainConfig, hardware_description, resolve_device
 
-_TRAIN_CONFIG_DEFAULTS = {f.name: f.default for f in dataclass_fields(TrainConfig)}
+_TRAIN_CONFIG_DEFAULTS = asdict(TrainConfig(zoo="", target=""))
 
 
 @dataclass(frozen=True)
@@ -107,17 +107,15 @@ class BenchRuns:
 #: TrainConfig fields that say where or how a run was launched, or that a plot is named by already.
 _NOT_CONFIGURATION = ("zoo", "target", "device", "num_workers", "command", "seed", "encoder_options")
 
-#: Training settings that name a configuration where they differ from the encoder's defaults.
-TUNED_TRAINING = ("lr", "batch_size", "bn_recalibration", "sign_flip_augment", "test_time_flips")
-
 
 def training_switches(fields: dict, defaults: dict | None = None) -> dict:
     """The training settings in ``fields`` (TrainConfig fields, or a results row) that make a
     configuration of its own: permutation augmentation where it differs from ``defaults`` (None:
     off, as run names spell it), a cap on the training networks (``max_train``) where one was
-    set, and the learning rate, batch size, batch-norm recalibration, sign-flip augmentation and test-time flips where they differ from
-    ``defaults``' (or, not there, TrainConfig's). A row written before a switch existed had it off,
-    or at its default."""
+    set, and the settings of :data:`~sne.train.run.TUNED_TRAINING` (optimiser, schedule, batch,
+    batch-norm recalibration, sign flips) where they differ from ``defaults``' (or, not there,
+    TrainConfig's). A row written before a setting existed, or was recorded, had it off or at its
+    default."""
     on = bool(fields.get("permutation_augment"))
     switches = {} if on == bool((defaults or {}).get("permutation_augment")) else {"augment_permutations": on}
     if fields.get("max_train") is not None:

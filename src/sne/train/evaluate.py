@@ -11,7 +11,7 @@ import torch
 from sne.io_utils import write_json_atomic
 from sne.plots import scatter_predictions
 from sne.train.metrics import classification_metrics, regression_metrics
-from sne.train.run import check_zoo_architectures, hardware_description, load_run
+from sne.train.run import TUNED_TRAINING, check_zoo_architectures, hardware_description, load_run
 from sne.weights.permute import (
     random_equivalent_permutation,
     random_sign_flips,
@@ -110,11 +110,8 @@ def evaluate_run(
         # Every option the encoder was built with, defaults included: defaults may change between releases.
         "encoder_options_resolved": run.predictor.encoder.options,
         "invariance_weight": config.invariance_weight,
-        "lr": config.lr,
-        "batch_size": config.batch_size,
         "permutation_augment": config.permutation_augment,
-        "sign_flip_augment": config.sign_flip_augment,
-        "bn_recalibration": config.bn_recalibration,
+        **{name: getattr(config, name) for name in TUNED_TRAINING},
         "test_time_flips": run.predictor.test_time_flips,
         "train_seed": config.seed,
         "epochs": config.epochs,

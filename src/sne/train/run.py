@@ -58,6 +58,11 @@ INVARIANCE_TARGETS = ("outputs", "codes")
 #: Config fields that change how a trained run is evaluated, not how it trains: runs that differ only
 #: there are one run (resumed, named and stored alike), evaluated each way asked.
 EVALUATION_FIELDS = frozenset({"test_time_flips"})
+#: TrainConfig fields, beyond the encoder and its options, that make a configuration of its own where
+#: they differ from the encoder's training defaults: evaluations record them, and result tables name
+#: rows apart by them (:func:`sne.bench.runs.training_switches`).
+TUNED_TRAINING = ("lr", "batch_size", "bn_recalibration", "sign_flip_augment", "test_time_flips", "weight_decay",
+                  "schedule", "milestones", "gamma", "warmup_epochs", "grad_clip")
 #: Where each command takes the directory of its runs (named in refusals to resume a run).
 RUN_DIRECTORY_FLAGS = "sne train --out, sne bench --runs"
 #: Config fields that may change between a run and its resumption without changing its result.
