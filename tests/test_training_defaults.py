@@ -260,3 +260,21 @@ def test_evaluations_record_every_setting_that_names_a_configuration(shared_sine
     assert {name: evaluation[name] for name in TUNED_TRAINING if name != "test_time_flips"} == {
         name: config[name] for name in TUNED_TRAINING if name != "test_time_flips"}
     assert evaluation["lr"] == 3e-4 and evaluation["schedule"] == "multistep"
+
+
+@pytest.mark.parametrize("command", [["bench", "inr"], ["bench", "ablation", "--study", "chunk-size", "--rows",
+                                                         "chunk-4", "--max-train", "40", *TINY]])
+def test_one_zoo_benchmarks_take_a_learning_rate_and_name_runs_and_rows_by_it(command, shared_sine_zoo, tmp_path,
+                                                                              capsys):
+    encoders = ["--encoders", "deepsets"] if command[1] == "inr" else []
+    args = [*command, "--zoo", str(shared_sine_zoo.path), *encoders, "--epochs", "1", "--runs", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "results"), "--device", "cpu"]
+    code, _, err = run_cli([*args, "--lr", "nope"], capsys)
+    assert code == 2 and "Traceback" not in err and not (tmp_path / "results").exists()
+    code, _, err = run_cli([*args, "--lr", "5e-4"], capsys)
+    assert code == 0, err
+    (results,) = (tmp_path / "results").glob("*.json")
+    (entry,) = json.loads(results.read_text())["entries"]
+    (config,) = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("config.json")]
+    assert entry["lr"] == config["lr"] == 5e-4 and "lr-0.0005" in entry["run"]
+    assert configuration_options(entry)["lr"] == 5e-4

@@ -228,6 +228,7 @@ def format_options(options: dict) -> list[str]:
 #: --batch-size of the commands that train: unset, each encoder trains at its own (see 'sne encoders').
 _TRAIN_BATCH_SIZE = typer.Option(None, "--batch-size", min=1,
                                  help="Networks per Adam step (default: the encoder's, else 64).")
+_TRAIN_LR = typer.Option(None, "--lr", help="Adam learning rate (default: the encoder's, else 1e-3).")
 
 
 @app.command()
@@ -239,7 +240,7 @@ def train(
     epochs: int = typer.Option(100, "--epochs"),
     seed: int = typer.Option(0, "--seed"),
     batch_size: Optional[int] = _TRAIN_BATCH_SIZE,
-    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default: the encoder's, else 1e-3)."),
+    lr: Optional[float] = _TRAIN_LR,
     schedule: Optional[str] = typer.Option(None, "--schedule", help="Learning-rate schedule: multistep (x0.1 at 60% "
                                            "and 85% of the epochs) or cosine (default: the encoder's, else multistep)."),
     warmup_epochs: Optional[float] = typer.Option(None, "--warmup-epochs", help="Raise the learning rate linearly "
@@ -697,6 +698,7 @@ _ONE_ZOO = {
                                     "network and this many random sign-flipped copies of it, for runs trained on "
                                     "sign flips (default: the encoder's; runs are shared, rows named by it)."),
     "batch_size": _TRAIN_BATCH_SIZE,
+    "lr": _TRAIN_LR,
     "bn_recalibration": typer.Option(None, "--bn-recalibration", min=0, help="After every epoch, re-estimate batch-norm statistics over "
                                      "this many training batches (default: the encoder's, else 0: off; rows and runs "
                                      "are named by it)."),
@@ -716,10 +718,11 @@ def _bench_runs(encoders: list[str], seeds: str, epochs: int, runs: Path, result
 
 def _one_zoo(benchmark: str, zoo: Path, encoders: str, invariance_weights: str, seeds: str, epochs: int, runs: Path,
              results: Path, option: List[str], device: str, augment: Optional[bool], batch_size: Optional[int],
-             bn_recalibration: Optional[int], sign_flips: Optional[bool], test_time_flips: Optional[int]) -> None:
+             bn_recalibration: Optional[int], sign_flips: Optional[bool], test_time_flips: Optional[int],
+             lr: Optional[float]) -> None:
     from sne.bench.inr import run_inr_benchmark
 
-    bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, augment,
+    bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, augment, lr=lr,
                              batch_size=batch_size, bn_recalibration=bn_recalibration, sign_flip_augment=sign_flips,
                              test_time_flips=test_time_flips)
     path = run_inr_benchmark(zoo, bench_runs, _csv(invariance_weights, float), benchmark=benchmark)
@@ -739,13 +742,14 @@ def bench_inr(
     device: str = _ONE_ZOO["device"],
     augment: Optional[bool] = _ONE_ZOO["augment"],
     batch_size: Optional[int] = _ONE_ZOO["batch_size"],
+    lr: Optional[float] = _ONE_ZOO["lr"],
     sign_flips: Optional[bool] = _ONE_ZOO["sign_flips"],
     test_time_flips: Optional[int] = _ONE_ZOO["test_time_flips"],
     bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
 ) -> None:
     """INR frequency regression: train and evaluate each encoder; write results/inr_frequency_<init>.json."""
     _one_zoo("inr_frequency", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device, augment,
-             batch_size, bn_recalibration, sign_flips, test_time_flips)
+             batch_size, bn_recalibration, sign_flips, test_time_flips, lr)
 
 
 @bench_app.command("digit-inr")
@@ -761,13 +765,14 @@ def bench_digit_inr(
     device: str = _ONE_ZOO["device"],
     augment: Optional[bool] = _ONE_ZOO["augment"],
     batch_size: Optional[int] = _ONE_ZOO["batch_size"],
+    lr: Optional[float] = _ONE_ZOO["lr"],
     sign_flips: Optional[bool] = _ONE_ZOO["sign_flips"],
     test_time_flips: Optional[int] = _ONE_ZOO["test_time_flips"],
     bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
 ) -> None:
     """Digit-INR classification: predict each INR's digit; write results/digit_inr_label_<init>.json."""
     _one_zoo("digit_inr_label", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device, augment,
-             batch_size, bn_recalibration, sign_flips, test_time_flips)
+             batch_size, bn_recalibration, sign_flips, test_time_flips, lr)
 
 
 @bench_app.command("ablation")
@@ -791,6 +796,7 @@ def bench_ablation(
     device: str = _ONE_ZOO["device"],
     augment: Optional[bool] = _ONE_ZOO["augment"],
     batch_size: Optional[int] = _ONE_ZOO["batch_size"],
+    lr: Optional[float] = _ONE_ZOO["lr"],
     sign_flips: Optional[bool] = _ONE_ZOO["sign_flips"],
     test_time_flips: Optional[int] = _ONE_ZOO["test_time_flips"],
     bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
@@ -802,7 +808,7 @@ def bench_ablation(
     chosen = study_rows(study, _csv(rows), _encoder_list(encoders) if encoders.strip() else (),
                         _csv(fractions, float))
     bench_runs = _bench_runs(sorted({row.encoder for row in chosen}), seeds, epochs, runs, results, option, device,
-                             augment, batch_size=batch_size, bn_recalibration=bn_recalibration,
+                             augment, lr=lr, batch_size=batch_size, bn_recalibration=bn_recalibration,
                              sign_flip_augment=sign_flips, test_time_flips=test_time_flips)
     path = run_ablation(zoo, bench_runs, study, chosen, target=target, base_invariance_weight=invariance_weight,
                         max_train=max_train)
@@ -816,7 +822,7 @@ def bench_style_edit(
                                  help="Comma-separated encoder names, or all (every encoder with weight-space outputs)."),
     seeds: str = _ONE_ZOO["seeds"],
     epochs: int = _ONE_ZOO["epochs"],
-    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default: the encoder's, else 1e-3)."),
+    lr: Optional[float] = _TRAIN_LR,
     batch_size: Optional[int] = _TRAIN_BATCH_SIZE,
     runs: Path = typer.Option(Path("runs/style-edit"), "--runs", help="Where the runs are kept (resumable)."),
     results: Path = _ONE_ZOO["results"],
@@ -866,7 +872,7 @@ _TRANSFER = {
     "encoders": typer.Option("sne", "--encoders", help="Comma-separated encoder names, or all."),
     "seeds": typer.Option("0", "--seeds"),
     "epochs": typer.Option(30, "--epochs"),
-    "lr": typer.Option(None, "--lr", help="Adam learning rate (default: the encoder's, else 1e-3)."),
+    "lr": _TRAIN_LR,
     "batch_size": _TRAIN_BATCH_SIZE,
     "runs": typer.Option(Path("runs"), "--runs", help="Where the runs are kept (resumable)."),
     "results": typer.Option(Path("results"), "--results"),
