@@ -223,8 +223,8 @@ def test_ablation_rows_name_runs_by_the_augmentation_they_train_with(augmenting_
 
 
 def test_every_evaluation_records_the_training_settings_that_name_a_configuration(tiny_sne_run, tmp_path):
-    from sne.bench.runs import TUNED_TRAINING
     from sne.train.evaluate import evaluate_run
+    from sne.train.run import TUNED_TRAINING
 
     result = evaluate_run(tiny_sne_run, device="cpu", out=tmp_path / "eval.json", plot=False, sensitivity=False)
     config = json.loads((tiny_sne_run / "config.json").read_text())
@@ -234,7 +234,7 @@ def test_every_evaluation_records_the_training_settings_that_name_a_configuratio
 
 def test_rows_that_differ_in_schedule_alone_are_named_apart_and_older_rows_read_as_the_default():
     row = {"encoder": "sne", "encoder_options_given": {}, "encoder_options_resolved": dict(DEFAULT_OPTIONS),
-           **{k: v for k, v in SNEEncoder.default_train_options.items()}}
+           **SNEEncoder.default_train_options}
     default = TrainConfig(zoo="z", target="t")
     assert configuration_options(row) == {}  # written before rows recorded their schedule: the default's
     recorded = {**row, "schedule": default.schedule, "milestones": list(default.milestones),
@@ -243,23 +243,6 @@ def test_rows_that_differ_in_schedule_alone_are_named_apart_and_older_rows_read_
     assert configuration_options({**recorded, "schedule": "cosine", "warmup_epochs": 1.0}) == {
         "schedule": "cosine", "warmup_epochs": 1.0}
     assert configuration_options({**recorded, "milestones": [0.8, 0.95]}) == {"milestones": [0.8, 0.95]}
-
-
-def test_evaluations_record_every_setting_that_names_a_configuration(shared_sine_zoo, tmp_path, capsys):
-    from sne.train.run import TUNED_TRAINING
-
-    out = tmp_path / "run"
-    code, _, err = run_cli(["train", "--zoo", str(shared_sine_zoo.path), "--target", "frequency", "--epochs", "1",
-                            "--max-train", "20", "--device", "cpu", "--out", str(out), "-o", "hidden=16", "-o", "heads=2",
-                            "-o", "num_sab=1", "-o", "out_dim=8", "--lr", "3e-4"], capsys)
-    assert code == 0, err
-    code, _, err = run_cli(["evaluate", str(out), "--device", "cpu"], capsys)
-    assert code == 0, err
-    evaluation = json.loads((out / "eval.json").read_text())
-    config = json.loads((out / "config.json").read_text())
-    assert {name: evaluation[name] for name in TUNED_TRAINING if name != "test_time_flips"} == {
-        name: config[name] for name in TUNED_TRAINING if name != "test_time_flips"}
-    assert evaluation["lr"] == 3e-4 and evaluation["schedule"] == "multistep"
 
 
 @pytest.mark.parametrize("command", [["bench", "inr"], ["bench", "ablation", "--study", "chunk-size", "--rows",
