@@ -705,26 +705,29 @@ _ONE_ZOO = {
 }
 
 
+def _training(*, augment: Optional[bool] = None, sign_flips: Optional[bool] = None,
+              test_time_flips: Optional[int] = None, **same_name: Any) -> dict[str, Any]:
+    """A bench command's training flags as :class:`~sne.train.run.TrainConfig` fields (``None``: the
+    encoder's default); flags named as their field (``lr``, ``batch_size``, ...) pass as they are."""
+    return {"permutation_augment": augment, "sign_flip_augment": sign_flips, "test_time_flips": test_time_flips,
+            **same_name}
+
+
 def _bench_runs(encoders: list[str], seeds: str, epochs: int, runs: Path, results: Path, option: List[str],
-                device: str, augment: Optional[bool] = None, **train_options: Any) -> "BenchRuns":
+                device: str, training: dict[str, Any]) -> "BenchRuns":
     from sne.bench.runs import BenchRuns
 
     return BenchRuns(
         encoders=encoders, seeds=_csv(seeds, int), epochs=epochs, runs_dir=runs, results_dir=results, device=device,
-        encoder_options=parse_options(option), train_options={**train_options, "permutation_augment": augment},
-        command=_command_line(),
+        encoder_options=parse_options(option), train_options=training, command=_command_line(),
     )
 
 
 def _one_zoo(benchmark: str, zoo: Path, encoders: str, invariance_weights: str, seeds: str, epochs: int, runs: Path,
-             results: Path, option: List[str], device: str, augment: Optional[bool], batch_size: Optional[int],
-             bn_recalibration: Optional[int], sign_flips: Optional[bool], test_time_flips: Optional[int],
-             lr: Optional[float]) -> None:
+             results: Path, option: List[str], device: str, training: dict[str, Any]) -> None:
     from sne.bench.inr import run_inr_benchmark
 
-    bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, augment, lr=lr,
-                             batch_size=batch_size, bn_recalibration=bn_recalibration, sign_flip_augment=sign_flips,
-                             test_time_flips=test_time_flips)
+    bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, training)
     path = run_inr_benchmark(zoo, bench_runs, _csv(invariance_weights, float), benchmark=benchmark)
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
 
@@ -748,8 +751,9 @@ def bench_inr(
     bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
 ) -> None:
     """INR frequency regression: train and evaluate each encoder; write results/inr_frequency_<init>.json."""
-    _one_zoo("inr_frequency", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device, augment,
-             batch_size, bn_recalibration, sign_flips, test_time_flips, lr)
+    _one_zoo("inr_frequency", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device,
+             _training(augment=augment, sign_flips=sign_flips, test_time_flips=test_time_flips, lr=lr,
+                       batch_size=batch_size, bn_recalibration=bn_recalibration))
 
 
 @bench_app.command("digit-inr")
@@ -771,8 +775,9 @@ def bench_digit_inr(
     bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
 ) -> None:
     """Digit-INR classification: predict each INR's digit; write results/digit_inr_label_<init>.json."""
-    _one_zoo("digit_inr_label", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device, augment,
-             batch_size, bn_recalibration, sign_flips, test_time_flips, lr)
+    _one_zoo("digit_inr_label", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device,
+             _training(augment=augment, sign_flips=sign_flips, test_time_flips=test_time_flips, lr=lr,
+                       batch_size=batch_size, bn_recalibration=bn_recalibration))
 
 
 @bench_app.command("ablation")
@@ -807,9 +812,10 @@ def bench_ablation(
 
     chosen = study_rows(study, _csv(rows), _encoder_list(encoders) if encoders.strip() else (),
                         _csv(fractions, float))
+    training = _training(augment=augment, sign_flips=sign_flips, test_time_flips=test_time_flips, lr=lr,
+                         batch_size=batch_size, bn_recalibration=bn_recalibration)
     bench_runs = _bench_runs(sorted({row.encoder for row in chosen}), seeds, epochs, runs, results, option, device,
-                             augment, lr=lr, batch_size=batch_size, bn_recalibration=bn_recalibration,
-                             sign_flip_augment=sign_flips, test_time_flips=test_time_flips)
+                             training)
     path = run_ablation(zoo, bench_runs, study, chosen, target=target, base_invariance_weight=invariance_weight,
                         max_train=max_train)
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
@@ -836,7 +842,7 @@ def bench_style_edit(
 
     names = weight_output_encoder_names() if encoders.strip() == "all" else _encoder_list(encoders)
     path = run_style_edit_benchmark(
-        zoo, _bench_runs(names, seeds, epochs, runs, results, option, device, lr=lr, batch_size=batch_size)
+        zoo, _bench_runs(names, seeds, epochs, runs, results, option, device, _training(lr=lr, batch_size=batch_size))
     )
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
 
@@ -850,18 +856,15 @@ def _zoo_list(values: List[str]) -> list[str]:
 
 
 def _transfer(benchmark: str, train_zoos: list[str], test_zoos: list[str], target: str, encoders: str, seeds: str,
-              epochs: int, runs: Path, results: Path, option: List[str], lr: Optional[float], batch_size: Optional[int],
-              device: str, name: Optional[str], augment: Optional[bool], max_train: Optional[int],
-              bn_recalibration: Optional[int], sign_flips: Optional[bool], test_time_flips: Optional[int]) -> None:
+              epochs: int, runs: Path, results: Path, option: List[str], device: str, name: Optional[str],
+              training: dict[str, Any]) -> None:
     from sne.bench.transfer import check_results_name, run_transfer_benchmark
     from sne.train.run import check_max_train
 
     if name is not None:
         check_results_name(name)  # before the encoders are checked and any zoo is opened
-    check_max_train(max_train)
-    bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, augment, lr=lr,
-                             batch_size=batch_size, max_train=max_train, bn_recalibration=bn_recalibration,
-                             sign_flip_augment=sign_flips, test_time_flips=test_time_flips)
+    check_max_train(training.get("max_train"))
+    bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, training)
     path = run_transfer_benchmark(benchmark, train_zoos, test_zoos, bench_runs, target=target, name=name)
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
 
@@ -912,8 +915,9 @@ def bench_cross_dataset(
     """Train on each zoo, report Kendall's tau of test accuracy on every zoo's test split (results/cross_dataset.json,
     or results/NAME.json with --name)."""
     zoo_paths = _zoo_list(zoos)
-    _transfer("cross_dataset", zoo_paths, zoo_paths, target, encoders, seeds, epochs, runs, results, option, lr, batch_size, device,
-              name, augment, max_train, bn_recalibration, sign_flips, test_time_flips)
+    _transfer("cross_dataset", zoo_paths, zoo_paths, target, encoders, seeds, epochs, runs, results, option, device, name,
+              _training(augment=augment, sign_flips=sign_flips, test_time_flips=test_time_flips, lr=lr,
+                        batch_size=batch_size, bn_recalibration=bn_recalibration, max_train=max_train))
 
 
 @bench_app.command("cross-arch")
@@ -939,8 +943,9 @@ def bench_cross_arch(
 ) -> None:
     """Train on each --train zoo, report Kendall's tau on every --test zoo (results/cross_arch.json, or
     results/NAME.json with --name, e.g. --name vit for a small-cnn -> ViT study)."""
-    _transfer("cross_arch", _zoo_list(train), _zoo_list(test), target, encoders, seeds, epochs, runs, results, option, lr,
-              batch_size, device, name, augment, max_train, bn_recalibration, sign_flips, test_time_flips)
+    _transfer("cross_arch", _zoo_list(train), _zoo_list(test), target, encoders, seeds, epochs, runs, results, option,
+              device, name, _training(augment=augment, sign_flips=sign_flips, test_time_flips=test_time_flips, lr=lr,
+                                      batch_size=batch_size, bn_recalibration=bn_recalibration, max_train=max_train))
 
 
 def main() -> None:

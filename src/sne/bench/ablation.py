@@ -46,7 +46,7 @@ from sne.encoders.sne import DEFAULT_OPTIONS as SNE_DEFAULT_OPTIONS, PRESETS as 
 from sne.errors import SneError
 from sne.plots import error_curves
 from sne.train.evaluate import evaluate_run
-from sne.train.run import EVALUATION_FIELDS, TrainConfig, check_max_train, fit, train_flag
+from sne.train.run import EVALUATION_FIELDS, TRAIN_DEFAULTS, TrainConfig, check_max_train, fit, train_flag
 from sne.zoo import Zoo
 
 
@@ -444,7 +444,7 @@ def _row_configs(rows: Sequence[AblationRow], runs: BenchRuns, zoo: Zoo, target:
         # Training fields as the run will have them (the encoder's training defaults filled in),
         # named where they differ from the base's, or from the shared defaults where the base sets none.
         trained = asdict(TrainConfig.for_encoder(row.encoder, seed=0, **fields))
-        reference = {**asdict(_DEFAULT_CONFIG), **base_fields}
+        reference = {**TRAIN_DEFAULTS, **base_fields}
         # Rows that differ only in how the run is evaluated share a run.
         named = sorted({*base_fields, *row.train, "permutation_augment", "sign_flip_augment"} - EVALUATION_FIELDS)
         changed.update({k: trained[k] for k in named if trained[k] != reference[k]})
@@ -459,8 +459,6 @@ def _row_configs(rows: Sequence[AblationRow], runs: BenchRuns, zoo: Zoo, target:
         configs.append((row, fields, run_name))
     return configs, skipped
 
-
-_DEFAULT_CONFIG = TrainConfig(zoo="", target="")
 
 
 def entry_identity(entry: dict) -> tuple:

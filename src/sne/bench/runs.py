@@ -16,9 +16,14 @@ from typing import Any, Sequence
 
 from sne.encoders import get_encoder_class, options_for_encoder
 from sne.errors import SneError
-from sne.train.run import EVALUATION_FIELDS, TUNED_TRAINING, TrainConfig, hardware_description, resolve_device
-
-_TRAIN_CONFIG_DEFAULTS = asdict(TrainConfig(zoo="", target=""))
+from sne.train.run import (
+    EVALUATION_FIELDS,
+    TRAIN_DEFAULTS,
+    TUNED_TRAINING,
+    TrainConfig,
+    hardware_description,
+    resolve_device,
+)
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ class BenchRuns:
         the encoder's defaults, as run directories always named them: a default that changes never
         gives an old run's directory a new meaning.)"""
         defaults = {**get_encoder_class(encoder).train_defaults(self.options_for(encoder)), "permutation_augment": False,
-                    "batch_size": _TRAIN_CONFIG_DEFAULTS["batch_size"]}
+                    "batch_size": TRAIN_DEFAULTS["batch_size"]}
         switches = training_switches(self.resolved_train_options(encoder), defaults)
         switches = {k: v for k, v in switches.items() if k not in EVALUATION_FIELDS}
         return encoder + options_tag({**self.options_for(encoder), **switches})
@@ -121,7 +126,7 @@ def training_switches(fields: dict, defaults: dict | None = None) -> dict:
     if fields.get("max_train") is not None:
         switches["max_train"] = fields["max_train"]
     for name in TUNED_TRAINING:
-        default = (defaults or {}).get(name, _TRAIN_CONFIG_DEFAULTS[name])
+        default = (defaults or {}).get(name, TRAIN_DEFAULTS[name])
         value = fields.get(name, BEFORE_IT_EXISTED.get(name))
         if name == "test_time_flips" and not fields.get("sign_flip_augment", BEFORE_IT_EXISTED["sign_flip_augment"]):
             continue  # averaging over flips follows training on them (TrainConfig.for_encoder): no flips says it

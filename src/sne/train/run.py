@@ -18,7 +18,8 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -140,6 +141,9 @@ class TrainConfig:
             chosen["test_time_flips"] = 0  # averaging over flips follows training on them
         return cls(encoder=encoder, **chosen)
 
+
+#: TrainConfig's shared defaults, field by field (before any encoder's training defaults).
+TRAIN_DEFAULTS: Mapping[str, Any] = MappingProxyType(asdict(TrainConfig(zoo="", target="")))
 
 #: TrainConfig fields whose command-line flag is not the field's name.
 TRAIN_FLAG_NAMES = {"permutation_augment": "augment-permutations", "sign_flip_augment": "augment-sign-flips"}
