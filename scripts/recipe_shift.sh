@@ -19,6 +19,9 @@ gen sine-shift-gain --n "$TEST_N" --seed 14 -o init_gain=2
 gen sine-shift-range --n "$TEST_N" --seed 15 -o input_range=2
 gen sine-shift-lr --n "$TEST_N" --seed 12 --lr 3e-4 --steps 1500
 gen sine-shift-all --n "$TEST_N" --seed 16 --lr 3e-4 --steps 1000 -o init_gain=0.5 -o input_range=0.5
+# Imported without --arch, as every row of results/recipe_shift.json was tested: its networks' activations
+# are unknown, so nothing flips their signs and Neural Graphs embed an "unknown" activation. The probe
+# study below imports them again with their module (zoos/sine-foreign-arch), as a user would.
 if [ ! -d zoos/sine-foreign ]; then
   python scripts/foreign_sine_inrs.py runs/foreign-sine-inrs --n "${FOREIGN_N:-200}" --seed 0
   $SNE zoo import folder runs/foreign-sine-inrs --targets runs/foreign-sine-inrs/targets.csv --out zoos/sine-foreign
@@ -32,5 +35,17 @@ bench() {
 for encoder in ${ENCODERS:-mlp statnn deepsets dwsnet nfn_np nfn_hnp sne nft ng_gnn}; do
   bench --encoders "$encoder"
 done
-bench --encoders sne -o sne.use_source_features=true --augment-permutations
+# Neural Graphs with probe features (activations at learned inputs: forward passes, which SNE never
+# runs), against the same encoders without, on the foreign networks with their activations known.
+if [ ! -d zoos/sine-foreign-arch ]; then
+  $SNE zoo import folder runs/foreign-sine-inrs --targets runs/foreign-sine-inrs/targets.csv \
+    --arch scripts/foreign_sine_inrs.py:architecture --out zoos/sine-foreign-arch
+fi
+probes() {
+  $SNE bench cross-arch --name recipe_shift_probes --target frequency --train zoos/sine-inrecipe \
+    --test "${tests%,zoos/sine-foreign},zoos/sine-foreign-arch" --epochs "$EPOCHS" --seeds "${SEEDS:-0}" \
+    --runs runs/shift --device "$DEVICE" "$@"
+}
+probes --encoders sne,ng_gnn
+probes --encoders ng_gnn -o ng_gnn.probe_points=16
 echo "results/recipe_shift.json written; regenerate docs/RESULTS.md with 'make results'"
