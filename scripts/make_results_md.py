@@ -115,6 +115,20 @@ STUDY_NOTES = {
         "that default, so its column here is no longer a test of code unseen in every respect. `sine-gains` "
         "has 1800 training networks, three times the in-recipe zoo's.",
     ],
+    "recipe_shift_probes": [
+        "The recipe-shift table's training zoo and test zoos, for the question issue 15 left to a product "
+        "decision: do probe features rank the foreign networks? With `probe_points=16` Neural Graphs run each "
+        "network on 16 learned inputs and give every neuron its values there (forward passes, which SNE never "
+        "runs: it reads the weights alone). The foreign networks are imported here with their module "
+        "(`--arch`), so their sines are known, as probes need; in `recipe_shift` they were imported without it. "
+        "The probes evaluate sin(30 x), the factor all these zoos use (option `sine_w0`).",
+    ],
+    "recipe_shift_gains_probes": [
+        "`recipe_shift_probes` with the training zoo of `recipe_shift_gains` (initial scales after the first "
+        "layer from SIREN's to beyond PyTorch's `nn.Linear` default, the regime the foreign networks were "
+        "fitted in): whether probe features rank the foreign networks once training has seen networks started "
+        "that way. The foreign networks are imported with their module (`--arch`).",
+    ],
     "unseen_kernels": [
         "Trained on small CNNs with 3x3 kernels, tested on the same recipe with 7x7 kernels (`kernel=7`), a "
         "kernel size no training network had (the SNE paper's claim: SNE reads any kernel size). Neural Graphs "
