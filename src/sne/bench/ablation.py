@@ -460,7 +460,6 @@ def _row_configs(rows: Sequence[AblationRow], runs: BenchRuns, zoo: Zoo, target:
     return configs, skipped
 
 
-
 def entry_identity(entry: dict) -> tuple:
     """Rows of one results file differ by row, setting and seed."""
     return entry["row"], json.dumps(entry["setting"], sort_keys=True), entry["train_seed"]
