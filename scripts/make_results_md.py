@@ -129,6 +129,14 @@ STUDY_NOTES = {
         "fitted in): whether probe features rank the foreign networks once training has seen networks started "
         "that way. The foreign networks are imported with their module (`--arch`).",
     ],
+    "recipe_shift_underfit": [
+        "The runs of `recipe_shift_gains_probes` on a zoo made by sne's recipe in the regime the foreign "
+        "networks were fitted in: hidden scale at PyTorch's `nn.Linear` default (`hidden_gain=12`) and a "
+        "small learning rate, so that, like the foreign networks and unlike every training zoo, they fit "
+        "their sines loosely and their weights stay close to a random start (`sine-shift-underfit`). If an "
+        "encoder ranks this zoo as poorly as the foreign one, the fitting regime, not code the team has not "
+        "seen, is what it cannot read.",
+    ],
     "unseen_kernels": [
         "Trained on small CNNs with 3x3 kernels, tested on the same recipe with 7x7 kernels (`kernel=7`), a "
         "kernel size no training network had (the SNE paper's claim: SNE reads any kernel size). Neural Graphs "

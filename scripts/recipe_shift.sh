@@ -35,6 +35,7 @@ bench() {
 for encoder in ${ENCODERS:-mlp statnn deepsets dwsnet nfn_np nfn_hnp sne nft ng_gnn}; do
   bench --encoders "$encoder"
 done
+bench --encoders sne --lr 5e-4  # at SNE's default 1e-3 some seeds sit at the mean predictor for many epochs
 # Neural Graphs with probe features (activations at learned inputs: forward passes, which SNE never
 # runs), against the same encoders without, on the foreign networks with their activations known.
 if [ ! -d zoos/sine-foreign-arch ]; then
@@ -48,4 +49,21 @@ probes() {
 }
 probes --encoders sne,ng_gnn
 probes --encoders ng_gnn -o ng_gnn.probe_points=16
+# The same, trained on networks started at initial scales from SIREN's to nn.Linear's (recipe_shift_gains'
+# zoo); then those runs on a zoo of sne's recipe fitted in the foreign networks' regime (nn.Linear's hidden
+# scale, a small learning rate: far looser fits than any training zoo's), beside the foreign networks.
+gen sine-gains --n 3000 --seed 17 -o hidden_gain=0.5 -o hidden_gain_max=16
+gen sine-shift-underfit --n "$TEST_N" --seed 18 -o hidden_gain=12 --lr 2e-4 --steps 1500
+gains=zoos/sine-gains,${tests%,zoos/sine-foreign},zoos/sine-foreign-arch
+on_gains() {
+  $SNE bench cross-arch --target frequency --train zoos/sine-gains --epochs "$EPOCHS" --seeds "${SEEDS:-0}" \
+    --runs runs/shift-gains --device "$DEVICE" "$@"
+}
+for name in recipe_shift_gains_probes recipe_shift_underfit; do
+  [ $name = recipe_shift_gains_probes ] && test_zoos=$gains \
+    || test_zoos=zoos/sine-gains,zoos/sine-shift-underfit,zoos/sine-foreign-arch
+  on_gains --name $name --test "$test_zoos" --encoders ng_gnn -o ng_gnn.probe_points=16
+  on_gains --name $name --test "$test_zoos" --encoders sne
+  on_gains --name $name --test "$test_zoos" --encoders sne --lr 5e-4
+done
 echo "results/recipe_shift.json written; regenerate docs/RESULTS.md with 'make results'"
