@@ -133,7 +133,7 @@ STUDY_NOTES = {
         "The runs of `recipe_shift_gains_probes` on a zoo made by sne's recipe in the regime the foreign "
         "networks were fitted in: hidden scale at PyTorch's `nn.Linear` default (`hidden_gain=12`) and a "
         "small learning rate, so that, like the foreign networks and unlike every training zoo, they fit "
-        "their sines loosely and their weights stay close to a random start (`sine-shift-underfit`). If an "
+        "their sines loosely (`sine-shift-underfit`). If an "
         "encoder ranks this zoo as poorly as the foreign one, the fitting regime, not code the team has not "
         "seen, is what it cannot read.",
     ],
