@@ -21,7 +21,7 @@ from sne.zoo.siren import Siren, hidden_gains, initial_parameters
 #: Small zoo options per recipe, and each new option at its default value.
 DEFAULT_OF_THE_OPTION = {
     "small-cnn": ({"epochs": 1}, {"kernel": 3}),
-    "sine-inr": ({"steps": 20}, {"input_range": 1, "init_gain": 1, "hidden_gain": 1}),
+    "sine-inr": ({"steps": 20}, {"input_range": 1, "init_gain": 1, "hidden_gain": 1, "phase_max": 0}),
 }
 
 
@@ -44,7 +44,8 @@ def test_the_option_at_its_default_makes_the_default_zoo_bit_for_bit(recipe, tmp
                         progress=False)
     assert (targets_digest(same), weights_digest(same)) == (targets_digest(zoo), weights_digest(zoo))
     # The default is left out of the options, so existing zoos resume and results files keep merging.
-    assert not {"kernel", "input_range", "init_gain", "hidden_gain", "hidden_gain_max"} & set(zoo.manifest["options"])
+    assert not {"kernel", "input_range", "init_gain", "hidden_gain", "hidden_gain_max", "phase_max"} & set(
+        zoo.manifest["options"])
     assert same.manifest["options"] == zoo.manifest["options"]
 
 
@@ -110,8 +111,9 @@ def test_a_7x7_network_trained_alone_ends_where_the_stacked_one_does():
 # -- sine-inr: input_range -------------------------------------------------------------------------
 
 
-def _grid_mse(zoo: Zoo, input_range: float) -> list[float]:
-    """Each INR's MSE to its sine over the recipe's grid, fed as x * input_range / pi."""
+def _grid_mse(zoo: Zoo, input_range: float, with_phase: bool = True) -> list[float]:
+    """Each INR's MSE to its sine (with its phase, where the zoo has one, unless not ``with_phase``) over the
+    recipe's grid, fed as x * input_range / pi."""
     x = grid(zoo.manifest["options"]["points"])
     errors = []
     for record in zoo.records(range(len(zoo))):
@@ -119,7 +121,9 @@ def _grid_mse(zoo: Zoo, input_range: float) -> list[float]:
         module.load_state_dict(record.to_state_dict())
         with torch.no_grad():
             fitted = module((x * input_range / math.pi).float()[:, None])[:, 0]
-        target = sine_targets([zoo.metadata.at[record.meta["id"], "frequency"]], x)[0]
+        row = zoo.metadata.loc[record.meta["id"]]
+        phase = [float(row["phase"])] if with_phase and "phase" in row else None
+        target = sine_targets([row["frequency"]], x, phase)[0]
         errors.append(float(((fitted - target) ** 2).mean()))
     return errors
 
@@ -146,6 +150,38 @@ def test_a_wider_input_range_fits_the_same_sines_with_other_weights(tmp_path):
 def test_bad_input_ranges_are_refused_in_one_line(value):
     with pytest.raises(SneError, match="option 'input_range' must be") as error:
         get_recipe("sine-inr").resolve_options({"input_range": value})
+    assert "\n" not in str(error.value)
+
+
+# -- sine-inr: phase_max ---------------------------------------------------------------------------
+
+
+def test_random_phases_fit_sines_shifted_by_each_networks_own_phase(tmp_path):
+    options = {"steps": 150, "phase_max": 2 * math.pi}
+    shifted = generate_zoo("sine-inr", tmp_path / "phase", n=8, seed=0, options=options, command="test", progress=False)
+    plain = generate_zoo("sine-inr", tmp_path / "plain", n=8, seed=0, options={"steps": 150}, command="test",
+                         progress=False)
+    assert shifted.manifest["options"]["phase_max"] == pytest.approx(2 * math.pi)
+    assert shifted.manifest["dataset"]["function"] == "f(x) = sin(a x + phi)"
+    phases = shifted.metadata["phase"]
+    assert ((phases >= 0) & (phases < 2 * math.pi)).all() and phases.nunique() == 8
+    # The frequencies (the target) and initial weights are the default zoo's; only the fitted functions move.
+    assert shifted.metadata["frequency"].equals(plain.metadata["frequency"])
+    assert "phase" not in plain.metadata.columns
+    errors = _grid_mse(shifted, 1.0)
+    assert max(errors) < 1e-3
+    assert errors == pytest.approx(shifted.metadata["fit_mse"].tolist(), rel=1e-3, abs=1e-7)
+    assert min(_grid_mse(shifted, 1.0, with_phase=False)) > 100 * max(errors)
+    # Each network's phase comes from (seed, id) alone: a smaller zoo of the same seed has the same first ones.
+    few = generate_zoo("sine-inr", tmp_path / "few", n=4, seed=0, options={**options, "steps": 1}, command="test",
+                       progress=False)
+    assert few.metadata["phase"].tolist() == phases.iloc[:4].tolist()
+
+
+@pytest.mark.parametrize("value", [-1, float("nan"), float("inf"), "2", True])
+def test_bad_phase_ranges_are_refused_in_one_line(value):
+    with pytest.raises(SneError, match="option 'phase_max' must") as error:
+        get_recipe("sine-inr").resolve_options({"phase_max": value})
     assert "\n" not in str(error.value)
 
 

@@ -4,7 +4,9 @@ Each network is a SIREN 1 -> 32 -> 32 -> 1 (:mod:`sne.zoo.siren`, which also fit
 fitted to sin(a x) on a regular grid of [-pi, pi), fed as x * r / pi in [-r, r) with r the option
 ``input_range`` (default 1: x / pi in [-1, 1)); a ~ U(freq_min, freq_max) is the target column
 ``frequency``. Another r is another fitting recipe for the same functions (same initial weights,
-other fitted ones): test zoos for encoders trained on INRs made the default way.
+other fitted ones): test zoos for encoders trained on INRs made the default way. With ``phase_max``
+(default 0) each network fits sin(a x + phi) instead, phi ~ U(0, phase_max) drawn from (seed, id)
+alone and kept in column ``phase``: a sine fitted on another domain, [0, 2 pi) say, is one of these.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "freq_min": 0.5,
     "freq_max": 10.0,
     "input_range": 1.0,
+    "phase_max": 0.0,
 }
 
 
@@ -44,10 +47,11 @@ def grid(points: int) -> torch.Tensor:
     return torch.arange(points, dtype=torch.float64) * (2 * math.pi / points) - math.pi
 
 
-def sine_targets(frequencies: Sequence[float], x: torch.Tensor) -> torch.Tensor:
-    """sin(a x) for each frequency a, shape (len(frequencies), len(x)), float32."""
+def sine_targets(frequencies: Sequence[float], x: torch.Tensor, phases: Sequence[float] | None = None) -> torch.Tensor:
+    """sin(a x + phi) for each frequency a (and phase phi, 0 if not given), shape (len(frequencies), len(x)), float32."""
     a = torch.as_tensor(np.asarray(frequencies, dtype=np.float64))
-    return torch.sin(a[:, None] * x.to(torch.float64)[None, :]).float()
+    phi = torch.zeros_like(a) if phases is None else torch.as_tensor(np.asarray(phases, dtype=np.float64))
+    return torch.sin(a[:, None] * x.to(torch.float64)[None, :] + phi[:, None]).float()
 
 
 def _network_input(input_range: float) -> str:
@@ -76,8 +80,12 @@ class SineInr(Recipe):
                 f"sine-inr needs freq_min < freq_max, got {resolved['freq_min']} and {resolved['freq_max']}"
             )
         input_range = finite_float(self.name, "input_range", o["input_range"], positive=True)
-        # input_range=1 is left out, so such a zoo has the options (and resumes) as before the option existed.
-        return {**resolved, **({"input_range": input_range} if input_range != 1.0 else {})}
+        phase_max = finite_float(self.name, "phase_max", o["phase_max"])
+        if phase_max < 0:
+            raise SneError(f"{self.name} option 'phase_max' must not be negative, got {o['phase_max']!r}")
+        # Options at their defaults are left out, so such a zoo has the options (and resumes) as before they existed.
+        return {**resolved, **({"input_range": input_range} if input_range != 1.0 else {}),
+                **({"phase_max": phase_max} if phase_max else {})}
 
     def architecture(self, options: Mapping[str, Any]) -> list[dict[str, Any]]:
         return siren_architecture(1)
@@ -86,8 +94,11 @@ class SineInr(Recipe):
         return {"frequency": {"kind": "regression", "description": "a in the fitted f(x) = sin(a x)"}}
 
     def dataset(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        phase = {"phase": {"name": "phi", "distribution": "uniform", "low": 0.0, "high": options["phase_max"]}} \
+            if options.get("phase_max") else {}
         return {
-            "function": "f(x) = sin(a x)",
+            "function": "f(x) = sin(a x + phi)" if phase else "f(x) = sin(a x)",
+            **phase,
             "frequency": {
                 "name": "a", "distribution": "uniform", "low": options["freq_min"], "high": options["freq_max"]
             },
@@ -104,6 +115,13 @@ class SineInr(Recipe):
         u = np.random.default_rng(derive_seed(seed, "sine-inr/frequency", network_id)).random()
         return options["freq_min"] + (options["freq_max"] - options["freq_min"]) * float(u)
 
+    def phase(self, seed: int, network_id: int, options: Mapping[str, Any]) -> float:
+        """The phase phi of network ``network_id`` (0 without ``phase_max``), drawn from (seed, id) alone."""
+        if not options.get("phase_max"):
+            return 0.0
+        u = np.random.default_rng(derive_seed(seed, "sine-inr/phase", network_id)).random()
+        return options["phase_max"] * float(u)
+
     def init_seed(self, seed: int, network_id: int, options: Mapping[str, Any]) -> int:
         """The seed of network ``network_id``'s initial parameters; one seed for all under shared init."""
         if options["init"] == "shared":
@@ -115,15 +133,18 @@ class SineInr(Recipe):
     ) -> Shard:
         x = grid(options["points"])
         frequencies = [self.frequency(seed, int(i), options) for i in ids]
+        phases = [self.phase(seed, int(i), options) for i in ids]
         init_seeds = [self.init_seed(seed, int(i), options) for i in ids]
         inputs = x * options.get("input_range", 1.0) / math.pi  # x * 1.0 is x: default zoos are unchanged
         gains = hidden_gains(self.name, seed, ids, options)
         tensors, fit_mse = fit_groups(
             self.name, ids, init_seeds, inputs.float(),
-            lambda start, stop: sine_targets(frequencies[start:stop], x), options, progress, gains,
+            lambda start, stop: sine_targets(frequencies[start:stop], x, phases[start:stop]), options, progress, gains,
         )
+        phase_columns = [{"phase": p} if options.get("phase_max") else {} for p in phases]
         rows = [
-            {"id": int(i), "frequency": a, "init_seed": s, "fit_mse": float(e), **g}
-            for i, a, s, e, g in zip(ids, frequencies, init_seeds, fit_mse.tolist(), gain_columns(gains, options))
+            {"id": int(i), "frequency": a, "init_seed": s, "fit_mse": float(e), **g, **p}
+            for i, a, s, e, g, p in zip(ids, frequencies, init_seeds, fit_mse.tolist(), gain_columns(gains, options),
+                                        phase_columns)
         ]
         return Shard(tensors, rows)
