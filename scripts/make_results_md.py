@@ -137,6 +137,13 @@ STUDY_NOTES = {
         "encoder ranks this zoo as poorly as the foreign one, the fitting regime, not code the team has not "
         "seen, is what it cannot read.",
     ],
+    "recipe_shift_phase": [
+        "A hypothesis about the foreign networks, tested: they fit sin(a x) on [0, 2 pi), fed as x / pi - 1, "
+        "so in the recipe's terms they fit sin(a x + a pi), a phase that every training zoo above lacks (all "
+        "of theirs fit odd functions, 0 at the domain's centre). `sine-phases` and `sine-shift-phase` fit "
+        "sin(a x + phi) with phi ~ U(0, 2 pi) per network (option `phase_max`); rows trained on `sine-inrecipe` "
+        "are the runs of the tables above, evaluated again.",
+    ],
     "unseen_kernels": [
         "Trained on small CNNs with 3x3 kernels, tested on the same recipe with 7x7 kernels (`kernel=7`), a "
         "kernel size no training network had (the SNE paper's claim: SNE reads any kernel size). Neural Graphs "

@@ -66,4 +66,15 @@ for name in recipe_shift_gains_probes recipe_shift_underfit; do
   on_gains --name $name --test "$test_zoos" --encoders sne
   on_gains --name $name --test "$test_zoos" --encoders sne --lr 5e-4
 done
+# Random phases: is the foreign networks' phase (sin(a x + a pi) in the recipe's terms) what encoders miss?
+gen sine-shift-phase --n "$TEST_N" --seed 19 -o phase_max=6.283185307179586
+gen sine-phases --n "${TRAIN_N:-1000}" --seed 20 -o phase_max=6.283185307179586
+phase() {
+  $SNE bench cross-arch --name recipe_shift_phase --target frequency --train zoos/sine-inrecipe,zoos/sine-phases \
+    --test zoos/sine-phases,zoos/sine-inrecipe,zoos/sine-shift-phase,zoos/sine-shift-underfit,zoos/sine-foreign-arch \
+    --epochs "$EPOCHS" --seeds "${SEEDS:-0}" --runs runs/shift --device "$DEVICE" "$@"
+}
+phase --encoders sne --lr 5e-4
+phase --encoders sne,ng_gnn
+phase --encoders ng_gnn -o ng_gnn.probe_points=16
 echo "results/recipe_shift.json written; regenerate docs/RESULTS.md with 'make results'"
