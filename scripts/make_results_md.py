@@ -144,6 +144,12 @@ STUDY_NOTES = {
         "sin(a x + phi) with phi ~ U(0, 2 pi) per network (option `phase_max`); rows trained on `sine-inrecipe` "
         "are the runs of the tables above, evaluated again.",
     ],
+    "recipe_shift_phase_gains": [
+        "Trained on networks that vary in both ways the foreign ones differ from the in-recipe zoo, random "
+        "phases (`phase_max`) and initial scales after the first layer from SIREN's to beyond PyTorch's "
+        "`nn.Linear` default (`hidden_gain_max`, as `sine-gains`): the fairest training zoo these studies "
+        "have for the foreign networks short of their own code.",
+    ],
     "unseen_kernels": [
         "Trained on small CNNs with 3x3 kernels, tested on the same recipe with 7x7 kernels (`kernel=7`), a "
         "kernel size no training network had (the SNE paper's claim: SNE reads any kernel size). Neural Graphs "

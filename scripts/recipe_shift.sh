@@ -77,4 +77,13 @@ phase() {
 phase --encoders sne --lr 5e-4
 phase --encoders sne,ng_gnn
 phase --encoders ng_gnn -o ng_gnn.probe_points=16
+gen sine-phases-gains --n "${TRAIN_N:-1000}" --seed 21 -o phase_max=6.283185307179586 -o hidden_gain=0.5 \
+  -o hidden_gain_max=16
+both() {
+  $SNE bench cross-arch --name recipe_shift_phase_gains --target frequency --train zoos/sine-phases-gains \
+    --test zoos/sine-phases-gains,zoos/sine-inrecipe,zoos/sine-shift-phase,zoos/sine-shift-underfit,zoos/sine-foreign-arch \
+    --epochs "$EPOCHS" --seeds "${SEEDS:-0}" --runs runs/shift-phase-gains --device "$DEVICE" "$@"
+}
+both --encoders ng_gnn -o ng_gnn.probe_points=16
+both --encoders sne --lr 5e-4
 echo "results/recipe_shift.json written; regenerate docs/RESULTS.md with 'make results'"
