@@ -12,6 +12,7 @@ DEVICE=${1:-cpu}
 EPOCHS=${2:-30}
 SNE=${SNE:-sne}
 TEST_N=${TEST_N:-500}
+TWO_PI=6.283185307179586
 gen() { local out=$1; shift; $SNE zoo generate sine-inr --device "$DEVICE" --out "zoos/$out" "$@"; }
 gen sine-inrecipe --n "${TRAIN_N:-1000}" --seed 11
 gen sine-shift-steps --n "$TEST_N" --seed 13 --steps 100
@@ -67,8 +68,8 @@ for name in recipe_shift_gains_probes recipe_shift_underfit; do
   on_gains --name $name --test "$test_zoos" --encoders sne --lr 5e-4
 done
 # Random phases: is the foreign networks' phase (sin(a x + a pi) in the recipe's terms) what encoders miss?
-gen sine-shift-phase --n "$TEST_N" --seed 19 -o phase_max=6.283185307179586
-gen sine-phases --n "${TRAIN_N:-1000}" --seed 20 -o phase_max=6.283185307179586
+gen sine-shift-phase --n "$TEST_N" --seed 19 -o phase_max="$TWO_PI"
+gen sine-phases --n "${TRAIN_N:-1000}" --seed 20 -o phase_max="$TWO_PI"
 phase() {
   $SNE bench cross-arch --name recipe_shift_phase --target frequency --train zoos/sine-inrecipe,zoos/sine-phases \
     --test zoos/sine-phases,zoos/sine-inrecipe,zoos/sine-shift-phase,zoos/sine-shift-underfit,zoos/sine-foreign-arch \
@@ -77,7 +78,7 @@ phase() {
 phase --encoders sne --lr 5e-4
 phase --encoders sne,ng_gnn
 phase --encoders ng_gnn -o ng_gnn.probe_points=16
-gen sine-phases-gains --n "${TRAIN_N:-1000}" --seed 21 -o phase_max=6.283185307179586 -o hidden_gain=0.5 \
+gen sine-phases-gains --n "${TRAIN_N:-1000}" --seed 21 -o phase_max="$TWO_PI" -o hidden_gain=0.5 \
   -o hidden_gain_max=16
 both() {
   $SNE bench cross-arch --name recipe_shift_phase_gains --target frequency --train zoos/sine-phases-gains \

@@ -167,6 +167,7 @@ def test_random_phases_fit_sines_shifted_by_each_networks_own_phase(tmp_path):
     assert ((phases >= 0) & (phases < 2 * math.pi)).all() and phases.nunique() == 8
     # The frequencies (the target) and initial weights are the default zoo's; only the fitted functions move.
     assert shifted.metadata["frequency"].equals(plain.metadata["frequency"])
+    assert shifted.metadata["init_seed"].equals(plain.metadata["init_seed"])
     assert "phase" not in plain.metadata.columns
     errors = _grid_mse(shifted, 1.0)
     assert max(errors) < 1e-3

@@ -141,10 +141,10 @@ class SineInr(Recipe):
             self.name, ids, init_seeds, inputs.float(),
             lambda start, stop: sine_targets(frequencies[start:stop], x, phases[start:stop]), options, progress, gains,
         )
-        phase_columns = [{"phase": p} if options.get("phase_max") else {} for p in phases]
         rows = [
-            {"id": int(i), "frequency": a, "init_seed": s, "fit_mse": float(e), **g, **p}
+            {"id": int(i), "frequency": a, "init_seed": s, "fit_mse": float(e), **g,
+             **({"phase": p} if options.get("phase_max") else {})}
             for i, a, s, e, g, p in zip(ids, frequencies, init_seeds, fit_mse.tolist(), gain_columns(gains, options),
-                                        phase_columns)
+                                        phases)
         ]
         return Shard(tensors, rows)
