@@ -177,9 +177,9 @@ def test_output_shape_for_mixed_architectures():
     "options",
     [{}, {"use_hierarchy": False}, {"use_set_functions": False}, {"chunk_micro_batch": 3}, {"layer_norm": True},
      {"layer_norm": "pre"}, {"source_code_rounds": 2, "chunk_micro_batch": 3}, {"level_origin": "output"},
-     {"level_origin": "output", "use_hierarchy": False}],
+     {"level_origin": "output", "use_hierarchy": False}, {"qk_norm": True}],
     ids=["default", "flat", "no-sets", "micro-batch", "layer-norm", "pre-layer-norm", "source-codes", "levels-from-output",
-         "levels-from-output-flat"],
+         "levels-from-output-flat", "qk-norm"],
 )
 def test_code_does_not_depend_on_batch_composition(options):
     """A network's code is the same alone and beside a larger network of another architecture."""
@@ -221,7 +221,7 @@ def test_each_ablation_builds_and_runs(switch):
     "options",
     [{}, {"use_hierarchy": False}, {"use_set_functions": False}, {"use_source_features": True},
      {"use_input_positions": True}, {"use_own_neuron_features": True}, {"source_code_rounds": 2},
-     {"pool_seeds": 3}, {"pool_statistics": False}],
+     {"pool_seeds": 3}, {"pool_statistics": False}, {"qk_norm": True}],
 )
 def test_gradients_reach_every_parameter(options):
     """Every parameter but the merge tokens, which chains do not use (tests/test_encoders_any_network.py)."""
@@ -779,14 +779,14 @@ def test_a_network_deeper_than_the_training_networks_reads_its_extra_layers_like
     assert fresh.stats_mean.equal(encoder.stats_mean) and fresh.stats_std.equal(encoder.stats_std)
 
 
-@pytest.mark.parametrize("layer_norm", [False, "pre"])
-def test_self_attention_with_one_fused_projection_equals_attention_to_a_copy(layer_norm):
+@pytest.mark.parametrize("layer_norm,qk_norm", [(False, False), ("pre", False), (False, True)])
+def test_self_attention_with_one_fused_projection_equals_attention_to_a_copy(layer_norm, qk_norm):
     """A SAB projects queries, keys and values in one matmul; attending to an equal copy of the set
     takes the separate projections: both must give the same outputs on real elements, and gradients."""
     from sne.encoders.set_blocks import SAB
 
     torch.manual_seed(0)
-    block = SAB(16, 4, layer_norm).double()
+    block = SAB(16, 4, layer_norm, qk_norm).double()
     x = torch.randn(5, 7, 16, dtype=torch.float64, requires_grad=True)
     mask = torch.rand(5, 7) > 0.3
     mask[:, 0] = True
@@ -816,6 +816,40 @@ def test_pre_layer_norm_normalises_branch_inputs_and_leaves_the_residual_stream_
     assert pre(10 * x).abs().mean() > 3 * pre(x).abs().mean()  # the residual stream keeps its scale
     out = post(10 * x)
     torch.testing.assert_close(out.mean(-1), torch.zeros_like(out.mean(-1)), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("cls", ["SAB", "PMA"])
+def test_qk_norm_keeps_attention_logits_from_growing_with_the_query_and_key_projections(cls):
+    """With ``qk_norm`` a block's output is the same when its query and key projections grow 50x
+    (what an unbounded logit scale lets training do); without it attention sharpens and the output moves.
+    Padded elements still change nothing."""
+    from sne.encoders import set_blocks
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 7, 16, dtype=torch.float64)
+    mask = torch.rand(5, 7) > 0.3
+    mask[:, 0] = True
+    for qk_norm in (True, False):
+        block = getattr(set_blocks, cls)(16, 4, qk_norm=qk_norm).double()
+        if qk_norm:
+            block.mab.q_norm.eps = block.mab.k_norm.eps = 0.0  # eps is the one thing that sees the scale
+        before = block(x, mask)
+        garbage = x.masked_fill(~mask.unsqueeze(-1), 1e6)
+        torch.testing.assert_close(block(garbage, mask)[mask] if cls == "SAB" else block(garbage, mask),
+                                   before[mask] if cls == "SAB" else before, atol=1e-9, rtol=0)
+        with torch.no_grad():
+            for projection in (block.mab.q, block.mab.k):
+                projection.weight.mul_(50)
+                projection.bias.mul_(50)
+        moved = (block(x, mask) - before)[mask if cls == "SAB" else slice(None)].abs().max()
+        assert (moved < 1e-9) if qk_norm else (moved > 1e-2), (qk_norm, moved)
+
+
+def test_qk_norm_is_an_sne_option_off_in_the_paper_preset():
+    assert SNEEncoder(**SMALL, qk_norm=True).network_pool.pma.mab.q_norm.normalized_shape == (SMALL["hidden"] // 2,)
+    assert isinstance(SNEEncoder(preset="paper").network_pool.pma.mab.q_norm, torch.nn.Identity)
+    with pytest.raises(SneError, match="qk_norm must be true or false"):
+        SNEEncoder(**SMALL, qk_norm="yes")
 
 
 @pytest.mark.parametrize("value", ["middle", 1, None])

@@ -75,6 +75,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "chunk_sab": 1,
     "out_dim": 32,
     "layer_norm": False,
+    "qk_norm": False,
     "use_type_encoding": True,
     "use_level_encoding": True,
     "use_chunk_index_encoding": False,
@@ -261,10 +262,12 @@ class ElementDecoder(nn.Module):
 class SetStack(nn.Module):
     """``depth`` SABs, or with ``set_functions=False`` as many per-element residual MLPs."""
 
-    def __init__(self, hidden: int, heads: int, depth: int, layer_norm: bool | str, set_functions: bool) -> None:
+    def __init__(self, hidden: int, heads: int, depth: int, layer_norm: bool | str, set_functions: bool,
+                 qk_norm: bool = False) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            SAB(hidden, heads, layer_norm) if set_functions else ResidualFF(hidden, layer_norm) for _ in range(depth)
+            SAB(hidden, heads, layer_norm, qk_norm) if set_functions else ResidualFF(hidden, layer_norm)
+            for _ in range(depth)
         )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -286,9 +289,9 @@ class SetPool(nn.Module):
     """
 
     def __init__(self, hidden: int, heads: int, layer_norm: bool | str, set_functions: bool, batch_norm: bool,
-                 seeds: int = 1, statistics: bool = False) -> None:
+                 seeds: int = 1, statistics: bool = False, qk_norm: bool = False) -> None:
         super().__init__()
-        self.pma = PMA(hidden, heads, seeds=seeds, layer_norm=layer_norm) if set_functions else None
+        self.pma = PMA(hidden, heads, seeds=seeds, layer_norm=layer_norm, qk_norm=qk_norm) if set_functions else None
         # Absent at one seed and no statistics, so checkpoints of that configuration keep their keys.
         pieces = (seeds if set_functions else 1) + (len(SET_STATISTICS) if statistics else 0)
         self.merge = nn.Linear(pieces * hidden, hidden) if pieces > 1 else None
@@ -479,7 +482,7 @@ class SNEEncoder(Encoder):
         _validate(resolved)
         super().__init__(architecture=architecture, **resolved)
         hidden, heads, depth, norm = resolved["hidden"], resolved["heads"], resolved["num_sab"], resolved["layer_norm"]
-        sets = resolved["use_set_functions"]
+        sets, qk = resolved["use_set_functions"], resolved["qk_norm"]
         self.out_dim = resolved["out_dim"]
         self.hidden = hidden
         # The chunk stage runs once per 32 parameters and costs nearly all of SNE's FLOPs: its
@@ -500,9 +503,9 @@ class SNEEncoder(Encoder):
         chunk_heads = chunk_heads_for(resolved)
         chunk_depth = depth if resolved["chunk_sab"] is None else resolved["chunk_sab"]
         pooling = (resolved["pool_seeds"], resolved["pool_statistics"])
-        self.chunk_stack_1 = SetStack(chunk, chunk_heads, chunk_depth, norm, sets)
-        self.chunk_stack_2 = SetStack(chunk, chunk_heads, chunk_depth, norm, sets)
-        self.chunk_pool = SetPool(chunk, chunk_heads, norm, sets, resolved["batch_norm"], *pooling)
+        self.chunk_stack_1 = SetStack(chunk, chunk_heads, chunk_depth, norm, sets, qk_norm=qk)
+        self.chunk_stack_2 = SetStack(chunk, chunk_heads, chunk_depth, norm, sets, qk_norm=qk)
+        self.chunk_pool = SetPool(chunk, chunk_heads, norm, sets, resolved["batch_norm"], *pooling, qk_norm=qk)
         # Absent at the paper's width, so its checkpoints keep their keys.
         self.chunk_out = nn.Linear(chunk, hidden) if chunk != hidden else None
         if self.chunk_out is not None and resolved["preserve_chunk_scale"]:
@@ -516,12 +519,12 @@ class SNEEncoder(Encoder):
         self.neuron_in = nn.ModuleList(nn.Linear(chunk, chunk) for _ in range(rounds)) if rounds else None
         self.source_out = nn.ModuleList(nn.Linear(chunk, chunk, bias=False) for _ in range(rounds)) if rounds else None
         if resolved["use_hierarchy"]:
-            self.part_stack = SetStack(hidden, heads, depth, norm, sets)
-            self.part_pool = SetPool(hidden, heads, norm, sets, resolved["batch_norm"], *pooling)
-            self.merge_stack = SetStack(hidden, heads, 1, norm, sets)
-            self.merge_pool = SetPool(hidden, heads, norm, sets, resolved["batch_norm"], *pooling)
-        self.network_stack = SetStack(hidden, heads, depth, norm, sets)
-        self.network_pool = SetPool(hidden, heads, norm, sets, resolved["batch_norm"], *pooling)
+            self.part_stack = SetStack(hidden, heads, depth, norm, sets, qk_norm=qk)
+            self.part_pool = SetPool(hidden, heads, norm, sets, resolved["batch_norm"], *pooling, qk_norm=qk)
+            self.merge_stack = SetStack(hidden, heads, 1, norm, sets, qk_norm=qk)
+            self.merge_pool = SetPool(hidden, heads, norm, sets, resolved["batch_norm"], *pooling, qk_norm=qk)
+        self.network_stack = SetStack(hidden, heads, depth, norm, sets, qk_norm=qk)
+        self.network_pool = SetPool(hidden, heads, norm, sets, resolved["batch_norm"], *pooling, qk_norm=qk)
         self.readout = nn.Linear(hidden, self.out_dim)
         # Learned merge tokens (residual sum, concatenation; sne.encoders.chunking, "Merge tokens"),
         # initialised without drawing random numbers, so every other parameter's initialisation,
@@ -1000,7 +1003,7 @@ def _validate(options: dict[str, Any]) -> None:
                        f"({chunk_heads_for(options)}: heads x chunk_hidden / hidden)")
     for name, value in options.items():
         if (name in ("standardize_layers", "batch_norm", "canonical_order", "canonical_signs", "preserve_chunk_scale",
-                     "pool_statistics")
+                     "pool_statistics", "qk_norm")
                 or name.startswith("use_")) and not isinstance(
             value, bool
         ):
