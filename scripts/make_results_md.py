@@ -652,6 +652,42 @@ def ddp_section(path: Path, data: dict) -> list[str]:
     return lines + [""]
 
 
+def attention_logits_section(path: Path, data: dict) -> list[str]:
+    """Per attention block of each run: logit spread and relative entropy (scripts/attention_logits.py)."""
+    runs = data["runs"]
+    hw = data["hardware"]
+
+    def label(run: dict) -> str:
+        options = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(run["encoder_options"].items()))
+        return f"seed {run['seed']}, lr {run['lr']:g}" + (f", {options}" if options else "")
+
+    lines = [
+        "## Attention sharpness of trained SNE runs (why runs sat at the mean predictor)",
+        "",
+        f"Source: `{path.relative_to(ROOT)}`; command: `{data['command']}`; {_hardware(hw)}. Each run's last "
+        "weights encode its zoo's first training networks; per attention block, the standard deviation of "
+        "the attention logits over the keys and the attention weights' entropy divided by log(keys) (1: "
+        "uniform; near 0: each query reads one key), both averaged over heads, queries and sets of more than "
+        f"one element. 'Left the mean' is the first epoch whose validation loss fell below "
+        f"{data['left_the_mean_below_val_loss']} (the mean predictor scores 1.0).",
+        "",
+        "| block | " + " | ".join(label(r) for r in runs) + " |",
+        "|---|" + "---|" * len(runs),
+        "| training networks encoded | " + " | ".join(f"{r['networks']} of `{r['zoo']}`" for r in runs) + " |",
+        "| left the mean at epoch | " + " | ".join(str(r["left_the_mean_at_epoch"] or "never") + f" of {r['epochs']}"
+                                                 for r in runs) + " |",
+        "| best validation loss | " + " | ".join(_fmt(r["best_val_loss"]) for r in runs) + " |",
+    ]
+    blocks = list(dict.fromkeys(b["block"] for r in runs for b in r["blocks"]))
+    for block in blocks:
+        cells = []
+        for r in runs:
+            found = [b for b in r["blocks"] if b["block"] == block]
+            cells.append(f"{_fmt(found[0]['logit_std'])} / {_fmt(found[0]['relative_entropy'], 2)}" if found else "")
+        lines.append(f"| `{block}` logit std / rel. entropy | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def bench_section(path: Path, data: dict) -> list[str]:
     if "batched" in data and "sequential" in data:
         return inr_fit_section(path, data)
@@ -667,6 +703,8 @@ def bench_section(path: Path, data: dict) -> list[str]:
         return ddp_section(path, data)
     if data.get("benchmark") == "embed_cli":
         return embed_cli_section(path, data)
+    if data.get("benchmark") == "attention_logits":
+        return attention_logits_section(path, data)
     if "stacked" in str(data.get("benchmark", "")):
         return cnn_zoo_section(path, data)
     return [f"## `{path.stem}`", "", f"Source: `{path.relative_to(ROOT)}`.", "", "```json",

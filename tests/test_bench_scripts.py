@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from sne.cli import format_options, parse_options
 from sne.encoders.sne import SNEEncoder
 from project_scripts import load_script
@@ -76,3 +78,34 @@ def test_the_embed_command_table_says_what_sne_was_built_with_and_why_a_network_
     assert "2 (x.safetensors: bad)" in text
     monkeypatch.setitem(sne_module.DEFAULT_OPTIONS, "chunk_sab", 2)
     assert 'built with {"chunk_sab": 1}' in "\n".join(page.bench_section(ROOT / "results" / "x.json", data))
+
+
+def test_attention_sharpness_script_measures_every_attention_block_and_refuses_a_bad_run_in_one_line(
+        tiny_sne_run, tmp_path, monkeypatch, capsys):
+    import json
+    import sys
+
+    from sne.encoders import set_blocks
+    from sne.train.run import load_run
+
+    script = _script("attention_logits", "scripts")
+    out = tmp_path / "attention.json"
+    monkeypatch.setattr(sys, "argv", ["attention_logits.py", str(tiny_sne_run), "--out", str(out), "--networks", "8"])
+    assert script.main() == 0
+    data = json.loads(out.read_text())
+    assert set_blocks.F.scaled_dot_product_attention is torch.nn.functional.scaled_dot_product_attention
+    (row,) = data["runs"]
+    blocks = [name for name, m in load_run(tiny_sne_run, device="cpu").predictor.encoder.named_modules()
+              if isinstance(m, set_blocks.MAB)]
+    # PMAs with one seed query sets of several keys; every block is measured, each entropy within [0, 1].
+    assert [b["block"] for b in row["blocks"]] == blocks
+    assert all(b["logit_std"] >= 0 and 0 <= b["relative_entropy"] <= 1 + 1e-6 for b in row["blocks"])
+    assert row["networks"] == 8 and row["epochs"] == 1
+    page = _script("make_results_md", "scripts")
+    table = page.attention_logits_section(ROOT / "results" / "attention_logits.json", data)
+    assert sum(line.startswith("| `") for line in table) == len(blocks)
+
+    monkeypatch.setattr(sys, "argv", ["attention_logits.py", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.json")])
+    assert script.main() == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nothing" in err and not (tmp_path / "x.json").exists()
