@@ -338,7 +338,9 @@ class SNEEncoder(Encoder):
     ``layer_norm`` in the set blocks (``true``/``post`` after each residual sum, ``pre`` on each
     branch's input: :mod:`sne.encoders.set_blocks`; off by default: pooling by attention alone,
     ``pre`` was the better SNE on 3000 training INRs and the worse on 600, three seeds each,
-    docs/RESULTS.md). Ablation switches, on by
+    docs/RESULTS.md); ``qk_norm`` layer-normalises each head's queries and keys, which bounds the
+    attention logits (:mod:`sne.encoders.set_blocks`; unbounded, they grew until softmaxes saturated and
+    runs sat at the mean predictor: scripts/attention_logits.py). Ablation switches, on by
     default: ``use_type_encoding``, ``use_level_encoding``, ``use_set_functions`` (off: per-element MLPs
     and mean pooling instead of SABs and PMA), ``use_hierarchy`` (off: all chunk codes of a network form
     one set for the network encoder). ``use_chunk_index_encoding`` and ``use_row_slot_encoding`` (off by
