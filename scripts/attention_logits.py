@@ -75,6 +75,8 @@ def block_sharpness(run_dir: Path, networks: int) -> dict:
         "zoo": config.zoo,
         "seed": config.seed,
         "lr": config.lr,
+        "schedule": config.schedule,
+        "warmup_epochs": config.warmup_epochs,
         "encoder_options": config.encoder_options,
         "epochs": len(history),
         "best_val_loss": min((row["val_loss"] for row in history), default=None),

@@ -659,7 +659,10 @@ def attention_logits_section(path: Path, data: dict) -> list[str]:
 
     def label(run: dict) -> str:
         options = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(run["encoder_options"].items()))
-        return f"seed {run['seed']}, lr {run['lr']:g}" + (f", {options}" if options else "")
+        schedule = "" if run["schedule"] == "multistep" else f", {run['schedule']}"
+        warmup = f", warm-up {run['warmup_epochs']:g} epochs" if run["warmup_epochs"] else ""
+        return (f"`{Path(run['zoo']).name}`, seed {run['seed']}, lr {run['lr']:g}{schedule}{warmup}"
+                + (f", {options}" if options else ""))
 
     lines = [
         "## Attention sharpness of trained SNE runs (why runs sat at the mean predictor)",
@@ -673,7 +676,7 @@ def attention_logits_section(path: Path, data: dict) -> list[str]:
         "",
         "| block | " + " | ".join(label(r) for r in runs) + " |",
         "|---|" + "---|" * len(runs),
-        "| training networks encoded | " + " | ".join(f"{r['networks']} of `{r['zoo']}`" for r in runs) + " |",
+        "| training networks encoded | " + " | ".join(str(r["networks"]) for r in runs) + " |",
         "| left the mean at epoch | " + " | ".join(str(r["left_the_mean_at_epoch"] or "never") + f" of {r['epochs']}"
                                                  for r in runs) + " |",
         "| best validation loss | " + " | ".join(_fmt(r["best_val_loss"]) for r in runs) + " |",
