@@ -1281,7 +1281,9 @@ def render() -> str:
         "paper's configuration; `use_input_positions` (which input a first-layer weight reads) stays off.",
         "Set blocks have no LayerNorm by default, as in the paper; a row labelled `layer_norm=\"pre\"` put one",
         "on the inputs of every attention and feed-forward branch (pre-norm, as the Neural Graphs encoders do),",
-        "`layer_norm=true` one after each residual sum (the Set Transformer's placement).",
+        "`layer_norm=true` one after each residual sum (the Set Transformer's placement). A row labelled",
+        "`qk_norm=true` layer-normalised each attention head's queries and keys (from 2026-12-04; off by default),",
+        "which bounds the attention logits (see 'Attention sharpness of trained SNE runs').",
         "",
     ]
     lines += standing_section(results)
