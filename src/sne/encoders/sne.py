@@ -340,10 +340,11 @@ class SNEEncoder(Encoder):
     ``pre`` was the better SNE on 3000 training INRs and the worse on 600, three seeds each,
     docs/RESULTS.md); ``qk_norm`` layer-normalises each head's queries and keys, which bounds the
     attention logits (:mod:`sne.encoders.set_blocks`). Unbounded, they can grow until softmaxes saturate
-    and a run sits at the mean predictor (scripts/attention_logits.py): with it every seed on 600 training
-    INRs learned, but on 3000 it was the worse SNE (normalised MSE 0.067 against 0.060, three seeds each),
-    so it is off by default: turn it on for a small zoo, or when a run does not leave the mean. Ablation
-    switches, on by default: ``use_type_encoding``, ``use_level_encoding``, ``use_set_functions`` (off: per-element MLPs
+    and a run sits at the mean predictor (scripts/attention_logits.py): with it every seed learned on the
+    recipe-shift zoo's 600 training INRs (without, one of three sat at the mean), but on the INR table's
+    3000 it was the worse SNE (normalised MSE 0.067 against 0.060, three seeds each), and on zoos of mixed
+    initial scale runs sat at the mean with it too; so it is off by default: try it when a run does not
+    leave the mean. Ablation switches, on by default: ``use_type_encoding``, ``use_level_encoding``, ``use_set_functions`` (off: per-element MLPs
     and mean pooling instead of SABs and PMA), ``use_hierarchy`` (off: all chunk codes of a network form
     one set for the network encoder). ``use_chunk_index_encoding`` and ``use_row_slot_encoding`` (off by
     default, on in the paper) encode neuron order, which a neuron permutation changes and the network's
