@@ -94,6 +94,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True, help="results file to write")
     parser.add_argument("--networks", type=int, default=64, help="training networks of each run's zoo to encode")
     args = parser.parse_args()
+    if args.networks < 1:
+        parser.error(f"--networks must be at least 1, got {args.networks}")
     try:
         rows = [block_sharpness(run, args.networks) for run in args.runs]
     except (SneError, OSError) as error:
