@@ -11,7 +11,6 @@ mean predictor shows it here next to one that learned (``qk_norm`` bounds them).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shlex
 import sys
@@ -66,8 +65,7 @@ def block_sharpness(run_dir: Path, networks: int) -> dict:
         set_blocks.F.scaled_dot_product_attention = attend
         for hook in hooks:
             hook.remove()
-    history_file = run_dir / "history.json"
-    history = json.loads(history_file.read_text()) if history_file.exists() else run.meta.get("history", [])
+    history = run.meta["state"]["history"]  # last.pt carries the run's history.json too
     left = next((row["epoch"] for row in history if row["val_loss"] < LEFT_THE_MEAN), None)
     config = run.config
     return {

@@ -681,12 +681,10 @@ def attention_logits_section(path: Path, data: dict) -> list[str]:
                                                  for r in runs) + " |",
         "| best validation loss | " + " | ".join(_fmt(r["best_val_loss"]) for r in runs) + " |",
     ]
-    blocks = list(dict.fromkeys(b["block"] for r in runs for b in r["blocks"]))
-    for block in blocks:
-        cells = []
-        for r in runs:
-            found = [b for b in r["blocks"] if b["block"] == block]
-            cells.append(f"{_fmt(found[0]['logit_std'])} / {_fmt(found[0]['relative_entropy'], 2)}" if found else "")
+    by_block = [{b["block"]: b for b in r["blocks"]} for r in runs]
+    for block in dict.fromkeys(name for blocks in by_block for name in blocks):
+        cells = (f"{_fmt(b[block]['logit_std'])} / {_fmt(b[block]['relative_entropy'], 2)}" if block in b else ""
+                 for b in by_block)
         lines.append(f"| `{block}` logit std / rel. entropy | " + " | ".join(cells) + " |")
     return lines + [""]
 

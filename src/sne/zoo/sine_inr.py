@@ -80,9 +80,7 @@ class SineInr(Recipe):
                 f"sine-inr needs freq_min < freq_max, got {resolved['freq_min']} and {resolved['freq_max']}"
             )
         input_range = finite_float(self.name, "input_range", o["input_range"], positive=True)
-        phase_max = finite_float(self.name, "phase_max", o["phase_max"])
-        if phase_max < 0:
-            raise SneError(f"{self.name} option 'phase_max' must not be negative, got {o['phase_max']!r}")
+        phase_max = finite_float(self.name, "phase_max", o["phase_max"], non_negative=True)
         # Options at their defaults are left out, so such a zoo has the options (and resumes) as before they existed.
         return {**resolved, **({"input_range": input_range} if input_range != 1.0 else {}),
                 **({"phase_max": phase_max} if phase_max else {})}

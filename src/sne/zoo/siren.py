@@ -290,12 +290,15 @@ def positive_int(recipe: str, name: str, value: Any) -> int:
     return int(value)
 
 
-def finite_float(recipe: str, name: str, value: Any, positive: bool = False) -> float:
-    """``value`` as a float; :class:`SneError` unless it is a finite (and, if asked, positive) number."""
+def finite_float(recipe: str, name: str, value: Any, positive: bool = False, non_negative: bool = False) -> float:
+    """``value`` as a float; :class:`SneError` unless it is a finite (and, if asked, positive or
+    non-negative) number."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
         raise SneError(f"{recipe} option '{name}' must be a finite number, got {value!r}")
     if positive and value <= 0:
         raise SneError(f"{recipe} option '{name}' must be positive, got {value!r}")
+    if non_negative and value < 0:
+        raise SneError(f"{recipe} option '{name}' must not be negative, got {value!r}")
     return float(value)
 
 
