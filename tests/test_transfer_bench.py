@@ -232,25 +232,33 @@ def test_reference_statistics_are_the_taus_of_one_number_read_off_the_weights(sh
         assert statistic_references([shared_sine_zoo], "frequency")["shared"] == dict.fromkeys(REFERENCE_STATISTICS)
 
 
-def test_a_capped_training_split_and_a_learning_rate_are_configurations_of_their_own(
+def test_a_capped_training_split_a_learning_rate_and_a_schedule_are_configurations_of_their_own(
         sne_trains_unaugmented, shared_sine_zoo, tmp_path, capsys):
     common = ["--zoos", str(shared_sine_zoo.path), "--target", "frequency", "--encoders", "sne", "--runs",
               str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--device", "cpu", "--epochs", "1",
               "--batch-size", "16", *SMALL_SNE]
-    code, _, err = run_cli(["bench", "cross-dataset", *common, "--max-train", "1"], capsys)
-    assert code == 2 and "--max-train must be at least 2, got 1" in err
-    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
-    for extra in ([], ["--max-train", "10"], ["--lr", "0.003"]):
+    for bad, message in ((["--max-train", "1"], "--max-train must be at least 2, got 1"),
+                         (["--schedule", "linear"], "unknown schedule 'linear'"),
+                         (["--warmup-epochs", "1"], "shorter than the 1 epochs")):
+        code, _, err = run_cli(["bench", "cross-dataset", *common, *bad], capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
+    for extra in ([], ["--max-train", "10"], ["--lr", "0.003"], ["--schedule", "cosine", "--warmup-epochs", "0.5"]):
         code, _, err = run_cli(["bench", "cross-dataset", *common, *extra], capsys)
         assert code == 0, err
     result = json.loads((tmp_path / "results" / "cross_dataset.json").read_text())
-    # Named where they differ from SNE's defaults: the batch size here, the cap and the rate.
+    # Named where they differ from SNE's defaults: the batch size here, the cap, the rate and the schedule.
     whole = "sne_batch_size-16_heads-2_hidden-16_num_sab-1_out_dim-8"
     capped = "sne_batch_size-16_heads-2_hidden-16_max_train-10_num_sab-1_out_dim-8"
     faster = "sne_batch_size-16_heads-2_hidden-16_lr-0.003_num_sab-1_out_dim-8"
-    assert set(result["summary"]) == {whole, capped, faster}
-    assert sorted((e["max_train"] or 0) for e in result["entries"]) == [0, 0, 10]
-    assert sorted(e["lr"] for e in result["entries"]) == [0.001, 0.001, 0.003]
+    cosine = "sne_batch_size-16_heads-2_hidden-16_num_sab-1_out_dim-8_schedule-cosine_warmup_epochs-0.5"
+    assert set(result["summary"]) == {whole, capped, faster, cosine}
+    assert sorted((e["max_train"] or 0) for e in result["entries"]) == [0, 0, 0, 10]
+    assert sorted(e["lr"] for e in result["entries"]) == [0.001, 0.001, 0.001, 0.003]
+    assert sorted((e["schedule"], e["warmup_epochs"]) for e in result["entries"]) == [
+        ("cosine", 0.5), ("multistep", 0.0), ("multistep", 0.0), ("multistep", 0.0)]
+    config = json.loads((tmp_path / "runs" / "frequency" / f"{cosine}_seed0" / "shared" / "config.json").read_text())
+    assert (config["schedule"], config["warmup_epochs"]) == ("cosine", 0.5)
     assert {e["batch_size"] for e in result["entries"]} == {16}
     config = json.loads((tmp_path / "runs" / "frequency" / f"{capped}_seed0" / "shared" / "config.json").read_text())
     assert config["max_train"] == 10

@@ -229,6 +229,10 @@ def format_options(options: dict) -> list[str]:
 _TRAIN_BATCH_SIZE = typer.Option(None, "--batch-size", min=1,
                                  help="Networks per Adam step (default: the encoder's, else 64).")
 _TRAIN_LR = typer.Option(None, "--lr", help="Adam learning rate (default: the encoder's, else 1e-3).")
+_TRAIN_SCHEDULE = typer.Option(None, "--schedule", help="Learning-rate schedule: multistep (x0.1 at 60% and 85% of "
+                               "the epochs) or cosine (default: the encoder's, else multistep).")
+_TRAIN_WARMUP = typer.Option(None, "--warmup-epochs", help="Raise the learning rate linearly over this many epochs "
+                             "(default: the encoder's, else 0).")
 
 
 @app.command()
@@ -241,10 +245,8 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     batch_size: Optional[int] = _TRAIN_BATCH_SIZE,
     lr: Optional[float] = _TRAIN_LR,
-    schedule: Optional[str] = typer.Option(None, "--schedule", help="Learning-rate schedule: multistep (x0.1 at 60% "
-                                           "and 85% of the epochs) or cosine (default: the encoder's, else multistep)."),
-    warmup_epochs: Optional[float] = typer.Option(None, "--warmup-epochs", help="Raise the learning rate linearly "
-                                                  "over this many epochs (default: the encoder's, else 0)."),
+    schedule: Optional[str] = _TRAIN_SCHEDULE,
+    warmup_epochs: Optional[float] = _TRAIN_WARMUP,
     invariance_weight: float = typer.Option(0.0, "--invariance-weight", help="Lambda of the logit-invariance regulariser."),
     invariance_on: str = typer.Option("outputs", "--invariance-on", help="What the regulariser compares for a network "
                                       "and its equivalent copy: outputs (the paper's) or codes (the network codes, "
@@ -699,6 +701,8 @@ _ONE_ZOO = {
                                     "sign flips (default: the encoder's; runs are shared, rows named by it)."),
     "batch_size": _TRAIN_BATCH_SIZE,
     "lr": _TRAIN_LR,
+    "schedule": _TRAIN_SCHEDULE,
+    "warmup_epochs": _TRAIN_WARMUP,
     "bn_recalibration": typer.Option(None, "--bn-recalibration", min=0, help="After every epoch, re-estimate batch-norm statistics over "
                                      "this many training batches (default: the encoder's, else 0: off; rows and runs "
                                      "are named by it)."),
@@ -746,6 +750,8 @@ def bench_inr(
     augment: Optional[bool] = _ONE_ZOO["augment"],
     batch_size: Optional[int] = _ONE_ZOO["batch_size"],
     lr: Optional[float] = _ONE_ZOO["lr"],
+    schedule: Optional[str] = _ONE_ZOO["schedule"],
+    warmup_epochs: Optional[float] = _ONE_ZOO["warmup_epochs"],
     sign_flips: Optional[bool] = _ONE_ZOO["sign_flips"],
     test_time_flips: Optional[int] = _ONE_ZOO["test_time_flips"],
     bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
@@ -753,7 +759,8 @@ def bench_inr(
     """INR frequency regression: train and evaluate each encoder; write results/inr_frequency_<init>.json."""
     _one_zoo("inr_frequency", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device,
              _training(augment=augment, sign_flips=sign_flips, test_time_flips=test_time_flips, lr=lr,
-                       batch_size=batch_size, bn_recalibration=bn_recalibration))
+                       schedule=schedule, warmup_epochs=warmup_epochs, batch_size=batch_size,
+                       bn_recalibration=bn_recalibration))
 
 
 @bench_app.command("digit-inr")
@@ -770,6 +777,8 @@ def bench_digit_inr(
     augment: Optional[bool] = _ONE_ZOO["augment"],
     batch_size: Optional[int] = _ONE_ZOO["batch_size"],
     lr: Optional[float] = _ONE_ZOO["lr"],
+    schedule: Optional[str] = _ONE_ZOO["schedule"],
+    warmup_epochs: Optional[float] = _ONE_ZOO["warmup_epochs"],
     sign_flips: Optional[bool] = _ONE_ZOO["sign_flips"],
     test_time_flips: Optional[int] = _ONE_ZOO["test_time_flips"],
     bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
@@ -777,7 +786,8 @@ def bench_digit_inr(
     """Digit-INR classification: predict each INR's digit; write results/digit_inr_label_<init>.json."""
     _one_zoo("digit_inr_label", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device,
              _training(augment=augment, sign_flips=sign_flips, test_time_flips=test_time_flips, lr=lr,
-                       batch_size=batch_size, bn_recalibration=bn_recalibration))
+                       schedule=schedule, warmup_epochs=warmup_epochs, batch_size=batch_size,
+                       bn_recalibration=bn_recalibration))
 
 
 @bench_app.command("ablation")
@@ -802,6 +812,8 @@ def bench_ablation(
     augment: Optional[bool] = _ONE_ZOO["augment"],
     batch_size: Optional[int] = _ONE_ZOO["batch_size"],
     lr: Optional[float] = _ONE_ZOO["lr"],
+    schedule: Optional[str] = _ONE_ZOO["schedule"],
+    warmup_epochs: Optional[float] = _ONE_ZOO["warmup_epochs"],
     sign_flips: Optional[bool] = _ONE_ZOO["sign_flips"],
     test_time_flips: Optional[int] = _ONE_ZOO["test_time_flips"],
     bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
@@ -813,7 +825,8 @@ def bench_ablation(
     chosen = study_rows(study, _csv(rows), _encoder_list(encoders) if encoders.strip() else (),
                         _csv(fractions, float))
     training = _training(augment=augment, sign_flips=sign_flips, test_time_flips=test_time_flips, lr=lr,
-                         batch_size=batch_size, bn_recalibration=bn_recalibration)
+                         schedule=schedule, warmup_epochs=warmup_epochs, batch_size=batch_size,
+                         bn_recalibration=bn_recalibration)
     bench_runs = _bench_runs(sorted({row.encoder for row in chosen}), seeds, epochs, runs, results, option, device,
                              training)
     path = run_ablation(zoo, bench_runs, study, chosen, target=target, base_invariance_weight=invariance_weight,
@@ -830,6 +843,8 @@ def bench_style_edit(
     epochs: int = _ONE_ZOO["epochs"],
     lr: Optional[float] = _TRAIN_LR,
     batch_size: Optional[int] = _TRAIN_BATCH_SIZE,
+    schedule: Optional[str] = _TRAIN_SCHEDULE,
+    warmup_epochs: Optional[float] = _TRAIN_WARMUP,
     runs: Path = typer.Option(Path("runs/style-edit"), "--runs", help="Where the runs are kept (resumable)."),
     results: Path = _ONE_ZOO["results"],
     option: List[str] = _ONE_ZOO["option"],
@@ -841,9 +856,8 @@ def bench_style_edit(
     from sne.encoders.base import weight_output_encoder_names
 
     names = weight_output_encoder_names() if encoders.strip() == "all" else _encoder_list(encoders)
-    path = run_style_edit_benchmark(
-        zoo, _bench_runs(names, seeds, epochs, runs, results, option, device, _training(lr=lr, batch_size=batch_size))
-    )
+    training = _training(lr=lr, batch_size=batch_size, schedule=schedule, warmup_epochs=warmup_epochs)
+    path = run_style_edit_benchmark(zoo, _bench_runs(names, seeds, epochs, runs, results, option, device, training))
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
 
 
@@ -877,6 +891,8 @@ _TRANSFER = {
     "epochs": typer.Option(30, "--epochs"),
     "lr": _TRAIN_LR,
     "batch_size": _TRAIN_BATCH_SIZE,
+    "schedule": _TRAIN_SCHEDULE,
+    "warmup_epochs": _TRAIN_WARMUP,
     "runs": typer.Option(Path("runs"), "--runs", help="Where the runs are kept (resumable)."),
     "results": typer.Option(Path("results"), "--results"),
     "option": typer.Option([], "--option", "-o", help=_ENCODER_OPTION_HELP),
@@ -900,6 +916,8 @@ def bench_cross_dataset(
     seeds: str = _TRANSFER["seeds"],
     epochs: int = _TRANSFER["epochs"],
     lr: Optional[float] = _TRANSFER["lr"],
+    schedule: Optional[str] = _TRANSFER["schedule"],
+    warmup_epochs: Optional[float] = _TRANSFER["warmup_epochs"],
     batch_size: Optional[int] = _TRANSFER["batch_size"],
     runs: Path = _TRANSFER["runs"],
     results: Path = _TRANSFER["results"],
@@ -917,7 +935,8 @@ def bench_cross_dataset(
     zoo_paths = _zoo_list(zoos)
     _transfer("cross_dataset", zoo_paths, zoo_paths, target, encoders, seeds, epochs, runs, results, option, device, name,
               _training(augment=augment, sign_flips=sign_flips, test_time_flips=test_time_flips, lr=lr,
-                        batch_size=batch_size, bn_recalibration=bn_recalibration, max_train=max_train))
+                        schedule=schedule, warmup_epochs=warmup_epochs, batch_size=batch_size,
+                        bn_recalibration=bn_recalibration, max_train=max_train))
 
 
 @bench_app.command("cross-arch")
@@ -929,6 +948,8 @@ def bench_cross_arch(
     seeds: str = _TRANSFER["seeds"],
     epochs: int = _TRANSFER["epochs"],
     lr: Optional[float] = _TRANSFER["lr"],
+    schedule: Optional[str] = _TRANSFER["schedule"],
+    warmup_epochs: Optional[float] = _TRANSFER["warmup_epochs"],
     batch_size: Optional[int] = _TRANSFER["batch_size"],
     runs: Path = _TRANSFER["runs"],
     results: Path = _TRANSFER["results"],
@@ -945,7 +966,8 @@ def bench_cross_arch(
     results/NAME.json with --name, e.g. --name vit for a small-cnn -> ViT study)."""
     _transfer("cross_arch", _zoo_list(train), _zoo_list(test), target, encoders, seeds, epochs, runs, results, option,
               device, name, _training(augment=augment, sign_flips=sign_flips, test_time_flips=test_time_flips, lr=lr,
-                                      batch_size=batch_size, bn_recalibration=bn_recalibration, max_train=max_train))
+                                      schedule=schedule, warmup_epochs=warmup_epochs, batch_size=batch_size,
+                                      bn_recalibration=bn_recalibration, max_train=max_train))
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from sne.train.run import (
     TRAIN_DEFAULTS,
     TUNED_TRAINING,
     TrainConfig,
+    check_train_config,
     hardware_description,
     resolve_device,
 )
@@ -51,6 +52,8 @@ class BenchRuns:
         object.__setattr__(self, "runs_dir", Path(self.runs_dir))
         object.__setattr__(self, "results_dir", Path(self.results_dir))
         object.__setattr__(self, "train_options", {k: v for k, v in self.train_options.items() if v is not None})
+        for encoder in self.encoders:  # a bad setting fails before any zoo is read, not in the first run
+            check_train_config(self.train_config(encoder, "", "", 0))
 
     def options_for(self, encoder: str) -> dict[str, Any]:
         """The encoder options given for ``encoder`` (empty: its defaults)."""
