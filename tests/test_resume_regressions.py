@@ -116,3 +116,44 @@ def test_a_run_is_not_resumed_with_an_encoder_whose_defaults_changed(shared_sine
 
     old = {"name": "sne", "options": {"hidden": 16, "heads": 2, "out_dim": 8}, "architecture": None}
     assert build_encoder_from_config(old).chunk_width == 16
+
+
+def test_a_run_another_process_is_training_is_refused_and_left_alone(shared_sine_zoo, tmp_path, monkeypatch):
+    """Two processes given the same run directory used to train it together, each overwriting the
+    other's checkpoints. The second now stops in one line and changes nothing; after a kill (the lock
+    goes with the process) the run resumes."""
+    import fcntl
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = TrainConfig(zoo=str(shared_sine_zoo.path), target="frequency", encoder="mlp",
+                         encoder_options={"hidden": [16], "out_dim": 8}, epochs=3, batch_size=16, head_hidden=[8],
+                         seed=0, device="cpu")
+    run = tmp_path / "run"
+    fit_killed_in_second_epoch(config, run, monkeypatch)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time\n"
+        f"f = open({str(run / '.training.lock')!r}, 'w'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+        "print('held', flush=True); time.sleep(120)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        script = Path(sys.executable).with_name("sne")
+        done = subprocess.run([str(script), "train", "--zoo", str(shared_sine_zoo.path), "--target", "frequency",
+                               "--encoder", "mlp", "-o", "hidden=[16]", "-o", "out_dim=8", "--epochs", "3",
+                               "--batch-size", "16", "--device", "cpu", "--out", str(run)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and "being trained by another process" in done.stderr
+        assert str(run) in done.stderr and "Traceback" not in done.stderr
+        assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+        with pytest.raises(Exception, match="being trained by another process"):
+            fit(config, run, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    fit(config, run, progress=False)
+    assert [h["epoch"] for h in json.loads((run / "history.json").read_text())] == [1, 2, 3]
+    with open(run / ".training.lock") as lock:  # released when training returns
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -11,6 +11,7 @@ other models on a zoo's networks, such as weight-space editing (:mod:`sne.bench.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import math
@@ -458,6 +459,57 @@ def train_epochs(
     selects the model: ``best.pt`` holds the lowest, ``last.pt`` the full state (resume), both
     with ``meta``. The encoder's input statistics and pre-training run once, before epoch 1.
     """
+    lock = _RunLock(run_dir)
+    try:
+        return _train_epochs(lock, config, run_dir, model, encoder, train_records, prepare, batch_loss, validation_loss,
+                             meta, device, progress, log_dir, processes)
+    finally:
+        lock.release()
+
+
+class _RunLock:
+    """One process at a time trains a run directory: two would interleave their checkpoints. The lock
+    lives in the directory, taken once it exists (at resume, or when a new run writes its config)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.file = None
+
+    def hold(self) -> None:
+        if self.file is not None:
+            return
+        file = open(self.run_dir / ".training.lock", "w")
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.close()
+            raise SneError(f"{self.run_dir} is being trained by another process: wait for it, or train into "
+                           f"another directory ({RUN_DIRECTORY_FLAGS})") from None
+        self.file = file
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def _train_epochs(
+    lock: _RunLock,
+    config: TrainConfig,
+    run_dir: Path,
+    model: torch.nn.Module,
+    encoder: Encoder,
+    train_records: Sequence[NetworkRecord],
+    prepare: Callable[[Sequence[NetworkRecord]], Any],
+    batch_loss: Callable[[torch.Tensor, Any], tuple[torch.Tensor, torch.Tensor]],
+    validation_loss: Callable[[], float],
+    meta: dict,
+    device: torch.device,
+    progress: bool = True,
+    log_dir: str | Path | None = None,
+    processes: bool = False,
+) -> dict:
+    """:func:`train_epochs`, holding ``lock`` on ``run_dir`` from when it exists."""
     rank, world = distributed.start(device)
     if world > 1 and not processes:
         raise SneError("this training runs in one process; start it without torchrun")
@@ -468,6 +520,8 @@ def train_epochs(
 
     state: dict[str, Any] = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": -1, "history": [], "train_seconds": 0.0}
     last_path = run_dir / "last.pt"
+    if main and run_dir.is_dir():
+        lock.hold()  # before reading a checkpoint another process may be writing
     if (run_dir / "config.json").exists():
         _check_resume(run_dir, config)
         if last_path.exists():
@@ -488,6 +542,7 @@ def train_epochs(
             state["train_seconds"] += time.perf_counter() - started
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock.hold()
         write_json_atomic(run_dir / "config.json", asdict(config))
         if pretraining is not None:
             write_json_atomic(run_dir / "pretraining.json", pretraining)
