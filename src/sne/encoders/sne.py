@@ -449,7 +449,7 @@ class SNEEncoder(Encoder):
     #: --warmup-epochs 1``, three seeds per table) won on INRs (0.058 ± 0.004 against 0.060 ± 0.002; on
     #: 600 of them 0.149 ± 0.03 against 0.251 ± 0.08; recipe-shift mean tau 0.465 against 0.379, no seed
     #: stalled), was level on cross-dataset (0.680 against 0.678), and lost cross-architecture transfer
-    #: on every seed (0.450 ± 0.008 against 0.474 ± 0.012). Small INR zoos should take it.
+    #: on every seed (0.450 ± 0.007 against 0.474 ± 0.010). Small INR zoos should take it.
     default_train_options = {"permutation_augment": True, "bn_recalibration": 16, "sign_flip_augment": True,
                              "test_time_flips": 16, "batch_size": 16}
     defaults_of_older_configs = {"chunk_hidden": None, "chunk_sab": None, "use_source_features": False,

@@ -432,6 +432,35 @@ def zoo_manifest_summary(zoo: Zoo) -> dict:
     return {k: zoo.manifest.get(k) for k in ("recipe", "options", "n", "seed", "command")}
 
 
+class _RunLock:
+    """One process at a time trains a run directory: two would interleave their checkpoints. The lock
+    lives in the directory, taken once it exists (at resume, or when a new run writes its config)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.file = None
+
+    def hold(self) -> None:
+        if self.file is not None:
+            return
+        file = open(self.run_dir / ".training.lock", "w")
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.close()
+            raise SneError(f"{self.run_dir} is being trained by another process: wait for it, or train into "
+                           f"another directory ({RUN_DIRECTORY_FLAGS})") from None
+        self.file = file
+
+    def __enter__(self) -> "_RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
 def train_epochs(
     config: TrainConfig,
     run_dir: Path,
@@ -459,155 +488,108 @@ def train_epochs(
     selects the model: ``best.pt`` holds the lowest, ``last.pt`` the full state (resume), both
     with ``meta``. The encoder's input statistics and pre-training run once, before epoch 1.
     """
-    lock = _RunLock(run_dir)
-    try:
-        return _train_epochs(lock, config, run_dir, model, encoder, train_records, prepare, batch_loss, validation_loss,
-                             meta, device, progress, log_dir, processes)
-    finally:
-        lock.release()
+    with _RunLock(run_dir) as lock:
+        rank, world = distributed.start(device)
+        if world > 1 and not processes:
+            raise SneError("this training runs in one process; start it without torchrun")
+        main = rank == 0
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        steps_per_epoch = len(_epoch_batches(torch.arange(len(train_records)), config, world))
+        scheduler, per_step = _lr_schedule(optimizer, config, steps_per_epoch)
 
-
-class _RunLock:
-    """One process at a time trains a run directory: two would interleave their checkpoints. The lock
-    lives in the directory, taken once it exists (at resume, or when a new run writes its config)."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
-        self.file = None
-
-    def hold(self) -> None:
-        if self.file is not None:
-            return
-        file = open(self.run_dir / ".training.lock", "w")
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            file.close()
-            raise SneError(f"{self.run_dir} is being trained by another process: wait for it, or train into "
-                           f"another directory ({RUN_DIRECTORY_FLAGS})") from None
-        self.file = file
-
-    def release(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-
-
-def _train_epochs(
-    lock: _RunLock,
-    config: TrainConfig,
-    run_dir: Path,
-    model: torch.nn.Module,
-    encoder: Encoder,
-    train_records: Sequence[NetworkRecord],
-    prepare: Callable[[Sequence[NetworkRecord]], Any],
-    batch_loss: Callable[[torch.Tensor, Any], tuple[torch.Tensor, torch.Tensor]],
-    validation_loss: Callable[[], float],
-    meta: dict,
-    device: torch.device,
-    progress: bool = True,
-    log_dir: str | Path | None = None,
-    processes: bool = False,
-) -> dict:
-    """:func:`train_epochs`, holding ``lock`` on ``run_dir`` from when it exists."""
-    rank, world = distributed.start(device)
-    if world > 1 and not processes:
-        raise SneError("this training runs in one process; start it without torchrun")
-    main = rank == 0
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = len(_epoch_batches(torch.arange(len(train_records)), config, world))
-    scheduler, per_step = _lr_schedule(optimizer, config, steps_per_epoch)
-
-    state: dict[str, Any] = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": -1, "history": [], "train_seconds": 0.0}
-    last_path = run_dir / "last.pt"
-    if main and run_dir.is_dir():
-        lock.hold()  # before reading a checkpoint another process may be writing
-    if (run_dir / "config.json").exists():
-        _check_resume(run_dir, config)
-        if last_path.exists():
-            checkpoint = load_checkpoint(last_path)
-            _check_resumed_encoder(run_dir, checkpoint.get("encoder"), meta.get("encoder"))
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            scheduler.load_state_dict(checkpoint["scheduler"])
-            state = checkpoint["state"]
-    pretraining = None
-    if state["epoch"] == 0:
-        encoder.fit_input_statistics(train_records)
-        started = time.perf_counter()
-        # Self-supervised encoders learn here; the result is in every checkpoint, so resume skips it.
-        pretraining = encoder.pretrain(train_records, asdict(config), progress)
-        if pretraining is not None:
-            state["pretraining"] = pretraining
-            state["train_seconds"] += time.perf_counter() - started
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        lock.hold()
-        write_json_atomic(run_dir / "config.json", asdict(config))
-        if pretraining is not None:
-            write_json_atomic(run_dir / "pretraining.json", pretraining)
-    forward = model
-    if world > 1:
-        distributed.sync_batch_norms(model)
-        # Unused parameters are normal here (merge tokens in chains, frozen pretrained encoders).
-        forward = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-
-    n_params = sum(p.numel() for p in encoder.parameters())
-    augment = _Augmentation.of(config, train_records)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
-    scalars = ScalarLog(log_dir, first_epoch=state["epoch"] + 1) if log_dir is not None and main else None
-    with Progress(*columns, disable=not (progress and main), transient=False) as bar:
-        epochs_task = bar.add_task(f"training {config.encoder} ({n_params:,} params)", total=config.epochs, completed=state["epoch"])
-        for epoch in range(state["epoch"], config.epochs):
+        state: dict[str, Any] = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": -1, "history": [],
+                                 "train_seconds": 0.0}
+        last_path = run_dir / "last.pt"
+        if main and run_dir.is_dir():
+            lock.hold()  # before reading a checkpoint another process may be writing
+        if (run_dir / "config.json").exists():
+            _check_resume(run_dir, config)
+            if last_path.exists():
+                checkpoint = load_checkpoint(last_path)
+                _check_resumed_encoder(run_dir, checkpoint.get("encoder"), meta.get("encoder"))
+                model.load_state_dict(checkpoint["model"])
+                optimizer.load_state_dict(checkpoint["optimizer"])
+                scheduler.load_state_dict(checkpoint["scheduler"])
+                state = checkpoint["state"]
+        pretraining = None
+        if state["epoch"] == 0:
+            encoder.fit_input_statistics(train_records)
             started = time.perf_counter()
-            train_loss, train_reg = _train_epoch(
-                forward, optimizer, scheduler if per_step else None, config, epoch, train_records, prepare, batch_loss,
-                device, bar, rank, world, augment,
-            )
-            if not per_step:
-                scheduler.step()
-            if config.bn_recalibration:
-                _recalibrate_batch_norms(model, config, epoch, train_records, prepare, batch_loss, device, rank, world,
-                                         augment)
-            val_loss = validation_loss()
-            state["train_seconds"] += time.perf_counter() - started
-            entry = {"epoch": epoch + 1, "train_loss": train_loss, "invariance_loss": train_reg, "val_loss": val_loss,
-                     "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
-            state["history"].append(entry)
-            if scalars is not None:
-                scalars.write(entry)
-            state["epoch"] = epoch + 1
-            improved = val_loss < state["best_val_loss"]
-            if improved:
-                state["best_val_loss"], state["best_epoch"] = val_loss, epoch + 1
-            if main:
+            # Self-supervised encoders learn here; the result is in every checkpoint, so resume skips it.
+            pretraining = encoder.pretrain(train_records, asdict(config), progress)
+            if pretraining is not None:
+                state["pretraining"] = pretraining
+                state["train_seconds"] += time.perf_counter() - started
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock.hold()
+            write_json_atomic(run_dir / "config.json", asdict(config))
+            if pretraining is not None:
+                write_json_atomic(run_dir / "pretraining.json", pretraining)
+        forward = model
+        if world > 1:
+            distributed.sync_batch_norms(model)
+            # Unused parameters are normal here (merge tokens in chains, frozen pretrained encoders).
+            forward = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+
+        n_params = sum(p.numel() for p in encoder.parameters())
+        augment = _Augmentation.of(config, train_records)
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn()]
+        scalars = ScalarLog(log_dir, first_epoch=state["epoch"] + 1) if log_dir is not None and main else None
+        with Progress(*columns, disable=not (progress and main), transient=False) as bar:
+            epochs_task = bar.add_task(f"training {config.encoder} ({n_params:,} params)", total=config.epochs,
+                                       completed=state["epoch"])
+            for epoch in range(state["epoch"], config.epochs):
+                started = time.perf_counter()
+                train_loss, train_reg = _train_epoch(
+                    forward, optimizer, scheduler if per_step else None, config, epoch, train_records, prepare, batch_loss,
+                    device, bar, rank, world, augment,
+                )
+                if not per_step:
+                    scheduler.step()
+                if config.bn_recalibration:
+                    _recalibrate_batch_norms(model, config, epoch, train_records, prepare, batch_loss, device, rank, world,
+                                             augment)
+                val_loss = validation_loss()
+                state["train_seconds"] += time.perf_counter() - started
+                entry = {"epoch": epoch + 1, "train_loss": train_loss, "invariance_loss": train_reg, "val_loss": val_loss,
+                         "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
+                state["history"].append(entry)
+                if scalars is not None:
+                    scalars.write(entry)
+                state["epoch"] = epoch + 1
+                improved = val_loss < state["best_val_loss"]
                 if improved:
-                    _save_checkpoint(run_dir / "best.pt", {**meta, "model": model.state_dict(), "epoch": epoch + 1})
-                # last.pt commits the epoch, so it goes last: a kill before it redoes (and rewrites) all of the above.
-                write_json_atomic(run_dir / "history.json", state["history"])
-                _save_checkpoint(last_path, {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                             "scheduler": scheduler.state_dict(), "state": state})
-            bar.update(epochs_task, advance=1,
-                       description=f"epoch {epoch + 1}/{config.epochs} train {train_loss:.4f} val {val_loss:.4f}")
-    if scalars is not None:
-        scalars.close()
-    return {
-        "run": str(run_dir),
-        "epochs": state["epoch"],
-        "best_epoch": state["best_epoch"],
-        "best_val_loss": state["best_val_loss"],
-        "train_seconds": state["train_seconds"],
-        "encoder_parameters": n_params,
-        "encoder_options_resolved": dict(encoder.options),
-        "train_networks": len(train_records),
-        # An epoch of 600 networks is 10 steps at batch 64, of 3000 is 47: epochs of different zoos
-        # are different amounts of training, and the step count says how much.
-        "steps_per_epoch": steps_per_epoch,
-        "augmented_networks": None if augment.permutable is None else sum(augment.permutable),
-        "sign_flipped_networks": None if augment.flippable is None else sum(augment.flippable),
-        "hardware": hardware_description(device),
-        "processes": world,
-    }
+                    state["best_val_loss"], state["best_epoch"] = val_loss, epoch + 1
+                if main:
+                    if improved:
+                        _save_checkpoint(run_dir / "best.pt", {**meta, "model": model.state_dict(), "epoch": epoch + 1})
+                    # last.pt commits the epoch, so it goes last: a kill before it redoes (and rewrites) all of the above.
+                    write_json_atomic(run_dir / "history.json", state["history"])
+                    _save_checkpoint(last_path, {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                                 "scheduler": scheduler.state_dict(), "state": state})
+                bar.update(epochs_task, advance=1,
+                           description=f"epoch {epoch + 1}/{config.epochs} train {train_loss:.4f} val {val_loss:.4f}")
+        if scalars is not None:
+            scalars.close()
+        return {
+            "run": str(run_dir),
+            "epochs": state["epoch"],
+            "best_epoch": state["best_epoch"],
+            "best_val_loss": state["best_val_loss"],
+            "train_seconds": state["train_seconds"],
+            "encoder_parameters": n_params,
+            "encoder_options_resolved": dict(encoder.options),
+            "train_networks": len(train_records),
+            # An epoch of 600 networks is 10 steps at batch 64, of 3000 is 47: epochs of different zoos
+            # are different amounts of training, and the step count says how much.
+            "steps_per_epoch": steps_per_epoch,
+            "augmented_networks": None if augment.permutable is None else sum(augment.permutable),
+            "sign_flipped_networks": None if augment.flippable is None else sum(augment.flippable),
+            "hardware": hardware_description(device),
+            "processes": world,
+        }
 
 
 def _lr_schedule(optimizer, config: TrainConfig, steps_per_epoch: int):
