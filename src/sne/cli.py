@@ -873,11 +873,9 @@ def _transfer(benchmark: str, train_zoos: list[str], test_zoos: list[str], targe
               epochs: int, runs: Path, results: Path, option: List[str], device: str, name: Optional[str],
               training: dict[str, Any]) -> None:
     from sne.bench.transfer import check_results_name, run_transfer_benchmark
-    from sne.train.run import check_max_train
 
     if name is not None:
         check_results_name(name)  # before the encoders are checked and any zoo is opened
-    check_max_train(training.get("max_train"))
     bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, training)
     path = run_transfer_benchmark(benchmark, train_zoos, test_zoos, bench_runs, target=target, name=name)
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
