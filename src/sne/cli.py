@@ -233,6 +233,8 @@ _TRAIN_SCHEDULE = typer.Option(None, "--schedule", help="Learning-rate schedule:
                                "the epochs) or cosine (default: the encoder's, else multistep).")
 _TRAIN_WARMUP = typer.Option(None, "--warmup-epochs", help="Raise the learning rate linearly over this many epochs "
                              "(default: the encoder's, else 0).")
+_TRAIN_EMA = typer.Option(None, "--ema-epochs", help="Validate, keep and predict with an exponential moving average of "
+                          "the weights over about this many epochs (default: the encoder's, else 0: off).")
 
 
 @app.command()
@@ -247,6 +249,7 @@ def train(
     lr: Optional[float] = _TRAIN_LR,
     schedule: Optional[str] = _TRAIN_SCHEDULE,
     warmup_epochs: Optional[float] = _TRAIN_WARMUP,
+    ema_epochs: Optional[float] = _TRAIN_EMA,
     invariance_weight: float = typer.Option(0.0, "--invariance-weight", help="Lambda of the logit-invariance regulariser."),
     invariance_on: str = typer.Option("outputs", "--invariance-on", help="What the regulariser compares for a network "
                                       "and its equivalent copy: outputs (the paper's) or codes (the network codes, "
@@ -289,7 +292,7 @@ def train(
         options = {"preset": preset, **options}
     config = TrainConfig.for_encoder(
         encoder, zoo=str(zoo), target=target, encoder_options=options, epochs=epochs,
-        batch_size=batch_size, lr=lr, schedule=schedule, warmup_epochs=warmup_epochs,
+        batch_size=batch_size, lr=lr, schedule=schedule, warmup_epochs=warmup_epochs, ema_epochs=ema_epochs,
         invariance_weight=invariance_weight, invariance_on=invariance_on, permutation_augment=augment_permutations,
         sign_flip_augment=augment_sign_flips, test_time_flips=test_time_flips, seed=seed, device=device,
         num_workers=workers, max_train=max_train,
@@ -703,6 +706,7 @@ _ONE_ZOO = {
     "lr": _TRAIN_LR,
     "schedule": _TRAIN_SCHEDULE,
     "warmup_epochs": _TRAIN_WARMUP,
+    "ema_epochs": _TRAIN_EMA,
     "bn_recalibration": typer.Option(None, "--bn-recalibration", min=0, help="After every epoch, re-estimate batch-norm statistics over "
                                      "this many training batches (default: the encoder's, else 0: off; rows and runs "
                                      "are named by it)."),
@@ -752,6 +756,7 @@ def bench_inr(
     lr: Optional[float] = _ONE_ZOO["lr"],
     schedule: Optional[str] = _ONE_ZOO["schedule"],
     warmup_epochs: Optional[float] = _ONE_ZOO["warmup_epochs"],
+    ema_epochs: Optional[float] = _ONE_ZOO["ema_epochs"],
     sign_flips: Optional[bool] = _ONE_ZOO["sign_flips"],
     test_time_flips: Optional[int] = _ONE_ZOO["test_time_flips"],
     bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
@@ -759,7 +764,7 @@ def bench_inr(
     """INR frequency regression: train and evaluate each encoder; write results/inr_frequency_<init>.json."""
     _one_zoo("inr_frequency", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device,
              _training(augment=augment, sign_flips=sign_flips, test_time_flips=test_time_flips, lr=lr,
-                       schedule=schedule, warmup_epochs=warmup_epochs, batch_size=batch_size,
+                       schedule=schedule, warmup_epochs=warmup_epochs, ema_epochs=ema_epochs, batch_size=batch_size,
                        bn_recalibration=bn_recalibration))
 
 
@@ -779,6 +784,7 @@ def bench_digit_inr(
     lr: Optional[float] = _ONE_ZOO["lr"],
     schedule: Optional[str] = _ONE_ZOO["schedule"],
     warmup_epochs: Optional[float] = _ONE_ZOO["warmup_epochs"],
+    ema_epochs: Optional[float] = _ONE_ZOO["ema_epochs"],
     sign_flips: Optional[bool] = _ONE_ZOO["sign_flips"],
     test_time_flips: Optional[int] = _ONE_ZOO["test_time_flips"],
     bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
@@ -786,7 +792,7 @@ def bench_digit_inr(
     """Digit-INR classification: predict each INR's digit; write results/digit_inr_label_<init>.json."""
     _one_zoo("digit_inr_label", zoo, encoders, invariance_weights, seeds, epochs, runs, results, option, device,
              _training(augment=augment, sign_flips=sign_flips, test_time_flips=test_time_flips, lr=lr,
-                       schedule=schedule, warmup_epochs=warmup_epochs, batch_size=batch_size,
+                       schedule=schedule, warmup_epochs=warmup_epochs, ema_epochs=ema_epochs, batch_size=batch_size,
                        bn_recalibration=bn_recalibration))
 
 
@@ -814,6 +820,7 @@ def bench_ablation(
     lr: Optional[float] = _ONE_ZOO["lr"],
     schedule: Optional[str] = _ONE_ZOO["schedule"],
     warmup_epochs: Optional[float] = _ONE_ZOO["warmup_epochs"],
+    ema_epochs: Optional[float] = _ONE_ZOO["ema_epochs"],
     sign_flips: Optional[bool] = _ONE_ZOO["sign_flips"],
     test_time_flips: Optional[int] = _ONE_ZOO["test_time_flips"],
     bn_recalibration: Optional[int] = _ONE_ZOO["bn_recalibration"],
@@ -825,7 +832,7 @@ def bench_ablation(
     chosen = study_rows(study, _csv(rows), _encoder_list(encoders) if encoders.strip() else (),
                         _csv(fractions, float))
     training = _training(augment=augment, sign_flips=sign_flips, test_time_flips=test_time_flips, lr=lr,
-                         schedule=schedule, warmup_epochs=warmup_epochs, batch_size=batch_size,
+                         schedule=schedule, warmup_epochs=warmup_epochs, ema_epochs=ema_epochs, batch_size=batch_size,
                          bn_recalibration=bn_recalibration)
     bench_runs = _bench_runs(sorted({row.encoder for row in chosen}), seeds, epochs, runs, results, option, device,
                              training)
@@ -845,6 +852,7 @@ def bench_style_edit(
     batch_size: Optional[int] = _TRAIN_BATCH_SIZE,
     schedule: Optional[str] = _TRAIN_SCHEDULE,
     warmup_epochs: Optional[float] = _TRAIN_WARMUP,
+    ema_epochs: Optional[float] = _TRAIN_EMA,
     runs: Path = typer.Option(Path("runs/style-edit"), "--runs", help="Where the runs are kept (resumable)."),
     results: Path = _ONE_ZOO["results"],
     option: List[str] = _ONE_ZOO["option"],
@@ -856,7 +864,7 @@ def bench_style_edit(
     from sne.encoders.base import weight_output_encoder_names
 
     names = weight_output_encoder_names() if encoders.strip() == "all" else _encoder_list(encoders)
-    training = _training(lr=lr, batch_size=batch_size, schedule=schedule, warmup_epochs=warmup_epochs)
+    training = _training(lr=lr, batch_size=batch_size, schedule=schedule, warmup_epochs=warmup_epochs, ema_epochs=ema_epochs)
     path = run_style_edit_benchmark(zoo, _bench_runs(names, seeds, epochs, runs, results, option, device, training))
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
 
@@ -891,6 +899,7 @@ _TRANSFER = {
     "batch_size": _TRAIN_BATCH_SIZE,
     "schedule": _TRAIN_SCHEDULE,
     "warmup_epochs": _TRAIN_WARMUP,
+    "ema_epochs": _TRAIN_EMA,
     "runs": typer.Option(Path("runs"), "--runs", help="Where the runs are kept (resumable)."),
     "results": typer.Option(Path("results"), "--results"),
     "option": typer.Option([], "--option", "-o", help=_ENCODER_OPTION_HELP),
@@ -916,6 +925,7 @@ def bench_cross_dataset(
     lr: Optional[float] = _TRANSFER["lr"],
     schedule: Optional[str] = _TRANSFER["schedule"],
     warmup_epochs: Optional[float] = _TRANSFER["warmup_epochs"],
+    ema_epochs: Optional[float] = _TRANSFER["ema_epochs"],
     batch_size: Optional[int] = _TRANSFER["batch_size"],
     runs: Path = _TRANSFER["runs"],
     results: Path = _TRANSFER["results"],
@@ -933,7 +943,7 @@ def bench_cross_dataset(
     zoo_paths = _zoo_list(zoos)
     _transfer("cross_dataset", zoo_paths, zoo_paths, target, encoders, seeds, epochs, runs, results, option, device, name,
               _training(augment=augment, sign_flips=sign_flips, test_time_flips=test_time_flips, lr=lr,
-                        schedule=schedule, warmup_epochs=warmup_epochs, batch_size=batch_size,
+                        schedule=schedule, warmup_epochs=warmup_epochs, ema_epochs=ema_epochs, batch_size=batch_size,
                         bn_recalibration=bn_recalibration, max_train=max_train))
 
 
@@ -948,6 +958,7 @@ def bench_cross_arch(
     lr: Optional[float] = _TRANSFER["lr"],
     schedule: Optional[str] = _TRANSFER["schedule"],
     warmup_epochs: Optional[float] = _TRANSFER["warmup_epochs"],
+    ema_epochs: Optional[float] = _TRANSFER["ema_epochs"],
     batch_size: Optional[int] = _TRANSFER["batch_size"],
     runs: Path = _TRANSFER["runs"],
     results: Path = _TRANSFER["results"],
@@ -964,7 +975,7 @@ def bench_cross_arch(
     results/NAME.json with --name, e.g. --name vit for a small-cnn -> ViT study)."""
     _transfer("cross_arch", _zoo_list(train), _zoo_list(test), target, encoders, seeds, epochs, runs, results, option,
               device, name, _training(augment=augment, sign_flips=sign_flips, test_time_flips=test_time_flips, lr=lr,
-                                      schedule=schedule, warmup_epochs=warmup_epochs, batch_size=batch_size,
+                                      schedule=schedule, warmup_epochs=warmup_epochs, ema_epochs=ema_epochs, batch_size=batch_size,
                                       bn_recalibration=bn_recalibration, max_train=max_train))
 
 

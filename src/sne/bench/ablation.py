@@ -228,6 +228,14 @@ def _training() -> list[AblationRow]:
                     train={**cosine, "lr": 1e-3, "batch_size": 16}),
         AblationRow("cosine-batch-16-lr-2e-3", "lr 2e-3, 1 warm-up epoch, cosine decay, batch 16",
                     train={**cosine, "lr": 2e-3, "batch_size": 16}),
+        # Averaged weights: selected and evaluated as an exponential moving average over about an
+        # epoch or two, with the schedule's decay, or instead of it (the rate kept at 1e-3 throughout).
+        AblationRow("multistep-batch-16-ema-1", "lr 1e-3, x0.1 at 60% and 85%, batch 16, weights averaged over ~1 epoch",
+                    train={**multistep, "lr": 1e-3, "batch_size": 16, "ema_epochs": 1.0}),
+        AblationRow("cosine-batch-16-ema-1", "lr 1e-3, 1 warm-up epoch, cosine decay, batch 16, weights averaged over "
+                    "~1 epoch", train={**cosine, "lr": 1e-3, "batch_size": 16, "ema_epochs": 1.0}),
+        AblationRow("constant-batch-16-ema-2", "lr 1e-3 throughout, batch 16, weights averaged over ~2 epochs",
+                    train={**multistep, "lr": 1e-3, "batch_size": 16, "milestones": [], "ema_epochs": 2.0}),
     ]
 
 

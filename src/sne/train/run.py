@@ -11,6 +11,7 @@ other models on a zoo's networks, such as weight-space editing (:mod:`sne.bench.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import json
@@ -64,7 +65,7 @@ EVALUATION_FIELDS = frozenset({"test_time_flips"})
 #: they differ from the encoder's training defaults: evaluations record them, and result tables name
 #: rows apart by them (:func:`sne.bench.runs.training_switches`).
 TUNED_TRAINING = ("lr", "batch_size", "bn_recalibration", "sign_flip_augment", "test_time_flips", "weight_decay",
-                  "schedule", "milestones", "gamma", "warmup_epochs", "grad_clip")
+                  "schedule", "milestones", "gamma", "warmup_epochs", "grad_clip", "ema_epochs")
 #: Where each command takes the directory of its runs (named in refusals to resume a run).
 RUN_DIRECTORY_FLAGS = "sne train --out, sne bench --runs"
 #: Config fields that may change between a run and its resumption without changing its result.
@@ -91,6 +92,10 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     #: Clip the gradient norm to this value (None: no clipping); guards against loss spikes.
     grad_clip: float | None = 1.0
+    #: Select, evaluate and predict with an exponential moving average of the weights (batch-norm
+    #: statistics included) over about this many epochs, not the weights of the last step (0: off).
+    #: The optimizer still steps the weights themselves; only what is validated and kept changes.
+    ema_epochs: float = 0.0
     #: lambda of the logit-invariance regulariser (0 disables it): the distance between the outputs
     #: for a network and for a random functionally-equivalent copy of it (its neurons permuted, and
     #: signs flipped as well where ``sign_flip_augment`` flips them).
@@ -319,6 +324,9 @@ def check_train_config(config: TrainConfig) -> None:
         raise SneError("epochs and batch size must be at least 1")
     if config.schedule not in SCHEDULES:
         raise SneError(f"unknown schedule '{config.schedule}' (use {' or '.join(SCHEDULES)})")
+    if isinstance(config.ema_epochs, bool) or not isinstance(config.ema_epochs, (int, float)) \
+            or not 0 <= config.ema_epochs < math.inf:
+        raise SneError(f"--ema-epochs must be a number of epochs >= 0 (0: off), got {config.ema_epochs!r}")
     if not 0 <= config.warmup_epochs < config.epochs:
         raise SneError(f"warm-up must be at least 0 and shorter than the {config.epochs} epochs, got {config.warmup_epochs:g}")
     batches = config.bn_recalibration
@@ -507,7 +515,7 @@ def train_epochs(
             if last_path.exists():
                 checkpoint = load_checkpoint(last_path)
                 _check_resumed_encoder(run_dir, checkpoint.get("encoder"), meta.get("encoder"))
-                model.load_state_dict(checkpoint["model"])
+                model.load_state_dict(checkpoint.get("training_model", checkpoint["model"]))
                 optimizer.load_state_dict(checkpoint["optimizer"])
                 scheduler.load_state_dict(checkpoint["scheduler"])
                 state = checkpoint["state"]
@@ -520,6 +528,10 @@ def train_epochs(
             if pretraining is not None:
                 state["pretraining"] = pretraining
                 state["train_seconds"] += time.perf_counter() - started
+        # Started from the weights training starts from: after input statistics and pre-training.
+        average = _WeightAverage(model, config.ema_epochs * steps_per_epoch) if config.ema_epochs else None
+        if average is not None and state["epoch"] > 0:
+            average.state = checkpoint["average"]
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
             lock.hold()
@@ -544,14 +556,18 @@ def train_epochs(
                 started = time.perf_counter()
                 train_loss, train_reg = _train_epoch(
                     forward, optimizer, scheduler if per_step else None, config, epoch, train_records, prepare, batch_loss,
-                    device, bar, rank, world, augment,
+                    device, bar, rank, world, augment, average,
                 )
                 if not per_step:
                     scheduler.step()
-                if config.bn_recalibration:
-                    _recalibrate_batch_norms(model, config, epoch, train_records, prepare, batch_loss, device, rank, world,
-                                             augment)
-                val_loss = validation_loss()
+                # What is validated and kept: the weights, or their average (the weights train on after).
+                with average.swapped_in() if average is not None else contextlib.nullcontext():
+                    if config.bn_recalibration:
+                        _recalibrate_batch_norms(model, config, epoch, train_records, prepare, batch_loss, device, rank,
+                                                 world, augment)
+                    val_loss = validation_loss()
+                    kept = model.state_dict() if average is None else \
+                        {k: v.detach().clone() for k, v in model.state_dict().items()}
                 state["train_seconds"] += time.perf_counter() - started
                 entry = {"epoch": epoch + 1, "train_loss": train_loss, "invariance_loss": train_reg, "val_loss": val_loss,
                          "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
@@ -564,10 +580,11 @@ def train_epochs(
                     state["best_val_loss"], state["best_epoch"] = val_loss, epoch + 1
                 if main:
                     if improved:
-                        _save_checkpoint(run_dir / "best.pt", {**meta, "model": model.state_dict(), "epoch": epoch + 1})
+                        _save_checkpoint(run_dir / "best.pt", {**meta, "model": kept, "epoch": epoch + 1})
                     # last.pt commits the epoch, so it goes last: a kill before it redoes (and rewrites) all of the above.
                     write_json_atomic(run_dir / "history.json", state["history"])
-                    _save_checkpoint(last_path, {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    averaging = {} if average is None else {"training_model": model.state_dict(), "average": average.state}
+                    _save_checkpoint(last_path, {**meta, "model": kept, **averaging, "optimizer": optimizer.state_dict(),
                                                  "scheduler": scheduler.state_dict(), "state": state})
                 bar.update(epochs_task, advance=1,
                            description=f"epoch {epoch + 1}/{config.epochs} train {train_loss:.4f} val {val_loss:.4f}")
@@ -623,7 +640,7 @@ def _epoch_batches(order: torch.Tensor, config: TrainConfig, world: int) -> list
 
 
 def _train_epoch(model, optimizer, scheduler, config, epoch, records, prepare, batch_loss, device, bar, rank=0, world=1,
-                 augment=_Augmentation()) -> tuple[float, float]:
+                 augment=_Augmentation(), average: "_WeightAverage | None" = None) -> tuple[float, float]:
     model.train()
     # Dropout draws from torch's global generator: seeded per epoch, so a resumed run draws what an
     # uninterrupted one did (the state it had after the previous epoch is in no checkpoint).
@@ -652,6 +669,8 @@ def _train_epoch(model, optimizer, scheduler, config, epoch, records, prepare, b
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
+        if average is not None:
+            average.update()
         if scheduler is not None:
             scheduler.step()
         total_loss += task_loss.item() * len(indices)
@@ -661,6 +680,35 @@ def _train_epoch(model, optimizer, scheduler, config, epoch, records, prepare, b
     seen = sum(len(b) for b in batches)
     total_loss, total_reg = distributed.sum_over_processes([total_loss, total_reg])
     return total_loss / seen, total_reg / seen
+
+
+class _WeightAverage:
+    """An exponential moving average of ``model``'s floating-point state (parameters and buffers),
+    over about ``steps`` optimizer steps; other entries (batch counts) are copied."""
+
+    def __init__(self, model: torch.nn.Module, steps: float) -> None:
+        self.model = model
+        self.decay = 1 - 1 / max(1.0, steps)
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for key, value in self.model.state_dict().items():
+            mine = self.state[key]
+            if mine.is_floating_point():
+                mine.lerp_(value, 1 - self.decay)
+            else:
+                mine.copy_(value)
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        """The model holds the average inside the block, and its own state again after it."""
+        own = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.state)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(own)
 
 
 @torch.no_grad()
@@ -762,5 +810,5 @@ def load_run(run_dir: str | Path, device: str = "auto", which: str = "best",
     if test_time_flips is not None:
         check_test_time_flips(test_time_flips, config.sign_flip_augment)
         predictor.test_time_flips = test_time_flips
-    meta = {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer", "scheduler")}
+    meta = {k: v for k, v in checkpoint.items() if k not in ("model", "training_model", "average", "optimizer", "scheduler")}
     return TrainedRun(run_dir, predictor, meta)
