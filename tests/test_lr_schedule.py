@@ -40,6 +40,13 @@ def test_cosine_warms_up_linearly_then_decays_to_zero():
     assert decay[-1] == pytest.approx(2e-3 * 0.5 * (1 + math.cos(math.pi * 39 / 40)))
 
 
+def test_constant_keeps_the_rate_after_its_warm_up():
+    lrs = _lrs(TrainConfig(zoo="", target="", epochs=4, lr=1e-3, schedule="constant", warmup_epochs=1), 5)
+    assert lrs[:5] == pytest.approx([1e-3 * (i + 1) / 5 for i in range(5)])
+    assert lrs[5:] == pytest.approx([1e-3] * 15)
+    assert _lrs(TrainConfig(zoo="", target="", epochs=3, lr=2e-3, schedule="constant"), 4) == pytest.approx([2e-3] * 12)
+
+
 def test_multistep_with_warm_up_drops_at_the_epochs_the_per_epoch_schedule_does():
     plain = TrainConfig(zoo="", target="", epochs=10, lr=1e-3, milestones=[0.6, 0.85])
     warm = TrainConfig(zoo="", target="", epochs=10, lr=1e-3, milestones=[0.6, 0.85], warmup_epochs=1)

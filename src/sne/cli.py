@@ -230,7 +230,7 @@ _TRAIN_BATCH_SIZE = typer.Option(None, "--batch-size", min=1,
                                  help="Networks per Adam step (default: the encoder's, else 64).")
 _TRAIN_LR = typer.Option(None, "--lr", help="Adam learning rate (default: the encoder's, else 1e-3).")
 _TRAIN_SCHEDULE = typer.Option(None, "--schedule", help="Learning-rate schedule: multistep (x0.1 at 60% and 85% of "
-                               "the epochs) or cosine (default: the encoder's, else multistep).")
+                               "the epochs), cosine, or constant (default: the encoder's, else multistep).")
 _TRAIN_WARMUP = typer.Option(None, "--warmup-epochs", help="Raise the learning rate linearly over this many epochs "
                              "(default: the encoder's, else 0).")
 _TRAIN_EMA = typer.Option(None, "--ema-epochs", help="Validate, keep and predict with an exponential moving average of "

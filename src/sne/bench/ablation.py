@@ -235,7 +235,7 @@ def _training() -> list[AblationRow]:
         AblationRow("cosine-batch-16-ema-1", "lr 1e-3, 1 warm-up epoch, cosine decay, batch 16, weights averaged over "
                     "~1 epoch", train={**cosine, "lr": 1e-3, "batch_size": 16, "ema_epochs": 1.0}),
         AblationRow("constant-batch-16-ema-2", "lr 1e-3 throughout, batch 16, weights averaged over ~2 epochs",
-                    train={**multistep, "lr": 1e-3, "batch_size": 16, "milestones": [], "ema_epochs": 2.0}),
+                    train={"schedule": "constant", "warmup_epochs": 0.0, "lr": 1e-3, "batch_size": 16, "ema_epochs": 2.0}),
     ]
 
 

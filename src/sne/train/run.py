@@ -55,7 +55,7 @@ DEFAULT_HEAD_HIDDEN = {"regression": [512], "unit_interval": [1000, 1000], "clas
 #: Training precisions (TrainConfig.precision).
 PRECISIONS = ("float32", "bfloat16")
 #: Learning-rate schedules (TrainConfig.schedule).
-SCHEDULES = ("multistep", "cosine")
+SCHEDULES = ("multistep", "cosine", "constant")
 #: What the invariance regulariser may compare (TrainConfig.invariance_on).
 INVARIANCE_TARGETS = ("outputs", "codes")
 #: Config fields that change how a trained run is evaluated, not how it trains: runs that differ only
@@ -83,7 +83,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     #: "multistep": lr times ``gamma`` at each of ``milestones``; "cosine": lr decays along a half
-    #: cosine to 0 over the epochs after the warm-up.
+    #: cosine to 0 over the epochs after the warm-up; "constant": lr throughout (after the warm-up), as
+    #: for weight averaging (``ema_epochs``) in place of a decay.
     schedule: str = "multistep"
     #: MultiStepLR milestones as fractions of ``epochs``.
     milestones: list[float] = field(default_factory=lambda: [0.6, 0.85])
@@ -624,6 +625,8 @@ def _lr_schedule(optimizer, config: TrainConfig, steps_per_epoch: int):
         if config.schedule == "cosine":
             progress = min(1.0, max(0, step - warmup) / max(1, total - warmup))
             return scale * 0.5 * (1 + math.cos(math.pi * progress))
+        if config.schedule == "constant":
+            return scale
         return scale * config.gamma ** sum(step >= m for m in milestone_steps)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
