@@ -1038,7 +1038,9 @@ ABLATION_STUDIES = {
                  "Each row trains the base configuration with its own learning rate and schedule, for the same epochs. "
                  "A base with few training networks and many epochs asks whether a small zoo or a small budget of "
                  "Adam steps holds SNE back: at batch 64 an epoch is one step per 64 networks (600 networks: 10 "
-                 "steps, 300 in 30 epochs with the rate cut after step 180; 3000 networks: 47)."),
+                 "steps, 300 in 30 epochs with the rate cut after step 180; 3000 networks: 47). Rows with averaged "
+                 "weights train as the others do, but validate, keep and are tested with an exponential moving "
+                 "average of the weights over about the epochs they name (TrainConfig.ema_epochs)."),
     "data-fraction": ("Test error against the fraction of training networks (the paper's Figure 3)",
                       "Each row trains an encoder on the first fraction of the training networks."),
 }
