@@ -14,6 +14,10 @@ from conftest import run_cli
 from sne.bench import ablation
 from sne.bench.ablation import STUDIES, study_rows
 from sne.bench.runs import configuration_name
+
+#: How run directories name SNE's default schedule and weight averaging (named, as they always were:
+#: directories made before these defaults keep their meaning).
+DEFAULT_SCHEDULE = "_ema_epochs-2.0_schedule-constant"
 from sne.encoders import build_encoder
 from sne.errors import SneError
 from sne.train.run import TrainConfig, _Augmentation, _EpochBatches
@@ -163,7 +167,9 @@ def test_studies_share_the_runs_they_have_in_common(shared_sine_zoo, tmp_path, c
               "--device", "cpu", *TINY]
     assert run_cli([*common, "--study", "invariance", "--rows", "lambda-0,augment"], capsys)[0] == 0
     runs = sorted(p.relative_to(tmp_path) for p in (tmp_path / "runs").glob("*/*"))
-    assert [p.name for p in runs] == ["sne_permutation_augment-true_seed0", "sne_seed0"]
+    # SNE's default schedule and weight averaging are named, as every run directory names them.
+    assert [p.name for p in runs] == ["sne_ema_epochs-2.0_permutation_augment-true_schedule-constant_seed0",
+                                      "sne_ema_epochs-2.0_schedule-constant_seed0"]
     assert run_cli([*common, "--study", "components", "--rows", "full"], capsys)[0] == 0
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "runs").glob("*/*")) == runs
     full = json.loads((tmp_path / "results" / "ablation_components_shared.json").read_text())["entries"][0]
@@ -208,14 +214,15 @@ def test_run_directories_spell_augmentation_where_it_is_on(shared_sine_zoo, tmp_
 
     # SNE's defaults augment with both; the lambda rows train without either, whatever the defaults.
     assert names(["augment-sign-flips", "lambda-0", "augment"]) == [  # in the study's order
-        "sne", "sne_permutation_augment-true", "sne_permutation_augment-true_sign_flip_augment-true"]
+        f"sne{DEFAULT_SCHEDULE}", f"sne{DEFAULT_SCHEDULE}".replace("_schedule", "_permutation_augment-true_schedule"),
+        f"sne{DEFAULT_SCHEDULE}_sign_flip_augment-true".replace("_schedule", "_permutation_augment-true_schedule")]
     assert names(["augment-sign-flips"], sign_flip_augment=False) == [
-        "sne_permutation_augment-true_sign_flip_augment-true"]
+        "sne_ema_epochs-2.0_permutation_augment-true_schedule-constant_sign_flip_augment-true"]
     # Test-time flips change the evaluation only: the rows evaluated both ways share their runs, and so
     # do settings that differ only there (the base directory names no test-time flips).
     copies = ["augment-sign-flips", "augment-sign-flips-averaged", "augment-sign-flips-averaged-4",
               "augment-sign-flips-averaged-64"]
-    assert names(copies) == ["sne_permutation_augment-true_sign_flip_augment-true"] * 4
+    assert names(copies) == ["sne_ema_epochs-2.0_permutation_augment-true_schedule-constant_sign_flip_augment-true"] * 4
     assert [row.train["test_time_flips"] for row in study_rows("invariance", copies)] == [0, 16, 4, 64]
     from sne.bench.ablation import _setting, _setting_tag
 
@@ -244,9 +251,10 @@ def test_batch_size_rows_train_at_their_batch_size_in_runs_of_their_own(shared_s
     # Their rows are named apart from the default configuration (the results page's labels).
     entries = json.loads((tmp_path / "results" / "ablation_training_shared.json").read_text())["entries"]
     names = {e["row"]: configuration_name(e) for e in entries}
-    # SNE trains at batch 16 by default: the row at 64 names its batch size, the row at 16 does not.
-    assert names["multistep"] == "sne_batch_size-64_heads-2_hidden-16_out_dim-8"
-    assert names["multistep-batch-16"] == "sne_heads-2_hidden-16_out_dim-8"
+    # SNE trains at batch 16, a constant rate and averaged weights by default: the row at 64 names its
+    # batch size, the row at 16 does not; both name their schedule and that they keep the weights themselves.
+    assert names["multistep"] == "sne_batch_size-64_ema_epochs-0.0_heads-2_hidden-16_out_dim-8_schedule-multistep"
+    assert names["multistep-batch-16"] == "sne_ema_epochs-0.0_heads-2_hidden-16_out_dim-8_schedule-multistep"
 
 
 def test_training_rows_that_differ_in_schedule_alone_train_in_runs_of_their_own(shared_sine_zoo, tmp_path):

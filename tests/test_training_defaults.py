@@ -232,14 +232,17 @@ def test_every_evaluation_records_the_training_settings_that_name_a_configuratio
     assert {name: result[name] for name in TUNED_TRAINING} == {name: config[name] for name in TUNED_TRAINING}
 
 
-def test_rows_that_differ_in_schedule_alone_are_named_apart_and_older_rows_read_as_the_default():
+def test_rows_that_differ_in_schedule_alone_are_named_apart_and_older_rows_read_as_what_they_trained_with():
     row = {"encoder": "sne", "encoder_options_given": {}, "encoder_options_resolved": dict(DEFAULT_OPTIONS),
            **SNEEncoder.default_train_options}
     default = TrainConfig(zoo="z", target="t")
-    assert configuration_options(row) == {}  # written before rows recorded their schedule: the default's
-    recorded = {**row, "schedule": default.schedule, "milestones": list(default.milestones),
-                "warmup_epochs": default.warmup_epochs, "weight_decay": default.weight_decay}
+    recorded = {**row, "milestones": list(default.milestones), "warmup_epochs": default.warmup_epochs,
+                "weight_decay": default.weight_decay}
     assert configuration_options(recorded) == {}
+    # Written before rows recorded their schedule and averaging: multistep, the weights themselves.
+    older = {k: v for k, v in recorded.items() if k not in ("schedule", "ema_epochs")}
+    assert configuration_options(older) == {"schedule": "multistep", "ema_epochs": 0.0}
+    assert configuration_options({**older, "schedule": "multistep"}) == {"schedule": "multistep", "ema_epochs": 0.0}
     assert configuration_options({**recorded, "schedule": "cosine", "warmup_epochs": 1.0}) == {
         "schedule": "cosine", "warmup_epochs": 1.0}
     assert configuration_options({**recorded, "milestones": [0.8, 0.95]}) == {"milestones": [0.8, 0.95]}

@@ -205,8 +205,8 @@ def _predicted_both_ways(row: AblationRow, copies: Sequence[int] = (16,)) -> lis
 
 def _training() -> list[AblationRow]:
     # Rows name everything they set, so that each means the same whatever the encoder's defaults.
-    multistep = {"schedule": "multistep", "warmup_epochs": 0.0, "batch_size": 64}
-    cosine = {"schedule": "cosine", "warmup_epochs": 1.0, "batch_size": 64}
+    multistep = {"schedule": "multistep", "warmup_epochs": 0.0, "batch_size": 64, "ema_epochs": 0.0}
+    cosine = {"schedule": "cosine", "warmup_epochs": 1.0, "batch_size": 64, "ema_epochs": 0.0}
     return [
         AblationRow("multistep", "lr 1e-3, x0.1 at 60% and 85% of the epochs", train={**multistep, "lr": 1e-3}),
         AblationRow("multistep-lr-3e-4", "lr 3e-4, x0.1 at 60% and 85%", train={**multistep, "lr": 3e-4}),
@@ -454,7 +454,9 @@ def _row_configs(rows: Sequence[AblationRow], runs: BenchRuns, zoo: Zoo, target:
         trained = asdict(TrainConfig.for_encoder(row.encoder, seed=0, **fields))
         reference = {**TRAIN_DEFAULTS, **base_fields}
         # Rows that differ only in how the run is evaluated share a run.
-        named = sorted({*base_fields, *row.train, "permutation_augment", "sign_flip_augment"} - EVALUATION_FIELDS)
+        # Schedule and averaging always: runs made before SNE's defaults set them keep their names.
+        named = sorted({*base_fields, *row.train, "permutation_augment", "sign_flip_augment", "schedule", "ema_epochs"}
+                       - EVALUATION_FIELDS)
         changed.update({k: trained[k] for k in named if trained[k] != reference[k]})
         run_name = row.encoder + options_tag(changed)
         # As the encoder will resolve them (a preset's options included), so equal rows are found equal.

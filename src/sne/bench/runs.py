@@ -61,11 +61,12 @@ class BenchRuns:
 
     def run_name(self, encoder: str) -> str:
         """``encoder`` plus the options and training switches given for it: runs of other options never
-        share a directory. (Augmentation is named where on, and the batch size where not 64, whatever
-        the encoder's defaults, as run directories always named them: a default that changes never
-        gives an old run's directory a new meaning.)"""
+        share a directory. (Augmentation is named where on, the batch size where not 64, the schedule
+        where not multistep and weight averaging where on, whatever the encoder's defaults, as run
+        directories always named them: a default that changes never gives an old run's directory a new
+        meaning.)"""
         defaults = {**get_encoder_class(encoder).train_defaults(self.options_for(encoder)), "permutation_augment": False,
-                    "batch_size": TRAIN_DEFAULTS["batch_size"]}
+                    **{name: TRAIN_DEFAULTS[name] for name in ("batch_size", "schedule", "ema_epochs")}}
         switches = training_switches(self.resolved_train_options(encoder), defaults)
         switches = {k: v for k, v in switches.items() if k not in EVALUATION_FIELDS}
         return encoder + options_tag({**self.options_for(encoder), **switches})
@@ -141,7 +142,8 @@ def training_switches(fields: dict, defaults: dict | None = None) -> dict:
 #: What a results row or run written before a training field existed (or was recorded) was trained
 #: with, the field's default having changed since: every row that does not record its batch size was
 #: trained at 64 unless its command said otherwise.
-BEFORE_IT_EXISTED = {"bn_recalibration": 0, "sign_flip_augment": False, "test_time_flips": 0, "batch_size": 64}
+BEFORE_IT_EXISTED = {"bn_recalibration": 0, "sign_flip_augment": False, "test_time_flips": 0, "batch_size": 64,
+                     "schedule": "multistep", "ema_epochs": 0.0}
 
 
 def _row_train_defaults(entry: dict) -> dict:
