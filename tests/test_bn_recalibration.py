@@ -70,7 +70,7 @@ def test_rows_trained_with_recalibration_are_a_configuration_of_their_own():
     assert SNEEncoder.train_defaults({"preset": "paper"})["bn_recalibration"] == 0
     row = {"encoder": "sne", "encoder_options_given": {}, "encoder_options_resolved": dict(DEFAULT_OPTIONS),
            "permutation_augment": True, "sign_flip_augment": True, "test_time_flips": 16,
-           "batch_size": trained_at_defaults("sne")["batch_size"]}
+           **{k: trained_at_defaults("sne")[k] for k in ("batch_size", "schedule", "ema_epochs")}}
     assert configuration_name(row) == configuration_name({**row, "bn_recalibration": 0}) == "sne_bn_recalibration-0"
     # Likewise sign flips, on by default since 2026-12-03.
     before_flips = {k: v for k, v in row.items() if k != "sign_flip_augment"}
@@ -102,7 +102,7 @@ def test_an_ablation_row_never_averages_seeds_trained_with_and_without_recalibra
     # A seed of full SNE in this setting, written before recalibration existed (no field: trained without).
     path.write_text(json.dumps({"entries": [{"row": "full", "setting": setting, "train_seed": 0,
                                              "sign_flip_augment": True, "test_time_flips": 16,
-                                             "batch_size": trained_at_defaults("sne")["batch_size"]}]}))
+                                             **{k: trained_at_defaults("sne")[k] for k in ("batch_size", "schedule", "ema_epochs")}}]}))
     with pytest.raises(SneError, match="bn_recalibration=0 .*--bn-recalibration 0"):
         _check_same_training(path, setting, default)
     _check_same_training(path, *configs(bn_recalibration=0))  # more seeds of the same row: fine
@@ -122,7 +122,7 @@ def test_an_ablation_row_never_averages_seeds_of_encoders_built_two_ways(shared_
     resolved = dict(sne_module.SNEEncoder(hidden=16).options)
     path = tmp_path / "ablation_components_shared.json"
     seed = {"row": "full", "setting": setting, "train_seed": 0, "bn_recalibration": 16, "sign_flip_augment": True,
-            "test_time_flips": 16, "batch_size": trained_at_defaults("sne")["batch_size"],
+            "test_time_flips": 16, **{k: trained_at_defaults("sne")[k] for k in ("batch_size", "schedule", "ema_epochs")},
             "encoder_options_used": {"hidden": 16}, "encoder_options_resolved": resolved}
     path.write_text(json.dumps({"entries": [{k: v for k, v in seed.items() if k != "sign_flip_augment"}]}))
     # Trained before sign flips existed, so without them.
