@@ -488,14 +488,15 @@ def train_epochs(
     """The training loop every task shares: train ``model`` (which holds ``encoder``) for
     ``config.epochs`` epochs, or resume it from ``run_dir``; return the run's summary.
 
-    Adam and the multi-step schedule of ``config``; batches in a seeded order per epoch, prepared
+    Adam and the learning-rate schedule of ``config``; batches in a seeded order per epoch, prepared
     by ``prepare`` (with random functionally-equivalent copies appended when ``config.invariance_weight``
     > 0); ``batch_loss(model, indices, batch on device)`` gives (task loss, regulariser), means over
     the batch, computed by calling ``model`` (under torchrun, its DistributedDataParallel wrapper:
     pass ``processes=True`` where ``batch_loss`` does so; :mod:`sne.train.distributed`), and the step
     minimises task loss + invariance_weight * regulariser. After each epoch ``validation_loss()``
     selects the model: ``best.pt`` holds the lowest, ``last.pt`` the full state (resume), both
-    with ``meta``. The encoder's input statistics and pre-training run once, before epoch 1.
+    with ``meta``; with ``config.ema_epochs`` what is validated and kept is the weights' moving
+    average. The encoder's input statistics and pre-training run once, before epoch 1.
     """
     with _RunLock(run_dir) as lock:
         rank, world = distributed.start(device)
@@ -532,7 +533,7 @@ def train_epochs(
         # Started from the weights training starts from: after input statistics and pre-training.
         average = _WeightAverage(model, config.ema_epochs * steps_per_epoch) if config.ema_epochs else None
         if average is not None and state["epoch"] > 0:
-            average.state = checkpoint["average"]
+            average.resume(checkpoint["average"])
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
             lock.hold()
@@ -693,6 +694,12 @@ class _WeightAverage:
         self.model = model
         self.decay = 1 - 1 / max(1.0, steps)
         self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def resume(self, saved: dict[str, torch.Tensor]) -> None:
+        """Continue from a checkpoint's average (read onto the CPU) where the model lives."""
+        for key, value in saved.items():
+            self.state[key].copy_(value)
 
     @torch.no_grad()
     def update(self) -> None:
