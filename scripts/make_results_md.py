@@ -1172,6 +1172,50 @@ def _standing_scores(name: str, data: dict, labels: dict[str, str]) -> dict[str,
     return scores
 
 
+def _verdict(default: list[float], leader: list[float], lower: bool) -> str:
+    """Default SNE's standing against the best other encoder: first (a tie too), within one standard deviation
+    (over the leader's seeds) of it, or behind by how much, with the score that would be within."""
+    gap = statistics.fmean(default) - statistics.fmean(leader)
+    if gap == 0 or (gap < 0) == lower:
+        return "first"
+    if len(leader) < 2:
+        return f"behind by {abs(gap):.2g} (the leader has one seed: no spread to be within)"
+    spread = statistics.pstdev(leader)
+    bar = statistics.fmean(leader) + (spread if lower else -spread)
+    if abs(gap) <= spread:
+        return f"within one std of first (bar {bar:.4f})"
+    return f"behind by {abs(gap):.2g}; within one std of first needs {'<=' if lower else '>='} {bar:.4f}"
+
+
+def _scorecard_lines(columns: list[tuple[str, bool, dict]], labels: dict[str, str]) -> list[str]:
+    """Default SNE (the unlabelled configuration) beside the best other encoder at its epochs, per
+    standing table, with the verdict issue 15 asks for: first, or within one seed standard deviation of
+    first (the leader's, over its seeds)."""
+    rows = []
+    for title, lower, scores in columns:
+        default = next((c for c in scores if labels[c] == "sne"), None)
+        if default is None:
+            rows.append(f"| {title} | not run | | |")
+            continue
+        for epochs in sorted({e for _, e, _ in scores[default]}):
+            mine = [s for s, e, _ in scores[default] if e == epochs]
+            others = {c: [s for s, e, _ in v if e == epochs] for c, v in scores.items() if c.split("_")[0] != "sne"}
+            others = {c: v for c, v in others.items() if v}
+            spread = lambda v: (f" ± {_fmt(statistics.pstdev(v), 2)}" if len(v) > 1 else "") + \
+                f" ({len(v)} seed{'s' if len(v) > 1 else ''})"
+            if not others:
+                rows.append(f"| {title}, {epochs} ep | {_fmt(statistics.fmean(mine))}{spread(mine)} | none at these "
+                            "epochs | |")
+                continue
+            leader = (min if lower else max)(others, key=lambda c: statistics.fmean(others[c]))
+            rows.append(f"| {title}, {epochs} ep | {_fmt(statistics.fmean(mine))}{spread(mine)} | {labels[leader]}: "
+                        f"{_fmt(statistics.fmean(others[leader]))}{spread(others[leader])} | "
+                        f"{_verdict(mine, others[leader], lower)} |")
+    return ["Default SNE against the bar of issue 15: first, or within one seed standard deviation (the leader's, "
+            "over its seeds) of first, against every other encoder at equal epochs.", "",
+            "| table | default SNE | best other encoder | standing |", "|---|---|---|---|", *rows, ""]
+
+
 def standing_section(results: list[Path]) -> list[str]:
     """Every SNE configuration measured beside the best other encoder, on the tables SNE is asked to
     lead (issue 15): how close the best configuration came, and what was tried. The recipe-shift
@@ -1207,6 +1251,7 @@ def standing_section(results: list[Path]) -> list[str]:
                          for epochs, v in sorted(by_epochs.items()))
 
     lines = ["## Where SNE stands: every SNE configuration measured, beside the best other encoder", "",
+             *_scorecard_lines(columns, labels),
              "Gathered from the tables below (INR: `results/inr_frequency_independent.json` and the lambda-0 rows "
              "on all training networks of `results/ablation_*_independent.json`; CNN tables: the mean over "
              "training zoos of each row's mean tau; recipe shift: `results/recipe_shift.json`, each row's mean tau "

@@ -97,6 +97,14 @@ def test_where_sne_stands_lists_each_sne_configuration_beside_the_best_other_enc
     monkeypatch.setattr(module, "ROOT", tmp_path)
     rows = [line for line in module.standing_section(sorted((tmp_path / "results").glob("*.json")))
             if line.startswith("| ")]
+    # First the verdict per table: default SNE beside the best other encoder at its epochs.
+    card, rows = rows[:4], rows[4:]
+    assert card[0] == "| table | default SNE | best other encoder | standing |"
+    assert card[1] == ("| INR frequency, normalised MSE, 50 ep | 0.500 ± 0.10 (2 seeds) | ng_gnn: 0.050 (1 seed) | "
+                       "behind by 0.45 (the leader has one seed: no spread to be within) |")
+    assert card[2] == "| cross-dataset, mean tau, 15 ep | 0.600 ± 0.10 (2 seeds) | deepsets: 0.300 (1 seed) | first |"
+    assert card[3] == "| recipe shift (600 training INRs), mean tau over its test zoos, 30 ep | 0.400 (1 seed) | none at " \
+        "these epochs | |"
     assert rows[0] == ("| configuration | INR frequency, normalised MSE | cross-dataset, mean tau | "
                        "recipe shift (600 training INRs), mean tau over its test zoos |")
     # Seeds averaged (CNN tables too: per seed over training zoos), the lambda-1 row and the half-data
@@ -107,6 +115,17 @@ def test_where_sne_stands_lists_each_sne_configuration_beside_the_best_other_enc
                               "0.200 (30 ep, 1 seed) | not run | not run |")
     assert rows[3] == ("| best other encoder | ng_gnn: 0.050 (50 ep, 1 seed) | deepsets: 0.300 (15 ep, 1 seed) | "
                        "n/a |")
+
+
+def test_the_verdict_is_first_within_one_std_of_the_leaders_seeds_or_the_score_that_would_be():
+    verdict = page()._verdict
+    assert verdict([0.70, 0.72], [0.69, 0.70], lower=False) == "first"
+    assert verdict([0.05, 0.06], [0.06, 0.07], lower=True) == "first"
+    # Leader 0.689 +- 0.0055 (population std over its seeds): 0.684 is within, 0.683 is not.
+    leader = [0.689 - 0.0055, 0.689 + 0.0055]
+    assert verdict([0.684], leader, lower=False) == "within one std of first (bar 0.6835)"
+    assert verdict([0.683], leader, lower=False) == "behind by 0.006; within one std of first needs >= 0.6835"
+    assert verdict([0.060], [0.044, 0.048], lower=True) == "behind by 0.014; within one std of first needs <= 0.0480"
 
 
 def test_an_ablation_row_built_before_a_default_changed_says_what_it_was_built_with(monkeypatch):
