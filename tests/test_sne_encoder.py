@@ -177,9 +177,10 @@ def test_output_shape_for_mixed_architectures():
     "options",
     [{}, {"use_hierarchy": False}, {"use_set_functions": False}, {"chunk_micro_batch": 3}, {"layer_norm": True},
      {"layer_norm": "pre"}, {"source_code_rounds": 2, "chunk_micro_batch": 3}, {"level_origin": "output"},
-     {"level_origin": "output", "use_hierarchy": False}, {"qk_norm": True}],
+     {"level_origin": "output", "use_hierarchy": False}, {"qk_norm": True},
+     {"chunk_link_passes": 2, "source_code_rounds": 1, "chunk_micro_batch": 3}],
     ids=["default", "flat", "no-sets", "micro-batch", "layer-norm", "pre-layer-norm", "source-codes", "levels-from-output",
-         "levels-from-output-flat", "qk-norm"],
+         "levels-from-output-flat", "qk-norm", "chunk-links"],
 )
 def test_code_does_not_depend_on_batch_composition(options):
     """A network's code is the same alone and beside a larger network of another architecture."""
@@ -221,12 +222,14 @@ def test_each_ablation_builds_and_runs(switch):
     "options",
     [{}, {"use_hierarchy": False}, {"use_set_functions": False}, {"use_source_features": True},
      {"use_input_positions": True}, {"use_own_neuron_features": True}, {"source_code_rounds": 2},
-     {"pool_seeds": 3}, {"pool_statistics": False}, {"qk_norm": True}],
+     {"pool_seeds": 3}, {"pool_statistics": False}, {"qk_norm": True}, {"chunk_link_passes": 2}],
 )
 def test_gradients_reach_every_parameter(options):
     """Every parameter but the merge tokens, which chains do not use (tests/test_encoders_any_network.py)."""
     torch.manual_seed(0)
     encoder = SNEEncoder(**SMALL, **options)
+    for link in encoder.chunk_links or ():  # they start at zero, where the earlier passes get no gradient
+        torch.nn.init.normal_(link.weight, std=0.1)
     encode(encoder, mixed_records()).square().sum().backward()
     for name, parameter in encoder.named_parameters():
         if name != "merge_tokens":
@@ -235,7 +238,7 @@ def test_gradients_reach_every_parameter(options):
 
 @pytest.mark.parametrize("options", [{}, {"use_source_features": True, "use_input_positions": True,
                                           "use_own_neuron_features": True}, {"source_code_rounds": 2},
-                                     {"level_origin": "output"}])
+                                     {"level_origin": "output"}, {"chunk_link_passes": 1, "source_code_rounds": 1}])
 def test_micro_batching_gives_the_same_codes_and_gradients(options):
     torch.manual_seed(0)
     # float64: summation order differs between the two paths, and float32 gradients differ by more
@@ -715,25 +718,44 @@ def _chunk_codes(encoder: SNEEncoder, records: list[NetworkRecord]) -> torch.Ten
 def test_source_codes_see_which_neuron_a_weight_comes_from_and_move_with_it():
     """With neuron order unencoded (one SIREN row per chunk, no chunk-index or row-slot encoding) and
     no neuron features, SNE is exactly invariant to neuron permutations and blind to shuffled
-    incoming weights; learned source codes keep the invariance and see the shuffle."""
+    incoming weights; learned source codes and chunk links keep the invariance and see the shuffle."""
     from sne.weights import random_equivalent_permutation, shuffle_incoming
 
     g = torch.Generator().manual_seed(2)
     records = [mlp([1, 32, 32, 1], g, dtype=torch.float64) for _ in range(4)]
     shuffled = [shuffle_incoming(r, torch.Generator().manual_seed(i)) for i, r in enumerate(records)]
     permuted = [random_equivalent_permutation(r, torch.Generator().manual_seed(10 + i)) for i, r in enumerate(records)]
-    for rounds in (0, 1, 2):
+    for rounds, passes in ((0, 0), (1, 0), (2, 0), (0, 1), (1, 2)):
         torch.manual_seed(0)
-        encoder = SNEEncoder(**SMALL, chunk_size=32, source_code_rounds=rounds, use_chunk_index_encoding=False,
-                             use_row_slot_encoding=False, **NO_NEURON_FEATURES).double().eval()
+        encoder = SNEEncoder(**SMALL, chunk_size=32, source_code_rounds=rounds, chunk_link_passes=passes,
+                             use_chunk_index_encoding=False, use_row_slot_encoding=False,
+                             **NO_NEURON_FEATURES).double().eval()
+        for link in encoder.chunk_links or ():
+            torch.nn.init.normal_(link.weight, std=0.5)
         codes = _chunk_codes(encoder, records)
         moved = _chunk_codes(encoder, permuted)
         torch.testing.assert_close(moved.sort(0).values, codes.sort(0).values, rtol=0, atol=1e-12)
         seen = (_chunk_codes(encoder, shuffled) - codes).abs().max()
-        assert (seen > 1e-5) if rounds else (seen < 1e-12), (rounds, seen)
+        assert (seen > 1e-5) if rounds or passes else (seen < 1e-12), (rounds, passes, seen)
         with torch.no_grad():
             torch.testing.assert_close(encoder(encoder.plan(records)), encoder(encoder.prepare(records)),
                                        rtol=0, atol=1e-12)
+
+
+def test_chunk_links_start_at_zero_and_add_a_chunk_stage_per_pass():
+    """An untrained encoder with chunk links encodes as one without; each pass runs the chunk stage once more."""
+    g = torch.Generator().manual_seed(3)
+    records = [mlp([1, 16, 16, 1], g, dtype=torch.float64) for _ in range(3)]
+    torch.manual_seed(0)
+    plain = SNEEncoder(**SMALL).double().eval()
+    linked = SNEEncoder(**SMALL, chunk_link_passes=2).double().eval()
+    missing, unexpected = linked.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(name.startswith("chunk_links.") for name in missing) and missing
+    torch.testing.assert_close(encode(linked, records), encode(plain, records), rtol=0, atol=0)
+    calls = []
+    linked.chunk_stack_2.register_forward_hook(lambda *_: calls.append(1))
+    encode(linked, records)
+    assert len(calls) == 3  # one run of chunks per pass, two link passes and the last
 
 
 # --- layer statistics of levels no training network had ------------------------------------------

@@ -93,6 +93,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "canonical_order": False,
     "canonical_signs": False,
     "source_code_rounds": 0,
+    "chunk_link_passes": 0,
     "level_origin": "input",
     "use_activation_encoding": False,
     "use_shape_features": False,
@@ -400,6 +401,13 @@ class SNEEncoder(Encoder):
     weight adds the code of the neuron its input comes from (:mod:`sne.encoders.chunking`, "Neuron
     links") before the chunk encoder; a round sees the previous round's codes, so ``r`` rounds reach
     ``r`` layers back. Ids move with the weights, so the links survive any neuron permutation.
+    ``chunk_link_passes``: passes of the chunk encoder that each see the previous pass's neuron codes
+    (0: one pass, as in the paper). A neuron's code is the mean of its elements' codes (its incoming
+    weights and bias) after the chunk encoder's set-to-set stages; in the next pass every weight adds
+    a learned map of the code of the neuron its input comes from (the links of ``source_code_rounds``),
+    so a layer's chunks read what the chunk encoder made of the neurons they read, not only their
+    features: the second pass the SNE issue names. Each pass costs one chunk stage; the maps start at
+    zero, so an untrained encoder encodes as it does without them.
     ``level_origin``: where layer levels count from, for the level encoding and the layer-statistics
     tables: ``"input"`` (the paper: a network's first layer is level 0) or ``"output"`` (its deepest
     layer is level 0), so that the output layers of networks of different depths read alike, as
@@ -533,6 +541,10 @@ class SNEEncoder(Encoder):
         rounds = resolved["source_code_rounds"]
         self.neuron_in = nn.ModuleList(nn.Linear(chunk, chunk) for _ in range(rounds)) if rounds else None
         self.source_out = nn.ModuleList(nn.Linear(chunk, chunk, bias=False) for _ in range(rounds)) if rounds else None
+        passes = resolved["chunk_link_passes"]
+        self.chunk_links = nn.ModuleList(nn.Linear(chunk, chunk, bias=False) for _ in range(passes)) if passes else None
+        for link in self.chunk_links or ():
+            nn.init.zeros_(link.weight)
         if resolved["use_hierarchy"]:
             self.part_stack = SetStack(hidden, heads, depth, norm, sets, qk_norm=qk)
             self.part_pool = SetPool(hidden, heads, norm, sets, resolved["batch_norm"], *pooling, qk_norm=qk)
@@ -634,7 +646,7 @@ class SNEEncoder(Encoder):
         return pad_chunk(
             self._in_encoded_form(records), self.options["chunk_size"], dtype=self.readout.weight.dtype,
             standardize=self.options["standardize_layers"], source_features=self.options["use_source_features"],
-            input_positions=self.options["use_input_positions"], neuron_links=self.options["source_code_rounds"] > 0,
+            input_positions=self.options["use_input_positions"], neuron_links=self._links_neurons(),
             own_features=self.options["use_own_neuron_features"], through_sums=self.options["use_residual_features"],
         )
 
@@ -645,11 +657,14 @@ class SNEEncoder(Encoder):
         return plan_chunks(
             self._in_encoded_form(records), self.options["chunk_size"], dtype=self.readout.weight.dtype,
             standardize=self.options["standardize_layers"], source_features=self.options["use_source_features"],
-            input_positions=self.options["use_input_positions"], neuron_links=self.options["source_code_rounds"] > 0,
+            input_positions=self.options["use_input_positions"], neuron_links=self._links_neurons(),
             own_features=self.options["use_own_neuron_features"], through_sums=self.options["use_residual_features"],
         )
 
     prepare_inference = plan
+
+    def _links_neurons(self) -> bool:
+        return self.options["source_code_rounds"] > 0 or self.options["chunk_link_passes"] > 0
 
     def forward(self, batch: ChunkBatch | ChunkPlan) -> torch.Tensor:
         return self.readout(self._network_codes(batch)[0])
@@ -805,7 +820,11 @@ class SNEEncoder(Encoder):
         checkpointed = step is not None and torch.is_grad_enabled()
         if step is None:
             step = TRAINING_CHUNKS if torch.is_grad_enabled() else INFERENCE_CHUNKS
-        neurons = self._neuron_codes(batch, dtype, step) if self.neuron_in is not None else None
+        neurons = None
+        if self.neuron_in is not None:
+            neurons = self.source_out[-1](self._neuron_codes(batch, dtype, step))
+        if self.chunk_links is not None:
+            neurons = self._chunk_link_codes(batch, index, dtype, step, neurons)
         if not (self.training or torch.is_grad_enabled() or keep_elements):
             return self._chunk_codes_streamed(batch, index, dtype, step, neurons), None
         codes, elements = [], []
@@ -857,12 +876,32 @@ class SNEEncoder(Encoder):
             for values, coordinates, group in zip(run.tap_values, run.tap_coordinates, extras)
         ])
 
-    def _with_source_codes(self, embedded: torch.Tensor, run: ChunkElements, neurons: torch.Tensor,
-                           round_: int) -> torch.Tensor:
-        """``embedded`` plus, for each element whose source neuron is known, that neuron's code."""
+    @staticmethod
+    def _with_source_codes(embedded: torch.Tensor, run: ChunkElements, linked: torch.Tensor) -> torch.Tensor:
+        """``embedded`` plus, for each element whose source neuron is known, that neuron's row of
+        ``linked`` (neurons, chunk width): its code, mapped for the stage that reads it."""
         source = torch.cat(run.source_neuron)
-        linked = self.source_out[round_](neurons[source.clamp_min(0)])
-        return embedded + torch.where((source >= 0).unsqueeze(1), linked, torch.zeros((), dtype=linked.dtype))
+        gathered = linked[source.clamp_min(0)]
+        return embedded + torch.where((source >= 0).unsqueeze(1), gathered, torch.zeros((), dtype=gathered.dtype))
+
+    def _chunk_link_codes(self, batch: ChunkBatch | ChunkPlan, index: ChunkBatch, dtype: torch.dtype, step: int,
+                          linked: torch.Tensor | None) -> torch.Tensor:
+        """What the last pass links (``chunk_link_passes``), (neurons, chunk width): per pass, every
+        chunk encoded with the links so far, each neuron's code the mean of its elements' codes after
+        the set-to-set stages, mapped by that pass's link."""
+        count, device = index.neuron_count, index.chunk_type.device
+        for link in self.chunk_links:
+            total = torch.zeros(count, self.chunk_width, dtype=dtype, device=device)
+            members = torch.zeros(count, dtype=dtype, device=device)
+            for first, last, run in self._runs(batch, step):
+                elements = self._encode_chunk_range(run, index, dtype, first, last, True, linked)[1]
+                codes = elements.reshape(-1, elements.shape[-1])[torch.cat(run.element_slot)]
+                own = torch.cat(run.own_neuron)
+                mine = own >= 0
+                total = total.index_add(0, own[mine], codes[mine])
+                members = members.index_add(0, own[mine], torch.ones_like(own[mine], dtype=dtype))
+            linked = link(total / members.clamp_min(1).unsqueeze(1))
+        return linked
 
     def _neuron_codes(self, batch: ChunkBatch | ChunkPlan, dtype: torch.dtype, step: int) -> torch.Tensor:
         """The last round's neuron codes, (neurons, chunk width) (``source_code_rounds``), streamed
@@ -876,7 +915,7 @@ class SNEEncoder(Encoder):
             for _, _, run in self._runs(batch, step):
                 embedded = self._embed(run, dtype)
                 if neurons is not None:
-                    embedded = self._with_source_codes(embedded, run, neurons, round_ - 1)
+                    embedded = self._with_source_codes(embedded, run, self.source_out[round_ - 1](neurons))
                 own = torch.cat(run.own_neuron)
                 mine = own >= 0
                 total = total.index_add(0, own[mine], embedded[mine])
@@ -886,15 +925,15 @@ class SNEEncoder(Encoder):
 
     def _encode_chunk_range(
         self, run: ChunkElements, batch: ChunkBatch, dtype: torch.dtype, first: int, last: int,
-        keep_elements: bool = False, neurons: torch.Tensor | None = None,
+        keep_elements: bool = False, linked: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Embed the elements ``run`` of chunks ``first:last`` (with their source neurons' codes
-        ``neurons``, if given) and run the chunk encoder on them: pooled chunk codes before their
+        """Embed the elements ``run`` of chunks ``first:last`` (with their source neurons' mapped codes
+        ``linked``, if given) and run the chunk encoder on them: pooled chunk codes before their
         batch normalisation, and with ``keep_elements`` the element codes before the chunk PMA."""
         chunk_size = run.element_mask.shape[1]
         embedded = self._embed(run, dtype)
-        if neurons is not None:
-            embedded = self._with_source_codes(embedded, run, neurons, len(self.source_out) - 1)
+        if linked is not None:
+            embedded = self._with_source_codes(embedded, run, linked)
         mask = run.element_mask
         elements = _gather_sets(embedded, torch.cat(run.element_slot), mask)
         if self.options["use_row_slot_encoding"]:
@@ -1001,7 +1040,7 @@ def _validate(options: dict[str, Any]) -> None:
 
     for name in ("chunk_size", "hidden", "heads", "out_dim", "pool_seeds"):
         positive_int(name)
-    for name in ("num_sab", "source_code_rounds", "chunk_sab"):
+    for name in ("num_sab", "source_code_rounds", "chunk_link_passes", "chunk_sab"):
         if name == "chunk_sab" and options[name] is None:
             continue
         if isinstance(options[name], bool) or not isinstance(options[name], int) or options[name] < 0:
