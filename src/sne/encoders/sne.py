@@ -407,7 +407,9 @@ class SNEEncoder(Encoder):
     a learned map of the code of the neuron its input comes from (the links of ``source_code_rounds``),
     so a layer's chunks read what the chunk encoder made of the neurons they read, not only their
     features: the second pass the SNE issue names. Each pass costs one chunk stage; the maps start at
-    zero, so an untrained encoder encodes as it does without them.
+    zero, so an untrained encoder encodes as it does without them. Off by default: one pass on the INR
+    table (30 epochs, seed 0) learned more slowly and ended worse, normalised MSE 0.089 against 0.058
+    (docs/RESULTS.md).
     ``level_origin``: where layer levels count from, for the level encoding and the layer-statistics
     tables: ``"input"`` (the paper: a network's first layer is level 0) or ``"output"`` (its deepest
     layer is level 0), so that the output layers of networks of different depths read alike, as
