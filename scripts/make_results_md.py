@@ -1195,7 +1195,7 @@ def _scorecard_lines(columns: list[tuple[str, bool, dict]], labels: dict[str, st
     for title, lower, scores in columns:
         default = next((c for c in scores if labels[c] == "sne"), None)
         if default is None:
-            rows.append(f"| {title} | not run | | |")
+            rows.append(f"| {title} | not run at today's defaults | | |")
             continue
         for epochs in sorted({e for _, e, _ in scores[default]}):
             mine = [s for s, e, _ in scores[default] if e == epochs]
