@@ -459,8 +459,9 @@ class SNEEncoder(Encoder):
     #: of the weights over about 2 epochs (``schedule="constant"``, ``ema_epochs=2``), not the weights
     #: after a multistep decay: on the regenerated CNN tables (three seeds each) cross-dataset tau rose
     #: from 0.678 ± 0.004 to 0.683 ± 0.004 (higher on every seed) and cross-architecture tau from
-    #: 0.474 ± 0.010 to 0.483 ± 0.007; the INR table's error stayed level (0.060 ± 0.001 against
-    #: 0.060 ± 0.002). Averaging after a multistep decay changed nothing at the end (INR seed 0: 0.059
+    #: 0.474 ± 0.010 to 0.483 ± 0.007 (at five seeds each, beside NG-GNN at five: cross-dataset 0.687 ±
+    #: 0.006 against 0.687 ± 0.005, cross-architecture 0.479 ± 0.010 against 0.475 ± 0.03); the INR
+    #: table's error stayed level (0.060 ± 0.001 against 0.060 ± 0.002). Averaging after a multistep decay changed nothing at the end (INR seed 0: 0.059
     #: against 0.059; cross-dataset 0.682 against 0.683, seed 0). Cosine decay
     #: after one warm-up epoch (``--schedule cosine --warmup-epochs 1``) won on small INR zoos (600:
     #: 0.149 ± 0.03 against multistep's 0.251 ± 0.08; recipe-shift mean tau 0.465 against 0.379) and
