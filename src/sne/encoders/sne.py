@@ -31,7 +31,7 @@ standardised, so outputs are in weight units.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -461,8 +461,9 @@ class SNEEncoder(Encoder):
     #: from 0.678 ± 0.004 to 0.683 ± 0.004 (higher on every seed) and cross-architecture tau from
     #: 0.474 ± 0.010 to 0.483 ± 0.007 (at five seeds each, beside NG-GNN at five: cross-dataset 0.687 ±
     #: 0.006 against 0.687 ± 0.005, cross-architecture 0.479 ± 0.010 against 0.475 ± 0.03); the INR
-    #: table's error stayed level (0.060 ± 0.001 against 0.060 ± 0.002). Averaging after a multistep decay changed nothing at the end (INR seed 0: 0.059
-    #: against 0.059; cross-dataset 0.682 against 0.683, seed 0). Cosine decay
+    #: table's error stayed level (0.060 ± 0.001 against 0.060 ± 0.002). Averaging after a multistep
+    #: decay changed nothing at the end (INR seed 0: 0.059 against 0.059; cross-dataset 0.682 against
+    #: 0.683, seed 0). Cosine decay
     #: after one warm-up epoch (``--schedule cosine --warmup-epochs 1``) won on small INR zoos (600:
     #: 0.149 ± 0.03 against multistep's 0.251 ± 0.08; recipe-shift mean tau 0.465 against 0.379) and
     #: lost cross-architecture transfer on every seed (0.450 ± 0.007).
@@ -823,16 +824,16 @@ class SNEEncoder(Encoder):
         checkpointed = step is not None and torch.is_grad_enabled()
         if step is None:
             step = TRAINING_CHUNKS if torch.is_grad_enabled() else INFERENCE_CHUNKS
-        neurons = None
+        linked = None
         if self.neuron_in is not None:
-            neurons = self.source_out[-1](self._neuron_codes(batch, dtype, step))
+            linked = self.source_out[-1](self._neuron_codes(batch, dtype, step))
         if self.chunk_links is not None:
-            neurons = self._chunk_link_codes(batch, index, dtype, step, neurons)
+            linked = self._chunk_link_codes(batch, index, dtype, step, linked)
         if not (self.training or torch.is_grad_enabled() or keep_elements):
-            return self._chunk_codes_streamed(batch, index, dtype, step, neurons), None
+            return self._chunk_codes_streamed(batch, index, dtype, step, linked), None
         codes, elements = [], []
         for first, last, run in self._runs(batch, step):
-            args = (run, index, dtype, first, last, keep_elements, neurons)
+            args = (run, index, dtype, first, last, keep_elements, linked)
             if checkpointed:
                 chunk_codes, element_codes = checkpoint(self._encode_chunk_range, *args, use_reentrant=False)
             else:
@@ -845,14 +846,14 @@ class SNEEncoder(Encoder):
         return codes, torch.cat(elements) if keep_elements else None
 
     def _chunk_codes_streamed(self, batch: ChunkBatch | ChunkPlan, index: ChunkBatch, dtype: torch.dtype, step: int,
-                              neurons: torch.Tensor | None) -> torch.Tensor:
+                              linked: torch.Tensor | None) -> torch.Tensor:
         """:meth:`_chunk_codes` in eval mode without gradients: batch normalisation then applies running
         statistics, element by element, so each run's codes are normalised and projected as they come
         and written into one buffer. A network's chunk codes exist once (a list of runs, their
         concatenation, the normalised copy and its projection held up to four copies)."""
         codes = None
         for first, last, run in self._runs(batch, step):
-            chunk_codes = self.chunk_pool.norm(self._encode_chunk_range(run, index, dtype, first, last, False, neurons)[0])
+            chunk_codes = self.chunk_pool.norm(self._encode_chunk_range(run, index, dtype, first, last, False, linked)[0])
             if self.chunk_out is not None:
                 chunk_codes = self.chunk_out(chunk_codes)
             if codes is None:
@@ -887,43 +888,46 @@ class SNEEncoder(Encoder):
         gathered = linked[source.clamp_min(0)]
         return embedded + torch.where((source >= 0).unsqueeze(1), gathered, torch.zeros((), dtype=gathered.dtype))
 
+    def _neuron_means(self, batch: ChunkBatch | ChunkPlan, dtype: torch.dtype, step: int,
+                      element_rows: Callable[[int, int, ChunkElements], torch.Tensor]) -> torch.Tensor:
+        """Per neuron, (neurons, chunk width), the mean over its elements (incoming weights and bias) of
+        ``element_rows(first, last, run)``, one row per element of each run; run by run, so only one
+        run's elements and the sums of all neurons exist at a time."""
+        index = batch.skeleton if isinstance(batch, ChunkPlan) else batch
+        total = torch.zeros(index.neuron_count, self.chunk_width, dtype=dtype, device=index.chunk_type.device)
+        members = torch.zeros(index.neuron_count, dtype=dtype, device=index.chunk_type.device)
+        for first, last, run in self._runs(batch, step):
+            rows = element_rows(first, last, run)
+            own = torch.cat(run.own_neuron)
+            mine = own >= 0
+            total = total.index_add(0, own[mine], rows[mine])
+            members = members.index_add(0, own[mine], torch.ones_like(own[mine], dtype=dtype))
+        return total / members.clamp_min(1).unsqueeze(1)
+
     def _chunk_link_codes(self, batch: ChunkBatch | ChunkPlan, index: ChunkBatch, dtype: torch.dtype, step: int,
                           linked: torch.Tensor | None) -> torch.Tensor:
         """What the last pass links (``chunk_link_passes``), (neurons, chunk width): per pass, every
         chunk encoded with the links so far, each neuron's code the mean of its elements' codes after
         the set-to-set stages, mapped by that pass's link."""
-        count, device = index.neuron_count, index.chunk_type.device
         for link in self.chunk_links:
-            total = torch.zeros(count, self.chunk_width, dtype=dtype, device=device)
-            members = torch.zeros(count, dtype=dtype, device=device)
-            for first, last, run in self._runs(batch, step):
-                elements = self._encode_chunk_range(run, index, dtype, first, last, True, linked)[1]
-                codes = elements.reshape(-1, elements.shape[-1])[torch.cat(run.element_slot)]
-                own = torch.cat(run.own_neuron)
-                mine = own >= 0
-                total = total.index_add(0, own[mine], codes[mine])
-                members = members.index_add(0, own[mine], torch.ones_like(own[mine], dtype=dtype))
-            linked = link(total / members.clamp_min(1).unsqueeze(1))
+            def element_codes(first: int, last: int, run: ChunkElements, linked=linked) -> torch.Tensor:
+                coded = self._encode_chunk_range(run, index, dtype, first, last, True, linked)[1]
+                return coded.reshape(-1, coded.shape[-1])[torch.cat(run.element_slot)]
+
+            linked = link(self._neuron_means(batch, dtype, step, element_codes))
         return linked
 
     def _neuron_codes(self, batch: ChunkBatch | ChunkPlan, dtype: torch.dtype, step: int) -> torch.Tensor:
-        """The last round's neuron codes, (neurons, chunk width) (``source_code_rounds``), streamed
-        run by run: only one run's elements and the codes of all neurons exist at a time."""
-        index = batch.skeleton if isinstance(batch, ChunkPlan) else batch
-        count, device = index.neuron_count, index.chunk_type.device
+        """The last round's neuron codes, (neurons, chunk width) (``source_code_rounds``)."""
         neurons = None
         for round_, neuron_in in enumerate(self.neuron_in):
-            total = torch.zeros(count, self.chunk_width, dtype=dtype, device=device)
-            members = torch.zeros(count, dtype=dtype, device=device)
-            for _, _, run in self._runs(batch, step):
-                embedded = self._embed(run, dtype)
-                if neurons is not None:
-                    embedded = self._with_source_codes(embedded, run, self.source_out[round_ - 1](neurons))
-                own = torch.cat(run.own_neuron)
-                mine = own >= 0
-                total = total.index_add(0, own[mine], embedded[mine])
-                members = members.index_add(0, own[mine], torch.ones_like(own[mine], dtype=dtype))
-            neurons = torch.relu(neuron_in(total / members.clamp_min(1).unsqueeze(1)))
+            linked = None if neurons is None else self.source_out[round_ - 1](neurons)
+
+            def embedded(first: int, last: int, run: ChunkElements, linked=linked) -> torch.Tensor:
+                rows = self._embed(run, dtype)
+                return rows if linked is None else self._with_source_codes(rows, run, linked)
+
+            neurons = torch.relu(neuron_in(self._neuron_means(batch, dtype, step, embedded)))
         return neurons
 
     def _encode_chunk_range(
