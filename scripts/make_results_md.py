@@ -1191,6 +1191,10 @@ def _scorecard_lines(columns: list[tuple[str, bool, dict]], labels: dict[str, st
     """Default SNE (the unlabelled configuration) beside the best other encoder at its epochs, per
     standing table, with the verdict issue 15 asks for: first, or within one seed standard deviation of
     first (the leader's, over its seeds)."""
+    def score(values: list[float]) -> str:
+        spread = f" ± {_fmt(statistics.pstdev(values), 2)}" if len(values) > 1 else ""
+        return f"{_fmt(statistics.fmean(values))}{spread} ({len(values)} seed{'s' if len(values) > 1 else ''})"
+
     rows = []
     for title, lower, scores in columns:
         default = next((c for c in scores if labels[c] == "sne"), None)
@@ -1201,15 +1205,11 @@ def _scorecard_lines(columns: list[tuple[str, bool, dict]], labels: dict[str, st
             mine = [s for s, e, _ in scores[default] if e == epochs]
             others = {c: [s for s, e, _ in v if e == epochs] for c, v in scores.items() if c.split("_")[0] != "sne"}
             others = {c: v for c, v in others.items() if v}
-            spread = lambda v: (f" ± {_fmt(statistics.pstdev(v), 2)}" if len(v) > 1 else "") + \
-                f" ({len(v)} seed{'s' if len(v) > 1 else ''})"
             if not others:
-                rows.append(f"| {title}, {epochs} ep | {_fmt(statistics.fmean(mine))}{spread(mine)} | none at these "
-                            "epochs | |")
+                rows.append(f"| {title}, {epochs} ep | {score(mine)} | none at these epochs | |")
                 continue
             leader = (min if lower else max)(others, key=lambda c: statistics.fmean(others[c]))
-            rows.append(f"| {title}, {epochs} ep | {_fmt(statistics.fmean(mine))}{spread(mine)} | {labels[leader]}: "
-                        f"{_fmt(statistics.fmean(others[leader]))}{spread(others[leader])} | "
+            rows.append(f"| {title}, {epochs} ep | {score(mine)} | {labels[leader]}: {score(others[leader])} | "
                         f"{_verdict(mine, others[leader], lower)} |")
     return ["Default SNE against the bar of issue 15: first, or within one seed standard deviation (the leader's, "
             "over its seeds) of first, against every other encoder at equal epochs.", "",
