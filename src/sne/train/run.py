@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.nn import functional as F
 
@@ -397,13 +398,38 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True, log_dir
         return predictor.target.loss(outputs, train_values[indices].to(device)), reg
 
     try:
-        return train_epochs(
+        summary = train_epochs(
             config, run_dir, predictor, predictor.encoder, train_records, predictor.encoder.prepare, batch_loss,
             lambda: _validation(predictor, val_records, val_values, config.batch_size)[1], meta, device, progress,
             log_dir=log_dir, processes=True,
         )
     finally:
         distributed.stop()
+    constant = target.constant_outputs(train_values).expand(len(val_values), -1)
+    summary["constant_val_loss"] = float(target.loss(constant, val_values))
+    warning = learned_nothing(summary)
+    if warning is not None and progress and summary["rank"] == 0:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(warning, markup=False)
+    return summary
+
+
+#: A run whose best validation loss is not at least this fraction below the trivial predictor's
+#: (:meth:`~sne.train.targets.Target.constant_outputs`) is reported as having learned nothing.
+LEARNED_MARGIN = 0.05
+
+
+def learned_nothing(summary: dict) -> str | None:
+    """One line saying that a run's best validation loss did not beat the trivial predictor's by
+    :data:`LEARNED_MARGIN` (``summary`` of :func:`fit`), or None where it did: a run that sat at
+    the mean predictor for all its epochs otherwise looks like any other finished run."""
+    best, constant = summary["best_val_loss"], summary.get("constant_val_loss")
+    if constant is None or constant <= 0 or best < (1 - LEARNED_MARGIN) * constant:
+        return None
+    return (f"warning: {summary['run']}: the best validation loss, {best:.4g}, is not {LEARNED_MARGIN:.0%} below "
+            f"{constant:.4g}, the loss of one constant prediction for every network (the training targets' mean or "
+            "class frequencies): this run learned nothing that carries to networks it did not train on. Try "
+            "another --seed; where every seed stays there, the weights may not show this encoder the target "
+            "(docs/RESULTS.md, recipe-shift studies)")
 
 
 def code_distance(codes: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -608,6 +634,7 @@ def train_epochs(
             "sign_flipped_networks": None if augment.flippable is None else sum(augment.flippable),
             "hardware": hardware_description(device),
             "processes": world,
+            "rank": rank,
         }
 
 

@@ -48,6 +48,18 @@ class Target:
             return F.binary_cross_entropy_with_logits(outputs.squeeze(-1), encoded)
         return F.cross_entropy(outputs, encoded)
 
+    def constant_outputs(self, train_values: torch.Tensor) -> torch.Tensor:
+        """The head output ``(output_dim,)`` of the trivial predictor, one constant for every network,
+        that a trained head must beat: the training mean (0 standardised), the logit of the training
+        mean for ``unit_interval``, and for classes the log training frequencies with one pseudo-count
+        per class, so that a class unseen in training costs a finite loss."""
+        if self.kind == "regression":
+            return torch.zeros(1)
+        if self.kind == "unit_interval":
+            return torch.logit(train_values.float().mean().clamp(1e-6, 1 - 1e-6)).reshape(1)
+        counts = torch.bincount(train_values.long(), minlength=self.num_classes)[: self.num_classes].float()
+        return ((counts + 1) / (counts.sum() + self.num_classes)).log()
+
     def decode(self, outputs: torch.Tensor) -> torch.Tensor:
         """Head outputs -> predictions in the target's own units (class index for classes)."""
         if self.kind == "regression":
