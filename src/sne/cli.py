@@ -279,7 +279,7 @@ def train(
         "many training batches (0: off; default: the encoder's, see 'sne encoders')."),
 ) -> None:
     """Train an encoder and head to predict a target from weights; select on the val split."""
-    from sne.train import TrainConfig, fit
+    from sne.train import TrainConfig, distributed, fit
     from sne.train.scalars import require_tensorboard
 
     if log_dir is not None:
@@ -299,7 +299,7 @@ def train(
         precision=precision, bn_recalibration=bn_recalibration, command=_command_line(),
     )
     summary = fit(config, out, log_dir=log_dir)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
+    if not distributed.is_main():
         return
     console.print(
         f"trained {summary['epochs']} epochs ({summary['epochs'] * summary['steps_per_epoch']} Adam steps, "

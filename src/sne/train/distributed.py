@@ -28,6 +28,12 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def is_main() -> bool:
+    """Whether this process speaks for all: rank 0 under torchrun, or the only process (read from
+    ``RANK``, so it holds before the process group is joined and after it is left)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def start(device: torch.device) -> tuple[int, int]:
     """Join the process group torchrun describes (once); return (rank, world size), (0, 1) alone."""
     if not launched():

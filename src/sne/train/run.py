@@ -408,7 +408,7 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True, log_dir
     constant = target.constant_outputs(train_values).expand(len(val_values), -1)
     summary["constant_val_loss"] = float(target.loss(constant, val_values))
     warning = learned_nothing(summary)
-    if warning is not None and progress and summary["rank"] == 0:
+    if warning is not None and progress and distributed.is_main():
         Console(stderr=True, highlight=False, soft_wrap=True).print(warning, markup=False)
     return summary
 
@@ -634,7 +634,6 @@ def train_epochs(
             "sign_flipped_networks": None if augment.flippable is None else sum(augment.flippable),
             "hardware": hardware_description(device),
             "processes": world,
-            "rank": rank,
         }
 
 
