@@ -22,7 +22,9 @@ from sne.bench.style_edit import (
     mse_per_network,
     open_digit_inr_zoo,
     render,
+    render_edited,
     source_images,
+    stack_parameters,
     train_editor,
 )
 from sne.data import load_dataset
@@ -37,7 +39,7 @@ from sne.encoders.sne import place_elements
 from sne.errors import SneError
 from sne.train import TrainConfig
 from sne.weights import StackedWeights
-from sne.weights.permute import permute_hidden, random_permutations
+from sne.weights.permute import permute_hidden, random_equivalent_permutation, random_permutations, random_sign_flips
 from sne.weights.record import NetworkRecord
 from sne.zoo import generate_zoo
 from sne.zoo.digit_inr import psnr
@@ -251,6 +253,26 @@ def test_render_of_an_unedited_inr_reproduces_its_fitted_image(digit_zoo):
     torch.testing.assert_close(errors, fit_mse, rtol=1e-3, atol=1e-8)
     assert psnr(errors).min() > 35
     assert torch.equal(test.targets, dilate(test.images)) and (test.targets >= test.images).all()
+
+
+def test_an_edit_is_made_to_the_copy_the_editor_read(digit_zoo):
+    """Training shows the editor permuted, sign-flipped copies: each edit must be added to the copy it
+    was made for. An edit that scales every parameter by 1.1 renders the same for any copy (float64)."""
+    records = [r.with_layers(l.with_tensors(**{n: t.double() for n, t in l.tensors.items()}) for l in r.layers)
+               for r in load_split(digit_zoo, "test").records[:4]]
+    generator = torch.Generator().manual_seed(3)
+    copies = [random_sign_flips(random_equivalent_permutation(r, generator), generator) for r in records]
+    encoder = editor("sne", records)
+    encoder.weight_values = lambda inputs, read: [r.with_layers(
+        l.with_tensors(**{n: 0.1 * t for n, t in l.tensors.items()}) for l in r.layers) for r in read]
+    expected = render([1.1 * p for p in stack_parameters(records)])
+    for networks in (records, copies):
+        torch.testing.assert_close(render_edited(encoder, encoder.prepare_weights(networks)), expected,
+                                   atol=1e-10, rtol=0)
+    # Not vacuous: the copies' parameters differ from the originals', so editing the originals by the
+    # copies' edits renders something else.
+    misplaced = render([p + 0.1 * q for p, q in zip(stack_parameters(records), stack_parameters(copies))])
+    assert (misplaced - expected).abs().max() > 1e-3
 
 
 def test_a_short_training_run_edits_better_than_no_edit(digit_zoo, tmp_path):

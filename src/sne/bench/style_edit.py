@@ -36,7 +36,7 @@ from sne.bench.runs import BenchRuns, options_key
 from sne.data import load_dataset
 from sne.data.images import IMAGE_SIZE
 from sne.encoders import batch_to, build_encoder, build_encoder_from_config, get_encoder_class
-from sne.encoders.base import Encoder, weight_output_encoder_names
+from sne.encoders.base import Encoder, WeightBatch, weight_output_encoder_names
 from sne.errors import SneError
 from sne.io_utils import bounded_path
 from sne.train.run import (
@@ -130,6 +130,14 @@ def load_split(zoo: Zoo, split: str, limit: int | None = None) -> EditSplit:
     return EditSplit(ids, records, stack_parameters(records), images, dilate(images))
 
 
+def render_edited(editor: Encoder, batch: WeightBatch) -> torch.Tensor:
+    """Renders (n, 784) of the networks of ``batch`` after the editor's edit, each edit added to the
+    parameters of the network the editor read: in training that is a permuted, sign-flipped copy
+    (augmentation), whose own coordinates the edit is in; its render is the original's."""
+    deltas = stack_parameters(editor.forward_weights(batch))
+    return render([p.to(d) + d for p, d in zip(stack_parameters(batch.records), deltas)])
+
+
 @torch.no_grad()
 def edited_renders(editor: Encoder, data: EditSplit, batch_size: int = 64) -> torch.Tensor:
     """Renders (n, 784) of every network of ``data`` after the editor's edit, in eval mode, on the CPU."""
@@ -140,9 +148,7 @@ def edited_renders(editor: Encoder, data: EditSplit, batch_size: int = 64) -> to
     try:
         for start in range(0, len(data.records), batch_size):
             batch = batch_to(editor.prepare_weights(data.records[start : start + batch_size]), device)
-            deltas = stack_parameters(editor.forward_weights(batch))
-            edited = [p[start : start + batch_size].to(device) + d for p, d in zip(data.parameters, deltas)]
-            renders.append(render(edited).float().cpu())
+            renders.append(render_edited(editor, batch).float().cpu())
     finally:
         editor.train(was_training)
     return torch.cat(renders)
@@ -190,9 +196,7 @@ def train_editor(
     }
 
     def batch_loss(model, indices: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        deltas = stack_parameters(editor.forward_weights(batch))
-        edited = [p[indices].to(device) + d for p, d in zip(train.parameters, deltas)]
-        loss = F.mse_loss(render(edited), train.targets[indices].to(device))
+        loss = F.mse_loss(render_edited(editor, batch), train.targets[indices].to(device))
         return loss, torch.zeros((), device=device)
 
     def validation_loss() -> float:
