@@ -261,11 +261,13 @@ def train(
     augment_sign_flips: Optional[bool] = typer.Option(
         None, "--augment-sign-flips/--no-augment-sign-flips",
         help="Also flip the signs of random hidden neurons whose activation is odd (sine, tanh) each epoch, "
-             "another functional equivalence (default: the encoder's; see 'sne encoders')."),
+             "another functional equivalence (default: the encoder's; see 'sne encoders'; SNE's is auto: on unless "
+             "the training networks share their signs, as networks fitted from one initialisation do)."),
     test_time_flips: Optional[int] = typer.Option(
         None, "--test-time-flips", min=0,
         help="When the run evaluates and predicts, average each prediction over the network and this many random "
-             "sign-flipped copies of it (needs sign flips in training; default: the encoder's, 0 without them)."),
+             "sign-flipped copies of it (needs sign flips in training; default: the encoder's, 0 without them, "
+             "also where auto chooses no flips)."),
     option: List[str] = typer.Option([], "--option", "-o", help="Encoder option key=value (repeatable)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="SNE only: a named set of options, e.g. paper "
                                          "(the paper's configuration); -o options win over it."),
@@ -698,7 +700,8 @@ _ONE_ZOO = {
                                  "each encoder's; rows and runs are named by it)."),
     "sign_flips": typer.Option(None, "--augment-sign-flips/--no-augment-sign-flips",
                                help="Also flip the signs of random hidden neurons whose activation is odd (sine, "
-                                    "tanh) every epoch (default: each encoder's; rows and runs are named by it)."),
+                                    "tanh) every epoch (default: each encoder's, SNE's auto: on unless the training "
+                                    "networks share their signs; rows and runs are named by it)."),
     "test_time_flips": typer.Option(None, "--test-time-flips", min=0, help="Average each prediction over the "
                                     "network and this many random sign-flipped copies of it, for runs trained on "
                                     "sign flips (default: the encoder's; runs are shared, rows named by it)."),

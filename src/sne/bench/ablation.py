@@ -46,7 +46,16 @@ from sne.encoders.sne import DEFAULT_OPTIONS as SNE_DEFAULT_OPTIONS, PRESETS as 
 from sne.errors import SneError
 from sne.plots import error_curves
 from sne.train.evaluate import evaluate_run
-from sne.train.run import EVALUATION_FIELDS, TRAIN_DEFAULTS, TrainConfig, check_max_train, fit, train_flag
+from sne.train.run import (
+    EVALUATION_FIELDS,
+    SIGN_FLIPS_AUTO,
+    TRAIN_DEFAULTS,
+    TrainConfig,
+    check_max_train,
+    choose_sign_flips,
+    fit,
+    train_flag,
+)
 from sne.zoo import Zoo
 
 
@@ -440,6 +449,7 @@ def _row_configs(rows: Sequence[AblationRow], runs: BenchRuns, zoo: Zoo, target:
     base); a row whose configuration is another's (a chunk size equal to the base's, a switch the
     base already sets) is not trained twice but listed as skipped."""
     configs, seen, skipped = [], {}, []
+    networks: dict[int, list] = {}
     for row in rows:
         base_options = runs.options_for(row.encoder)
         options = {**base_options, **row.options}
@@ -452,6 +462,14 @@ def _row_configs(rows: Sequence[AblationRow], runs: BenchRuns, zoo: Zoo, target:
         # Training fields as the run will have them (the encoder's training defaults filled in),
         # named where they differ from the base's, or from the shared defaults where the base sets none.
         trained = asdict(TrainConfig.for_encoder(row.encoder, seed=0, **fields))
+        if trained["sign_flip_augment"] == SIGN_FLIPS_AUTO:
+            # Decided here, for this row's training networks, so rows and runs are named by what they do.
+            count = fields["max_train"]
+            if count not in networks:
+                networks[count] = zoo.records(zoo.split_ids("train")[:count])
+            chosen, _ = choose_sign_flips(TrainConfig(**trained), networks[count])
+            fields = {**fields, "sign_flip_augment": chosen.sign_flip_augment, "test_time_flips": chosen.test_time_flips}
+            trained = asdict(chosen)
         reference = {**TRAIN_DEFAULTS, **base_fields}
         # Rows that differ only in how the run is evaluated share a run.
         # Schedule and averaging always: runs made before SNE's defaults set them keep their names.

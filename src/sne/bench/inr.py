@@ -56,8 +56,8 @@ def run_inr_benchmark(
                 run_dir = bounded_path(runs.runs_dir / f"{runs.run_name(encoder)}_lambda{weight:g}_seed{seed}")
                 config = runs.train_config(encoder, zoo.path, target, seed, invariance_weight=weight)
                 started = time.perf_counter()
-                fit(config, run_dir)
-                result = evaluate_run(run_dir, device=runs.device, test_time_flips=config.test_time_flips)
+                summary = fit(config, run_dir)
+                result = evaluate_run(run_dir, device=runs.device, test_time_flips=summary["test_time_flips"])
                 result["wall_seconds_this_invocation"] = time.perf_counter() - started
                 result["encoder_options_given"] = runs.options_for(encoder)
                 entries.append(result)

@@ -18,6 +18,7 @@ from sne.encoders import get_encoder_class, options_for_encoder
 from sne.errors import SneError
 from sne.train.run import (
     EVALUATION_FIELDS,
+    SIGN_FLIPS_AUTO,
     TRAIN_DEFAULTS,
     TUNED_TRAINING,
     TrainConfig,
@@ -100,7 +101,10 @@ class BenchRuns:
             "epochs": summary["epochs"],
             "train_networks": summary.get("train_networks"),
             **{name: getattr(config, name) for name in TUNED_TRAINING},
+            "sign_flip_choice": summary.get("sign_flip_choice"),
             "best_epoch": summary["best_epoch"],
+            "best_val_loss": summary["best_val_loss"],
+            "constant_val_loss": summary.get("constant_val_loss"),
             "train_seconds": summary["train_seconds"],
             "hardware": hardware_description(resolve_device(self.device)),
         }
@@ -222,7 +226,23 @@ def configuration_options(entry: dict) -> dict:
     """A results row's encoder options apart from the defaults (:func:`options_apart_from_defaults`)
     and its training switches apart from its encoder's training defaults (:func:`training_switches`):
     what makes its configuration."""
-    return {**options_apart_from_defaults(entry), **training_switches(entry, _row_train_defaults(entry))}
+    defaults = _row_train_defaults(entry)
+    if defaults.get("sign_flip_augment") == SIGN_FLIPS_AUTO:
+        # Rows are named by what "auto" does on their own training networks.
+        defaults["sign_flip_augment"] = auto_sign_flips_of(entry)
+        if entry.get("sign_flip_augment") == SIGN_FLIPS_AUTO:
+            entry = {**entry, "sign_flip_augment": defaults["sign_flip_augment"]}
+    return {**options_apart_from_defaults(entry), **training_switches(entry, defaults)}
+
+
+def auto_sign_flips_of(entry: dict) -> bool:
+    """Whether ``sign_flip_augment="auto"`` flips signs on a results row's training networks: what
+    its run recorded choosing (:func:`~sne.train.run.choose_sign_flips`) or, for a row from before
+    the choice existed, whether its zoo was made from one shared initialisation (where "auto" measured off)."""
+    choice = entry.get("sign_flip_choice")
+    if choice:
+        return bool(choice["sign_flip_augment"])
+    return (entry.get("zoo_options") or {}).get("init") != "shared"
 
 
 def options_key(entry: dict) -> str:

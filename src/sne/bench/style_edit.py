@@ -42,7 +42,9 @@ from sne.io_utils import bounded_path
 from sne.train.run import (
     TrainConfig,
     check_train_config,
+    choose_sign_flips,
     load_checkpoint,
+    report_sign_flips,
     resolve_device,
     train_epochs,
     zoo_manifest_summary,
@@ -182,17 +184,20 @@ def train_editor(
     if splits is None:
         splits = {"train": load_split(zoo, "train", config.max_train), "val": load_split(zoo, "val")}
     train, val = splits["train"], splits["val"]
+    config, sign_flip_choice = choose_sign_flips(config, train.records)
 
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     editor = build_editor(config, train.records[0].architecture).to(device)
     editor.check_records(train.records)
+    report_sign_flips(sign_flip_choice, progress)
     meta = {
         "config": asdict(config),
         "encoder": editor.config(),
         "task": {"benchmark": BENCHMARK, **TASK},
         "sne_version": __version__,
         "zoo_manifest": zoo_manifest_summary(zoo),
+        "sign_flip_choice": sign_flip_choice,
     }
 
     def batch_loss(model, indices: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,8 +207,9 @@ def train_editor(
     def validation_loss() -> float:
         return float(mse_per_network(edited_renders(editor, val, config.batch_size), val.targets).mean())
 
-    return train_epochs(config, Path(run_dir), editor, editor, train.records, editor.prepare_weights, batch_loss,
-                        validation_loss, meta, device, progress)
+    summary = train_epochs(config, Path(run_dir), editor, editor, train.records, editor.prepare_weights, batch_loss,
+                           validation_loss, meta, device, progress)
+    return {**summary, "sign_flip_choice": sign_flip_choice}
 
 
 def load_editor(run_dir: str | Path, device: str = "auto", which: str = "best") -> tuple[Encoder, dict]:

@@ -200,12 +200,15 @@ def run_transfer_benchmark(
                     entries.append(_cannot_train(encoder, runs, config, seed, train_label, str(error),
                                                  [train_zoo, *tests]))
                     continue
+                # What the run asks of its test networks: none where "auto" chose no sign flips.
+                flips = summary["test_time_flips"]
                 entry = {
                     **runs.trained_run_fields(encoder, run_dir, summary),
                     **_training_settings(config),
+                    "test_time_flips": flips,
                     "seed": seed,
                     "train_zoo": train_label,
-                    "evaluations": _evaluate_everywhere(run_dir, tests, device, config.test_time_flips),
+                    "evaluations": _evaluate_everywhere(run_dir, tests, device, flips),
                     "zoo_digests": {zoo_label(z): targets_digest(z) for z in [train_zoo, *tests]},
                 }
                 if runs.plots:
@@ -214,7 +217,7 @@ def run_transfer_benchmark(
                                f"{', '.join(zoo_label(z) for z in tests)}; {encoder}, seed {seed}, {epochs} epochs; "
                                f"{entry['hardware']['device']}, {entry['hardware']['threads']} thread(s); "
                                f"command: {command}")
-                    entry["plots"] = _plots(run_dir, train_label, tests, device, stem, caption, config.test_time_flips)
+                    entry["plots"] = _plots(run_dir, train_label, tests, device, stem, caption, flips)
                 entry["wall_seconds_this_invocation"] = time.perf_counter() - started
                 entries.append(entry)
     result = {

@@ -113,6 +113,7 @@ def evaluate_run(
         "permutation_augment": config.permutation_augment,
         **{name: getattr(config, name) for name in TUNED_TRAINING},
         "test_time_flips": run.predictor.test_time_flips,
+        "sign_flip_choice": run.meta.get("sign_flip_choice"),
         "train_seed": config.seed,
         "epochs": config.epochs,
         "best_epoch": run.meta.get("epoch"),

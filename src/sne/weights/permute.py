@@ -208,6 +208,39 @@ def random_sign_flips(record: NetworkRecord, generator: torch.Generator) -> Netw
     return flip_signs(record, [torch.randint(0, 2, (g.size,), generator=generator) * 2 - 1 for g in groups])
 
 
+def sign_alignment(records: Sequence[NetworkRecord], sample: int = 64) -> float | None:
+    """How much of the flippable parameters (:func:`sign_flip_groups`) networks have in common, in
+    their own signs: per architecture, over up to ``sample`` networks spread over ``records``, the
+    squared norm of their mean over the mean of their squared norms, ``1/n`` (no alignment: what
+    networks initialised independently give, signs being random) rescaled to 0 and 1 (all equal) kept.
+
+    Networks fitted from one shared initialisation score near 1; a random sign flip then makes one
+    unlike any of them. Weighted by networks over architectures; ``None`` where no architecture has
+    two networks with flippable neurons."""
+    vectors: dict[tuple, list[torch.Tensor]] = {}
+    step = max(1, len(records) // sample) if sample > 0 else 1
+    for record in list(records)[::step][:sample]:
+        parts = [record.layers[m.layer].tensors[m.tensor].detach().narrow(m.axis, m.offset, g.size * m.inner)
+                 for g in sign_flip_groups(record) for m in g.members]
+        if parts:
+            vectors.setdefault(tuple(p.shape for p in parts), []).append(
+                torch.cat([p.reshape(-1).double().cpu() for p in parts]))
+    scores, weights = [], []
+    for group in vectors.values():
+        if len(group) < 2:
+            continue
+        stacked = torch.stack(group)
+        energy = float(stacked.square().sum(1).mean())
+        if energy == 0:
+            continue
+        ratio = float(stacked.mean(0).square().sum()) / energy
+        scores.append(max(0.0, (ratio - 1 / len(group)) / (1 - 1 / len(group))))
+        weights.append(len(group))
+    if not scores:
+        return None
+    return sum(s * w for s, w in zip(scores, weights)) / sum(weights)
+
+
 def canonical_signs(record: NetworkRecord) -> list[torch.Tensor]:
     """Signs for :func:`flip_signs` that give every neuron of :func:`sign_flip_groups` incoming
     weights whose cubes sum to a non-negative number.
