@@ -164,7 +164,7 @@ def train_flag(field: str, value: Any) -> str:
     """A training default as the flag that sets it: ``--lr 0.003``, ``--augment-permutations``."""
     flag = TRAIN_FLAG_NAMES.get(field, field.replace("_", "-"))
     if value == SIGN_FLIPS_AUTO:
-        return f"(neither --{flag} nor --no-{flag}: {value})"
+        return f"--{flag} unless the training networks share their signs (auto)"
     if isinstance(value, bool):
         return f"--{flag}" if value else f"--no-{flag}"
     return f"--{flag} {value}"
