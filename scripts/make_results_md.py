@@ -24,6 +24,7 @@ from sne.bench.runs import (  # noqa: E402
     options_key,
 )
 from sne.io_utils import atomic_path  # noqa: E402
+from sne.train.run import LEARNED_MARGIN, sat_at_constant  # noqa: E402
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -66,7 +67,7 @@ def inr_section(path: Path, data: dict) -> list[str]:
         seconds = e.get("train_seconds")
         lines.append(
             f"| {_encoder_label(e)} | {_fmt(e['invariance_weight'])} | {e['train_seed']} | {e['encoder_parameters']:,} | "
-            f"{e['epochs']} ({e['best_epoch']}) | {_fmt(m['mse'])} | {_fmt(m['normalized_mse'])} | {_fmt(m['r2'])} | "
+            f"{_epochs_cell(e)} | {_fmt(m['mse'])} | {_fmt(m['normalized_mse'])} | {_fmt(m['r2'])} | "
             f"{_fmt(m['kendall_tau'])} | {_fmt(m.get('mean_predictor_mse'))} | {_fmt(perm)} | "
             f"{_fmt(seconds / 60 if seconds else None)} min | {_hardware(e['hardware'])} | "
             f"{(e.get('zoo_options') or {}).get('device', 'n/a')} |"
@@ -259,6 +260,15 @@ def _against_source_lines(data: dict) -> list[str]:
     ]
 
 
+def _epochs_cell(entry: dict) -> str:
+    """Epochs and the best one, and where the run's best validation loss did not beat one constant
+    prediction's by the margin ``sne train`` warns at (rows that recorded both), that it learned nothing."""
+    cell = f"{entry['epochs']} ({entry['best_epoch']})"
+    if sat_at_constant(entry.get("best_val_loss"), entry.get("constant_val_loss")):
+        cell += f", **learned nothing** (val loss {entry['best_val_loss']:.3g}, constant {entry['constant_val_loss']:.3g})"
+    return cell
+
+
 def _encoder_label(entry: dict) -> str:
     """The encoder's name, with the options given on the command line (none: its defaults)."""
     return configuration_label(entry["encoder"], configuration_options(entry))
@@ -318,7 +328,7 @@ def digit_inr_section(path: Path, data: dict) -> list[str]:
         seconds = e.get("train_seconds")
         lines.append(
             f"| {_encoder_label(e)} | {_fmt(e['invariance_weight'])} | {e['train_seed']} | {e['encoder_parameters']:,} | "
-            f"{e['epochs']} ({e['best_epoch']}) | {_fmt(e['metrics']['accuracy'])} | "
+            f"{_epochs_cell(e)} | {_fmt(e['metrics']['accuracy'])} | "
             f"{_fmt(seconds / 60 if seconds else None)} min | {_hardware(e['hardware'])} |"
         )
     init_note = {
@@ -837,7 +847,8 @@ def transfer_section(path: Path, data: dict) -> list[str]:
                   "seed; other floating-point rounding, so some networks' accuracies differ). Each configuration "
                   "says which generation it was trained and tested on; compare rows of one generation only."]
     if len(data["train_zoos"]) == 1:
-        return lines + _one_training_zoo_lines(data, tests, mse, generations) + _published_lines(data, name, regression)
+        return (lines + _one_training_zoo_lines(data, tests, mse, generations) + _learned_nothing_lines(data)
+                + _published_lines(data, name, regression))
     # Summarised again, not read from the file: rows are named relative to today's defaults.
     for configuration, table in summarize(data["entries"]).items():
         rows = [e for e in data["entries"] if configuration_name(e) == configuration]
@@ -872,7 +883,21 @@ def transfer_section(path: Path, data: dict) -> list[str]:
         if links:
             lines += ["", "Plots (predicted vs true per test zoo; t-SNE of encodings coloured by zoo): "
                       + ", ".join(links) + "."]
-    return lines + _published_lines(data, name, regression)
+    return lines + _learned_nothing_lines(data) + _published_lines(data, name, regression)
+
+
+def _learned_nothing_lines(data: dict) -> list[str]:
+    """The runs of a transfer table whose best validation loss was not :data:`LEARNED_MARGIN` below one
+    constant prediction's (rows that recorded both), which its means average in like any other."""
+    nothing = [e for e in data["entries"] if not e.get("cannot_train")
+               and sat_at_constant(e.get("best_val_loss"), e.get("constant_val_loss"))]
+    if not nothing:
+        return []
+    return ["", f"**Learned nothing**: best validation loss not {LEARNED_MARGIN:.0%} below that of one constant "
+            "prediction for every network (the means above include them): "
+            + "; ".join(f"{_encoder_label(e)}, seed {e['seed']}, trained on {e['train_zoo']} "
+                        f"({e['best_val_loss']:.3g} against {e['constant_val_loss']:.3g})"
+                        for e in sorted(nothing, key=lambda e: (configuration_name(e), e["train_zoo"], e["seed"]))) + "."]
 
 
 def _published_lines(data: dict, name: str, regression: bool) -> list[str]:

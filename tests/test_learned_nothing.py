@@ -7,7 +7,9 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from conftest import run_cli
+from project_scripts import load_script
 from sne.train import TrainConfig, fit
+from sne.train.evaluate import evaluate_run
 from sne.train.run import LEARNED_MARGIN, learned_nothing
 from sne.train.targets import Target, resolve_target
 
@@ -63,6 +65,10 @@ def test_the_cli_warns_of_a_run_that_never_moved(shared_sine_zoo, tmp_path, caps
     assert code == 0 and "Traceback" not in err
     assert "learned nothing" in err and str(out) in err
     assert (out / "best.pt").exists()
+    # Its results row says so on the results page.
+    row = evaluate_run(out, device="cpu", plot=False)
+    assert row["best_val_loss"] >= (1 - LEARNED_MARGIN) * row["constant_val_loss"] > 0
+    assert "**learned nothing**" in load_script("scripts/make_results_md.py")._epochs_cell(row)
 
 
 def test_a_run_that_learned_is_not_warned_about(shared_sine_zoo, tmp_path):
@@ -72,3 +78,7 @@ def test_a_run_that_learned_is_not_warned_about(shared_sine_zoo, tmp_path):
     summary = fit(config, tmp_path / "run", progress=False)
     assert summary["best_val_loss"] < 0.5 * summary["constant_val_loss"]
     assert learned_nothing(summary) is None
+    row = evaluate_run(tmp_path / "run", device="cpu", plot=False)
+    assert row["best_val_loss"] == pytest.approx(summary["best_val_loss"])
+    assert row["constant_val_loss"] == pytest.approx(summary["constant_val_loss"])
+    assert load_script("scripts/make_results_md.py")._epochs_cell(row) == f"8 ({summary['best_epoch']})"

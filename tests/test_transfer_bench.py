@@ -7,6 +7,7 @@ import json
 import pytest
 
 from conftest import run_cli, trained_at_defaults
+from project_scripts import load_script
 from sne.bench.results import write_merged
 from sne.bench.transfer import REFERENCE_STATISTICS, statistic_references, summarize
 from sne.encoders import options_for_encoder
@@ -266,3 +267,21 @@ def test_a_capped_training_split_a_learning_rate_and_a_schedule_are_configuratio
     assert config["lr"] == 0.003
     trained = {e["max_train"]: e["train_networks"] for e in result["entries"]}
     assert trained == {None: len(shared_sine_zoo.split_ids("train")), 10: 10}
+
+
+def test_a_run_that_learned_nothing_is_named_under_its_table(sne_trains_unaugmented, shared_sine_zoo, tmp_path,
+                                                               capsys):
+    # A learning rate of 1e-12 leaves the encoder and head at their random start.
+    code, _, err = run_cli(["bench", "cross-dataset", "--zoos", str(shared_sine_zoo.path), "--target", "frequency",
+                            "--encoders", "sne", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+                            "--device", "cpu", "--epochs", "1", "--batch-size", "32", "--lr", "1e-12",
+                            *SMALL_SNE], capsys)
+    assert code == 0, err
+    path = tmp_path / "results" / "cross_dataset.json"
+    data = json.loads(path.read_text())
+    entry = data["entries"][0]
+    assert entry["best_val_loss"] >= 0.95 * entry["constant_val_loss"] > 0
+    page_script = load_script("scripts/make_results_md.py")
+    page_script.ROOT = tmp_path  # where its results/ are
+    page = "\n".join(page_script.transfer_section(path, data))
+    assert "**Learned nothing**" in page and "seed 0, trained on shared" in page

@@ -70,6 +70,11 @@ def _train_seconds(run_dir: Path) -> float | None:
     return sum(e["seconds"] for e in json.loads(history.read_text())) if history.exists() else None
 
 
+def _best_val_loss(run_dir: Path) -> float | None:
+    history = run_dir / "history.json"
+    return min((e["val_loss"] for e in json.loads(history.read_text())), default=None) if history.exists() else None
+
+
 def evaluate_run(
     run_dir: str | Path,
     zoo_path: str | Path | None = None,
@@ -118,6 +123,9 @@ def evaluate_run(
         "epochs": config.epochs,
         "best_epoch": run.meta.get("epoch"),
         "train_seconds": _train_seconds(run.path),
+        # Beside the trivial predictor's: a row that learned nothing says so on the results page.
+        "best_val_loss": _best_val_loss(run.path),
+        "constant_val_loss": run.meta.get("constant_val_loss"),
         "metrics": metrics,
         "permutation_sensitivity": permutation_sensitivity(run.predictor, records) if sensitivity else None,
         "sign_flip_sensitivity": sign_flip_sensitivity(run.predictor, records) if sensitivity else None,

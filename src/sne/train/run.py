@@ -451,6 +451,8 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True, log_dir
             reg = torch.zeros((), device=device)
         return predictor.target.loss(outputs, train_values[indices].to(device)), reg
 
+    constant = target.constant_outputs(train_values).expand(len(val_values), -1)
+    meta["constant_val_loss"] = float(target.loss(constant, val_values))
     try:
         summary = train_epochs(
             config, run_dir, predictor, predictor.encoder, train_records, predictor.encoder.prepare, batch_loss,
@@ -459,8 +461,7 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True, log_dir
         )
     finally:
         distributed.stop()
-    constant = target.constant_outputs(train_values).expand(len(val_values), -1)
-    summary["constant_val_loss"] = float(target.loss(constant, val_values))
+    summary["constant_val_loss"] = meta["constant_val_loss"]
     summary["sign_flip_choice"] = sign_flip_choice
     summary["test_time_flips"] = config.test_time_flips
     warning = learned_nothing(summary)
@@ -474,13 +475,21 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True, log_dir
 LEARNED_MARGIN = 0.05
 
 
+def sat_at_constant(best_val_loss: float | None, constant_val_loss: float | None) -> bool:
+    """Whether a run's best validation loss is not :data:`LEARNED_MARGIN` below the trivial
+    predictor's (False where either is unknown)."""
+    if best_val_loss is None or constant_val_loss is None or constant_val_loss <= 0:
+        return False
+    return best_val_loss >= (1 - LEARNED_MARGIN) * constant_val_loss
+
+
 def learned_nothing(summary: dict) -> str | None:
     """One line saying that a run's best validation loss did not beat the trivial predictor's by
     :data:`LEARNED_MARGIN` (``summary`` of :func:`fit`), or None where it did: a run that sat at
     the mean predictor for all its epochs otherwise looks like any other finished run."""
-    best, constant = summary["best_val_loss"], summary.get("constant_val_loss")
-    if constant is None or constant <= 0 or best < (1 - LEARNED_MARGIN) * constant:
+    if not sat_at_constant(summary["best_val_loss"], summary.get("constant_val_loss")):
         return None
+    best, constant = summary["best_val_loss"], summary["constant_val_loss"]
     return (f"warning: {summary['run']}: the best validation loss, {best:.4g}, is not {LEARNED_MARGIN:.0%} below "
             f"{constant:.4g}, the loss of one constant prediction for every network (the training targets' mean or "
             "class frequencies): this run learned nothing that carries to networks it did not train on. Try "
