@@ -493,8 +493,9 @@ def learned_nothing(summary: dict) -> str | None:
     return (f"warning: {summary['run']}: the best validation loss, {best:.4g}, is not {LEARNED_MARGIN:.0%} below "
             f"{constant:.4g}, the loss of one constant prediction for every network (the training targets' mean or "
             "class frequencies): this run learned nothing that carries to networks it did not train on. Try "
-            "another --seed; where every seed stays there, the weights may not show this encoder the target "
-            "(docs/RESULTS.md, recipe-shift studies)")
+            "another --seed, or a larger --batch-size (on sine INRs of mixed initial scales, SNE runs that sat "
+            "there at batch 16 learned at 64); where every run stays there, the weights may not show this encoder "
+            "the target (docs/RESULTS.md, recipe-shift studies)")
 
 
 def code_distance(codes: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
