@@ -65,14 +65,14 @@ def sign_flip_sensitivity(predictor, records, seed: int = 0, batch_size: int = 6
     return {**_sensitivity(predictor, records, random_sign_flips, seed, batch_size, flips), "flips": flips}
 
 
-def _train_seconds(run_dir: Path) -> float | None:
-    history = run_dir / "history.json"
-    return sum(e["seconds"] for e in json.loads(history.read_text())) if history.exists() else None
-
-
-def _best_val_loss(run_dir: Path) -> float | None:
-    history = run_dir / "history.json"
-    return min((e["val_loss"] for e in json.loads(history.read_text())), default=None) if history.exists() else None
+def _training_record(run_dir: Path) -> dict:
+    """The run's training time and best validation loss, from its history (None each without one)."""
+    path = run_dir / "history.json"
+    if not path.exists():
+        return {"train_seconds": None, "best_val_loss": None}
+    history = json.loads(path.read_text())
+    return {"train_seconds": sum(e["seconds"] for e in history),
+            "best_val_loss": min((e["val_loss"] for e in history), default=None)}
 
 
 def evaluate_run(
@@ -122,9 +122,9 @@ def evaluate_run(
         "train_seed": config.seed,
         "epochs": config.epochs,
         "best_epoch": run.meta.get("epoch"),
-        "train_seconds": _train_seconds(run.path),
-        # Beside the trivial predictor's: a row that learned nothing says so on the results page.
-        "best_val_loss": _best_val_loss(run.path),
+        # The best validation loss beside the trivial predictor's: a row that learned nothing says so
+        # on the results page.
+        **_training_record(run.path),
         "constant_val_loss": run.meta.get("constant_val_loss"),
         "metrics": metrics,
         "permutation_sensitivity": permutation_sensitivity(run.predictor, records) if sensitivity else None,

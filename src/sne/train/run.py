@@ -325,9 +325,10 @@ SHARED_SIGNS_ALIGNMENT = 0.2
 def choose_sign_flips(config: TrainConfig, records: Sequence[NetworkRecord]) -> tuple[TrainConfig, dict | None]:
     """``config`` with ``sign_flip_augment="auto"`` decided for the training networks ``records``
     (and test-time flips off where flips are), and what the choice rests on (None where ``config``
-    gave no ``"auto"``; :func:`report_sign_flips` says it). Flips teach a symmetry networks of independent initialisations show; networks
-    fitted from one shared initialisation share their signs (:data:`SHARED_SIGNS_ALIGNMENT`), a flipped
-    copy looks like none of them, and training on flips drowned what tells them apart."""
+    gave no ``"auto"``; :func:`report_sign_flips` says it). Flips teach a symmetry networks of
+    independent initialisations show; networks fitted from one shared initialisation share their
+    signs (:data:`SHARED_SIGNS_ALIGNMENT`), a flipped copy looks like none of them, and training on
+    flips drowned what tells them apart."""
     if config.sign_flip_augment != SIGN_FLIPS_AUTO:
         return config, None
     alignment = sign_alignment(records)
@@ -338,10 +339,15 @@ def choose_sign_flips(config: TrainConfig, records: Sequence[NetworkRecord]) -> 
 
 
 def report_sign_flips(choice: dict | None, progress: bool) -> None:
-    """One line on stderr on what ``"auto"`` chose (:func:`choose_sign_flips`), where it chose and
-    ``progress`` is on, from the process that speaks for all."""
-    if choice is not None and progress and distributed.is_main():
-        Console(stderr=True, highlight=False, soft_wrap=True).print(sign_flip_note(choice), markup=False)
+    """One line on stderr on what ``"auto"`` chose (:func:`choose_sign_flips`), where it chose."""
+    if choice is not None:
+        _say(sign_flip_note(choice), progress)
+
+
+def _say(line: str, progress: bool) -> None:
+    """``line`` on stderr, as it is, where ``progress`` is on, from the process that speaks for all."""
+    if progress and distributed.is_main():
+        Console(stderr=True, highlight=False, soft_wrap=True).print(line, markup=False)
 
 
 def sign_flip_note(choice: dict) -> str:
@@ -465,8 +471,8 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True, log_dir
     summary["sign_flip_choice"] = sign_flip_choice
     summary["test_time_flips"] = config.test_time_flips
     warning = learned_nothing(summary)
-    if warning is not None and progress and distributed.is_main():
-        Console(stderr=True, highlight=False, soft_wrap=True).print(warning, markup=False)
+    if warning is not None:
+        _say(warning, progress)
     return summary
 
 

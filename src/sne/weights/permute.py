@@ -218,8 +218,7 @@ def sign_alignment(records: Sequence[NetworkRecord], sample: int = 64) -> float 
     unlike any of them. Weighted by networks over architectures; ``None`` where no architecture has
     two networks with flippable neurons."""
     vectors: dict[tuple, list[torch.Tensor]] = {}
-    step = max(1, len(records) // sample) if sample > 0 else 1
-    for record in list(records)[::step][:sample]:
+    for record in list(records)[:: max(1, len(records) // sample)][:sample]:
         parts = [record.layers[m.layer].tensors[m.tensor].detach().narrow(m.axis, m.offset, g.size * m.inner)
                  for g in sign_flip_groups(record) for m in g.members]
         if parts:
