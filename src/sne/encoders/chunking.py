@@ -109,6 +109,13 @@ standardised, for a one-input neuron) or of the standardised weights that read i
 features), flips with the neuron as its bias does (``use_neuron_means``). Off by default: on the
 INR table it changed nothing beyond seed noise (docs/RESULTS.md, row ``neuron-means``).
 
+**Probe values (optional).** With ``probe_points=P`` every weight and bias also carries what the
+network computes, not only what it stores: its own neuron's values at ``P`` fixed inputs
+(:mod:`sne.weights.probe`, after the activation), and for a weight the values of the neuron it reads
+(the inputs themselves in the first layer), ``2 P`` numbers, each ``asinh``-compressed so that
+unbounded activations stay in range. They travel with their neurons as the neuron features do. Only
+chains of linear layers with known activations can be run; the encoder refuses other records.
+
 **Residual sums (optional).** Source and own-neuron features stop where a layer reads a sum, yet
 in a residual network that is most layers (in the first 400 test networks of the Wild Park zoo,
 28% of the residual networks' weights got source features, 1% own-neuron features). A residual
@@ -159,6 +166,7 @@ import torch
 
 from sne.errors import CannotRead, SneError
 from sne.weights.permute import input_blocks
+from sne.weights.probe import probe_values
 from sne.encoders.common import mean_std
 from sne.weights.record import (
     KIND_BY_WEIGHT_NDIM,
@@ -298,6 +306,8 @@ class ChunkElements:
     own_neuron: list[torch.Tensor] | None = None
     #: per kernel shape, (elements,) the neuron an element's input comes from, -1 for none
     source_neuron: list[torch.Tensor] | None = None
+    #: per kernel shape, (elements, 2 P) own neuron's then source neuron's probe values ("Probe values")
+    probe_features: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -345,6 +355,8 @@ class ChunkBatch:
     #: per kernel shape, (elements,) neuron ids (see ChunkElements), when pad_chunk was asked for neuron links
     own_neuron: list[torch.Tensor] | None = None
     source_neuron: list[torch.Tensor] | None = None
+    #: per kernel shape, (elements, 2 P), when pad_chunk was asked for probe values
+    probe_features: list[torch.Tensor] | None = None
     #: neurons numbered in the batch (own_neuron and source_neuron index them)
     neuron_count: int = 0
 
@@ -371,7 +383,8 @@ class ChunkBatch:
 
 
 #: Per-element fields that a batch has only when asked for them.
-_OPTIONAL_ELEMENT_FIELDS = ("source_features", "input_positions", "own_features", "own_neuron", "source_neuron")
+_OPTIONAL_ELEMENT_FIELDS = ("source_features", "input_positions", "own_features", "own_neuron", "source_neuron",
+                            "probe_features")
 
 
 def _padding_mask(lengths: torch.Tensor) -> torch.Tensor:
@@ -718,6 +731,8 @@ class PlacedPart(NamedTuple):
     first_neuron: int = -1  #: id of the neuron of row 0 (rows are consecutive neurons), -1 for none
     source_ids: torch.Tensor | None = None  #: (row_length,) id of each column's source neuron, else -1
     own: torch.Tensor | None = None  #: (rows, OWN_FEATURES) of each row's neuron, else zeros
+    probe_own: torch.Tensor | None = None  #: (rows, P) probe values of each row's neuron, else zeros
+    probe_source: torch.Tensor | None = None  #: (row_length, P) probe values of each column's source, else zeros
 
 
 @dataclass
@@ -735,6 +750,7 @@ class ChunkPlan:
     input_positions: bool
     neuron_links: bool = False
     own_features: bool = False
+    probe_points: int = 0
 
     @property
     def num_chunks(self) -> int:
@@ -763,7 +779,7 @@ class ChunkPlan:
             if self.standardize:
                 taps = (taps.double() - part.mean) / part.std
             group = groups.setdefault(part.kernel, {"taps": [], "slots": [], "sources": [], "positions": [],
-                                                    "own_features": [], "own": [], "source_ids": []})
+                                                    "own_features": [], "own": [], "source_ids": [], "probes": []})
             group["taps"].append(taps.to(self.dtype))
             group["slots"].append(slot)
             if self.source_features:
@@ -778,6 +794,12 @@ class ChunkPlan:
                 owners = (placed.own[torch.arange(e0, e1) // part.row_length] if placed.own is not None
                           else torch.zeros(e1 - e0, OWN_FEATURES))
                 group["own_features"].append(owners.to(self.dtype))
+            if self.probe_points:
+                element = torch.arange(e0, e1)
+                none = torch.zeros(e1 - e0, self.probe_points)
+                own = placed.probe_own[element // part.row_length] if placed.probe_own is not None else none
+                read = placed.probe_source[element % part.row_length] if placed.probe_source is not None else none
+                group["probes"].append(torch.cat([own, read], dim=1).to(self.dtype))
             if self.neuron_links:
                 element = torch.arange(e0, e1)
                 group["own"].append(placed.first_neuron + element // part.row_length if placed.first_neuron >= 0
@@ -797,6 +819,7 @@ class ChunkPlan:
             own_features=[torch.cat(g["own_features"]) for g in groups.values()] if self.own_features else None,
             own_neuron=[torch.cat(g["own"]) for g in groups.values()] if self.neuron_links else None,
             source_neuron=[torch.cat(g["source_ids"]) for g in groups.values()] if self.neuron_links else None,
+            probe_features=[torch.cat(g["probes"]) for g in groups.values()] if self.probe_points else None,
         )
 
     def moved_to(self, device: torch.device | str) -> "ChunkPlan":
@@ -815,20 +838,21 @@ class ChunkPlan:
 def pad_chunk(
     records: Sequence[NetworkRecord], chunk_size: int, dtype: torch.dtype = torch.float32, standardize: bool = False,
     source_features: bool = False, input_positions: bool = False, neuron_links: bool = False,
-    own_features: bool = False, through_sums: bool = False,
+    own_features: bool = False, through_sums: bool = False, probe_points: int = 0,
 ) -> ChunkBatch:
     """Chunk every part of every layer of ``records`` (see the module docstring)."""
     return plan_chunks(records, chunk_size, dtype, standardize, source_features, input_positions, neuron_links,
-                       own_features, through_sums).batch()
+                       own_features, through_sums, probe_points).batch()
 
 
 def plan_chunks(
     records: Sequence[NetworkRecord], chunk_size: int, dtype: torch.dtype = torch.float32, standardize: bool = False,
     source_features: bool = False, input_positions: bool = False, neuron_links: bool = False,
-    own_features: bool = False, through_sums: bool = False,
+    own_features: bool = False, through_sums: bool = False, probe_points: int = 0,
 ) -> ChunkPlan:
     """Lay out every part of every layer of ``records`` into chunks (module docstring); elements on
-    demand. ``through_sums``: source and own-neuron features across residual sums too ("Residual sums")."""
+    demand. ``through_sums``: source and own-neuron features across residual sums too ("Residual sums");
+    ``probe_points``: values at that many probe inputs ("Probe values"; records that cannot run raise)."""
     if not records:
         raise SneError("cannot encode an empty batch of networks")
     placed_parts: list[PlacedPart] = []
@@ -842,6 +866,7 @@ def plan_chunks(
         memo = RecordParts(record)
         sources = source_neuron_features(record, through_sums, memo) if source_features else none
         owners = own_neuron_features(record, through_sums, memo) if own_features else none
+        probes = _probe_features(record, probe_points) if probe_points else [None] * (len(record.layers) + 1)
         if neuron_links:
             first_neurons, source_ids = neuron_ids(record, num_neurons)
             num_neurons += sum(layer.out_features for layer in record.layers if _plain_dense(layer))
@@ -863,6 +888,8 @@ def plan_chunks(
                     first_neurons[index] if part.part in (WEIGHT_PART, BIAS_PART) else -1,
                     source_ids[index] if weight else None,
                     owners[index] if part.part in (WEIGHT_PART, BIAS_PART) else None,
+                    probes[index + 1] if part.part in (WEIGHT_PART, BIAS_PART) else None,
+                    probes[index] if weight else None,
                 ))
                 part_stats.append(part.stats)
                 part_shape.append(part.shape)
@@ -938,4 +965,13 @@ def plan_chunks(
         neuron_count=num_neurons,
     )
     return ChunkPlan(skeleton, placed_parts, chunk_size, dtype, standardize, source_features, input_positions,
-                     neuron_links, own_features)
+                     neuron_links, own_features, probe_points)
+
+
+def _probe_features(record: NetworkRecord, count: int) -> list[torch.Tensor]:
+    """The network's inputs, then each layer's outputs, as ``(features, count)`` probe features
+    ("Probe values"); a record that cannot run is refused with one line naming it."""
+    try:
+        return [torch.asinh(values) for values in probe_values(record, count)]
+    except ValueError as error:
+        raise SneError(f"{error} (set probe_points to 0)") from None

@@ -63,6 +63,7 @@ from sne.weights.batch import with_parameter_values
 from sne.weights.permute import (
     canonical_permutations, canonical_signs, canonicalize_signs, flip_signs, permute_hidden, supports_sign_flips,
 )
+from sne.weights.probe import probe_problem
 from sne.weights.record import ACTIVATIONS, KIND_BY_WEIGHT_NDIM, NetworkRecord
 
 #: Options and their defaults (chunk_micro_batch=None: no micro-batching); the paper's settings are
@@ -103,6 +104,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "preserve_chunk_scale": False,
     "pool_seeds": 1,
     "pool_statistics": True,
+    "probe_points": 0,
 }
 
 #: Where layer levels count from (option ``level_origin``).
@@ -192,11 +194,11 @@ class ElementEmbedding(nn.Module):
     with ``input_positions`` so does a first-layer weight's input coordinate ``i``, encoded as tap
     coordinates are; with ``own`` the features ``o`` of the neuron the element belongs to. Both
     neuron features include their gain column only with ``gains`` and their mean column only with
-    ``means``.
+    ``means``. With ``probes`` (a count ``P``) the element's ``2 P`` probe values ``p`` enter there too.
     """
 
     def __init__(self, hidden: int, sources: bool = False, input_positions: bool = False, own: bool = False,
-                 gains: bool = False, means: bool = False) -> None:
+                 gains: bool = False, means: bool = False, probes: int = 0) -> None:
         super().__init__()
         columns = [*range(NEURON_FEATURES_WITHOUT_GAINS), *[GAIN_COLUMN] * gains, *[MEAN_COLUMN] * means]
         # A slice where the columns are the first ones (no copy); the gainless mean column needs a list.
@@ -207,14 +209,17 @@ class ElementEmbedding(nn.Module):
         self.input = nn.Linear(2 * TAP_FREQUENCIES + 1, hidden, bias=False) if input_positions else None
         self.own = nn.Linear(len(columns), hidden, bias=False) if own else None
         self.out = nn.Linear(hidden, hidden)
+        # Made last, so every other parameter draws the initial values it drew before probes existed.
+        self.probe = nn.Linear(2 * probes, hidden, bias=False) if probes else None
 
     def forward(
         self, values: torch.Tensor, coordinates: torch.Tensor, sources: torch.Tensor | None = None,
         input_positions: torch.Tensor | None = None, own: torch.Tensor | None = None,
+        probes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``values`` (elements, taps), ``coordinates`` (taps, kernel ndim), ``sources`` (elements,
-        SOURCE_FEATURES), ``input_positions`` (elements, INPUT_POSITION_FEATURES) and ``own``
-        (elements, OWN_FEATURES) when built with them -> (elements, hidden)."""
+        SOURCE_FEATURES), ``input_positions`` (elements, INPUT_POSITION_FEATURES), ``own``
+        (elements, OWN_FEATURES) and ``probes`` (elements, 2 P) when built with them -> (elements, hidden)."""
         # The coordinate term is shared by all elements of a kernel shape: computed once, broadcast.
         hidden = self.value(values.unsqueeze(-1)) + self.coordinate(tap_features(coordinates))
         if self.source is not None:
@@ -232,6 +237,10 @@ class ElementEmbedding(nn.Module):
             if own is None:
                 raise SneError("this SNE encoder reads own-neuron features: prepare batches with its prepare()")
             hidden = hidden + self.own(own[:, self.neuron_columns]).unsqueeze(1)
+        if self.probe is not None:
+            if probes is None:
+                raise SneError("this SNE encoder reads probe values: prepare batches with its prepare()")
+            hidden = hidden + self.probe(probes).unsqueeze(1)
         return self.out(torch.relu(hidden).mean(dim=1))
 
 
@@ -440,6 +449,11 @@ class SNEEncoder(Encoder):
     the aggregators of Neural Graphs' PNA layers), merged with the PMA's output by a linear map.
     Attention pooling is a weighted mean, and extremes and spread were what it missed: on 1000
     training INRs (20 epochs) they cut SNE's test error from 0.231 to 0.142 (docs/RESULTS.md).
+    ``probe_points`` (0, off, by default): every weight and bias also carries its neurons' values at
+    that many fixed inputs (:mod:`sne.encoders.chunking`, "Probe values"): a forward pass without
+    data, which reads what a network computes where its weights alone say it ambiguously (SIREN's
+    hidden layers far from their initial scale). Off by default because SNE reads weights: it takes
+    only chains of linear layers with known activations, and refuses other records.
     ``preset``: a name in :data:`PRESETS` whose options apply under those given (``preset=paper``).
     """
 
@@ -525,7 +539,7 @@ class SNEEncoder(Encoder):
         self.element_embedding = ElementEmbedding(
             chunk, sources=resolved["use_source_features"], input_positions=resolved["use_input_positions"],
             own=resolved["use_own_neuron_features"], gains=resolved["use_neuron_gains"],
-            means=resolved["use_neuron_means"],
+            means=resolved["use_neuron_means"], probes=resolved["probe_points"],
         )
         self.part_scale = nn.Linear(2, chunk) if resolved["standardize_layers"] else None
         # Statistics of part_stats per (level, chunk type) over the training networks: differences
@@ -600,6 +614,9 @@ class SNEEncoder(Encoder):
         for record in records:
             for layer in record.layers:
                 check_layer(layer, record.source)
+            problem = probe_problem(record) if self.options["probe_points"] else None
+            if problem is not None:
+                raise SneError(f"{record.source}: {problem} (set probe_points to 0)")
 
     def prepare_weights(self, records: Sequence[NetworkRecord]) -> WeightBatch:
         """Weight-space outputs give one weight and one bias per layer, so
@@ -659,6 +676,7 @@ class SNEEncoder(Encoder):
             standardize=self.options["standardize_layers"], source_features=self.options["use_source_features"],
             input_positions=self.options["use_input_positions"], neuron_links=self._links_neurons(),
             own_features=self.options["use_own_neuron_features"], through_sums=self.options["use_residual_features"],
+            probe_points=self.options["probe_points"],
         )
 
     def plan(self, records: Sequence[NetworkRecord]) -> ChunkPlan:
@@ -670,6 +688,7 @@ class SNEEncoder(Encoder):
             standardize=self.options["standardize_layers"], source_features=self.options["use_source_features"],
             input_positions=self.options["use_input_positions"], neuron_links=self._links_neurons(),
             own_features=self.options["use_own_neuron_features"], through_sums=self.options["use_residual_features"],
+            probe_points=self.options["probe_points"],
         )
 
     prepare_inference = plan
@@ -880,7 +899,8 @@ class SNEEncoder(Encoder):
     def _embed(self, run: ChunkElements, dtype: torch.dtype) -> torch.Tensor:
         """Element embeddings of a run, (elements, chunk width), kernel group after kernel group."""
         nothing = [None] * len(run.tap_values)
-        extras = zip(run.source_features or nothing, run.input_positions or nothing, run.own_features or nothing)
+        extras = zip(run.source_features or nothing, run.input_positions or nothing, run.own_features or nothing,
+                     run.probe_features or nothing)
         return torch.cat([
             self.element_embedding(values.to(dtype), coordinates.to(dtype),
                                    *(None if extra is None else extra.to(dtype) for extra in group))
@@ -1054,7 +1074,7 @@ def _validate(options: dict[str, Any]) -> None:
 
     for name in ("chunk_size", "hidden", "heads", "out_dim", "pool_seeds"):
         positive_int(name)
-    for name in ("num_sab", "source_code_rounds", "chunk_link_passes", "chunk_sab"):
+    for name in ("num_sab", "source_code_rounds", "chunk_link_passes", "chunk_sab", "probe_points"):
         if name == "chunk_sab" and options[name] is None:
             continue
         if isinstance(options[name], bool) or not isinstance(options[name], int) or options[name] < 0:

@@ -58,6 +58,7 @@ from sne.encoders.neural_graph.graph import (
     uses_chain_graph,
 )
 from sne.errors import CannotRead, SneError
+from sne.weights.probe import PROBE_ACTIVATIONS, SIREN_W0, layer_probe_problem
 from sne.weights.record import NetworkRecord
 
 #: Options of both neural-graph encoders and their defaults (hidden 64 and 4 layers, as the paper).
@@ -72,7 +73,7 @@ COMMON_OPTIONS: dict[str, Any] = {
     "max_input_neurons": 64,
     "max_output_neurons": 64,
     "probe_points": 0,
-    "sine_w0": 30.0,
+    "sine_w0": SIREN_W0,
     "layer_norm": True,
     "batch_norm": True,
 }
@@ -80,20 +81,6 @@ COMMON_OPTIONS: dict[str, Any] = {
 #: Initial standard deviation of the learned embedding tables (see NeuralGraphEncoder.__init__).
 EMBEDDING_INIT_STD = 0.1
 
-
-
-#: The activations probe features can evaluate; "sine" is SIREN's sin(w0 x) (option ``sine_w0``).
-PROBE_ACTIVATIONS = {
-    "identity": lambda x, w0: x,
-    "relu": lambda x, w0: torch.relu(x),
-    "tanh": lambda x, w0: torch.tanh(x),
-    "sigmoid": lambda x, w0: torch.sigmoid(x),
-    "gelu": lambda x, w0: nn.functional.gelu(x),
-    "silu": lambda x, w0: nn.functional.silu(x),
-    "leaky_relu": lambda x, w0: nn.functional.leaky_relu(x),
-    "elu": lambda x, w0: nn.functional.elu(x),
-    "sine": lambda x, w0: torch.sin(w0 * x),
-}
 
 
 def probe_activations(batch: GraphBatch, probes: torch.Tensor, spec: GraphSpec, sine_w0: float) -> torch.Tensor:
@@ -235,13 +222,9 @@ class NeuralGraphEncoder(Encoder):
                 raise CannotRead(f"{record.source}: {count} {what} exceed this {self.name} encoder's {limit} "
                                f"(option {option})")
         if opts["probe_points"]:
-            for layer in layers:
-                if layer.kind != "linear":
-                    raise SneError(f"{record.source}: probe features need an all-linear network, but layer "
-                                   f"'{layer.name}' is {layer.kind} (set probe_points to 0)")
-                if layer.activation not in PROBE_ACTIVATIONS:
-                    raise SneError(f"{record.source}: probe features cannot run layer '{layer.name}' with "
-                                   f"activation {layer.activation!r} (set probe_points to 0)")
+            problem = layer_probe_problem(record)
+            if problem is not None:
+                raise SneError(f"{record.source}: {problem} (set probe_points to 0)")
             if not chain:
                 raise SneError(f"{record.source}: probe features need a chain of linear layers, but its layers add "
                                f"or concatenate outputs (set probe_points to 0)")
