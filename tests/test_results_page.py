@@ -117,6 +117,28 @@ def test_where_sne_stands_lists_each_sne_configuration_beside_the_best_other_enc
                        "n/a |")
 
 
+def test_foreign_networks_get_their_own_standing_against_the_bar(tmp_path, monkeypatch):
+    import json
+
+    (tmp_path / "results").mkdir()
+    foreign = "sine-foreign-arch"
+    entries = [_transfer_row("sne", {}, 0, {"home": 0.5, foreign: 0.1}),
+               _transfer_row("sne", {}, 1, {"home": 0.5, foreign: 0.3}),
+               _transfer_row("sne", {"probe_points": 16}, 0, {"home": 0.9, foreign: 0.94}),
+               _transfer_row("sne", {"hidden": 16}, 0, {"home": 0.6, foreign: 0.5}),
+               _transfer_row("ng_gnn", {}, 0, {"home": 0.7, foreign: 0.7}),
+               _transfer_row("statnn", {}, 0, {"home": 0.2})]  # not tested on the foreign networks
+    (tmp_path / "results" / "recipe_shift_phase_gains.json").write_text(json.dumps({"entries": entries}))
+    module = page()
+    monkeypatch.setattr(module, "ROOT", tmp_path)
+    lines = module._foreign_lines()
+    assert "at least 0.8" in lines[0]
+    assert lines[-2] == ("| home (`recipe_shift_phase_gains`) | 0.200 ± 0.10 (2 seeds) | sne (probe_points=16): 0.940 "
+                         "(1 seed) | ng_gnn: 0.700 (1 seed) |")
+    (tmp_path / "results" / "recipe_shift_phase_gains.json").unlink()
+    assert module._foreign_lines() == []
+
+
 def test_the_verdict_is_first_within_one_std_of_the_leaders_seeds_or_the_score_that_would_be():
     verdict = page()._verdict
     assert verdict([0.70, 0.72], [0.69, 0.70], lower=False) == "first"
