@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,7 +152,7 @@ def test_records_that_cannot_run_are_refused_with_one_line(what):
     with pytest.raises(SneError) as error:
         encoder.prepare([record])
     message = str(error.value)
-    assert phrase in message and "set probe_points to 0" in message and "\n" not in message
+    assert phrase in message and "option probe_points" in message and "\n" not in message
     assert record.source in message
     SNEEncoder(**SMALL).prepare([record])  # the same record without probes is read as ever
 
@@ -158,3 +161,40 @@ def test_records_that_cannot_run_are_refused_with_one_line(what):
 def test_probe_points_must_be_a_count(bad):
     with pytest.raises(SneError, match="probe_points must be a non-negative integer"):
         SNEEncoder(**SMALL, probe_points=bad)
+
+
+SCRIPT = Path(sys.executable).parent / "sne"
+
+
+def test_installed_predict_runs_probes_through_the_module_and_names_what_a_bare_state_dict_lacks(
+        shared_sine_zoo, tmp_path):
+    """A run trained with probes predicts a bare state_dict once ``--arch`` says what its module computes,
+    and without it reports each file on one line and exits 2."""
+    from sne.train import TrainConfig, fit, load_run
+
+    config = TrainConfig(zoo=str(shared_sine_zoo.path), target="frequency", encoder="sne",
+                         encoder_options={**SMALL, "probe_points": 4}, epochs=1, batch_size=32, head_hidden=[16],
+                         seed=0, device="cpu")
+    run = tmp_path / "run"
+    fit(config, run, progress=False)
+    records = shared_sine_zoo.records(shared_sine_zoo.split_ids("test")[:2])
+    files = [tmp_path / f"net{i}.pt" for i in range(2)]
+    for record, path in zip(records, files):
+        torch.save(dict(record.to_state_dict()), path)
+    factory = tmp_path / "siren_factory.py"
+    factory.write_text("import torch\nfrom sne.zoo.siren import Siren\n\n\n"
+                       "def architecture():\n    return Siren(1), torch.zeros(1, 1)\n")
+
+    bare = subprocess.run([str(SCRIPT), "predict", str(run), *map(str, files), "--device", "cpu"],
+                          capture_output=True, text=True)
+    assert bare.returncode == 2 and bare.stdout == ""
+    problems = [line for line in bare.stderr.splitlines() if "activation is unknown" in line]
+    assert [line.split(": ")[1] for line in problems] == [str(f) for f in files]
+    assert all("--arch" in line for line in problems) and "Traceback" not in bare.stderr
+
+    known = subprocess.run([str(SCRIPT), "predict", str(run), *map(str, files), "--device", "cpu",
+                            "--arch", f"{factory}:architecture"], capture_output=True, text=True)
+    assert known.returncode == 0, known.stderr
+    expected = load_run(run, device="cpu").predictor.predict(records)
+    for line, value in zip(known.stdout.strip().splitlines(), expected):
+        assert float(line.split("\t")[2]) == pytest.approx(float(value), rel=1e-4, abs=1e-5)

@@ -974,4 +974,4 @@ def _probe_features(record: NetworkRecord, count: int) -> list[torch.Tensor]:
     try:
         return [torch.asinh(values) for values in probe_values(record, count)]
     except ValueError as error:
-        raise SneError(f"{error} (set probe_points to 0)") from None
+        raise SneError(f"{error} (option probe_points)") from None

@@ -616,7 +616,7 @@ class SNEEncoder(Encoder):
                 check_layer(layer, record.source)
             problem = probe_problem(record) if self.options["probe_points"] else None
             if problem is not None:
-                raise SneError(f"{record.source}: {problem} (set probe_points to 0)")
+                raise SneError(f"{record.source}: {problem} (this SNE reads probe values: option probe_points)")
 
     def prepare_weights(self, records: Sequence[NetworkRecord]) -> WeightBatch:
         """Weight-space outputs give one weight and one bias per layer, so
