@@ -150,7 +150,9 @@ STUDY_NOTES = {
         "Trained on networks that vary in both ways the foreign ones differ from the in-recipe zoo, random "
         "phases (`phase_max`) and initial scales after the first layer from SIREN's to beyond PyTorch's "
         "`nn.Linear` default (`hidden_gain_max`, as `sine-gains`): the fairest training zoo these studies "
-        "have for the foreign networks short of their own code.",
+        "have for the foreign networks short of their own code. Rows with `probe_points` also read each "
+        "network's values at that many inputs (forward passes; see `recipe_shift_probes`), which the foreign "
+        "networks' import with their module (`--arch`) allows.",
     ],
     "unseen_kernels": [
         "Trained on small CNNs with 3x3 kernels, tested on the same recipe with 7x7 kernels (`kernel=7`), a "
