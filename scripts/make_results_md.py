@@ -1269,6 +1269,8 @@ def _foreign_lines() -> list[str]:
             chosen = [c for c in taus if (c.split("_")[0] == "sne") == sne and (not sne or labels[c] != "sne")]
             if not chosen:
                 return "none"
+            # A headline needs three seeds (issue 15): one lucky seed does not outrank them.
+            chosen = [c for c in chosen if len(taus[c]) >= 3] or chosen
             leader = max(chosen, key=lambda c: statistics.fmean(taus[c]))
             return f"{labels[leader]}: {_over_seeds(taus[leader])}"
 
@@ -1278,7 +1280,8 @@ def _foreign_lines() -> list[str]:
     if not rows:
         return []
     return [f"Networks fitted by code the team has not seen (`{FOREIGN_ZOO}`), Kendall's tau; issue 15 asks default "
-            f"SNE for at least {FOREIGN_BAR}. Mean over seeds (± std), by training zoo.", "",
+            f"SNE for at least {FOREIGN_BAR}. Mean over seeds (± std), by training zoo; the best configurations "
+            "are chosen among those with three seeds or more where there are any.", "",
             "| trained on | default SNE | best other SNE configuration | best other encoder |", "|---|---|---|---|",
             *rows, ""]
 

@@ -135,6 +135,10 @@ def test_foreign_networks_get_their_own_standing_against_the_bar(tmp_path, monke
     assert "at least 0.8" in lines[0]
     assert lines[-2] == ("| home (`recipe_shift_phase_gains`) | 0.200 ± 0.10 (2 seeds) | sne (probe_points=16): 0.940 "
                          "(1 seed) | ng_gnn: 0.700 (1 seed) |")
+    # Three seeds outrank one luckier seed.
+    entries += [_transfer_row("sne", {"probe_points": 8}, seed, {foreign: tau}) for seed, tau in enumerate((0.8, 0.9, 0.7))]
+    (tmp_path / "results" / "recipe_shift_phase_gains.json").write_text(json.dumps({"entries": entries}))
+    assert "| sne (probe_points=8): 0.800 ± 0.08 (3 seeds) |" in module._foreign_lines()[-2]
     (tmp_path / "results" / "recipe_shift_phase_gains.json").unlink()
     assert module._foreign_lines() == []
 
