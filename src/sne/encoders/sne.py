@@ -455,9 +455,10 @@ class SNEEncoder(Encoder):
     hidden layers far from their initial scale). Measured (docs/RESULTS.md): 16 probes took the INR
     table's normalised MSE from 0.060 to 0.0002 (seed 0), and, trained on sine INRs of random phases and
     initial scales, ranked the foreign networks (code the team had not seen) with tau 0.94 / 0.90 / 0.72
-    (three seeds), where SNE on weights alone reached 0.29 at best (any run, any training zoo); trained
-    on the in-recipe zoo alone they ranked them at -0.05 (every training network there fits an odd
-    function, the foreign ones do not). 4 probes sat at the mean (seed 0); 32 did as well as 16.
+    (three seeds; the third sat at the mean for its first epochs), and 0.93 / 0.91 / 0.92 at batch 64,
+    where SNE on weights alone reached 0.29 at best (any run, any training zoo); trained on the
+    in-recipe zoo alone they ranked them at -0.05 (every training network there fits an odd function,
+    the foreign ones do not). 4 probes sat at the mean (seed 0); 32 did as well as 16.
     Off by default because SNE reads weights: it takes only chains of linear layers with known
     activations, and refuses other records (a bare state_dict names no activations: ``--arch``).
     ``preset``: a name in :data:`PRESETS` whose options apply under those given (``preset=paper``).
