@@ -866,7 +866,8 @@ def plan_chunks(
         memo = RecordParts(record)
         sources = source_neuron_features(record, through_sums, memo) if source_features else none
         owners = own_neuron_features(record, through_sums, memo) if own_features else none
-        probes = _probe_features(record, probe_points) if probe_points else [None] * (len(record.layers) + 1)
+        probes = ([torch.asinh(values) for values in probe_values(record, probe_points)] if probe_points
+                  else [None] * (len(record.layers) + 1))
         if neuron_links:
             first_neurons, source_ids = neuron_ids(record, num_neurons)
             num_neurons += sum(layer.out_features for layer in record.layers if _plain_dense(layer))
@@ -966,12 +967,3 @@ def plan_chunks(
     )
     return ChunkPlan(skeleton, placed_parts, chunk_size, dtype, standardize, source_features, input_positions,
                      neuron_links, own_features, probe_points)
-
-
-def _probe_features(record: NetworkRecord, count: int) -> list[torch.Tensor]:
-    """The network's inputs, then each layer's outputs, as ``(features, count)`` probe features
-    ("Probe values"); a record that cannot run is refused with one line naming it."""
-    try:
-        return [torch.asinh(values) for values in probe_values(record, count)]
-    except ValueError as error:
-        raise SneError(f"{error} (option probe_points)") from None

@@ -63,7 +63,7 @@ from sne.weights.batch import with_parameter_values
 from sne.weights.permute import (
     canonical_permutations, canonical_signs, canonicalize_signs, flip_signs, permute_hidden, supports_sign_flips,
 )
-from sne.weights.probe import probe_problem
+from sne.weights.probe import check_probeable
 from sne.weights.record import ACTIVATIONS, KIND_BY_WEIGHT_NDIM, NetworkRecord
 
 #: Options and their defaults (chunk_micro_batch=None: no micro-batching); the paper's settings are
@@ -621,9 +621,8 @@ class SNEEncoder(Encoder):
         for record in records:
             for layer in record.layers:
                 check_layer(layer, record.source)
-            problem = probe_problem(record) if self.options["probe_points"] else None
-            if problem is not None:
-                raise SneError(f"{record.source}: {problem} (this SNE reads probe values: option probe_points)")
+            if self.options["probe_points"]:
+                check_probeable(record)
 
     def prepare_weights(self, records: Sequence[NetworkRecord]) -> WeightBatch:
         """Weight-space outputs give one weight and one bias per layer, so

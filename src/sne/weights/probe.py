@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from sne.errors import SneError
 from sne.weights.record import NetworkRecord
 
 #: SIREN's factor in sin(w0 x): what a "sine" layer that does not state its ``w0`` computes.
@@ -59,6 +60,13 @@ def probe_problem(record: NetworkRecord) -> str | None:
     return None
 
 
+def check_probeable(record: NetworkRecord) -> None:
+    """Raise :class:`SneError` naming ``record`` and what :func:`probe_problem` finds, if anything."""
+    problem = probe_problem(record)
+    if problem is not None:
+        raise SneError(f"{record.source}: {problem} (option probe_points)")
+
+
 def probe_inputs(dimension: int, count: int) -> torch.Tensor:
     """``count`` fixed points of ``[-1, 1]^dimension`` (a scrambled Sobol sequence of seed 0), float64:
     spread evenly in any dimension, and the same in every call, so a network's values are too."""
@@ -68,11 +76,9 @@ def probe_inputs(dimension: int, count: int) -> torch.Tensor:
 def probe_values(record: NetworkRecord, count: int, sine_w0: float = SIREN_W0) -> list[torch.Tensor]:
     """Values at :func:`probe_inputs`: the network's inputs, then every layer's outputs after its
     activation, each ``(features, count)`` in float64. A layer's ``w0`` attribute, where the record
-    has one, is its sine's factor. Raises ``ValueError`` naming the problem for a record that
+    has one, is its sine's factor. Raises :class:`SneError` (:func:`check_probeable`) for a record that
     :func:`probe_problem` refuses."""
-    problem = probe_problem(record)
-    if problem is not None:
-        raise ValueError(f"{record.source}: {problem}")
+    check_probeable(record)
     values = probe_inputs(record.layers[0].in_features, count)
     out = [values.T]
     for layer in record.layers:
@@ -84,4 +90,7 @@ def probe_values(record: NetworkRecord, count: int, sine_w0: float = SIREN_W0) -
     return out
 
 
-__all__ = ["PROBE_ACTIVATIONS", "SIREN_W0", "layer_probe_problem", "probe_inputs", "probe_problem", "probe_values"]
+__all__ = [
+    "PROBE_ACTIVATIONS", "SIREN_W0", "check_probeable", "layer_probe_problem", "probe_inputs", "probe_problem",
+    "probe_values",
+]
