@@ -121,8 +121,8 @@ STUDY_NOTES = {
         "decision: do probe features rank the foreign networks? With `probe_points=16` Neural Graphs run each "
         "network on 16 learned inputs and give every neuron its values there; SNE with `probe_points=16` gives "
         "every weight and bias the values of its neurons at 16 fixed inputs (a scrambled Sobol sequence). Both "
-        "are forward passes, which default SNE never runs: it reads the weights alone. The foreign networks are imported here with their module "
-        "(`--arch`), so their sines are known, as probes need; in `recipe_shift` they were imported without it. "
+        "are forward passes, which default SNE never runs: it reads the weights alone. The foreign networks are "
+        "imported here with their module (`--arch`), so their sines are known, as probes need; in `recipe_shift` they were imported without it. "
         "The probes evaluate sin(30 x), the factor all these zoos use (option `sine_w0`).",
     ],
     "recipe_shift_gains_probes": [
@@ -1233,8 +1233,8 @@ def _scorecard_lines(columns: list[tuple[str, bool, dict]], labels: dict[str, st
                 rows.append(f"| {title}, {epochs} ep | {_over_seeds(mine)} | none at these epochs | |")
                 continue
             leader = (min if lower else max)(others, key=lambda c: statistics.fmean(others[c]))
-            rows.append(f"| {title}, {epochs} ep | {_over_seeds(mine)} | {labels[leader]}: {_over_seeds(others[leader])} | "
-                        f"{_verdict(mine, others[leader], lower)} |")
+            rows.append(f"| {title}, {epochs} ep | {_over_seeds(mine)} | {labels[leader]}: "
+                        f"{_over_seeds(others[leader])} | {_verdict(mine, others[leader], lower)} |")
     return ["Default SNE against the bar of issue 15: first, or within one seed standard deviation (the leader's, "
             "over its seeds) of first, against every other encoder at equal epochs.", "",
             "| table | default SNE | best other encoder | standing |", "|---|---|---|---|", *rows, ""]
