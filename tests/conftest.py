@@ -83,3 +83,19 @@ def trained_at_defaults(encoder: str, options: dict | None = None) -> dict:
 
     config = TrainConfig.for_encoder(encoder, zoo="", target="", encoder_options=options or {})
     return {name: getattr(config, name) for name in ("permutation_augment", *TUNED_TRAINING)}
+
+
+def sine_run_and_bare_files(zoo, out, encoder_options: dict, count: int):
+    """A one-epoch SNE run on sine-INR ``zoo`` (in ``out/run``), and ``count`` of its test networks
+    saved as bare state_dicts (``out/net<i>.pt``, which name no activations): (run, records, files)."""
+    from sne.train import TrainConfig, fit
+
+    config = TrainConfig(zoo=str(zoo.path), target="frequency", encoder="sne", encoder_options=encoder_options,
+                         epochs=1, batch_size=32, head_hidden=[16], seed=0, device="cpu")
+    run = out / "run"
+    fit(config, run, progress=False)
+    records = zoo.records(zoo.split_ids("test")[:count])
+    files = [out / f"net{i}.pt" for i in range(count)]
+    for record, path in zip(records, files):
+        torch.save(dict(record.to_state_dict()), path)
+    return run, records, files

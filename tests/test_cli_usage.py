@@ -294,11 +294,16 @@ def test_predict_reads_every_file_it_can_and_reports_each_failure(small_run, mix
     lines = out.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == [str(path) for path in good]
     values = [float(line.split("\t")[2]) for line in lines]
-    errors = err.strip().splitlines()
+    lines = err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
     assert len(errors) == 4 and "Traceback" not in err  # three failures and a closing count
     for bad, line in zip((files[1], files[3], files[4]), errors):
-        assert line.startswith("error: ") and str(bad) in line
-    assert "3 of 6 files failed" in errors[-1]
+        assert str(bad) in line
+    assert "3 of 6 files failed" in errors[-1] and lines[-1] == errors[-1]
+    # The run learned sine phases; bare state_dicts name no activations: one note for the three read.
+    notes = [line for line in lines if line.startswith("note: ")]
+    assert len(notes) == 1 and f"{good[0]} (and 2 more files)" in notes[0] and "--arch" in notes[0]
+    assert len(lines) == len(errors) + len(notes)
     # The same predictions one at a time, and as JSON: one entry per file, in order, good or not.
     code, out, err = run_cli(["predict", str(small_run), *map(str, files), "--device", "cpu", "--json",
                               "--batch-size", "1"], capsys)

@@ -53,10 +53,10 @@ def permuted(record: NetworkRecord) -> NetworkRecord:
     return random_equivalent_permutation(record, torch.Generator().manual_seed(0))
 
 
-def chain_mlp(widths: list[int], seed: int = 0) -> NetworkRecord:
+def chain_mlp(widths: list[int], seed: int = 0, activation: str | None = None) -> NetworkRecord:
     g = torch.Generator().manual_seed(seed)
     layers = [make_layer(f"fc{i}", i, torch.randn(o, n, generator=g, dtype=torch.float64),
-                         torch.randn(o, generator=g, dtype=torch.float64))
+                         torch.randn(o, generator=g, dtype=torch.float64), activation)
               for i, (n, o) in enumerate(zip(widths[:-1], widths[1:]))]
     return NetworkRecord(tuple(layers), source=f"mlp{widths}")
 
@@ -114,7 +114,7 @@ def test_a_batch_of_resnet_vit_and_chain_encodes_in_one_call_as_each_alone(recor
 def test_gradients_reach_every_sne_parameter_merge_tokens_included(records, options):
     torch.manual_seed(0)
     encoder = SNEEncoder(**SMALL_SNE, **options).double()
-    batch = [records["resnet"], records["unet"], records["vit"], records["gpt"], chain_mlp([2, 8, 1])]
+    batch = [records["resnet"], records["unet"], records["vit"], records["gpt"], chain_mlp([2, 8, 1], activation="sine")]
     encoder(encoder.prepare(batch)).square().sum().backward()
     for name, parameter in encoder.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
@@ -354,14 +354,15 @@ def test_residual_features_follow_the_stream_and_keep_invariance():
     assert [f is None for f in summed] == [True, False, False, False]
     torch.testing.assert_close(summed[1], plain[1], rtol=0, atol=0)
     # The head's input channel j: the mean over the three writers of (bias, rms of incoming weights,
-    # 1, log norm of raw incoming weights, mean of incoming weights).
+    # 1, log norm of raw incoming weights, mean of incoming weights, and no phase: no sine layer).
     memo = RecordParts(record)
     writers = []
     for index, layer in enumerate(record.layers[:3]):
         weight, bias = memo.rows(index)[0]
-        ones = torch.ones(4, dtype=torch.float64)
+        ones, zeros = torch.ones(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
         gain = layer.weight.reshape(4, -1).norm(dim=1).log()
-        writers.append(torch.stack([bias.squeeze(1), weight.square().mean(1).sqrt(), ones, gain, weight.mean(1)], 1))
+        writers.append(torch.stack([bias.squeeze(1), weight.square().mean(1).sqrt(), ones, gain, weight.mean(1),
+                                    zeros, zeros], 1))
     torch.testing.assert_close(summed[3], torch.stack(writers).mean(0), rtol=0, atol=1e-12)
     # The first convolution is read by every later layer: the rms runs over all their columns.
     own = own_neuron_features(record, through_sums=True)

@@ -48,6 +48,16 @@ def convnet(shapes: list[tuple[int, ...]], generator: torch.Generator, dtype=tor
     return NetworkRecord(tuple(layers), source=f"net{shapes}")
 
 
+def siren(generator: torch.Generator, widths=(1, 32, 32, 1), dtype=torch.float64, w0: dict | None = None
+          ) -> NetworkRecord:
+    """A SIREN-like MLP whose record names its sine activations (``w0``: {layer: factor} attributes)."""
+    layers = [make_layer(f"fc{i}", i, torch.randn(o, n, generator=generator, dtype=dtype) / n,
+                         torch.randn(o, generator=generator, dtype=dtype), "sine" if i < len(widths) - 2 else "identity")
+              for i, (n, o) in enumerate(zip(widths[:-1], widths[1:]))]
+    layers = [replace(layer, attrs={"w0": (w0 or {})[i]}) if i in (w0 or {}) else layer for i, layer in enumerate(layers)]
+    return NetworkRecord(tuple(layers), source="siren")
+
+
 def mixed_records(dtype=torch.float32) -> list[NetworkRecord]:
     g = torch.Generator().manual_seed(0)
     return [
@@ -230,7 +240,8 @@ def test_gradients_reach_every_parameter(options):
     encoder = SNEEncoder(**SMALL, **options)
     for link in encoder.chunk_links or ():  # they start at zero, where the earlier passes get no gradient
         torch.nn.init.normal_(link.weight, std=0.1)
-    encode(encoder, mixed_records()).square().sum().backward()
+    records = mixed_records() + [siren(torch.Generator().manual_seed(0), dtype=torch.float32)]  # sine: phases
+    encode(encoder, records).square().sum().backward()
     for name, parameter in encoder.named_parameters():
         if name != "merge_tokens":
             assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
@@ -483,6 +494,53 @@ def test_neuron_means_are_signed_means_of_standardised_weights_and_keep_sne_inva
     with pytest.raises(SneError, match="use_neuron_means"):
         SNEEncoder(use_neuron_means=True, use_source_features=False, use_own_neuron_features=False)
     assert not SNEEncoder(preset="paper").options["use_neuron_means"]
+
+
+def test_neuron_phases_are_the_sines_phase_and_flip_with_it_and_keep_sne_invariant():
+    """The phase columns: sin and cos of w0 * bias for neurons of a sine layer (w0 30 unless the
+    layer's attrs say), zeros for other activations and the unknown; a sign flip negates the sine
+    column and keeps the cosine; SNE reading them stays exactly invariant to hidden permutations."""
+    from sne.encoders.chunking import PHASE_COLUMNS, own_neuron_features, source_neuron_features
+    from sne.weights import permute_hidden
+    from sne.weights.permute import flip_signs
+
+    g = torch.Generator().manual_seed(17)
+    net = siren(g, w0={1: 5.0})
+    sine, cosine = PHASE_COLUMNS
+    sources, owners = source_neuron_features(net), own_neuron_features(net)
+    first_bias, hidden_bias = net.layers[0].bias, net.layers[1].bias
+    torch.testing.assert_close(owners[0][:, sine], torch.sin(30 * first_bias))
+    torch.testing.assert_close(sources[1][:, cosine], torch.cos(30 * first_bias))
+    torch.testing.assert_close(owners[1][:, sine], torch.sin(5 * hidden_bias))  # the layer's own w0
+    torch.testing.assert_close(sources[2][:, cosine], torch.cos(5 * hidden_bias))
+    assert (owners[2][:, list(PHASE_COLUMNS)] == 0).all()  # identity: no phase
+    unknown = mlp([1, 8, 1], g, dtype=torch.float64)  # activations unknown
+    assert (own_neuron_features(unknown)[0][:, list(PHASE_COLUMNS)] == 0).all()
+
+    signs = [torch.where(torch.rand(32, generator=g) < 0.5, -1.0, 1.0).double() for _ in range(2)]
+    flipped = own_neuron_features(flip_signs(net, signs))
+    for layer in range(2):
+        torch.testing.assert_close(flipped[layer][:, sine], signs[layer] * owners[layer][:, sine])
+        torch.testing.assert_close(flipped[layer][:, cosine], owners[layer][:, cosine])
+
+    records = [siren(g) for _ in range(3)]
+    permuted = [permute_hidden(r, [torch.randperm(32, generator=g), torch.randperm(32, generator=g), None])
+                for r in records]
+    torch.manual_seed(0)
+    encoder = SNEEncoder(**SMALL, use_neuron_phases=True).double().eval()
+    assert encoder.element_embedding.phase.in_features == 4  # two phase columns of each neuron feature
+    torch.testing.assert_close(encode(encoder, permuted), encode(encoder, records), atol=1e-9, rtol=0)
+    # The phase columns reach the codes of sine networks; without them (zeros) an encoder reading phases
+    # initialises and encodes as one that does not.
+    torch.manual_seed(0)
+    without = SNEEncoder(**SMALL, use_neuron_phases=False).double().eval()
+    assert (encode(encoder, records) - encode(without, records)).abs().max() > 1e-3
+    cnns = [convnet([(8, 1, 3, 3), (6, 8, 3, 3), (10, 6)], g, dtype=torch.float64), unknown]
+    torch.testing.assert_close(encode(encoder, cnns), encode(without, cnns), atol=0, rtol=0)
+    with pytest.raises(SneError, match="use_neuron_phases"):
+        SNEEncoder(use_neuron_phases=True, use_source_features=False, use_own_neuron_features=False)
+    assert SNEEncoder().options["use_neuron_phases"] and not SNEEncoder(preset="paper").options["use_neuron_phases"]
+    assert not SNEEncoder(use_source_features=False, use_own_neuron_features=False).options["use_neuron_phases"]
 
 
 def test_default_sne_is_exactly_invariant_to_hidden_permutations_and_the_paper_preset_is_not():
@@ -1029,3 +1087,88 @@ def test_preserve_chunk_scale_projects_a_narrow_chunk_stage_to_hidden_without_sh
     assert SNEEncoder(chunk_hidden=None, preserve_chunk_scale=True).chunk_out is None
     with pytest.raises(SneError, match="preserve_chunk_scale"):
         SNEEncoder(preserve_chunk_scale=1)
+
+
+def test_installed_predict_notes_once_that_bare_state_dicts_lack_the_phases_a_run_learned(shared_sine_zoo, tmp_path):
+    """A run trained on sine INRs reads their phases; bare state_dicts name no activations, so they
+    are predicted without phases, and one note says so, naming the first file and --arch. With
+    ``--arch`` (a factory, or ``run``: the training zoo's architecture) they predict as their records
+    and nothing is noted; a file of another architecture is refused in one line. An encoder that
+    reads no phases, or learned none, has nothing to say."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import sine_run_and_bare_files
+    from sne.train import load_run
+
+    run, records, files = sine_run_and_bare_files(shared_sine_zoo, tmp_path, SMALL, 3)
+    script = Path(sys.executable).parent / "sne"
+
+    bare = subprocess.run([str(script), "predict", str(run), *map(str, files), "--device", "cpu"],
+                          capture_output=True, text=True)
+    assert bare.returncode == 0, bare.stderr
+    assert len(bare.stdout.strip().splitlines()) == 3
+    notes = [line for line in bare.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and f"{files[0]} (and 2 more files)" in notes[0] and "--arch" in notes[0]
+
+    factory = tmp_path / "siren_factory.py"
+    factory.write_text("import torch\nfrom sne.zoo.siren import Siren\n\n\n"
+                       "def architecture():\n    return Siren(1), torch.zeros(1, 1)\n")
+    known = subprocess.run([str(script), "predict", str(run), *map(str, files), "--device", "cpu",
+                            "--arch", f"{factory}:architecture"], capture_output=True, text=True)
+    assert known.returncode == 0 and "note:" not in known.stderr, known.stderr
+    # --arch run: the files read as the training zoo's architecture, activations and all, as the records.
+    other = tmp_path / "other.pt"
+    torch.save({"fc.weight": torch.zeros(2, 3)}, other)
+    as_trained = subprocess.run([str(script), "predict", str(run), *map(str, files), str(other), "--device", "cpu",
+                                 "--arch", "run"], capture_output=True, text=True)
+    assert as_trained.returncode == 2 and "note:" not in as_trained.stderr
+    expected = load_run(run, device="cpu").predictor.predict(records)
+    lines = as_trained.stdout.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(f) for f in files]
+    assert [float(line.split("\t")[2]) for line in lines] == pytest.approx(expected.tolist(), rel=1e-4, abs=1e-5)
+    refused = [line for line in as_trained.stderr.splitlines() if str(other) in line]
+    assert len(refused) == 1 and "fits none of the 1 architecture" in refused[0] and "Traceback" not in as_trained.stderr
+    assert [float(line.split("\t")[2]) for line in known.stdout.strip().splitlines()] == pytest.approx(
+        expected.tolist(), rel=1e-4, abs=1e-5)
+
+    trained = load_run(run, device="cpu").predictor.encoder
+    bare_record = records[0].with_layers([make_layer(layer.name, layer.level, layer.weight, layer.bias)
+                                          for layer in records[0].layers])
+    assert bool(trained.trained_on_sines) and trained.caveat(bare_record) and trained.caveat(records[0]) is None
+    blind = SNEEncoder(**SMALL, use_neuron_phases=False)
+    blind.trained_on_sines.fill_(True)
+    assert blind.caveat(bare_record) is None
+    fresh = SNEEncoder(**SMALL)
+    fresh.fit_input_statistics([mlp([1, 8, 1], torch.Generator().manual_seed(0))])  # no sine layer
+    assert fresh.caveat(bare_record) is None
+    from sne.weights.arch import network_reader
+    with pytest.raises(SneError, match="no run's training architectures"):
+        network_reader("run", None)
+    from sne.cli import _network_reader
+    with pytest.raises(SneError, match="this run does not record the architectures it was trained on"):
+        _network_reader("run", trained, trained=None)  # a run from before runs recorded them
+
+
+def test_phases_leave_training_on_networks_without_sine_layers_bit_for_bit_as_it_was(tmp_path):
+    """On a CNN zoo (no sine layers), SNE reading phases trains and predicts exactly as SNE that does
+    not: its phase map reads zeros, gets zero gradients (so Adam never moves it), and is drawn aside
+    from the random stream; so CNN results of SNE without phases are default SNE's."""
+    from sne.train import TrainConfig, fit, load_run
+    from sne.zoo import generate_zoo
+
+    zoo = generate_zoo("small-cnn", tmp_path / "zoo", n=12, seed=0, options={"epochs": 1, "batch_size": 256},
+                       command="test", progress=False)
+    states, predictions = [], []
+    for phases in (True, False):
+        config = TrainConfig(zoo=str(zoo.path), target="test_accuracy", encoder="sne",
+                             encoder_options={**SMALL, "use_neuron_phases": phases}, epochs=2, batch_size=4,
+                             head_hidden=[16], seed=0, device="cpu")
+        fit(config, tmp_path / f"run-{phases}", progress=False)
+        trained = load_run(tmp_path / f"run-{phases}", device="cpu")
+        states.append({k: v for k, v in trained.predictor.state_dict().items() if ".phase." not in k})
+        predictions.append(trained.predictor.predict(zoo.records(zoo.split_ids("test"))))
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert (predictions[0] == predictions[1]).all()

@@ -170,17 +170,10 @@ def test_installed_predict_runs_probes_through_the_module_and_names_what_a_bare_
         shared_sine_zoo, tmp_path):
     """A run trained with probes predicts a bare state_dict once ``--arch`` says what its module computes,
     and without it reports each file on one line and exits 2."""
-    from sne.train import TrainConfig, fit, load_run
+    from conftest import sine_run_and_bare_files
+    from sne.train import load_run
 
-    config = TrainConfig(zoo=str(shared_sine_zoo.path), target="frequency", encoder="sne",
-                         encoder_options={**SMALL, "probe_points": 4}, epochs=1, batch_size=32, head_hidden=[16],
-                         seed=0, device="cpu")
-    run = tmp_path / "run"
-    fit(config, run, progress=False)
-    records = shared_sine_zoo.records(shared_sine_zoo.split_ids("test")[:2])
-    files = [tmp_path / f"net{i}.pt" for i in range(2)]
-    for record, path in zip(records, files):
-        torch.save(dict(record.to_state_dict()), path)
+    run, records, files = sine_run_and_bare_files(shared_sine_zoo, tmp_path, {**SMALL, "probe_points": 4}, 2)
     factory = tmp_path / "siren_factory.py"
     factory.write_text("import torch\nfrom sne.zoo.siren import Siren\n\n\n"
                        "def architecture():\n    return Siren(1), torch.zeros(1, 1)\n")

@@ -389,23 +389,31 @@ def _print_evaluation(result: dict) -> None:
 
 
 _ARCH_HELP = ("Architecture of the files: FILE.py:FACTORY or package.module:FACTORY, a function returning "
-              "a module or (module, example_input). Without it, a config.json beside a file (Hugging Face) "
+              "a module or (module, example_input); or 'run': the architectures the run was trained on, "
+              "matched by keys and shapes. Without it, a config.json beside a file (Hugging Face) "
               "or the file's own unambiguous structure is used.")
 
 
-def _network_reader(arch: str | None, encoder):
+def _network_reader(arch: str | None, encoder, caveats: list | None = None, trained=None):
     """A function ``read(path) -> record`` for files of ``--arch`` (or a Hugging Face config.json
     beside them, or their own structure: :func:`sne.weights.arch.network_reader`) that ``encoder``
     can take; it raises a one-line :class:`SneError` naming the file. A wrong ``--arch`` fails here,
-    before any file is read."""
-    from sne.weights.arch import network_reader
+    before any file is read. ``caveats`` collects ``(path, warning)`` for records the encoder reads
+    with less than it was trained on (:meth:`~sne.encoders.base.Encoder.caveat`)."""
+    from sne.weights.arch import RUN_ARCH, network_reader
 
-    read_file = network_reader(arch)
+    if arch == RUN_ARCH and trained is None:
+        raise SneError(f"--arch {RUN_ARCH}: this run does not record the architectures it was trained on (runs "
+                       "record them since 2026-12-05); give --arch FILE.py:FACTORY")
+    read_file = network_reader(arch, trained)
 
     def read(path: Path):
         try:
             record = read_file(path)
             encoder.check_records([record])
+            caveat = encoder.caveat(record)
+            if caveat is not None and caveats is not None:
+                caveats.append((path, caveat))
             return record
         except SneError as error:
             raise SneError(_naming(path, one_line(error))) from None
@@ -416,11 +424,20 @@ def _network_reader(arch: str | None, encoder):
 
 
 def _each_file(files: List[Path], arch: str | None, encoder, batch_size: int, compute,
-               failures: list) -> Iterator[tuple[Path, Any]]:
+               failures: list, trained=None) -> Iterator[tuple[Path, Any]]:
     """``(path, compute's row)`` for every file that can be read, in the order given, ``batch_size``
     files at a time (so output starts early and memory stays bounded); each file that cannot be read,
-    or that the model refuses, is reported on its own line as it is met and added to ``failures``."""
-    read = _network_reader(arch, encoder)
+    or that the model refuses, is reported on its own line as it is met and added to ``failures``.
+    Each warning the encoder has about the files read is said once at the end, naming the first.
+    ``trained``: the run's training architectures, for ``--arch run``."""
+    caveats: list = []
+    read = _network_reader(arch, encoder, caveats, trained)
+    yield from _read_in_batches(files, read, batch_size, compute, failures)
+    failed = {path for path, _ in failures}
+    _say_caveats([(path, warning) for path, warning in caveats if path not in failed])
+
+
+def _read_in_batches(files: List[Path], read, batch_size: int, compute, failures: list) -> Iterator[tuple[Path, Any]]:
     for start in range(0, len(files), batch_size):
         good = []
         for path in files[start : start + batch_size]:
@@ -429,6 +446,16 @@ def _each_file(files: List[Path], arch: str | None, encoder, batch_size: int, co
             except SneError as error:
                 _fail(failures, path, str(error))
         yield from _in_batches(good, batch_size, compute, failures)
+
+
+def _say_caveats(caveats: list) -> None:
+    by_warning: dict[str, list[Path]] = {}
+    for path, warning in caveats:
+        by_warning.setdefault(warning, []).append(path)
+    for warning, paths in by_warning.items():
+        more = f" (and {len(paths) - 1} more files)" if len(paths) > 1 else ""
+        console.print(f"[yellow]note:[/yellow] {escape(str(paths[0]))}{more}: {escape(warning)}", highlight=False,
+                      soft_wrap=True)
 
 
 def _fail(failures: list, path: Path, message: str) -> None:
@@ -523,7 +550,8 @@ def predict(
         classes = _class_names(trained) or [str(c) for c in range(target.num_classes)]
     results: dict[Path, dict] = {}
     outputs = _each_file(files, arch, predictor.encoder, batch_size,
-                         lambda records: predictor.outputs(records, len(records)), failures)
+                         lambda records: predictor.outputs(records, len(records)), failures,
+                         trained.training_architectures)
     for path, output in outputs:
         entry: dict[str, Any] = {"file": str(path), "target": target.name}
         if classes is not None:
@@ -577,7 +605,8 @@ def embed(
     predictor = trained.predictor
     failures: list = []
     read = list(_each_file(files, arch, predictor.encoder, batch_size,
-                           lambda records: predictor.embed(records, len(records)), failures))
+                           lambda records: predictor.embed(records, len(records)), failures,
+                           trained.training_architectures))
     rows = [row for _, row in read]
     if rows:
         codes = np.stack(rows)

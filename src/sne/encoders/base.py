@@ -84,6 +84,11 @@ class Encoder(nn.Module):
     def check_records(self, records: Sequence[NetworkRecord]) -> None:
         """Raise :class:`SneError` naming the first record this encoder cannot take."""
 
+    def caveat(self, record: NetworkRecord) -> str | None:
+        """A one-line warning about how this trained encoder reads ``record``, which it takes but
+        reads with less than it was trained on; None where there is none (the default)."""
+        return None
+
     def fit_input_statistics(self, records: Sequence[NetworkRecord]) -> None:
         """Fit input normalisation on training networks (buffers in the state_dict); default: none.
 

@@ -109,6 +109,14 @@ standardised, for a one-input neuron) or of the standardised weights that read i
 features), flips with the neuron as its bias does (``use_neuron_means``). Off by default: on the
 INR table it changed nothing beyond seed noise (docs/RESULTS.md, row ``neuron-means``).
 
+**Phases.** A sine neuron ``sin(w0 (w x + b))`` (SIREN, ``w0`` 30 unless its layer's ``w0``
+attribute says otherwise) starts its wave at phase ``w0 b``, which wraps around many times over the
+range biases take: a standardised bias says it only through a function with as many periods, which a
+few ReLUs cannot draw. Two more columns after the mean give it directly, ``sin(w0 b)`` and
+``cos(w0 b)``, for neurons of layers whose record names the sine activation (zeros for any other,
+an impossible phase). A sign flip ``(w, b, v) -> (-w, -b, -v)`` negates the sine column and keeps
+the cosine, as it negates the bias (``use_neuron_phases``).
+
 **Probe values (optional).** With ``probe_points=P`` every weight and bias also carries what the
 network computes, not only what it stores: its own neuron's values at ``P`` fixed inputs
 (:mod:`sne.weights.probe`, after the activation), and for a weight the values of the neuron it reads
@@ -166,7 +174,7 @@ import torch
 
 from sne.errors import CannotRead, SneError
 from sne.weights.permute import input_blocks
-from sne.weights.probe import probe_values
+from sne.weights.probe import SIREN_W0, probe_values
 from sne.encoders.common import mean_std
 from sne.weights.record import (
     KIND_BY_WEIGHT_NDIM,
@@ -209,17 +217,18 @@ _TYPE_INDEX = {pair: index for index, pair in enumerate(CHUNK_TYPES)}
 RESIDUAL_TOKEN, CONCAT_TOKEN = 0, 1
 NUM_MERGE_TOKENS = 2
 #: Features of an incoming weight's source neuron: standardised bias, rms of standardised incoming
-#: weights, 1 where the source is known (see "Source neurons" above), its log gain ("Gains"), and
-#: the signed mean of its standardised incoming weights ("Means").
-SOURCE_FEATURES = 5
+#: weights, 1 where the source is known (see "Source neurons" above), its log gain ("Gains"), the
+#: signed mean of its standardised incoming weights ("Means"), and its phase ("Phases").
+SOURCE_FEATURES = 7
 #: Features of the neuron a weight or bias belongs to: its standardised bias, the rms of the
 #: standardised weights that read it in the next layer, 1 where that layer is known (see "Own
-#: neurons"), the log norm of those weights ("Gains") and their signed mean ("Means").
-OWN_FEATURES = 5
+#: neurons"), the log norm of those weights ("Gains"), their signed mean ("Means") and the
+#: neuron's phase ("Phases").
+OWN_FEATURES = 7
 #: Columns of the source and own-neuron features before the gains (what encoders without gains read).
 NEURON_FEATURES_WITHOUT_GAINS = 3
-#: Where the gain and the mean sit among the neuron features.
-GAIN_COLUMN, MEAN_COLUMN = 3, 4
+#: Where the gain, the mean and the phase's sine and cosine sit among the neuron features.
+GAIN_COLUMN, MEAN_COLUMN, PHASE_COLUMNS = 3, 4, (5, 6)
 #: Norms below it read as it in the log gains: a dead neuron's gain is finite.
 GAIN_FLOOR = 1e-4
 #: Features of a first-layer weight's input: its coordinate in [-1, 1], and 1 marking a first-layer
@@ -613,7 +622,7 @@ def source_neuron_features(record: NetworkRecord, through_sums: bool = False,
         (weight, *bias), raw = memo.rows(source)
         bias = bias[0].squeeze(1) if bias else weight.new_zeros(layer.out_features)
         return torch.stack([bias, weight.square().mean(1).sqrt(), torch.ones_like(bias), _log_gain(raw.norm(dim=1)),
-                            weight.mean(1)], dim=1)
+                            weight.mean(1), *_phases(layer)], dim=1)
 
     features: list[torch.Tensor | None] = []
     for index in range(len(record.layers)):
@@ -661,8 +670,19 @@ def own_neuron_features(record: NetworkRecord, through_sums: bool = False,
                 raw_squares = raw_squares + raw.reshape(shape).square().sum(dim=(0, 2, 3))
             outgoing, known, gain = (squares / count).sqrt(), torch.ones_like(bias), _log_gain(raw_squares.sqrt())
             mean = sums / count
-        features.append(torch.stack([bias, outgoing, known, gain, mean], dim=1))
+        features.append(torch.stack([bias, outgoing, known, gain, mean, *_phases(layer)], dim=1))
     return features
+
+
+def _phases(layer: Layer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The phase columns of the neuron features of ``layer``'s outputs ("Phases"): sin and cos of
+    ``w0 * bias`` for a sine layer (a bias-free one has phase 0), zeros for any other activation."""
+    bias = layer.tensors.get("bias")
+    zeros = torch.zeros(layer.out_features, dtype=torch.float64)
+    if layer.activation != "sine":
+        return zeros, zeros
+    phase = float(layer.attrs.get("w0", SIREN_W0)) * (bias.double().reshape(-1) if bias is not None else zeros)
+    return phase.sin(), phase.cos()
 
 
 def _log_gain(norm: torch.Tensor) -> torch.Tensor:

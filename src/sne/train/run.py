@@ -39,6 +39,7 @@ from sne.train import distributed
 from sne.train.predictor import Predictor
 from sne.train.scalars import ScalarLog
 from sne.train.targets import Target, build_head, resolve_target
+from sne.weights.arch import TrainedArchitectures
 from sne.weights.permute import (
     random_equivalent_permutation,
     random_sign_flips,
@@ -535,8 +536,9 @@ def check_permutable(zoo: Zoo, records: Sequence[NetworkRecord]) -> None:
 
 
 def zoo_manifest_summary(zoo: Zoo) -> dict:
-    """What a checkpoint says about the zoo it was trained on."""
-    return {k: zoo.manifest.get(k) for k in ("recipe", "options", "n", "seed", "command")}
+    """What a checkpoint says about the zoo it was trained on, its architectures' structures included
+    (``sne predict --arch run`` reads bare state_dicts as them)."""
+    return {k: zoo.manifest.get(k) for k in ("recipe", "options", "n", "seed", "command", "architectures")}
 
 
 class _RunLock:
@@ -875,6 +877,13 @@ class TrainedRun:
     @property
     def config(self) -> TrainConfig:
         return TrainConfig(**self.meta["config"])
+
+    @property
+    def training_architectures(self) -> TrainedArchitectures | None:
+        """The architectures of the zoo this run was trained on (None for a run from before runs
+        recorded them): ``sne predict --arch run`` reads bare state_dicts as them."""
+        listed = (self.meta.get("zoo_manifest") or {}).get("architectures")
+        return TrainedArchitectures([a["structure"] for a in listed], f"the run {self.path}") if listed else None
 
     def predict(self, networks: Sequence) -> np.ndarray:
         """Predictions for networks given as records, ``nn.Module``s, state_dicts or file paths."""

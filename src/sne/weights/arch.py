@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from sne.errors import SneError, one_line
-from sne.weights.record import NetworkRecord, check_tensors
+from sne.weights.record import NetworkRecord, check_tensors, record_from_structure
 from sne.weights.trace import record_from_module, tied_keys
 
 
@@ -85,6 +85,36 @@ class Arch:
                 tensors[local] = value.to(expected.dtype)
             layers.append(replace(layer, tensors=check_tensors(layer.name, tensors, source)).from_module_layout())
         return NetworkRecord(tuple(layers), source=source, symmetries=self.template.symmetries)
+
+
+#: The ``--arch`` value that reads files as the architectures a run was trained on (:class:`TrainedArchitectures`).
+RUN_ARCH = "run"
+
+
+class TrainedArchitectures:
+    """The architectures of a run's training zoo, as record structures
+    (:func:`sne.weights.record.record_structure`, what a zoo's manifest lists): a state_dict is read
+    as the first of them whose keys and shapes it has, activations and symmetries included."""
+
+    def __init__(self, structures: list[Mapping[str, Any]], name: str) -> None:
+        self.structures, self.name = structures, name
+        self.keys = [{(f"{layer['name']}.{t['name']}" if layer["name"] else t["name"]): None
+                      for layer in structure["layers"] for t in layer["tensors"]} for structure in structures]
+
+    def record(self, state: Mapping[str, torch.Tensor], source: str) -> NetworkRecord:
+        """The record of ``state`` as the first training architecture it fits; :class:`SneError`
+        naming ``source``, where none does, and why the last one with its keys did not."""
+        problem = None
+        for structure, keys in zip(self.structures, self.keys):
+            tensors = unwrapped(dict(state), keys)
+            if tensors.keys() == keys.keys():
+                try:
+                    return record_from_structure(structure, tensors, source)
+                except SneError as error:
+                    problem = one_line(error).removeprefix(f"{source}: ")
+        count = len(self.structures)
+        raise SneError(f"{source}: fits none of the {count} architecture{'s' if count > 1 else ''} {self.name} was "
+                       f"trained on ({problem or 'its keys differ'}); give --arch FILE.py:FACTORY")
 
 
 def load_factory(spec: str) -> Callable[[], Any]:
@@ -189,15 +219,23 @@ def is_hf_config(path: Path) -> bool:
         return False
 
 
-def network_reader(arch: str | None = None) -> Callable[[str | Path], NetworkRecord]:
+def network_reader(arch: str | None = None, trained: TrainedArchitectures | None = None
+                   ) -> Callable[[str | Path], NetworkRecord]:
     """``read(path) -> record`` for checkpoint files: with ``arch`` (an ``--arch`` value) every file is
-    read with that architecture; without it, a Hugging Face ``config.json`` beside a file (or in a
-    model directory) builds that file's architecture (once per config), and otherwise the file's own
-    structure is read (:func:`sne.weights.io.load_record`). A wrong ``arch`` fails here, before any file is read;
+    read with that architecture (:data:`RUN_ARCH`: with ``trained``, a run's training architectures);
+    without it, a Hugging Face ``config.json`` beside a file (or in a model directory) builds that
+    file's architecture (once per config), and otherwise the file's own structure is read
+    (:func:`sne.weights.io.load_record`). A wrong ``arch`` fails here, before any file is read;
     ``read`` raises a one-line :class:`SneError` naming the file."""
     from sne.weights.io import load_record  # noqa: PLC0415 - io refers back to this module
 
-    built = arch_from_spec(arch) if arch else None
+    if arch == RUN_ARCH:
+        if trained is None:
+            raise SneError(f"--arch {RUN_ARCH}: no run's training architectures to read files as (sne predict "
+                           "and sne embed have them); give --arch FILE.py:FACTORY")
+        built = trained
+    else:
+        built = arch_from_spec(arch) if arch else None
     configs: dict[Path, Arch | SneError] = {}
 
     def read(path: str | Path) -> NetworkRecord:
