@@ -1144,8 +1144,8 @@ def test_installed_predict_notes_once_that_bare_state_dicts_lack_the_phases_a_ru
     fresh.fit_input_statistics([mlp([1, 8, 1], torch.Generator().manual_seed(0))])  # no sine layer
     assert fresh.caveat(bare_record) is None
     from sne.weights.arch import network_reader
-    with pytest.raises(SneError, match="no run's training architectures"):
-        network_reader("run", None)
+    with pytest.raises(SneError, match="expected FILE.py:FACTORY"):
+        network_reader("run", None)  # outside predict and embed no run is there to name architectures
     from sne.cli import _network_reader
     with pytest.raises(SneError, match="this run does not record the architectures it was trained on"):
         _network_reader("run", trained, trained=None)  # a run from before runs recorded them

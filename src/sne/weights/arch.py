@@ -222,20 +222,14 @@ def is_hf_config(path: Path) -> bool:
 def network_reader(arch: str | None = None, trained: TrainedArchitectures | None = None
                    ) -> Callable[[str | Path], NetworkRecord]:
     """``read(path) -> record`` for checkpoint files: with ``arch`` (an ``--arch`` value) every file is
-    read with that architecture (:data:`RUN_ARCH`: with ``trained``, a run's training architectures);
+    read with that architecture (:data:`RUN_ARCH` with ``trained``: a run's training architectures);
     without it, a Hugging Face ``config.json`` beside a file (or in a model directory) builds that
     file's architecture (once per config), and otherwise the file's own structure is read
     (:func:`sne.weights.io.load_record`). A wrong ``arch`` fails here, before any file is read;
     ``read`` raises a one-line :class:`SneError` naming the file."""
     from sne.weights.io import load_record  # noqa: PLC0415 - io refers back to this module
 
-    if arch == RUN_ARCH:
-        if trained is None:
-            raise SneError(f"--arch {RUN_ARCH}: no run's training architectures to read files as (sne predict "
-                           "and sne embed have them); give --arch FILE.py:FACTORY")
-        built = trained
-    else:
-        built = arch_from_spec(arch) if arch else None
+    built = trained if arch == RUN_ARCH and trained is not None else arch_from_spec(arch) if arch else None
     configs: dict[Path, Arch | SneError] = {}
 
     def read(path: str | Path) -> NetworkRecord:
