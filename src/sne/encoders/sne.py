@@ -196,7 +196,8 @@ class ElementEmbedding(nn.Module):
     with ``input_positions`` so does a first-layer weight's input coordinate ``i``, encoded as tap
     coordinates are; with ``own`` the features ``o`` of the neuron the element belongs to. Both
     neuron features include their gain column only with ``gains`` and their mean column only with
-    ``means``; with ``phases`` a map of their phase columns enters too. With ``probes`` (a count ``P``) the element's ``2 P`` probe values ``p`` enter there too.
+    ``means``; with ``phases`` a map of their phase columns enters too. With ``probes`` (a count
+    ``P``) the element's ``2 P`` probe values ``p`` enter there too.
     """
 
     def __init__(self, hidden: int, sources: bool = False, input_positions: bool = False, own: bool = False,
