@@ -645,6 +645,40 @@ def inr_function_reference_section(path: Path, data: dict) -> list[str]:
     ]
 
 
+def breakdown_section(path: Path, data: dict) -> list[str]:
+    """``sne bench breakdown``: one table per test zoo, a row per run, a column per group of networks."""
+    entries = data["entries"]
+    lines = [f"## Where the error comes from: `{path.stem}` (test metrics by `{data['by']}`)", "",
+             f"Source: `{path.relative_to(ROOT)}`. Commands: " + "; ".join(f"`{c}`" for c in data["commands"] if c)
+             + f". Each run's test networks grouped by the zoo's column `{data['by']}` ({data['bins']} quantile bins "
+             "of a numeric column, else one group per value); nothing is trained here. Cells: Kendall's tau "
+             "(normalised MSE within the group; 1 is the group's mean) for regression targets, accuracy for classes.",
+             ""]
+    lines += [line for note in study_notes(path.stem) for line in (note, "")]
+    for zoo in sorted({e["zoo"] for e in entries}):
+        rows = sorted((e for e in entries if e["zoo"] == zoo), key=lambda e: (_encoder_label(e), e["seed"]))
+        groups = [g["group"] for g in rows[0]["by"]["groups"]]
+        summary = rows[0]["zoo_summary"]
+        lines += [f"Test split of `{zoo}` ({summary['splits']['test']} networks; `{summary['command']}`):", "",
+                  "| encoder | trained on | seed | epochs | all | " + " | ".join(f"`{data['by']}` {g}" for g in groups) + " |",
+                  "|---" * (5 + len(groups)) + "|"]
+        for e in rows:
+            cells = {g["group"]: g for g in e["by"]["groups"]}
+            lines.append(f"| {_encoder_label(e)} | {e['train_zoo']} | {e['seed']} | {e['epochs']} | "
+                         f"{_metric_cell(e['metrics'])} | "
+                         + " | ".join(f"{_metric_cell(cells[g])} (n={cells[g]['n']})" if g in cells else "" for g in groups)
+                         + " |")
+        lines.append("")
+    hardware = {_hardware(e["hardware"]) for e in entries if e.get("hardware")}
+    return lines + [f"Hardware of the evaluations: {'; '.join(sorted(hardware))}.", ""]
+
+
+def _metric_cell(metrics: dict) -> str:
+    if "accuracy" in metrics:
+        return _fmt(metrics["accuracy"])
+    return f"{_fmt(metrics['kendall_tau'])} ({_fmt(metrics['normalized_mse'])})"
+
+
 def ddp_section(path: Path, data: dict) -> list[str]:
     zoo = data["zoo"]
     lines = [
@@ -1443,11 +1477,13 @@ def render() -> str:
         data = json.loads(path.read_text())
         if data.get("benchmark") == "inr_function_reference":
             lines += inr_function_reference_section(path, data)
+        elif data.get("benchmark") == "grouped_evaluation":
+            lines += breakdown_section(path, data)
     for path in results:
         data = json.loads(path.read_text())
         if not path.name.startswith("zoo_") and not str(data.get("benchmark", "")).startswith("ablation_") and \
                 data.get("benchmark") not in ("inr_frequency", "digit_inr_label", "style_edit", "cross_dataset",
-                                              "cross_arch", "inr_function_reference"):
+                                              "cross_arch", "inr_function_reference", "grouped_evaluation"):
             lines += bench_section(path, data)
     return "\n".join(lines)
 

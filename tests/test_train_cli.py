@@ -51,6 +51,74 @@ def test_training_lowers_loss_and_beats_the_mean_predictor(trained_run, capsys):
     assert result["permutation_sensitivity"]["mean_abs_change"] >= 0
 
 
+def test_evaluate_by_a_column_gives_each_groups_metrics(trained_run, tmp_path, capsys):
+    out = tmp_path / "by.json"
+    code, printed, _ = run_cli(["evaluate", str(trained_run), "--by", "frequency", "--bins", "4", "--out", str(out),
+                                "--json", "--device", "cpu"], capsys)
+    assert code == 0
+    result = json.loads(printed)
+    groups = result["by"]["groups"]
+    assert [g["n"] for g in groups] == [10, 10, 10, 10]
+    assert all(g["low"] < g["high"] for g in groups)
+    assert all(a["high"] == b["low"] for a, b in zip(groups, groups[1:]))
+    # Squared errors add up over a partition: the groups hold the networks their predictions belong to.
+    total = sum(g["n"] * g["mse"] for g in groups) / result["metrics"]["n"]
+    assert total == pytest.approx(result["metrics"]["mse"], rel=1e-9)
+    assert json.loads(out.read_text())["by"] == result["by"]
+
+
+def test_evaluate_by_a_column_the_zoo_lacks_names_its_columns_and_writes_nothing(trained_run, tmp_path, capsys):
+    out = tmp_path / "by.json"
+    code, _, err = run_cli(["evaluate", str(trained_run), "--by", "learning_rate", "--out", str(out), "--device", "cpu"],
+                           capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "'learning_rate'" in err and "frequency" in err
+    assert not out.exists()
+
+
+def test_bench_breakdown_keeps_one_row_per_run_and_zoo_and_refuses_other_groupings(trained_run, shared_zoo, tmp_path,
+                                                                                    capsys):
+    from project_scripts import load_script
+
+    args = ["bench", "breakdown", str(trained_run), "--by", "frequency", "--bins", "4", "--name", "where",
+            "--results", str(tmp_path)]
+    assert run_cli(args, capsys)[0] == 0
+    assert run_cli([*args, "--zoo", str(shared_zoo.path)], capsys)[0] == 0  # the run's own zoo again: replaced
+    path = tmp_path / "where.json"
+    data = json.loads(path.read_text())
+    assert len(data["entries"]) == 1 and len(data["commands"]) == 2
+    entry = data["entries"][0]
+    assert entry["encoder_options_given"] == SMALL_SNE and entry["seed"] == 0
+    assert sum(g["n"] for g in entry["by"]["groups"]) == entry["metrics"]["n"]
+    before = path.read_bytes()
+    code, _, err = run_cli([*args[:-4], "--bins", "3", "--name", "where", "--results", str(tmp_path)], capsys)
+    assert code == 2 and "nothing written" in err and path.read_bytes() == before
+    results_page = load_script("scripts/make_results_md.py")
+    results_page.ROOT = tmp_path  # the page names result files relative to the repository
+    page = "\n".join(results_page.breakdown_section(path, data))
+    assert "test metrics by `frequency`" in page
+    assert page.count("| sne (") == 1 and page.count("(n=10)") == 4
+
+
+def test_metric_groups_partition_every_column_kind():
+    import numpy as np
+    import pandas as pd
+
+    from sne.train.evaluate import metric_groups
+
+    numbers = pd.Series(np.arange(20, dtype=float))
+    groups = metric_groups(numbers, bins=4)
+    assert [g["members"].sum() for g in groups] == [5, 5, 5, 5]
+    assert groups[-1]["group"].endswith("]") and groups[0]["group"].endswith(")")
+    few = metric_groups(pd.Series([3, 1, 3, 1, 2]), bins=4)
+    assert [(g["group"], int(g["members"].sum())) for g in few] == [("1", 2), ("2", 1), ("3", 2)]
+    names = metric_groups(pd.Series(["adam", None, "sgd", "adam"]), bins=4)
+    assert [(g["group"], int(g["members"].sum())) for g in names] == [("adam", 2), ("sgd", 1), ("missing", 1)]
+    ties = pd.Series([0.0] * 12 + list(np.arange(1.0, 9.0)))
+    tied = metric_groups(ties, bins=4)
+    assert (np.stack([g["members"] for g in tied]).sum(0) == 1).all()  # each network in exactly one group
+
+
 def test_resume_after_interruption_matches_uninterrupted_run(shared_zoo, tmp_path, monkeypatch):
     config = small_config(shared_zoo, epochs=3, encoder_options={**SMALL_SNE, "hidden": 8}, head_hidden=[16])
     fit(config, tmp_path / "whole", progress=False)

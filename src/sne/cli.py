@@ -335,15 +335,33 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     device: str = typer.Option("auto", "--device"),
     test_time_flips: Optional[int] = _TEST_TIME_FLIPS,
+    by: Optional[str] = typer.Option(None, "--by", help="Also give the metrics for each group of networks by this "
+                                     "column of the zoo's table, e.g. a hyper-parameter or the target: where the "
+                                     "error comes from."),
+    bins: int = typer.Option(5, "--bins", min=2, help="Quantile bins of a numeric --by column (a column of this "
+                             "many values or fewer is grouped by value)."),
 ) -> None:
     """Test-split metrics (MSE, normalised MSE, R^2, Kendall's tau) and a predicted-vs-true plot."""
     from sne.train.evaluate import evaluate_run
 
-    result = evaluate_run(run, zoo, split=split, device=device, out=out, test_time_flips=test_time_flips)
+    result = evaluate_run(run, zoo, split=split, device=device, out=out, test_time_flips=test_time_flips,
+                          by=by, bins=bins)
     if as_json:
         print(json.dumps(result, indent=2))
         return
     _print_evaluation(result)
+
+
+def _grouped_table(grouped: dict):
+    from rich.table import Table
+
+    shown = [k for k in ("kendall_tau", "normalized_mse", "mse", "accuracy") if k in grouped["groups"][0]]
+    table = Table(title=f"by {grouped['column']}")
+    for name in ("group", "n", *shown):
+        table.add_column(escape(name), justify="left" if name == "group" else "right")
+    for group in grouped["groups"]:
+        table.add_row(escape(group["group"]), str(group["n"]), *(f"{group[k]:.4g}" for k in shown))
+    return table
 
 
 def _print_evaluation(result: dict) -> None:
@@ -373,6 +391,8 @@ def _print_evaluation(result: dict) -> None:
         table.add_row("predictions averaged over flipped copies", f"1 + {result['test_time_flips']}")
     out = Console()
     out.print(table)
+    if result.get("by") and result["by"]["groups"]:
+        out.print(_grouped_table(result["by"]))
     if result["target"] == "frequency" and "normalized_mse" in metrics:
         paper = Table(title="INR frequency MSE: the SNE paper's table (likely standardised targets) vs this run")
         paper.add_column("encoder")
@@ -1009,6 +1029,27 @@ def bench_cross_arch(
               device, name, _training(augment=augment, sign_flips=sign_flips, test_time_flips=test_time_flips, lr=lr,
                                       schedule=schedule, warmup_epochs=warmup_epochs, ema_epochs=ema_epochs, batch_size=batch_size,
                                       bn_recalibration=bn_recalibration, max_train=max_train))
+
+
+@bench_app.command("breakdown")
+def bench_breakdown(
+    runs: List[Path] = typer.Argument(..., help="Run directories made by 'sne train' or 'sne bench'."),
+    by: str = typer.Option(..., "--by", help="Column of the zoos' tables to group the networks by, e.g. a "
+                           "hyper-parameter or the target."),
+    name: str = typer.Option(..., "--name", help="Write results/NAME.json (more runs are added to it)."),
+    zoo: List[str] = typer.Option([], "--zoo", help="Test zoos (comma-separated or repeated; default: each run's "
+                                  "own)."),
+    bins: int = typer.Option(5, "--bins", min=2, help="Quantile bins of a numeric column (a column of this many "
+                             "values or fewer is grouped by value)."),
+    results: Path = typer.Option(Path("results"), "--results"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Each run's test metrics on each zoo, group by group of a column: where its error comes from."""
+    from sne.bench.breakdown import grouped_evaluation
+
+    path = grouped_evaluation(name, [str(r) for r in runs], _zoo_list(zoo) if zoo else [], by, bins, device,
+                              _command_line(), results)
+    console.print(f"results written to {escape(str(path))}; regenerate docs with 'make results'")
 
 
 def main() -> None:

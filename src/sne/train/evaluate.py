@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
+from sne.errors import SneError
 from sne.io_utils import write_json_atomic
 from sne.plots import scatter_predictions
 from sne.train.metrics import classification_metrics, regression_metrics
@@ -20,6 +22,11 @@ from sne.weights.permute import (
 )
 from sne.zoo import Zoo
 
+
+#: Groups of a numeric column in :func:`grouped_metrics` unless asked otherwise.
+DEFAULT_BINS = 5
+#: The zoo's bookkeeping columns, which no breakdown is asked of.
+BOOKKEEPING_COLUMNS = ("id", "split", "architecture", "position")
 
 #: Random equivalent permutations per network in :func:`permutation_sensitivity` (the SNE paper's appendix E.3).
 SENSITIVITY_PERMUTATIONS = 5
@@ -65,6 +72,52 @@ def sign_flip_sensitivity(predictor, records, seed: int = 0, batch_size: int = 6
     return {**_sensitivity(predictor, records, random_sign_flips, seed, batch_size, flips), "flips": flips}
 
 
+def metric_groups(values: pd.Series, bins: int = DEFAULT_BINS) -> list[dict]:
+    """The networks of ``values`` (one per network) in groups: a numeric column with more than ``bins``
+    distinct values in ``bins`` quantile bins (each ``[low, high)``, the last closed), any other column
+    by value; networks without a value form a last group. Each group: ``group`` (its label), ``low``
+    and ``high`` (a bin's edges, else None) and ``members``, a boolean mask over the networks."""
+    missing = values.isna().to_numpy()
+    present = values[~missing]
+    groups = []
+    if pd.api.types.is_numeric_dtype(values) and present.nunique() > bins:
+        numbers = present.to_numpy(dtype=np.float64)
+        edges = np.quantile(numbers, np.linspace(0, 1, bins + 1))
+        which = np.full(len(values), -1)
+        which[~missing] = np.clip(np.searchsorted(edges[1:-1], numbers, side="right"), 0, bins - 1)
+        for b in range(bins):
+            if (which == b).any():
+                low, high = float(edges[b]), float(edges[b + 1])
+                closing = "]" if b == bins - 1 else ")"
+                groups.append({"group": f"[{low:.4g}, {high:.4g}{closing}", "low": low, "high": high,
+                               "members": which == b})
+    else:
+        for value in sorted(present.unique(), key=lambda v: (str(type(v)), v)):
+            value = value.item() if hasattr(value, "item") else value
+            groups.append({"group": str(value), "low": None, "high": None,
+                           "members": (values == value).to_numpy() & ~missing})
+    if missing.any():
+        groups.append({"group": "missing", "low": None, "high": None, "members": missing})
+    return groups
+
+
+def grouped_metrics(zoo: Zoo, ids: np.ndarray, column: str, predicted: np.ndarray, true: np.ndarray,
+                    metrics_of, bins: int = DEFAULT_BINS) -> dict:
+    """``metrics_of(predicted, true)`` for each group of networks ``ids`` by the zoo's metadata
+    ``column`` (:func:`metric_groups`): where an encoder's error comes from, e.g. which
+    hyper-parameters or which range of the target."""
+    if not isinstance(bins, int) or bins < 2:
+        raise SneError(f"--bins must be an integer of at least 2, got {bins!r}")
+    table = zoo.metadata.set_index("id")
+    usable = [c for c in table.columns if c not in BOOKKEEPING_COLUMNS]
+    if column not in usable:
+        raise SneError(f"{zoo.path}: no column {column!r} to group by (columns: {', '.join(usable) or 'none'})")
+    groups = metric_groups(table.loc[ids, column].reset_index(drop=True), bins)
+    return {"column": column, "bins": bins,
+            "groups": [{"group": g["group"], "low": g["low"], "high": g["high"],
+                        **metrics_of(predicted[g["members"]], true[g["members"]])} for g in groups]}
+
+
 def _training_record(run_dir: Path) -> dict:
     """The run's training time and best validation loss, from its history (None each without one)."""
     path = run_dir / "history.json"
@@ -84,24 +137,33 @@ def evaluate_run(
     plot: bool = True,
     test_time_flips: int | None = None,
     sensitivity: bool = True,
+    by: str | None = None,
+    bins: int = DEFAULT_BINS,
 ) -> dict:
     """Evaluate ``run_dir`` on ``split`` of its own zoo (or ``zoo_path``), with ``test_time_flips``
     sign-flipped copies per network (None: the run's setting); write JSON and a plot. Without
     ``sensitivity``, the permutation and sign-flip sensitivities (six more passes over the
-    networks each, most of the time an evaluation takes) are not measured: recorded as None."""
+    networks each, most of the time an evaluation takes) are not measured: recorded as None.
+    With ``by``, a metadata column of the zoo, the metrics are also given for each group of
+    networks by that column (``bins`` quantile bins of a numeric one: :func:`grouped_metrics`)."""
     run = load_run(run_dir, device=device, test_time_flips=test_time_flips)
     config = run.config
     zoo = Zoo.open(zoo_path or config.zoo)
     ids = zoo.split_ids(split)
+    target = run.target
+
+    def metrics_of(predicted: np.ndarray, true: np.ndarray) -> dict:
+        if target.kind == "class":
+            return classification_metrics(predicted, true)
+        return regression_metrics(predicted, true, train_mean=target.mean if target.kind == "regression" else None)
+
+    if by is not None:  # a wrong column fails before the networks are encoded
+        grouped_metrics(zoo, ids, by, np.zeros(len(ids)), np.zeros(len(ids)), lambda p, t: {}, bins)
     records = zoo.records(ids)
     check_zoo_architectures(zoo, config.encoder, records)
     true = zoo.target_values(config.target, ids)
     predicted = run.predictor.predict(records)
-    target = run.target
-    if target.kind == "class":
-        metrics = classification_metrics(predicted, true)
-    else:
-        metrics = regression_metrics(predicted, true, train_mean=target.mean if target.kind == "regression" else None)
+    metrics = metrics_of(predicted, true)
     result = {
         "run": str(run.path),
         "zoo": str(zoo.path),
@@ -127,6 +189,8 @@ def evaluate_run(
         **_training_record(run.path),
         "constant_val_loss": run.meta.get("constant_val_loss"),
         "metrics": metrics,
+        **({"by": grouped_metrics(zoo, ids, by, np.asarray(predicted), np.asarray(true), metrics_of, bins)}
+           if by is not None else {}),
         "permutation_sensitivity": permutation_sensitivity(run.predictor, records) if sensitivity else None,
         "sign_flip_sensitivity": sign_flip_sensitivity(run.predictor, records) if sensitivity else None,
         "hardware": hardware_description(run.predictor.device),
