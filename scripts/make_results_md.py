@@ -107,6 +107,23 @@ STUDY_NOTES = {
         "`sine-foreign` stay unseen recipes. The mixed zoo has three times the in-recipe zoo's training "
         "networks (1800 against 600), so a gain over `recipe_shift` mixes both causes.",
     ],
+    "recipe_shift_broad": [
+        "The fairest training zoo for the foreign networks that sne's recipe can make, and the largest: "
+        "`sine-broad` merges 2500 networks fitted the default way (lr 1e-3, 500 steps) and 2500 fitted loosely "
+        "(lr 2e-4, 1500 steps, as the foreign code does), all with random phases (`phase_max` 2 pi, as a sine on "
+        "[0, 2 pi) is) and initial scales after the first layer log-uniform from half SIREN's to 16 times it "
+        "(`hidden_gain_max`, which covers PyTorch's `nn.Linear` default, about 12). 3000 training networks, five "
+        "times `sine-phases-gains`' 600. Trained on weights alone (default SNE, batch 64).",
+    ],
+    "by_hidden_gain": [
+        "Where weights-only SNE loses the foreign networks. `hidden_gain` is a network's initial scale after "
+        "the first layer, in units of SIREN's (1: SIREN's initialisation; about 12: PyTorch's `nn.Linear` "
+        "default, where the foreign networks start). Past a scale of a few, a hidden sine neuron's input swings "
+        "over many periods and the network computes its sine through many harmonics that cancel, so what a "
+        "weight means depends on all the others (see 'What sine INRs compute'). Rows with `probe_points` also "
+        "read each neuron's values at 16 fixed inputs, a forward pass: SNE as the product defines it (weights "
+        "alone) does not.",
+    ],
     "recipe_shift_gains": [
         "The recipe-shift table's test zoos, for an encoder trained on one recipe whose networks start from "
         "initial scales of their own (issue 15's fair means: augmentation by the recipe, not by the weights): "
@@ -658,15 +675,17 @@ def breakdown_section(path: Path, data: dict) -> list[str]:
     for zoo in sorted({e["zoo"] for e in entries}):
         rows = sorted((e for e in entries if e["zoo"] == zoo), key=lambda e: (_encoder_label(e), e["seed"]))
         groups = [g["group"] for g in rows[0]["by"]["groups"]]
+        sizes = {g["group"]: g["n"] for g in rows[0]["by"]["groups"]}
         summary = rows[0]["zoo_summary"]
         lines += [f"Test split of `{zoo}` ({summary['splits']['test']} networks; `{summary['command']}`):", "",
-                  "| encoder | trained on | seed | epochs | all | " + " | ".join(f"`{data['by']}` {g}" for g in groups) + " |",
+                  "| encoder | trained on | seed | epochs | all | "
+                  + " | ".join(f"`{data['by']}` {g}, n={sizes[g]}" for g in groups) + " |",
                   "|---" * (5 + len(groups)) + "|"]
         for e in rows:
             cells = {g["group"]: g for g in e["by"]["groups"]}
             lines.append(f"| {_encoder_label(e)} | {e['train_zoo']} | {e['seed']} | {e['epochs']} | "
                          f"{_metric_cell(e['metrics'])} | "
-                         + " | ".join(f"{_metric_cell(cells[g])} (n={cells[g]['n']})" if g in cells else "" for g in groups)
+                         + " | ".join(_metric_cell(cells[g]) if g in cells else "" for g in groups)
                          + " |")
         lines.append("")
     hardware = {_hardware(e["hardware"]) for e in entries if e.get("hardware")}
@@ -1286,7 +1305,7 @@ def _scorecard_lines(columns: list[tuple[str, bool, bool, dict]], labels: dict[s
 #: Issue 15's last bar: networks fitted by code the team has not seen, ranked with tau >= 0.8. Studies whose
 #: test zoos hold them (imported with their module, so that probe features can run them), by training zoo.
 FOREIGN_ZOO, FOREIGN_BAR = "sine-foreign-arch", 0.8
-FOREIGN_STUDIES = ("recipe_shift_probes.json", "recipe_shift_phase_gains.json")
+FOREIGN_STUDIES = ("recipe_shift_probes.json", "recipe_shift_phase_gains.json", "recipe_shift_broad.json")
 
 
 def _foreign_lines() -> list[str]:
@@ -1326,7 +1345,16 @@ def _foreign_lines() -> list[str]:
             f"SNE for at least {FOREIGN_BAR}. Mean over seeds (± std), by training zoo; the best configurations "
             "are chosen among those with three seeds or more where there are any.", "",
             "| trained on | default SNE | best other SNE configuration | best other encoder |", "|---|---|---|---|",
-            *rows, ""]
+            *rows, "", *_breakdown_pointer()]
+
+
+def _breakdown_pointer() -> list[str]:
+    """Where the page shows how weights-only SNE's accuracy falls with the networks' initial scale."""
+    if not (ROOT / "results" / "by_hidden_gain.json").is_file():
+        return []
+    return ["How weights-only SNE's ranking falls with a network's initial scale after the first layer (the "
+            "foreign networks start at about 12 times SIREN's), beside SNE with probes on the same networks: "
+            "'Where the error comes from: `by_hidden_gain`'.", ""]
 
 
 def _over_seeds(values: list[float]) -> str:
