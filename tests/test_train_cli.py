@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -98,6 +100,90 @@ def test_bench_breakdown_keeps_one_row_per_run_and_zoo_and_refuses_other_groupin
     page = "\n".join(results_page.breakdown_section(path, data))
     assert "test metrics by `frequency`" in page
     assert page.count("| sne (") == 1 and page.count(", n=10 |") == 4
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--lr", "-1"], "--lr"), (["--lr", "nan"], "--lr"), (["--workers", "-1"], "--workers"),
+    (["--invariance-weight", "nan"], "--invariance-weight"), (["--epochs", "0"], "--epochs"),
+    (["-o", "part_window=1"], "part_window"),
+])
+def test_unusable_training_numbers_are_one_line_before_anything_is_written(args, named, shared_zoo, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_cli(["train", "--zoo", str(shared_zoo.path), "--target", "frequency", "--out", str(out),
+                            "--device", "cpu", *args], capsys)
+    assert code == 2 and named in err and "Traceback" not in err and "a bug" not in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_zoo_without_validation_networks_is_refused_before_anything_is_written(shared_zoo, tmp_path, capsys):
+    from sne.zoo import export_zoo
+    from sne.zoo.folder import import_folder
+
+    table = pd.read_csv(export_zoo(shared_zoo, tmp_path / "shared"))
+    table["split"] = ["test" if i % 5 == 0 else "train" for i in range(len(table))]
+    table.to_csv(tmp_path / "table.csv", index=False)
+    zoo = import_folder(tmp_path / "shared", tmp_path / "no-val", targets=tmp_path / "table.csv")
+    out = tmp_path / "run"
+    code, _, err = run_cli(["train", "--zoo", str(zoo.path), "--target", "frequency", "--out", str(out), "--device",
+                            "cpu"], capsys)
+    assert code == 2 and "0 val network(s)" in err and str(zoo.path) in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_run_given_its_zoo_by_a_relative_path_is_evaluated_and_resumed_from_anywhere(shared_zoo, tmp_path, capsys,
+                                                                                         monkeypatch):
+    run = tmp_path / "run"
+    train = ["train", "--target", "frequency", "--out", str(run), "--epochs", "1", "--device", "cpu", "-o", "hidden=16",
+             "-o", "chunk_hidden=16", "--batch-size", "16"]
+    monkeypatch.chdir(shared_zoo.path.parent)
+    assert run_cli([*train, "--zoo", shared_zoo.path.name], capsys)[0] == 0
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli(["evaluate", str(run), "--json", "--device", "cpu"], capsys)
+    assert code == 0 and json.loads(out)["metrics"]["n"] == len(shared_zoo.split_ids("test"))
+    monkeypatch.chdir(shared_zoo.path.parent.parent)
+    code, _, err = run_cli([*train, "--zoo", f"{shared_zoo.path.parent.name}/{shared_zoo.path.name}"], capsys)
+    assert code == 0, err  # the same zoo spelled from elsewhere resumes (the run is complete: nothing to do)
+    shutil.copytree(shared_zoo.path, tmp_path / "copy")
+    code, _, err = run_cli([*train, "--zoo", str(tmp_path / "copy")], capsys)
+    assert code == 2 and "different configuration" in err
+
+
+def test_weights_too_large_for_float32_are_one_line_and_never_a_nan_prediction(trained_run, shared_zoo, tmp_path,
+                                                                                capsys):
+    from sne.weights.io import save_record_file
+
+    record = shared_zoo.records([0])[0]
+    huge = record.with_layers(layer.with_tensors(**{k: v * 1e37 for k, v in layer.tensors.items()})
+                              for layer in record.layers)
+    save_record_file(huge, tmp_path / "huge.safetensors")
+    save_record_file(record, tmp_path / "fine.safetensors")
+    code, out, err = run_cli(["predict", str(trained_run), str(tmp_path / "fine.safetensors"),
+                              str(tmp_path / "huge.safetensors"), "--json", "--device", "cpu"], capsys)
+    assert code == 2
+    fine, bad = json.loads(out, parse_constant=lambda token: pytest.fail(f"{token} in JSON"))
+    largest = max(float(t.abs().max()) for layer in huge.layers for t in layer.tensors.values())
+    assert isinstance(fine["prediction"], float) and "not finite" in bad["error"] and f"{largest:.3g}" in bad["error"]
+    assert "huge.safetensors" in err and "fine.safetensors" not in err.splitlines()[0]
+
+
+def test_file_names_are_printed_as_they_are(trained_run, tmp_path, capsys):
+    odd = tmp_path / "bad:fire:[bold]x.pt"
+    odd.write_bytes(b"")
+    code, _, err = run_cli(["predict", str(trained_run), str(odd), "--device", "cpu"], capsys)
+    assert code == 2 and str(odd) in err
+
+
+def test_strict_json_has_no_nan():
+    from sne.io_utils import json_text
+
+    assert json.loads(json_text({"tau": float("nan"), "rows": [1.5, float("inf"), (float("-inf"),)]})) == \
+        {"tau": None, "rows": [1.5, None, [None]]}
+
+
+def test_an_empty_list_of_seeds_is_refused_before_anything_is_written(shared_zoo, tmp_path, capsys):
+    code, _, err = run_cli(["bench", "inr", "--zoo", str(shared_zoo.path), "--seeds", "", "--results", str(tmp_path),
+                            "--runs", str(tmp_path / "runs"), "--device", "cpu"], capsys)
+    assert code == 2 and "--seeds is empty" in err and not list(tmp_path.iterdir())
 
 
 def test_metric_groups_partition_every_column_kind():

@@ -150,6 +150,18 @@ def test_target_kind_overrides_the_inferred_kind(folder):
     assert zoo.targets["accuracy"]["kind"] == "regression"
 
 
+def test_a_column_of_numbers_and_words_is_read_as_classes_only_when_asked(folder):
+    from sne.errors import SneError
+    from sne.zoo.folder import import_folder
+
+    root, _ = folder
+    edit_table(root, lambda t: t.assign(loss=[*t["loss"][:3], "high", *t["loss"][4:]]))
+    with pytest.raises(SneError, match="row 4 has 'high' in target 'loss', not a number, while 10 of its 11"):
+        import_folder(root / "nets", root / "zoo", targets=root / "table.csv")
+    zoo = import_folder(root / "nets", root / "zoo", targets=root / "table.csv", target_kinds={"loss": "class"})
+    assert zoo.targets["loss"]["num_classes"] == N_MLP + N_CNN and "high" in zoo.targets["loss"]["classes"]
+
+
 class _Payload:
     """Unpickling this would create a marker file (it must never happen)."""
 
@@ -189,6 +201,8 @@ BAD = {
     "non-finite weights": ("nets/mlp_2.pt", nan_weights),
     "missing target value": ("table.csv", lambda r: edit_table(r, lambda t: t.assign(loss=[None, *t["loss"][1:]]))),
     "bad split": ("table.csv", lambda r: edit_table(r, lambda t: t.assign(split=["holdout", *t["split"][1:]]))),
+    "a word among numbers": ("table.csv", lambda r: edit_table(r, lambda t: t.assign(loss=[*t["loss"][:3], "high",
+                                                                                           *t["loss"][4:]]))),
 }
 
 

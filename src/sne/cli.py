@@ -16,12 +16,13 @@ from rich.markup import escape
 
 from sne.allocator import keep_large_blocks_in_heap
 from sne.errors import SneError, one_line
+from sne.io_utils import json_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learn properties of neural networks from their weights.")
 zoo_app = typer.Typer(no_args_is_help=True, help="Build and inspect model zoos.")
 app.add_typer(zoo_app, name="zoo")
 # soft_wrap: a path in a message stays on one line in a log (a wrapped path cannot be copied).
-console = Console(stderr=True, soft_wrap=True)
+console = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
 def _command_line() -> str:
@@ -199,7 +200,7 @@ def zoo_info(
     opened = Zoo.open(zoo)
     summary = zoo_summary(opened)
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print(json_text(summary, indent=2))
     else:
         print_summary(summary)
     if plot is not None:
@@ -347,7 +348,7 @@ def evaluate(
     result = evaluate_run(run, zoo, split=split, device=device, out=out, test_time_flips=test_time_flips,
                           by=by, bins=bins)
     if as_json:
-        print(json.dumps(result, indent=2))
+        print(json_text(result, indent=2))
         return
     _print_evaluation(result)
 
@@ -389,7 +390,7 @@ def _print_evaluation(result: dict) -> None:
                       f"{flips['mean_abs_change']:.4g}")
     if result.get("test_time_flips"):
         table.add_row("predictions averaged over flipped copies", f"1 + {result['test_time_flips']}")
-    out = Console()
+    out = Console(emoji=False)
     out.print(table)
     if result.get("by") and result["by"]["groups"]:
         out.print(_grouped_table(result["by"]))
@@ -505,7 +506,26 @@ def _in_batches(good: list, batch_size: int, compute, failures: list) -> Iterato
             else:
                 _fail(failures, chunk[0][0], str(error))
             continue
-        yield from zip((path for path, _ in chunk), rows)
+        for (path, record), row in zip(chunk, rows):
+            if _finite(row):
+                yield path, row
+            else:
+                _fail(failures, path, f"its encoding is not finite (NaN or inf): weights as large as "
+                                      f"{_largest_magnitude(record):.3g} overflow the encoder's float32 arithmetic")
+
+
+def _finite(row) -> bool:
+    """Whether every value of one network's output (a tensor or an array) is finite."""
+    if hasattr(row, "isfinite"):
+        return bool(row.isfinite().all())
+    import numpy as np
+
+    return bool(np.isfinite(np.asarray(row, dtype=np.float64)).all())
+
+
+def _largest_magnitude(record) -> float:
+    return max((float(t.detach().abs().max()) for layer in record.layers for t in layer.tensors.values()
+                if t.is_floating_point() and t.numel()), default=0.0)
 
 
 def _finish(files: List[Path], failures: list, done: str) -> None:
@@ -530,7 +550,7 @@ def _class_names(trained) -> list[str] | None:
     from sne.zoo import Zoo
 
     try:
-        classes = Zoo.open(trained.config.zoo).targets[trained.target.name].get("classes")
+        classes = Zoo.open(trained.zoo_path).targets[trained.target.name].get("classes")
     except Exception:  # noqa: BLE001 - the zoo is gone or changed: classes are shown as numbers
         return None
     if isinstance(classes, list) and len(classes) == trained.target.num_classes:
@@ -588,7 +608,7 @@ def predict(
             print(line, flush=True)
     if as_json:
         errors = dict(failures)
-        print(json.dumps([results[path] if path in results else {"file": str(path), "error": errors[path]}
+        print(json_text([results[path] if path in results else {"file": str(path), "error": errors[path]}
                           for path in files], indent=2))
     _finish(files, failures, f"predictions for the other {len(results)} printed")
 
@@ -701,7 +721,7 @@ def encoders(
 
     described = encoder_descriptions()
     if as_json:
-        print(json.dumps(described, indent=2))
+        print(json_text(described, indent=2))
         return
     for entry in described:
         print(f"{entry['name']}: reads {entry['reads']}. {entry['summary']}")
@@ -718,18 +738,22 @@ app.add_typer(bench_app, name="bench")
 _ENCODER_OPTION_HELP = "Encoder option key=value, or NAME.key=value for encoder NAME only (repeatable)."
 
 
-def _csv(value: str, kind=str) -> list:
+def _csv(value: str, kind=str, required: str | None = None) -> list:
+    """``value``'s comma-separated items as ``kind``; with ``required`` (the option's name), at least one."""
     try:
-        return [kind(v) for v in value.split(",") if v.strip()]
+        items = [kind(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise SneError(f"cannot read '{value}' as a comma-separated list of {kind.__name__}") from None
+    if required and not items:
+        raise SneError(f"{required} is empty: give at least one value")
+    return items
 
 
 def _encoder_list(value: str) -> list[str]:
     """Comma-separated encoder names, or ``all`` registered encoders; unknown names fail before any work."""
     from sne.encoders import encoder_names, get_encoder_class
 
-    names = encoder_names() if value.strip() == "all" else _csv(value)
+    names = encoder_names() if value.strip() == "all" else _csv(value, required="--encoders")
     for name in names:
         get_encoder_class(name)
     return names
@@ -778,7 +802,7 @@ def _bench_runs(encoders: list[str], seeds: str, epochs: int, runs: Path, result
     from sne.bench.runs import BenchRuns
 
     return BenchRuns(
-        encoders=encoders, seeds=_csv(seeds, int), epochs=epochs, runs_dir=runs, results_dir=results, device=device,
+        encoders=encoders, seeds=_csv(seeds, int, "--seeds"), epochs=epochs, runs_dir=runs, results_dir=results, device=device,
         encoder_options=parse_options(option), train_options=training, command=_command_line(),
     )
 
@@ -788,7 +812,8 @@ def _one_zoo(benchmark: str, zoo: Path, encoders: str, invariance_weights: str, 
     from sne.bench.inr import run_inr_benchmark
 
     bench_runs = _bench_runs(_encoder_list(encoders), seeds, epochs, runs, results, option, device, training)
-    path = run_inr_benchmark(zoo, bench_runs, _csv(invariance_weights, float), benchmark=benchmark)
+    path = run_inr_benchmark(zoo, bench_runs, _csv(invariance_weights, float, "--invariance-weights"),
+                             benchmark=benchmark)
     console.print(f"results written to [bold]{escape(str(path))}[/bold]; regenerate docs with 'make results'")
 
 

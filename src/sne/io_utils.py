@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -105,9 +106,26 @@ def _reason(error: OSError) -> str:
     return error.strerror or one_line(error)
 
 
+def finite_or_null(obj):
+    """``obj`` with every NaN or infinite float made None: JSON has no NaN, and strict parsers (jq,
+    JavaScript, Go) refuse the ``NaN`` Python writes by default."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
+
+
+def json_text(obj, **options) -> str:
+    """Strict JSON of ``obj`` (non-finite numbers as null: :func:`finite_or_null`)."""
+    return json.dumps(finite_or_null(obj), allow_nan=False, **options)
+
+
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json_text(obj, indent=2, sort_keys=False) + "\n")
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes | memoryview) -> None:

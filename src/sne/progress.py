@@ -22,7 +22,7 @@ class Progress(rich_progress.Progress):
         self._plain = not kwargs.get("disable", False) and not self.console.is_terminal
         self._interval = interval
         self._written: dict[rich_progress.TaskID, float] = {}
-        self._log = Console(stderr=True, highlight=False, soft_wrap=True) if self._plain else None
+        self._log = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False) if self._plain else None
 
     def update(self, task_id: rich_progress.TaskID, **kwargs) -> None:
         super().update(task_id, **kwargs)

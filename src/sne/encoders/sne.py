@@ -1132,6 +1132,8 @@ def _validate(options: dict[str, Any]) -> None:
     for name in ("chunk_micro_batch", "part_window", "chunk_hidden"):
         if options[name] is not None:
             positive_int(name)
+    if options["part_window"] == 1:  # windows of one chunk never make a part's set smaller: no level above
+        raise SneError("SNE option part_window must be at least 2 (chunks pooled per window), or null for one set per part")
     if options["level_origin"] not in LEVEL_ORIGINS:
         raise SneError(f"SNE option level_origin must be one of {', '.join(LEVEL_ORIGINS)}, got {options['level_origin']!r}")
     if options["chunk_hidden"] is not None and options["chunk_hidden"] % chunk_heads_for(options):

@@ -148,7 +148,7 @@ def evaluate_run(
     networks by that column (``bins`` quantile bins of a numeric one: :func:`grouped_metrics`)."""
     run = load_run(run_dir, device=device, test_time_flips=test_time_flips)
     config = run.config
-    zoo = Zoo.open(zoo_path or config.zoo)
+    zoo = Zoo.open(zoo_path or run.zoo_path)
     ids = zoo.split_ids(split)
     target = run.target
 

@@ -284,11 +284,16 @@ def load_checkpoint(path: Path) -> dict:
         raise SneError(f"{path}: cannot read checkpoint ({type(error).__name__}: {one_line(error)})") from None
 
 
-def _check_resume(run_dir: Path, config: TrainConfig) -> None:
+def _check_resume(run_dir: Path, config: TrainConfig, trained_zoo: str | None = None) -> None:
+    """Refuse to resume ``run_dir`` with another configuration; the zoo may be spelled otherwise (a
+    relative path from another directory) where it resolves to ``trained_zoo``, where training found it."""
     saved = json.loads((run_dir / "config.json").read_text())
     mine = json.loads(json.dumps(asdict(config)))
     # A field newer than the run's config.json has its default there.
     defaults = json.loads(json.dumps(asdict(TrainConfig(zoo=config.zoo, target=config.target))))
+    here = Path(config.zoo).resolve()
+    if here in {Path(saved.get("zoo", "")).resolve(), Path(trained_zoo) if trained_zoo else None}:
+        mine["zoo"] = saved.get("zoo")
     changed = [k for k in mine if k not in _RESUMABLE_FIELDS | {"command"} and saved.get(k, defaults[k]) != mine[k]]
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {mine[k]!r}" for k in changed)
@@ -348,7 +353,7 @@ def report_sign_flips(choice: dict | None, progress: bool) -> None:
 def _say(line: str, progress: bool) -> None:
     """``line`` on stderr, as it is, where ``progress`` is on, from the process that speaks for all."""
     if progress and distributed.is_main():
-        Console(stderr=True, highlight=False, soft_wrap=True).print(line, markup=False)
+        Console(stderr=True, highlight=False, soft_wrap=True, emoji=False).print(line, markup=False)
 
 
 def sign_flip_note(choice: dict) -> str:
@@ -374,12 +379,25 @@ def check_max_train(max_train: int | None) -> None:
 def check_train_config(config: TrainConfig) -> None:
     """:class:`SneError` for settings no training can run with."""
     check_max_train(config.max_train)
-    if config.invariance_weight < 0:
-        raise SneError(f"invariance weight must be >= 0, got {config.invariance_weight}")
+
+    def number(value: Any, name: str, positive: bool = False) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value < 0 or (positive and value == 0):
+            raise SneError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+
+    number(config.lr, "--lr", positive=True)
+    number(config.invariance_weight, "--invariance-weight")
+    number(config.weight_decay, "weight decay")
+    number(config.gamma, "the multistep schedule's gamma", positive=True)
+    if config.grad_clip is not None:
+        number(config.grad_clip, "gradient clipping", positive=True)
+    if isinstance(config.num_workers, bool) or not isinstance(config.num_workers, int) or config.num_workers < 0:
+        raise SneError(f"--workers must be a non-negative integer (0: load in the main process), got {config.num_workers!r}")
     if config.invariance_on not in INVARIANCE_TARGETS:
         raise SneError(f"unknown --invariance-on '{config.invariance_on}' (use {' or '.join(INVARIANCE_TARGETS)})")
-    if config.epochs < 1 or config.batch_size < 1:
-        raise SneError("epochs and batch size must be at least 1")
+    for value, name in ((config.epochs, "--epochs"), (config.batch_size, "--batch-size")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SneError(f"{name} must be an integer of at least 1, got {value!r}")
     if config.schedule not in SCHEDULES:
         raise SneError(f"unknown schedule '{config.schedule}' (use {' or '.join(SCHEDULES)})")
     if isinstance(config.ema_epochs, bool) or not isinstance(config.ema_epochs, (int, float)) \
@@ -420,6 +438,11 @@ def fit(config: TrainConfig, out_dir: str | Path, progress: bool = True, log_dir
     if config.max_train is not None:
         train_ids = train_ids[: config.max_train]
     val_ids = zoo.split_ids("val")
+    # Targets are standardised over the training networks; the epoch kept is the one of best validation loss.
+    for split, ids, least in (("train", train_ids, 2), ("val", val_ids, 1)):
+        if len(ids) < least:
+            raise SneError(f"{zoo.path} has {len(ids)} {split} network(s); training needs at least {least}: give "
+                           "the zoo's networks other splits (e.g. a 'split' column on import)")
     train_values = torch.as_tensor(zoo.target_values(config.target, train_ids), dtype=torch.float32)
     val_values = torch.as_tensor(zoo.target_values(config.target, val_ids), dtype=torch.float32)
     target = resolve_target(config.target, zoo.targets, train_values)
@@ -538,7 +561,8 @@ def check_permutable(zoo: Zoo, records: Sequence[NetworkRecord]) -> None:
 def zoo_manifest_summary(zoo: Zoo) -> dict:
     """What a checkpoint says about the zoo it was trained on, its architectures' structures included
     (``sne predict --arch run`` reads bare state_dicts as them)."""
-    return {k: zoo.manifest.get(k) for k in ("recipe", "options", "n", "seed", "command", "architectures")}
+    return {**{k: zoo.manifest.get(k) for k in ("recipe", "options", "n", "seed", "command", "architectures")},
+            "path": str(Path(zoo.path).resolve())}
 
 
 class _RunLock:
@@ -615,9 +639,9 @@ def train_epochs(
         if main and run_dir.is_dir():
             lock.hold()  # before reading a checkpoint another process may be writing
         if (run_dir / "config.json").exists():
-            _check_resume(run_dir, config)
-            if last_path.exists():
-                checkpoint = load_checkpoint(last_path)
+            checkpoint = load_checkpoint(last_path) if last_path.exists() else None
+            _check_resume(run_dir, config, ((checkpoint or {}).get("zoo_manifest") or {}).get("path"))
+            if checkpoint is not None:
                 _check_resumed_encoder(run_dir, checkpoint.get("encoder"), meta.get("encoder"))
                 model.load_state_dict(checkpoint.get("training_model", checkpoint["model"]))
                 optimizer.load_state_dict(checkpoint["optimizer"])
@@ -877,6 +901,14 @@ class TrainedRun:
     @property
     def config(self) -> TrainConfig:
         return TrainConfig(**self.meta["config"])
+
+    @property
+    def zoo_path(self) -> str:
+        """The training zoo: its path as given to training where that finds it from here (a relative
+        path given elsewhere may not), else where training found it (:func:`zoo_manifest_summary`)."""
+        given = self.config.zoo
+        found = (self.meta.get("zoo_manifest") or {}).get("path")
+        return found if not Path(given).is_dir() and found and Path(found).is_dir() else given
 
     @property
     def training_architectures(self) -> TrainedArchitectures | None:

@@ -526,7 +526,7 @@ def generate_zoo(
         total = sum(len(_shard_ids(i, rows, rows_per_shard)) for i in shards) // per
         done = total - sum(len(_shard_ids(i, rows, rows_per_shard)) for i in todo) // per
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TimeRemainingColumn(), console=Console(stderr=True), disable=not progress) as bar:
+                      TimeRemainingColumn(), console=Console(stderr=True, emoji=False), disable=not progress) as bar:
             reporter = _RichFitProgress(bar, bar.add_task(f"{maker.name} zoo", total=total, completed=done))
             for index in todo:
                 ids = _shard_ids(index, rows, rows_per_shard)

@@ -100,8 +100,9 @@ def infer_targets(table: pd.DataFrame, columns: Sequence[str], where: str,
 
     A column's kind is ``specs[name]`` (a manifest entry, classes included) if given, else
     ``kinds[name]``, else inferred: numbers all in [0, 1] are ``unit_interval``, other numbers
-    ``regression``, anything else ``class`` with the sorted distinct values as class names. Every
-    value must be present (and finite for numbers): :class:`SneError` names ``where``, the column and row.
+    ``regression``, anything else ``class`` with the sorted distinct values as class names; a column
+    of numbers and other values is refused unless its kind is given. Every value must be present
+    (and finite for numbers): :class:`SneError` names ``where``, the column and row.
     """
     kinds, specs = dict(kinds or {}), dict(specs or {})
     unknown = sorted(set(kinds) - set(columns))
@@ -118,6 +119,13 @@ def infer_targets(table: pd.DataFrame, columns: Sequence[str], where: str,
         numbers = pd.to_numeric(values, errors="coerce") if values.dtype != bool else values.astype(float)
         numeric = not numbers.isna().any()
         spec = dict(specs[name]) if name in specs else None
+        parsed = numbers.notna().to_numpy()
+        if spec is None and name not in kinds and parsed.any() and not parsed.all():
+            # A typo in a column of numbers would otherwise make every distinct number a class of its own.
+            row = int(np.flatnonzero(~parsed)[0])
+            raise SneError(f"{where}: row {row + 1} has '{values.iloc[row]}' in target '{name}', not a number, while "
+                           f"{int(parsed.sum())} of its {len(values)} values are numbers: correct the cell, or read "
+                           f"the column as class names with --target-kind {name}=class")
         kind = spec["kind"] if spec else kinds.get(name) or (
             ("unit_interval" if numbers.between(0, 1).all() else "regression") if numeric else "class")
         if kind not in TARGET_KINDS:

@@ -77,7 +77,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    out = Console()
+    out = Console(emoji=False)
     splits = ", ".join(f"{split} {count}" for split, count in summary["splits"].items())
     out.print(
         f"[bold]{summary['path']}[/bold]: {summary['recipe']} zoo of {summary['n']} networks"
