@@ -113,7 +113,9 @@ STUDY_NOTES = {
         "(lr 2e-4, 1500 steps, as the foreign code does), all with random phases (`phase_max` 2 pi, as a sine on "
         "[0, 2 pi) is) and initial scales after the first layer log-uniform from half SIREN's to 16 times it "
         "(`hidden_gain_max`, which covers PyTorch's `nn.Linear` default, about 12). 3000 training networks, five "
-        "times `sine-phases-gains`' 600. Trained on weights alone (default SNE, batch 64).",
+        "times `sine-phases-gains`' 600. Its parts: `sne zoo generate sine-inr --n 2500 --seed 51 -o "
+        "phase_max=6.283185307179586 -o hidden_gain=0.5 -o hidden_gain_max=16 --device cpu --out zoos/sine-mixed-fit` "
+        "and the same with `--seed 52 --lr 2e-4 --steps 1500 --out zoos/sine-mixed-underfit`. Read from weights alone.",
     ],
     "by_hidden_gain": [
         "Where weights-only SNE loses the foreign networks. `hidden_gain` is a network's initial scale after "
