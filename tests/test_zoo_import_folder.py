@@ -201,6 +201,8 @@ BAD = {
     "non-finite weights": ("nets/mlp_2.pt", nan_weights),
     "missing target value": ("table.csv", lambda r: edit_table(r, lambda t: t.assign(loss=[None, *t["loss"][1:]]))),
     "bad split": ("table.csv", lambda r: edit_table(r, lambda t: t.assign(split=["holdout", *t["split"][1:]]))),
+    "a column named twice": ("table.csv", lambda r: (r / "table.csv").write_text(
+        (r / "table.csv").read_text().replace("optimizer", "loss", 1))),
     "a word among numbers": ("table.csv", lambda r: edit_table(r, lambda t: t.assign(loss=[*t["loss"][:3], "high",
                                                                                            *t["loss"][4:]]))),
 }

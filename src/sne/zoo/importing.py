@@ -79,9 +79,16 @@ def read_table(path: Path, **read_csv: Any) -> pd.DataFrame:
     if not path.is_file():
         raise SneError(f"{path}: no such file")
     try:
-        return pd.read_csv(path, **read_csv)
+        table = pd.read_csv(path, **read_csv)
+        names = None if read_csv.get("header", "infer") is None else \
+            pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0].tolist()
     except Exception as error:  # pandas raises several types for unreadable CSV
         raise SneError(f"{path}: not a readable CSV table ({one_line(error)})") from None
+    # pandas renames a repeated column 'x' to 'x.1': one of the two would be read as another column.
+    repeated = sorted({n for n in names or () if names.count(n) > 1})
+    if repeated:
+        raise SneError(f"{path}: column {repeated[0]!r} is named twice in the header")
+    return table
 
 
 def check_split_names(values: Sequence[Any], where: str) -> list[str]:
