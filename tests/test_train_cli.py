@@ -186,6 +186,27 @@ def test_an_empty_list_of_seeds_is_refused_before_anything_is_written(shared_zoo
     assert code == 2 and "--seeds is empty" in err and not list(tmp_path.iterdir())
 
 
+def test_a_network_of_an_architecture_the_run_never_saw_gets_one_note(trained_run, shared_zoo, tmp_path, capsys):
+    from sne.weights.io import save_record_file
+
+    save_record_file(shared_zoo.records([0])[0], tmp_path / "seen.safetensors")
+    (tmp_path / "narrow.py").write_text(
+        "import torch\nfrom torch import nn\nfrom sne.zoo.siren import Sine\n\n\n"
+        "def build():\n    return nn.Sequential(nn.Linear(1, 8), Sine(), nn.Linear(8, 1)), torch.zeros(1, 1)\n")
+    torch.manual_seed(0)
+    from sne.zoo.siren import Sine
+    torch.save(torch.nn.Sequential(torch.nn.Linear(1, 8), Sine(), torch.nn.Linear(8, 1)).state_dict(),
+               tmp_path / "narrow.pt")
+    code, out, err = run_cli(["predict", str(trained_run), str(tmp_path / "seen.safetensors"), "--device", "cpu"],
+                             capsys)
+    assert code == 0 and "note:" not in err
+    code, out, err = run_cli(["predict", str(trained_run), str(tmp_path / "narrow.pt"), "--arch",
+                              f"{tmp_path / 'narrow.py'}:build", "--device", "cpu"], capsys)
+    assert code == 0 and len(out.strip().splitlines()) == 1
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "narrow.pt" in notes[0] and "none of the 1 the run was trained on" in notes[0]
+
+
 def test_metric_groups_partition_every_column_kind():
     import numpy as np
     import pandas as pd

@@ -435,6 +435,10 @@ def _network_reader(arch: str | None, encoder, caveats: list | None = None, trai
             caveat = encoder.caveat(record)
             if caveat is not None and caveats is not None:
                 caveats.append((path, caveat))
+            if trained is not None and caveats is not None and not trained.include(record):
+                caveats.append((path, f"its architecture is none of the {len(trained.structures)} the run was trained "
+                                      "on: a prediction across architectures, which the tables of docs/RESULTS.md "
+                                      "measure (cross-architecture), not one the run has seen"))
             return record
         except SneError as error:
             raise SneError(_naming(path, one_line(error))) from None

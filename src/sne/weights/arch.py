@@ -101,6 +101,12 @@ class TrainedArchitectures:
         self.keys = [{(f"{layer['name']}.{t['name']}" if layer["name"] else t["name"]): None
                       for layer in structure["layers"] for t in layer["tensors"]} for structure in structures]
 
+    def include(self, record: NetworkRecord) -> bool:
+        """Whether ``record`` has the keys and shapes of one of the training architectures."""
+        mine = {(key, tuple(t.shape)) for key, t in record.to_state_dict().items()}
+        return any(mine == {(f"{layer['name']}.{t['name']}" if layer["name"] else t["name"], tuple(t["shape"]))
+                            for layer in structure["layers"] for t in layer["tensors"]} for structure in self.structures)
+
     def record(self, state: Mapping[str, torch.Tensor], source: str) -> NetworkRecord:
         """The record of ``state`` as the first training architecture it fits; :class:`SneError`
         naming ``source``, where none does, and why the last one with its keys did not."""
