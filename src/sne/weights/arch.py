@@ -102,10 +102,12 @@ class TrainedArchitectures:
                       for layer in structure["layers"] for t in layer["tensors"]} for structure in structures]
 
     def include(self, record: NetworkRecord) -> bool:
-        """Whether ``record`` has the keys and shapes of one of the training architectures."""
-        mine = {(key, tuple(t.shape)) for key, t in record.to_state_dict().items()}
-        return any(mine == {(f"{layer['name']}.{t['name']}" if layer["name"] else t["name"], tuple(t["shape"]))
-                            for layer in structure["layers"] for t in layer["tensors"]} for structure in self.structures)
+        """Whether ``record`` has the layers of one of the training architectures: kinds, levels and
+        tensor shapes, whatever its modules are named (``seq.0`` or ``0``)."""
+        mine = tuple((layer.kind, layer.level, tuple((n, tuple(layer.module_layout(n, t).shape))
+                                                     for n, t in layer.tensors.items())) for layer in record.layers)
+        return any(mine == tuple((e["kind"], e["level"], tuple((t["name"], tuple(t["shape"])) for t in e["tensors"]))
+                                 for e in structure["layers"]) for structure in self.structures)
 
     def record(self, state: Mapping[str, torch.Tensor], source: str) -> NetworkRecord:
         """The record of ``state`` as the first training architecture it fits; :class:`SneError`
