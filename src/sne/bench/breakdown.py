@@ -34,7 +34,7 @@ def grouped_evaluation(name: str, runs: Sequence[str | Path], zoos: Sequence[str
     with tempfile.TemporaryDirectory() as scratch:
         for i, run_dir in enumerate(runs):
             run = load_run(run_dir, device=device)
-            config = run.config
+            config, train_zoo = run.config, zoo_label(Zoo.open(run.zoo_path))
             for zoo_path in zoos or [run.zoo_path]:
                 zoo = Zoo.open(zoo_path)
                 result = evaluate_run(run_dir, zoo.path, device=device, out=Path(scratch) / f"{i}.json", plot=False,
@@ -42,7 +42,7 @@ def grouped_evaluation(name: str, runs: Sequence[str | Path], zoos: Sequence[str
                 entries.append({**{k: v for k, v in result.items() if k not in ("path", "zoo_options", "zoo_recipe")},
                                 "encoder_options_given": config.encoder_options or {},
                                 "seed": config.seed, "zoo": zoo_label(zoo), "zoo_summary": zoo_summary(zoo),
-                                "train_zoo": zoo_label(Zoo.open(run.zoo_path))})
+                                "train_zoo": train_zoo})
     result = {"benchmark": BENCHMARK, "name": name, "by": by, "bins": bins, "command": command, "entries": entries}
     return write_merged(path, result, data_key=lambda r: (r.get("by"), r.get("bins")),
                         entry_key=lambda e: (e["run"], e["zoo"]))

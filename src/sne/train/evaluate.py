@@ -101,21 +101,25 @@ def metric_groups(values: pd.Series, bins: int = DEFAULT_BINS) -> list[dict]:
     return groups
 
 
+def check_grouping(zoo: Zoo, column: str, bins: int) -> None:
+    """:class:`SneError` unless the zoo's table has ``column`` to group by and ``bins`` is at least 2."""
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
+        raise SneError(f"--bins must be an integer of at least 2, got {bins!r}")
+    usable = [c for c in zoo.metadata.columns if c not in BOOKKEEPING_COLUMNS]
+    if column not in usable:
+        raise SneError(f"{zoo.path}: no column {column!r} to group by (columns: {', '.join(usable) or 'none'})")
+
+
 def grouped_metrics(zoo: Zoo, ids: np.ndarray, column: str, predicted: np.ndarray, true: np.ndarray,
                     metrics_of, bins: int = DEFAULT_BINS) -> dict:
     """``metrics_of(predicted, true)`` for each group of networks ``ids`` by the zoo's metadata
     ``column`` (:func:`metric_groups`): where an encoder's error comes from, e.g. which
     hyper-parameters or which range of the target."""
-    if not isinstance(bins, int) or bins < 2:
-        raise SneError(f"--bins must be an integer of at least 2, got {bins!r}")
-    table = zoo.metadata.set_index("id")
-    usable = [c for c in table.columns if c not in BOOKKEEPING_COLUMNS]
-    if column not in usable:
-        raise SneError(f"{zoo.path}: no column {column!r} to group by (columns: {', '.join(usable) or 'none'})")
-    groups = metric_groups(table.loc[ids, column].reset_index(drop=True), bins)
+    check_grouping(zoo, column, bins)
+    values = zoo.metadata.set_index("id").loc[ids, column].reset_index(drop=True)
     return {"column": column, "bins": bins,
             "groups": [{"group": g["group"], "low": g["low"], "high": g["high"],
-                        **metrics_of(predicted[g["members"]], true[g["members"]])} for g in groups]}
+                        **metrics_of(predicted[g["members"]], true[g["members"]])} for g in metric_groups(values, bins)]}
 
 
 def _training_record(run_dir: Path) -> dict:
@@ -158,7 +162,7 @@ def evaluate_run(
         return regression_metrics(predicted, true, train_mean=target.mean if target.kind == "regression" else None)
 
     if by is not None:  # a wrong column fails before the networks are encoded
-        grouped_metrics(zoo, ids, by, np.zeros(len(ids)), np.zeros(len(ids)), lambda p, t: {}, bins)
+        check_grouping(zoo, by, bins)
     records = zoo.records(ids)
     check_zoo_architectures(zoo, config.encoder, records)
     true = zoo.target_values(config.target, ids)
