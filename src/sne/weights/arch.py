@@ -100,14 +100,15 @@ class TrainedArchitectures:
         self.structures, self.name = structures, name
         self.keys = [{(f"{layer['name']}.{t['name']}" if layer["name"] else t["name"]): None
                       for layer in structure["layers"] for t in layer["tensors"]} for structure in structures]
+        self.layouts = {tuple((e["kind"], e["level"], tuple((t["name"], tuple(t["shape"])) for t in e["tensors"]))
+                              for e in structure["layers"]) for structure in structures}
 
     def include(self, record: NetworkRecord) -> bool:
         """Whether ``record`` has the layers of one of the training architectures: kinds, levels and
         tensor shapes, whatever its modules are named (``seq.0`` or ``0``)."""
         mine = tuple((layer.kind, layer.level, tuple((n, tuple(layer.module_layout(n, t).shape))
                                                      for n, t in layer.tensors.items())) for layer in record.layers)
-        return any(mine == tuple((e["kind"], e["level"], tuple((t["name"], tuple(t["shape"])) for t in e["tensors"]))
-                                 for e in structure["layers"]) for structure in self.structures)
+        return mine in self.layouts
 
     def record(self, state: Mapping[str, torch.Tensor], source: str) -> NetworkRecord:
         """The record of ``state`` as the first training architecture it fits; :class:`SneError`
